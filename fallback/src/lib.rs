@@ -1,0 +1,15 @@
+//! flowmark's software datapath: pure logic, no threads, no I/O.
+//!
+//! packet parse → [`FlowKey`] → [`emc::Emc`] → [`dpcls::Dpcls`] → upcall into
+//! the OpenFlow pipeline ([`ofproto`]), whose translation ([`ofproto::xlate`])
+//! yields a [`megaflow::Megaflow`]: datapath actions plus a wildcard mask.
+
+pub mod actions;
+pub mod dpcls;
+pub mod emc;
+pub mod key;
+pub mod megaflow;
+pub mod ofproto;
+pub mod packet;
+
+pub use key::{Field, FlowKey};

@@ -1,0 +1,2 @@
+//! The `flowmark` binary.
+fn main() {}
