@@ -2,7 +2,9 @@
 //! ovs-ofctl flow syntax ([`syntax`]) and the translation of a flow key into
 //! datapath actions plus a megaflow mask ([`xlate`]).
 
+pub mod mac;
 pub mod syntax;
+pub mod table;
 pub mod xlate;
 
 use crate::key::{Field, FlowKey};
@@ -86,7 +88,10 @@ pub enum OfAction {
     /// `push_vlan:TPID`.
     PushVlan(u16),
     /// `resubmit(PORT,TABLE)`; `None` means "the current one".
-    Resubmit { port: Option<u32>, table: Option<u8> },
+    Resubmit {
+        port: Option<u32>,
+        table: Option<u8>,
+    },
 }
 
 /// An OpenFlow rule.

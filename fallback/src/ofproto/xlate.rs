@@ -1,1 +1,758 @@
-//! Translation (being written).
+//! xlate: a flow key through the OpenFlow pipeline → datapath actions and
+//! the megaflow mask.
+//!
+//! The mask un-wildcards every bit that any consulted rule or action depended
+//! on (every rule checked in every visited table, NORMAL's MAC lookup, the
+//! prerequisites of set actions), so that every packet matching the megaflow
+//! gets the same actions from a full pipeline lookup. As in OVS, `in_port`,
+//! `dl_type` and, for IP, `nw_frag` are always un-wildcarded, and so is the
+//! VLAN-present bit whenever any TCI bit is.
+//!
+//! Set actions are committed lazily, just before the next output (as OVS's
+//! `commit_odp_actions`): a set that no output follows is dropped, and each
+//! field is written once per output with its final value.
+
+use super::mac::{MacLearn, MacTable};
+use super::table::{Pipeline, RuleId};
+use super::{ofport, OfAction};
+use crate::actions::DpAction;
+use crate::key::{ethertype, frag, ipproto, Field, FlowKey, VLAN_CFI, VLAN_VID_MASK};
+
+/// OVS's limits: translation depth and total resubmits per packet.
+pub const MAX_DEPTH: usize = 64;
+pub const MAX_RESUBMITS: usize = MAX_DEPTH * MAX_DEPTH;
+/// Bound on datapath actions per packet (a runaway flood/resubmit mix).
+pub const MAX_ACTIONS: usize = 1024;
+
+/// Why a translation ended in a drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum XlateDrop {
+    /// The top-level table had no matching rule.
+    NoMatch,
+    /// The rules asked for it (an empty or `drop` action list, or outputs
+    /// that were all skipped).
+    DropAction,
+    /// Resubmit nesting deeper than [`MAX_DEPTH`].
+    RecursionTooDeep,
+    /// More than [`MAX_RESUBMITS`] resubmits, or more than [`MAX_ACTIONS`] actions.
+    TooManyResubmits,
+}
+
+impl XlateDrop {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XlateDrop::NoMatch => "no_matching_rule",
+            XlateDrop::DropAction => "drop_action",
+            XlateDrop::RecursionTooDeep => "resubmit_depth",
+            XlateDrop::TooManyResubmits => "too_many_resubmits",
+        }
+    }
+}
+
+/// One step of a trace: a table lookup or a remark about an action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceStep {
+    /// Lookup in `table` at resubmit depth `depth`; `rule` is the match, if any.
+    Lookup {
+        depth: usize,
+        table: u8,
+        in_port: u32,
+        rule: Option<RuleId>,
+    },
+    /// Something the translation skipped or decided, for people.
+    Note { depth: usize, text: &'static str },
+}
+
+/// The result of translating one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Xlation {
+    /// Datapath actions; empty means drop.
+    pub actions: Vec<DpAction>,
+    /// The megaflow mask.
+    pub mask: FlowKey,
+    /// The OpenFlow rules whose actions ran, in order (the xlate cache).
+    pub rules: Vec<RuleId>,
+    pub trace: Vec<TraceStep>,
+    /// A source MAC for the caller to learn (NORMAL).
+    pub learn: Option<MacLearn>,
+    /// Set when `actions` is empty: why.
+    pub drop: Option<XlateDrop>,
+}
+
+/// What xlate needs to know about the bridge.
+#[derive(Clone, Copy)]
+pub struct Bridge<'a> {
+    pub pipeline: &'a Pipeline,
+    pub macs: &'a MacTable,
+    /// The bridge's OpenFlow port numbers, sorted (FLOOD/NORMAL output to
+    /// these; outputs to other numbers are skipped as OVS skips outputs to
+    /// nonexistent ports).
+    pub ports: &'a [u32],
+}
+
+/// Fields a set action may write, in the order they are committed.
+const COMMIT_ORDER: [Field; 11] = [
+    Field::DlSrc,
+    Field::DlDst,
+    Field::VlanTci,
+    Field::NwSrc,
+    Field::NwDst,
+    Field::Ipv6Src,
+    Field::Ipv6Dst,
+    Field::NwTos,
+    Field::NwTtl,
+    Field::TpSrc,
+    Field::TpDst,
+];
+
+struct Ctx<'a> {
+    bridge: Bridge<'a>,
+    /// The packet as the actions so far have made it.
+    flow: FlowKey,
+    wc: FlowKey,
+    /// Fields set since the last commit (bit i = COMMIT_ORDER[i]).
+    dirty: u16,
+    actions: Vec<DpAction>,
+    rules: Vec<RuleId>,
+    trace: Vec<TraceStep>,
+    learn: Option<MacLearn>,
+    depth: usize,
+    resubmits: usize,
+    error: Option<XlateDrop>,
+}
+
+/// Translates `key` through the bridge's pipeline, starting at table 0.
+pub fn xlate(bridge: Bridge<'_>, key: &FlowKey) -> Xlation {
+    let mut ctx = Ctx {
+        bridge,
+        flow: *key,
+        wc: FlowKey::ZERO,
+        dirty: 0,
+        actions: Vec::new(),
+        rules: Vec::new(),
+        trace: Vec::new(),
+        learn: None,
+        depth: 0,
+        resubmits: 0,
+        error: None,
+    };
+    ctx.wc.set_exact(Field::InPort);
+    ctx.wc.set_exact(Field::DlType);
+    if key.is_ip() {
+        ctx.wc.set(Field::NwFrag, frag::MASK as u128);
+    }
+
+    let matched = ctx.table_lookup(0);
+    let mut wc = ctx.wc;
+    if wc.get(Field::VlanTci) != 0 {
+        wc.or_field(Field::VlanTci, VLAN_CFI as u128);
+    }
+    let (actions, drop) = match ctx.error {
+        Some(e) => (Vec::new(), Some(e)),
+        None if ctx.actions.is_empty() => (
+            Vec::new(),
+            Some(if matched {
+                XlateDrop::DropAction
+            } else {
+                XlateDrop::NoMatch
+            }),
+        ),
+        None => (ctx.actions, None),
+    };
+    Xlation {
+        actions,
+        mask: wc,
+        rules: ctx.rules,
+        trace: ctx.trace,
+        learn: ctx.learn,
+        drop,
+    }
+}
+
+impl Ctx<'_> {
+    fn note(&mut self, text: &'static str) {
+        self.trace.push(TraceStep::Note {
+            depth: self.depth,
+            text,
+        });
+    }
+
+    /// Looks `flow` up in `table` and runs the matching rule's actions.
+    /// Returns whether a rule matched.
+    fn table_lookup(&mut self, table: u8) -> bool {
+        let pipeline = self.bridge.pipeline;
+        let entry = pipeline.lookup(table, &self.flow, &mut self.wc);
+        self.trace.push(TraceStep::Lookup {
+            depth: self.depth,
+            table,
+            in_port: self.flow.in_port(),
+            rule: entry.map(|e| e.id),
+        });
+        match entry {
+            Some(e) => {
+                self.rules.push(e.id);
+                self.do_actions(&e.rule.actions, table);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn do_actions(&mut self, actions: &[OfAction], table: u8) {
+        for a in actions {
+            if self.error.is_some() {
+                return;
+            }
+            match *a {
+                OfAction::Output(p) => self.output(p),
+                OfAction::InPort => {
+                    let p = self.flow.in_port();
+                    self.emit_output(p);
+                }
+                OfAction::Flood | OfAction::All => self.flood(),
+                OfAction::Normal => self.normal(),
+                OfAction::Controller { .. } => {
+                    self.commit();
+                    self.push_action(DpAction::Controller);
+                }
+                OfAction::Mod(f, v) => self.set_field(f, v, true),
+                OfAction::SetField(f, v) => self.set_field(f, v, false),
+                OfAction::DecTtl => {
+                    if !self.flow.is_ip() {
+                        continue;
+                    }
+                    self.wc.set_exact(Field::NwTtl);
+                    let ttl = self.flow.get(Field::NwTtl) as u8;
+                    if ttl <= 1 {
+                        // OVS: the packet would go to the controller as
+                        // "invalid TTL"; this action list stops here.
+                        self.note("dec_ttl: TTL exceeded, remaining actions skipped");
+                        return;
+                    }
+                    self.flow.set(Field::NwTtl, (ttl - 1) as u128);
+                    self.mark_dirty(Field::NwTtl);
+                }
+                OfAction::StripVlan => {
+                    self.wc.or_field(Field::VlanTci, VLAN_CFI as u128);
+                    if self.flow.vlan_tci() & VLAN_CFI != 0 {
+                        self.commit();
+                        self.push_action(DpAction::PopVlan);
+                        self.flow.set(Field::VlanTci, 0);
+                    }
+                }
+                OfAction::PushVlan(tpid) => {
+                    self.commit();
+                    self.push_action(DpAction::PushVlan(tpid));
+                    // The new outer tag has VID 0, PCP 0 (the inner one, if
+                    // any, is no longer visible to matches).
+                    self.flow.set(Field::VlanTci, VLAN_CFI as u128);
+                }
+                OfAction::Resubmit { port, table: t } => self.resubmit(port, t.unwrap_or(table)),
+            }
+        }
+    }
+
+    fn resubmit(&mut self, port: Option<u32>, table: u8) {
+        self.resubmits += 1;
+        if self.depth + 1 >= MAX_DEPTH {
+            self.note("resubmit: over the maximum translation depth 64, packet dropped");
+            self.error = Some(XlateDrop::RecursionTooDeep);
+            return;
+        }
+        if self.resubmits > MAX_RESUBMITS {
+            self.note("resubmit: over the maximum of 4096 resubmits, packet dropped");
+            self.error = Some(XlateDrop::TooManyResubmits);
+            return;
+        }
+        let saved_port = self.flow.in_port();
+        if let Some(p) = port {
+            if p != ofport::IN_PORT {
+                self.flow.set(Field::InPort, p as u128);
+            }
+        }
+        self.depth += 1;
+        if !self.table_lookup(table) {
+            self.note("no match in the resubmitted table: the action list continues");
+        }
+        self.depth -= 1;
+        self.flow.set(Field::InPort, saved_port as u128);
+    }
+
+    fn push_action(&mut self, a: DpAction) {
+        if self.actions.len() >= MAX_ACTIONS {
+            self.error = Some(XlateDrop::TooManyResubmits);
+            return;
+        }
+        self.actions.push(a);
+    }
+
+    fn mark_dirty(&mut self, f: Field) {
+        if let Some(i) = COMMIT_ORDER.iter().position(|c| *c == f) {
+            self.dirty |= 1 << i;
+        }
+    }
+
+    /// Writes the pending set actions before an output.
+    fn commit(&mut self) {
+        if self.dirty == 0 {
+            return;
+        }
+        for (i, f) in COMMIT_ORDER.iter().enumerate() {
+            if self.dirty & (1 << i) == 0 {
+                continue;
+            }
+            let v = match f {
+                Field::VlanTci => self.flow.vlan_tci() as u128 & VLAN_VID_MASK as u128,
+                Field::NwTos => self.flow.get(Field::NwTos) & 0xfc,
+                _ => self.flow.get(*f),
+            };
+            self.push_action(DpAction::Set(*f, v));
+        }
+        self.dirty = 0;
+    }
+
+    /// `mod_*` (`push_if_absent`: `mod_vlan_vid` adds a tag to an untagged
+    /// packet, as in OpenFlow 1.0) and `set_field` (needs the header).
+    fn set_field(&mut self, f: Field, v: u128, push_if_absent: bool) {
+        let dl_type = self.flow.dl_type();
+        let is_ipv4 = dl_type == ethertype::IPV4;
+        let applies = match f {
+            Field::DlSrc | Field::DlDst => true,
+            Field::NwSrc | Field::NwDst => is_ipv4,
+            Field::Ipv6Src | Field::Ipv6Dst => dl_type == ethertype::IPV6,
+            Field::NwTos | Field::NwTtl => self.flow.is_ip(),
+            Field::TpSrc | Field::TpDst => {
+                if !self.flow.is_ip() {
+                    false
+                } else {
+                    self.wc.set_exact(Field::NwProto);
+                    matches!(
+                        self.flow.nw_proto(),
+                        ipproto::TCP | ipproto::UDP | ipproto::SCTP
+                    )
+                }
+            }
+            Field::VlanTci => {
+                self.wc.or_field(Field::VlanTci, VLAN_CFI as u128);
+                if self.flow.vlan_tci() & VLAN_CFI == 0 {
+                    if !push_if_absent {
+                        false
+                    } else {
+                        self.commit();
+                        self.push_action(DpAction::PushVlan(ethertype::VLAN));
+                        self.flow.set(Field::VlanTci, VLAN_CFI as u128);
+                        true
+                    }
+                } else {
+                    true
+                }
+            }
+            _ => false,
+        };
+        if !applies {
+            self.note("set action skipped: the packet lacks that header");
+            return;
+        }
+        match f {
+            Field::VlanTci => {
+                let tci = (self.flow.vlan_tci() & !VLAN_VID_MASK) | (v as u16 & VLAN_VID_MASK);
+                self.flow.set(Field::VlanTci, tci as u128);
+            }
+            Field::NwTos => {
+                let tos = (self.flow.get(Field::NwTos) as u8 & 0x03) | (v as u8 & 0xfc);
+                self.flow.set(Field::NwTos, tos as u128);
+            }
+            _ => self.flow.set(f, v),
+        }
+        self.mark_dirty(f);
+    }
+
+    /// `output:N`, with OVS's rules for reserved and unusable ports.
+    fn output(&mut self, p: u32) {
+        match p {
+            ofport::IN_PORT => {
+                let ip = self.flow.in_port();
+                self.emit_output(ip)
+            }
+            ofport::FLOOD | ofport::ALL => self.flood(),
+            ofport::NORMAL => self.normal(),
+            ofport::CONTROLLER => {
+                self.commit();
+                self.push_action(DpAction::Controller);
+            }
+            _ if p == self.flow.in_port() => {
+                self.note("skipping output to input port");
+            }
+            _ => self.emit_output(p),
+        }
+    }
+
+    fn emit_output(&mut self, p: u32) {
+        if self.bridge.ports.binary_search(&p).is_err() {
+            self.note("output to a port the bridge does not have: skipped");
+            return;
+        }
+        self.commit();
+        self.push_action(DpAction::Output(p));
+    }
+
+    fn flood(&mut self) {
+        let in_port = self.flow.in_port();
+        for &p in self.bridge.ports {
+            if p != in_port {
+                self.commit();
+                self.push_action(DpAction::Output(p));
+            }
+        }
+    }
+
+    /// NORMAL: an L2 learning switch (all ports trunks).
+    fn normal(&mut self) {
+        self.wc.set_exact(Field::DlSrc);
+        self.wc.set_exact(Field::DlDst);
+        self.wc
+            .or_field(Field::VlanTci, (VLAN_CFI | VLAN_VID_MASK) as u128);
+        let src = self.flow.get(Field::DlSrc) as u64;
+        let dst = self.flow.get(Field::DlDst) as u64;
+        let vlan = self.flow.vlan_tci() & VLAN_VID_MASK;
+        let in_port = self.flow.in_port();
+        if is_multicast(src) {
+            self.note("NORMAL: source MAC is multicast, dropped");
+            return;
+        }
+        if dst & 0xffff_ffff_fff0 == 0x0180_c200_0000 {
+            self.note("NORMAL: reserved multicast destination (STP/LLDP), dropped");
+            return;
+        }
+        if self.bridge.macs.lookup(src, vlan) != Some(in_port) {
+            self.learn = Some(MacLearn {
+                mac: src,
+                vlan,
+                port: in_port,
+            });
+        }
+        if is_multicast(dst) {
+            self.flood();
+            return;
+        }
+        match self.bridge.macs.lookup(dst, vlan) {
+            Some(p) if p == in_port => {
+                self.note("NORMAL: destination learned on the input port, dropped")
+            }
+            Some(p) => self.emit_output(p),
+            None => self.flood(),
+        }
+    }
+}
+
+fn is_multicast(mac: u64) -> bool {
+    mac & 0x0100_0000_0000 != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ofproto::{Match, Rule};
+
+    fn rule(table: u8, priority: u16, m: Match, actions: Vec<OfAction>) -> Rule {
+        Rule {
+            table,
+            priority,
+            r#match: m,
+            actions,
+            cookie: 0,
+            idle_timeout: 0,
+            hard_timeout: 0,
+        }
+    }
+
+    fn udp_key(in_port: u32, src: u32, dst: u32, sport: u16, dport: u16) -> FlowKey {
+        let mut k = FlowKey::ZERO;
+        k.set(Field::InPort, in_port as u128);
+        k.set(Field::DlType, 0x0800);
+        k.set(Field::NwProto, 17);
+        k.set(Field::NwSrc, src as u128);
+        k.set(Field::NwDst, dst as u128);
+        k.set(Field::TpSrc, sport as u128);
+        k.set(Field::TpDst, dport as u128);
+        k.set(Field::NwTtl, 64);
+        k
+    }
+
+    fn udp_match() -> Match {
+        let mut m = Match::ANY;
+        m.set_exact(Field::DlType, 0x0800);
+        m.set_exact(Field::NwProto, 17);
+        m
+    }
+
+    const PORTS: [u32; 3] = [1, 2, 3];
+
+    fn run(p: &Pipeline, k: &FlowKey) -> Xlation {
+        let macs = MacTable::default();
+        xlate(
+            Bridge {
+                pipeline: p,
+                macs: &macs,
+                ports: &PORTS,
+            },
+            k,
+        )
+    }
+
+    #[test]
+    fn gtp_rewrite_then_output() {
+        let mut p = Pipeline::new();
+        let mut m = udp_match();
+        m.set_exact(Field::NwDst, 0xc0a8_c803);
+        m.set_exact(Field::TpSrc, 2152);
+        p.add(rule(
+            0,
+            1,
+            m,
+            vec![
+                OfAction::Mod(Field::NwSrc, 0xc0a8_c8bc),
+                OfAction::Output(2),
+            ],
+        ));
+        p.add(rule(0, 0, Match::ANY, vec![OfAction::Normal]));
+        let x = run(&p, &udp_key(1, 0x0a01_0203, 0xc0a8_c803, 2152, 9));
+        let s: Vec<String> = x.actions.iter().map(|a| a.to_string()).collect();
+        assert_eq!(s, ["mod_nw_src:192.168.200.188", "output:2"]);
+        assert_eq!(x.mask.get(Field::TpSrc), 0xffff);
+        assert_eq!(x.mask.get(Field::TpDst), 0);
+        assert_eq!(x.mask.get(Field::NwFrag), frag::MASK as u128);
+        assert_eq!(x.mask.get(Field::InPort), u32::MAX as u128);
+        assert_eq!(x.drop, None);
+    }
+
+    #[test]
+    fn output_to_input_port_is_skipped() {
+        let mut p = Pipeline::new();
+        p.add(rule(
+            0,
+            1,
+            Match::ANY,
+            vec![OfAction::Output(1), OfAction::Output(2)],
+        ));
+        let x = run(&p, &udp_key(1, 1, 2, 3, 4));
+        assert_eq!(x.actions, vec![DpAction::Output(2)]);
+        let x = run(&p, &udp_key(2, 1, 2, 3, 4));
+        assert_eq!(x.actions, vec![DpAction::Output(1)]);
+        p.add(rule(0, 2, Match::ANY, vec![OfAction::InPort]));
+        assert_eq!(
+            run(&p, &udp_key(2, 1, 2, 3, 4)).actions,
+            vec![DpAction::Output(2)]
+        );
+    }
+
+    #[test]
+    fn miss_inside_resubmit_continues() {
+        let mut p = Pipeline::new();
+        p.add(rule(
+            0,
+            1,
+            Match::ANY,
+            vec![
+                OfAction::Resubmit {
+                    port: None,
+                    table: Some(5),
+                },
+                OfAction::Output(3),
+            ],
+        ));
+        let x = run(&p, &udp_key(1, 1, 2, 3, 4));
+        assert_eq!(x.actions, vec![DpAction::Output(3)]);
+        assert_eq!(x.trace.len(), 3);
+    }
+
+    #[test]
+    fn top_level_miss_and_drop_reasons() {
+        let mut p = Pipeline::new();
+        assert_eq!(
+            run(&p, &udp_key(1, 1, 2, 3, 4)).drop,
+            Some(XlateDrop::NoMatch)
+        );
+        p.add(rule(0, 1, Match::ANY, vec![]));
+        assert_eq!(
+            run(&p, &udp_key(1, 1, 2, 3, 4)).drop,
+            Some(XlateDrop::DropAction)
+        );
+    }
+
+    #[test]
+    fn resubmit_loop_is_bounded() {
+        let mut p = Pipeline::new();
+        p.add(rule(
+            0,
+            1,
+            Match::ANY,
+            vec![
+                OfAction::Output(2),
+                OfAction::Resubmit {
+                    port: None,
+                    table: Some(0),
+                },
+            ],
+        ));
+        let x = run(&p, &udp_key(1, 1, 2, 3, 4));
+        assert!(x.actions.is_empty());
+        assert_eq!(x.drop, Some(XlateDrop::RecursionTooDeep));
+    }
+
+    #[test]
+    fn resubmit_fanout_is_bounded() {
+        // Each table resubmits twice to the next: 2^63 lookups if unbounded.
+        let mut p = Pipeline::new();
+        for t in 0..63u8 {
+            let r = OfAction::Resubmit {
+                port: None,
+                table: Some(t + 1),
+            };
+            p.add(rule(t, 1, Match::ANY, vec![r, r]));
+        }
+        let x = run(&p, &udp_key(1, 1, 2, 3, 4));
+        assert_eq!(x.drop, Some(XlateDrop::TooManyResubmits));
+    }
+
+    #[test]
+    fn resubmit_with_port_changes_in_port_for_the_lookup() {
+        let mut p = Pipeline::new();
+        p.add(rule(
+            0,
+            1,
+            {
+                let mut m = Match::ANY;
+                m.set_exact(Field::InPort, 1);
+                m
+            },
+            vec![OfAction::Resubmit {
+                port: Some(3),
+                table: Some(1),
+            }],
+        ));
+        let mut m3 = Match::ANY;
+        m3.set_exact(Field::InPort, 3);
+        p.add(rule(
+            1,
+            1,
+            m3,
+            vec![OfAction::Output(3), OfAction::Output(2)],
+        ));
+        // Output to 3 is the (resubmitted) input port: skipped.
+        assert_eq!(
+            run(&p, &udp_key(1, 1, 2, 3, 4)).actions,
+            vec![DpAction::Output(2)]
+        );
+    }
+
+    #[test]
+    fn sets_are_committed_before_each_output_and_trailing_ones_dropped() {
+        let mut p = Pipeline::new();
+        p.add(rule(
+            0,
+            1,
+            Match::ANY,
+            vec![
+                OfAction::Output(2),
+                OfAction::Mod(Field::DlDst, 0x0200_0000_0001),
+                OfAction::DecTtl,
+                OfAction::Output(3),
+                OfAction::Mod(Field::NwDst, 7),
+            ],
+        ));
+        let x = run(&p, &udp_key(1, 1, 2, 3, 4));
+        assert_eq!(
+            x.actions,
+            vec![
+                DpAction::Output(2),
+                DpAction::Set(Field::DlDst, 0x0200_0000_0001),
+                DpAction::Set(Field::NwTtl, 63),
+                DpAction::Output(3),
+            ]
+        );
+        assert_eq!(x.mask.get(Field::NwTtl), 0xff);
+    }
+
+    #[test]
+    fn dec_ttl_at_one_stops_the_list() {
+        let mut p = Pipeline::new();
+        p.add(rule(
+            0,
+            1,
+            Match::ANY,
+            vec![OfAction::DecTtl, OfAction::Output(2)],
+        ));
+        let mut k = udp_key(1, 1, 2, 3, 4);
+        k.set(Field::NwTtl, 1);
+        assert!(run(&p, &k).actions.is_empty());
+    }
+
+    #[test]
+    fn set_on_missing_header_is_skipped() {
+        let mut p = Pipeline::new();
+        p.add(rule(
+            0,
+            1,
+            Match::ANY,
+            vec![OfAction::Mod(Field::NwSrc, 5), OfAction::Output(2)],
+        ));
+        let mut arp = FlowKey::ZERO;
+        arp.set(Field::InPort, 1);
+        arp.set(Field::DlType, ethertype::ARP as u128);
+        assert_eq!(run(&p, &arp).actions, vec![DpAction::Output(2)]);
+    }
+
+    #[test]
+    fn mod_vlan_vid_pushes_on_untagged() {
+        let mut p = Pipeline::new();
+        p.add(rule(
+            0,
+            1,
+            Match::ANY,
+            vec![OfAction::Mod(Field::VlanTci, 10), OfAction::Output(2)],
+        ));
+        let x = run(&p, &udp_key(1, 1, 2, 3, 4));
+        assert_eq!(
+            x.actions,
+            vec![
+                DpAction::PushVlan(0x8100),
+                DpAction::Set(Field::VlanTci, 10),
+                DpAction::Output(2)
+            ]
+        );
+        assert_eq!(x.mask.get(Field::VlanTci), VLAN_CFI as u128);
+    }
+
+    #[test]
+    fn normal_learns_and_floods_then_forwards() {
+        let mut p = Pipeline::new();
+        p.add(rule(0, 0, Match::ANY, vec![OfAction::Normal]));
+        let mut macs = MacTable::default();
+        let mut k = udp_key(1, 1, 2, 3, 4);
+        k.set(Field::DlSrc, 0x0200_0000_0001);
+        k.set(Field::DlDst, 0x0200_0000_0002);
+        let b = |macs: &MacTable, k: &FlowKey| {
+            xlate(
+                Bridge {
+                    pipeline: &p,
+                    macs,
+                    ports: &PORTS,
+                },
+                k,
+            )
+        };
+        let x = b(&macs, &k);
+        assert_eq!(x.actions, vec![DpAction::Output(2), DpAction::Output(3)]);
+        let learn = x.learn.expect("NORMAL learns the source");
+        assert_eq!(learn.port, 1);
+        assert!(macs.learn(learn, 0));
+        // Reply from port 3 to the learned MAC: unicast to port 1.
+        let mut r = udp_key(3, 2, 1, 4, 3);
+        r.set(Field::DlSrc, 0x0200_0000_0002);
+        r.set(Field::DlDst, 0x0200_0000_0001);
+        let x = b(&macs, &r);
+        assert_eq!(x.actions, vec![DpAction::Output(1)]);
+        assert_eq!(x.mask.get(Field::DlDst), 0xffff_ffff_ffff);
+    }
+}

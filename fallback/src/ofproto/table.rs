@@ -1,0 +1,291 @@
+//! OpenFlow tables: rules kept in lookup order (priority descending, then the
+//! order they were added: among equal priorities the first added wins), with
+//! the add / modify / delete semantics of `ovs-ofctl add-flow`, `mod-flows`
+//! and `del-flows`.
+
+use super::{Match, OfAction, Rule, N_TABLES};
+use crate::key::FlowKey;
+use std::fmt;
+use std::sync::Arc;
+
+/// A rule's identity for its whole life (kept across action modifications;
+/// a replaced rule gets a new one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleId(pub u64);
+
+impl fmt::Display for RuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rule#{}", self.0)
+    }
+}
+
+/// A rule in a table.
+#[derive(Clone, Debug)]
+pub struct RuleEntry {
+    pub id: RuleId,
+    /// Insertion order, for the equal-priority tie-break.
+    pub seq: u64,
+    pub rule: Rule,
+}
+
+/// Result of [`Pipeline::add`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Added {
+    pub id: RuleId,
+    /// A rule with the same table, priority and match that was replaced.
+    pub replaced: Option<RuleId>,
+}
+
+/// All tables of one bridge.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    tables: Vec<Vec<Arc<RuleEntry>>>,
+    next_id: u64,
+    next_seq: u64,
+    /// Bumped on every change, so caches know when to revalidate.
+    version: u64,
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// True when `rule` is selected by the loose match `sel` (as `del-flows`
+/// and `mod-flows` select): the rule is at least as specific as `sel` and
+/// agrees with it on `sel`'s bits.
+pub fn loose_selects(sel: &Match, rule: &Match) -> bool {
+    sel.mask.is_subset_of(&rule.mask) && rule.value.masked(&sel.mask) == sel.value
+}
+
+impl Pipeline {
+    pub fn new() -> Self {
+        Pipeline {
+            tables: vec![Vec::new(); N_TABLES],
+            next_id: 1,
+            next_seq: 0,
+            version: 0,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The rules of a table in lookup order (empty for a table that does not exist).
+    pub fn table(&self, table: u8) -> &[Arc<RuleEntry>] {
+        self.tables
+            .get(table as usize)
+            .map_or(&[], |t| t.as_slice())
+    }
+
+    /// Every rule, table by table, in lookup order.
+    pub fn rules(&self) -> impl Iterator<Item = &Arc<RuleEntry>> {
+        self.tables.iter().flatten()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tables.iter().map(|t| t.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, id: RuleId) -> Option<&Arc<RuleEntry>> {
+        self.rules().find(|e| e.id == id)
+    }
+
+    /// Adds a rule; one with the same table, priority and match is replaced
+    /// (as `ovs-ofctl add-flow` does).
+    pub fn add(&mut self, mut rule: Rule) -> Added {
+        rule.r#match.value = rule.r#match.value.masked(&rule.r#match.mask);
+        let id = RuleId(self.next_id);
+        self.next_id += 1;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.version += 1;
+        let t = &mut self.tables[rule.table as usize];
+        let replaced = t
+            .iter()
+            .position(|e| e.rule.priority == rule.priority && e.rule.r#match == rule.r#match)
+            .map(|i| t.remove(i).id);
+        // First position whose priority is lower: after every equal one.
+        let pos = t.partition_point(|e| e.rule.priority >= rule.priority);
+        t.insert(pos, Arc::new(RuleEntry { id, seq, rule }));
+        Added { id, replaced }
+    }
+
+    fn selected(&self, table: Option<u8>, sel: &Match, strict: Option<u16>) -> Vec<RuleId> {
+        self.tables
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| table.is_none_or(|t| t as usize == *i))
+            .flat_map(|(_, t)| t.iter())
+            .filter(|e| match strict {
+                Some(prio) => e.rule.priority == prio && e.rule.r#match == *sel,
+                None => loose_selects(sel, &e.rule.r#match),
+            })
+            .map(|e| e.id)
+            .collect()
+    }
+
+    /// Deletes the rules selected loosely by `sel` (in `table`, or in every
+    /// table when `None`); returns their ids.
+    pub fn delete(&mut self, table: Option<u8>, sel: &Match) -> Vec<RuleId> {
+        let ids = self.selected(table, sel, None);
+        self.remove_ids(&ids);
+        ids
+    }
+
+    /// Deletes the rule with exactly this match and priority.
+    pub fn delete_strict(&mut self, table: u8, sel: &Match, priority: u16) -> Vec<RuleId> {
+        let ids = self.selected(Some(table), sel, Some(priority));
+        self.remove_ids(&ids);
+        ids
+    }
+
+    /// Deletes rules by id.
+    pub fn remove_ids(&mut self, ids: &[RuleId]) {
+        if ids.is_empty() {
+            return;
+        }
+        for t in &mut self.tables {
+            t.retain(|e| !ids.contains(&e.id));
+        }
+        self.version += 1;
+    }
+
+    /// Replaces the actions of the rules selected loosely by `sel` (as
+    /// `mod-flows`); ids, order and counters stay. Returns the ids changed.
+    pub fn modify_actions(
+        &mut self,
+        table: Option<u8>,
+        sel: &Match,
+        strict: Option<u16>,
+        actions: &[OfAction],
+    ) -> Vec<RuleId> {
+        let ids = self.selected(table, sel, strict);
+        for t in &mut self.tables {
+            for e in t.iter_mut() {
+                if ids.contains(&e.id) {
+                    Arc::make_mut(e).rule.actions = actions.to_vec();
+                }
+            }
+        }
+        if !ids.is_empty() {
+            self.version += 1;
+        }
+        ids
+    }
+
+    /// Linear lookup in one table. Every rule checked (the matching one
+    /// included) has its mask ORed into `wc`: the result depends on exactly
+    /// those bits.
+    #[inline]
+    pub fn lookup(&self, table: u8, key: &FlowKey, wc: &mut FlowKey) -> Option<&Arc<RuleEntry>> {
+        for e in self.table(table) {
+            wc.or(&e.rule.r#match.mask);
+            if e.rule.r#match.matches(key) {
+                return Some(e);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Field;
+
+    fn rule(table: u8, priority: u16, nw_src: Option<(u32, u32)>) -> Rule {
+        let mut m = Match::ANY;
+        if let Some((v, mask)) = nw_src {
+            m.set_exact(Field::DlType, 0x0800);
+            m.set_masked(Field::NwSrc, v as u128, mask as u128);
+        }
+        Rule {
+            table,
+            priority,
+            r#match: m,
+            actions: vec![OfAction::Output(priority as u32)],
+            cookie: 0,
+            idle_timeout: 0,
+            hard_timeout: 0,
+        }
+    }
+
+    fn ip(src: u32) -> FlowKey {
+        let mut k = FlowKey::ZERO;
+        k.set(Field::DlType, 0x0800);
+        k.set(Field::NwSrc, src as u128);
+        k
+    }
+
+    #[test]
+    fn priority_then_first_added() {
+        let mut p = Pipeline::new();
+        let low = p.add(rule(0, 1, None)).id;
+        let a = p.add(rule(0, 5, Some((0x0a00_0000, 0xff00_0000)))).id;
+        let _b = p.add(rule(0, 5, Some((0x0a01_0000, 0xffff_0000)))).id;
+        let mut wc = FlowKey::ZERO;
+        assert_eq!(
+            p.lookup(0, &ip(0x0a01_0203), &mut wc).map(|e| e.id),
+            Some(a)
+        );
+        assert_eq!(wc.get(Field::NwSrc), 0xff00_0000);
+        let mut wc = FlowKey::ZERO;
+        assert_eq!(
+            p.lookup(0, &ip(0x0b00_0001), &mut wc).map(|e| e.id),
+            Some(low)
+        );
+        assert_eq!(wc.get(Field::NwSrc), 0xffff_0000);
+    }
+
+    #[test]
+    fn add_replaces_identical() {
+        let mut p = Pipeline::new();
+        let a = p.add(rule(0, 5, Some((1, u32::MAX)))).id;
+        let b = p.add(rule(0, 5, Some((1, u32::MAX))));
+        assert_eq!(b.replaced, Some(a));
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn delete_loose_and_strict() {
+        let mut p = Pipeline::new();
+        p.add(rule(0, 5, Some((0x0a00_0000, 0xff00_0000))));
+        p.add(rule(0, 6, Some((0x0a01_0000, 0xffff_0000))));
+        p.add(rule(1, 5, Some((0x0b00_0000, 0xff00_0000))));
+        p.add(rule(0, 1, None));
+        // Loose: dl_type=ip,nw_src=10.0.0.0/8 selects both 10/8 and 10.1/16.
+        let mut sel = Match::ANY;
+        sel.set_exact(Field::DlType, 0x0800);
+        sel.set_masked(Field::NwSrc, 0x0a00_0000, 0xff00_0000);
+        assert_eq!(p.delete(None, &sel).len(), 2);
+        assert_eq!(p.len(), 2);
+        // Strict needs the priority too.
+        let r = rule(1, 5, Some((0x0b00_0000, 0xff00_0000)));
+        assert!(p.delete_strict(1, &r.r#match, 4).is_empty());
+        assert_eq!(p.delete_strict(1, &r.r#match, 5).len(), 1);
+        // An empty match deletes everything.
+        assert_eq!(p.delete(None, &Match::ANY).len(), 1);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn modify_keeps_id() {
+        let mut p = Pipeline::new();
+        let id = p.add(rule(0, 5, None)).id;
+        let v = p.version();
+        let ids = p.modify_actions(None, &Match::ANY, None, &[OfAction::Normal]);
+        assert_eq!(ids, vec![id]);
+        assert_eq!(
+            p.get(id).map(|e| e.rule.actions.clone()),
+            Some(vec![OfAction::Normal])
+        );
+        assert!(p.version() > v);
+    }
+}
