@@ -5,6 +5,7 @@
 //! yields a [`megaflow::Megaflow`]: datapath actions plus a wildcard mask.
 
 pub mod actions;
+pub mod cache;
 pub mod dpcls;
 pub mod emc;
 pub mod key;

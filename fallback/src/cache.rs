@@ -1,0 +1,217 @@
+//! The per-PMD flow cache: the megaflows a PMD has installed, its dpcls and
+//! its EMC, tied together by generation-checked handles so that a stale EMC
+//! entry or mark can never reach a removed (or reused) megaflow.
+
+use crate::dpcls::Dpcls;
+use crate::emc::Emc;
+use crate::key::FlowKey;
+use crate::megaflow::{Megaflow, Ufid};
+use hashbrown::HashMap;
+
+/// A megaflow's handle in one [`FlowCache`]: slot index and generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowHandle {
+    index: u32,
+    gen: u32,
+}
+
+/// Which stage found the megaflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheHit {
+    Emc,
+    Dpcls,
+}
+
+struct Slot {
+    gen: u32,
+    flow: Option<Megaflow>,
+}
+
+/// Megaflows + dpcls + EMC of one PMD.
+pub struct FlowCache {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    by_ufid: HashMap<Ufid, FlowHandle>,
+    dpcls: Dpcls<FlowHandle>,
+    emc: Emc<FlowHandle>,
+}
+
+impl FlowCache {
+    /// `emc_insert_inv_prob`: insert one dpcls hit in N into the EMC (1 = all).
+    pub fn new(emc_insert_inv_prob: u32) -> Self {
+        FlowCache {
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_ufid: HashMap::new(),
+            dpcls: Dpcls::new(),
+            emc: Emc::new(emc_insert_inv_prob),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_ufid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ufid.is_empty()
+    }
+
+    pub fn dpcls(&self) -> &Dpcls<FlowHandle> {
+        &self.dpcls
+    }
+
+    /// EMC, then dpcls (a dpcls hit is offered to the EMC).
+    #[inline]
+    pub fn lookup(&mut self, key: &FlowKey, hash: u32) -> Option<(FlowHandle, CacheHit)> {
+        if let Some(h) = self.emc.lookup(key, hash) {
+            if self.get(h).is_some() {
+                return Some((h, CacheHit::Emc));
+            }
+        }
+        let h = self.dpcls.lookup(key)?;
+        self.emc.offer(key, hash, h);
+        Some((h, CacheHit::Dpcls))
+    }
+
+    /// The megaflow behind a handle, if it is still installed.
+    #[inline]
+    pub fn get(&self, h: FlowHandle) -> Option<&Megaflow> {
+        let s = self.slots.get(h.index as usize)?;
+        if s.gen == h.gen {
+            s.flow.as_ref()
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, h: FlowHandle) -> Option<&mut Megaflow> {
+        let s = self.slots.get_mut(h.index as usize)?;
+        if s.gen == h.gen {
+            s.flow.as_mut()
+        } else {
+            None
+        }
+    }
+
+    pub fn find(&self, ufid: &Ufid) -> Option<FlowHandle> {
+        self.by_ufid.get(ufid).copied()
+    }
+
+    /// Installs a megaflow. If one with the same ufid is there already (two
+    /// packets of one megaflow upcalled in one burst), that one's handle is
+    /// returned and `mf` is dropped.
+    pub fn install(&mut self, mf: Megaflow) -> FlowHandle {
+        if let Some(h) = self.by_ufid.get(&mf.ufid) {
+            return *h;
+        }
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { gen: 0, flow: None });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        let h = FlowHandle {
+            index,
+            gen: slot.gen,
+        };
+        // The same ufid means the same match, so dpcls cannot hold it yet.
+        let inserted = self.dpcls.insert(&mf.r#match.mask, &mf.r#match.value, h);
+        debug_assert!(inserted.is_ok());
+        self.by_ufid.insert(mf.ufid, h);
+        slot.flow = Some(mf);
+        h
+    }
+
+    /// Removes a megaflow; its handle (and any EMC entry or mark still
+    /// carrying it) is dead from now on.
+    pub fn remove(&mut self, h: FlowHandle) -> Option<Megaflow> {
+        let slot = self.slots.get_mut(h.index as usize)?;
+        if slot.gen != h.gen {
+            return None;
+        }
+        let mf = slot.flow.take()?;
+        slot.gen = slot.gen.wrapping_add(1);
+        self.free.push(h.index);
+        self.by_ufid.remove(&mf.ufid);
+        self.dpcls.remove(&mf.r#match.mask, &mf.r#match.value);
+        Some(mf)
+    }
+
+    /// Every installed megaflow with its handle.
+    pub fn iter(&self) -> impl Iterator<Item = (FlowHandle, &Megaflow)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            s.flow.as_ref().map(|f| {
+                (
+                    FlowHandle {
+                        index: i as u32,
+                        gen: s.gen,
+                    },
+                    f,
+                )
+            })
+        })
+    }
+
+    /// Removes every megaflow.
+    pub fn clear(&mut self) {
+        let handles: Vec<FlowHandle> = self.iter().map(|(h, _)| h).collect();
+        for h in handles {
+            self.remove(h);
+        }
+        self.emc.clear();
+    }
+
+    pub fn emc_hits(&self) -> u64 {
+        self.emc.hits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actions::DpAction;
+    use crate::key::Field;
+
+    fn key(src: u32) -> FlowKey {
+        let mut k = FlowKey::ZERO;
+        k.set(Field::NwSrc, src as u128);
+        k
+    }
+
+    fn mf(src: u32, mask: u32, port: u32) -> Megaflow {
+        let mut m = FlowKey::ZERO;
+        m.set(Field::NwSrc, mask as u128);
+        Megaflow::new(&key(src), &m, vec![DpAction::Output(port)], vec![])
+    }
+
+    #[test]
+    fn dpcls_then_emc_then_stale() {
+        let mut c = FlowCache::new(1);
+        let h = c.install(mf(0x0a00_0000, 0xff00_0000, 2));
+        let k = key(0x0a01_0101);
+        assert_eq!(c.lookup(&k, 42), Some((h, CacheHit::Dpcls)));
+        assert_eq!(c.lookup(&k, 42), Some((h, CacheHit::Emc)));
+        assert!(c.remove(h).is_some());
+        // The EMC entry is stale: a miss, never the reused slot's flow.
+        let h2 = c.install(mf(0x0b00_0000, 0xff00_0000, 3));
+        assert_ne!(h, h2);
+        assert_eq!(c.lookup(&k, 42), None);
+        assert!(c.get(h).is_none());
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn install_same_ufid_twice_returns_first() {
+        let mut c = FlowCache::new(1);
+        let a = c.install(mf(0x0a00_0001, 0xff00_0000, 2));
+        let b = c.install(mf(0x0a00_0002, 0xff00_0000, 2));
+        assert_eq!(a, b);
+        assert_eq!(c.len(), 1);
+        c.clear();
+        assert!(c.is_empty());
+        assert!(c.dpcls().is_empty());
+    }
+}
