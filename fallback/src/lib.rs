@@ -8,9 +8,11 @@ pub mod actions;
 pub mod cache;
 pub mod dpcls;
 pub mod emc;
+pub mod exec;
 pub mod key;
 pub mod megaflow;
 pub mod ofproto;
 pub mod packet;
+pub mod port;
 
 pub use key::{Field, FlowKey};

@@ -1,1 +1,1542 @@
-//! (being written)
+//! Zero-copy header parse: packet bytes → [`FlowKey`], with OVS
+//! `flow_extract` semantics.
+//!
+//! A header's fields enter the key only when the whole header (options
+//! included) is present and valid; parsing stops at the first header that is
+//! not, the rest of the key stays zero and [`ParseInfo::error`] says why. An
+//! IP datagram shorter than its length field still has its headers parsed as
+//! far as the bytes go, and is reported as truncated. Ethernet padding beyond
+//! the IP length is ignored.
+
+use crate::key::{ethertype, frag, ipproto, Field, FlowKey, VLAN_CFI};
+use std::fmt;
+
+/// `dl_type` of an 802.3 frame (length field instead of an EtherType), as
+/// OVS's `FLOW_DL_TYPE_NONE`.
+pub const DL_TYPE_NONE: u16 = 0x05ff;
+/// EtherTypes start here; smaller values are 802.3 lengths.
+const ETH_TYPE_MIN: u16 = 0x0600;
+/// Reverse ARP has the ARP layout (OVS parses both).
+const ETH_TYPE_RARP: u16 = 0x8035;
+
+const ETH_HLEN: usize = 14;
+const VLAN_TAG_OFS: usize = 12;
+const ARP_HLEN: usize = 28;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const TCP_MIN_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+const SCTP_HLEN: usize = 12;
+const ICMP_HLEN: usize = 8;
+const ICMPV6_HLEN: usize = 4;
+
+/// IPv6 extension header numbers the parser walks.
+pub mod ipv6_ext {
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const AUTH: u8 = 51;
+    pub const DEST_OPTS: u8 = 60;
+    pub const NO_NEXT: u8 = 59;
+}
+
+/// A header kind, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Header {
+    Ethernet,
+    Vlan,
+    Arp,
+    Ipv4,
+    Ipv6,
+    Ipv6HopByHop,
+    Ipv6Routing,
+    Ipv6Fragment,
+    Ipv6Auth,
+    Ipv6DestOpts,
+    Tcp,
+    Udp,
+    Sctp,
+    Icmp,
+    Icmpv6,
+}
+
+impl fmt::Display for Header {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Header::Ethernet => "Ethernet",
+            Header::Vlan => "802.1Q VLAN tag",
+            Header::Arp => "ARP",
+            Header::Ipv4 => "IPv4",
+            Header::Ipv6 => "IPv6",
+            Header::Ipv6HopByHop => "IPv6 hop-by-hop options",
+            Header::Ipv6Routing => "IPv6 routing",
+            Header::Ipv6Fragment => "IPv6 fragment",
+            Header::Ipv6Auth => "IPv6 authentication (AH)",
+            Header::Ipv6DestOpts => "IPv6 destination options",
+            Header::Tcp => "TCP",
+            Header::Udp => "UDP",
+            Header::Sctp => "SCTP",
+            Header::Icmp => "ICMP",
+            Header::Icmpv6 => "ICMPv6",
+        })
+    }
+}
+
+/// Why a packet did not parse to its end. Offsets are from the start of the
+/// frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("{header} header at offset {offset} truncated: needs {needed} bytes, only {available} present")]
+    Truncated {
+        header: Header,
+        offset: u32,
+        needed: u32,
+        available: u32,
+    },
+    #[error("{header} datagram at offset {offset} truncated: its length field says {length} bytes, only {available} present")]
+    DatagramTruncated {
+        header: Header,
+        offset: u32,
+        length: u32,
+        available: u32,
+    },
+    #[error("IPv4 header at offset {offset} has version {found}, expected 4")]
+    Ipv4Version { offset: u32, found: u8 },
+    #[error("IPv4 header at offset {offset} has IHL {ihl}, expected at least 5 (20 bytes)")]
+    Ipv4HeaderLen { offset: u32, ihl: u8 },
+    #[error("IPv4 header at offset {offset} has total length {total_len}, less than its {header_len}-byte header")]
+    Ipv4TotalLen {
+        offset: u32,
+        total_len: u16,
+        header_len: u16,
+    },
+    #[error("IPv6 header at offset {offset} has version {found}, expected 6")]
+    Ipv6Version { offset: u32, found: u8 },
+    #[error("TCP header at offset {offset} has data offset {data_offset}, expected at least 5 (20 bytes)")]
+    TcpDataOffset { offset: u32, data_offset: u8 },
+    #[error("{header} header at offset {offset} is beyond the 65535-byte reach of header offsets")]
+    OffsetOverflow { header: Header, offset: u32 },
+}
+
+/// What the actions executor and the mark path need besides the key: where
+/// the headers are. An offset is set only when its header was complete and
+/// valid (its fields are in the key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseInfo {
+    /// The outer 802.1Q/802.1ad tag (its TPID), always 12 when present.
+    pub vlan_ofs: Option<u16>,
+    /// The IPv4, IPv6 or (Ethernet/IPv4) ARP header.
+    pub l3_ofs: Option<u16>,
+    /// The TCP, UDP, SCTP, ICMP or ICMPv6 header.
+    pub l4_ofs: Option<u16>,
+    /// One past the end of the IP datagram (its length field, or the end of
+    /// the bytes when cut short): Ethernet padding excluded. 0 without IP.
+    pub ip_end: u16,
+    /// As in the key.
+    pub dl_type: u16,
+    /// As in the key (the upper-layer protocol for IPv6).
+    pub nw_proto: u8,
+    /// As in the key.
+    pub nw_frag: u8,
+    /// The 12 low bits of TCP's offset/flags word; 0 for other packets.
+    pub tcp_flags: u16,
+    /// Why the parse stopped before the end, if it did.
+    pub error: Option<ParseError>,
+}
+
+impl ParseInfo {
+    /// Nothing found.
+    pub const NONE: ParseInfo = ParseInfo {
+        vlan_ofs: None,
+        l3_ofs: None,
+        l4_ofs: None,
+        ip_end: 0,
+        dl_type: 0,
+        nw_proto: 0,
+        nw_frag: 0,
+        tcp_flags: 0,
+        error: None,
+    };
+}
+
+impl Default for ParseInfo {
+    fn default() -> Self {
+        ParseInfo::NONE
+    }
+}
+
+/// Parses `pkt` into `key` (fully overwritten: fields not present are zero;
+/// `in_port` is set) and returns the header offsets.
+pub fn parse(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> ParseInfo {
+    *key = FlowKey::ZERO;
+    key.set(Field::InPort, u128::from(in_port));
+    let mut info = ParseInfo::NONE;
+    let result = parse_l2(pkt, key, &mut info);
+    info.error = result.err();
+    info
+}
+
+/// The light parse of the mark path: header offsets and TCP flags only.
+pub fn parse_offsets(pkt: &[u8]) -> ParseInfo {
+    let mut scratch = FlowKey::ZERO;
+    parse(pkt, 0, &mut scratch)
+}
+
+/// `N` bytes at `ofs` as an array, if present.
+#[inline]
+fn header<const N: usize>(pkt: &[u8], ofs: usize) -> Option<&[u8; N]> {
+    pkt.get(ofs..ofs.checked_add(N)?)?.try_into().ok()
+}
+
+/// Like [`header`], with the truncation error.
+#[inline]
+fn need<const N: usize>(pkt: &[u8], ofs: usize, h: Header) -> Result<&[u8; N], ParseError> {
+    header(pkt, ofs).ok_or_else(|| truncated(h, ofs, N, pkt.len()))
+}
+
+/// Fails unless `len` bytes are present at `ofs` (variable-length headers).
+#[inline]
+fn need_len(pkt: &[u8], ofs: usize, len: usize, h: Header) -> Result<(), ParseError> {
+    match ofs.checked_add(len) {
+        Some(end) if end <= pkt.len() => Ok(()),
+        _ => Err(truncated(h, ofs, len, pkt.len())),
+    }
+}
+
+fn truncated(header: Header, ofs: usize, needed: usize, len: usize) -> ParseError {
+    ParseError::Truncated {
+        header,
+        offset: sat32(ofs),
+        needed: sat32(needed),
+        available: sat32(len.saturating_sub(ofs)),
+    }
+}
+
+fn sat32(v: usize) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+fn ofs16(ofs: usize, header: Header) -> Result<u16, ParseError> {
+    u16::try_from(ofs).map_err(|_| ParseError::OffsetOverflow {
+        header,
+        offset: sat32(ofs),
+    })
+}
+
+#[inline]
+fn be16(hi: u8, lo: u8) -> u16 {
+    u16::from_be_bytes([hi, lo])
+}
+
+/// Big-endian unsigned integer from up to 16 bytes.
+#[inline]
+fn be_uint(bytes: &[u8]) -> u128 {
+    bytes
+        .iter()
+        .fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
+}
+
+fn is_vlan_tpid(t: u16) -> bool {
+    t == ethertype::VLAN || t == ethertype::QINQ
+}
+
+fn parse_l2(pkt: &[u8], key: &mut FlowKey, info: &mut ParseInfo) -> Result<(), ParseError> {
+    let eth: &[u8; ETH_HLEN] = need(pkt, 0, Header::Ethernet)?;
+    key.set(Field::DlDst, be_uint(&eth[0..6]));
+    key.set(Field::DlSrc, be_uint(&eth[6..12]));
+    let mut dl_type = be16(eth[12], eth[13]);
+    let mut ofs = ETH_HLEN;
+
+    if is_vlan_tpid(dl_type) {
+        // TCI and the inner EtherType. Cut short, the frame keeps the TPID
+        // as its dl_type, as in OVS.
+        let Some(tag) = header::<4>(pkt, ETH_HLEN) else {
+            key.set(Field::DlType, u128::from(dl_type));
+            info.dl_type = dl_type;
+            return Err(truncated(Header::Vlan, ETH_HLEN, 4, pkt.len()));
+        };
+        key.set(Field::VlanTci, u128::from(be16(tag[0], tag[1]) | VLAN_CFI));
+        info.vlan_ofs = Some(VLAN_TAG_OFS as u16);
+        dl_type = be16(tag[2], tag[3]);
+        ofs += 4;
+    }
+    if dl_type < ETH_TYPE_MIN {
+        dl_type = DL_TYPE_NONE;
+    }
+    key.set(Field::DlType, u128::from(dl_type));
+    info.dl_type = dl_type;
+
+    match dl_type {
+        // A second tag (QinQ) is not looked into: dl_type is its TPID.
+        ethertype::IPV4 => parse_ipv4(pkt, ofs, key, info),
+        ethertype::IPV6 => parse_ipv6(pkt, ofs, key, info),
+        ethertype::ARP | ETH_TYPE_RARP => parse_arp(pkt, ofs, key, info),
+        _ => Ok(()),
+    }
+}
+
+fn parse_arp(
+    pkt: &[u8],
+    ofs: usize,
+    key: &mut FlowKey,
+    info: &mut ParseInfo,
+) -> Result<(), ParseError> {
+    let a: &[u8; ARP_HLEN] = need(pkt, ofs, Header::Arp)?;
+    let ethernet_ipv4 =
+        be16(a[0], a[1]) == 1 && be16(a[2], a[3]) == ethertype::IPV4 && a[4] == 6 && a[5] == 4;
+    if !ethernet_ipv4 {
+        // Valid, just not a kind the key describes.
+        return Ok(());
+    }
+    let l3 = ofs16(ofs, Header::Arp)?;
+    let op = be16(a[6], a[7]);
+    // OVS keeps the opcode only when it fits nw_proto.
+    if let Ok(op) = u8::try_from(op) {
+        key.set(Field::NwProto, u128::from(op));
+        info.nw_proto = op;
+    }
+    key.set(Field::ArpSha, be_uint(&a[8..14]));
+    key.set(Field::NwSrc, be_uint(&a[14..18]));
+    key.set(Field::ArpTha, be_uint(&a[18..24]));
+    key.set(Field::NwDst, be_uint(&a[24..28]));
+    info.l3_ofs = Some(l3);
+    Ok(())
+}
+
+fn parse_ipv4(
+    pkt: &[u8],
+    ofs: usize,
+    key: &mut FlowKey,
+    info: &mut ParseInfo,
+) -> Result<(), ParseError> {
+    let h: &[u8; IPV4_MIN_HLEN] = need(pkt, ofs, Header::Ipv4)?;
+    let version = h[0] >> 4;
+    if version != 4 {
+        return Err(ParseError::Ipv4Version {
+            offset: sat32(ofs),
+            found: version,
+        });
+    }
+    let ihl = h[0] & 0x0f;
+    if ihl < 5 {
+        return Err(ParseError::Ipv4HeaderLen {
+            offset: sat32(ofs),
+            ihl,
+        });
+    }
+    let hlen = usize::from(ihl) * 4;
+    need_len(pkt, ofs, hlen, Header::Ipv4)?;
+    let total_len = be16(h[2], h[3]);
+    if usize::from(total_len) < hlen {
+        return Err(ParseError::Ipv4TotalLen {
+            offset: sat32(ofs),
+            total_len,
+            header_len: hlen as u16,
+        });
+    }
+    let available = pkt.len() - ofs; // ≥ hlen, checked above
+    let end = ofs + available.min(usize::from(total_len));
+    let l3 = ofs16(ofs, Header::Ipv4)?;
+    let ip_end = ofs16(end, Header::Ipv4)?;
+
+    let proto = h[9];
+    let frag_word = be16(h[6], h[7]);
+    let more_fragments = frag_word & 0x2000 != 0;
+    let frag_offset = frag_word & 0x1fff;
+    let nw_frag = match (frag_offset != 0, more_fragments) {
+        (true, _) => frag::ANY | frag::LATER,
+        (false, true) => frag::ANY,
+        (false, false) => 0,
+    };
+    key.set(Field::NwSrc, be_uint(&h[12..16]));
+    key.set(Field::NwDst, be_uint(&h[16..20]));
+    key.set(Field::NwProto, u128::from(proto));
+    key.set(Field::NwTos, u128::from(h[1]));
+    key.set(Field::NwTtl, u128::from(h[8]));
+    key.set(Field::NwFrag, u128::from(nw_frag));
+    info.l3_ofs = Some(l3);
+    info.ip_end = ip_end;
+    info.nw_proto = proto;
+    info.nw_frag = nw_frag;
+
+    let cut = (usize::from(total_len) > available).then_some(ParseError::DatagramTruncated {
+        header: Header::Ipv4,
+        offset: sat32(ofs),
+        length: u32::from(total_len),
+        available: sat32(available),
+    });
+    if nw_frag & frag::LATER == 0 {
+        let datagram = pkt.get(..end).unwrap_or_default();
+        parse_l4(datagram, ofs + hlen, proto, false, key, info)?;
+    }
+    cut.map_or(Ok(()), Err)
+}
+
+fn parse_ipv6(
+    pkt: &[u8],
+    ofs: usize,
+    key: &mut FlowKey,
+    info: &mut ParseInfo,
+) -> Result<(), ParseError> {
+    let h: &[u8; IPV6_HLEN] = need(pkt, ofs, Header::Ipv6)?;
+    let version = h[0] >> 4;
+    if version != 6 {
+        return Err(ParseError::Ipv6Version {
+            offset: sat32(ofs),
+            found: version,
+        });
+    }
+    let payload_len = usize::from(be16(h[4], h[5]));
+    let available = pkt.len() - ofs - IPV6_HLEN; // header checked above
+    let end = ofs + IPV6_HLEN + available.min(payload_len);
+    let l3 = ofs16(ofs, Header::Ipv6)?;
+    let ip_end = ofs16(end, Header::Ipv6)?;
+
+    let traffic_class = ((h[0] & 0x0f) << 4) | (h[1] >> 4);
+    key.set(Field::NwTos, u128::from(traffic_class));
+    key.set(Field::NwTtl, u128::from(h[7]));
+    key.set(Field::Ipv6Src, be_uint(&h[8..24]));
+    key.set(Field::Ipv6Dst, be_uint(&h[24..40]));
+    info.l3_ofs = Some(l3);
+    info.ip_end = ip_end;
+
+    let cut = (payload_len > available).then_some(ParseError::DatagramTruncated {
+        header: Header::Ipv6,
+        offset: sat32(ofs),
+        length: sat32(IPV6_HLEN + payload_len),
+        available: sat32(IPV6_HLEN + available),
+    });
+    let datagram = pkt.get(..end).unwrap_or_default();
+
+    // Walk the extension headers. Each is at least 8 bytes, so this ends.
+    let mut next = h[6];
+    let mut p = ofs + IPV6_HLEN;
+    loop {
+        let (kind, is_auth) = match next {
+            ipv6_ext::HOP_BY_HOP => (Header::Ipv6HopByHop, false),
+            ipv6_ext::ROUTING => (Header::Ipv6Routing, false),
+            ipv6_ext::DEST_OPTS => (Header::Ipv6DestOpts, false),
+            ipv6_ext::AUTH => (Header::Ipv6Auth, true),
+            ipv6_ext::FRAGMENT => {
+                let f: &[u8; 8] = need(datagram, p, Header::Ipv6Fragment)?;
+                let offset_flags = be16(f[2], f[3]);
+                p += 8;
+                if offset_flags & 0xfff8 != 0 {
+                    // A later fragment: no upper-layer header here. As OVS,
+                    // nw_proto says "fragment".
+                    set_ipv6_proto(key, info, ipv6_ext::FRAGMENT, frag::ANY | frag::LATER);
+                    return cut.map_or(Ok(()), Err);
+                }
+                if offset_flags & 1 != 0 {
+                    info.nw_frag = frag::ANY;
+                    key.set(Field::NwFrag, u128::from(frag::ANY));
+                }
+                next = f[0];
+                continue;
+            }
+            _ => break,
+        };
+        let e: &[u8; 8] = need(datagram, p, kind)?;
+        let len = if is_auth {
+            (usize::from(e[1]) + 2) * 4
+        } else {
+            (usize::from(e[1]) + 1) * 8
+        };
+        need_len(datagram, p, len, kind)?;
+        next = e[0];
+        p += len;
+    }
+    let nw_frag = info.nw_frag;
+    set_ipv6_proto(key, info, next, nw_frag);
+    parse_l4(datagram, p, next, true, key, info)?;
+    cut.map_or(Ok(()), Err)
+}
+
+fn set_ipv6_proto(key: &mut FlowKey, info: &mut ParseInfo, proto: u8, nw_frag: u8) {
+    key.set(Field::NwProto, u128::from(proto));
+    key.set(Field::NwFrag, u128::from(nw_frag));
+    info.nw_proto = proto;
+    info.nw_frag = nw_frag;
+}
+
+/// Parses the upper-layer header at `ofs` of `datagram` (which ends where
+/// the IP datagram ends).
+fn parse_l4(
+    datagram: &[u8],
+    ofs: usize,
+    proto: u8,
+    ipv6: bool,
+    key: &mut FlowKey,
+    info: &mut ParseInfo,
+) -> Result<(), ParseError> {
+    let (src, dst, header) = match proto {
+        ipproto::TCP => {
+            let t: &[u8; TCP_MIN_HLEN] = need(datagram, ofs, Header::Tcp)?;
+            let data_offset = t[12] >> 4;
+            if data_offset < 5 {
+                return Err(ParseError::TcpDataOffset {
+                    offset: sat32(ofs),
+                    data_offset,
+                });
+            }
+            need_len(datagram, ofs, usize::from(data_offset) * 4, Header::Tcp)?;
+            let flags = be16(t[12], t[13]) & 0x0fff;
+            key.set(Field::TcpFlags, u128::from(flags));
+            info.tcp_flags = flags;
+            (be16(t[0], t[1]), be16(t[2], t[3]), Header::Tcp)
+        }
+        ipproto::UDP => {
+            let u: &[u8; UDP_HLEN] = need(datagram, ofs, Header::Udp)?;
+            (be16(u[0], u[1]), be16(u[2], u[3]), Header::Udp)
+        }
+        ipproto::SCTP => {
+            let s: &[u8; SCTP_HLEN] = need(datagram, ofs, Header::Sctp)?;
+            (be16(s[0], s[1]), be16(s[2], s[3]), Header::Sctp)
+        }
+        ipproto::ICMP if !ipv6 => {
+            let i: &[u8; ICMP_HLEN] = need(datagram, ofs, Header::Icmp)?;
+            (u16::from(i[0]), u16::from(i[1]), Header::Icmp)
+        }
+        ipproto::ICMPV6 if ipv6 => {
+            let i: &[u8; ICMPV6_HLEN] = need(datagram, ofs, Header::Icmpv6)?;
+            (u16::from(i[0]), u16::from(i[1]), Header::Icmpv6)
+        }
+        _ => return Ok(()),
+    };
+    info.l4_ofs = Some(ofs16(ofs, header)?);
+    key.set(Field::TpSrc, u128::from(src));
+    key.set(Field::TpDst, u128::from(dst));
+    Ok(())
+}
+
+/// Internet checksums (RFC 1071, RFC 1624) and SCTP's CRC32c.
+pub mod checksum {
+    /// Adds the big-endian 16-bit words of `data` to `sum` (an odd last byte
+    /// is padded with zero).
+    pub fn sum(data: &[u8], mut sum: u64) -> u64 {
+        let mut words = data.chunks_exact(2);
+        for w in &mut words {
+            sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
+        }
+        if let [last] = words.remainder() {
+            sum += u64::from(*last) << 8;
+        }
+        sum
+    }
+
+    /// Folds a sum to 16 bits with end-around carry.
+    pub fn fold(mut sum: u64) -> u16 {
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+
+    /// The checksum field value for a sum taken with the field zeroed.
+    pub fn finish(sum: u64) -> u16 {
+        !fold(sum)
+    }
+
+    /// The IPv4 pseudo-header's contribution.
+    pub fn pseudo_v4(src: [u8; 4], dst: [u8; 4], proto: u8, len: u32) -> u64 {
+        let s = sum(&src, 0);
+        let s = sum(&dst, s);
+        s + u64::from(proto) + u64::from(len)
+    }
+
+    /// The IPv6 pseudo-header's contribution.
+    pub fn pseudo_v6(src: [u8; 16], dst: [u8; 16], next_header: u8, len: u32) -> u64 {
+        let s = sum(&src, 0);
+        let s = sum(&dst, s);
+        s + u64::from(next_header) + u64::from(len >> 16) + u64::from(len & 0xffff)
+    }
+
+    /// RFC 1624 eqn. 3: the checksum after words summing (folded) to `old`
+    /// were replaced by words summing to `new`: `HC' = ~(~HC + ~m + m')`.
+    pub fn adjust(csum: u16, old: u16, new: u16) -> u16 {
+        let s = u64::from(!csum) + u64::from(!old) + u64::from(new);
+        !fold(s)
+    }
+
+    const fn crc32c_table() -> [u32; 256] {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0x82f6_3b78
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    }
+
+    static CRC32C: [u32; 256] = crc32c_table();
+
+    /// CRC32c (Castagnoli), as SCTP uses it (RFC 9260 appendix A). SCTP
+    /// stores it in the packet as `crc.to_le_bytes()`.
+    pub fn crc32c(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for b in data {
+            crc = CRC32C[usize::from((crc as u8) ^ b)] ^ (crc >> 8);
+        }
+        !crc
+    }
+}
+
+/// Builders of well-formed packets (correct lengths and checksums) for
+/// tests, the testbed's generators and property tests. They allocate; they
+/// are not for the datapath.
+pub mod build {
+    use super::checksum;
+    use crate::key::{ethertype, ipproto};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// Addresses of an L4 checksum's pseudo-header.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Pseudo {
+        V4(Ipv4Addr, Ipv4Addr),
+        V6(Ipv6Addr, Ipv6Addr),
+    }
+
+    impl Pseudo {
+        fn sum(self, proto: u8, len: usize) -> u64 {
+            let len = len as u32;
+            match self {
+                Pseudo::V4(s, d) => checksum::pseudo_v4(s.octets(), d.octets(), proto, len),
+                Pseudo::V6(s, d) => checksum::pseudo_v6(s.octets(), d.octets(), proto, len),
+            }
+        }
+    }
+
+    pub const MAC_SRC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+    pub const MAC_DST: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
+
+    /// An Ethernet II frame (no padding, no FCS).
+    pub fn ethernet(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::with_capacity(14 + payload.len());
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// `frame` with a tag (TPID, TCI) inserted after the MAC addresses: it
+    /// becomes the outer tag.
+    pub fn push_tag(frame: &[u8], tpid: u16, tci: u16) -> Vec<u8> {
+        let split = frame.len().min(12);
+        let mut f = Vec::with_capacity(frame.len() + 4);
+        f.extend_from_slice(&frame[..split]);
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&tci.to_be_bytes());
+        f.extend_from_slice(&frame[split..]);
+        f
+    }
+
+    /// An Ethernet/IPv4 ARP body.
+    pub fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Vec<u8> {
+        let mut a = Vec::with_capacity(28);
+        a.extend_from_slice(&1u16.to_be_bytes());
+        a.extend_from_slice(&ethertype::IPV4.to_be_bytes());
+        a.extend_from_slice(&[6, 4]);
+        a.extend_from_slice(&op.to_be_bytes());
+        a.extend_from_slice(&sha);
+        a.extend_from_slice(&spa.octets());
+        a.extend_from_slice(&tha);
+        a.extend_from_slice(&tpa.octets());
+        a
+    }
+
+    /// IPv4 header fields; lengths and checksum are computed.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Ipv4Header {
+        pub src: Ipv4Addr,
+        pub dst: Ipv4Addr,
+        pub proto: u8,
+        pub tos: u8,
+        pub ttl: u8,
+        pub id: u16,
+        /// Flags (DF 0x4000, MF 0x2000) and the fragment offset in 8-byte units.
+        pub flags_frag: u16,
+        /// Options, padded to a multiple of 4 bytes with zero (end of list).
+        pub options: Vec<u8>,
+    }
+
+    impl Ipv4Header {
+        pub fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> Self {
+            Ipv4Header {
+                src,
+                dst,
+                proto,
+                tos: 0,
+                ttl: 64,
+                id: 1,
+                flags_frag: 0,
+                options: Vec::new(),
+            }
+        }
+
+        pub fn pseudo(&self) -> Pseudo {
+            Pseudo::V4(self.src, self.dst)
+        }
+    }
+
+    /// An IPv4 datagram.
+    pub fn ipv4(h: &Ipv4Header, payload: &[u8]) -> Vec<u8> {
+        let mut options = h.options.clone();
+        options.resize(options.len().div_ceil(4) * 4, 0);
+        let hlen = 20 + options.len();
+        let total = (hlen + payload.len()) as u16;
+        let mut p = Vec::with_capacity(hlen + payload.len());
+        p.push(0x40 | (hlen / 4) as u8);
+        p.push(h.tos);
+        p.extend_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&h.id.to_be_bytes());
+        p.extend_from_slice(&h.flags_frag.to_be_bytes());
+        p.push(h.ttl);
+        p.push(h.proto);
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(&h.src.octets());
+        p.extend_from_slice(&h.dst.octets());
+        p.extend_from_slice(&options);
+        let csum = checksum::finish(checksum::sum(&p, 0));
+        p[10..12].copy_from_slice(&csum.to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// IPv6 header fields; the payload length is computed.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Ipv6Header {
+        pub src: Ipv6Addr,
+        pub dst: Ipv6Addr,
+        /// The first next-header value (an extension header or the L4 protocol).
+        pub next_header: u8,
+        pub traffic_class: u8,
+        pub hop_limit: u8,
+        pub flow_label: u32,
+    }
+
+    impl Ipv6Header {
+        pub fn new(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8) -> Self {
+            Ipv6Header {
+                src,
+                dst,
+                next_header,
+                traffic_class: 0,
+                hop_limit: 64,
+                flow_label: 0,
+            }
+        }
+
+        pub fn pseudo(&self) -> Pseudo {
+            Pseudo::V6(self.src, self.dst)
+        }
+    }
+
+    /// An IPv6 packet; `payload` holds any extension headers.
+    pub fn ipv6(h: &Ipv6Header, payload: &[u8]) -> Vec<u8> {
+        let mut p = Vec::with_capacity(40 + payload.len());
+        let first = (6u32 << 28) | (u32::from(h.traffic_class) << 20) | (h.flow_label & 0xf_ffff);
+        p.extend_from_slice(&first.to_be_bytes());
+        p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        p.push(h.next_header);
+        p.push(h.hop_limit);
+        p.extend_from_slice(&h.src.octets());
+        p.extend_from_slice(&h.dst.octets());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// A minimal extension header of kind `kind` (hop-by-hop, routing,
+    /// destination options: 8 bytes; AH: 16 bytes) followed by `next`.
+    pub fn ipv6_ext(kind: u8, next: u8) -> Vec<u8> {
+        match kind {
+            super::ipv6_ext::AUTH => {
+                // Next, payload length (in 4-byte units minus 2), reserved,
+                // SPI, sequence number, 4-byte ICV.
+                let mut e = vec![next, 2, 0, 0];
+                e.extend_from_slice(&0x100u32.to_be_bytes());
+                e.extend_from_slice(&1u32.to_be_bytes());
+                e.extend_from_slice(&[0xaa; 4]);
+                e
+            }
+            super::ipv6_ext::ROUTING => vec![next, 0, 0, 0, 0, 0, 0, 0],
+            // Options headers: one PadN option filling the 6 bytes.
+            _ => vec![next, 0, 1, 4, 0, 0, 0, 0],
+        }
+    }
+
+    /// An IPv6 fragment header (`offset` in 8-byte units).
+    pub fn ipv6_frag(next: u8, offset: u16, more: bool, id: u32) -> Vec<u8> {
+        let mut e = vec![next, 0];
+        e.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+        e.extend_from_slice(&id.to_be_bytes());
+        e
+    }
+
+    /// A TCP segment (`options` padded to 4 bytes with zero).
+    pub fn tcp(
+        ph: Pseudo,
+        src: u16,
+        dst: u16,
+        flags: u16,
+        options: &[u8],
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut options = options.to_vec();
+        options.resize(options.len().div_ceil(4) * 4, 0);
+        let hlen = 20 + options.len();
+        let mut s = Vec::with_capacity(hlen + payload.len());
+        s.extend_from_slice(&src.to_be_bytes());
+        s.extend_from_slice(&dst.to_be_bytes());
+        s.extend_from_slice(&1000u32.to_be_bytes());
+        s.extend_from_slice(&2000u32.to_be_bytes());
+        let off_flags = ((hlen as u16 / 4) << 12) | (flags & 0x0fff);
+        s.extend_from_slice(&off_flags.to_be_bytes());
+        s.extend_from_slice(&8192u16.to_be_bytes());
+        s.extend_from_slice(&[0, 0, 0, 0]);
+        s.extend_from_slice(&options);
+        s.extend_from_slice(payload);
+        let csum = checksum::finish(checksum::sum(&s, ph.sum(ipproto::TCP, s.len())));
+        s[16..18].copy_from_slice(&csum.to_be_bytes());
+        s
+    }
+
+    /// A UDP datagram (checksum computed; 0 is sent as 0xffff).
+    pub fn udp(ph: Pseudo, src: u16, dst: u16, payload: &[u8]) -> Vec<u8> {
+        let len = 8 + payload.len();
+        let mut s = Vec::with_capacity(len);
+        s.extend_from_slice(&src.to_be_bytes());
+        s.extend_from_slice(&dst.to_be_bytes());
+        s.extend_from_slice(&(len as u16).to_be_bytes());
+        s.extend_from_slice(&[0, 0]);
+        s.extend_from_slice(payload);
+        let csum = match checksum::finish(checksum::sum(&s, ph.sum(ipproto::UDP, len))) {
+            0 => 0xffff,
+            c => c,
+        };
+        s[6..8].copy_from_slice(&csum.to_be_bytes());
+        s
+    }
+
+    /// An SCTP packet: common header (CRC32c computed) and `chunks`.
+    pub fn sctp(src: u16, dst: u16, chunks: &[u8]) -> Vec<u8> {
+        let mut s = Vec::with_capacity(12 + chunks.len());
+        s.extend_from_slice(&src.to_be_bytes());
+        s.extend_from_slice(&dst.to_be_bytes());
+        s.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        s.extend_from_slice(&[0, 0, 0, 0]);
+        s.extend_from_slice(chunks);
+        let crc = checksum::crc32c(&s);
+        s[8..12].copy_from_slice(&crc.to_le_bytes());
+        s
+    }
+
+    /// An ICMP message: type, code, checksum, then `rest` (the 4 bytes of
+    /// "rest of header" and any data).
+    pub fn icmp(ty: u8, code: u8, rest: &[u8]) -> Vec<u8> {
+        let mut s = vec![ty, code, 0, 0];
+        s.extend_from_slice(rest);
+        let csum = checksum::finish(checksum::sum(&s, 0));
+        s[2..4].copy_from_slice(&csum.to_be_bytes());
+        s
+    }
+
+    /// An ICMPv6 message (checksum over the pseudo-header).
+    pub fn icmpv6(ph: Pseudo, ty: u8, code: u8, rest: &[u8]) -> Vec<u8> {
+        let mut s = vec![ty, code, 0, 0];
+        s.extend_from_slice(rest);
+        let csum = checksum::finish(checksum::sum(&s, ph.sum(ipproto::ICMPV6, s.len())));
+        s[2..4].copy_from_slice(&csum.to_be_bytes());
+        s
+    }
+
+    /// Ethernet/IPv4/TCP with a SYN and no payload.
+    pub fn tcp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+        let h = Ipv4Header::new(src, dst, ipproto::TCP);
+        let l4 = tcp(h.pseudo(), sport, dport, 0x002, &[], &[]);
+        ethernet(MAC_DST, MAC_SRC, ethertype::IPV4, &ipv4(&h, &l4))
+    }
+
+    /// Ethernet/IPv4/UDP.
+    pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let h = Ipv4Header::new(src, dst, ipproto::UDP);
+        let l4 = udp(h.pseudo(), sport, dport, payload);
+        ethernet(MAC_DST, MAC_SRC, ethertype::IPV4, &ipv4(&h, &l4))
+    }
+
+    /// Ethernet/IPv6/TCP with a SYN and no payload.
+    pub fn tcp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16) -> Vec<u8> {
+        let h = Ipv6Header::new(src, dst, ipproto::TCP);
+        let l4 = tcp(h.pseudo(), sport, dport, 0x002, &[], &[]);
+        ethernet(MAC_DST, MAC_SRC, ethertype::IPV6, &ipv6(&h, &l4))
+    }
+
+    /// Ethernet/IPv6/UDP.
+    pub fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let h = Ipv6Header::new(src, dst, ipproto::UDP);
+        let l4 = udp(h.pseudo(), sport, dport, payload);
+        ethernet(MAC_DST, MAC_SRC, ethertype::IPV6, &ipv6(&h, &l4))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build::*;
+    use super::*;
+    use crate::key::mac_to_u64;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const IP_B: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 3);
+    const IP6_A: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+    const IP6_B: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x1, 0x2, 0x3, 0x4);
+
+    fn parsed(pkt: &[u8]) -> (FlowKey, ParseInfo) {
+        let mut key = FlowKey::ZERO;
+        let info = parse(pkt, 7, &mut key);
+        (key, info)
+    }
+
+    fn ip4_frame(h: &Ipv4Header, l4: &[u8]) -> Vec<u8> {
+        ethernet(MAC_DST, MAC_SRC, ethertype::IPV4, &ipv4(h, l4))
+    }
+
+    fn ip6_frame(h: &Ipv6Header, payload: &[u8]) -> Vec<u8> {
+        ethernet(MAC_DST, MAC_SRC, ethertype::IPV6, &ipv6(h, payload))
+    }
+
+    /// A test packet with the stages at which its fields become known.
+    struct Case {
+        name: &'static str,
+        pkt: Vec<u8>,
+        /// (end offset, field, value): for frames of at least `end` bytes the
+        /// field has `value` (later stages override earlier ones); `None`
+        /// means "the value of the full parse".
+        stages: Vec<(usize, Field, Option<u128>)>,
+        /// Shorter than this, the parse must report an error.
+        complete_at: usize,
+    }
+
+    const ETH_FIELDS: [Field; 3] = [Field::DlDst, Field::DlSrc, Field::DlType];
+    const IP4_FIELDS: [Field; 6] = [
+        Field::NwSrc,
+        Field::NwDst,
+        Field::NwProto,
+        Field::NwTos,
+        Field::NwTtl,
+        Field::NwFrag,
+    ];
+    const IP6_FIELDS: [Field; 4] = [Field::Ipv6Src, Field::Ipv6Dst, Field::NwTos, Field::NwTtl];
+    const L4_FIELDS: [Field; 3] = [Field::TpSrc, Field::TpDst, Field::TcpFlags];
+
+    fn stage(end: usize, fields: &[Field]) -> Vec<(usize, Field, Option<u128>)> {
+        fields.iter().map(|f| (end, *f, None)).collect()
+    }
+
+    fn case(name: &'static str, pkt: Vec<u8>, stages: &[(usize, &[Field])]) -> Case {
+        let complete_at = pkt.len();
+        Case {
+            name,
+            pkt,
+            stages: stages.iter().flat_map(|(e, f)| stage(*e, f)).collect(),
+            complete_at,
+        }
+    }
+
+    fn cases() -> Vec<Case> {
+        let mut v = Vec::new();
+        let tcp4h = Ipv4Header {
+            options: vec![0x94, 0x04, 0, 0], // router alert
+            tos: 0xb9,
+            ttl: 17,
+            ..Ipv4Header::new(IP_A, IP_B, ipproto::TCP)
+        };
+        let seg = tcp(tcp4h.pseudo(), 1234, 80, 0x012, &[2, 4, 5, 0xb4], b"hello");
+        v.push(case(
+            "tcp4+options",
+            ip4_frame(&tcp4h, &seg),
+            &[(14, &ETH_FIELDS), (38, &IP4_FIELDS), (38 + 24, &L4_FIELDS)],
+        ));
+        v.push(case(
+            "udp4",
+            udp4(IP_A, IP_B, 2152, 2152, b"gtp"),
+            &[(14, &ETH_FIELDS), (34, &IP4_FIELDS), (42, &L4_FIELDS)],
+        ));
+        let s4 = Ipv4Header::new(IP_A, IP_B, ipproto::SCTP);
+        v.push(case(
+            "sctp4",
+            ip4_frame(&s4, &sctp(5000, 6000, &[1, 0, 0, 4])),
+            &[(14, &ETH_FIELDS), (34, &IP4_FIELDS), (46, &L4_FIELDS)],
+        ));
+        let i4 = Ipv4Header::new(IP_A, IP_B, ipproto::ICMP);
+        v.push(case(
+            "icmp4",
+            ip4_frame(&i4, &icmp(8, 0, &[0, 1, 0, 2, 0xde, 0xad])),
+            &[(14, &ETH_FIELDS), (34, &IP4_FIELDS), (42, &L4_FIELDS)],
+        ));
+        let first = Ipv4Header {
+            flags_frag: 0x2000,
+            ..Ipv4Header::new(IP_A, IP_B, ipproto::UDP)
+        };
+        let udp_seg = udp(first.pseudo(), 53, 53, &[0; 16]);
+        v.push(case(
+            "ipv4 first fragment",
+            ip4_frame(&first, &udp_seg[..16]),
+            &[(14, &ETH_FIELDS), (34, &IP4_FIELDS), (42, &L4_FIELDS)],
+        ));
+        let later = Ipv4Header {
+            flags_frag: 2,
+            ..Ipv4Header::new(IP_A, IP_B, ipproto::UDP)
+        };
+        v.push(case(
+            "ipv4 later fragment",
+            ip4_frame(&later, &[0; 16]),
+            &[(14, &ETH_FIELDS), (34, &IP4_FIELDS)],
+        ));
+        v.push(case(
+            "arp",
+            ethernet(
+                [0xff; 6],
+                MAC_SRC,
+                ethertype::ARP,
+                &arp(1, MAC_SRC, IP_A, [0; 6], IP_B),
+            ),
+            &[
+                (14, &ETH_FIELDS),
+                (
+                    42,
+                    &[
+                        Field::NwProto,
+                        Field::NwSrc,
+                        Field::NwDst,
+                        Field::ArpSha,
+                        Field::ArpTha,
+                    ],
+                ),
+            ],
+        ));
+        // VLAN: while the tag is cut, dl_type is the TPID.
+        let mut vlan = case(
+            "vlan udp4",
+            push_tag(&udp4(IP_A, IP_B, 1, 2, b""), ethertype::VLAN, 0x2064),
+            &[
+                (14, &ETH_FIELDS),
+                (18, &[Field::VlanTci, Field::DlType]),
+                (38, &IP4_FIELDS),
+                (46, &L4_FIELDS),
+            ],
+        );
+        vlan.stages
+            .insert(3, (14, Field::DlType, Some(u128::from(ethertype::VLAN))));
+        v.push(vlan);
+        let mut qinq = case(
+            "qinq",
+            push_tag(
+                &push_tag(&udp4(IP_A, IP_B, 1, 2, b""), ethertype::VLAN, 100),
+                ethertype::QINQ,
+                200,
+            ),
+            &[(14, &ETH_FIELDS), (18, &[Field::VlanTci, Field::DlType])],
+        );
+        qinq.stages
+            .insert(3, (14, Field::DlType, Some(u128::from(ethertype::QINQ))));
+        qinq.complete_at = 18;
+        v.push(qinq);
+        let mut dot3 = case(
+            "802.3",
+            ethernet(MAC_DST, MAC_SRC, 40, &[0x42, 0x42, 0x03, 0, 0, 0]),
+            &[(14, &ETH_FIELDS)],
+        );
+        dot3.complete_at = 14;
+        v.push(dot3);
+
+        // IPv6 with each extension header, then TCP.
+        for ext in [
+            ipv6_ext::HOP_BY_HOP,
+            ipv6_ext::ROUTING,
+            ipv6_ext::DEST_OPTS,
+            ipv6_ext::AUTH,
+        ] {
+            let h = Ipv6Header {
+                traffic_class: 0xb8,
+                hop_limit: 3,
+                ..Ipv6Header::new(IP6_A, IP6_B, ext)
+            };
+            let e = ipv6_ext(ext, ipproto::TCP);
+            let end = 54 + e.len();
+            let mut payload = e;
+            payload.extend(tcp(h.pseudo(), 443, 50000, 0x018, &[], b"data"));
+            let mut c = case(
+                "ipv6 ext + tcp",
+                ip6_frame(&h, &payload),
+                &[
+                    (14, &ETH_FIELDS),
+                    (54, &IP6_FIELDS),
+                    (end, &[Field::NwProto]),
+                    (end + 20, &L4_FIELDS),
+                ],
+            );
+            c.name = match ext {
+                ipv6_ext::HOP_BY_HOP => "ipv6 hop-by-hop",
+                ipv6_ext::ROUTING => "ipv6 routing",
+                ipv6_ext::DEST_OPTS => "ipv6 dest opts",
+                _ => "ipv6 auth",
+            };
+            v.push(c);
+        }
+        // A chain: hop-by-hop, destination options, first fragment, UDP.
+        let h = Ipv6Header::new(IP6_A, IP6_B, ipv6_ext::HOP_BY_HOP);
+        let mut payload = ipv6_ext(ipv6_ext::HOP_BY_HOP, ipv6_ext::DEST_OPTS);
+        payload.extend(ipv6_ext(ipv6_ext::DEST_OPTS, ipv6_ext::FRAGMENT));
+        payload.extend(ipv6_frag(ipproto::UDP, 0, true, 99));
+        payload.extend(udp(h.pseudo(), 4789, 4789, &[1; 8]));
+        v.push(case(
+            "ipv6 chain, first fragment, udp",
+            ip6_frame(&h, &payload),
+            &[
+                (14, &ETH_FIELDS),
+                (54, &IP6_FIELDS),
+                (78, &[Field::NwFrag]),
+                (78, &[Field::NwProto]),
+                (86, &L4_FIELDS),
+            ],
+        ));
+        let h = Ipv6Header::new(IP6_A, IP6_B, ipv6_ext::FRAGMENT);
+        let mut payload = ipv6_frag(ipproto::UDP, 185, false, 99);
+        payload.extend([7; 24]);
+        v.push(case(
+            "ipv6 later fragment",
+            ip6_frame(&h, &payload),
+            &[
+                (14, &ETH_FIELDS),
+                (54, &IP6_FIELDS),
+                (62, &[Field::NwFrag, Field::NwProto]),
+            ],
+        ));
+        let h = Ipv6Header::new(IP6_A, IP6_B, ipproto::ICMPV6);
+        v.push(case(
+            "icmpv6",
+            ip6_frame(&h, &icmpv6(h.pseudo(), 128, 0, &[0, 1, 0, 1])),
+            &[
+                (14, &ETH_FIELDS),
+                (54, &IP6_FIELDS),
+                (54, &[Field::NwProto]),
+                (58, &L4_FIELDS),
+            ],
+        ));
+        v.push(case(
+            "udp6",
+            udp6(IP6_A, IP6_B, 546, 547, b"dhcp"),
+            &[
+                (14, &ETH_FIELDS),
+                (54, &IP6_FIELDS),
+                (54, &[Field::NwProto]),
+                (62, &L4_FIELDS),
+            ],
+        ));
+        v
+    }
+
+    /// The key a frame cut to `len` bytes must parse to.
+    fn expected_at(c: &Case, full: &FlowKey, len: usize) -> FlowKey {
+        let mut k = FlowKey::ZERO;
+        k.set(Field::InPort, 7);
+        for (end, field, value) in &c.stages {
+            if len >= *end {
+                k.set(*field, value.unwrap_or_else(|| full.get(*field)));
+            }
+        }
+        k
+    }
+
+    #[test]
+    fn every_case_parses_completely() {
+        for c in cases() {
+            let (key, info) = parsed(&c.pkt);
+            assert_eq!(info.error, None, "{}", c.name);
+            assert_eq!(key, expected_at(&c, &key, c.pkt.len()), "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn truncation_at_every_length() {
+        for c in cases() {
+            let (full, full_info) = parsed(&c.pkt);
+            for len in 0..=c.pkt.len() {
+                let (key, info) = parsed(&c.pkt[..len]);
+                assert_eq!(
+                    key,
+                    expected_at(&c, &full, len),
+                    "{} cut to {len}: {:?}",
+                    c.name,
+                    info.error
+                );
+                assert_eq!(
+                    info.error.is_some(),
+                    len < c.complete_at,
+                    "{} cut to {len}: {:?}",
+                    c.name,
+                    info.error
+                );
+                // Offsets never point past the bytes, and never disagree
+                // with the full parse.
+                for ofs in [info.vlan_ofs, info.l3_ofs, info.l4_ofs]
+                    .into_iter()
+                    .flatten()
+                {
+                    assert!(usize::from(ofs) < len, "{} cut to {len}", c.name);
+                }
+                if info.l4_ofs.is_some() {
+                    assert_eq!(info.l4_ofs, full_info.l4_ofs);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ethernet_only() {
+        let pkt = ethernet(MAC_DST, MAC_SRC, 0x88cc, &[0; 30]);
+        let (key, info) = parsed(&pkt);
+        assert_eq!(key.in_port(), 7);
+        assert_eq!(key.dl_dst(), MAC_DST);
+        assert_eq!(key.dl_src(), MAC_SRC);
+        assert_eq!(key.dl_type(), 0x88cc);
+        assert_eq!(key.vlan_tci(), 0);
+        assert_eq!(info.error, None);
+        assert_eq!(info.l3_ofs, None);
+        let (key, info) = parsed(&pkt[..13]);
+        assert_eq!(key.dl_dst(), [0; 6]);
+        assert!(matches!(
+            info.error,
+            Some(ParseError::Truncated {
+                header: Header::Ethernet,
+                offset: 0,
+                needed: 14,
+                available: 13
+            })
+        ));
+    }
+
+    #[test]
+    fn vlan_and_qinq() {
+        let pkt = push_tag(&udp4(IP_A, IP_B, 1, 2, b""), ethertype::VLAN, 0xa064);
+        let (key, info) = parsed(&pkt);
+        assert_eq!(key.vlan_tci(), 0xa064 | VLAN_CFI);
+        assert_eq!(key.dl_type(), ethertype::IPV4);
+        assert_eq!(info.vlan_ofs, Some(12));
+        assert_eq!(info.l3_ofs, Some(18));
+        assert_eq!(info.l4_ofs, Some(38));
+        assert_eq!(key.get(Field::TpDst), 2);
+
+        let qinq = push_tag(&pkt, ethertype::QINQ, 0x0c8);
+        let (key, info) = parsed(&qinq);
+        assert_eq!(key.vlan_tci(), 0x0c8 | VLAN_CFI);
+        assert_eq!(key.dl_type(), ethertype::VLAN);
+        assert_eq!(key.get(Field::NwSrc), 0);
+        assert_eq!(info.l3_ofs, None);
+        assert_eq!(info.error, None);
+    }
+
+    #[test]
+    fn dot3_length_field() {
+        let pkt = ethernet(
+            MAC_DST,
+            MAC_SRC,
+            0x0026,
+            &[0xaa, 0xaa, 0x03, 0, 0, 0, 0x08, 0],
+        );
+        let (key, info) = parsed(&pkt);
+        assert_eq!(key.dl_type(), DL_TYPE_NONE);
+        assert_eq!(info.error, None);
+        // Tagged 802.3 too.
+        let (key, _) = parsed(&push_tag(&pkt, ethertype::VLAN, 5));
+        assert_eq!(key.dl_type(), DL_TYPE_NONE);
+        assert_eq!(key.vlan_tci(), 5 | VLAN_CFI);
+    }
+
+    #[test]
+    fn arp_fields() {
+        let sha = [0x2e, 0xa9, 0xbe, 0x9e, 0x4d, 0x07];
+        let tha = [0x11, 0x22, 0x33, 0x44, 0x55, 0x66];
+        let pkt = ethernet(
+            [0xff; 6],
+            sha,
+            ethertype::ARP,
+            &arp(2, sha, IP_A, tha, IP_B),
+        );
+        let (key, info) = parsed(&pkt);
+        assert_eq!(key.nw_proto(), 2);
+        assert_eq!(key.get(Field::NwSrc), u128::from(u32::from(IP_A)));
+        assert_eq!(key.get(Field::NwDst), u128::from(u32::from(IP_B)));
+        assert_eq!(key.get(Field::ArpSha), u128::from(mac_to_u64(sha)));
+        assert_eq!(key.get(Field::ArpTha), u128::from(mac_to_u64(tha)));
+        assert_eq!(info.l3_ofs, Some(14));
+        // A non-Ethernet/IPv4 ARP is valid but not described.
+        let mut odd = pkt.clone();
+        odd[15] = 6; // htype 6 (IEEE 802)
+        let (key, info) = parsed(&odd);
+        assert_eq!(key.nw_proto(), 0);
+        assert_eq!(key.get(Field::NwSrc), 0);
+        assert_eq!(info.error, None);
+        // Opcodes above 255 do not fit nw_proto (OVS leaves it zero).
+        let mut big = pkt.clone();
+        big[20] = 1;
+        let (key, _) = parsed(&big);
+        assert_eq!(key.nw_proto(), 0);
+        assert_eq!(key.get(Field::NwSrc), u128::from(u32::from(IP_A)));
+    }
+
+    #[test]
+    fn ipv4_with_options_and_tcp() {
+        let c = &cases()[0];
+        let (key, info) = parsed(&c.pkt);
+        assert_eq!(key.dl_type(), ethertype::IPV4);
+        assert_eq!(key.get(Field::NwSrc), 0x0a00_0001);
+        assert_eq!(key.get(Field::NwDst), 0xc0a8_c803);
+        assert_eq!(key.nw_proto(), ipproto::TCP);
+        assert_eq!(key.get(Field::NwTos), 0xb9);
+        assert_eq!(key.get(Field::NwTtl), 17);
+        assert_eq!(key.nw_frag(), 0);
+        assert_eq!(key.get(Field::TpSrc), 1234);
+        assert_eq!(key.get(Field::TpDst), 80);
+        assert_eq!(key.get(Field::TcpFlags), 0x012);
+        assert_eq!(info.tcp_flags, 0x012);
+        assert_eq!(info.l3_ofs, Some(14));
+        assert_eq!(info.l4_ofs, Some(38));
+        assert_eq!(usize::from(info.ip_end), c.pkt.len());
+    }
+
+    #[test]
+    fn ipv4_padding_ignored() {
+        let mut pkt = udp4(IP_A, IP_B, 1, 2, b"");
+        let len = pkt.len();
+        pkt.resize(60, 0xee);
+        let (key, info) = parsed(&pkt);
+        assert_eq!(info.error, None);
+        assert_eq!(usize::from(info.ip_end), len);
+        assert_eq!(key.get(Field::TpDst), 2);
+    }
+
+    #[test]
+    fn ipv4_bad_headers() {
+        let pkt = udp4(IP_A, IP_B, 1, 2, b"");
+        let mut v5 = pkt.clone();
+        v5[14] = 0x55;
+        let (key, info) = parsed(&v5);
+        assert_eq!(key.dl_type(), ethertype::IPV4);
+        assert_eq!(key.get(Field::NwSrc), 0);
+        assert_eq!(
+            info.error,
+            Some(ParseError::Ipv4Version {
+                offset: 14,
+                found: 5
+            })
+        );
+        let mut ihl = pkt.clone();
+        ihl[14] = 0x44;
+        assert_eq!(
+            parsed(&ihl).1.error,
+            Some(ParseError::Ipv4HeaderLen { offset: 14, ihl: 4 })
+        );
+        let mut total = pkt.clone();
+        total[16..18].copy_from_slice(&19u16.to_be_bytes());
+        assert!(matches!(
+            parsed(&total).1.error,
+            Some(ParseError::Ipv4TotalLen { total_len: 19, .. })
+        ));
+        // The TCP data offset is checked.
+        let mut tcp = tcp4(IP_A, IP_B, 1, 2);
+        tcp[46] = 0x40;
+        let (key, info) = parsed(&tcp);
+        assert_eq!(key.nw_proto(), ipproto::TCP);
+        assert_eq!(key.get(Field::TpSrc), 0);
+        assert_eq!(info.l4_ofs, None);
+        assert!(matches!(
+            info.error,
+            Some(ParseError::TcpDataOffset { data_offset: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn ipv4_fragments() {
+        let first = cases()
+            .into_iter()
+            .find(|c| c.name == "ipv4 first fragment")
+            .unwrap();
+        let (key, info) = parsed(&first.pkt);
+        assert_eq!(key.nw_frag(), frag::ANY);
+        assert_eq!(key.get(Field::TpSrc), 53);
+        assert!(info.l4_ofs.is_some());
+        let later = cases()
+            .into_iter()
+            .find(|c| c.name == "ipv4 later fragment")
+            .unwrap();
+        let (key, info) = parsed(&later.pkt);
+        assert_eq!(key.nw_frag(), frag::ANY | frag::LATER);
+        assert_eq!(key.nw_proto(), ipproto::UDP);
+        assert_eq!(key.get(Field::TpSrc), 0);
+        assert_eq!(info.l4_ofs, None);
+        // DF alone is not a fragment.
+        let df = Ipv4Header {
+            flags_frag: 0x4000,
+            ..Ipv4Header::new(IP_A, IP_B, ipproto::UDP)
+        };
+        let seg = udp(df.pseudo(), 1, 2, b"");
+        assert_eq!(parsed(&ip4_frame(&df, &seg)).0.nw_frag(), 0);
+    }
+
+    #[test]
+    fn ipv6_extension_headers() {
+        for c in cases().iter().filter(|c| c.name.starts_with("ipv6 ")) {
+            let (key, info) = parsed(&c.pkt);
+            assert_eq!(key.dl_type(), ethertype::IPV6, "{}", c.name);
+            assert_eq!(key.get(Field::Ipv6Src), u128::from(IP6_A), "{}", c.name);
+            assert_eq!(key.get(Field::Ipv6Dst), u128::from(IP6_B), "{}", c.name);
+            assert_eq!(info.l3_ofs, Some(14));
+            match c.name {
+                "ipv6 later fragment" => {
+                    assert_eq!(key.nw_proto(), ipv6_ext::FRAGMENT);
+                    assert_eq!(key.nw_frag(), frag::ANY | frag::LATER);
+                    assert_eq!(info.l4_ofs, None);
+                }
+                "ipv6 chain, first fragment, udp" => {
+                    assert_eq!(key.nw_proto(), ipproto::UDP);
+                    assert_eq!(key.nw_frag(), frag::ANY);
+                    assert_eq!(key.get(Field::TpSrc), 4789);
+                    assert_eq!(info.l4_ofs, Some(78));
+                }
+                _ => {
+                    assert_eq!(key.nw_proto(), ipproto::TCP, "{}", c.name);
+                    assert_eq!(key.get(Field::NwTos), 0xb8);
+                    assert_eq!(key.get(Field::NwTtl), 3);
+                    assert_eq!(key.nw_frag(), 0);
+                    assert_eq!(key.get(Field::TpSrc), 443);
+                    assert_eq!(key.get(Field::TpDst), 50000);
+                    assert_eq!(key.get(Field::TcpFlags), 0x018);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_atomic_fragment_is_not_a_fragment() {
+        let h = Ipv6Header::new(IP6_A, IP6_B, ipv6_ext::FRAGMENT);
+        let mut payload = ipv6_frag(ipproto::UDP, 0, false, 1);
+        payload.extend(udp(h.pseudo(), 1, 2, b""));
+        let (key, info) = parsed(&ip6_frame(&h, &payload));
+        assert_eq!(key.nw_frag(), 0);
+        assert_eq!(key.nw_proto(), ipproto::UDP);
+        assert_eq!(info.l4_ofs, Some(62));
+    }
+
+    #[test]
+    fn ipv6_bad_version_and_payload_length() {
+        let mut pkt = udp6(IP6_A, IP6_B, 1, 2, b"");
+        pkt[14] = 0x45;
+        let (key, info) = parsed(&pkt);
+        assert_eq!(key.get(Field::Ipv6Src), 0);
+        assert_eq!(
+            info.error,
+            Some(ParseError::Ipv6Version {
+                offset: 14,
+                found: 4
+            })
+        );
+        let mut pkt = udp6(IP6_A, IP6_B, 1, 2, b"");
+        pkt[18..20].copy_from_slice(&100u16.to_be_bytes());
+        let (key, info) = parsed(&pkt);
+        assert_eq!(key.get(Field::TpDst), 2);
+        assert!(matches!(
+            info.error,
+            Some(ParseError::DatagramTruncated {
+                header: Header::Ipv6,
+                length: 140,
+                available: 48,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn l4_protocols() {
+        let sctp = cases().into_iter().find(|c| c.name == "sctp4").unwrap();
+        let (key, _) = parsed(&sctp.pkt);
+        assert_eq!((key.get(Field::TpSrc), key.get(Field::TpDst)), (5000, 6000));
+        let icmp4 = cases().into_iter().find(|c| c.name == "icmp4").unwrap();
+        let (key, _) = parsed(&icmp4.pkt);
+        assert_eq!((key.get(Field::TpSrc), key.get(Field::TpDst)), (8, 0));
+        let icmp6 = cases().into_iter().find(|c| c.name == "icmpv6").unwrap();
+        let (key, info) = parsed(&icmp6.pkt);
+        assert_eq!((key.get(Field::TpSrc), key.get(Field::TpDst)), (128, 0));
+        assert_eq!(info.l4_ofs, Some(54));
+        let (key, _) = parsed(&udp4(IP_A, IP_B, 2152, 2123, b""));
+        assert_eq!((key.get(Field::TpSrc), key.get(Field::TpDst)), (2152, 2123));
+        // ICMP (v4) inside IPv6 is not an ICMP header.
+        let h = Ipv6Header::new(IP6_A, IP6_B, ipproto::ICMP);
+        let (key, info) = parsed(&ip6_frame(&h, &icmp(8, 0, &[0; 4])));
+        assert_eq!(key.nw_proto(), ipproto::ICMP);
+        assert_eq!(key.get(Field::TpSrc), 0);
+        assert_eq!(info.l4_ofs, None);
+    }
+
+    #[test]
+    fn error_messages_name_the_header() {
+        let pkt = tcp4(IP_A, IP_B, 1, 2);
+        let msg = parsed(&pkt[..40]).1.error.unwrap().to_string();
+        assert_eq!(
+            msg,
+            "TCP header at offset 34 truncated: needs 20 bytes, only 6 present"
+        );
+        let msg = parsed(&pkt[..30]).1.error.unwrap().to_string();
+        assert_eq!(
+            msg,
+            "IPv4 header at offset 14 truncated: needs 20 bytes, only 16 present"
+        );
+    }
+
+    #[test]
+    fn checksum_known_values() {
+        assert_eq!(checksum::crc32c(b"123456789"), 0xe306_9283);
+        // RFC 1071 example words.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(checksum::fold(checksum::sum(&data, 0)), 0xddf2);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let mut key = FlowKey::ZERO;
+            let info = parse(&bytes, 1, &mut key);
+            for ofs in [info.vlan_ofs, info.l3_ofs, info.l4_ofs].into_iter().flatten() {
+                proptest::prop_assert!(usize::from(ofs) < bytes.len());
+            }
+        }
+
+        #[test]
+        fn mutated_packets_never_panic(
+            which in 0usize..18,
+            flips in proptest::collection::vec((0usize..200, proptest::num::u8::ANY), 0..6),
+            cut in 0usize..200,
+        ) {
+            let all = cases();
+            let mut pkt = all[which % all.len()].pkt.clone();
+            for (at, v) in flips {
+                let n = pkt.len();
+                pkt[at % n] = v;
+            }
+            pkt.truncate(cut.max(1));
+            let mut key = FlowKey::ZERO;
+            let _ = parse(&pkt, 1, &mut key);
+        }
+    }
+}
