@@ -795,4 +795,45 @@ mod tests {
         let mut p = HeapPacket::from_bytes(&pkt);
         apply_modifications(&all_sets(), &mut p, &mut info).unwrap();
     }
+
+    fn any_mod() -> impl proptest::strategy::Strategy<Value = DpAction> {
+        use proptest::prelude::*;
+        let fields = prop::sample::select(vec![
+            Field::DlSrc,
+            Field::DlDst,
+            Field::NwSrc,
+            Field::NwDst,
+            Field::Ipv6Src,
+            Field::Ipv6Dst,
+            Field::NwTos,
+            Field::NwTtl,
+            Field::TpSrc,
+            Field::TpDst,
+            Field::VlanTci,
+        ]);
+        prop_oneof![
+            8 => (fields, any::<u128>()).prop_map(|(f, v)| DpAction::Set(f, v & f.full_mask())),
+            1 => Just(DpAction::PushVlan(ethertype::VLAN)),
+            1 => Just(DpAction::PopVlan),
+            1 => (1u32..4).prop_map(DpAction::Output),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any sequence of actions on any sample keeps every output parseable
+        /// with valid checksums.
+        #[test]
+        fn random_actions_keep_checksums(
+            which in 0usize..12,
+            actions in proptest::collection::vec(any_mod(), 0..12),
+        ) {
+            let all = samples();
+            let pkt = &all[which % all.len()];
+            let mut acts = actions;
+            acts.push(DpAction::Output(9));
+            for (_, out) in run(pkt, &acts) {
+                assert_checksums(&out);
+            }
+        }
+    }
 }

@@ -747,6 +747,16 @@ mod tests {
         }
     }
 
+    /// Ports of one buffer type can be kept together as trait objects.
+    #[test]
+    fn port_is_object_safe() {
+        let port: Box<dyn Port<Buf = HeapPacket>> = Box::new(LoopPort {
+            ring: std::sync::Mutex::new(Vec::new()),
+            capacity: 1,
+        });
+        assert_eq!((port.name(), port.mtu()), ("loop0", 1500));
+    }
+
     #[test]
     fn tx_leaves_refused_packets_with_the_caller() {
         let port = LoopPort {
