@@ -4,7 +4,7 @@
 //! and `del-flows`.
 
 use super::{Match, OfAction, Rule, N_TABLES};
-use crate::key::FlowKey;
+use crate::key::{Field, FlowKey, KEY_WORDS};
 use std::fmt;
 use std::sync::Arc;
 
@@ -180,18 +180,80 @@ impl Pipeline {
         ids
     }
 
-    /// Linear lookup in one table. Every rule checked (the matching one
-    /// included) has its mask ORed into `wc`: the result depends on exactly
-    /// those bits.
+    /// Linear lookup in one table. The matching rule's mask is ORed into
+    /// `wc`; for each rule checked before it, only enough bits to prove the
+    /// mismatch (see [`unwildcard_mismatch`]).
     #[inline]
     pub fn lookup(&self, table: u8, key: &FlowKey, wc: &mut FlowKey) -> Option<&Arc<RuleEntry>> {
         for e in self.table(table) {
-            wc.or(&e.rule.r#match.mask);
-            if e.rule.r#match.matches(key) {
+            let m = &e.rule.r#match;
+            let mut diff = [0u64; KEY_WORDS];
+            let mut any = 0u64;
+            for i in 0..KEY_WORDS {
+                diff[i] = (key.words[i] ^ m.value.words[i]) & m.mask.words[i];
+                any |= diff[i];
+            }
+            if any == 0 {
+                wc.or(&m.mask);
                 return Some(e);
             }
+            unwildcard_mismatch(&diff, m, wc);
         }
         None
+    }
+}
+
+/// Fields in the order a staged lookup consults them (metadata, L2, L3, L4).
+const STAGE_ORDER: [Field; 18] = [
+    Field::InPort,
+    Field::DlType,
+    Field::VlanTci,
+    Field::DlSrc,
+    Field::DlDst,
+    Field::ArpSha,
+    Field::ArpTha,
+    Field::NwProto,
+    Field::NwFrag,
+    Field::NwTos,
+    Field::NwTtl,
+    Field::NwSrc,
+    Field::NwDst,
+    Field::Ipv6Src,
+    Field::Ipv6Dst,
+    Field::TpSrc,
+    Field::TpDst,
+    Field::TcpFlags,
+];
+
+/// A rule did not match: `diff` holds the bits (under the rule's mask) where
+/// the key differs from it. Any packet that agrees with the key on one of
+/// those bits mismatches the rule too, so un-wildcarding one of them is
+/// enough — and nothing at all when `wc` already holds one. Otherwise the
+/// first differing field in stage order is taken: for an address field only
+/// its prefix down to the first differing bit (as OVS's prefix tries do),
+/// for other fields the rule's whole mask of it (partial L4 masks would stop
+/// a NIC from taking the megaflow).
+fn unwildcard_mismatch(diff: &[u64; KEY_WORDS], m: &Match, wc: &mut FlowKey) {
+    if diff.iter().zip(wc.words.iter()).any(|(d, w)| d & w != 0) {
+        return;
+    }
+    let mut d = FlowKey::ZERO;
+    d.words = *diff;
+    for f in STAGE_ORDER {
+        let fd = d.get(f);
+        if fd == 0 {
+            continue;
+        }
+        let rule_mask = m.mask.get(f);
+        let bits = match f {
+            Field::NwSrc | Field::NwDst | Field::Ipv6Src | Field::Ipv6Dst => {
+                let top = 127 - fd.leading_zeros(); // highest differing bit
+                rule_mask & !((1u128 << top) - 1)
+            }
+            _ => rule_mask,
+        };
+        wc.or_field(f, bits);
+        return;
     }
 }
 
@@ -241,7 +303,7 @@ mod tests {
             p.lookup(0, &ip(0x0b00_0001), &mut wc).map(|e| e.id),
             Some(low)
         );
-        assert_eq!(wc.get(Field::NwSrc), 0xffff_0000);
+        assert_eq!(wc.get(Field::NwSrc), 0xff00_0000);
     }
 
     #[test]

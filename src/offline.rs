@@ -1,0 +1,175 @@
+//! Offline commands (no daemon): `flow parse` and `trace --flows-file`.
+
+use crate::error::CliError;
+use fallback::actions::action_strings;
+use fallback::key::Field;
+use fallback::ofproto::mac::MacTable;
+use fallback::ofproto::syntax::{format_flow, format_megaflow, parse_flow, parse_packet};
+use fallback::ofproto::table::Pipeline;
+use fallback::ofproto::xlate::{xlate, Bridge, TraceStep, Xlation};
+use fallback::ofproto::{ofport, Match, OfAction, Rule};
+use serde_json::json;
+use std::path::Path;
+
+pub fn flow_parse(flow: &str, json: bool) -> Result<(), CliError> {
+    let rule = parse_flow(flow).map_err(CliError::Flow)?;
+    let canonical = format_flow(&rule);
+    if json {
+        println!("{}", json!({ "flow": canonical }));
+    } else {
+        println!("{canonical}");
+    }
+    Ok(())
+}
+
+/// Reads rules: one ovs-ofctl flow per line, blank lines and `#` comments
+/// skipped; an error names the file and line.
+pub fn load_flows_file(path: &Path) -> Result<Vec<Rule>, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_flows_text(&text).map_err(|(line, source)| CliError::FlowsFile {
+        path: path.to_path_buf(),
+        line,
+        source,
+    })
+}
+
+/// The lines of a flows file → rules, or (line number, error).
+pub fn parse_flows_text(
+    text: &str,
+) -> Result<Vec<Rule>, (usize, fallback::ofproto::syntax::FlowParseError)> {
+    let mut rules = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        rules.push(parse_flow(line).map_err(|e| (i + 1, e))?);
+    }
+    Ok(rules)
+}
+
+/// Ports the rules and the packet name: the default bridge for `trace`.
+fn ports_named(rules: &[Rule], in_port: u32) -> Vec<u32> {
+    let mut ports = vec![in_port];
+    for r in rules {
+        if r.r#match.mask.get(Field::InPort) != 0 {
+            ports.push(r.r#match.value.get(Field::InPort) as u32);
+        }
+        for a in &r.actions {
+            match *a {
+                OfAction::Output(p) if p < ofport::MAX => ports.push(p),
+                OfAction::Resubmit { port: Some(p), .. } if p < ofport::MAX => ports.push(p),
+                _ => {}
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+pub fn trace(
+    flows_file: &Path,
+    ports: Option<&[u32]>,
+    packet: &str,
+    json: bool,
+) -> Result<(), CliError> {
+    let rules = load_flows_file(flows_file)?;
+    let key = parse_packet(packet).map_err(CliError::Packet)?;
+    let mut pipeline = Pipeline::new();
+    for r in &rules {
+        pipeline.add(r.clone());
+    }
+    let mut ports = match ports {
+        Some(p) => p.to_vec(),
+        None => ports_named(&rules, key.in_port()),
+    };
+    ports.sort_unstable();
+    ports.dedup();
+    let macs = MacTable::default();
+    let x = xlate(
+        Bridge {
+            pipeline: &pipeline,
+            macs: &macs,
+            ports: &ports,
+        },
+        &key,
+    );
+    let megaflow = format_megaflow(&Match {
+        value: key.masked(&x.mask),
+        mask: x.mask,
+    });
+    if json {
+        let doc = trace_json(&pipeline, &x, &megaflow);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print_trace(&pipeline, &x, packet, &megaflow);
+    }
+    Ok(())
+}
+
+fn rule_text(pipeline: &Pipeline, id: fallback::ofproto::table::RuleId) -> String {
+    pipeline
+        .get(id)
+        .map(|e| format_flow(&e.rule))
+        .unwrap_or_else(|| format!("{id} (gone)"))
+}
+
+pub fn trace_json(pipeline: &Pipeline, x: &Xlation, megaflow: &str) -> serde_json::Value {
+    let mut tables = Vec::new();
+    let mut notes = Vec::new();
+    for step in &x.trace {
+        match step {
+            TraceStep::Lookup {
+                depth,
+                table,
+                in_port,
+                rule,
+            } => tables.push(json!({
+                "table": table,
+                "depth": depth,
+                "in_port": in_port,
+                "rule": rule.map(|id| rule_text(pipeline, id)),
+            })),
+            TraceStep::Note { depth, text } => notes.push(json!({"depth": depth, "note": text})),
+        }
+    }
+    json!({
+        "actions": action_strings(&x.actions),
+        "megaflow": megaflow,
+        "tables": tables,
+        "notes": notes,
+        "drop_reason": x.drop.map(|d| d.as_str()),
+    })
+}
+
+fn print_trace(pipeline: &Pipeline, x: &Xlation, packet: &str, megaflow: &str) {
+    println!("Flow: {packet}\n");
+    for step in &x.trace {
+        match step {
+            TraceStep::Lookup {
+                depth, table, rule, ..
+            } => {
+                let indent = "    ".repeat(*depth);
+                match rule {
+                    Some(id) => println!("{indent}{table:>2}. {}", rule_text(pipeline, *id)),
+                    None => println!("{indent}{table:>2}. No match."),
+                }
+            }
+            TraceStep::Note { depth, text } => {
+                println!("{}    >> {text}", "    ".repeat(*depth));
+            }
+        }
+    }
+    println!();
+    println!("Megaflow: {megaflow}");
+    if x.actions.is_empty() {
+        let why = x.drop.map(|d| d.as_str()).unwrap_or("drop_action");
+        println!("Datapath actions: drop ({why})");
+    } else {
+        println!("Datapath actions: {}", action_strings(&x.actions).join(","));
+    }
+}
