@@ -20,6 +20,8 @@ pub enum CliError {
         line: usize,
         source: FlowParseError,
     },
+    #[error("{0}")]
+    Profile(String),
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
 }

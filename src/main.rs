@@ -46,6 +46,22 @@ enum Command {
         /// e.g. `in_port=2,udp,nw_src=192.168.200.3,nw_dst=10.1.0.9,tp_src=4000,tp_dst=2152`
         packet: String,
     },
+    /// The testpmd `flow create` line for a megaflow (in `ofproto/trace`'s
+    /// `Megaflow:` syntax or plain match syntax), or the rejection reason.
+    Translate {
+        /// NIC capability profile: generic, xl710, no-mark, tiny.
+        #[arg(long, default_value = "generic")]
+        profile: String,
+        /// DPDK port id written in the rule.
+        #[arg(long, default_value_t = 0)]
+        port_id: u16,
+        /// Rx queues the RSS action spreads over.
+        #[arg(long, default_value_t = 1)]
+        rxqs: u16,
+        #[arg(long)]
+        json: bool,
+        megaflow: String,
+    },
     /// Microbenchmarks of the datapath stages (figures, not pass/fail).
     Bench {
         /// A reduced set that finishes in seconds.
@@ -80,6 +96,13 @@ fn main() -> ExitCode {
             json,
             packet,
         } => offline::trace(&flows_file, ports.as_deref(), &packet, json),
+        Command::Translate {
+            profile,
+            port_id,
+            rxqs,
+            json,
+            megaflow,
+        } => offline::translate(&megaflow, &profile, port_id, rxqs, json),
         Command::Bench { quick, json } => bench::run(quick, json),
     };
     match result {

@@ -173,3 +173,51 @@ fn print_trace(pipeline: &Pipeline, x: &Xlation, packet: &str, megaflow: &str) {
         println!("Datapath actions: {}", action_strings(&x.actions).join(","));
     }
 }
+
+/// `flowmark translate`: the testpmd `flow create` line for a megaflow, or
+/// the rejection reason.
+pub fn translate(
+    megaflow: &str,
+    profile: &str,
+    port_id: u16,
+    n_rxq: u16,
+    json: bool,
+) -> Result<(), CliError> {
+    let m = fallback::ofproto::syntax::parse_megaflow(megaflow).map_err(CliError::Flow)?;
+    let profile = offload::device::Profile::from_name(profile)
+        .map_err(|e| CliError::Profile(e.to_string()))?;
+    let caps = profile.capabilities();
+    // Mark 1 stands for the mark the offload worker would allocate.
+    let verdict = offload::translate::translate(&m, &caps, 1, n_rxq.max(1));
+    let (rule, reason, exact) = match &verdict {
+        Ok(t) => match t.rule.testpmd_create(port_id) {
+            Ok(line) => (Some(line), None, t.exact),
+            Err(e) => (
+                None,
+                Some(format!("the rule cannot be written for testpmd: {e}")),
+                false,
+            ),
+        },
+        Err(rej) => (None, Some(rej.to_string()), false),
+    };
+    if json {
+        let doc = json!({
+            "verdict": if rule.is_some() { "offload" } else { "rejected" },
+            "rule": rule,
+            "reason": reason,
+            "exact": exact,
+        });
+        println!("{doc}");
+    } else {
+        match (rule, reason) {
+            (Some(line), _) => {
+                println!("{line}");
+                if !exact {
+                    println!("# narrower than the megaflow: the packets it misses take the software path");
+                }
+            }
+            (None, reason) => println!("rejected: {}", reason.unwrap_or_default()),
+        }
+    }
+    Ok(())
+}

@@ -189,9 +189,9 @@ impl Pipeline {
             let m = &e.rule.r#match;
             let mut diff = [0u64; KEY_WORDS];
             let mut any = 0u64;
-            for i in 0..KEY_WORDS {
-                diff[i] = (key.words[i] ^ m.value.words[i]) & m.mask.words[i];
-                any |= diff[i];
+            for (i, d) in diff.iter_mut().enumerate() {
+                *d = (key.words[i] ^ m.value.words[i]) & m.mask.words[i];
+                any |= *d;
             }
             if any == 0 {
                 wc.or(&m.mask);
