@@ -1,0 +1,355 @@
+//! The NIC's rule table and its lookup.
+//!
+//! Rules without ranges are kept in subtables by shape (item kinds and
+//! masks, as a TCAM-less NIC's hash tables would): the packet's values under
+//! the shape's masks are one hash lookup. Rules with ranges are scanned in
+//! order. The winner is the rule with the lowest priority number; among
+//! equal priorities (undefined in rte_flow) the oldest rule.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use offload::rte::{Action, Rule};
+
+use super::rss::{HashTypes, Reta};
+use crate::matcher::{Fields, Headers, ItemFields, ItemKind};
+use crate::sink::AtomicCount;
+
+/// Where a matched packet goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// No fate action: the port's default RSS.
+    Default,
+    Queue(u16),
+    Drop,
+    Rss {
+        types: HashTypes,
+        reta: Box<Reta>,
+    },
+}
+
+/// A rule as installed.
+#[derive(Debug)]
+pub(crate) struct InstalledRule {
+    pub handle: u64,
+    pub priority: u32,
+    pub rule: Rule,
+    pub items: Vec<ItemFields>,
+    pub mark: Option<u32>,
+    pub fate: Fate,
+    /// COUNT: hits and bytes (updated by the NIC thread).
+    pub counter: Option<AtomicCount>,
+}
+
+impl InstalledRule {
+    pub fn new(handle: u64, rule: &Rule) -> InstalledRule {
+        let mut mark = None;
+        let mut fate = Fate::Default;
+        let mut counter = None;
+        for a in &rule.actions {
+            match a {
+                Action::Mark { id } => mark = Some(*id),
+                Action::Rss { queues, types } => {
+                    fate = Fate::Rss {
+                        types: HashTypes::of_action(types),
+                        reta: Box::new(Reta::spread(queues)),
+                    }
+                }
+                Action::Queue { index } => fate = Fate::Queue(*index),
+                Action::Drop => fate = Fate::Drop,
+                Action::Count => counter = Some(AtomicCount::default()),
+            }
+        }
+        InstalledRule {
+            handle,
+            priority: rule.attr.priority,
+            rule: rule.clone(),
+            items: rule.pattern.iter().map(ItemFields::of).collect(),
+            mark,
+            fate,
+            counter,
+        }
+    }
+
+    /// Precedence: smaller wins.
+    fn order(&self) -> (u32, u64) {
+        (self.priority, self.handle)
+    }
+
+    fn has_range(&self) -> bool {
+        self.items.iter().any(ItemFields::has_range)
+    }
+
+    fn shape(&self) -> Vec<(ItemKind, Fields)> {
+        self.items.iter().map(|i| (i.kind, i.mask)).collect()
+    }
+
+    fn key(&self) -> Vec<u128> {
+        self.items.iter().flat_map(|i| i.masked_spec()).collect()
+    }
+
+    pub fn matches(&self, h: &Headers) -> bool {
+        !self.items.is_empty()
+            && self
+                .items
+                .iter()
+                .all(|i| h.fields(i.kind).is_some_and(|v| i.matches(&v)))
+    }
+}
+
+#[derive(Debug)]
+struct Subtable {
+    shape: Vec<(ItemKind, Fields)>,
+    /// Masked key → rules with that key, best first.
+    buckets: HashMap<Vec<u128>, Vec<Arc<InstalledRule>>>,
+}
+
+/// Every rule of one port.
+#[derive(Debug, Default)]
+pub(crate) struct RuleTable {
+    by_handle: HashMap<u64, Arc<InstalledRule>>,
+    subtables: Vec<Subtable>,
+    /// Rules with ranges, best first.
+    ranged: Vec<Arc<InstalledRule>>,
+    next_handle: u64,
+}
+
+impl RuleTable {
+    pub fn len(&self) -> usize {
+        self.by_handle.len()
+    }
+
+    pub fn insert(&mut self, rule: &Rule) -> u64 {
+        self.next_handle += 1;
+        let handle = self.next_handle;
+        let r = Arc::new(InstalledRule::new(handle, rule));
+        self.by_handle.insert(handle, Arc::clone(&r));
+        if r.has_range() {
+            let at = self.ranged.partition_point(|x| x.order() < r.order());
+            self.ranged.insert(at, r);
+            return handle;
+        }
+        let shape = r.shape();
+        let i = match self.subtables.iter().position(|s| s.shape == shape) {
+            Some(i) => i,
+            None => {
+                self.subtables.push(Subtable {
+                    shape,
+                    buckets: HashMap::new(),
+                });
+                self.subtables.len() - 1
+            }
+        };
+        let bucket = self.subtables[i].buckets.entry(r.key()).or_default();
+        let at = bucket.partition_point(|x| x.order() < r.order());
+        bucket.insert(at, r);
+        handle
+    }
+
+    pub fn get(&self, handle: u64) -> Option<&Arc<InstalledRule>> {
+        self.by_handle.get(&handle)
+    }
+
+    pub fn remove(&mut self, handle: u64) -> Option<Arc<InstalledRule>> {
+        let r = self.by_handle.remove(&handle)?;
+        if r.has_range() {
+            self.ranged.retain(|x| x.handle != handle);
+            return Some(r);
+        }
+        let shape = r.shape();
+        if let Some(i) = self.subtables.iter().position(|s| s.shape == shape) {
+            let st = &mut self.subtables[i];
+            let key = r.key();
+            if let Some(bucket) = st.buckets.get_mut(&key) {
+                bucket.retain(|x| x.handle != handle);
+                if bucket.is_empty() {
+                    st.buckets.remove(&key);
+                }
+            }
+            if st.buckets.is_empty() {
+                self.subtables.swap_remove(i);
+            }
+        }
+        Some(r)
+    }
+
+    pub fn clear(&mut self) {
+        self.by_handle.clear();
+        self.subtables.clear();
+        self.ranged.clear();
+    }
+
+    /// Every rule, oldest first.
+    pub fn rules(&self) -> Vec<Arc<InstalledRule>> {
+        let mut v: Vec<_> = self.by_handle.values().cloned().collect();
+        v.sort_by_key(|r| r.handle);
+        v
+    }
+
+    /// The winning rule for a packet. `scratch` is reused between calls so
+    /// that a lookup does not allocate.
+    pub fn lookup(&self, h: &Headers, scratch: &mut Vec<u128>) -> Option<&Arc<InstalledRule>> {
+        let mut best: Option<&Arc<InstalledRule>> = None;
+        'subtables: for st in &self.subtables {
+            scratch.clear();
+            for (kind, mask) in &st.shape {
+                let Some(values) = h.fields(*kind) else {
+                    continue 'subtables;
+                };
+                scratch.extend(values.iter().zip(mask.iter()).map(|(v, m)| v & m));
+            }
+            if let Some(r) = st.buckets.get(scratch.as_slice()).and_then(|b| b.first()) {
+                if best.is_none_or(|b| r.order() < b.order()) {
+                    best = Some(r);
+                }
+            }
+        }
+        for r in &self.ranged {
+            if best.is_some_and(|b| b.order() < r.order()) {
+                break;
+            }
+            if r.matches(h) {
+                best = Some(r);
+                break;
+            }
+        }
+        best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matcher::ETHERTYPE_IPV4;
+    use fallback::packet::build;
+    use offload::rte::{Attr, Eth, Ipv4, Item, Masked, Udp};
+    use std::net::Ipv4Addr;
+
+    fn rule(priority: u32, pattern: Vec<Item>, actions: Vec<Action>) -> Rule {
+        Rule {
+            attr: Attr {
+                priority,
+                ..Attr::INGRESS
+            },
+            pattern,
+            actions,
+        }
+    }
+
+    fn ip_eth() -> Item {
+        Item::Eth(Masked::new(
+            Eth {
+                ether_type: ETHERTYPE_IPV4,
+                ..Eth::default()
+            },
+            Eth {
+                ether_type: 0xffff,
+                ..Eth::default()
+            },
+        ))
+    }
+
+    fn dst(a: Ipv4Addr, mask: u32) -> Item {
+        Item::Ipv4(Masked::new(
+            Ipv4 {
+                dst_addr: a.into(),
+                ..Ipv4::default()
+            },
+            Ipv4 {
+                dst_addr: mask,
+                ..Ipv4::default()
+            },
+        ))
+    }
+
+    fn sport_range(lo: u16, hi: u16) -> Item {
+        Item::Udp(Masked::range(
+            Udp {
+                src_port: lo,
+                ..Udp::default()
+            },
+            Udp {
+                src_port: hi,
+                ..Udp::default()
+            },
+            Udp {
+                src_port: 0xffff,
+                ..Udp::default()
+            },
+        ))
+    }
+
+    #[test]
+    fn priority_then_age_across_subtables_and_ranges() {
+        let gw = Ipv4Addr::new(192, 168, 200, 3);
+        let pkt = build::udp4(Ipv4Addr::new(10, 1, 0, 1), gw, 2152, 2152, &[]);
+        let h = Headers::parse(&pkt);
+        let mut t = RuleTable::default();
+        let mut s = Vec::new();
+        assert!(t.lookup(&h, &mut s).is_none());
+        let host = t.insert(&rule(
+            1,
+            vec![ip_eth(), dst(gw, !0)],
+            vec![Action::Mark { id: 1 }],
+        ));
+        let net = t.insert(&rule(
+            1,
+            vec![ip_eth(), dst(gw, 0xffff_ff00)],
+            vec![Action::Mark { id: 2 }],
+        ));
+        // Equal priority: the older rule wins.
+        assert_eq!(t.lookup(&h, &mut s).map(|r| r.handle), Some(host));
+        let ranged = t.insert(&rule(
+            0,
+            vec![ip_eth(), dst(gw, 0xffff_ff00), sport_range(2000, 2200)],
+            vec![Action::Drop],
+        ));
+        assert_eq!(t.lookup(&h, &mut s).map(|r| r.handle), Some(ranged));
+        let better = t.insert(&rule(0, vec![ip_eth()], vec![Action::Count]));
+        assert_eq!(
+            t.lookup(&h, &mut s).map(|r| r.handle),
+            Some(ranged),
+            "ranged is older"
+        );
+        t.remove(ranged);
+        assert_eq!(t.lookup(&h, &mut s).map(|r| r.handle), Some(better));
+        t.remove(better);
+        t.remove(host);
+        assert_eq!(t.lookup(&h, &mut s).map(|r| r.handle), Some(net));
+        let other = build::udp4(
+            Ipv4Addr::new(10, 1, 0, 1),
+            Ipv4Addr::new(1, 1, 1, 1),
+            1,
+            2,
+            &[],
+        );
+        assert!(t.lookup(&Headers::parse(&other), &mut s).is_none());
+        assert_eq!(t.len(), 1);
+        assert!(t.remove(ranged).is_none());
+        t.clear();
+        assert_eq!(t.len(), 0);
+        assert!(t.lookup(&h, &mut s).is_none());
+    }
+
+    #[test]
+    fn actions_decoded() {
+        let r = InstalledRule::new(
+            7,
+            &rule(
+                0,
+                vec![ip_eth()],
+                vec![
+                    Action::Mark { id: 9 },
+                    Action::Count,
+                    Action::Rss {
+                        queues: vec![1, 2],
+                        types: vec![],
+                    },
+                ],
+            ),
+        );
+        assert_eq!(r.mark, Some(9));
+        assert!(r.counter.is_some());
+        assert!(matches!(&r.fate, Fate::Rss { reta, .. } if reta.queue(Some(1)) == 2));
+    }
+}

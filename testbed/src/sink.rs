@@ -1,0 +1,155 @@
+//! The transmit side of a testbed port: the wire the switch sends onto.
+//! It counts what it is given, optionally keeps the packets for tests and
+//! pcap files, and returns buffers to the pool.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use fallback::port::{Burst, HeapPacket, PacketBuf};
+
+use crate::pool::PacketPool;
+
+/// Packets and bytes, per direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Counters updated once per burst from any thread.
+#[derive(Debug, Default)]
+pub(crate) struct AtomicCount {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl AtomicCount {
+    pub(crate) fn add(&self, packets: u64, bytes: u64) {
+        self.packets.fetch_add(packets, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> Count {
+        Count {
+            packets: self.packets.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Where a port's transmitted packets go.
+#[derive(Debug)]
+pub struct TxSink {
+    per_queue: Vec<AtomicCount>,
+    /// Kept packets (bounded: when full, packets are counted, not kept).
+    capture: Option<(Sender<HeapPacket>, Receiver<HeapPacket>)>,
+    capture_overflow: AtomicU64,
+    pool: PacketPool,
+}
+
+impl TxSink {
+    /// A sink for `n_txq` queues that keeps up to `keep` packets.
+    pub fn new(n_txq: u16, keep: usize, pool: PacketPool) -> Self {
+        TxSink {
+            per_queue: (0..n_txq.max(1)).map(|_| AtomicCount::default()).collect(),
+            capture: (keep > 0).then(|| bounded(keep)),
+            capture_overflow: AtomicU64::new(0),
+            pool,
+        }
+    }
+
+    /// Takes every packet of `pkts` (an emulated wire never refuses).
+    /// Unknown queues count on the last queue's counters.
+    pub fn transmit(&self, queue: u16, pkts: &mut Burst<HeapPacket>) -> usize {
+        let n = pkts.len();
+        let mut bytes = 0u64;
+        for p in pkts.drain() {
+            bytes += p.len() as u64;
+            self.keep_or_recycle(p);
+        }
+        let q = usize::from(queue).min(self.per_queue.len() - 1);
+        if let Some(c) = self.per_queue.get(q) {
+            c.add(n as u64, bytes);
+        }
+        n
+    }
+
+    fn keep_or_recycle(&self, p: HeapPacket) {
+        let Some((tx, _)) = &self.capture else {
+            self.pool.put(p);
+            return;
+        };
+        if let Err(e) = tx.try_send(p) {
+            self.capture_overflow.fetch_add(1, Ordering::Relaxed);
+            self.pool.put(e.into_inner());
+        }
+    }
+
+    /// Packets and bytes transmitted, all queues.
+    pub fn count(&self) -> Count {
+        self.per_queue.iter().fold(Count::default(), |acc, c| {
+            let c = c.get();
+            Count {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+            }
+        })
+    }
+
+    /// Packets and bytes transmitted on one queue.
+    pub fn queue_count(&self, queue: u16) -> Count {
+        self.per_queue
+            .get(usize::from(queue))
+            .map(AtomicCount::get)
+            .unwrap_or_default()
+    }
+
+    /// Takes the kept packets' bytes, oldest first (the buffers go back to
+    /// the pool).
+    pub fn take_captured(&self) -> Vec<Vec<u8>> {
+        let Some((_, rx)) = &self.capture else {
+            return Vec::new();
+        };
+        rx.try_iter()
+            .map(|p| {
+                let bytes = p.data().to_vec();
+                self.pool.put(p);
+                bytes
+            })
+            .collect()
+    }
+
+    /// Transmitted packets not kept because the capture was full.
+    pub fn capture_overflow(&self) -> u64 {
+        self.capture_overflow.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_keeps_and_recycles() {
+        let pool = PacketPool::new(8);
+        let sink = TxSink::new(2, 2, pool.clone());
+        let mut b = Burst::new();
+        for i in 0..3u8 {
+            b.push(pool.packet(&[i; 10])).unwrap();
+        }
+        assert_eq!(sink.transmit(1, &mut b), 3);
+        assert!(b.is_empty());
+        assert_eq!(
+            sink.count(),
+            Count {
+                packets: 3,
+                bytes: 30
+            }
+        );
+        assert_eq!(sink.queue_count(1).packets, 3);
+        assert_eq!(sink.queue_count(0).packets, 0);
+        assert_eq!(sink.capture_overflow(), 1);
+        assert_eq!(sink.take_captured(), vec![vec![0; 10], vec![1; 10]]);
+        assert_eq!(pool.stats().free, 3, "every buffer is back in the pool");
+    }
+}
