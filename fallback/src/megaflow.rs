@@ -4,6 +4,7 @@
 use crate::actions::DpAction;
 use crate::key::{FlowKey, KEY_WORDS};
 use crate::ofproto::table::RuleId;
+use crate::ofproto::xlate::{XlateDrop, Xlation};
 use crate::ofproto::Match;
 use std::fmt;
 use std::sync::Arc;
@@ -88,6 +89,8 @@ pub struct Megaflow {
     pub actions: Arc<[DpAction]>,
     /// The OpenFlow rules this megaflow was translated from.
     pub rules: Arc<[RuleId]>,
+    /// Why the (empty) action list drops, for the rx drop counters.
+    pub drop: Option<XlateDrop>,
     pub stats: FlowStats,
 }
 
@@ -103,8 +106,16 @@ impl Megaflow {
             r#match: m,
             actions: actions.into(),
             rules: rules.into(),
+            drop: None,
             stats: FlowStats::default(),
         }
+    }
+
+    /// The megaflow of a translation made for `key`.
+    pub fn from_xlation(key: &FlowKey, x: Xlation) -> Self {
+        let mut mf = Megaflow::new(key, &x.mask, x.actions, x.rules);
+        mf.drop = x.drop;
+        mf
     }
 
     #[inline]

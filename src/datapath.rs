@@ -1,0 +1,675 @@
+//! The PMD's packet work (DESIGN §1), free of threads: one rx burst at a
+//! time, mark path → parse → EMC → dpcls → upcall, batched per megaflow,
+//! executed, and queued per output port; tx bursts flushed at the end.
+//!
+//! [`PmdCore`] owns everything one PMD touches per packet (its flow cache,
+//! its mark table, its ports' tx bursts and its counters), so the fast path
+//! takes no lock. The pipeline snapshot and the MAC table are consulted only
+//! on upcalls.
+
+use fallback::cache::{CacheHit, FlowCache, FlowHandle};
+use fallback::exec::{self, ExecError, Sink};
+use fallback::key::FlowKey;
+use fallback::megaflow::{Megaflow, Ufid};
+use fallback::ofproto::mac::MacTable;
+use fallback::ofproto::table::{Pipeline, RuleId};
+use fallback::ofproto::xlate::{xlate, Bridge, XlateDrop};
+use fallback::packet::{self, ParseInfo};
+use fallback::port::{Burst, PacketBuf, Port, PortStats, RxDropReason, TxDropReason, BURST};
+use hashbrown::HashMap;
+use offload::marks::{MarkTable, PmdUpdate};
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Upcalls one port may make per rx burst: a flood of new flows on one port
+/// cannot starve the others (the rest are dropped as `upcall_limit`).
+pub const DEFAULT_UPCALL_BUDGET: usize = 32;
+/// Ethernet header plus one VLAN tag, on top of the IP MTU.
+const L2_OVERHEAD: usize = 18;
+
+/// The bridge state every PMD consults on upcalls.
+pub struct BridgeState {
+    pub macs: RwLock<MacTable>,
+    /// Bumped when the MAC table's answers change (for revalidation).
+    pub mac_version: AtomicU64,
+}
+
+impl Default for BridgeState {
+    fn default() -> Self {
+        BridgeState {
+            macs: RwLock::new(MacTable::default()),
+            mac_version: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Where a PMD sends offload requests (the offload worker's queue). `put`
+/// and `delete` never wait; `false` means the queue was full.
+pub trait OffloadClient: Send {
+    fn put(&self, pmd: u32, port: u32, mf: &Megaflow, handle: FlowHandle) -> bool;
+    fn delete(&self, pmd: u32, port: u32, ufid: Ufid) -> bool;
+}
+
+/// A PMD with offload off (or in tests): nothing is offered.
+pub struct NoOffload;
+
+impl OffloadClient for NoOffload {
+    fn put(&self, _: u32, _: u32, _: &Megaflow, _: FlowHandle) -> bool {
+        true
+    }
+    fn delete(&self, _: u32, _: u32, _: Ufid) -> bool {
+        true
+    }
+}
+
+/// A port as one PMD sees it.
+pub struct PmdPort<B> {
+    pub ofport: u32,
+    pub port: Arc<dyn Port<Buf = B>>,
+    /// Megaflows of this ingress port are offered to the NIC.
+    pub offload: bool,
+    /// This PMD's share of the port's accounting (DESIGN §6).
+    pub stats: PortStats,
+    tx: Burst<B>,
+    txq: u16,
+}
+
+/// Per-PMD counters (`pmd stats`).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct PmdCounters {
+    pub packets: u64,
+    pub mark_hits: u64,
+    /// A mark with no live megaflow behind it: the packet took the software path.
+    pub stale_marks: u64,
+    pub emc_hits: u64,
+    pub dpcls_hits: u64,
+    pub upcalls: u64,
+    /// Packets dropped at the upcall budget.
+    pub lost: u64,
+    pub controller_punts: u64,
+    pub offload_queue_full: u64,
+    pub megaflows_installed: u64,
+    pub megaflows_removed: u64,
+    /// Transmits to a port removed since the megaflow was made.
+    pub tx_no_such_port: u64,
+    pub revalidations: u64,
+}
+
+/// What the PMD keeps per megaflow beyond the megaflow itself.
+#[derive(Clone, Copy, Debug)]
+struct FlowMeta {
+    ingress: u32,
+    /// The offload worker has this PMD's put (false: offload is off for the
+    /// port, or the queue was full and the next sweep offers it again).
+    offered: bool,
+}
+
+/// Per-megaflow information for `megaflow dump`.
+#[derive(Clone, Debug)]
+pub struct MegaflowInfo {
+    pub ufid: Ufid,
+    pub megaflow: Megaflow,
+    pub ingress: u32,
+    pub offered: bool,
+}
+
+/// One PMD's datapath.
+pub struct PmdCore<B> {
+    pub id: u32,
+    cache: FlowCache,
+    meta: HashMap<FlowHandle, FlowMeta>,
+    marks: MarkTable,
+    ports: Vec<PmdPort<B>>,
+    /// ofport → index in `ports` (u16::MAX: none).
+    by_ofport: Vec<u16>,
+    /// The sorted ofports of the bridge (FLOOD/NORMAL targets).
+    ofports: Vec<u32>,
+    pipeline: Arc<Pipeline>,
+    bridge: Arc<BridgeState>,
+    mac_version_seen: u64,
+    offload: Box<dyn OffloadClient>,
+    /// Deletes the worker's queue had no room for, retried each iteration.
+    pending_deletes: Vec<(u32, Ufid)>,
+    pub counters: PmdCounters,
+    /// Packets and bytes of removed megaflows, per OpenFlow rule.
+    retired_rule_stats: HashMap<RuleId, (u64, u64)>,
+    upcall_budget: usize,
+    rx: Burst<B>,
+    batch: Vec<(FlowHandle, B, ParseInfo)>,
+}
+
+impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
+    pub fn new(
+        id: u32,
+        pipeline: Arc<Pipeline>,
+        bridge: Arc<BridgeState>,
+        offload: Box<dyn OffloadClient>,
+        emc_insert_inv_prob: u32,
+    ) -> Self {
+        let mac_version_seen = bridge.mac_version.load(Ordering::Acquire);
+        PmdCore {
+            id,
+            cache: FlowCache::new(emc_insert_inv_prob),
+            meta: HashMap::new(),
+            marks: MarkTable::new(),
+            ports: Vec::new(),
+            by_ofport: Vec::new(),
+            ofports: Vec::new(),
+            pipeline,
+            bridge,
+            mac_version_seen,
+            offload,
+            pending_deletes: Vec::new(),
+            counters: PmdCounters::default(),
+            retired_rule_stats: HashMap::new(),
+            upcall_budget: DEFAULT_UPCALL_BUDGET,
+            rx: Burst::new(),
+            batch: Vec::with_capacity(BURST),
+        }
+    }
+
+    pub fn set_upcall_budget(&mut self, budget: usize) {
+        self.upcall_budget = budget.max(1);
+    }
+
+    // ---- ports ----
+
+    /// Adds a port (every PMD knows every port: any may transmit on it).
+    pub fn add_port(&mut self, ofport: u32, port: Arc<dyn Port<Buf = B>>, offload: bool) {
+        self.del_port(ofport);
+        let txq = (self.id % port.n_txq().max(1) as u32) as u16;
+        self.ports.push(PmdPort {
+            ofport,
+            port,
+            offload,
+            stats: PortStats::default(),
+            tx: Burst::new(),
+            txq,
+        });
+        self.reindex();
+    }
+
+    /// Removes a port and every megaflow that enters through it or outputs
+    /// to it (their NIC rules go with them).
+    pub fn del_port(&mut self, ofport: u32) -> Option<PortStats> {
+        let idx = self.ports.iter().position(|p| p.ofport == ofport)?;
+        let mut p = self.ports.remove(idx);
+        p.tx.clear();
+        self.reindex();
+        let doomed: Vec<FlowHandle> = self
+            .cache
+            .iter()
+            .filter(|(_, mf)| {
+                mf.r#match.value.in_port() == ofport
+                    || mf.actions.iter().any(
+                        |a| matches!(a, fallback::actions::DpAction::Output(o) if *o == ofport),
+                    )
+            })
+            .map(|(h, _)| h)
+            .collect();
+        for h in doomed {
+            self.remove_megaflow(h);
+        }
+        Some(p.stats)
+    }
+
+    fn reindex(&mut self) {
+        self.by_ofport.clear();
+        self.ofports.clear();
+        for (i, p) in self.ports.iter().enumerate() {
+            let o = p.ofport as usize;
+            if o >= self.by_ofport.len() {
+                self.by_ofport.resize(o + 1, u16::MAX);
+            }
+            self.by_ofport[o] = i as u16;
+            self.ofports.push(p.ofport);
+        }
+        self.ofports.sort_unstable();
+    }
+
+    #[inline]
+    fn port_index(&self, ofport: u32) -> Option<usize> {
+        match self.by_ofport.get(ofport as usize) {
+            Some(&i) if i != u16::MAX => Some(i as usize),
+            _ => None,
+        }
+    }
+
+    pub fn ports(&self) -> &[PmdPort<B>] {
+        &self.ports
+    }
+
+    // ---- control ----
+
+    /// A new pipeline: revalidate every megaflow against it.
+    pub fn set_pipeline(&mut self, pipeline: Arc<Pipeline>) {
+        self.pipeline = pipeline;
+        self.revalidate();
+    }
+
+    /// Applies an update from the offload worker.
+    pub fn apply_offload_update(&mut self, u: PmdUpdate) {
+        self.marks.apply(u);
+    }
+
+    pub fn marks(&self) -> &MarkTable {
+        &self.marks
+    }
+
+    pub fn megaflow_count(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Every megaflow with its PMD-side state.
+    pub fn megaflows(&self) -> Vec<MegaflowInfo> {
+        self.cache
+            .iter()
+            .map(|(h, mf)| {
+                let meta = self.meta.get(&h);
+                MegaflowInfo {
+                    ufid: mf.ufid,
+                    megaflow: mf.clone(),
+                    ingress: meta.map_or(mf.r#match.value.in_port(), |m| m.ingress),
+                    offered: meta.is_some_and(|m| m.offered),
+                }
+            })
+            .collect()
+    }
+
+    /// Packets and bytes per OpenFlow rule: live megaflows plus removed ones.
+    pub fn rule_stats(&self) -> HashMap<RuleId, (u64, u64)> {
+        let mut out = self.retired_rule_stats.clone();
+        for (_, mf) in self.cache.iter() {
+            for r in mf.rules.iter() {
+                let e = out.entry(*r).or_insert((0, 0));
+                e.0 += mf.stats.packets;
+                e.1 += mf.stats.bytes;
+            }
+        }
+        out
+    }
+
+    /// Zeroes the PMD counters (`pmd stats --clear`).
+    pub fn clear_counters(&mut self) {
+        self.counters = PmdCounters::default();
+    }
+
+    /// Removes one megaflow and asks the worker to remove its NIC rule.
+    fn remove_megaflow(&mut self, h: FlowHandle) {
+        let Some(mf) = self.cache.remove(h) else {
+            return;
+        };
+        for r in mf.rules.iter() {
+            let e = self.retired_rule_stats.entry(*r).or_insert((0, 0));
+            e.0 += mf.stats.packets;
+            e.1 += mf.stats.bytes;
+        }
+        self.counters.megaflows_removed += 1;
+        if let Some(meta) = self.meta.remove(&h).filter(|m| m.offered) {
+            if !self.offload.delete(self.id, meta.ingress, mf.ufid) {
+                self.pending_deletes.push((meta.ingress, mf.ufid));
+            }
+        }
+    }
+
+    /// Removes every megaflow (e.g. at shutdown).
+    pub fn flush_megaflows(&mut self) {
+        let all: Vec<FlowHandle> = self.cache.iter().map(|(h, _)| h).collect();
+        for h in all {
+            self.remove_megaflow(h);
+        }
+    }
+
+    /// Removes megaflows idle for longer than `max_idle_ms`; returns how many.
+    pub fn expire(&mut self, now_ms: u64, max_idle_ms: u64) -> usize {
+        let idle: Vec<FlowHandle> = self
+            .cache
+            .iter()
+            .filter(|(_, mf)| now_ms.saturating_sub(mf.stats.used) > max_idle_ms)
+            .map(|(h, _)| h)
+            .collect();
+        let n = idle.len();
+        for h in idle {
+            self.remove_megaflow(h);
+        }
+        n
+    }
+
+    /// Re-translates every megaflow (DESIGN §4): same mask-or-narrower and
+    /// same actions: kept; new actions: swapped in place (mark kept); a mask
+    /// the old megaflow does not cover: removed (the next packet makes the
+    /// new one).
+    pub fn revalidate(&mut self) {
+        self.counters.revalidations += 1;
+        self.mac_version_seen = self.bridge.mac_version.load(Ordering::Acquire);
+        let macs = match self.bridge.macs.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let bridge = Bridge {
+            pipeline: &self.pipeline,
+            macs: &macs,
+            ports: &self.ofports,
+        };
+        let mut doomed = Vec::new();
+        let mut changed = Vec::new();
+        for (h, mf) in self.cache.iter() {
+            // The masked key is a packet of the megaflow.
+            let x = xlate(bridge, &mf.r#match.value);
+            if !x.mask.is_subset_of(&mf.r#match.mask) {
+                doomed.push(h);
+            } else if *x.actions != *mf.actions || *x.rules != *mf.rules || x.drop != mf.drop {
+                changed.push((h, x));
+            }
+        }
+        for h in doomed {
+            self.remove_megaflow(h);
+        }
+        for (h, x) in changed {
+            if let Some(mf) = self.cache.get_mut(h) {
+                // Counts so far belong to the old rules.
+                for r in mf.rules.iter() {
+                    let e = self.retired_rule_stats.entry(*r).or_insert((0, 0));
+                    e.0 += mf.stats.packets;
+                    e.1 += mf.stats.bytes;
+                }
+                mf.stats.packets = 0;
+                mf.stats.bytes = 0;
+                mf.actions = x.actions.into();
+                mf.rules = x.rules.into();
+                mf.drop = x.drop;
+            }
+        }
+    }
+
+    /// Megaflows whose offload put found the worker's queue full, offered
+    /// again (the revalidation sweep's second job).
+    pub fn reoffer(&mut self) -> usize {
+        let mut offered = 0;
+        let offloading: Vec<u32> = self
+            .ports
+            .iter()
+            .filter(|p| p.offload)
+            .map(|p| p.ofport)
+            .collect();
+        let handles: Vec<FlowHandle> = self
+            .meta
+            .iter()
+            .filter(|(_, m)| !m.offered && offloading.contains(&m.ingress))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in handles {
+            let (Some(mf), Some(meta)) = (self.cache.get(h), self.meta.get(&h).copied()) else {
+                continue;
+            };
+            if self.offload.put(self.id, meta.ingress, mf, h) {
+                offered += 1;
+                if let Some(m) = self.meta.get_mut(&h) {
+                    m.offered = true;
+                }
+            } else {
+                self.counters.offload_queue_full += 1;
+                break;
+            }
+        }
+        offered
+    }
+
+    /// Work to do at the top of the poll loop: retry deletes, revalidate
+    /// after a MAC-learning change.
+    pub fn housekeeping(&mut self) {
+        if !self.pending_deletes.is_empty() {
+            let pending = std::mem::take(&mut self.pending_deletes);
+            for (port, ufid) in pending {
+                if !self.offload.delete(self.id, port, ufid) {
+                    self.pending_deletes.push((port, ufid));
+                }
+            }
+        }
+        if self.bridge.mac_version.load(Ordering::Acquire) != self.mac_version_seen {
+            self.revalidate();
+        }
+    }
+
+    pub fn pending_deletes(&self) -> usize {
+        self.pending_deletes.len()
+    }
+
+    // ---- the fast path ----
+
+    /// Polls one rx queue of the port at `port_idx`, processes the burst and
+    /// flushes the tx bursts. Returns the number of packets received.
+    pub fn poll(&mut self, port_idx: usize, queue: u16, now_ms: u64) -> usize {
+        let Some(p) = self.ports.get(port_idx) else {
+            return 0;
+        };
+        let port = Arc::clone(&p.port);
+        let n = port.rx_burst(queue, &mut self.rx);
+        if n == 0 {
+            return 0;
+        }
+        let mut rx = std::mem::take(&mut self.rx);
+        self.process_burst(port_idx, &mut rx, now_ms);
+        self.rx = rx;
+        self.flush_tx();
+        n
+    }
+
+    /// Classifies and executes a burst received on `port_idx`.
+    pub fn process_burst(&mut self, port_idx: usize, rx: &mut Burst<B>, now_ms: u64) {
+        let ofport = self.ports[port_idx].ofport;
+        let mut upcalls = 0usize;
+        let mut batch = std::mem::take(&mut self.batch);
+        for pkt in rx.drain() {
+            self.counters.packets += 1;
+            self.ports[port_idx].stats.rx += 1;
+            // Mark path: mark → megaflow, no key extraction, no EMC/dpcls.
+            if let Some(mark) = pkt.mark() {
+                if let Some(h) = self.marks.lookup(mark) {
+                    if let Some(mf) = self.cache.get(h) {
+                        if mf.r#match.value.in_port() == ofport {
+                            self.counters.mark_hits += 1;
+                            let info = packet::parse_offsets(pkt.data());
+                            batch.push((h, pkt, info));
+                            continue;
+                        }
+                    }
+                }
+                self.counters.stale_marks += 1;
+            }
+            let mut key = FlowKey::ZERO;
+            let info = packet::parse(pkt.data(), ofport, &mut key);
+            if info.l3_ofs.is_none() && pkt.len() < 14 {
+                // Not even an Ethernet header: nothing to classify.
+                self.ports[port_idx]
+                    .stats
+                    .count_rx_drop(RxDropReason::ParseError, 1);
+                continue;
+            }
+            let hash = pkt.rss_hash().unwrap_or(key.hash64() as u32);
+            match self.cache.lookup(&key, hash) {
+                Some((h, how)) => {
+                    match how {
+                        CacheHit::Emc => self.counters.emc_hits += 1,
+                        CacheHit::Dpcls => self.counters.dpcls_hits += 1,
+                    }
+                    batch.push((h, pkt, info));
+                }
+                None => {
+                    if upcalls >= self.upcall_budget {
+                        self.counters.lost += 1;
+                        self.ports[port_idx]
+                            .stats
+                            .count_rx_drop(RxDropReason::UpcallLimit, 1);
+                        continue;
+                    }
+                    upcalls += 1;
+                    let h = self.upcall(port_idx, &key, now_ms);
+                    batch.push((h, pkt, info));
+                }
+            }
+        }
+        self.execute_batch(port_idx, &mut batch, now_ms);
+        self.batch = batch;
+    }
+
+    /// Translates a missed key, installs the megaflow and offers it to the NIC.
+    fn upcall(&mut self, port_idx: usize, key: &FlowKey, now_ms: u64) -> FlowHandle {
+        self.counters.upcalls += 1;
+        let x = {
+            let macs = match self.bridge.macs.read() {
+                Ok(m) => m,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            xlate(
+                Bridge {
+                    pipeline: &self.pipeline,
+                    macs: &macs,
+                    ports: &self.ofports,
+                },
+                key,
+            )
+        };
+        if let Some(l) = x.learn {
+            let mut macs = match self.bridge.macs.write() {
+                Ok(m) => m,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if macs.learn(l, now_ms) {
+                self.bridge.mac_version.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        let mut mf = Megaflow::from_xlation(key, x);
+        mf.stats.used = now_ms;
+        let ufid = mf.ufid;
+        let existed = self.cache.find(&ufid);
+        let h = self.cache.install(mf);
+        if existed.is_none() {
+            self.counters.megaflows_installed += 1;
+            let port = &self.ports[port_idx];
+            let ingress = port.ofport;
+            let mut meta = FlowMeta {
+                ingress,
+                offered: false,
+            };
+            if port.offload {
+                if let Some(mf) = self.cache.get(h) {
+                    if self.offload.put(self.id, ingress, mf, h) {
+                        meta.offered = true;
+                    } else {
+                        self.counters.offload_queue_full += 1;
+                    }
+                }
+            }
+            self.meta.insert(h, meta);
+        }
+        h
+    }
+
+    /// Executes the batch, megaflow by megaflow (stats and the action list
+    /// are touched once per megaflow, not per packet).
+    fn execute_batch(
+        &mut self,
+        port_idx: usize,
+        batch: &mut Vec<(FlowHandle, B, ParseInfo)>,
+        now_ms: u64,
+    ) {
+        while let Some((h, _, _)) = batch.first() {
+            let h = *h;
+            let Some(mf) = self.cache.get_mut(h) else {
+                // Cannot happen (handles are fresh within a burst); never
+                // lose the packets' count if it does.
+                let n = batch.iter().filter(|(bh, _, _)| *bh == h).count();
+                batch.retain(|(bh, _, _)| *bh != h);
+                self.ports[port_idx]
+                    .stats
+                    .count_rx_drop(RxDropReason::XlateError, n as u64);
+                continue;
+            };
+            for (bh, pkt, info) in batch.iter() {
+                if *bh == h {
+                    mf.stats.hit(pkt.len(), now_ms, info.tcp_flags);
+                }
+            }
+            let actions = Arc::clone(&mf.actions);
+            let drop = mf.drop;
+            let mut i = 0;
+            while i < batch.len() {
+                if batch[i].0 != h {
+                    i += 1;
+                    continue;
+                }
+                let (_, pkt, info) = batch.swap_remove(i);
+                if actions.is_empty() {
+                    let reason = match drop {
+                        Some(XlateDrop::NoMatch) => RxDropReason::NoMatch,
+                        Some(XlateDrop::RecursionTooDeep | XlateDrop::TooManyResubmits) => {
+                            RxDropReason::XlateError
+                        }
+                        _ => RxDropReason::DropAction,
+                    };
+                    self.ports[port_idx].stats.count_rx_drop(reason, 1);
+                    continue;
+                }
+                self.ports[port_idx].stats.forwarded += 1;
+                exec::execute(&actions, pkt, info, |sink, res| self.emit(sink, res));
+            }
+        }
+    }
+
+    #[inline]
+    fn emit(&mut self, sink: Sink, res: Result<B, ExecError>) {
+        let ofport = match sink {
+            Sink::Controller => {
+                self.counters.controller_punts += 1;
+                return;
+            }
+            Sink::Port(p) => p,
+        };
+        let Some(idx) = self.port_index(ofport) else {
+            self.counters.tx_no_such_port += 1;
+            return;
+        };
+        let port = &mut self.ports[idx];
+        port.stats.tx_attempted += 1;
+        let pkt = match res {
+            Ok(pkt) => pkt,
+            Err(ExecError::NoHeadroom { .. }) => {
+                port.stats.count_tx_drop(TxDropReason::NoHeadroom, 1);
+                return;
+            }
+        };
+        if pkt.len() > port.port.mtu() + L2_OVERHEAD {
+            port.stats.count_tx_drop(TxDropReason::TooBig, 1);
+            return;
+        }
+        if port.tx.is_full() {
+            Self::flush_port(port);
+        }
+        if let Err(_pkt) = port.tx.push(pkt) {
+            port.stats.count_tx_drop(TxDropReason::RingFull, 1);
+        }
+    }
+
+    fn flush_port(port: &mut PmdPort<B>) {
+        if port.tx.is_empty() {
+            return;
+        }
+        let queued = port.tx.len() as u64;
+        let sent = port.port.tx_burst(port.txq, &mut port.tx) as u64;
+        port.stats.tx += sent;
+        let refused = queued - sent;
+        if refused > 0 {
+            port.stats.count_tx_drop(TxDropReason::RingFull, refused);
+        }
+        port.tx.clear();
+    }
+
+    /// Sends every queued packet.
+    pub fn flush_tx(&mut self) {
+        for port in &mut self.ports {
+            Self::flush_port(port);
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The `flowmark` switch: PMD datapath, daemon, control socket, the DPDK
+//! backend (feature `dpdk`) and the demo. The CLI lives in `main.rs`.
+
+pub mod datapath;

@@ -1,0 +1,372 @@
+//! The PMD datapath end to end on in-memory ports: GTP rules, every path
+//! (upcall, dpcls, EMC, mark), stale marks, the upcall budget, revalidation
+//! and the accounting identities of DESIGN §6.
+
+use fallback::cache::FlowHandle;
+use fallback::key::{Field, FlowKey};
+use fallback::megaflow::{Megaflow, Ufid};
+use fallback::ofproto::syntax::parse_flow;
+use fallback::ofproto::table::Pipeline;
+use fallback::packet::{self, build};
+use fallback::port::{Burst, HeapPacket, PacketBuf, Port, PortStats};
+use flowmark::datapath::{BridgeState, OffloadClient, PmdCore};
+use offload::marks::{Mark, PmdUpdate};
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+/// A port backed by queues: tests push rx packets and read what was sent.
+struct QueuePort {
+    name: String,
+    rx: Mutex<VecDeque<HeapPacket>>,
+    tx: Mutex<Vec<HeapPacket>>,
+    tx_room: Mutex<usize>,
+}
+
+impl QueuePort {
+    fn new(name: &str) -> Arc<Self> {
+        Arc::new(QueuePort {
+            name: name.into(),
+            rx: Mutex::new(VecDeque::new()),
+            tx: Mutex::new(Vec::new()),
+            tx_room: Mutex::new(usize::MAX),
+        })
+    }
+    fn inject(&self, bytes: &[u8], mark: Option<u32>) {
+        let mut p = HeapPacket::from_bytes(bytes);
+        p.set_mark(mark);
+        self.rx.lock().unwrap().push_back(p);
+    }
+    fn sent(&self) -> Vec<Vec<u8>> {
+        self.tx
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.data().to_vec())
+            .collect()
+    }
+}
+
+impl Port for QueuePort {
+    type Buf = HeapPacket;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn n_rxq(&self) -> u16 {
+        1
+    }
+    fn n_txq(&self) -> u16 {
+        1
+    }
+    fn rx_burst(&self, _q: u16, out: &mut Burst<HeapPacket>) -> usize {
+        let mut rx = self.rx.lock().unwrap();
+        let mut n = 0;
+        while !out.is_full() {
+            let Some(p) = rx.pop_front() else { break };
+            let _ = out.push(p);
+            n += 1;
+        }
+        n
+    }
+    fn tx_burst(&self, _q: u16, pkts: &mut Burst<HeapPacket>) -> usize {
+        let mut room = self.tx_room.lock().unwrap();
+        let n = pkts.len().min(*room);
+        *room -= n;
+        self.tx.lock().unwrap().extend(pkts.drain_front(n));
+        n
+    }
+    fn stats(&self) -> PortStats {
+        PortStats::default()
+    }
+}
+
+/// Records offload requests.
+#[derive(Default, Clone)]
+struct Recorder {
+    puts: Arc<Mutex<Vec<(u32, Ufid, FlowHandle)>>>,
+    deletes: Arc<Mutex<Vec<(u32, Ufid)>>>,
+    full: Arc<Mutex<bool>>,
+}
+
+impl OffloadClient for Recorder {
+    fn put(&self, _pmd: u32, port: u32, mf: &Megaflow, handle: FlowHandle) -> bool {
+        if *self.full.lock().unwrap() {
+            return false;
+        }
+        self.puts.lock().unwrap().push((port, mf.ufid, handle));
+        true
+    }
+    fn delete(&self, _pmd: u32, port: u32, ufid: Ufid) -> bool {
+        if *self.full.lock().unwrap() {
+            return false;
+        }
+        self.deletes.lock().unwrap().push((port, ufid));
+        true
+    }
+}
+
+const GTP: &str = "
+table=0,priority=1,in_port=2,dl_type=0x0800,nw_proto=17,nw_src=192.168.200.3,udp_src=2152,actions=flood
+table=0,priority=1,dl_type=0x0800,nw_proto=17,nw_dst=192.168.200.3,udp_src=2152,actions=mod_nw_src:192.168.200.188,output=2
+table=0,priority=1,dl_type=0x0800,nw_proto=17,nw_dst=192.168.200.3,udp_dst=2152,actions=mod_nw_src:192.168.200.188,output=2
+table=0,priority=0,actions=drop
+";
+
+fn pipeline(text: &str) -> Arc<Pipeline> {
+    let mut p = Pipeline::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        p.add(parse_flow(line).expect("valid flow"));
+    }
+    Arc::new(p)
+}
+
+struct Rig {
+    pmd: PmdCore<HeapPacket>,
+    ports: Vec<Arc<QueuePort>>,
+    offload: Recorder,
+}
+
+fn rig(rules: &str) -> Rig {
+    let offload = Recorder::default();
+    let mut pmd = PmdCore::new(
+        0,
+        pipeline(rules),
+        Arc::new(BridgeState::default()),
+        Box::new(offload.clone()),
+        1,
+    );
+    let ports: Vec<Arc<QueuePort>> = (1..=3).map(|i| QueuePort::new(&format!("p{i}"))).collect();
+    for (i, p) in ports.iter().enumerate() {
+        pmd.add_port(i as u32 + 1, p.clone(), i < 2);
+    }
+    Rig {
+        pmd,
+        ports,
+        offload,
+    }
+}
+
+impl Rig {
+    fn poll_all(&mut self) {
+        for i in 0..self.ports.len() {
+            while self.pmd.poll(i, 0, 0) > 0 {}
+        }
+    }
+    fn check_accounting(&self) {
+        for p in self.pmd.ports() {
+            p.stats
+                .check()
+                .unwrap_or_else(|e| panic!("port {}: {e}", p.ofport));
+        }
+    }
+}
+
+fn gtp_u(src: [u8; 4], sport: u16) -> Vec<u8> {
+    // udp4 builds the whole Ethernet frame.
+    build::udp4(
+        Ipv4Addr::from(src),
+        Ipv4Addr::new(192, 168, 200, 3),
+        sport,
+        2152,
+        b"gtp-u payload",
+    )
+}
+
+#[test]
+fn every_path_forwards_and_rewrites() {
+    let mut r = rig(GTP);
+    // 10 flows (subscribers), 3 packets each, from port 1.
+    for round in 0..3 {
+        for i in 0..10u8 {
+            r.ports[0].inject(&gtp_u([10, 1, 0, i], 4000), None);
+        }
+        r.poll_all();
+        if round == 0 {
+            assert_eq!(
+                r.pmd.counters.upcalls, 1,
+                "one megaflow covers all ten flows"
+            );
+        }
+    }
+    let sent = r.ports[1].sent();
+    assert_eq!(sent.len(), 30);
+    for bytes in &sent {
+        let mut k = FlowKey::ZERO;
+        let info = packet::parse(bytes, 0, &mut k);
+        assert!(info.error.is_none(), "{:?}", info.error);
+        assert_eq!(
+            k.get(Field::NwSrc),
+            u32::from(Ipv4Addr::new(192, 168, 200, 188)) as u128
+        );
+    }
+    let c = r.pmd.counters;
+    assert_eq!(c.packets, 30);
+    assert_eq!(c.upcalls + c.dpcls_hits + c.emc_hits, 30);
+    assert!(c.emc_hits > 0 && c.dpcls_hits > 0);
+    assert_eq!(r.offload.puts.lock().unwrap().len(), 1);
+    r.check_accounting();
+}
+
+#[test]
+fn mark_path_and_stale_marks() {
+    let mut r = rig(GTP);
+    r.ports[0].inject(&gtp_u([10, 1, 0, 1], 4000), None);
+    r.poll_all();
+    let (port, _ufid, handle) = r.offload.puts.lock().unwrap()[0];
+    assert_eq!(port, 1);
+    let mark = Mark::new(7).expect("non-zero");
+    r.pmd
+        .apply_offload_update(PmdUpdate::Publish { mark, handle });
+    for i in 0..5u8 {
+        r.ports[0].inject(&gtp_u([10, 1, 0, i], 4000), Some(7));
+    }
+    r.poll_all();
+    assert_eq!(r.pmd.counters.mark_hits, 5);
+    // A mark nobody published, and one unpublished: software path, same result.
+    r.ports[0].inject(&gtp_u([10, 1, 0, 9], 4000), Some(99));
+    r.pmd.apply_offload_update(PmdUpdate::Unpublish { mark });
+    r.ports[0].inject(&gtp_u([10, 1, 0, 9], 4000), Some(7));
+    r.poll_all();
+    assert_eq!(r.pmd.counters.mark_hits, 5);
+    assert_eq!(r.pmd.counters.stale_marks, 2);
+    assert_eq!(r.ports[1].sent().len(), 8);
+    r.check_accounting();
+}
+
+#[test]
+fn a_mark_from_another_ingress_port_is_not_trusted() {
+    let mut r = rig(GTP);
+    r.ports[0].inject(&gtp_u([10, 1, 0, 1], 4000), None);
+    r.poll_all();
+    let handle = r.offload.puts.lock().unwrap()[0].2;
+    let mark = Mark::new(3).expect("non-zero");
+    r.pmd
+        .apply_offload_update(PmdUpdate::Publish { mark, handle });
+    // Same mark arriving on port 3: the megaflow is port 1's.
+    r.ports[2].inject(&gtp_u([10, 1, 0, 1], 4000), Some(3));
+    r.poll_all();
+    assert_eq!(r.pmd.counters.mark_hits, 0);
+    assert_eq!(r.pmd.counters.stale_marks, 1);
+    r.check_accounting();
+}
+
+#[test]
+fn drops_are_counted_with_reasons() {
+    let mut r = rig(GTP);
+    // Hits the priority-0 drop rule.
+    let other = build::udp4(
+        Ipv4Addr::new(1, 1, 1, 1),
+        Ipv4Addr::new(2, 2, 2, 2),
+        1,
+        2,
+        b"",
+    );
+    r.ports[0].inject(&other, None);
+    r.ports[0].inject(&other, None);
+    // Too short to be Ethernet.
+    r.ports[0].inject(&[1, 2, 3], None);
+    r.poll_all();
+    let s = &r.pmd.ports()[0].stats;
+    assert_eq!(s.rx, 3);
+    assert_eq!(s.forwarded, 0);
+    let json = serde_json::to_value(s).unwrap();
+    assert_eq!(json["rx_dropped"]["drop_action"], 2);
+    assert_eq!(json["rx_dropped"]["parse_error"], 1);
+    r.check_accounting();
+}
+
+#[test]
+fn upcall_budget_drops_and_counts() {
+    let mut r = rig("priority=1,udp,actions=output:2");
+    r.pmd.set_upcall_budget(4);
+    // 32 packets in one burst: exact-match rule on udp → one megaflow, one upcall.
+    for i in 0..32u8 {
+        r.ports[0].inject(&gtp_u([10, 1, 0, i], 4000 + i as u16), None);
+    }
+    r.poll_all();
+    assert_eq!(r.pmd.counters.upcalls, 1);
+    assert_eq!(r.pmd.counters.lost, 0);
+    // A rule on the exact source port: every packet needs its own megaflow.
+    let mut r = rig("priority=1,udp,tp_src=5000,actions=output:2\npriority=0,actions=output:3");
+    r.pmd.set_upcall_budget(4);
+    for i in 0..32u16 {
+        r.ports[0].inject(&gtp_u([10, 1, 0, 1], 4000 + i), None);
+    }
+    r.poll_all();
+    assert_eq!(r.pmd.counters.lost, 28);
+    assert_eq!(r.pmd.counters.upcalls, 4);
+    r.check_accounting();
+}
+
+#[test]
+fn full_offload_queue_is_counted_and_reoffered() {
+    let mut r = rig(GTP);
+    *r.offload.full.lock().unwrap() = true;
+    r.ports[0].inject(&gtp_u([10, 1, 0, 1], 4000), None);
+    r.poll_all();
+    assert_eq!(r.pmd.counters.offload_queue_full, 1);
+    assert!(r.offload.puts.lock().unwrap().is_empty());
+    *r.offload.full.lock().unwrap() = false;
+    assert_eq!(r.pmd.reoffer(), 1);
+    assert_eq!(r.offload.puts.lock().unwrap().len(), 1);
+    assert_eq!(r.pmd.reoffer(), 0);
+}
+
+#[test]
+fn revalidation_modifies_in_place_or_removes() {
+    let mut r = rig(GTP);
+    r.ports[0].inject(&gtp_u([10, 1, 0, 1], 4000), None);
+    r.poll_all();
+    let before = r.pmd.megaflows();
+    assert_eq!(before.len(), 1);
+    // Same match, new actions: same ufid, new actions, no NIC delete.
+    let changed = GTP.replace("output=2", "output=3");
+    r.pmd.set_pipeline(pipeline(&changed));
+    let after = r.pmd.megaflows();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].ufid, before[0].ufid);
+    assert_eq!(
+        fallback::actions::action_strings(&after[0].megaflow.actions),
+        ["mod_nw_src:192.168.200.188", "output:3"]
+    );
+    assert!(r.offload.deletes.lock().unwrap().is_empty());
+    r.ports[0].inject(&gtp_u([10, 1, 0, 1], 4000), None);
+    r.poll_all();
+    assert_eq!(r.ports[2].sent().len(), 1);
+    // A higher-priority rule on the source: the old mask no longer covers
+    // the decision, so the megaflow goes (and its NIC rule with it).
+    let narrower = format!("{changed}\npriority=5,udp,nw_src=10.1.0.1,actions=output:1\n");
+    r.pmd.set_pipeline(pipeline(&narrower));
+    assert_eq!(r.pmd.megaflow_count(), 0);
+    assert_eq!(r.offload.deletes.lock().unwrap().len(), 1);
+    // Rule counts survive the megaflow: 2 packets on the udp_dst rule.
+    let stats = r.pmd.rule_stats();
+    assert_eq!(stats.values().map(|(p, _)| p).sum::<u64>(), 2);
+    r.check_accounting();
+}
+
+#[test]
+fn tx_ring_full_is_counted() {
+    let mut r = rig(GTP);
+    *r.ports[1].tx_room.lock().unwrap() = 3;
+    for i in 0..10u8 {
+        r.ports[0].inject(&gtp_u([10, 1, 0, i], 4000), None);
+    }
+    r.poll_all();
+    let s = &r.pmd.ports()[1].stats;
+    assert_eq!(s.tx_attempted, 10);
+    assert_eq!(s.tx, 3);
+    r.check_accounting();
+}
+
+#[test]
+fn port_removal_removes_its_megaflows() {
+    let mut r = rig(GTP);
+    r.ports[0].inject(&gtp_u([10, 1, 0, 1], 4000), None);
+    r.poll_all();
+    assert_eq!(r.pmd.megaflow_count(), 1);
+    // The megaflow outputs to port 2: removing port 2 removes it.
+    r.pmd.del_port(2);
+    assert_eq!(r.pmd.megaflow_count(), 0);
+    assert_eq!(r.offload.deletes.lock().unwrap().len(), 1);
+}
