@@ -2,8 +2,10 @@
 //! translation, the mark pool and the offload worker.
 
 pub mod device;
+pub mod marks;
 pub mod rte;
 pub mod translate;
+pub mod worker;
 
 pub use device::{Capabilities, Counters, FlowDevice, FlowError, Profile, RuleHandle};
 pub use translate::{translate, Rejected, Translation};

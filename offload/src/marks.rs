@@ -1,0 +1,666 @@
+//! Marks: the ids a NIC rule's MARK action stamps on packets, and how a PMD
+//! turns one back into its own copy of the megaflow (DESIGN §1, §2 `marks`).
+//!
+//! - [`MarkPool`]: ids `1..=max` (0 means "no mark" to DPDK and is never
+//!   handed out), with a quarantine between release and reuse.
+//! - [`MarkRegistry`]: one mark per offloaded (ingress port, ufid), both
+//!   ways round, plus the quiescence bookkeeping that ends quarantines.
+//! - [`PmdRefs`]: the PMDs sharing one megaflow (each with its own copy);
+//!   the NIC rule and the mark go when the last copy goes.
+//! - [`MarkTable`]: a PMD's fast-path map mark → [`FlowHandle`].
+//!
+//! Quarantine model: the registry keeps a global [`Epoch`]. Every unpublish
+//! is tagged with the current epoch, which then advances. Each PMD reports,
+//! at the top of its poll loop, the epoch it read *before* applying its
+//! pending updates. A mark unpublished at epoch E is free again once every
+//! PMD has reported an epoch > E: from then on no PMD's table can still map
+//! it to the old megaflow, so a new rule carrying it cannot be executed
+//! with the old megaflow's actions.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use fallback::cache::FlowHandle;
+use fallback::megaflow::Ufid;
+use hashbrown::HashMap;
+use thiserror::Error;
+
+use crate::device::Capabilities;
+
+/// An OpenFlow port number: the megaflow's `in_port`, the port whose NIC
+/// gets the rule.
+pub type PortId = u32;
+
+/// A MARK id: never 0.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mark(NonZeroU32);
+
+impl Mark {
+    /// `None` for 0 ("no mark").
+    pub const fn new(id: u32) -> Option<Mark> {
+        match NonZeroU32::new(id) {
+            Some(n) => Some(Mark(n)),
+            None => None,
+        }
+    }
+
+    #[inline]
+    pub const fn get(self) -> u32 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for Mark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Debug for Mark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "mark:{}", self.0)
+    }
+}
+
+/// A PMD thread's id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct PmdId(pub u32);
+
+impl fmt::Display for PmdId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pmd{}", self.0)
+    }
+}
+
+/// The quiescence clock (see the module documentation).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
+pub struct Epoch(pub u64);
+
+/// One NIC rule and one mark exist per offload key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct OffloadKey {
+    pub port: PortId,
+    pub ufid: Ufid,
+}
+
+/// A change to one PMD's [`MarkTable`], applied at the top of its poll loop.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PmdUpdate {
+    /// Packets carrying `mark` belong to the PMD's megaflow `handle`.
+    Publish { mark: Mark, handle: FlowHandle },
+    /// Packets carrying `mark` take the software path.
+    Unpublish { mark: Mark },
+}
+
+/// Mark bookkeeping errors.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MarkError {
+    #[error(
+        "all {max} marks are in use or quarantined; the megaflow stays in software \
+         (raise the offload max-marks setting, or wait until deleted flows' marks leave quarantine)"
+    )]
+    Exhausted { max: u32 },
+    #[error("max marks {max} is out of range: use 1..={}", Capabilities::MAX_MARK)]
+    BadMax { max: u32 },
+    #[error("{mark:?} is not in use and cannot be released; this is a flowmark bug, report it")]
+    NotInUse { mark: Mark },
+}
+
+/// Where a mark id is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MarkStatus {
+    Free,
+    InUse,
+    /// Released, waiting for every PMD to pass a quiescent point.
+    Quarantined,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Quarantined {
+    mark: Mark,
+    unpublished: Epoch,
+    since: Instant,
+}
+
+/// Mark ids `1..=max` with quarantine before reuse.
+///
+/// Never-used ids are handed out lazily (`next_fresh`), so the per-mark
+/// status vector and every PMD's [`MarkTable`] only grow as far as the
+/// highest id actually used. Freed ids are reused first, oldest first.
+#[derive(Debug)]
+pub struct MarkPool {
+    max: u32,
+    next_fresh: u32,
+    free: VecDeque<Mark>,
+    /// In release order, so epochs and times are non-decreasing.
+    quarantine: VecDeque<Quarantined>,
+    /// Indexed by id; ids at or above `next_fresh` are implicitly free.
+    status: Vec<MarkStatus>,
+    in_use: usize,
+}
+
+impl MarkPool {
+    pub fn new(max: u32) -> Result<MarkPool, MarkError> {
+        if max == 0 || max > Capabilities::MAX_MARK {
+            return Err(MarkError::BadMax { max });
+        }
+        Ok(MarkPool {
+            max,
+            next_fresh: 1,
+            free: VecDeque::new(),
+            quarantine: VecDeque::new(),
+            status: vec![MarkStatus::Free],
+            in_use: 0,
+        })
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.in_use
+    }
+
+    pub fn quarantined(&self) -> usize {
+        self.quarantine.len()
+    }
+
+    pub fn status(&self, mark: Mark) -> MarkStatus {
+        self.status
+            .get(mark.get() as usize)
+            .copied()
+            .unwrap_or(MarkStatus::Free)
+    }
+
+    /// A free mark, or `Exhausted` (call [`MarkPool::reclaim`] first).
+    pub fn alloc(&mut self) -> Result<Mark, MarkError> {
+        let mark = match self.free.pop_front() {
+            Some(m) => m,
+            None if self.next_fresh <= self.max => {
+                let m = Mark::new(self.next_fresh).ok_or(MarkError::Exhausted { max: self.max })?;
+                self.next_fresh += 1;
+                self.status.push(MarkStatus::Free);
+                m
+            }
+            None => return Err(MarkError::Exhausted { max: self.max }),
+        };
+        self.set_status(mark, MarkStatus::InUse);
+        self.in_use += 1;
+        Ok(mark)
+    }
+
+    /// Frees a mark that was never published to any PMD: no table can hold
+    /// it, so it is reusable at once.
+    pub fn release_now(&mut self, mark: Mark) -> Result<(), MarkError> {
+        self.take_in_use(mark)?;
+        self.set_status(mark, MarkStatus::Free);
+        self.free.push_back(mark);
+        Ok(())
+    }
+
+    /// Quarantines a mark whose unpublish was sent at `unpublished`.
+    pub fn quarantine(
+        &mut self,
+        mark: Mark,
+        unpublished: Epoch,
+        now: Instant,
+    ) -> Result<(), MarkError> {
+        self.take_in_use(mark)?;
+        self.set_status(mark, MarkStatus::Quarantined);
+        self.quarantine.push_back(Quarantined {
+            mark,
+            unpublished,
+            since: now,
+        });
+        Ok(())
+    }
+
+    /// Frees the quarantined marks unpublished before `quiescent_below` (every
+    /// PMD has reported an epoch ≥ it) and quarantined for at least
+    /// `min_age`. Returns how many were freed.
+    pub fn reclaim(&mut self, quiescent_below: Epoch, now: Instant, min_age: Duration) -> usize {
+        let mut freed = 0;
+        while let Some(q) = self.quarantine.front().copied() {
+            let aged = now.saturating_duration_since(q.since) >= min_age;
+            if q.unpublished >= quiescent_below || !aged {
+                break;
+            }
+            self.quarantine.pop_front();
+            self.set_status(q.mark, MarkStatus::Free);
+            self.free.push_back(q.mark);
+            freed += 1;
+        }
+        freed
+    }
+
+    fn take_in_use(&mut self, mark: Mark) -> Result<(), MarkError> {
+        if self.status(mark) != MarkStatus::InUse {
+            return Err(MarkError::NotInUse { mark });
+        }
+        self.in_use -= 1;
+        Ok(())
+    }
+
+    fn set_status(&mut self, mark: Mark, status: MarkStatus) {
+        if let Some(s) = self.status.get_mut(mark.get() as usize) {
+            *s = status;
+        }
+    }
+}
+
+/// One mark per offload key, both ways round, and the PMDs' quiescence.
+#[derive(Debug)]
+pub struct MarkRegistry {
+    pool: MarkPool,
+    by_key: HashMap<OffloadKey, Mark>,
+    by_mark: HashMap<Mark, OffloadKey>,
+    epoch: Epoch,
+    pmd_seen: HashMap<PmdId, Epoch>,
+    /// Extra time a mark stays quarantined after every PMD has passed a
+    /// quiescent point (packets the old rule marked may still sit in rx rings).
+    min_quarantine: Duration,
+}
+
+impl MarkRegistry {
+    pub fn new(max_marks: u32, min_quarantine: Duration) -> Result<MarkRegistry, MarkError> {
+        Ok(MarkRegistry {
+            pool: MarkPool::new(max_marks)?,
+            by_key: HashMap::new(),
+            by_mark: HashMap::new(),
+            epoch: Epoch(0),
+            pmd_seen: HashMap::new(),
+            min_quarantine,
+        })
+    }
+
+    pub fn pool(&self) -> &MarkPool {
+        &self.pool
+    }
+
+    /// Marks assigned to a key (not free, not quarantined).
+    pub fn in_use(&self) -> usize {
+        self.pool.in_use()
+    }
+
+    /// The current epoch: what PMDs must get past to end the quarantines
+    /// started so far.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn mark_of(&self, key: &OffloadKey) -> Option<Mark> {
+        self.by_key.get(key).copied()
+    }
+
+    pub fn owner(&self, mark: Mark) -> Option<OffloadKey> {
+        self.by_mark.get(&mark).copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (OffloadKey, Mark)> + '_ {
+        self.by_key.iter().map(|(k, m)| (*k, *m))
+    }
+
+    /// The key's mark, allocating one if it has none. Reclaims quarantined
+    /// marks when the pool has nothing free.
+    pub fn assign(&mut self, key: OffloadKey, now: Instant) -> Result<Mark, MarkError> {
+        if let Some(m) = self.by_key.get(&key) {
+            return Ok(*m);
+        }
+        let mark = match self.pool.alloc() {
+            Ok(m) => m,
+            Err(_) => {
+                self.reclaim(now);
+                self.pool.alloc()?
+            }
+        };
+        self.by_key.insert(key, mark);
+        self.by_mark.insert(mark, key);
+        Ok(mark)
+    }
+
+    /// Drops the key's mark, which was never published: free at once.
+    pub fn unassign_unpublished(&mut self, key: &OffloadKey) -> Result<Option<Mark>, MarkError> {
+        let Some(mark) = self.unlink(key) else {
+            return Ok(None);
+        };
+        self.pool.release_now(mark)?;
+        Ok(Some(mark))
+    }
+
+    /// Drops the key's mark after its unpublish went to every PMD that had
+    /// it: quarantined at the current epoch, and the epoch advances.
+    pub fn unassign(&mut self, key: &OffloadKey, now: Instant) -> Result<Option<Mark>, MarkError> {
+        let Some(mark) = self.unlink(key) else {
+            return Ok(None);
+        };
+        self.pool.quarantine(mark, self.epoch, now)?;
+        self.epoch = Epoch(self.epoch.0 + 1);
+        Ok(Some(mark))
+    }
+
+    fn unlink(&mut self, key: &OffloadKey) -> Option<Mark> {
+        let mark = self.by_key.remove(key)?;
+        self.by_mark.remove(&mark);
+        Some(mark)
+    }
+
+    /// A new PMD has no table entries yet, so it is past every unpublish.
+    pub fn add_pmd(&mut self, pmd: PmdId) {
+        self.pmd_seen.insert(pmd, self.epoch);
+    }
+
+    /// A stopped PMD no longer holds quarantines back.
+    pub fn remove_pmd(&mut self, pmd: PmdId) {
+        self.pmd_seen.remove(&pmd);
+    }
+
+    pub fn pmds(&self) -> impl Iterator<Item = PmdId> + '_ {
+        self.pmd_seen.keys().copied()
+    }
+
+    /// `pmd` has applied every update sent before `seen` was current.
+    /// Unknown PMDs are ignored; a report never moves backwards or past
+    /// the current epoch.
+    pub fn pmd_quiescent(&mut self, pmd: PmdId, seen: Epoch) {
+        let current = self.epoch;
+        if let Some(e) = self.pmd_seen.get_mut(&pmd) {
+            *e = (*e).max(seen.min(current));
+        }
+    }
+
+    /// The last epoch `pmd` reported.
+    pub fn pmd_epoch(&self, pmd: PmdId) -> Option<Epoch> {
+        self.pmd_seen.get(&pmd).copied()
+    }
+
+    /// Marks unpublished before this epoch have left every PMD's table.
+    pub fn quiescent_below(&self) -> Epoch {
+        self.pmd_seen.values().copied().min().unwrap_or(self.epoch)
+    }
+
+    /// Frees what quiescence (and `min_quarantine`) allows. Returns how
+    /// many marks became free.
+    pub fn reclaim(&mut self, now: Instant) -> usize {
+        let below = self.quiescent_below();
+        self.pool.reclaim(below, now, self.min_quarantine)
+    }
+}
+
+/// The PMDs holding a copy of one megaflow, each with its own handle.
+/// Usually one or two entries: a Vec beats a map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PmdRefs {
+    refs: Vec<(PmdId, FlowHandle)>,
+}
+
+impl PmdRefs {
+    /// Adds or updates `pmd`'s copy; returns its previous handle.
+    pub fn insert(&mut self, pmd: PmdId, handle: FlowHandle) -> Option<FlowHandle> {
+        match self.refs.iter_mut().find(|(p, _)| *p == pmd) {
+            Some((_, h)) => Some(std::mem::replace(h, handle)),
+            None => {
+                self.refs.push((pmd, handle));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, pmd: PmdId) -> Option<FlowHandle> {
+        let i = self.refs.iter().position(|(p, _)| *p == pmd)?;
+        Some(self.refs.swap_remove(i).1)
+    }
+
+    pub fn get(&self, pmd: PmdId) -> Option<FlowHandle> {
+        self.refs.iter().find(|(p, _)| *p == pmd).map(|(_, h)| *h)
+    }
+
+    pub fn len(&self) -> usize {
+        self.refs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.refs.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (PmdId, FlowHandle)> + '_ {
+        self.refs.iter().copied()
+    }
+
+    pub fn pmds(&self) -> impl Iterator<Item = PmdId> + '_ {
+        self.refs.iter().map(|(p, _)| *p)
+    }
+}
+
+/// A PMD's mark → megaflow map: a vector indexed by mark id, so a lookup
+/// is one bounds check and one load (no hashing, no lock, no allocation).
+/// It grows only when a mark is published, at the top of the poll loop.
+#[derive(Clone, Debug, Default)]
+pub struct MarkTable {
+    slots: Vec<Option<FlowHandle>>,
+    len: usize,
+}
+
+impl MarkTable {
+    pub fn new() -> MarkTable {
+        MarkTable::default()
+    }
+
+    /// The handle for a packet's raw mark (the mbuf's FDIR id). Unknown
+    /// marks and 0 give `None`; the handle may still be stale, which
+    /// `FlowCache::get` detects (generation check): both go to software.
+    #[inline]
+    pub fn lookup(&self, mark: u32) -> Option<FlowHandle> {
+        match self.slots.get(mark as usize) {
+            Some(slot) => *slot,
+            None => None,
+        }
+    }
+
+    pub fn publish(&mut self, mark: Mark, handle: FlowHandle) {
+        let i = mark.get() as usize;
+        if i >= self.slots.len() {
+            self.slots.resize(i + 1, None);
+        }
+        if self.slots[i].replace(handle).is_none() {
+            self.len += 1;
+        }
+    }
+
+    pub fn unpublish(&mut self, mark: Mark) -> Option<FlowHandle> {
+        let old = self.slots.get_mut(mark.get() as usize)?.take();
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    pub fn apply(&mut self, update: PmdUpdate) {
+        match update {
+            PmdUpdate::Publish { mark, handle } => self.publish(mark, handle),
+            PmdUpdate::Unpublish { mark } => {
+                self.unpublish(mark);
+            }
+        }
+    }
+
+    /// Published marks.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Mark, FlowHandle)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((Mark::new(u32::try_from(i).ok()?)?, (*s)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fallback::cache::FlowCache;
+    use fallback::key::Field;
+    use fallback::megaflow::Megaflow;
+    use fallback::FlowKey;
+
+    fn handles(n: u32) -> Vec<FlowHandle> {
+        let mut cache = FlowCache::new(1);
+        (0..n)
+            .map(|i| {
+                let mut k = FlowKey::ZERO;
+                k.set(Field::NwSrc, i as u128);
+                let mut m = FlowKey::ZERO;
+                m.set(Field::NwSrc, u32::MAX as u128);
+                cache.install(Megaflow::new(&k, &m, vec![], vec![]))
+            })
+            .collect()
+    }
+
+    fn key(port: PortId, u: u128) -> OffloadKey {
+        OffloadKey {
+            port,
+            ufid: Ufid(u),
+        }
+    }
+
+    #[test]
+    fn mark_zero_does_not_exist() {
+        assert_eq!(Mark::new(0), None);
+        assert_eq!(Mark::new(7).map(Mark::get), Some(7));
+    }
+
+    #[test]
+    fn pool_hands_out_1_to_max_then_exhausts() {
+        let mut p = MarkPool::new(3).unwrap();
+        let got: Vec<u32> = (0..3).map(|_| p.alloc().unwrap().get()).collect();
+        assert_eq!(got, vec![1, 2, 3]);
+        assert_eq!(p.alloc(), Err(MarkError::Exhausted { max: 3 }));
+        assert_eq!(p.in_use(), 3);
+        assert!(MarkPool::new(0).is_err());
+        assert!(MarkPool::new(Capabilities::MAX_MARK + 1).is_err());
+    }
+
+    #[test]
+    fn pool_release_now_reuses_and_refuses_double_release() {
+        let mut p = MarkPool::new(2).unwrap();
+        let a = p.alloc().unwrap();
+        p.release_now(a).unwrap();
+        assert_eq!(p.release_now(a), Err(MarkError::NotInUse { mark: a }));
+        assert_eq!(p.status(a), MarkStatus::Free);
+        // Fresh ids come after freed ones are used up.
+        assert_eq!(p.alloc().unwrap(), a);
+    }
+
+    #[test]
+    fn quarantine_holds_until_epoch_and_age() {
+        let t0 = Instant::now();
+        let mut p = MarkPool::new(1).unwrap();
+        let a = p.alloc().unwrap();
+        p.quarantine(a, Epoch(4), t0).unwrap();
+        assert_eq!(p.status(a), MarkStatus::Quarantined);
+        assert!(p.alloc().is_err());
+        assert_eq!(p.reclaim(Epoch(4), t0, Duration::ZERO), 0);
+        let later = t0 + Duration::from_millis(5);
+        assert_eq!(p.reclaim(Epoch(5), later, Duration::from_millis(10)), 0);
+        assert_eq!(p.reclaim(Epoch(5), later, Duration::from_millis(5)), 1);
+        assert_eq!(p.alloc(), Ok(a));
+    }
+
+    #[test]
+    fn registry_waits_for_every_pmd() {
+        let t0 = Instant::now();
+        let mut r = MarkRegistry::new(1, Duration::ZERO).unwrap();
+        r.add_pmd(PmdId(0));
+        r.add_pmd(PmdId(1));
+        let k = key(1, 10);
+        let m = r.assign(k, t0).unwrap();
+        assert_eq!(r.assign(k, t0), Ok(m), "one mark per key");
+        assert_eq!(r.owner(m), Some(k));
+        r.unassign(&k, t0).unwrap();
+        assert_eq!(r.owner(m), None);
+        assert_eq!(r.epoch(), Epoch(1));
+        // PMD 0 caught up, PMD 1 did not: still quarantined.
+        r.pmd_quiescent(PmdId(0), Epoch(1));
+        assert_eq!(
+            r.assign(key(1, 11), t0),
+            Err(MarkError::Exhausted { max: 1 })
+        );
+        // Reports never run ahead of the current epoch.
+        r.pmd_quiescent(PmdId(1), Epoch(99));
+        assert_eq!(r.pmd_epoch(PmdId(1)), Some(Epoch(1)));
+        assert_eq!(r.assign(key(1, 11), t0), Ok(m));
+    }
+
+    #[test]
+    fn removed_pmd_holds_nothing_back_and_new_pmd_starts_current() {
+        let t0 = Instant::now();
+        let mut r = MarkRegistry::new(1, Duration::ZERO).unwrap();
+        r.add_pmd(PmdId(0));
+        let k = key(1, 10);
+        r.assign(k, t0).unwrap();
+        r.unassign(&k, t0).unwrap();
+        r.add_pmd(PmdId(1));
+        assert_eq!(r.quiescent_below(), Epoch(0));
+        r.remove_pmd(PmdId(0));
+        assert_eq!(r.quiescent_below(), Epoch(1));
+        assert!(r.assign(key(2, 1), t0).is_ok());
+    }
+
+    #[test]
+    fn unpublished_marks_skip_quarantine() {
+        let t0 = Instant::now();
+        let mut r = MarkRegistry::new(1, Duration::from_secs(3600)).unwrap();
+        r.add_pmd(PmdId(0));
+        let m = r.assign(key(1, 1), t0).unwrap();
+        assert_eq!(r.unassign_unpublished(&key(1, 1)), Ok(Some(m)));
+        assert_eq!(r.epoch(), Epoch(0));
+        assert_eq!(r.assign(key(1, 2), t0), Ok(m));
+        assert_eq!(r.unassign_unpublished(&key(9, 9)), Ok(None));
+    }
+
+    #[test]
+    fn pmd_refs_count_copies() {
+        let h = handles(2);
+        let mut refs = PmdRefs::default();
+        assert_eq!(refs.insert(PmdId(0), h[0]), None);
+        assert_eq!(refs.insert(PmdId(1), h[0]), None);
+        assert_eq!(refs.insert(PmdId(0), h[1]), Some(h[0]));
+        assert_eq!(refs.len(), 2);
+        assert_eq!(refs.get(PmdId(0)), Some(h[1]));
+        assert_eq!(refs.remove(PmdId(0)), Some(h[1]));
+        assert_eq!(refs.remove(PmdId(0)), None);
+        assert_eq!(refs.remove(PmdId(1)), Some(h[0]));
+        assert!(refs.is_empty());
+    }
+
+    #[test]
+    fn mark_table_lookup() {
+        let h = handles(2);
+        let mut t = MarkTable::new();
+        let m5 = Mark::new(5).unwrap();
+        assert_eq!(t.lookup(0), None);
+        assert_eq!(t.lookup(5), None);
+        assert_eq!(t.lookup(u32::MAX), None);
+        t.apply(PmdUpdate::Publish {
+            mark: m5,
+            handle: h[0],
+        });
+        assert_eq!(t.lookup(5), Some(h[0]));
+        assert_eq!(t.lookup(4), None);
+        t.publish(m5, h[1]);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.iter().collect::<Vec<_>>(), vec![(m5, h[1])]);
+        t.apply(PmdUpdate::Unpublish { mark: m5 });
+        assert_eq!(t.lookup(5), None);
+        assert!(t.is_empty());
+        assert_eq!(t.unpublish(Mark::new(1000).unwrap()), None);
+    }
+}
