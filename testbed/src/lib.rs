@@ -15,11 +15,16 @@ pub mod matcher;
 pub mod nic;
 pub mod pcap;
 pub mod pool;
+pub mod setup;
 pub mod sink;
 pub mod toeplitz;
+pub mod traffic;
 pub mod vm;
 
 pub use inject::{Inject, InjectError};
 pub use nic::{Nic, NicConfig, NicFlowDevice, NicPort, NicStats, Wire};
 pub use pool::PacketPool;
+pub use setup::{
+    SharedPort, Testbed, TestbedConfig, TestbedPort, NIC0_OFPORT, NIC1_OFPORT, VM0_OFPORT,
+};
 pub use vm::{Guest, Vm, VmConfig, VmPort};
