@@ -33,6 +33,20 @@
 //! Failed megaflows are retried one per rule destroyed on their port, all
 //! of them on a reset, and those waiting for a mark as marks leave
 //! quarantine: never in a loop of their own.
+//!
+//! Using the thread: the daemon spawns one [`OffloadWorker`], gives it each
+//! NIC port's device ([`OffloadWorker::add_port`]; VM ports get none, so
+//! their megaflows stay `Software`), and registers each PMD
+//! ([`OffloadWorker::add_pmd`]), moving the returned [`PmdOffload`] into the
+//! PMD thread. There, at the top of every poll loop, [`PmdOffload::quiesce`]
+//! applies the worker's [`PmdUpdate`]s to the PMD's [`MarkTable`] and
+//! reports the quiescent point; the fast path calls
+//! [`PmdOffload::lookup`]. After an upcall the PMD calls
+//! [`PmdOffload::offer_put`] (a `QueueFull` leaves the megaflow in software
+//! until the next revalidation sweep offers it again); when it removes a
+//! megaflow, [`PmdOffload::offer_delete`]. A datapath that keeps its own
+//! MarkTable and delete backlog uses the two halves instead
+//! ([`PmdOffload::into_parts`]: [`PmdRequests`], [`PmdUpdates`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -43,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use fallback::cache::FlowHandle;
-use fallback::megaflow::Ufid;
+use fallback::megaflow::{Megaflow, Ufid};
 use fallback::ofproto::Match;
 use hashbrown::HashMap;
 use serde::{Serialize, Serializer};
@@ -1298,11 +1312,16 @@ impl OffloadWorker {
             reply,
         })?;
         Ok(PmdOffload {
-            pmd,
-            requests: self.requests.clone(),
-            updates: updates_rx,
-            shared: Arc::clone(&self.shared),
-            seen,
+            requests: PmdRequests {
+                pmd,
+                requests: self.requests.clone(),
+                shared: Arc::clone(&self.shared),
+            },
+            updates: PmdUpdates {
+                updates: updates_rx,
+                shared: Arc::clone(&self.shared),
+                seen,
+            },
             table: MarkTable::new(),
             backlog: VecDeque::new(),
         })
@@ -1393,24 +1412,104 @@ fn try_send(requests: &Sender<OffloadRequest>, shared: &Shared, req: OffloadRequ
     }
 }
 
-/// A PMD's end: its [`MarkTable`], its update channel and its offers.
-/// Owned by the PMD thread; no method blocks.
-pub struct PmdOffload {
+/// A PMD's sending side. Every method is `&self` and never waits; a
+/// datapath that keeps its own backlog of refused deletes can use this
+/// alone (with [`PmdUpdates`]) instead of [`PmdOffload`].
+#[derive(Clone)]
+pub struct PmdRequests {
     pmd: PmdId,
     requests: Sender<OffloadRequest>,
+    shared: Arc<Shared>,
+}
+
+impl PmdRequests {
+    pub fn pmd(&self) -> PmdId {
+        self.pmd
+    }
+
+    /// Offers a megaflow this PMD just installed as `handle`.
+    pub fn put(&self, port: PortId, mf: &Megaflow, handle: FlowHandle) -> Offer {
+        self.send(OffloadRequest::Put(self.put_request(port, mf, handle)))
+    }
+
+    /// Revalidation changed this PMD's megaflow `old` into `mf` (see
+    /// [`OffloadRequest::Modify`]). A `QueueFull` must be retried: it may
+    /// carry a delete.
+    pub fn modify(&self, old: Ufid, port: PortId, mf: &Megaflow, handle: FlowHandle) -> Offer {
+        let new = self.put_request(port, mf, handle);
+        self.send(OffloadRequest::Modify { old, new })
+    }
+
+    /// This PMD removed its copy of a megaflow. A `QueueFull` must be
+    /// retried (a lost delete would leave the rule and its mark behind).
+    pub fn delete(&self, port: PortId, ufid: Ufid) -> Offer {
+        let pmd = self.pmd;
+        self.send(OffloadRequest::Delete { pmd, port, ufid })
+    }
+
+    /// Sends a request as is (e.g. one kept back earlier).
+    pub fn send(&self, req: OffloadRequest) -> Offer {
+        try_send(&self.requests, &self.shared, req)
+    }
+
+    fn put_request(&self, port: PortId, mf: &Megaflow, handle: FlowHandle) -> PutRequest {
+        PutRequest {
+            pmd: self.pmd,
+            port,
+            ufid: mf.ufid,
+            r#match: mf.r#match,
+            handle,
+            enqueued: Instant::now(),
+        }
+    }
+}
+
+/// A PMD's receiving side: the worker's [`PmdUpdate`]s and the PMD's
+/// quiescence report.
+pub struct PmdUpdates {
     updates: Receiver<PmdUpdate>,
     shared: Arc<Shared>,
     seen: Arc<AtomicU64>,
+}
+
+impl PmdUpdates {
+    /// Call at the top of every poll loop: hands every pending update to
+    /// `apply` (in order), then reports the quiescent point. Returns the
+    /// number of updates.
+    pub fn drain(&self, mut apply: impl FnMut(PmdUpdate)) -> usize {
+        // Read the epoch before draining: every update sent before the
+        // worker stored this epoch is applied by the time we report it.
+        let epoch = self.shared.epoch.load(Ordering::Acquire);
+        let mut n = 0;
+        while let Ok(update) = self.updates.try_recv() {
+            apply(update);
+            n += 1;
+        }
+        self.seen.store(epoch, Ordering::Release);
+        n
+    }
+
+    /// [`PmdUpdates::drain`] into a [`MarkTable`].
+    pub fn apply_to(&self, table: &mut MarkTable) -> usize {
+        self.drain(|u| table.apply(u))
+    }
+}
+
+/// A PMD's whole end: its [`MarkTable`], its updates and its offers, with
+/// a backlog so deletes and modifies are never lost. Owned by the PMD
+/// thread; no method blocks.
+pub struct PmdOffload {
+    requests: PmdRequests,
+    updates: PmdUpdates,
     table: MarkTable,
-    /// Deletes and modifies the full queue refused, in order. They must
-    /// not be lost (a lost delete would leak a rule), and puts wait behind
-    /// them so the worker sees one PMD's requests in order.
+    /// Deletes and modifies the full queue refused, in order. Puts wait
+    /// behind them so the worker sees one PMD's requests in order.
     backlog: VecDeque<OffloadRequest>,
 }
 
 impl PmdOffload {
     pub fn pmd(&self) -> PmdId {
-        self.pmd
+        self.requests.pmd
     }
 
     /// The fast path: the PMD's megaflow for a packet's mark. Check the
@@ -1425,56 +1524,36 @@ impl PmdOffload {
     }
 
     /// Call at the top of every poll loop: applies the worker's updates,
-    /// reports the quiescent point, and retries queued deletes. Returns the
-    /// number of updates applied.
+    /// reports the quiescent point, and retries kept-back requests.
+    /// Returns the number of updates applied.
     pub fn quiesce(&mut self) -> usize {
-        // Read the epoch before draining: every update sent before this
-        // epoch was stored is then applied when we report it.
-        let epoch = self.shared.epoch.load(Ordering::Acquire);
-        let mut applied = 0;
-        while let Ok(update) = self.updates.try_recv() {
-            self.table.apply(update);
-            applied += 1;
-        }
-        self.seen.store(epoch, Ordering::Release);
+        let applied = self.updates.apply_to(&mut self.table);
         self.flush_backlog();
         applied
     }
 
     /// Offers a megaflow this PMD just installed. Never waits.
-    pub fn offer_put(
-        &mut self,
-        port: PortId,
-        ufid: Ufid,
-        r#match: Match,
-        handle: FlowHandle,
-    ) -> Offer {
+    pub fn offer_put(&mut self, port: PortId, mf: &Megaflow, handle: FlowHandle) -> Offer {
         self.flush_backlog();
         if !self.backlog.is_empty() {
-            self.shared.queue_full.fetch_add(1, Ordering::Relaxed);
+            self.requests
+                .shared
+                .queue_full
+                .fetch_add(1, Ordering::Relaxed);
             return Offer::QueueFull;
         }
-        let put = self.put_request(port, ufid, r#match, handle);
-        try_send(&self.requests, &self.shared, OffloadRequest::Put(put))
+        self.requests.put(port, mf, handle)
     }
 
-    /// Revalidation changed one of this PMD's megaflows (see
-    /// [`OffloadRequest::Modify`]). Never waits and is never lost.
-    pub fn offer_modify(
-        &mut self,
-        old: Ufid,
-        port: PortId,
-        ufid: Ufid,
-        r#match: Match,
-        handle: FlowHandle,
-    ) {
-        let new = self.put_request(port, ufid, r#match, handle);
+    /// See [`PmdRequests::modify`]. Never waits and is never lost.
+    pub fn offer_modify(&mut self, old: Ufid, port: PortId, mf: &Megaflow, handle: FlowHandle) {
+        let new = self.requests.put_request(port, mf, handle);
         self.send_or_keep(OffloadRequest::Modify { old, new });
     }
 
     /// This PMD removed its copy of a megaflow. Never waits and is never lost.
     pub fn offer_delete(&mut self, port: PortId, ufid: Ufid) {
-        let pmd = self.pmd;
+        let pmd = self.requests.pmd;
         self.send_or_keep(OffloadRequest::Delete { pmd, port, ufid });
     }
 
@@ -1483,21 +1562,9 @@ impl PmdOffload {
         self.backlog.len()
     }
 
-    fn put_request(
-        &self,
-        port: PortId,
-        ufid: Ufid,
-        r#match: Match,
-        handle: FlowHandle,
-    ) -> PutRequest {
-        PutRequest {
-            pmd: self.pmd,
-            port,
-            ufid,
-            r#match,
-            handle,
-            enqueued: Instant::now(),
-        }
+    /// The two sides, for a datapath that owns its MarkTable and backlog.
+    pub fn into_parts(self) -> (PmdRequests, PmdUpdates) {
+        (self.requests, self.updates)
     }
 
     fn send_or_keep(&mut self, req: OffloadRequest) {
@@ -1506,14 +1573,14 @@ impl PmdOffload {
             self.backlog.push_back(req);
             return;
         }
-        if let Err(TrySendError::Full(req)) = self.requests.try_send(req) {
+        if let Err(TrySendError::Full(req)) = self.requests.requests.try_send(req) {
             self.backlog.push_back(req);
         }
     }
 
     fn flush_backlog(&mut self) {
         while let Some(req) = self.backlog.pop_front() {
-            match self.requests.try_send(req) {
+            match self.requests.requests.try_send(req) {
                 Ok(()) => {}
                 Err(TrySendError::Full(req)) => {
                     self.backlog.push_front(req);

@@ -1,0 +1,285 @@
+//! The offload worker thread: PMDs never wait for it (a slow device does
+//! not slow their enqueues, a full queue answers at once), updates and
+//! quiescence travel between threads, deletes are never lost.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use fallback::cache::FlowCache;
+use fallback::key::{ethertype, frag, Field, VLAN_CFI};
+use fallback::megaflow::Megaflow;
+use fallback::ofproto::Match;
+use offload::device::{Capabilities, Counters, FlowDevice, FlowError, Profile, RuleHandle};
+use offload::marks::PmdId;
+use offload::rte::Rule;
+use offload::worker::{
+    EngineConfig, Offer, OffloadStatus, OffloadWorker, PmdOffload, WorkerConfig,
+};
+
+/// A device that takes `create_time` per create.
+struct SlowDevice {
+    caps: Capabilities,
+    create_time: Duration,
+    rules: Mutex<BTreeMap<u64, ()>>,
+    next: Mutex<u64>,
+}
+
+impl SlowDevice {
+    fn new(create_time: Duration) -> Arc<SlowDevice> {
+        Arc::new(SlowDevice {
+            caps: Profile::Generic.capabilities(),
+            create_time,
+            rules: Mutex::new(BTreeMap::new()),
+            next: Mutex::new(0),
+        })
+    }
+
+    fn rules(&self) -> MutexGuard<'_, BTreeMap<u64, ()>> {
+        self.rules.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl FlowDevice for SlowDevice {
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+    fn validate(&self, rule: &Rule) -> Result<(), FlowError> {
+        self.caps.check(rule)
+    }
+    fn create(&self, _rule: &Rule) -> Result<RuleHandle, FlowError> {
+        sleep(self.create_time);
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        *next += 1;
+        self.rules().insert(*next, ());
+        Ok(RuleHandle(*next))
+    }
+    fn destroy(&self, handle: RuleHandle) -> Result<(), FlowError> {
+        match self.rules().remove(&handle.0) {
+            Some(()) => Ok(()),
+            None => Err(FlowError::invalid("rule handle", "unknown")),
+        }
+    }
+    fn query(&self, _: RuleHandle) -> Result<Counters, FlowError> {
+        Err(FlowError::unsupported("query", "no COUNT action"))
+    }
+    fn flush(&self) -> Result<(), FlowError> {
+        self.rules().clear();
+        Ok(())
+    }
+}
+
+fn megaflow(port: u32, i: u32) -> Megaflow {
+    let mut m = Match::ANY;
+    m.set_exact(Field::InPort, port.into());
+    m.set_exact(Field::DlType, ethertype::IPV4.into());
+    m.set_masked(Field::VlanTci, 0, VLAN_CFI.into());
+    m.set_masked(Field::NwFrag, 0, frag::MASK.into());
+    m.set_exact(Field::NwSrc, 0x0a00_0000 + u128::from(i));
+    Megaflow::new(&m.value, &m.mask, vec![], vec![])
+}
+
+fn config(queue_capacity: usize) -> WorkerConfig {
+    WorkerConfig {
+        engine: EngineConfig {
+            min_quarantine: Duration::ZERO,
+            ..EngineConfig::default()
+        },
+        queue_capacity,
+        batch: 16,
+        mark_wait_poll: Duration::from_millis(5),
+    }
+}
+
+/// Runs the PMD's poll-loop top until `done` holds (or 30 s pass).
+fn poll_until(
+    worker: &OffloadWorker,
+    pmd: &mut PmdOffload,
+    done: impl Fn(&OffloadStatus, &PmdOffload) -> bool,
+) -> OffloadStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        pmd.quiesce();
+        let status = worker.status().expect("worker alive");
+        if done(&status, pmd) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting: {status:?}");
+        sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn pmd_enqueues_without_waiting_for_a_slow_device() {
+    let worker = OffloadWorker::spawn(config(64)).expect("spawn");
+    let dev = SlowDevice::new(Duration::from_millis(10));
+    worker.add_port(1, dev.clone(), 2).expect("add port");
+    let mut pmd = worker.add_pmd(PmdId(0)).expect("add pmd");
+    let mut cache = FlowCache::new(1);
+    let flows: Vec<_> = (0..200)
+        .map(|i| {
+            let mf = megaflow(1, i);
+            let h = cache.install(mf.clone());
+            (mf, h)
+        })
+        .collect();
+
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut queued = Vec::new();
+    let mut full = 0u64;
+    for (mf, h) in &flows {
+        let t = Instant::now();
+        match pmd.offer_put(1, mf, *h) {
+            Offer::Queued => queued.push(mf.ufid),
+            Offer::QueueFull => full += 1,
+            Offer::Stopped => panic!("worker stopped"),
+        }
+        slowest = slowest.max(t.elapsed());
+    }
+    let enqueue_time = start.elapsed();
+    // 200 creates take 2 s; the enqueues must not wait for any of them.
+    assert!(
+        enqueue_time < Duration::from_millis(100),
+        "200 offers took {enqueue_time:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(50),
+        "one offer took {slowest:?}"
+    );
+    assert!(
+        full > 0,
+        "a 64-slot queue cannot take 200 offers of a 10 ms device"
+    );
+    assert_eq!(queued.len() as u64 + full, 200);
+
+    // The queued ones all get offloaded; the others stayed in software.
+    let want = queued.len();
+    let status = poll_until(&worker, &mut pmd, |s, p| {
+        s.states.offloaded == want && p.marks().len() == want
+    });
+    assert_eq!(status.offload_queue_full, full);
+    assert_eq!(status.states.total(), want);
+    assert_eq!(status.ports[0].inserted as usize, want);
+    assert_eq!(dev.rules().len(), want);
+    assert!(status.ports[0].latency_us.p99 >= 10_000);
+    // Every published mark leads to the PMD's own copy of its megaflow.
+    for row in worker.dump().expect("dump") {
+        let mark = row.mark.expect("offloaded rows have a mark");
+        let h = pmd.lookup(mark).expect("published");
+        assert_eq!(cache.get(h).map(|mf| mf.ufid), Some(row.ufid));
+    }
+    worker.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn deletes_refused_by_a_full_queue_are_kept_and_delivered() {
+    let worker = OffloadWorker::spawn(config(2)).expect("spawn");
+    let dev = SlowDevice::new(Duration::from_millis(5));
+    worker.add_port(1, dev.clone(), 1).expect("add port");
+    let mut pmd = worker.add_pmd(PmdId(7)).expect("add pmd");
+    let mut cache = FlowCache::new(1);
+    let mut offered = Vec::new();
+    for i in 0..20 {
+        let mf = megaflow(1, i);
+        let h = cache.install(mf.clone());
+        if pmd.offer_put(1, &mf, h) == Offer::Queued {
+            offered.push((mf.ufid, h));
+        }
+    }
+    for (ufid, h) in &offered {
+        cache.remove(*h);
+        pmd.offer_delete(1, *ufid);
+    }
+    let start = Instant::now();
+    let status = poll_until(&worker, &mut pmd, |s, p| {
+        p.backlog_len() == 0
+            && s.states.total() == 0
+            && s.request_queue_len == 0
+            && p.marks().is_empty()
+    });
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert_eq!(status.marks_in_use, 0);
+    assert!(dev.rules().is_empty(), "a lost delete would leave a rule");
+    assert!(pmd.marks().is_empty());
+}
+
+#[test]
+fn delete_unpublishes_and_the_mark_returns_after_quiescence() {
+    let worker = OffloadWorker::spawn(config(16)).expect("spawn");
+    let dev = SlowDevice::new(Duration::ZERO);
+    worker.add_port(1, dev.clone(), 1).expect("add port");
+    let mut pmd = worker.add_pmd(PmdId(0)).expect("add pmd");
+    let mut cache = FlowCache::new(1);
+    let mf = megaflow(1, 1);
+    let h = cache.install(mf.clone());
+    assert_eq!(pmd.offer_put(1, &mf, h), Offer::Queued);
+    poll_until(&worker, &mut pmd, |s, p| {
+        s.states.offloaded == 1 && p.marks().len() == 1
+    });
+    cache.remove(h);
+    pmd.offer_delete(1, mf.ufid);
+    let s = poll_until(&worker, &mut pmd, |s, p| {
+        s.states.total() == 0 && p.marks().is_empty()
+    });
+    assert!(dev.rules().is_empty());
+    assert_eq!(s.marks_in_use, 0);
+    // Status answered after the delete's epoch was stored: this report is
+    // past the unpublish, so the next round of work frees the mark.
+    pmd.quiesce();
+    let mf2 = megaflow(1, 2);
+    let h2 = cache.install(mf2.clone());
+    assert_eq!(pmd.offer_put(1, &mf2, h2), Offer::Queued);
+    let s = poll_until(&worker, &mut pmd, |s, _| s.states.offloaded == 1);
+    assert_eq!(s.marks_quarantined, 0);
+    let row = &worker.dump().expect("dump")[0];
+    assert_eq!(row.mark, Some(1), "mark 1 came back from quarantine");
+}
+
+#[test]
+fn port_removal_and_reset_through_the_thread() {
+    let worker = OffloadWorker::spawn(config(16)).expect("spawn");
+    let (d1, d2) = (
+        SlowDevice::new(Duration::ZERO),
+        SlowDevice::new(Duration::ZERO),
+    );
+    worker.add_port(1, d1.clone(), 1).expect("add port 1");
+    worker.add_port(2, d2.clone(), 1).expect("add port 2");
+    let mut pmd = worker.add_pmd(PmdId(0)).expect("add pmd");
+    let mut cache = FlowCache::new(1);
+    for (port, i) in [(1, 1), (1, 2), (2, 3)] {
+        let mf = megaflow(port, i);
+        let h = cache.install(mf.clone());
+        assert_eq!(pmd.offer_put(port, &mf, h), Offer::Queued);
+    }
+    poll_until(&worker, &mut pmd, |s, _| s.states.offloaded == 3);
+    d2.rules().clear();
+    worker.device_reset(2).expect("reset");
+    poll_until(&worker, &mut pmd, |s, _| s.states.offloaded == 3);
+    assert_eq!(d2.rules().len(), 1, "re-offered after the reset");
+    worker.remove_port(1).expect("remove port");
+    assert!(d1.rules().is_empty());
+    let s = poll_until(&worker, &mut pmd, |_, p| p.marks().len() == 1);
+    assert_eq!(s.states.software, 2);
+    assert_eq!(s.marks_in_use, 1);
+    assert_eq!(s.ports.len(), 1);
+}
+
+#[test]
+fn a_stopped_worker_says_so() {
+    let worker = OffloadWorker::spawn(config(4)).expect("spawn");
+    let mut pmd = worker.add_pmd(PmdId(0)).expect("add pmd");
+    worker.shutdown().expect("clean shutdown");
+    let mut cache = FlowCache::new(1);
+    let mf = megaflow(1, 1);
+    let h = cache.install(mf.clone());
+    assert_eq!(pmd.offer_put(1, &mf, h), Offer::Stopped);
+    pmd.offer_delete(1, mf.ufid);
+    assert_eq!(
+        pmd.backlog_len(),
+        0,
+        "nothing kept for a worker that is gone"
+    );
+    assert_eq!(pmd.quiesce(), 0);
+}
