@@ -331,10 +331,17 @@ mod tests {
 
     #[test]
     fn files_round_trip_and_tcpdump_reads_them_when_installed() {
+        use fallback::packet::build;
+        use std::net::Ipv4Addr;
         let dir = std::env::temp_dir().join(format!("flowmark-pcap-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.pcap");
-        let fs = frames();
+        let (a, b) = (Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(192, 168, 200, 3));
+        let fs = vec![
+            build::udp4(a, b, 2152, 2152, &[0; 20]),
+            build::tcp4(a, b, 40000, 80),
+            build::push_tag(&build::udp4(b, a, 53, 5353, &[1; 4]), 0x8100, 100),
+        ];
         let n = write_file(
             &path,
             Duration::new(1_000, 0),
@@ -343,15 +350,25 @@ mod tests {
         .unwrap();
         assert_eq!(n, 3);
         assert_eq!(read_file(&path).unwrap(), fs);
-        // Optional cross-check with a real reader.
+        // Cross-check with a real reader when one is installed.
         if let Ok(out) = std::process::Command::new("tcpdump")
-            .args(["-nn", "-r"])
+            .args(["-nn", "-e", "-r"])
             .arg(&path)
             .output()
         {
             if out.status.success() {
                 let text = String::from_utf8_lossy(&out.stdout);
-                assert_eq!(text.lines().count(), 3, "tcpdump read: {text}");
+                let records: Vec<&str> = text
+                    .lines()
+                    .filter(|l| !l.starts_with(char::is_whitespace))
+                    .collect();
+                assert_eq!(records.len(), 3, "tcpdump read: {text}");
+                assert!(
+                    records[0].contains("10.1.0.1.2152 > 192.168.200.3.2152: UDP"),
+                    "{text}"
+                );
+                assert!(records[1].contains("Flags [S]"), "{text}");
+                assert!(records[2].contains("vlan 100"), "{text}");
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
