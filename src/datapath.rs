@@ -436,7 +436,41 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         self.pending_deletes.len()
     }
 
+    /// (subtables, subtables probed per dpcls hit).
+    pub fn dpcls_figures(&self) -> (usize, f64) {
+        let d = self.cache.dpcls();
+        let per_hit = if d.hits == 0 {
+            0.0
+        } else {
+            d.probes_on_hit as f64 / d.hits as f64
+        };
+        (d.subtables().len(), per_hit)
+    }
+
+    /// This PMD's accounting for every port.
+    pub fn port_stats(&self) -> Vec<(u32, PortStats)> {
+        self.ports
+            .iter()
+            .map(|p| (p.ofport, p.stats))
+            .collect()
+    }
+
+    /// Applies the offload worker's updates to the mark table; this is the
+    /// PMD's quiescent point.
+    pub fn apply_offload_updates(&mut self, updates: &offload::worker::PmdUpdates) -> usize {
+        updates.apply_to(&mut self.marks)
+    }
+
     // ---- the fast path ----
+
+    /// [`PmdCore::poll`] by OpenFlow port number.
+    #[inline]
+    pub fn poll_ofport(&mut self, ofport: u32, queue: u16, now_ms: u64) -> usize {
+        match self.port_index(ofport) {
+            Some(i) => self.poll(i, queue, now_ms),
+            None => 0,
+        }
+    }
 
     /// Polls one rx queue of the port at `port_idx`, processes the burst and
     /// flushes the tx bursts. Returns the number of packets received.
@@ -553,7 +587,9 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 ingress,
                 offered: false,
             };
-            if port.offload {
+            // Puts wait behind refused deletes, so that the worker never
+            // sees a megaflow's delete after its re-put.
+            if port.offload && self.pending_deletes.is_empty() {
                 if let Some(mf) = self.cache.get(h) {
                     if self.offload.put(self.id, ingress, mf, h) {
                         meta.offered = true;

@@ -22,6 +22,8 @@ pub enum CliError {
     },
     #[error("{0}")]
     Profile(String),
+    #[error("demo: {0}")]
+    Demo(String),
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
 }

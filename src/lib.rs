@@ -2,3 +2,7 @@
 //! backend (feature `dpdk`) and the demo. The CLI lives in `main.rs`.
 
 pub mod datapath;
+pub mod demo;
+pub mod dpdk;
+pub mod pmd;
+pub mod switch;

@@ -26,6 +26,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The embedded default: the emulated offload NICs nic0/nic1 and VM port
+    /// vm0 (OpenFlow ports 1, 2, 3), the sample GTP rules and generated
+    /// traffic; a line per second, then the offload status and accounting.
+    Demo {
+        /// Distinct flows of generated traffic.
+        #[arg(long, default_value_t = 10_000)]
+        flows: usize,
+        /// Run time.
+        #[arg(long, conflicts_with = "packets")]
+        seconds: Option<f64>,
+        /// Send exactly this many packets (lossless), then drain.
+        #[arg(long)]
+        packets: Option<u64>,
+        /// NIC capability profile: generic, xl710, no-mark, tiny.
+        #[arg(long, default_value = "generic")]
+        profile: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// OpenFlow rules, offline: `flow parse "FLOW"` prints the canonical form.
     Flow {
         #[command(subcommand)]
@@ -84,9 +103,54 @@ enum FlowCommand {
     },
 }
 
+fn run_demo(
+    flows: usize,
+    seconds: Option<f64>,
+    packets: Option<u64>,
+    profile: &str,
+    json: bool,
+) -> Result<(), error::CliError> {
+    use flowmark::demo::{self, Amount, DemoOptions};
+    let profile = offload::device::Profile::from_name(profile)
+        .map_err(|e| error::CliError::Profile(e.to_string()))?;
+    let amount = match (seconds, packets) {
+        (_, Some(n)) => Amount::Packets(n),
+        (Some(s), None) if s > 0.0 && s.is_finite() => Amount::Seconds(s),
+        (Some(s), None) => {
+            return Err(error::CliError::Profile(format!(
+                "--seconds {s}: give a positive number of seconds"
+            )))
+        }
+        (None, None) => Amount::Seconds(5.0),
+    };
+    let opts = DemoOptions {
+        flows: flows.max(1),
+        amount,
+        profile,
+        live: !json,
+        ..DemoOptions::default()
+    };
+    let mut stdout = std::io::stdout();
+    let report = demo::run(&opts, &mut stdout).map_err(|e| error::CliError::Demo(e.to_string()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        demo::print_report(&report, &mut stdout)
+            .map_err(|e| error::CliError::Demo(e.to_string()))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo {
+            flows,
+            seconds,
+            packets,
+            profile,
+            json,
+        } => run_demo(flows, seconds, packets, &profile, json),
         Command::Flow {
             command: FlowCommand::Parse { json, flow },
         } => offline::flow_parse(&flow, json),

@@ -355,8 +355,26 @@ fn subscriber(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(a, b, (host >> 8) as u8, host as u8)
 }
 
+/// 47 eNodeBs; 47 is coprime with the GTP-C spacing, so signalling comes
+/// from every eNodeB, not a few.
 fn enodeb(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(192, 168, 100, (1 + i % 50) as u8)
+    Ipv4Addr::new(192, 168, 100, (1 + i % 47) as u8)
+}
+
+/// Each eNodeB has its own MAC (so L2 paths such as NORMAL see many
+/// stations, as a real access network has); the gateway side has one.
+fn enodeb_mac(enb: Ipv4Addr) -> [u8; 6] {
+    [0x02, 0xe0, 0, 0, 0, enb.octets()[3]]
+}
+const GATEWAY_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0xc8, 0x03];
+
+/// Rewrites a frame's Ethernet addresses.
+fn set_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    if frame.len() >= 12 {
+        frame[..6].copy_from_slice(&dst);
+        frame[6..12].copy_from_slice(&src);
+    }
+    frame
 }
 
 impl Traffic {
@@ -489,13 +507,18 @@ impl Traffic {
         for i in 0..spec.subscribers {
             let teid = 0x1000 + i as u32;
             let (ue, enb) = (subscriber(i), enodeb(i));
+            let enb_mac = enodeb_mac(enb);
             let id = flows.len() as u32;
-            let up = gtpu_frame(
-                (enb, GTP_GATEWAY),
-                (ue, server(i)),
-                teid,
-                spec.sizes.pick(&mut rng),
-                id,
+            let up = set_macs(
+                gtpu_frame(
+                    (enb, GTP_GATEWAY),
+                    (ue, server(i)),
+                    teid,
+                    spec.sizes.pick(&mut rng),
+                    id,
+                ),
+                GATEWAY_MAC,
+                enb_mac,
             );
             push(
                 &mut flows,
@@ -507,12 +530,16 @@ impl Traffic {
                 up,
             );
             let id = flows.len() as u32;
-            let down = gtpu_frame(
-                (GTP_GATEWAY, enb),
-                (server(i), ue),
-                teid,
-                spec.sizes.pick(&mut rng),
-                id,
+            let down = set_macs(
+                gtpu_frame(
+                    (GTP_GATEWAY, enb),
+                    (server(i), ue),
+                    teid,
+                    spec.sizes.pick(&mut rng),
+                    id,
+                ),
+                enb_mac,
+                GATEWAY_MAC,
             );
             push(
                 &mut flows,
@@ -525,7 +552,11 @@ impl Traffic {
             );
             if spec.gtpc_every > 0 && i % spec.gtpc_every == 0 {
                 let id = flows.len() as u32;
-                let req = gtpc_frame(enb, GTP_GATEWAY, i as u32, spec.sizes.pick(&mut rng), id);
+                let req = set_macs(
+                    gtpc_frame(enb, GTP_GATEWAY, i as u32, spec.sizes.pick(&mut rng), id),
+                    GATEWAY_MAC,
+                    enb_mac,
+                );
                 push(
                     &mut flows,
                     spec.access_port,
@@ -536,7 +567,11 @@ impl Traffic {
                     req,
                 );
                 let id = flows.len() as u32;
-                let resp = gtpc_frame(GTP_GATEWAY, enb, i as u32, spec.sizes.pick(&mut rng), id);
+                let resp = set_macs(
+                    gtpc_frame(GTP_GATEWAY, enb, i as u32, spec.sizes.pick(&mut rng), id),
+                    enb_mac,
+                    GATEWAY_MAC,
+                );
                 push(
                     &mut flows,
                     spec.core_port,

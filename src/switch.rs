@@ -1,0 +1,506 @@
+//! The switch: ports, PMD threads, the offload worker and the OpenFlow
+//! pipeline, with the operations the daemon's control commands and the
+//! demo need. Generic over the packet buffer (testbed `HeapPacket`s, DPDK
+//! mbufs).
+
+use crate::datapath::{BridgeState, MegaflowInfo, NoOffload, OffloadClient, PmdCore};
+use crate::pmd::{self, PmdCommand, PmdSettings, PmdSnapshot, PmdThread, WorkerClient};
+use fallback::ofproto::table::{Added, Pipeline, RuleId};
+use fallback::ofproto::{Match, OfAction, Rule};
+use fallback::port::{PacketBuf, Port, PortStats};
+use hashbrown::HashMap;
+use offload::device::FlowDevice;
+use offload::marks::PmdId;
+use offload::worker::{EngineConfig, FlowOffloadInfo, OffloadStatus, OffloadWorker, WorkerConfig};
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a control request waits for a PMD's answer.
+const PMD_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error("a port named {0:?} exists already; pick another name or `port del` it first")]
+    DuplicatePort(String),
+    #[error("OpenFlow port {0} is taken; leave the number out to get a free one")]
+    DuplicateOfport(u32),
+    #[error("no port named {0:?} (see `flowmark port list`)")]
+    NoSuchPort(String),
+    #[error("cannot start a thread: {0}")]
+    Thread(#[from] std::io::Error),
+    #[error("offload worker: {0}")]
+    Offload(#[from] offload::worker::WorkerError),
+    #[error("PMD {0} did not answer within 5 s; it may be stuck (see the log)")]
+    PmdTimeout(u32),
+    #[error("at least one PMD thread is needed (pmd_cores is empty)")]
+    NoPmds,
+}
+
+/// The switch's settings (the daemon's config file sets them).
+#[derive(Clone, Debug)]
+pub struct SwitchConfig {
+    /// One PMD per entry; `Some(cpu)` pins it.
+    pub pmd_cores: Vec<Option<usize>>,
+    /// Offer megaflows to the NICs.
+    pub offload: bool,
+    pub max_marks: u32,
+    pub max_idle_ms: u64,
+    pub upcall_budget: usize,
+    pub emc_insert_inv_prob: u32,
+    pub offload_queue: usize,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        SwitchConfig {
+            pmd_cores: vec![None],
+            offload: true,
+            max_marks: offload::device::Capabilities::MAX_MARK,
+            max_idle_ms: 10_000,
+            upcall_budget: crate::datapath::DEFAULT_UPCALL_BUDGET,
+            emc_insert_inv_prob: fallback::emc::DEFAULT_INSERT_INV_PROB,
+            offload_queue: 65_536,
+        }
+    }
+}
+
+/// A port of the switch.
+pub struct SwitchPort<B> {
+    pub name: String,
+    pub ofport: u32,
+    pub kind: String,
+    pub port: Arc<dyn Port<Buf = B>>,
+    pub flow_device: Option<Arc<dyn FlowDevice>>,
+}
+
+/// `port list` row.
+#[derive(Clone, Debug, Serialize)]
+pub struct PortInfo {
+    pub name: String,
+    pub ofport: u32,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub rxqs: u16,
+    pub flow_device: bool,
+}
+
+/// `pmd rxqs` row.
+#[derive(Clone, Debug, Serialize)]
+pub struct RxqInfo {
+    pub pmd: u32,
+    pub core: Option<usize>,
+    pub port: String,
+    pub queue: u16,
+}
+
+/// Per-port accounting summed over PMDs (DESIGN §6).
+#[derive(Clone, Debug, Serialize)]
+pub struct NamedPortStats {
+    pub name: String,
+    #[serde(flatten)]
+    pub stats: PortStats,
+}
+
+pub struct Switch<B> {
+    config: SwitchConfig,
+    pipeline: Pipeline,
+    bridge: Arc<BridgeState>,
+    ports: Vec<SwitchPort<B>>,
+    pmds: Vec<PmdThread<B>>,
+    worker: Option<OffloadWorker>,
+}
+
+impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
+    /// Starts the offload worker and the PMD threads (no ports yet).
+    pub fn start(config: SwitchConfig) -> Result<Self, SwitchError> {
+        if config.pmd_cores.is_empty() {
+            return Err(SwitchError::NoPmds);
+        }
+        let pipeline = Pipeline::new();
+        let bridge = Arc::new(BridgeState::default());
+        let worker = if config.offload {
+            let mut wc = WorkerConfig {
+                queue_capacity: config.offload_queue,
+                ..WorkerConfig::default()
+            };
+            wc.engine = EngineConfig {
+                max_marks: config.max_marks,
+                ..EngineConfig::default()
+            };
+            Some(OffloadWorker::spawn(wc)?)
+        } else {
+            None
+        };
+        let settings = PmdSettings {
+            max_idle_ms: config.max_idle_ms,
+            upcall_budget: config.upcall_budget,
+            emc_insert_inv_prob: config.emc_insert_inv_prob,
+        };
+        let mut pmds = Vec::new();
+        for (i, cpu) in config.pmd_cores.iter().enumerate() {
+            let id = i as u32;
+            let (client, updates): (Box<dyn OffloadClient>, _) = match &worker {
+                Some(w) => {
+                    let (requests, updates) = w.add_pmd(PmdId(id))?.into_parts();
+                    (Box::new(WorkerClient(requests)), Some(updates))
+                }
+                None => (Box::new(NoOffload), None),
+            };
+            let core = PmdCore::new(
+                id,
+                Arc::new(pipeline.clone()),
+                Arc::clone(&bridge),
+                client,
+                settings.emc_insert_inv_prob,
+            );
+            pmds.push(pmd::spawn(core, *cpu, updates, settings)?);
+        }
+        Ok(Switch {
+            config,
+            pipeline,
+            bridge,
+            ports: Vec::new(),
+            pmds,
+            worker,
+        })
+    }
+
+    pub fn config(&self) -> &SwitchConfig {
+        &self.config
+    }
+
+    pub fn ports(&self) -> &[SwitchPort<B>] {
+        &self.ports
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    pub fn port_by_name(&self, name: &str) -> Option<&SwitchPort<B>> {
+        self.ports.iter().find(|p| p.name == name)
+    }
+
+    /// Lowest free OpenFlow port number.
+    pub fn free_ofport(&self) -> u32 {
+        (1..)
+            .find(|n| self.ports.iter().all(|p| p.ofport != *n))
+            .unwrap_or(1)
+    }
+
+    /// Adds a port; its rx queues are spread over the PMDs.
+    pub fn add_port(
+        &mut self,
+        name: &str,
+        kind: &str,
+        ofport: Option<u32>,
+        port: Arc<dyn Port<Buf = B>>,
+        flow_device: Option<Arc<dyn FlowDevice>>,
+    ) -> Result<u32, SwitchError> {
+        if self.port_by_name(name).is_some() {
+            return Err(SwitchError::DuplicatePort(name.to_string()));
+        }
+        let ofport = match ofport {
+            Some(n) if self.ports.iter().any(|p| p.ofport == n) => {
+                return Err(SwitchError::DuplicateOfport(n))
+            }
+            Some(n) => n,
+            None => self.free_ofport(),
+        };
+        let offload = self.worker.is_some() && flow_device.is_some();
+        if let (Some(w), Some(dev)) = (&self.worker, &flow_device) {
+            w.add_port(ofport, Arc::clone(dev), port.n_rxq())?;
+        }
+        for pmd in &self.pmds {
+            let _ = pmd.commands.send(PmdCommand::AddPort {
+                ofport,
+                port: Arc::clone(&port),
+                offload,
+            });
+        }
+        self.ports.push(SwitchPort {
+            name: name.to_string(),
+            ofport,
+            kind: kind.to_string(),
+            port,
+            flow_device,
+        });
+        self.assign_rxqs();
+        self.publish_pipeline();
+        Ok(ofport)
+    }
+
+    /// Removes a port: its megaflows, their NIC rules and marks go with it.
+    pub fn del_port(&mut self, name: &str) -> Result<SwitchPort<B>, SwitchError> {
+        let idx = self
+            .ports
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+        let ofport = self.ports[idx].ofport;
+        for pmd in &self.pmds {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let _ = pmd.commands.send(PmdCommand::DelPort { ofport, reply: tx });
+            rx.recv_timeout(PMD_REPLY_TIMEOUT)
+                .map_err(|_| SwitchError::PmdTimeout(pmd.id))?;
+        }
+        if let Some(w) = &self.worker {
+            if self.ports[idx].flow_device.is_some() {
+                w.remove_port(ofport)?;
+            }
+        }
+        if let Ok(mut macs) = self.bridge.macs.write() {
+            macs.flush_port(ofport);
+        }
+        self.bridge.mac_version.fetch_add(1, Ordering::AcqRel);
+        let removed = self.ports.remove(idx);
+        self.assign_rxqs();
+        self.publish_pipeline();
+        Ok(removed)
+    }
+
+    /// Round-robin of every (port, queue) over the PMDs.
+    fn assign_rxqs(&mut self) {
+        let n = self.pmds.len();
+        let mut per_pmd: Vec<Vec<(u32, u16)>> = vec![Vec::new(); n];
+        let mut i = 0;
+        for p in &self.ports {
+            for q in 0..p.port.n_rxq() {
+                per_pmd[i % n].push((p.ofport, q));
+                i += 1;
+            }
+        }
+        for (pmd, rxqs) in self.pmds.iter_mut().zip(per_pmd) {
+            pmd.rxqs = rxqs.clone();
+            let _ = pmd.commands.send(PmdCommand::SetRxqs(rxqs));
+        }
+    }
+
+    pub fn rxqs(&self) -> Vec<RxqInfo> {
+        let mut out = Vec::new();
+        for pmd in &self.pmds {
+            for (ofport, q) in &pmd.rxqs {
+                let name = self
+                    .ports
+                    .iter()
+                    .find(|p| p.ofport == *ofport)
+                    .map_or_else(|| ofport.to_string(), |p| p.name.clone());
+                out.push(RxqInfo {
+                    pmd: pmd.id,
+                    core: pmd.core,
+                    port: name,
+                    queue: *q,
+                });
+            }
+        }
+        out
+    }
+
+    pub fn port_list(&self) -> Vec<PortInfo> {
+        self.ports
+            .iter()
+            .map(|p| PortInfo {
+                name: p.name.clone(),
+                ofport: p.ofport,
+                kind: p.kind.clone(),
+                rxqs: p.port.n_rxq(),
+                flow_device: p.flow_device.is_some(),
+            })
+            .collect()
+    }
+
+    // ---- OpenFlow ----
+
+    fn publish_pipeline(&self) {
+        let snapshot = Arc::new(self.pipeline.clone());
+        for pmd in &self.pmds {
+            let _ = pmd
+                .commands
+                .send(PmdCommand::SetPipeline(Arc::clone(&snapshot)));
+        }
+    }
+
+    pub fn flow_add(&mut self, rule: Rule) -> Added {
+        let added = self.pipeline.add(rule);
+        self.publish_pipeline();
+        added
+    }
+
+    /// Adds many rules with one revalidation.
+    pub fn flow_add_all(&mut self, rules: Vec<Rule>) -> usize {
+        let n = rules.len();
+        for r in rules {
+            self.pipeline.add(r);
+        }
+        self.publish_pipeline();
+        n
+    }
+
+    pub fn flow_del(&mut self, table: Option<u8>, sel: &Match, strict: Option<u16>) -> Vec<RuleId> {
+        let ids = match (strict, table) {
+            (Some(prio), t) => self.pipeline.delete_strict(t.unwrap_or(0), sel, prio),
+            (None, t) => self.pipeline.delete(t, sel),
+        };
+        if !ids.is_empty() {
+            self.publish_pipeline();
+        }
+        ids
+    }
+
+    pub fn flow_mod(
+        &mut self,
+        table: Option<u8>,
+        sel: &Match,
+        strict: Option<u16>,
+        actions: &[OfAction],
+    ) -> Vec<RuleId> {
+        let ids = self.pipeline.modify_actions(table, sel, strict, actions);
+        if !ids.is_empty() {
+            self.publish_pipeline();
+        }
+        ids
+    }
+
+    /// Replaces the whole pipeline (e.g. a controller's full sync).
+    pub fn set_pipeline(&mut self, pipeline: Pipeline) {
+        self.pipeline = pipeline;
+        self.publish_pipeline();
+    }
+
+    // ---- reading state ----
+
+    fn ask<T>(
+        &self,
+        make: impl Fn(crossbeam_channel::Sender<T>) -> PmdCommand<B>,
+    ) -> Result<Vec<T>, SwitchError> {
+        let mut out = Vec::with_capacity(self.pmds.len());
+        for pmd in &self.pmds {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let _ = pmd.commands.send(make(tx));
+            out.push(
+                rx.recv_timeout(PMD_REPLY_TIMEOUT)
+                    .map_err(|_| SwitchError::PmdTimeout(pmd.id))?,
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn pmd_snapshots(&self) -> Result<Vec<PmdSnapshot>, SwitchError> {
+        self.ask(PmdCommand::Snapshot)
+    }
+
+    pub fn clear_pmd_counters(&self) {
+        for pmd in &self.pmds {
+            let _ = pmd.commands.send(PmdCommand::ClearCounters);
+        }
+    }
+
+    /// Every PMD's megaflows, with the PMD id.
+    pub fn megaflows(&self) -> Result<Vec<(u32, MegaflowInfo)>, SwitchError> {
+        let per = self.ask(PmdCommand::Megaflows)?;
+        Ok(self
+            .pmds
+            .iter()
+            .zip(per)
+            .flat_map(|(p, flows)| flows.into_iter().map(move |f| (p.id, f)))
+            .collect())
+    }
+
+    /// Packets and bytes per OpenFlow rule, summed over PMDs.
+    pub fn rule_stats(&self) -> Result<HashMap<RuleId, (u64, u64)>, SwitchError> {
+        let mut out: HashMap<RuleId, (u64, u64)> = HashMap::new();
+        for per in self.ask(PmdCommand::RuleStats)? {
+            for (id, (p, b)) in per {
+                let e = out.entry(id).or_insert((0, 0));
+                e.0 += p;
+                e.1 += b;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per-port accounting, summed over PMDs, in port order.
+    pub fn port_stats(&self) -> Result<Vec<NamedPortStats>, SwitchError> {
+        let snaps = self.pmd_snapshots()?;
+        Ok(self
+            .ports
+            .iter()
+            .map(|p| {
+                let mut stats = PortStats::default();
+                for s in &snaps {
+                    for (ofport, ps) in &s.ports {
+                        if *ofport == p.ofport {
+                            stats.merge(ps);
+                        }
+                    }
+                }
+                NamedPortStats {
+                    name: p.name.clone(),
+                    stats,
+                }
+            })
+            .collect())
+    }
+
+    pub fn offload_status(&self) -> Option<Result<OffloadStatus, SwitchError>> {
+        self.worker
+            .as_ref()
+            .map(|w| w.status().map_err(SwitchError::from))
+    }
+
+    pub fn offload_dump(&self) -> Result<Vec<FlowOffloadInfo>, SwitchError> {
+        match &self.worker {
+            Some(w) => Ok(w.dump()?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The NIC on `ofport` lost its rules: re-offer every megaflow of it.
+    pub fn nic_reset(&self, ofport: u32) -> Result<(), SwitchError> {
+        if let Some(w) = &self.worker {
+            w.device_reset(ofport)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every megaflow on every PMD (their NIC rules go too).
+    pub fn flush_megaflows(&self) -> Result<(), SwitchError> {
+        self.ask(PmdCommand::FlushMegaflows).map(|_| ())
+    }
+
+    /// MAC table housekeeping (aging); revalidates PMDs when entries went.
+    pub fn age_macs(&self, now_ms: u64) {
+        if let Ok(mut macs) = self.bridge.macs.write() {
+            if macs.expire(now_ms) {
+                self.bridge.mac_version.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Stops the PMDs (their megaflows and NIC rules removed), then removes
+    /// every port from the offload worker and stops it.
+    pub fn shutdown(&mut self) {
+        let _ = self.flush_megaflows();
+        for pmd in &mut self.pmds {
+            pmd.stop();
+        }
+        if let Some(w) = self.worker.take() {
+            for p in &self.ports {
+                if p.flow_device.is_some() {
+                    let _ = w.remove_port(p.ofport);
+                }
+            }
+            drop(w);
+        }
+    }
+}
+
+impl<B> Drop for Switch<B> {
+    fn drop(&mut self) {
+        for pmd in &mut self.pmds {
+            pmd.stop();
+        }
+    }
+}
