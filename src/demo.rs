@@ -56,6 +56,10 @@ pub struct DemoOptions {
     pub rules: Option<String>,
     /// Use only the GTP traffic (no VM-port share).
     pub nic_only: bool,
+    /// Keep every transmitted packet and report per-flow tx counts.
+    pub capture: bool,
+    /// Reset NIC port 1 (all its rules lost) once this many packets are sent.
+    pub reset_nic_after_packets: Option<u64>,
 }
 
 impl Default for DemoOptions {
@@ -67,6 +71,8 @@ impl Default for DemoOptions {
             live: true,
             rules: None,
             nic_only: false,
+            capture: false,
+            reset_nic_after_packets: None,
         }
     }
 }
@@ -128,6 +134,13 @@ pub struct DemoReport {
     pub megaflows: usize,
     /// NIC ports: packets the NIC dropped for a full ring (not the switch's).
     pub rx_missed: BTreeMap<String, u64>,
+    /// NIC resets seen (and handed to the offload worker).
+    pub nic_resets: u64,
+    /// Rules on each NIC at the end of traffic.
+    pub rules_installed: BTreeMap<String, usize>,
+    /// With `capture`: per port, packets transmitted per flow id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_flow_tx: Option<BTreeMap<String, BTreeMap<u32, u64>>>,
 }
 
 fn paths_of(snaps: &[crate::pmd::PmdSnapshot]) -> (u64, Paths) {
@@ -182,6 +195,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
     let bed = Testbed::default_ports(TestbedConfig {
         profile: opts.profile,
         backpressure: lossless,
+        keep_tx: if opts.capture { usize::MAX } else { 0 },
         ..TestbedConfig::default()
     })
     .map_err(|e| DemoError::Testbed(e.to_string()))?;
@@ -218,11 +232,13 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
+    let resets = AtomicU64::new(0);
     let started = Instant::now();
     let result = std::thread::scope(|scope| -> Result<Vec<Sample>, DemoError> {
         let generator = {
             let (stop, sent, bed, gtp, vm) = (&stop, &sent, &bed, &gtp, &vm);
             let nic_only = opts.nic_only;
+            let reset_at = opts.reset_nic_after_packets;
             let limit = match opts.amount {
                 Amount::Packets(n) => Some(n),
                 Amount::Seconds(_) => None,
@@ -248,7 +264,14 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
                             .map_err(|e| e.to_string())?;
                         n_vm += vm_part;
                     }
-                    sent.fetch_add(chunk, Ordering::Relaxed);
+                    let before = sent.fetch_add(chunk, Ordering::Relaxed);
+                    if let Some(at) = reset_at {
+                        if before < at && before + chunk >= at {
+                            if let Some(nic) = bed.nic(testbed::NIC0_OFPORT) {
+                                nic.flow_device().reset();
+                            }
+                        }
+                    }
                 }
                 Ok(())
             })
@@ -256,6 +279,31 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
         let mut samples = Vec::new();
         let mut last = (0u64, Paths::default(), 0u64);
         let mut second = 0u32;
+        let resets = &resets;
+        let sw_ref = &sw;
+        let bed_ref = &bed;
+        // A NIC that lost its rules: every megaflow of it is re-offered.
+        let poll_resets = move |seen: &mut Vec<(u32, u64)>| -> Result<(), SwitchError> {
+            for (ofport, last) in seen.iter_mut() {
+                if let Some(nic) = bed_ref.nic(*ofport) {
+                    let now = nic.flow_device().reset_count();
+                    if now != *last {
+                        *last = now;
+                        resets.fetch_add(1, Ordering::Relaxed);
+                        sw_ref.nic_reset(*ofport)?;
+                    }
+                }
+            }
+            Ok(())
+        };
+        let mut resets_seen: Vec<(u32, u64)> = bed
+            .ports()
+            .iter()
+            .filter_map(|p| {
+                bed.nic(p.ofport)
+                    .map(|n| (p.ofport, n.flow_device().reset_count()))
+            })
+            .collect();
         loop {
             let deadline = started + Duration::from_secs(second as u64 + 1);
             let finished = |sent_now: u64| match opts.amount {
@@ -264,10 +312,12 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
             };
             while Instant::now() < deadline && !finished(sent.load(Ordering::Relaxed)) {
                 std::thread::sleep(Duration::from_millis(10));
+                poll_resets(&mut resets_seen)?;
             }
             if generator.is_finished() && !finished(sent.load(Ordering::Relaxed)) {
                 break;
             }
+            poll_resets(&mut resets_seen)?;
             let snaps = sw.pmd_snapshots()?;
             let (total, paths) = paths_of(&snaps);
             let nic_rx: u64 = snaps
@@ -323,6 +373,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
             .join()
             .map_err(|_| DemoError::Traffic("the generator thread panicked".into()))?
             .map_err(DemoError::Traffic)?;
+        poll_resets(&mut resets_seen)?;
         Ok(samples)
     });
     let seconds = result?;
@@ -333,7 +384,14 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
     loop {
         std::thread::sleep(Duration::from_millis(30));
         let (total, _) = paths_of(&sw.pmd_snapshots()?);
-        if bed.rx_pending() == 0 && total == previous {
+        let offload_settled = match sw.offload_status() {
+            Some(status) => {
+                let st = status?;
+                st.states.pending == 0 && st.request_queue_len == 0
+            }
+            None => true,
+        };
+        if bed.rx_pending() == 0 && total == previous && offload_settled {
             break;
         }
         previous = total;
@@ -343,7 +401,29 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
     }
     let (_, paths) = paths_of(&sw.pmd_snapshots()?);
     let ports = sw.port_stats()?;
+    let per_flow_tx = opts.capture.then(|| {
+        bed.ports()
+            .iter()
+            .map(|p| {
+                let mut counts: BTreeMap<u32, u64> = BTreeMap::new();
+                for frame in p.take_transmitted() {
+                    if let Some(id) = testbed::traffic::flow_id(&frame) {
+                        *counts.entry(id).or_insert(0) += 1;
+                    }
+                }
+                (p.name().to_string(), counts)
+            })
+            .collect()
+    });
     let (megaflows, offload) = offload_summary(&sw)?;
+    let mut rules_installed = BTreeMap::new();
+    if let Some(status) = sw.offload_status() {
+        for p in status?.ports {
+            if let Some(sp) = sw.ports().iter().find(|sp| sp.ofport == p.port) {
+                rules_installed.insert(sp.name.clone(), p.rules_installed);
+            }
+        }
+    }
     let mut rx_missed = BTreeMap::new();
     for p in bed.ports() {
         if let Some(nic) = bed.nic(p.ofport) {
@@ -361,6 +441,9 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
         offload,
         megaflows,
         rx_missed,
+        nic_resets: resets.load(Ordering::Relaxed),
+        rules_installed,
+        per_flow_tx,
     })
 }
 

@@ -48,11 +48,16 @@ pub struct TxSink {
 }
 
 impl TxSink {
-    /// A sink for `n_txq` queues that keeps up to `keep` packets.
+    /// A sink for `n_txq` queues that keeps up to `keep` packets
+    /// (`usize::MAX`: all of them, in a growing queue).
     pub fn new(n_txq: u16, keep: usize, pool: PacketPool) -> Self {
         TxSink {
             per_queue: (0..n_txq.max(1)).map(|_| AtomicCount::default()).collect(),
-            capture: (keep > 0).then(|| bounded(keep)),
+            capture: match keep {
+                0 => None,
+                usize::MAX => Some(crossbeam_channel::unbounded()),
+                n => Some(bounded(n)),
+            },
             capture_overflow: AtomicU64::new(0),
             pool,
         }
