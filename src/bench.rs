@@ -1,37 +1,128 @@
-//! `flowmark bench`: microbenchmarks of the datapath stages. Figures, not
-//! tests: nothing here passes or fails on time.
+//! `flowmark bench`: the PMD's packet rate and cycles per packet on each
+//! path (mark hit, EMC hit, dpcls hit, upcall + megaflow install), the
+//! offload engine's insertion rate into the emulated NIC with the
+//! upcall-to-offloaded latency, memory per megaflow, and raw dpcls lookups.
+//! Figures, not tests: nothing here passes or fails on time.
+//!
+//! The PMD is driven directly on one thread with a replay port: packets
+//! transmitted on port 2 go back to port 1's receive queue, so the loop runs
+//! at the datapath's own speed with no NIC or generator thread in it.
 
 use crate::error::CliError;
+use fallback::actions::DpAction;
+use fallback::cache::FlowCache;
 use fallback::dpcls::Dpcls;
 use fallback::key::{Field, FlowKey};
+use fallback::megaflow::Megaflow;
+use fallback::ofproto::syntax::parse_flow;
+use fallback::ofproto::table::Pipeline;
+use fallback::packet::{self, build};
+use fallback::port::{Burst, HeapPacket, PacketBuf, Port, PortStats};
+use flowmark::datapath::{BridgeState, NoOffload, PmdCore};
+use flowmark::dpdk::tsc::rdtsc;
+use offload::marks::{Mark, PmdId};
+use offload::worker::{Offer, OffloadWorker, WorkerConfig};
 use serde_json::json;
+use std::collections::VecDeque;
 use std::hint::black_box;
-use std::time::Instant;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// The masks of `n` distinct subtables: prefixes on nw_src/nw_dst plus an
-/// optional L4 port, like the many-mask rule sets of real pipelines.
-fn subtable_masks(n: usize) -> Vec<FlowKey> {
-    let mut masks = Vec::new();
-    'outer: for l4 in [None, Some(Field::TpDst), Some(Field::TpSrc)] {
-        for src in [0u32, 8, 16, 24, 32] {
-            for dst in [0u32, 8, 16, 24, 32] {
-                if masks.len() == n {
-                    break 'outer;
-                }
-                let mut m = FlowKey::ZERO;
-                m.set_exact(Field::InPort);
-                m.set_exact(Field::DlType);
-                m.set_exact(Field::NwProto);
-                m.set(Field::NwSrc, prefix(src) as u128);
-                m.set(Field::NwDst, prefix(dst) as u128);
-                if let Some(f) = l4 {
-                    m.set_exact(f);
-                }
-                masks.push(m);
+/// Port 1 receives what port 2 transmits (a closed loop of buffers).
+struct LoopPorts {
+    queue: Mutex<VecDeque<HeapPacket>>,
+    /// Drop instead of looping back (upcall runs: every packet is new).
+    one_pass: bool,
+}
+
+struct LoopPort {
+    name: &'static str,
+    shared: Arc<LoopPorts>,
+    rx: bool,
+}
+
+impl Port for LoopPort {
+    type Buf = HeapPacket;
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn n_rxq(&self) -> u16 {
+        1
+    }
+    fn n_txq(&self) -> u16 {
+        1
+    }
+    fn rx_burst(&self, _q: u16, out: &mut Burst<HeapPacket>) -> usize {
+        if !self.rx {
+            return 0;
+        }
+        let Ok(mut q) = self.shared.queue.lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        while !out.is_full() {
+            let Some(p) = q.pop_front() else { break };
+            let _ = out.push(p);
+            n += 1;
+        }
+        n
+    }
+    fn tx_burst(&self, _q: u16, pkts: &mut Burst<HeapPacket>) -> usize {
+        let n = pkts.len();
+        if self.shared.one_pass {
+            pkts.clear();
+        } else if let Ok(mut q) = self.shared.queue.lock() {
+            q.extend(pkts.drain());
+        }
+        n
+    }
+    fn stats(&self) -> PortStats {
+        PortStats::default()
+    }
+}
+
+/// Flow `i`: a 64-byte UDP frame with a distinct 5-tuple.
+fn frame(i: u32) -> Vec<u8> {
+    let mut f = build::udp4(
+        Ipv4Addr::from(0x0a00_0000 | (i & 0x00ff_ffff)),
+        Ipv4Addr::from(0xc0a8_0000 | (i.wrapping_mul(7) & 0xffff)),
+        (1024 + (i % 60_000)) as u16,
+        (2000 + (i / 60_000)) as u16,
+        &[0u8; 18],
+    );
+    f.truncate(64.max(f.len()));
+    f
+}
+
+fn key_of(frame: &[u8]) -> FlowKey {
+    let mut k = FlowKey::ZERO;
+    packet::parse(frame, 1, &mut k);
+    k
+}
+
+/// `n` masks: prefixes on nw_src/nw_dst with the exact L4 ports, the shapes
+/// many-mask rule sets produce.
+fn masks(n: usize) -> Vec<FlowKey> {
+    let mut out = Vec::new();
+    for src in [32u32, 24, 16, 8, 28, 20, 12, 30, 26, 22] {
+        for dst in [32u32, 24, 16, 8, 0] {
+            let mut m = FlowKey::ZERO;
+            m.set_exact(Field::InPort);
+            m.set_exact(Field::DlType);
+            m.set_exact(Field::NwProto);
+            m.set(Field::NwFrag, 3);
+            m.set(Field::NwSrc, prefix(src) as u128);
+            m.set(Field::NwDst, prefix(dst) as u128);
+            m.set_exact(Field::TpSrc);
+            m.set_exact(Field::TpDst);
+            out.push(m);
+            if out.len() == n {
+                return out;
             }
         }
     }
-    masks
+    out
 }
 
 fn prefix(len: u32) -> u32 {
@@ -42,79 +133,377 @@ fn prefix(len: u32) -> u32 {
     }
 }
 
-fn key(i: u32) -> FlowKey {
-    let mut k = FlowKey::ZERO;
-    k.set(Field::InPort, 1);
-    k.set(Field::DlType, 0x0800);
-    k.set(Field::NwProto, 17);
-    k.set(Field::NwSrc, (0x0a00_0000 | (i & 0x00ff_ffff)) as u128);
-    k.set(
-        Field::NwDst,
-        (0xc0a8_0000 | (i.wrapping_mul(7) & 0xffff)) as u128,
-    );
-    k.set(Field::TpSrc, (i % 50_000) as u128);
-    k.set(Field::TpDst, 2152);
-    k
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Mark,
+    Emc,
+    Dpcls,
 }
 
-/// dpcls lookups per second with `n_sub` subtables and `flows` keys, the
-/// matching megaflow in the last subtable tried (the worst case before
-/// ranking settles, as with a fresh PMD).
-fn dpcls_case(n_sub: usize, flows: u32, lookups: u64) -> serde_json::Value {
-    let masks = subtable_masks(n_sub);
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Mark => "mark",
+            Path::Emc => "emc",
+            Path::Dpcls => "dpcls",
+        }
+    }
+}
+
+fn pmd(emc_insert_inv_prob: u32, rules: &str) -> PmdCore<HeapPacket> {
+    let mut pipeline = Pipeline::new();
+    for line in rules.lines().filter(|l| !l.trim().is_empty()) {
+        if let Ok(r) = parse_flow(line) {
+            pipeline.add(r);
+        }
+    }
+    PmdCore::new(
+        0,
+        Arc::new(pipeline),
+        Arc::new(BridgeState::default()),
+        Box::new(NoOffload),
+        emc_insert_inv_prob,
+    )
+}
+
+fn loop_ports(core: &mut PmdCore<HeapPacket>, one_pass: bool) -> Arc<LoopPorts> {
+    let shared = Arc::new(LoopPorts {
+        queue: Mutex::new(VecDeque::new()),
+        one_pass,
+    });
+    for (ofport, name, rx) in [(1, "rx", true), (2, "tx", false)] {
+        core.add_port(
+            ofport,
+            Arc::new(LoopPort {
+                name,
+                shared: Arc::clone(&shared),
+                rx,
+            }),
+            false,
+        );
+    }
+    shared
+}
+
+/// Runs the PMD over the loop for about `secs`; (packets, seconds, cycles).
+fn drive(core: &mut PmdCore<HeapPacket>, secs: f64) -> (u64, f64, u64) {
+    let start = Instant::now();
+    let t0 = rdtsc();
+    let mut packets = 0u64;
+    let deadline = Duration::from_secs_f64(secs);
+    loop {
+        for _ in 0..256 {
+            packets += core.poll(0, 0, 0) as u64;
+        }
+        if start.elapsed() >= deadline {
+            break;
+        }
+    }
+    (
+        packets,
+        start.elapsed().as_secs_f64(),
+        rdtsc().wrapping_sub(t0),
+    )
+}
+
+/// A hit path (mark, EMC or dpcls) with `flows` flows over `subtables` masks.
+fn hit_case(path: Path, flows: u32, subtables: usize, secs: f64) -> serde_json::Value {
+    // EMC runs insert every dpcls hit; dpcls and mark runs keep the EMC out.
+    let inv_prob = if path == Path::Emc { 1 } else { u32::MAX };
+    let mut core = pmd(inv_prob, "");
+    let shared = loop_ports(&mut core, false);
+    let masks = masks(subtables);
+    let mut q = VecDeque::with_capacity(flows as usize);
+    for i in 0..flows {
+        let f = frame(i);
+        let key = key_of(&f);
+        let mask = masks[i as usize % masks.len()];
+        let mf = Megaflow::new(&key, &mask, vec![DpAction::Output(2)], vec![]);
+        let h = core.preinstall(1, mf);
+        let mut p = HeapPacket::from_bytes(&f);
+        if path == Path::Mark {
+            if let Some(mark) = Mark::new(i + 1) {
+                core.publish_mark(mark, h);
+                p.set_mark(Some(i + 1));
+            }
+        }
+        q.push_back(p);
+    }
+    if let Ok(mut queue) = shared.queue.lock() {
+        *queue = q;
+    }
+    // Warm-up (fills the EMC, settles subtable ranking), then measure.
+    drive(&mut core, secs / 4.0);
+    core.clear_counters();
+    let (packets, elapsed, cycles) = drive(&mut core, secs);
+    let c = core.counters;
+    let (subs, per_hit) = core.dpcls_figures();
+    json!({
+        "path": path.name(),
+        "flows": flows,
+        "subtables": subs,
+        "mpps": packets as f64 / elapsed / 1e6,
+        "cycles_per_packet": cycles as f64 / packets.max(1) as f64,
+        "packets": packets,
+        "mark_hits": c.mark_hits,
+        "emc_hits": c.emc_hits,
+        "dpcls_hits": c.dpcls_hits,
+        "upcalls": c.upcalls,
+        "subtables_per_dpcls_hit": per_hit,
+    })
+}
+
+/// Every packet a new flow: parse, miss, xlate, install.
+fn upcall_case(flows: u32) -> serde_json::Value {
+    // A mismatch on each rule un-wildcards its L4 port: one megaflow per
+    // (tp_src, tp_dst) pair.
+    let rules = "priority=3,udp,tp_dst=1,actions=drop
+priority=2,udp,tp_src=1,actions=drop
+priority=1,udp,actions=output:2";
+    let mut core = pmd(u32::MAX, rules);
+    core.set_upcall_budget(usize::MAX);
+    let shared = loop_ports(&mut core, true);
+    let q: VecDeque<HeapPacket> = (0..flows)
+        .map(|i| HeapPacket::from_bytes(&frame(i)))
+        .collect();
+    if let Ok(mut queue) = shared.queue.lock() {
+        *queue = q;
+    }
+    let start = Instant::now();
+    let t0 = rdtsc();
+    let mut packets = 0u64;
+    loop {
+        let n = core.poll(0, 0, 0);
+        if n == 0 {
+            break;
+        }
+        packets += n as u64;
+    }
+    let cycles = rdtsc().wrapping_sub(t0);
+    let elapsed = start.elapsed().as_secs_f64();
+    json!({
+        "path": "upcall",
+        "flows": flows,
+        "subtables": core.dpcls_figures().0,
+        "mpps": packets as f64 / elapsed / 1e6,
+        "cycles_per_packet": cycles as f64 / packets.max(1) as f64,
+        "packets": packets,
+        "upcalls": core.counters.upcalls,
+        "megaflows": core.megaflow_count(),
+    })
+}
+
+/// Rule insertions per second into the emulated NIC through the offload
+/// worker, and the upcall-to-offloaded latency (enqueue → rule created).
+fn offload_case(flows: u32) -> Result<serde_json::Value, CliError> {
+    let fail = |e: String| CliError::Bench(e);
+    let pool = testbed::PacketPool::new(1024);
+    let nic = testbed::Nic::start(testbed::NicConfig::new("bench0"), pool)
+        .map_err(|e| fail(e.to_string()))?;
+    let worker = OffloadWorker::spawn(WorkerConfig {
+        queue_capacity: 65_536,
+        ..WorkerConfig::default()
+    })
+    .map_err(|e| fail(e.to_string()))?;
+    let device: Arc<dyn offload::device::FlowDevice> = nic.flow_device().clone();
+    worker
+        .add_port(1, device, nic.port().n_rxq())
+        .map_err(|e| fail(e.to_string()))?;
+    let (requests, updates) = worker
+        .add_pmd(PmdId(0))
+        .map_err(|e| fail(e.to_string()))?
+        .into_parts();
+    let mut cache = FlowCache::new(u32::MAX);
+    let mut mask = FlowKey::ZERO;
+    for f in [
+        Field::InPort,
+        Field::DlType,
+        Field::NwProto,
+        Field::NwSrc,
+        Field::NwDst,
+        Field::TpSrc,
+        Field::TpDst,
+    ] {
+        mask.set_exact(f);
+    }
+    mask.set(Field::NwFrag, 3);
+    let flows_v: Vec<(Megaflow, _)> = (0..flows)
+        .map(|i| {
+            let mf = Megaflow::new(&key_of(&frame(i)), &mask, vec![DpAction::Output(2)], vec![]);
+            let h = cache.install(mf.clone());
+            (mf, h)
+        })
+        .collect();
+    let start = Instant::now();
+    for (mf, h) in &flows_v {
+        loop {
+            match requests.put(1, mf, *h) {
+                Offer::Queued => break,
+                Offer::QueueFull => {
+                    updates.drain(|_| {});
+                    std::thread::yield_now();
+                }
+                Offer::Stopped => return Err(fail("the offload worker stopped".into())),
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        updates.drain(|_| {});
+        let st = worker.status().map_err(|e| fail(e.to_string()))?;
+        if st.states.offloaded + st.states.failed + st.states.rejected >= flows as usize
+            || Instant::now() > deadline
+        {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let elapsed = start.elapsed().as_secs_f64();
+    let port = status.ports.first();
+    Ok(json!({
+        "path": "offload-insert",
+        "flows": flows,
+        "subtables": 1,
+        "offloaded": status.states.offloaded,
+        "inserts_per_s": status.states.offloaded as f64 / elapsed,
+        "latency_us_avg": port.map_or(0.0, |p| p.latency_us.avg),
+        "latency_us_p99": port.map_or(0, |p| p.latency_us.p99),
+    }))
+}
+
+/// Resident memory (KiB) from /proc/self/status.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Bytes per megaflow in the PMD's flow cache (RSS growth over 100k).
+fn memory_case(flows: u32) -> serde_json::Value {
+    let keys: Vec<FlowKey> = (0..flows).map(|i| key_of(&frame(i))).collect();
+    let masks = masks(1);
+    let before = rss_kib();
+    let mut cache = FlowCache::new(u32::MAX);
+    for k in &keys {
+        cache.install(Megaflow::new(
+            k,
+            &masks[0],
+            vec![DpAction::Output(2)],
+            vec![],
+        ));
+    }
+    let after = rss_kib();
+    let per = (after.saturating_sub(before) * 1024) as f64 / flows as f64;
+    black_box(&cache);
+    json!({
+        "path": "memory",
+        "flows": flows,
+        "subtables": 1,
+        "bytes_per_megaflow_software": per,
+        "megaflow_struct_bytes": std::mem::size_of::<Megaflow>(),
+    })
+}
+
+/// dpcls lookups per second, the match in the last subtable tried.
+fn dpcls_lookup_case(n_sub: usize, lookups: u64) -> serde_json::Value {
+    let masks = masks(n_sub);
     let mut cls: Dpcls<u32> = Dpcls::new();
-    // Decoy subtables hold other flows; the last mask holds the traffic's.
+    let keys: Vec<FlowKey> = (0..1000).map(|i| key_of(&frame(i))).collect();
     for (si, m) in masks.iter().enumerate() {
         let decoy = si + 1 < masks.len();
-        for i in 0..flows.min(1000) {
-            let mut k = key(i);
+        for (i, k) in keys.iter().enumerate() {
+            let mut k = *k;
             if decoy {
                 k.set(Field::InPort, 99);
             }
-            let _ = cls.insert(m, &k, i);
+            let _ = cls.insert(m, &k, i as u32);
         }
     }
-    let keys: Vec<FlowKey> = (0..flows).map(key).collect();
     let start = Instant::now();
     let mut found = 0u64;
-    let mut i = 0usize;
-    for _ in 0..lookups {
-        if black_box(cls.peek(&keys[i])).is_some() {
+    for n in 0..lookups {
+        if black_box(cls.peek(&keys[n as usize % keys.len()])).is_some() {
             found += 1;
-        }
-        i += 1;
-        if i == keys.len() {
-            i = 0;
         }
     }
     let secs = start.elapsed().as_secs_f64();
     json!({
-        "path": "dpcls",
+        "path": "dpcls-lookup",
+        "flows": keys.len(),
         "subtables": n_sub,
-        "flows": flows,
-        "lookups": lookups,
         "hit_ratio": found as f64 / lookups as f64,
         "mlookups_per_s": lookups as f64 / secs / 1e6,
         "ns_per_lookup": secs * 1e9 / lookups as f64,
     })
 }
 
+fn print(case: &serde_json::Value, json: bool) {
+    if json {
+        println!("{case}");
+        return;
+    }
+    let f = |k: &str| case[k].as_f64().unwrap_or(0.0);
+    let path = case["path"].as_str().unwrap_or("?");
+    match path {
+        "offload-insert" => println!(
+            "{path:<15} flows={:<7} {:>10.0} inserts/s   latency avg {:.0} us  p99 {} us",
+            case["flows"],
+            f("inserts_per_s"),
+            f("latency_us_avg"),
+            case["latency_us_p99"]
+        ),
+        "memory" => println!(
+            "{path:<15} flows={:<7} {:>8.0} bytes per megaflow (software)",
+            case["flows"],
+            f("bytes_per_megaflow_software")
+        ),
+        "dpcls-lookup" => println!(
+            "{path:<15} subtables={:<3} {:>8.2} M lookups/s  {:>7.1} ns/lookup",
+            case["subtables"],
+            f("mlookups_per_s"),
+            f("ns_per_lookup")
+        ),
+        _ => println!(
+            "{path:<15} flows={:<7} subtables={:<3} {:>7.2} Mpps  {:>7.1} cycles/packet",
+            case["flows"],
+            case["subtables"],
+            f("mpps"),
+            f("cycles_per_packet")
+        ),
+    }
+}
+
 pub fn run(quick: bool, json: bool) -> Result<(), CliError> {
+    let secs = if quick { 0.3 } else { 2.0 };
+    let flow_counts: &[u32] = if quick {
+        &[1, 10_000]
+    } else {
+        &[1, 1_000, 10_000, 100_000]
+    };
+    for &path in &[Path::Mark, Path::Emc, Path::Dpcls] {
+        for &flows in flow_counts {
+            print(&hit_case(path, flows, 1, secs), json);
+        }
+    }
+    let big = *flow_counts.last().unwrap_or(&10_000);
+    for subtables in [10usize, 50] {
+        print(&hit_case(Path::Dpcls, big, subtables, secs), json);
+    }
+    print(&upcall_case(if quick { 20_000 } else { 100_000 }), json);
+    print(&offload_case(if quick { 20_000 } else { 100_000 })?, json);
+    print(&memory_case(100_000), json);
     let lookups = if quick { 2_000_000 } else { 20_000_000 };
     for n_sub in [1usize, 10, 50] {
-        let flows = 1000;
-        let case = dpcls_case(n_sub, flows, lookups / n_sub as u64 + 100_000);
-        if json {
-            println!("{case}");
-        } else {
-            println!(
-                "dpcls  subtables={:<3} flows={:<6} {:>8.2} M lookups/s  {:>7.1} ns/lookup",
-                n_sub,
-                flows,
-                case["mlookups_per_s"].as_f64().unwrap_or(0.0),
-                case["ns_per_lookup"].as_f64().unwrap_or(0.0)
-            );
-        }
+        print(
+            &dpcls_lookup_case(n_sub, lookups / n_sub as u64 + 100_000),
+            json,
+        );
     }
     Ok(())
 }

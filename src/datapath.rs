@@ -261,6 +261,24 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         self.cache.len()
     }
 
+    /// Installs a megaflow as an upcall would, without translating (for
+    /// benchmarks and tests that need a given set of masks). It is not
+    /// offered to the NIC.
+    pub fn preinstall(&mut self, ingress: u32, mf: Megaflow) -> FlowHandle {
+        let h = self.cache.install(mf);
+        self.meta.entry(h).or_insert(FlowMeta {
+            ingress,
+            offered: true,
+        });
+        h
+    }
+
+    /// Publishes a mark for a megaflow directly (benchmarks and tests; the
+    /// offload worker does this through [`PmdUpdate`]s).
+    pub fn publish_mark(&mut self, mark: offload::marks::Mark, handle: FlowHandle) {
+        self.marks.publish(mark, handle);
+    }
+
     /// Every megaflow with its PMD-side state.
     pub fn megaflows(&self) -> Vec<MegaflowInfo> {
         self.cache

@@ -24,6 +24,8 @@ pub enum CliError {
     Profile(String),
     #[error("demo: {0}")]
     Demo(String),
+    #[error("bench: {0}")]
+    Bench(String),
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
