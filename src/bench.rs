@@ -29,6 +29,9 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Buffers circulating in the loop at the least (a burst per poll).
+const LOOP_PACKETS: usize = 4096;
+
 /// Port 1 receives what port 2 transmits (a closed loop of buffers).
 struct LoopPorts {
     queue: Mutex<VecDeque<HeapPacket>>,
@@ -213,19 +216,28 @@ fn hit_case(path: Path, flows: u32, subtables: usize, secs: f64) -> serde_json::
     let mut core = pmd(inv_prob, "");
     let shared = loop_ports(&mut core, false);
     let masks = masks(subtables);
-    let mut q = VecDeque::with_capacity(flows as usize);
+    // At least LOOP_PACKETS buffers circulate, flows round-robin.
+    let in_flight = (flows as usize).max(LOOP_PACKETS);
+    let mut q = VecDeque::with_capacity(in_flight);
+    let mut frames = Vec::with_capacity(flows as usize);
     for i in 0..flows {
         let f = frame(i);
         let key = key_of(&f);
         let mask = masks[i as usize % masks.len()];
         let mf = Megaflow::new(&key, &mask, vec![DpAction::Output(2)], vec![]);
         let h = core.preinstall(1, mf);
-        let mut p = HeapPacket::from_bytes(&f);
         if path == Path::Mark {
             if let Some(mark) = Mark::new(i + 1) {
                 core.publish_mark(mark, h);
-                p.set_mark(Some(i + 1));
             }
+        }
+        frames.push(f);
+    }
+    for n in 0..in_flight {
+        let i = n % flows.max(1) as usize;
+        let mut p = HeapPacket::from_bytes(&frames[i]);
+        if path == Path::Mark {
+            p.set_mark(Some(i as u32 + 1));
         }
         q.push_back(p);
     }

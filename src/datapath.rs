@@ -7,6 +7,7 @@
 //! takes no lock. The pipeline snapshot and the MAC table are consulted only
 //! on upcalls.
 
+use fallback::actions::DpAction;
 use fallback::cache::{CacheHit, FlowCache, FlowHandle};
 use fallback::exec::{self, ExecError, Sink};
 use fallback::key::FlowKey;
@@ -136,7 +137,10 @@ pub struct PmdCore<B> {
     retired_rule_stats: HashMap<RuleId, (u64, u64)>,
     upcall_budget: usize,
     rx: Burst<B>,
-    batch: Vec<(FlowHandle, B, ParseInfo)>,
+    /// The burst's packets with their megaflow; the parse info is `None`
+    /// for mark-path packets, which are parsed (lightly) only when their
+    /// megaflow's actions need header offsets.
+    batch: Vec<(FlowHandle, Option<B>, Option<ParseInfo>)>,
 }
 
 impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
@@ -467,10 +471,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
 
     /// This PMD's accounting for every port.
     pub fn port_stats(&self) -> Vec<(u32, PortStats)> {
-        self.ports
-            .iter()
-            .map(|p| (p.ofport, p.stats))
-            .collect()
+        self.ports.iter().map(|p| (p.ofport, p.stats)).collect()
     }
 
     /// Applies the offload worker's updates to the mark table; this is the
@@ -522,8 +523,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     if let Some(mf) = self.cache.get(h) {
                         if mf.r#match.value.in_port() == ofport {
                             self.counters.mark_hits += 1;
-                            let info = packet::parse_offsets(pkt.data());
-                            batch.push((h, pkt, info));
+                            batch.push((h, Some(pkt), None));
                             continue;
                         }
                     }
@@ -546,7 +546,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                         CacheHit::Emc => self.counters.emc_hits += 1,
                         CacheHit::Dpcls => self.counters.dpcls_hits += 1,
                     }
-                    batch.push((h, pkt, info));
+                    batch.push((h, Some(pkt), Some(info)));
                 }
                 None => {
                     if upcalls >= self.upcall_budget {
@@ -558,7 +558,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     }
                     upcalls += 1;
                     let h = self.upcall(port_idx, &key, now_ms);
-                    batch.push((h, pkt, info));
+                    batch.push((h, Some(pkt), Some(info)));
                 }
             }
         }
@@ -621,40 +621,71 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         h
     }
 
-    /// Executes the batch, megaflow by megaflow (stats and the action list
-    /// are touched once per megaflow, not per packet).
+    /// Executes the batch, megaflow by megaflow: each megaflow's stats and
+    /// action list are touched once per burst, not per packet. Packets of one
+    /// megaflow keep their order.
     fn execute_batch(
         &mut self,
         port_idx: usize,
-        batch: &mut Vec<(FlowHandle, B, ParseInfo)>,
+        batch: &mut Vec<(FlowHandle, Option<B>, Option<ParseInfo>)>,
         now_ms: u64,
     ) {
-        while let Some((h, _, _)) = batch.first() {
-            let h = *h;
+        // Group index of every packet; groups in order of first appearance.
+        let mut groups = [None::<FlowHandle>; BURST];
+        let mut group_of = [0u8; BURST];
+        let mut n_groups = 0;
+        for (i, (h, _, _)) in batch.iter().enumerate().take(BURST) {
+            let g = match groups[..n_groups].iter().position(|g| *g == Some(*h)) {
+                Some(g) => g,
+                None => {
+                    groups[n_groups] = Some(*h);
+                    n_groups += 1;
+                    n_groups - 1
+                }
+            };
+            group_of[i] = g as u8;
+        }
+        let n = batch.len().min(BURST);
+        for (g, h) in groups[..n_groups].iter().enumerate() {
+            let Some(h) = *h else { continue };
+            let members = || {
+                group_of[..n]
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, gi)| **gi as usize == g)
+                    .map(|(i, _)| i)
+            };
             let Some(mf) = self.cache.get_mut(h) else {
                 // Cannot happen (handles are fresh within a burst); never
                 // lose the packets' count if it does.
-                let n = batch.iter().filter(|(bh, _, _)| *bh == h).count();
-                batch.retain(|(bh, _, _)| *bh != h);
+                let n = members().count() as u64;
                 self.ports[port_idx]
                     .stats
-                    .count_rx_drop(RxDropReason::XlateError, n as u64);
+                    .count_rx_drop(RxDropReason::XlateError, n);
                 continue;
             };
-            for (bh, pkt, info) in batch.iter() {
-                if *bh == h {
-                    mf.stats.hit(pkt.len(), now_ms, info.tcp_flags);
-                }
-            }
             let actions = Arc::clone(&mf.actions);
             let drop = mf.drop;
-            let mut i = 0;
-            while i < batch.len() {
-                if batch[i].0 != h {
-                    i += 1;
-                    continue;
+            // Header offsets are needed by modifying actions; TCP flags (for
+            // the flow's stats) only where the megaflow may be TCP.
+            let modifies = actions
+                .iter()
+                .any(|a| !matches!(a, DpAction::Output(_) | DpAction::Controller));
+            let maybe_tcp = mf.r#match.mask.nw_proto() != 0xff
+                || mf.r#match.value.nw_proto() == fallback::key::ipproto::TCP;
+            let need_parse = modifies || maybe_tcp;
+            for i in members() {
+                let (_, pkt, info) = &mut batch[i];
+                let Some(pkt) = pkt else { continue };
+                if info.is_none() && need_parse {
+                    *info = Some(packet::parse_offsets(pkt.data()));
                 }
-                let (_, pkt, info) = batch.swap_remove(i);
+                let flags = info.map_or(0, |i| i.tcp_flags);
+                mf.stats.hit(pkt.len(), now_ms, flags);
+            }
+            for i in members() {
+                let (_, pkt, info) = &mut batch[i];
+                let Some(pkt) = pkt.take() else { continue };
                 if actions.is_empty() {
                     let reason = match drop {
                         Some(XlateDrop::NoMatch) => RxDropReason::NoMatch,
@@ -667,9 +698,11 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     continue;
                 }
                 self.ports[port_idx].stats.forwarded += 1;
+                let info = info.unwrap_or(ParseInfo::NONE);
                 exec::execute(&actions, pkt, info, |sink, res| self.emit(sink, res));
             }
         }
+        batch.clear();
     }
 
     #[inline]
