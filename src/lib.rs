@@ -4,5 +4,6 @@
 pub mod datapath;
 pub mod demo;
 pub mod dpdk;
+pub mod openflow;
 pub mod pmd;
 pub mod switch;

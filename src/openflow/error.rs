@@ -1,0 +1,185 @@
+//! The OpenFlow 1.3 errors (`ofp_error_msg` type and code) that flowmark
+//! sends, one enum variant per error type, the code as a typed enum.
+
+/// `OFPET_*` error types.
+pub mod error_type {
+    pub const HELLO_FAILED: u16 = 0;
+    pub const BAD_REQUEST: u16 = 1;
+    pub const BAD_ACTION: u16 = 2;
+    pub const BAD_INSTRUCTION: u16 = 3;
+    pub const BAD_MATCH: u16 = 4;
+    pub const FLOW_MOD_FAILED: u16 = 5;
+    pub const GROUP_MOD_FAILED: u16 = 6;
+    pub const SWITCH_CONFIG_FAILED: u16 = 10;
+    pub const METER_MOD_FAILED: u16 = 12;
+    pub const TABLE_FEATURES_FAILED: u16 = 13;
+}
+
+macro_rules! codes {
+    ($(#[$m:meta])* $name:ident { $($v:ident = $n:expr),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($v = $n),* }
+        impl $name {
+            pub const fn code(self) -> u16 { self as u16 }
+        }
+    };
+}
+
+codes!(
+    /// `OFPHFC_*`.
+    HelloFailedCode { Incompatible = 0, Eperm = 1 }
+);
+codes!(
+    /// `OFPBRC_*`.
+    BadRequestCode {
+        BadVersion = 0, BadType = 1, BadMultipart = 2, BadExperimenter = 3,
+        BadExpType = 4, Eperm = 5, BadLen = 6, BufferEmpty = 7, BufferUnknown = 8,
+        BadTableId = 9, IsSlave = 10, BadPort = 11, BadPacket = 12,
+        MultipartBufferOverflow = 13,
+    }
+);
+codes!(
+    /// `OFPBAC_*`.
+    BadActionCode {
+        BadType = 0, BadLen = 1, BadExperimenter = 2, BadExpType = 3, BadOutPort = 4,
+        BadArgument = 5, Eperm = 6, TooMany = 7, BadQueue = 8, BadOutGroup = 9,
+        MatchInconsistent = 10, UnsupportedOrder = 11, BadTag = 12, BadSetType = 13,
+        BadSetLen = 14, BadSetArgument = 15,
+    }
+);
+codes!(
+    /// `OFPBIC_*`.
+    BadInstructionCode {
+        UnknownInst = 0, UnsupInst = 1, BadTableId = 2, UnsupMetadata = 3,
+        UnsupMetadataMask = 4, BadExperimenter = 5, BadExpType = 6, BadLen = 7, Eperm = 8,
+    }
+);
+codes!(
+    /// `OFPBMC_*`.
+    BadMatchCode {
+        BadType = 0, BadLen = 1, BadTag = 2, BadDlAddrMask = 3, BadNwAddrMask = 4,
+        BadWildcards = 5, BadField = 6, BadValue = 7, BadMask = 8, BadPrereq = 9,
+        DupField = 10, Eperm = 11,
+    }
+);
+codes!(
+    /// `OFPFMFC_*`.
+    FlowModFailedCode {
+        Unknown = 0, TableFull = 1, BadTableId = 2, Overlap = 3, Eperm = 4,
+        BadTimeout = 5, BadCommand = 6, BadFlags = 7,
+    }
+);
+
+/// An error flowmark reports to the peer: what the spec names it, and a
+/// sentence for the log saying why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OfpError {
+    #[error("hello failed ({code:?}): {detail}")]
+    HelloFailed {
+        code: HelloFailedCode,
+        detail: String,
+    },
+    #[error("bad request ({code:?}): {detail}")]
+    BadRequest {
+        code: BadRequestCode,
+        detail: String,
+    },
+    #[error("bad action ({code:?}): {detail}")]
+    BadAction { code: BadActionCode, detail: String },
+    #[error("bad instruction ({code:?}): {detail}")]
+    BadInstruction {
+        code: BadInstructionCode,
+        detail: String,
+    },
+    #[error("bad match ({code:?}): {detail}")]
+    BadMatch { code: BadMatchCode, detail: String },
+    #[error("flow mod failed ({code:?}): {detail}")]
+    FlowModFailed {
+        code: FlowModFailedCode,
+        detail: String,
+    },
+    /// Groups are not implemented: every group mod is refused with
+    /// `OFPGMFC_OUT_OF_GROUPS` (the switch has room for none).
+    #[error("group mod refused: flowmark has no group table")]
+    GroupsUnsupported,
+    /// Meters are not implemented: `OFPMMFC_OUT_OF_METERS`.
+    #[error("meter mod refused: flowmark has no meters")]
+    MetersUnsupported,
+    /// Table features cannot be changed: `OFPTFFC_EPERM`.
+    #[error("table features cannot be set")]
+    TableFeaturesEperm,
+}
+
+impl OfpError {
+    /// The `(type, code)` pair of the `ofp_error_msg`.
+    pub fn type_code(&self) -> (u16, u16) {
+        use error_type as t;
+        match self {
+            OfpError::HelloFailed { code, .. } => (t::HELLO_FAILED, code.code()),
+            OfpError::BadRequest { code, .. } => (t::BAD_REQUEST, code.code()),
+            OfpError::BadAction { code, .. } => (t::BAD_ACTION, code.code()),
+            OfpError::BadInstruction { code, .. } => (t::BAD_INSTRUCTION, code.code()),
+            OfpError::BadMatch { code, .. } => (t::BAD_MATCH, code.code()),
+            OfpError::FlowModFailed { code, .. } => (t::FLOW_MOD_FAILED, code.code()),
+            OfpError::GroupsUnsupported => (t::GROUP_MOD_FAILED, 6),
+            OfpError::MetersUnsupported => (t::METER_MOD_FAILED, 7),
+            OfpError::TableFeaturesEperm => (t::TABLE_FEATURES_FAILED, 5),
+        }
+    }
+
+    pub fn bad_request(code: BadRequestCode, detail: impl Into<String>) -> Self {
+        OfpError::BadRequest {
+            code,
+            detail: detail.into(),
+        }
+    }
+    pub fn bad_action(code: BadActionCode, detail: impl Into<String>) -> Self {
+        OfpError::BadAction {
+            code,
+            detail: detail.into(),
+        }
+    }
+    pub fn bad_instruction(code: BadInstructionCode, detail: impl Into<String>) -> Self {
+        OfpError::BadInstruction {
+            code,
+            detail: detail.into(),
+        }
+    }
+    pub fn bad_match(code: BadMatchCode, detail: impl Into<String>) -> Self {
+        OfpError::BadMatch {
+            code,
+            detail: detail.into(),
+        }
+    }
+    pub fn flow_mod_failed(code: FlowModFailedCode, detail: impl Into<String>) -> Self {
+        OfpError::FlowModFailed {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Why a byte string is not a message flowmark accepts. `xid` is known once
+/// the header was readable, so that the ERROR can answer the request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{0} bytes is shorter than the 8-byte OpenFlow header")]
+    ShortHeader(usize),
+    #[error("the header's length {0} is below the 8-byte minimum")]
+    BadHeaderLength(u16),
+    #[error("the header says {declared} bytes but only {available} are there")]
+    Incomplete { declared: usize, available: usize },
+    #[error("xid {xid:#x}: {error}")]
+    Refused { xid: u32, error: OfpError },
+}
+
+impl DecodeError {
+    /// The OpenFlow error to send back, if the peer should get one.
+    pub fn ofp_error(&self) -> OfpError {
+        match self {
+            DecodeError::Refused { error, .. } => error.clone(),
+            other => OfpError::bad_request(BadRequestCode::BadLen, other.to_string()),
+        }
+    }
+}
