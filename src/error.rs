@@ -26,6 +26,8 @@ pub enum CliError {
     Demo(String),
     #[error("bench: {0}")]
     Bench(String),
+    #[error(transparent)]
+    Control(#[from] crate::cli::ControlCliError),
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
 }

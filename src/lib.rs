@@ -1,6 +1,9 @@
 //! The `flowmark` switch: PMD datapath, daemon, control socket, the DPDK
 //! backend (feature `dpdk`) and the demo. The CLI lives in `main.rs`.
 
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod datapath;
 pub mod demo;
 pub mod dpdk;

@@ -2,6 +2,7 @@
 //! tools (DESIGN §5).
 
 mod bench;
+mod cli;
 mod error;
 mod offline;
 
@@ -45,17 +46,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// OpenFlow rules, offline: `flow parse "FLOW"` prints the canonical form.
+    /// The daemon: the configured ports (default: the testbed nic0, nic1,
+    /// vm0), PMD threads, NIC offload and the control socket.
+    Run(cli::RunArgs),
+    #[command(flatten)]
+    Control(cli::ControlCommand),
+    /// OpenFlow rules: `flow parse "FLOW"` (offline) prints the canonical
+    /// form; add, del, mod and dump talk to the daemon.
     Flow {
         #[command(subcommand)]
         command: FlowCommand,
     },
     /// Traces a packet (in ovs-ofctl match syntax) through rules read from a
-    /// file: tables and rules visited, datapath actions, megaflow.
+    /// file, or without --flows-file through the running daemon's pipeline
+    /// and MAC table (plus the offload verdict): tables and rules visited,
+    /// datapath actions, megaflow.
     Trace {
         /// The rules, one ovs-ofctl flow per line (`#` starts a comment).
         #[arg(long)]
-        flows_file: PathBuf,
+        flows_file: Option<PathBuf>,
         /// The bridge's OpenFlow ports, e.g. `1,2,3` (FLOOD and NORMAL output
         /// to these). Default: every port the rules and the packet name.
         #[arg(long, value_delimiter = ',')]
@@ -101,6 +110,8 @@ enum FlowCommand {
         json: bool,
         flow: String,
     },
+    #[command(flatten)]
+    Control(cli::FlowControl),
 }
 
 fn run_demo(
@@ -151,11 +162,22 @@ fn main() -> ExitCode {
             profile,
             json,
         } => run_demo(flows, seconds, packets, &profile, json),
+        Command::Run(args) => cli::run(args, cli.socket).map_err(Into::into),
+        Command::Control(cmd) => cli::control(cli.socket, cmd).map_err(Into::into),
+        Command::Flow {
+            command: FlowCommand::Control(cmd),
+        } => cli::flow(cli.socket, cmd).map_err(Into::into),
         Command::Flow {
             command: FlowCommand::Parse { json, flow },
         } => offline::flow_parse(&flow, json),
         Command::Trace {
-            flows_file,
+            flows_file: None,
+            json,
+            packet,
+            ..
+        } => cli::trace(cli.socket, packet, json).map_err(Into::into),
+        Command::Trace {
+            flows_file: Some(flows_file),
             ports,
             json,
             packet,

@@ -146,12 +146,17 @@ pub fn spawn<B: PacketBuf + Clone + Send + 'static>(
     })
 }
 
-/// Pins the calling thread to one CPU through `taskset`'s kernel interface
-/// (`/proc/thread-self` is not needed: sched_setaffinity via the `taskset`
-/// tool would be a process spawn). Rust's std has no affinity call and this
-/// crate keeps `unsafe` out, so pinning is best effort: it is done by the
-/// launcher (`taskset -c`) where it matters (benchmarks), and recorded here.
-fn pin_to_cpu(_cpu: usize) {}
+/// Pins the calling thread to one CPU (sched_setaffinity through rustix's
+/// safe wrapper: std has no affinity call and `unsafe` stays in src/dpdk/).
+/// Best effort: a CPU the process may not use leaves the thread unpinned
+/// (the daemon checks `pmd_cores` against the usable CPUs beforehand).
+fn pin_to_cpu(cpu: usize) {
+    if cpu < rustix::thread::CpuSet::MAX_CPU {
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        let _ = rustix::thread::sched_setaffinity(None, &set);
+    }
+}
 
 struct PmdLoop<B> {
     core: PmdCore<B>,

@@ -470,6 +470,14 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         self.ask(PmdCommand::FlushMegaflows).map(|_| ())
     }
 
+    /// A copy of the MAC-learning table (for `trace` against the live state).
+    pub fn mac_table(&self) -> fallback::ofproto::mac::MacTable {
+        match self.bridge.macs.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// MAC table housekeeping (aging); revalidates PMDs when entries went.
     pub fn age_macs(&self, now_ms: u64) {
         if let Ok(mut macs) = self.bridge.macs.write() {

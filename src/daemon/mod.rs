@@ -1,0 +1,922 @@
+//! `flowmark run`: the daemon (DESIGN §4, §5). The main thread owns the
+//! [`Switch`] and the port factory; it serves control requests that arrive
+//! on a channel (from the control socket's connection threads, or from the
+//! OpenFlow endpoint through a [`DaemonHandle`]) and does the housekeeping:
+//! OpenFlow rule timeouts, NIC reset events, MAC aging and the shutdown on
+//! SIGINT/SIGTERM.
+//!
+//! Parts: [`ports`] (where ports come from), [`inject`] (test traffic),
+//! [`views`] (the JSON and table documents), [`server`] (the socket),
+//! [`log`] (slog setup and rate limits).
+
+pub mod inject;
+pub mod log;
+pub mod ports;
+pub mod server;
+pub mod views;
+
+use crate::config::{Config, PortFamily, PortSpec, PortType, VhostMode};
+use crate::control::Request;
+use crate::switch::{NamedPortStats, PortInfo, Switch, SwitchError};
+use crossbeam_channel::{Receiver, Sender};
+use fallback::ofproto::syntax::{parse_flow, parse_match, FlowParseError};
+use fallback::ofproto::table::RuleId;
+use fallback::ofproto::{Match, OfAction, Rule};
+use fallback::port::PacketBuf;
+use hashbrown::HashMap;
+use ports::{PortError, PortFactory, TestbedFactory};
+use serde_json::{json, Value};
+use slog::{debug, error, info, warn, Logger};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+pub use views::FlowEntry;
+
+/// How long the main loop waits for a request before housekeeping.
+const TICK: Duration = Duration::from_millis(50);
+/// How often OpenFlow rule timeouts are checked.
+const RULE_TIMEOUT_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the MAC table is aged.
+const MAC_AGING_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    Inject(#[from] inject::InjectError),
+    #[error("bad flow {flow:?}: {source}")]
+    Flow {
+        flow: String,
+        source: FlowParseError,
+    },
+    #[error("bad match {text:?}: {source}")]
+    Match {
+        text: String,
+        source: FlowParseError,
+    },
+    #[error("{file}:{line}: {source}")]
+    FlowsFile {
+        file: String,
+        line: usize,
+        source: FlowParseError,
+    },
+    #[error("bad packet {packet:?}: {source} (give the packet in ovs-ofctl match syntax with in_port, e.g. in_port=1,udp,nw_dst=10.0.0.1,tp_dst=53)")]
+    Packet {
+        packet: String,
+        source: FlowParseError,
+    },
+    #[error("{0}")]
+    BadArgument(String),
+    #[error(
+        "port type {0:?} needs the DPDK backend: build flowmark with `cargo build --features dpdk`"
+    )]
+    NeedsDpdk(String),
+    #[error("a {kind} port cannot join this daemon's {family} ports: one daemon runs one family of ports (their packet buffers differ)")]
+    WrongFamily { kind: String, family: PortFamily },
+    #[error("DPDK ports are configured but this build has no DPDK backend: build flowmark with `cargo build --features dpdk`")]
+    NoDpdkFactory,
+    #[error("control socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another daemon is listening on {0}; stop it or give another --socket")]
+    SocketInUse(PathBuf),
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("the daemon is shutting down")]
+    Stopped,
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What the OpenFlow endpoint and the control socket ask of the main loop.
+#[allow(clippy::large_enum_variant)]
+enum Op {
+    Control(Request),
+    AddRules(Vec<Rule>),
+    DelRules {
+        table: Option<u8>,
+        selector: Match,
+        strict_priority: Option<u16>,
+    },
+    ModRules {
+        table: Option<u8>,
+        selector: Match,
+        strict_priority: Option<u16>,
+        actions: Vec<OfAction>,
+    },
+    DumpFlows,
+    ListPorts,
+    PortStats,
+    PacketOut {
+        in_port: u32,
+        frame: Vec<u8>,
+    },
+}
+
+/// The main loop's answer.
+enum Reply {
+    Json(Value),
+    Rules(Vec<RuleId>),
+    Flows(Vec<FlowEntry>),
+    Ports(Vec<PortInfo>),
+    PortStats(Vec<NamedPortStats>),
+    Done,
+}
+
+type ReplyTo = Sender<Result<Reply, DaemonError>>;
+
+struct Envelope {
+    op: Op,
+    reply: ReplyTo,
+}
+
+/// A handle on a running daemon, for the control socket and the OpenFlow
+/// endpoint. Cheap to clone; every call waits for the main loop's answer.
+#[derive(Clone)]
+pub struct DaemonHandle {
+    tx: Sender<Envelope>,
+}
+
+impl DaemonHandle {
+    fn call(&self, op: Op) -> Result<Reply, DaemonError> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.tx
+            .send(Envelope { op, reply })
+            .map_err(|_| DaemonError::Stopped)?;
+        rx.recv().map_err(|_| DaemonError::Stopped)?
+    }
+
+    /// A control request; the result is DESIGN §5's JSON document.
+    pub fn request(&self, req: Request) -> Result<Value, DaemonError> {
+        match self.call(Op::Control(req))? {
+            Reply::Json(v) => Ok(v),
+            _ => Ok(Value::Null),
+        }
+    }
+
+    /// Adds rules (one revalidation for all); a rule with the same table,
+    /// priority and match replaces the old one. Returns the new ids.
+    pub fn flow_add(&self, rules: Vec<Rule>) -> Result<Vec<RuleId>, DaemonError> {
+        match self.call(Op::AddRules(rules))? {
+            Reply::Rules(ids) => Ok(ids),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Deletes rules as OFPFC_DELETE (loose: `strict_priority` None) or
+    /// OFPFC_DELETE_STRICT; `table` None: every table.
+    pub fn flow_del(
+        &self,
+        table: Option<u8>,
+        selector: Match,
+        strict_priority: Option<u16>,
+    ) -> Result<Vec<RuleId>, DaemonError> {
+        match self.call(Op::DelRules {
+            table,
+            selector,
+            strict_priority,
+        })? {
+            Reply::Rules(ids) => Ok(ids),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Replaces the actions of the selected rules (OFPFC_MODIFY[_STRICT]);
+    /// ids and counters stay.
+    pub fn flow_mod(
+        &self,
+        table: Option<u8>,
+        selector: Match,
+        strict_priority: Option<u16>,
+        actions: Vec<OfAction>,
+    ) -> Result<Vec<RuleId>, DaemonError> {
+        match self.call(Op::ModRules {
+            table,
+            selector,
+            strict_priority,
+            actions,
+        })? {
+            Reply::Rules(ids) => Ok(ids),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Every rule with its counters and age (OFPMP_FLOW_STATS).
+    pub fn flow_dump(&self) -> Result<Vec<FlowEntry>, DaemonError> {
+        match self.call(Op::DumpFlows)? {
+            Reply::Flows(f) => Ok(f),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// OFPMP_PORT_DESC.
+    pub fn port_list(&self) -> Result<Vec<PortInfo>, DaemonError> {
+        match self.call(Op::ListPorts)? {
+            Reply::Ports(p) => Ok(p),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// OFPMP_PORT_STATS (DESIGN §6 accounting).
+    pub fn port_stats(&self) -> Result<Vec<NamedPortStats>, DaemonError> {
+        match self.call(Op::PortStats)? {
+            Reply::PortStats(p) => Ok(p),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// OFPT_PACKET_OUT with `actions=output:TABLE`: the frame goes through
+    /// the pipeline as if received on `in_port` (testbed ports: injected at
+    /// the port's ingress).
+    pub fn packet_out(&self, in_port: u32, frame: Vec<u8>) -> Result<(), DaemonError> {
+        self.call(Op::PacketOut { in_port, frame }).map(|_| ())
+    }
+}
+
+/// What the OpenFlow endpoint gets when the daemon is up.
+pub struct StartContext {
+    pub handle: DaemonHandle,
+    pub openflow: crate::config::OpenFlowSection,
+    pub log: Logger,
+}
+
+/// Called once the daemon serves requests (e.g. to start the OpenFlow
+/// endpoint); an error stops the daemon.
+pub type StartHook = Box<dyn FnOnce(StartContext) -> Result<(), String> + Send>;
+
+/// How to run the daemon.
+pub struct DaemonOptions {
+    pub config: Config,
+    /// Where the config came from, for the log.
+    pub config_path: Option<PathBuf>,
+    pub socket: PathBuf,
+    pub log: Logger,
+    pub on_start: Option<StartHook>,
+}
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    for w in &opts.config.warnings {
+        warn!(opts.log, "config: {w}");
+    }
+    match opts.config.family() {
+        PortFamily::Testbed => run_with(opts, TestbedFactory::new()),
+        // The DPDK backend: EAL, mempool and its mbuf port factory.
+        #[cfg(feature = "dpdk")]
+        PortFamily::Dpdk => crate::dpdk::factory::run(opts),
+        #[cfg(not(feature = "dpdk"))]
+        PortFamily::Dpdk => Err(DaemonError::NoDpdkFactory),
+    }
+}
+
+/// Runs the daemon with a port factory of the configured ports' family.
+pub fn run_with<B, F>(opts: DaemonOptions, factory: F) -> Result<(), DaemonError>
+where
+    B: PacketBuf + Clone + Send + 'static,
+    F: PortFactory<B>,
+{
+    let log = opts.log.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(DaemonError::Signals)?;
+    }
+    let listener = server::bind(&opts.socket)?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let handle = DaemonHandle { tx };
+    let result = (|| {
+        let mut daemon = Daemon::start(&opts.config, factory, rx, Arc::clone(&stop), log.clone())?;
+        server::spawn(listener, handle.clone(), log.clone()).map_err(DaemonError::Thread)?;
+        info!(log, "flowmark running";
+            "socket" => opts.socket.display().to_string(),
+            "config" => opts.config_path.as_ref().map_or_else(|| "(default testbed)".to_string(), |p| p.display().to_string()),
+            "ports" => daemon.switch.ports().len(),
+            "pmds" => daemon.switch.config().pmd_cores.len());
+        if let Some(hook) = opts.on_start {
+            hook(StartContext {
+                handle: handle.clone(),
+                openflow: opts.config.openflow.clone(),
+                log: log.clone(),
+            })
+            .map_err(DaemonError::BadArgument)?;
+        }
+        daemon.run();
+        info!(log, "shutting down: stopping PMDs, removing NIC rules");
+        daemon.shutdown();
+        Ok(())
+    })();
+    if let Err(e) = std::fs::remove_file(&opts.socket) {
+        warn!(log, "cannot remove the control socket"; "path" => opts.socket.display().to_string(), "error" => e.to_string());
+    }
+    result
+}
+
+/// Per-rule bookkeeping for timeouts and `duration`.
+#[derive(Clone, Copy, Debug)]
+struct RuleClock {
+    added: Instant,
+    last_packets: u64,
+    last_active: Instant,
+}
+
+/// The main loop's state.
+struct Daemon<B, F> {
+    log: Logger,
+    switch: Switch<B>,
+    factory: F,
+    /// The daemon's clock origin (the PMDs' `used` times are close to it).
+    started: Instant,
+    rules: HashMap<RuleId, RuleClock>,
+    requests: Receiver<Envelope>,
+    stop: Arc<AtomicBool>,
+    bad_requests: log::RateLimit,
+}
+
+impl<B, F> Daemon<B, F>
+where
+    B: PacketBuf + Clone + Send + 'static,
+    F: PortFactory<B>,
+{
+    fn start(
+        config: &Config,
+        factory: F,
+        requests: Receiver<Envelope>,
+        stop: Arc<AtomicBool>,
+        log: Logger,
+    ) -> Result<Self, DaemonError> {
+        let started = Instant::now();
+        let switch = Switch::start(config.switch_config())?;
+        let mut d = Daemon {
+            log,
+            switch,
+            factory,
+            started,
+            rules: HashMap::new(),
+            requests,
+            stop,
+            bad_requests: log::RateLimit::new(10),
+        };
+        let specs = match &config.ports {
+            Some(p) => p.clone(),
+            None => TestbedFactory::default_ports(),
+        };
+        for spec in specs {
+            d.add_port(&spec)?;
+        }
+        Ok(d)
+    }
+
+    fn run(&mut self) {
+        let mut last_rule_check = Instant::now();
+        let mut last_aging = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.requests.recv_timeout(TICK) {
+                Ok(env) => {
+                    self.serve(env);
+                    // Serve what queued up before housekeeping.
+                    while let Ok(env) = self.requests.try_recv() {
+                        self.serve(env);
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+            self.poll_resets();
+            if last_rule_check.elapsed() >= RULE_TIMEOUT_INTERVAL {
+                last_rule_check = Instant::now();
+                self.expire_rules();
+            }
+            if last_aging.elapsed() >= MAC_AGING_INTERVAL {
+                last_aging = Instant::now();
+                self.switch.age_macs(self.now_ms());
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let ofports: Vec<u32> = self.switch.ports().iter().map(|p| p.ofport).collect();
+        self.switch.shutdown();
+        let left: usize = ofports
+            .iter()
+            .filter_map(|p| self.factory.device_rules(*p))
+            .sum();
+        if left > 0 {
+            warn!(self.log, "NIC rules left after shutdown"; "rules" => left);
+        } else {
+            info!(self.log, "PMDs stopped, NIC rules removed");
+        }
+        for p in ofports {
+            self.factory.remove(p);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn serve(&mut self, env: Envelope) {
+        let Envelope { op, reply } = env;
+        let what = match &op {
+            Op::Control(r) => r.command(),
+            Op::AddRules(_) => "openflow flow_add",
+            Op::DelRules { .. } => "openflow flow_del",
+            Op::ModRules { .. } => "openflow flow_mod",
+            Op::DumpFlows => "openflow flow_dump",
+            Op::ListPorts => "openflow port_list",
+            Op::PortStats => "openflow port_stats",
+            Op::PacketOut { .. } => "openflow packet_out",
+        };
+        debug!(self.log, "request"; "cmd" => what);
+        let result = match op {
+            Op::Control(Request::PortInject {
+                name,
+                pcap,
+                generate,
+            }) => match self.start_inject(&name, pcap, generate, reply.clone()) {
+                // The injection thread answers.
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
+            Op::Control(req) => self.control(req).map(Reply::Json),
+            Op::AddRules(rules) => Ok(Reply::Rules(self.add_rules(rules))),
+            Op::DelRules {
+                table,
+                selector,
+                strict_priority,
+            } => Ok(Reply::Rules(self.del_rules(
+                table,
+                &selector,
+                strict_priority,
+            ))),
+            Op::ModRules {
+                table,
+                selector,
+                strict_priority,
+                actions,
+            } => Ok(Reply::Rules(self.mod_rules(
+                table,
+                &selector,
+                strict_priority,
+                &actions,
+            ))),
+            Op::DumpFlows => self.flow_entries(None).map(Reply::Flows),
+            Op::ListPorts => Ok(Reply::Ports(self.switch.port_list())),
+            Op::PortStats => self
+                .switch
+                .port_stats()
+                .map(Reply::PortStats)
+                .map_err(Into::into),
+            Op::PacketOut { in_port, frame } => {
+                self.packet_out(in_port, frame).map(|_| Reply::Done)
+            }
+        };
+        if let Err(e) = &result {
+            if let Some(suppressed) = self.bad_requests.allow() {
+                warn!(self.log, "request refused"; "cmd" => what, "error" => e.to_string(), "suppressed" => suppressed);
+            }
+        }
+        let _ = reply.send(result);
+    }
+
+    fn control(&mut self, req: Request) -> Result<Value, DaemonError> {
+        match req {
+            Request::PortAdd {
+                name,
+                kind,
+                devargs,
+                rxqs,
+                profile,
+                ofport,
+                socket,
+                mode,
+            } => {
+                let kind: PortType = kind.parse().map_err(DaemonError::BadArgument)?;
+                let profile = profile
+                    .map(|p| offload::device::Profile::from_name(&p))
+                    .transpose()
+                    .map_err(|e| DaemonError::BadArgument(e.to_string()))?;
+                let mode: Option<VhostMode> = mode
+                    .map(|m| m.parse())
+                    .transpose()
+                    .map_err(DaemonError::BadArgument)?;
+                let spec = PortSpec {
+                    name,
+                    kind,
+                    ofport,
+                    rxqs,
+                    profile,
+                    devargs,
+                    socket: socket.map(PathBuf::from),
+                    mode,
+                };
+                let ofport = self.add_port(&spec)?;
+                Ok(json!({"name": spec.name, "ofport": ofport}))
+            }
+            Request::PortDel { name } => {
+                let removed = self.switch.del_port(&name)?;
+                self.factory.remove(removed.ofport);
+                info!(self.log, "port removed"; "name" => &name, "ofport" => removed.ofport);
+                Ok(json!({"name": name, "ofport": removed.ofport}))
+            }
+            Request::PortList => {
+                Ok(serde_json::to_value(self.switch.port_list()).unwrap_or(Value::Null))
+            }
+            Request::PortStats => {
+                Ok(serde_json::to_value(self.switch.port_stats()?).unwrap_or(Value::Null))
+            }
+            Request::PortInject { .. } => Err(DaemonError::BadArgument(
+                "port_inject is answered by its injection thread".into(),
+            )),
+            Request::FlowAdd {
+                flows,
+                file_text,
+                file_name,
+            } => {
+                let mut rules = Vec::new();
+                for f in &flows {
+                    rules.push(parse_flow(f).map_err(|source| DaemonError::Flow {
+                        flow: f.clone(),
+                        source,
+                    })?);
+                }
+                if let Some(text) = &file_text {
+                    let file = file_name.unwrap_or_else(|| "(flows file)".into());
+                    for (i, line) in text.lines().enumerate() {
+                        let line = line.trim();
+                        if line.is_empty() || line.starts_with('#') {
+                            continue;
+                        }
+                        rules.push(parse_flow(line).map_err(|source| DaemonError::FlowsFile {
+                            file: file.clone(),
+                            line: i + 1,
+                            source,
+                        })?);
+                    }
+                }
+                if rules.is_empty() {
+                    return Err(DaemonError::BadArgument(
+                        "no flows given: name a flow or a flows file".into(),
+                    ));
+                }
+                let ids = self.add_rules(rules);
+                Ok(json!({"added": ids.len()}))
+            }
+            Request::FlowDel { r#match, strict } => {
+                let (table, priority, selector) = parse_selector(r#match.as_deref().unwrap_or(""))?;
+                let strict_priority =
+                    match (strict, priority) {
+                        (true, p) => Some(p.unwrap_or(Rule::DEFAULT_PRIORITY)),
+                        (false, Some(_)) => return Err(DaemonError::BadArgument(
+                            "priority= selects a rule only with --strict (as ovs-ofctl del-flows)"
+                                .into(),
+                        )),
+                        (false, None) => None,
+                    };
+                let ids = self.del_rules(table, &selector, strict_priority);
+                Ok(json!({"deleted": ids.len()}))
+            }
+            Request::FlowMod { flow, strict } => {
+                let rule = parse_flow(&flow).map_err(|source| DaemonError::Flow {
+                    flow: flow.clone(),
+                    source,
+                })?;
+                let ids = self.mod_rules(
+                    Some(rule.table),
+                    &rule.r#match,
+                    strict.then_some(rule.priority),
+                    &rule.actions,
+                );
+                Ok(json!({"modified": ids.len()}))
+            }
+            Request::FlowDump { table } => {
+                Ok(serde_json::to_value(self.flow_entries(table)?).unwrap_or(Value::Null))
+            }
+            Request::MegaflowDump { state } => {
+                if let Some(s) = &state {
+                    if !views::STATES.contains(&s.as_str()) {
+                        return Err(DaemonError::BadArgument(format!(
+                            "unknown state {s:?}; give one of {}",
+                            views::STATES.join(", ")
+                        )));
+                    }
+                }
+                let rows = views::megaflows(&self.switch, self.now_ms())?;
+                let rows: Vec<_> = rows
+                    .into_iter()
+                    .filter(|r| state.as_deref().is_none_or(|s| r.state == s))
+                    .collect();
+                Ok(serde_json::to_value(rows).unwrap_or(Value::Null))
+            }
+            Request::OffloadStatus => {
+                views::offload_status(&self.switch, |p| self.factory.device_rules(p))
+            }
+            Request::PmdStats { clear } => {
+                let snaps = self.switch.pmd_snapshots()?;
+                if clear {
+                    self.switch.clear_pmd_counters();
+                }
+                Ok(serde_json::to_value(snaps).unwrap_or(Value::Null))
+            }
+            Request::PmdRxqs => Ok(serde_json::to_value(self.switch.rxqs()).unwrap_or(Value::Null)),
+            Request::Trace { packet } => views::trace(&self.switch, &packet),
+            Request::NicReset { name } => {
+                let ofport = self
+                    .switch
+                    .port_by_name(&name)
+                    .map(|p| p.ofport)
+                    .ok_or_else(|| SwitchError::NoSuchPort(name.clone()))?;
+                self.factory.reset_nic(ofport)?;
+                // Re-offer at once rather than at the next tick.
+                self.poll_resets();
+                Ok(json!({"name": name, "reset": true}))
+            }
+            Request::Version => Ok(json!({"version": env!("CARGO_PKG_VERSION")})),
+        }
+    }
+
+    fn add_port(&mut self, spec: &PortSpec) -> Result<u32, DaemonError> {
+        if let Err((key, why)) = spec.check() {
+            return Err(DaemonError::BadArgument(format!("{key}: {why}")));
+        }
+        if !cfg!(feature = "dpdk") && spec.kind.family() == PortFamily::Dpdk {
+            return Err(DaemonError::NeedsDpdk(spec.kind.name().to_string()));
+        }
+        if spec.kind.family() != self.factory.family() {
+            return Err(DaemonError::WrongFamily {
+                kind: spec.kind.name().to_string(),
+                family: self.factory.family(),
+            });
+        }
+        if self.switch.port_by_name(&spec.name).is_some() {
+            return Err(SwitchError::DuplicatePort(spec.name.clone()).into());
+        }
+        let ofport = match spec.ofport {
+            Some(n) if self.switch.ports().iter().any(|p| p.ofport == n) => {
+                return Err(SwitchError::DuplicateOfport(n).into())
+            }
+            Some(n) => n,
+            None => self.switch.free_ofport(),
+        };
+        let new = self.factory.create(ofport, spec)?;
+        if let Err(e) = self.switch.add_port(
+            &spec.name,
+            spec.kind.name(),
+            Some(ofport),
+            new.port,
+            new.flow_device,
+        ) {
+            self.factory.remove(ofport);
+            return Err(e.into());
+        }
+        info!(self.log, "port added"; "name" => &spec.name, "type" => spec.kind.name(), "ofport" => ofport);
+        Ok(ofport)
+    }
+
+    fn start_inject(
+        &mut self,
+        name: &str,
+        pcap: Option<PathBuf>,
+        generate: Option<String>,
+        reply: ReplyTo,
+    ) -> Result<(), DaemonError> {
+        let ofport = self
+            .switch
+            .port_by_name(name)
+            .map(|p| p.ofport)
+            .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+        let into = self.factory.injector(ofport).map_err(|e| match e {
+            PortError::NoSuchOfport(_) => PortError::NotTestbed {
+                name: name.to_string(),
+                kind: self
+                    .switch
+                    .port_by_name(name)
+                    .map_or_else(String::new, |p| p.kind.clone()),
+                what: "port inject",
+            },
+            e => e,
+        })?;
+        enum Source {
+            Pcap(PathBuf),
+            Generate(inject::GenerateSpec),
+        }
+        let source = match (pcap, generate) {
+            (Some(p), None) => Source::Pcap(p),
+            (None, Some(g)) => Source::Generate(inject::GenerateSpec::parse(&g)?),
+            _ => {
+                return Err(DaemonError::BadArgument(
+                    "port inject takes one of --pcap FILE or --generate flows=N,count=M".into(),
+                ))
+            }
+        };
+        let name = name.to_string();
+        let log = self.log.clone();
+        std::thread::Builder::new()
+            .name(format!("inject-{name}"))
+            .spawn(move || {
+                let result = (|| {
+                    let (frames, count, rate) = match source {
+                        Source::Pcap(p) => {
+                            let f = inject::pcap_frames(&p)?;
+                            let n = f.len() as u64;
+                            (f, n, None)
+                        }
+                        Source::Generate(g) => (g.frames(), g.count, g.rate),
+                    };
+                    inject::send(&name, into.as_ref(), &frames, count, rate)
+                })();
+                let result = match result {
+                    Ok(r) => {
+                        debug!(log, "injected"; "port" => &r.port, "packets" => r.packets, "seconds" => r.seconds);
+                        Ok(Reply::Json(serde_json::to_value(r).unwrap_or(Value::Null)))
+                    }
+                    Err(e) => Err(DaemonError::Inject(e)),
+                };
+                let _ = reply.send(result);
+            })
+            .map_err(DaemonError::Thread)?;
+        Ok(())
+    }
+
+    fn packet_out(&mut self, in_port: u32, frame: Vec<u8>) -> Result<(), DaemonError> {
+        let into = self.factory.injector(in_port)?;
+        into.inject(&frame)
+            .map_err(|e| DaemonError::Inject(inject::InjectError::Port(e)))
+    }
+
+    // ---- OpenFlow rules ----
+
+    /// Keeps the per-rule clocks in step with the pipeline.
+    fn sync_rule_clocks(&mut self) {
+        let now = Instant::now();
+        let live: Vec<RuleId> = self.switch.pipeline().rules().map(|e| e.id).collect();
+        self.rules.retain(|id, _| live.contains(id));
+        for id in live {
+            self.rules.entry(id).or_insert(RuleClock {
+                added: now,
+                last_packets: 0,
+                last_active: now,
+            });
+        }
+    }
+
+    fn add_rules(&mut self, rules: Vec<Rule>) -> Vec<RuleId> {
+        let mut pipeline = self.switch.pipeline().clone();
+        let ids: Vec<RuleId> = rules.into_iter().map(|r| pipeline.add(r).id).collect();
+        self.switch.set_pipeline(pipeline);
+        self.sync_rule_clocks();
+        info!(self.log, "flows added"; "count" => ids.len());
+        ids
+    }
+
+    fn del_rules(&mut self, table: Option<u8>, sel: &Match, strict: Option<u16>) -> Vec<RuleId> {
+        let ids = self.switch.flow_del(table, sel, strict);
+        self.sync_rule_clocks();
+        info!(self.log, "flows deleted"; "count" => ids.len());
+        ids
+    }
+
+    fn mod_rules(
+        &mut self,
+        table: Option<u8>,
+        sel: &Match,
+        strict: Option<u16>,
+        actions: &[OfAction],
+    ) -> Vec<RuleId> {
+        // Table 255 (OFPTT_ALL) selects every table.
+        let table = table.filter(|t| *t != 255);
+        let ids = self.switch.flow_mod(table, sel, strict, actions);
+        info!(self.log, "flows modified"; "count" => ids.len());
+        ids
+    }
+
+    fn flow_entries(&mut self, table: Option<u8>) -> Result<Vec<FlowEntry>, DaemonError> {
+        self.sync_rule_clocks();
+        let stats = self.switch.rule_stats()?;
+        let now = Instant::now();
+        Ok(self
+            .switch
+            .pipeline()
+            .rules()
+            .filter(|e| table.is_none_or(|t| e.rule.table == t))
+            .map(|e| {
+                let (packets, bytes) = stats.get(&e.id).copied().unwrap_or((0, 0));
+                let age = self
+                    .rules
+                    .get(&e.id)
+                    .map_or(Duration::ZERO, |c| now.duration_since(c.added));
+                FlowEntry::new(e.id, &e.rule, packets, bytes, age)
+            })
+            .collect())
+    }
+
+    /// Deletes rules past their hard timeout, or whose packet count has not
+    /// grown for their idle timeout.
+    fn expire_rules(&mut self) {
+        let timed: Vec<(RuleId, u16, u16)> = self
+            .switch
+            .pipeline()
+            .rules()
+            .filter(|e| e.rule.idle_timeout > 0 || e.rule.hard_timeout > 0)
+            .map(|e| (e.id, e.rule.idle_timeout, e.rule.hard_timeout))
+            .collect();
+        if timed.is_empty() {
+            return;
+        }
+        self.sync_rule_clocks();
+        let stats = if timed.iter().any(|(_, idle, _)| *idle > 0) {
+            match self.switch.rule_stats() {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(self.log, "rule timeouts skipped"; "error" => e.to_string());
+                    return;
+                }
+            }
+        } else {
+            HashMap::new()
+        };
+        let now = Instant::now();
+        let mut doomed = Vec::new();
+        for (id, idle, hard) in timed {
+            let Some(clock) = self.rules.get_mut(&id) else {
+                continue;
+            };
+            if hard > 0 && now.duration_since(clock.added) >= Duration::from_secs(hard.into()) {
+                doomed.push(id);
+                continue;
+            }
+            if idle > 0 {
+                let packets = stats.get(&id).map_or(0, |s| s.0);
+                if packets != clock.last_packets {
+                    clock.last_packets = packets;
+                    clock.last_active = now;
+                } else if now.duration_since(clock.last_active) >= Duration::from_secs(idle.into())
+                {
+                    doomed.push(id);
+                }
+            }
+        }
+        if doomed.is_empty() {
+            return;
+        }
+        let mut pipeline = self.switch.pipeline().clone();
+        pipeline.remove_ids(&doomed);
+        self.switch.set_pipeline(pipeline);
+        self.sync_rule_clocks();
+        info!(self.log, "flows timed out"; "count" => doomed.len());
+    }
+
+    fn poll_resets(&mut self) {
+        for ofport in self.factory.poll_resets() {
+            let name = self
+                .switch
+                .ports()
+                .iter()
+                .find(|p| p.ofport == ofport)
+                .map_or_else(|| ofport.to_string(), |p| p.name.clone());
+            match self.switch.nic_reset(ofport) {
+                Ok(()) => warn!(self.log, "NIC reset: re-offering its megaflows"; "port" => name),
+                Err(e) => {
+                    error!(self.log, "NIC reset not handled"; "port" => name, "error" => e.to_string())
+                }
+            }
+        }
+    }
+}
+
+/// `flow del`'s match: ovs-ofctl's, where `table=` and `priority=` may
+/// appear among the fields.
+fn parse_selector(text: &str) -> Result<(Option<u8>, Option<u16>, Match), DaemonError> {
+    let mut table = None;
+    let mut priority = None;
+    let mut fields = Vec::new();
+    for tok in text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+    {
+        let bad =
+            |what: &str| DaemonError::BadArgument(format!("bad match {text:?}: {tok:?}: {what}"));
+        if let Some(v) = tok.strip_prefix("table=") {
+            let t: u8 = v
+                .parse()
+                .map_err(|_| bad("table is 0 to 254, or 255 for all"))?;
+            table = (t != 255).then_some(t);
+        } else if let Some(v) = tok.strip_prefix("priority=") {
+            priority = Some(v.parse().map_err(|_| bad("priority is 0 to 65535"))?);
+        } else {
+            fields.push(tok);
+        }
+    }
+    let joined = fields.join(",");
+    let m = parse_match(&joined).map_err(|source| DaemonError::Match {
+        text: text.to_string(),
+        source,
+    })?;
+    Ok((table, priority, m))
+}

@@ -1,0 +1,244 @@
+//! Flow mods and flow/aggregate/table stats with OpenFlow 1.3 semantics,
+//! over an [`OpenFlowSwitch`]: table ids with `OFPTT_ALL`, cookie masks,
+//! the out_port filter, strict and loose selection.
+
+use super::error::{BadRequestCode as Brc, FlowModFailedCode as Fmfc, OfpError};
+use super::message::{
+    flow_flags, FlowMod, FlowModCommand, FlowStats, FlowStatsRequest, TableStats, OFPG_ANY,
+    OFPTT_ALL, OFP_NO_BUFFER,
+};
+use super::port::{ofport_from_of13, OFPP_ANY};
+use super::switch::{FlowInfo, OpenFlowSwitch};
+use fallback::ofproto::table::loose_selects;
+use fallback::ofproto::{ofport, OfAction, Rule, N_TABLES};
+
+/// True when one of `actions` outputs to `port` (flowmark numbering), as
+/// OVS's out_port filter counts outputs.
+fn outputs_to(actions: &[OfAction], port: u32) -> bool {
+    actions.iter().any(|a| match *a {
+        OfAction::Output(p) => p == port,
+        OfAction::InPort => port == ofport::IN_PORT,
+        OfAction::Flood => port == ofport::FLOOD,
+        OfAction::All => port == ofport::ALL,
+        OfAction::Normal => port == ofport::NORMAL,
+        OfAction::Controller { .. } => port == ofport::CONTROLLER,
+        _ => false,
+    })
+}
+
+/// The selection of a modify, delete or stats request.
+struct Selection<'a> {
+    table: Option<u8>,
+    strict_priority: Option<u16>,
+    r#match: &'a fallback::ofproto::Match,
+    cookie: u64,
+    cookie_mask: u64,
+    /// Flowmark numbering; `None`: no filter.
+    out_port: Option<u32>,
+}
+
+impl Selection<'_> {
+    fn selects(&self, f: &FlowInfo) -> bool {
+        let r = &f.rule;
+        self.table.is_none_or(|t| t == r.table)
+            && (r.cookie & self.cookie_mask) == (self.cookie & self.cookie_mask)
+            && self.out_port.is_none_or(|p| outputs_to(&r.actions, p))
+            && match self.strict_priority {
+                Some(prio) => r.priority == prio && r.r#match == *self.r#match,
+                None => loose_selects(self.r#match, &r.r#match),
+            }
+    }
+
+    /// True when the switch's own selection gives the same rules (no cookie
+    /// or out_port filter), so one bulk call does.
+    fn is_plain(&self) -> bool {
+        self.cookie_mask == 0 && self.out_port.is_none()
+    }
+}
+
+fn table_of(id: u8) -> Option<u8> {
+    (id != OFPTT_ALL).then_some(id)
+}
+
+fn out_port_filter(p: u32) -> Result<Option<u32>, OfpError> {
+    if p == OFPP_ANY {
+        return Ok(None);
+    }
+    ofport_from_of13(p)
+        .map(Some)
+        .ok_or_else(|| OfpError::bad_request(Brc::BadPort, format!("out_port {p:#x}")))
+}
+
+/// Applies a flow mod.
+pub fn apply_flow_mod(sw: &dyn OpenFlowSwitch, fm: &FlowMod) -> Result<(), OfpError> {
+    if fm.buffer_id != OFP_NO_BUFFER && matches!(fm.command, FlowModCommand::Add) {
+        return Err(OfpError::bad_request(
+            Brc::BufferUnknown,
+            format!("buffer {:#x}: flowmark buffers no packets", fm.buffer_id),
+        ));
+    }
+    if fm.flags & !flow_flags::ALL != 0 {
+        return Err(OfpError::flow_mod_failed(
+            Fmfc::BadFlags,
+            format!("flags {:#x}", fm.flags),
+        ));
+    }
+    if fm.table_id != OFPTT_ALL && usize::from(fm.table_id) >= N_TABLES {
+        return Err(OfpError::flow_mod_failed(
+            Fmfc::BadTableId,
+            format!("table {}", fm.table_id),
+        ));
+    }
+    let modify = |strict: bool| -> Result<(), OfpError> {
+        let sel = Selection {
+            table: table_of(fm.table_id),
+            strict_priority: strict.then_some(fm.priority),
+            r#match: &fm.r#match,
+            cookie: fm.cookie,
+            cookie_mask: fm.cookie_mask,
+            out_port: None,
+        };
+        if sel.is_plain() {
+            sw.modify_flows(sel.table, sel.r#match, sel.strict_priority, &fm.actions)?;
+            return Ok(());
+        }
+        for f in sw.flows()?.iter().filter(|f| sel.selects(f)) {
+            let r = &f.rule;
+            sw.modify_flows(Some(r.table), &r.r#match, Some(r.priority), &fm.actions)?;
+        }
+        Ok(())
+    };
+    let delete = |strict: bool| -> Result<(), OfpError> {
+        let sel = Selection {
+            table: table_of(fm.table_id),
+            strict_priority: strict.then_some(fm.priority),
+            r#match: &fm.r#match,
+            cookie: fm.cookie,
+            cookie_mask: fm.cookie_mask,
+            out_port: out_port_filter(fm.out_port)?,
+        };
+        if fm.out_group != OFPG_ANY {
+            // No rule can output to a group: nothing is selected.
+            return Ok(());
+        }
+        if sel.is_plain() {
+            sw.delete_flows(sel.table, sel.r#match, sel.strict_priority)?;
+            return Ok(());
+        }
+        for f in sw.flows()?.iter().filter(|f| sel.selects(f)) {
+            let r = &f.rule;
+            sw.delete_flows(Some(r.table), &r.r#match, Some(r.priority))?;
+        }
+        Ok(())
+    };
+    match fm.command {
+        FlowModCommand::Add => {
+            if fm.table_id == OFPTT_ALL {
+                return Err(OfpError::flow_mod_failed(
+                    Fmfc::BadTableId,
+                    "a flow is added to one table, not OFPTT_ALL",
+                ));
+            }
+            let rule = Rule {
+                table: fm.table_id,
+                priority: fm.priority,
+                r#match: fm.r#match,
+                actions: fm.actions.clone(),
+                cookie: fm.cookie,
+                idle_timeout: fm.idle_timeout,
+                hard_timeout: fm.hard_timeout,
+            };
+            let flows = sw.flows()?;
+            let replaces = |f: &FlowInfo| {
+                f.rule.table == rule.table
+                    && f.rule.priority == rule.priority
+                    && f.rule.r#match == rule.r#match
+            };
+            if fm.flags & flow_flags::CHECK_OVERLAP != 0
+                && flows.iter().any(|f| {
+                    f.rule.table == rule.table
+                        && f.rule.priority == rule.priority
+                        && !replaces(f)
+                        && overlaps(&f.rule.r#match, &rule.r#match)
+                })
+            {
+                return Err(OfpError::flow_mod_failed(
+                    Fmfc::Overlap,
+                    "an overlapping flow of the same priority exists",
+                ));
+            }
+            if !flows.iter().any(replaces) && flows.len() >= sw.max_flows() {
+                return Err(OfpError::flow_mod_failed(
+                    Fmfc::TableFull,
+                    format!("the switch holds at most {} flows", sw.max_flows()),
+                ));
+            }
+            sw.add_flows(vec![rule])
+        }
+        FlowModCommand::Modify => modify(false),
+        FlowModCommand::ModifyStrict => modify(true),
+        FlowModCommand::Delete => delete(false),
+        FlowModCommand::DeleteStrict => delete(true),
+    }
+}
+
+/// Two matches overlap when some packet matches both: they agree on every
+/// bit both care about.
+fn overlaps(a: &fallback::ofproto::Match, b: &fallback::ofproto::Match) -> bool {
+    let both = a.mask.masked(&b.mask);
+    a.value.masked(&both) == b.value.masked(&both)
+}
+
+/// The flows a flow or aggregate stats request selects.
+pub fn select_flows(
+    sw: &dyn OpenFlowSwitch,
+    q: &FlowStatsRequest,
+) -> Result<Vec<FlowInfo>, OfpError> {
+    if q.out_group != OFPG_ANY {
+        return Ok(Vec::new());
+    }
+    let sel = Selection {
+        table: table_of(q.table_id),
+        strict_priority: None,
+        r#match: &q.r#match,
+        cookie: q.cookie,
+        cookie_mask: q.cookie_mask,
+        out_port: out_port_filter(q.out_port)?,
+    };
+    Ok(sw.flows()?.into_iter().filter(|f| sel.selects(f)).collect())
+}
+
+pub fn flow_stats(f: &FlowInfo) -> FlowStats {
+    FlowStats {
+        table_id: f.rule.table,
+        duration_sec: f.age.as_secs().min(u64::from(u32::MAX)) as u32,
+        duration_nsec: f.age.subsec_nanos(),
+        priority: f.rule.priority,
+        idle_timeout: f.rule.idle_timeout,
+        hard_timeout: f.rule.hard_timeout,
+        flags: 0,
+        cookie: f.rule.cookie,
+        packet_count: f.n_packets,
+        byte_count: f.n_bytes,
+        r#match: f.rule.r#match,
+        actions: f.rule.actions.clone(),
+    }
+}
+
+/// Per-table counts for every table (0..=254).
+pub fn table_stats(flows: &[FlowInfo]) -> Vec<TableStats> {
+    let mut t: Vec<TableStats> = (0..N_TABLES)
+        .map(|i| TableStats {
+            table_id: i as u8,
+            ..TableStats::default()
+        })
+        .collect();
+    for f in flows {
+        if let Some(s) = t.get_mut(usize::from(f.rule.table)) {
+            s.active_count += 1;
+            s.matched_count += f.n_packets;
+            s.lookup_count += f.n_packets;
+        }
+    }
+    t
+}

@@ -1,0 +1,471 @@
+//! One OpenFlow connection as a state machine: bytes in, bytes out, switch
+//! calls in between. No I/O and no clock of its own (the caller passes
+//! `now`), so that every exchange can be tested deterministically.
+
+use super::error::{BadRequestCode as Brc, DecodeError, HelloFailedCode, OfpError};
+use super::flow_table::{apply_flow_mod, flow_stats, select_flows, table_stats};
+use super::message::{
+    self, capabilities, encode, encode_multipart_reply, packet_in_reason, parse_header, Desc,
+    Features, Message, MultipartReplyBody, MultipartRequest, PacketIn, PortDesc, PortReason,
+    PortStats, PortStatus, SwitchConfig, TableFeatures, HEADER_LEN, OFP13_VERSION, OFPPS_LIVE,
+    OFP_NO_BUFFER,
+};
+use super::port::{ofport_from_of13, ofport_to_of13, OFPP_ANY, OFPP_CONTROLLER};
+use super::switch::{OpenFlowSwitch, PortInfo, SwitchEvent};
+use fallback::key::Field;
+use fallback::ofproto::{Match, N_TABLES};
+use std::time::{Duration, Instant};
+
+/// Bytes of an offending request echoed in an ERROR (the spec's minimum).
+const ERROR_DATA_LEN: usize = 64;
+/// Send an echo request after this much silence from the peer...
+pub const ECHO_INTERVAL: Duration = Duration::from_secs(5);
+/// ...and give up after this much.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(15);
+/// `OFPCR_ROLE_NOCHANGE` / `OFPCR_ROLE_EQUAL`.
+const ROLE_NOCHANGE: u32 = 0;
+const ROLE_EQUAL: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Our HELLO is sent; waiting for the peer's.
+    AwaitHello,
+    Ready,
+    Closed,
+}
+
+/// Why a session ended.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SessionEnd {
+    #[error("no common OpenFlow version (peer offers bitmap {0:#x}; flowmark speaks 1.3)")]
+    NoCommonVersion(u32),
+    #[error("the peer sent {0} before HELLO")]
+    NoHello(String),
+    #[error("unframeable input: {0}")]
+    Unframeable(DecodeError),
+    #[error("the peer was silent for {0:?}")]
+    PeerTimeout(Duration),
+}
+
+/// What the session did, for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionNote {
+    Negotiated,
+    /// A request was refused with this error (the connection stays).
+    Refused(OfpError),
+    /// The peer sent an ERROR.
+    PeerError {
+        err_type: u16,
+        code: u16,
+    },
+}
+
+pub struct Session {
+    state: State,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    next_xid: u32,
+    config: SwitchConfig,
+    last_heard: Instant,
+    echo_sent: bool,
+    notes: Vec<SessionNote>,
+    end: Option<SessionEnd>,
+}
+
+impl Session {
+    /// A new session; our HELLO is already queued.
+    pub fn new(now: Instant) -> Self {
+        let mut s = Session {
+            state: State::AwaitHello,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            next_xid: 1,
+            config: SwitchConfig {
+                flags: 0,
+                miss_send_len: 128,
+            },
+            last_heard: now,
+            echo_sent: false,
+            notes: Vec::new(),
+            end: None,
+        };
+        let hello = Message::Hello {
+            versions: 1 << OFP13_VERSION,
+        };
+        s.send_new(&hello);
+        s
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// Why the session closed.
+    pub fn end(&self) -> Option<&SessionEnd> {
+        self.end.as_ref()
+    }
+
+    /// Bytes to write to the peer (drained).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// What happened since the last call (drained).
+    pub fn take_notes(&mut self) -> Vec<SessionNote> {
+        std::mem::take(&mut self.notes)
+    }
+
+    fn send(&mut self, xid: u32, msg: &Message) {
+        self.out.extend_from_slice(&encode(xid, msg));
+    }
+
+    fn send_new(&mut self, msg: &Message) {
+        let xid = self.next_xid;
+        self.next_xid = self.next_xid.wrapping_add(1);
+        self.send(xid, msg);
+    }
+
+    fn send_error(&mut self, xid: u32, error: &OfpError, request: &[u8]) {
+        let (err_type, code) = error.type_code();
+        let data = request[..request.len().min(ERROR_DATA_LEN)].to_vec();
+        self.send(
+            xid,
+            &Message::Error {
+                err_type,
+                code,
+                data,
+            },
+        );
+    }
+
+    fn close(&mut self, why: SessionEnd) {
+        self.state = State::Closed;
+        self.end = Some(why);
+    }
+
+    /// Feeds bytes from the peer; handles every complete message.
+    pub fn receive(&mut self, bytes: &[u8], sw: &dyn OpenFlowSwitch, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        self.last_heard = now;
+        self.echo_sent = false;
+        self.inbuf.extend_from_slice(bytes);
+        let mut at = 0;
+        while !self.is_closed() {
+            let rest = &self.inbuf[at..];
+            if rest.len() < HEADER_LEN {
+                break;
+            }
+            let h = match parse_header(rest) {
+                Ok(h) => h,
+                Err(e) => {
+                    // A length below 8 leaves no way to find the next message.
+                    let err = e.ofp_error();
+                    let req = rest[..HEADER_LEN].to_vec();
+                    self.send_error(0, &err, &req);
+                    self.close(SessionEnd::Unframeable(e));
+                    break;
+                }
+            };
+            let len = usize::from(h.length);
+            if rest.len() < len {
+                break;
+            }
+            let msg = rest[..len].to_vec();
+            at += len;
+            self.handle(&msg, sw);
+        }
+        self.inbuf.drain(..at.min(self.inbuf.len()));
+    }
+
+    fn handle(&mut self, bytes: &[u8], sw: &dyn OpenFlowSwitch) {
+        let decoded = message::decode(bytes);
+        if self.state == State::AwaitHello {
+            match decoded {
+                Ok(message::Envelope {
+                    msg: Message::Hello { versions },
+                    xid,
+                    ..
+                }) => {
+                    if versions & (1 << OFP13_VERSION) != 0 {
+                        self.state = State::Ready;
+                        self.notes.push(SessionNote::Negotiated);
+                    } else {
+                        let err = OfpError::HelloFailed {
+                            code: HelloFailedCode::Incompatible,
+                            detail: "flowmark speaks OpenFlow 1.3 (0x04) only".into(),
+                        };
+                        self.send_error(xid, &err, bytes);
+                        self.close(SessionEnd::NoCommonVersion(versions));
+                    }
+                }
+                other => {
+                    let xid = parse_header(bytes).map_or(0, |h| h.xid);
+                    let err = OfpError::HelloFailed {
+                        code: HelloFailedCode::Eperm,
+                        detail: "the first message must be HELLO".into(),
+                    };
+                    self.send_error(xid, &err, bytes);
+                    let what = match other {
+                        Ok(e) => format!("{:?}", std::mem::discriminant(&e.msg)),
+                        Err(e) => e.to_string(),
+                    };
+                    self.close(SessionEnd::NoHello(what));
+                }
+            }
+            return;
+        }
+        let env = match decoded {
+            Ok(env) => env,
+            Err(e) => {
+                let xid = match &e {
+                    DecodeError::Refused { xid, .. } => *xid,
+                    _ => 0,
+                };
+                let err = e.ofp_error();
+                self.send_error(xid, &err, bytes);
+                self.notes.push(SessionNote::Refused(err));
+                return;
+            }
+        };
+        if let Err(err) = self.dispatch(env.xid, env.msg, sw) {
+            self.send_error(env.xid, &err, bytes);
+            self.notes.push(SessionNote::Refused(err));
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        xid: u32,
+        msg: Message,
+        sw: &dyn OpenFlowSwitch,
+    ) -> Result<(), OfpError> {
+        match msg {
+            // A second HELLO changes nothing.
+            Message::Hello { .. } => {}
+            Message::Error { err_type, code, .. } => {
+                self.notes.push(SessionNote::PeerError { err_type, code })
+            }
+            Message::EchoRequest(d) => self.send(xid, &Message::EchoReply(d)),
+            Message::EchoReply(_) => {}
+            Message::FeaturesRequest => {
+                let f = Features {
+                    datapath_id: sw.datapath_id(),
+                    n_buffers: 0,
+                    n_tables: N_TABLES as u8,
+                    auxiliary_id: 0,
+                    capabilities: capabilities::FLOW_STATS
+                        | capabilities::TABLE_STATS
+                        | capabilities::PORT_STATS,
+                };
+                self.send(xid, &Message::FeaturesReply(f));
+            }
+            Message::GetConfigRequest => self.send(xid, &Message::GetConfigReply(self.config)),
+            Message::SetConfig(c) => self.config = c,
+            Message::BarrierRequest => self.send(xid, &Message::BarrierReply),
+            Message::RoleRequest {
+                role,
+                generation_id,
+            } => {
+                let role = if role == ROLE_NOCHANGE {
+                    ROLE_EQUAL
+                } else {
+                    role
+                };
+                self.send(
+                    xid,
+                    &Message::RoleReply {
+                        role,
+                        generation_id,
+                    },
+                );
+            }
+            Message::FlowMod(fm) => apply_flow_mod(sw, &fm)?,
+            Message::PacketOut(po) => {
+                if po.buffer_id != OFP_NO_BUFFER {
+                    return Err(OfpError::bad_request(
+                        Brc::BufferUnknown,
+                        format!("buffer {:#x}: flowmark buffers no packets", po.buffer_id),
+                    ));
+                }
+                if po.data.is_empty() {
+                    return Err(OfpError::bad_request(Brc::BadPacket, "no packet"));
+                }
+                let in_port = match po.in_port {
+                    OFPP_CONTROLLER | OFPP_ANY => fallback::ofproto::ofport::CONTROLLER,
+                    p => ofport_from_of13(p).ok_or_else(|| {
+                        OfpError::bad_request(Brc::BadPort, format!("in_port {p:#x}"))
+                    })?,
+                };
+                sw.packet_out(in_port, &po.actions, &po.data)?;
+            }
+            Message::MultipartRequest(q) => self.multipart(xid, q, sw)?,
+            Message::FeaturesReply(_)
+            | Message::GetConfigReply(_)
+            | Message::PacketIn(_)
+            | Message::PortStatus(_)
+            | Message::MultipartReply(_)
+            | Message::BarrierReply
+            | Message::RoleReply { .. } => {
+                return Err(OfpError::bad_request(
+                    Brc::BadType,
+                    "a switch does not accept this message",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn multipart(
+        &mut self,
+        xid: u32,
+        q: MultipartRequest,
+        sw: &dyn OpenFlowSwitch,
+    ) -> Result<(), OfpError> {
+        let body = match q {
+            MultipartRequest::Desc => MultipartReplyBody::Desc(Desc {
+                mfr_desc: "flowmark".into(),
+                hw_desc: "flowmark userspace switch".into(),
+                sw_desc: env!("CARGO_PKG_VERSION").into(),
+                serial_num: "None".into(),
+                dp_desc: "flowmark bridge".into(),
+            }),
+            MultipartRequest::Flow(f) => {
+                MultipartReplyBody::Flow(select_flows(sw, &f)?.iter().map(flow_stats).collect())
+            }
+            MultipartRequest::Aggregate(f) => {
+                let flows = select_flows(sw, &f)?;
+                MultipartReplyBody::Aggregate {
+                    packet_count: flows.iter().map(|f| f.n_packets).sum(),
+                    byte_count: flows.iter().map(|f| f.n_bytes).sum(),
+                    flow_count: flows.len() as u32,
+                }
+            }
+            MultipartRequest::Table => MultipartReplyBody::Table(table_stats(&sw.flows()?)),
+            MultipartRequest::PortStats { port_no } => {
+                let want = match port_no {
+                    OFPP_ANY => None,
+                    p => Some(ofport_from_of13(p).ok_or_else(|| {
+                        OfpError::bad_request(Brc::BadPort, format!("port {p:#x}"))
+                    })?),
+                };
+                let stats: Vec<PortStats> = sw
+                    .port_counters()?
+                    .into_iter()
+                    .filter(|(p, _)| want.is_none_or(|w| w == *p))
+                    .map(|(p, c)| PortStats {
+                        port_no: ofport_to_of13(p),
+                        rx_packets: c.rx_packets,
+                        tx_packets: c.tx_packets,
+                        rx_bytes: c.rx_bytes,
+                        tx_bytes: c.tx_bytes,
+                        rx_dropped: c.rx_dropped,
+                        tx_dropped: c.tx_dropped,
+                        ..PortStats::default()
+                    })
+                    .collect();
+                if want.is_some() && stats.is_empty() {
+                    return Err(OfpError::bad_request(
+                        Brc::BadPort,
+                        format!("no port {port_no}"),
+                    ));
+                }
+                MultipartReplyBody::PortStats(stats)
+            }
+            MultipartRequest::PortDesc => {
+                MultipartReplyBody::PortDesc(sw.ports()?.iter().map(port_desc).collect())
+            }
+            MultipartRequest::TableFeatures => MultipartReplyBody::TableFeatures(
+                (0..N_TABLES)
+                    .map(|t| TableFeatures {
+                        table_id: t as u8,
+                        name: format!("table{t}"),
+                        max_entries: sw.max_flows().min(u32::MAX as usize) as u32,
+                    })
+                    .collect(),
+            ),
+        };
+        for m in encode_multipart_reply(xid, &body) {
+            self.out.extend_from_slice(&m);
+        }
+        Ok(())
+    }
+
+    /// Tells the peer about a switch event (once negotiated).
+    pub fn event(&mut self, ev: &SwitchEvent) {
+        if !self.is_ready() {
+            return;
+        }
+        let msg = match ev {
+            SwitchEvent::PortAdded(p) => Message::PortStatus(PortStatus {
+                reason: PortReason::Add,
+                desc: port_desc(p),
+            }),
+            SwitchEvent::PortDeleted(p) => Message::PortStatus(PortStatus {
+                reason: PortReason::Delete,
+                desc: port_desc(p),
+            }),
+            SwitchEvent::PacketIn {
+                in_port,
+                table,
+                cookie,
+                frame,
+            } => {
+                let mut m = Match::ANY;
+                m.set_exact(Field::InPort, u128::from(*in_port));
+                // Buffer-less (OFP_NO_BUFFER): the whole frame travels.
+                let keep = frame.len().min(0xffff - 64);
+                Message::PacketIn(PacketIn {
+                    buffer_id: OFP_NO_BUFFER,
+                    total_len: frame.len().min(0xffff) as u16,
+                    reason: packet_in_reason::ACTION,
+                    table_id: *table,
+                    cookie: *cookie,
+                    r#match: m,
+                    data: frame[..keep].to_vec(),
+                })
+            }
+        };
+        self.send_new(&msg);
+    }
+
+    /// Keepalive: an echo request after [`ECHO_INTERVAL`] of silence, and
+    /// the end after [`PEER_TIMEOUT`].
+    pub fn tick(&mut self, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        let silent = now.saturating_duration_since(self.last_heard);
+        if silent >= PEER_TIMEOUT {
+            self.close(SessionEnd::PeerTimeout(silent));
+        } else if silent >= ECHO_INTERVAL && !self.echo_sent && self.is_ready() {
+            self.echo_sent = true;
+            self.send_new(&Message::EchoRequest(Vec::new()));
+        }
+    }
+}
+
+/// A port's description: a locally administered MAC derived from its
+/// number, up and live.
+pub fn port_desc(p: &PortInfo) -> PortDesc {
+    let n = p.ofport.to_be_bytes();
+    PortDesc {
+        port_no: ofport_to_of13(p.ofport),
+        hw_addr: [0x02, 0x00, n[0], n[1], n[2], n[3]],
+        name: p.name.clone(),
+        config: 0,
+        state: OFPPS_LIVE,
+        // 10 Gb/s full duplex, copper.
+        curr: (1 << 6) | (1 << 11),
+        advertised: 0,
+        supported: 0,
+        peer: 0,
+        curr_speed: 10_000_000,
+        max_speed: 10_000_000,
+    }
+}

@@ -1,0 +1,679 @@
+//! `flowmark run` as operators drive it: each test starts the daemon as a
+//! subprocess on a temporary socket, talks to it with the CLI (`--json`)
+//! or raw socket lines, and stops it with SIGTERM. Waits are bounded
+//! polls of the daemon's state.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowmark");
+const GTP_FLOWS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gtp.flows");
+/// How long any condition may take to come true.
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `flowmark run` (with `config` as its TOML when given) and
+    /// waits until it answers.
+    fn start(config: Option<&str>) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("flowmark.sock");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").arg("--socket").arg(&socket);
+        cmd.arg("--log-level").arg("warning");
+        if let Some(text) = config {
+            let path = dir.path().join("flowmark.toml");
+            std::fs::write(&path, text).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start flowmark run");
+        let mut d = Daemon { child, dir, socket };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = d.child.try_wait().expect("try_wait") {
+                panic!("flowmark run exited at start: {status}");
+            }
+            if d.try_cli(&["port", "list", "--json"]).status.success() {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "the daemon did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run the CLI")
+    }
+
+    /// Runs a control command with `--json` and returns its document.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.try_cli(&a);
+        assert!(
+            out.status.success(),
+            "flowmark {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "flowmark {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.try_cli(args);
+        assert!(
+            !out.status.success(),
+            "flowmark {args:?} should have failed"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Starts a CLI command in the background (a long injection).
+    fn spawn_cli(&self, args: &[&str]) -> Child {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run the CLI")
+    }
+
+    /// One raw request line on the socket; returns the reply object.
+    fn raw(&self, line: &[u8]) -> Value {
+        let mut s = UnixStream::connect(&self.socket).expect("connect");
+        s.write_all(line).expect("write");
+        s.write_all(b"\n").expect("write");
+        let mut reply = String::new();
+        BufReader::new(s).read_line(&mut reply).expect("read");
+        serde_json::from_str(&reply).expect("reply is JSON")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn inject(&self, port: &str, spec: &str) {
+        let v = self.json(&["port", "inject", port, "--generate", spec]);
+        assert!(v["packets"].as_u64().unwrap_or(0) > 0, "{v}");
+    }
+
+    fn inject_pcap(&self, port: &str, pcap: &Path) {
+        self.json(&["port", "inject", port, "--pcap", pcap.to_str().unwrap()]);
+    }
+
+    fn megaflows(&self) -> Vec<Value> {
+        arr(&self.json(&["megaflow", "dump"]))
+    }
+
+    fn port_stats(&self, name: &str) -> Value {
+        arr(&self.json(&["port", "stats"]))
+            .into_iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no port {name}"))
+    }
+
+    /// Waits until the datapath is quiescent: port counters unchanged over
+    /// two reads and no offload pending; returns the port stats.
+    fn quiesce(&self) -> Vec<Value> {
+        let start = Instant::now();
+        let mut last = Value::Null;
+        loop {
+            let now = self.json(&["port", "stats"]);
+            let pending = self.json(&["offload", "status"])["states"]["pending"]
+                .as_u64()
+                .unwrap_or(0);
+            if now == last && pending == 0 {
+                return arr(&now);
+            }
+            assert!(start.elapsed() < WAIT, "traffic did not settle");
+            last = now;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Polls until `cond` holds.
+    fn wait_for(&self, what: &str, mut cond: impl FnMut(&Daemon) -> bool) {
+        let start = Instant::now();
+        while !cond(self) {
+            assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then checks the graceful shutdown.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                assert!(status.success(), "flowmark run exited with {status}");
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "flowmark run ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!self.socket.exists(), "the socket file was left behind");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn arr(v: &Value) -> Vec<Value> {
+    v.as_array().cloned().unwrap_or_default()
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn sum_reasons(v: &Value) -> u64 {
+    v.as_object().map_or(0, |m| m.values().map(u).sum())
+}
+
+fn check_accounting(ports: &[Value]) {
+    for p in ports {
+        assert_eq!(
+            u(&p["rx"]),
+            u(&p["forwarded"]) + sum_reasons(&p["rx_dropped"]),
+            "receive side of {p}"
+        );
+        assert_eq!(
+            u(&p["tx_attempted"]),
+            u(&p["tx"]) + sum_reasons(&p["tx_dropped"]),
+            "transmit side of {p}"
+        );
+    }
+}
+
+fn nic_port(m: &Value) -> bool {
+    m["port"] == "nic0" || m["port"] == "nic1"
+}
+
+fn offload_port<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("no offload line for {name}: {status}"))
+}
+
+/// UDP frames `src → dst` for `n` sources.
+fn udp_frames(dst: Ipv4Addr, n: u8) -> Vec<Vec<u8>> {
+    (1..=n)
+        .map(|i| {
+            fallback::packet::build::udp4(
+                Ipv4Addr::new(172, 16, 0, i),
+                dst,
+                1000 + u16::from(i),
+                4000,
+                &[0; 18],
+            )
+        })
+        .collect()
+}
+
+fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
+    testbed::pcap::write_file(path, Duration::ZERO, frames.iter().map(Vec::as_slice))
+        .expect("write pcap");
+}
+
+#[test]
+fn gtp_rules_offload_and_accounting() {
+    let d = Daemon::start(None);
+    let added = d.json(&["flow", "add", "--file", GTP_FLOWS]);
+    assert_eq!(added["added"], 7, "{added}");
+    d.inject("nic0", "flows=10000,count=10000,kind=gtp-up");
+    d.quiesce();
+
+    let nic_flows: Vec<Value> = d.megaflows().into_iter().filter(nic_port).collect();
+    assert!(!nic_flows.is_empty());
+    for m in &nic_flows {
+        assert_eq!(m["state"], "offloaded", "{m}");
+    }
+    let status = d.json(&["offload", "status"]);
+    for name in ["nic0", "nic1"] {
+        let line = offload_port(&status, name);
+        let count = nic_flows.iter().filter(|m| m["port"] == name).count() as u64;
+        assert_eq!(u(&line["rules_installed"]), count, "{line}");
+        assert_eq!(
+            u(&line["device_rules"]),
+            count,
+            "the NIC's own count: {line}"
+        );
+    }
+    let offloaded = arr(&d.json(&["megaflow", "dump", "--state", "offloaded"]));
+    assert_eq!(offloaded.len(), nic_flows.len());
+    let mut marks: Vec<u64> = offloaded.iter().map(|m| u(&m["mark"])).collect();
+    assert!(
+        marks.iter().all(|m| *m > 0),
+        "every offloaded megaflow has a mark"
+    );
+    marks.sort_unstable();
+    marks.dedup();
+    assert_eq!(marks.len(), offloaded.len(), "marks are distinct");
+
+    let mark_hits = |d: &Daemon| -> u64 {
+        arr(&d.json(&["pmd", "stats"]))
+            .iter()
+            .map(|p| u(&p["mark_hits"]))
+            .sum()
+    };
+    let before = mark_hits(&d);
+    d.inject("nic0", "flows=10000,count=10000,kind=gtp-up");
+    d.inject("nic1", "flows=1000,count=5000,kind=gtp-down");
+    let ports = d.quiesce();
+    assert!(
+        mark_hits(&d) > before,
+        "the second injection takes the mark path"
+    );
+    check_accounting(&ports);
+    let nic0 = ports.iter().find(|p| p["name"] == "nic0").unwrap();
+    assert_eq!(u(&nic0["rx"]), 20_000);
+    d.stop();
+}
+
+/// The rules of the revalidation tests: X is deleted; V and Z decide what
+/// X's megaflows become.
+const REVALIDATION_RULES: &str = "\
+priority=100,ip,nw_dst=10.0.0.0/8,actions=output:3
+priority=50,in_port=2,ip,nw_dst=10.1.0.0/16,actions=output:1
+priority=10,in_port=2,ip,actions=output:1
+priority=5,in_port=1,ip,actions=output:2
+priority=0,actions=drop
+";
+
+#[test]
+fn deleting_a_rule_revalidates_megaflows_and_nic_rules() {
+    let d = Daemon::start(None);
+    let rules = d.path("rules.flows");
+    std::fs::write(&rules, REVALIDATION_RULES).unwrap();
+    d.json(&["flow", "add", "--file", rules.to_str().unwrap()]);
+    // A: nic0 → 10.2/16 (X's, match still holds after); B: nic1 → 10.1/16
+    // (X's, V's /16 will not fit its /8); C: nic1 → 20/8 (never used X).
+    let (a, b, c) = (d.path("a.pcap"), d.path("b.pcap"), d.path("c.pcap"));
+    write_pcap(&a, &udp_frames(Ipv4Addr::new(10, 2, 0, 1), 20));
+    write_pcap(&b, &udp_frames(Ipv4Addr::new(10, 1, 0, 1), 20));
+    write_pcap(&c, &udp_frames(Ipv4Addr::new(20, 0, 0, 1), 20));
+    d.inject_pcap("nic0", &a);
+    d.inject_pcap("nic1", &b);
+    d.inject_pcap("nic1", &c);
+    d.quiesce();
+    let before = d.megaflows();
+    assert_eq!(before.len(), 3, "{before:?}");
+    let find = |flows: &[Value], port: &str, dst: &str| -> Option<Value> {
+        flows
+            .iter()
+            .find(|m| m["port"] == port && m["megaflow"].as_str().unwrap_or("").contains(dst))
+            .cloned()
+    };
+    let mf_a = find(&before, "nic0", "nw_dst=10.0.0.0/8").expect("A");
+    let mf_b = find(&before, "nic1", "nw_dst=10.0.0.0/8").expect("B");
+    let mf_c = find(&before, "nic1", "nw_dst=16.0.0.0/4").expect("C");
+    for m in [&mf_a, &mf_b, &mf_c] {
+        assert_eq!(m["state"], "offloaded", "{m}");
+    }
+    assert_eq!(mf_a["actions"], serde_json::json!(["output:3"]));
+    assert_eq!(mf_b["actions"], serde_json::json!(["output:3"]));
+
+    let del = d.json(&[
+        "flow",
+        "del",
+        "--strict",
+        "priority=100,ip,nw_dst=10.0.0.0/8",
+    ]);
+    assert_eq!(del["deleted"], 1, "{del}");
+    d.wait_for("the megaflows to be revalidated", |d| {
+        d.megaflows()
+            .iter()
+            .all(|m| m["actions"] != serde_json::json!(["output:3"]))
+    });
+    d.quiesce();
+    let after = d.megaflows();
+    let a2 = after
+        .iter()
+        .find(|m| m["ufid"] == mf_a["ufid"])
+        .expect("A stays");
+    assert_eq!(a2["mark"], mf_a["mark"], "A keeps its mark");
+    assert_eq!(a2["state"], "offloaded");
+    assert_eq!(
+        a2["actions"],
+        serde_json::json!(["output:2"]),
+        "A has Z's actions"
+    );
+    assert!(after.iter().all(|m| m["ufid"] != mf_b["ufid"]), "B is gone");
+    let c2 = after
+        .iter()
+        .find(|m| m["ufid"] == mf_c["ufid"])
+        .expect("C stays");
+    assert_eq!(
+        (&c2["mark"], &c2["actions"]),
+        (&mf_c["mark"], &mf_c["actions"])
+    );
+    // NIC rules removed = megaflows removed.
+    let status = d.json(&["offload", "status"]);
+    assert_eq!(u(&offload_port(&status, "nic0")["device_rules"]), 1);
+    assert_eq!(u(&offload_port(&status, "nic1")["device_rules"]), 1);
+    assert_eq!(u(&offload_port(&status, "nic1")["rules_installed"]), 1);
+
+    // The next packets of A get the new actions: nic1, not vm0.
+    let (nic1_tx, vm0_tx) = (
+        u(&d.port_stats("nic1")["tx"]),
+        u(&d.port_stats("vm0")["tx"]),
+    );
+    d.inject_pcap("nic0", &a);
+    d.quiesce();
+    assert_eq!(u(&d.port_stats("nic1")["tx"]), nic1_tx + 20);
+    assert_eq!(u(&d.port_stats("vm0")["tx"]), vm0_tx);
+    d.stop();
+}
+
+#[test]
+fn flow_mod_keeps_marks_and_counts_add_up() {
+    let d = Daemon::start(None);
+    d.json(&["flow", "add", "priority=10,in_port=1,ip,actions=output:2"]);
+    d.json(&["flow", "add", "priority=10,in_port=2,ip,actions=output:1"]);
+    d.json(&["flow", "add", "priority=0,actions=drop"]);
+    d.inject("nic0", "flows=200,count=3000");
+    d.quiesce();
+    let before: Vec<Value> = d.megaflows();
+    assert!(!before.is_empty());
+    assert!(
+        before.iter().all(|m| m["state"] == "offloaded"),
+        "{before:?}"
+    );
+
+    let r = d.json(&["flow", "mod", "in_port=1,ip,actions=output:3"]);
+    assert_eq!(r["modified"], 1, "{r}");
+    d.wait_for("the new actions", |d| {
+        d.megaflows()
+            .iter()
+            .all(|m| m["actions"] == serde_json::json!(["output:3"]))
+    });
+    let after = d.megaflows();
+    assert_eq!(after.len(), before.len());
+    for m in &before {
+        let m2 = after
+            .iter()
+            .find(|x| x["ufid"] == m["ufid"])
+            .expect("same megaflow");
+        assert_eq!(m2["mark"], m["mark"], "mark kept: {m2}");
+    }
+    let vm0_tx = u(&d.port_stats("vm0")["tx"]);
+    let nic1_tx = u(&d.port_stats("nic1")["tx"]);
+    d.inject("nic0", "flows=200,count=2000");
+    d.quiesce();
+    assert_eq!(u(&d.port_stats("vm0")["tx"]), vm0_tx + 2000, "new actions");
+    assert_eq!(
+        u(&d.port_stats("nic1")["tx"]),
+        nic1_tx,
+        "old actions no more"
+    );
+
+    let flows = arr(&d.json(&["flow", "dump"]));
+    let total: u64 = flows.iter().map(|f| u(&f["n_packets"])).sum();
+    assert_eq!(total, 5000, "{flows:?}");
+    let modified = flows
+        .iter()
+        .find(|f| f["actions"] == "output:3")
+        .expect("the modified rule");
+    assert_eq!(u(&modified["n_packets"]), 5000);
+    let text = d.try_cli(&["flow", "dump"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(" cookie=0x0, duration=") && text.contains("n_packets=5000, n_bytes="),
+        "{text}"
+    );
+    d.stop();
+}
+
+#[test]
+fn idle_megaflows_and_their_nic_rules_expire() {
+    let d = Daemon::start(Some("max_idle_ms = 500\n"));
+    d.json(&["flow", "add", "--file", GTP_FLOWS]);
+    d.inject("nic0", "flows=1000,count=3000,kind=gtp-up");
+    let stopped = Instant::now();
+    d.quiesce();
+    let status = d.json(&["offload", "status"]);
+    assert!(
+        u(&offload_port(&status, "nic0")["device_rules"]) > 0,
+        "{status}"
+    );
+    d.wait_for("megaflows and NIC rules to go", |d| {
+        let status = d.json(&["offload", "status"]);
+        let rules: u64 = ["nic0", "nic1"]
+            .iter()
+            .map(|n| {
+                u(&offload_port(&status, n)["device_rules"])
+                    + u(&offload_port(&status, n)["rules_installed"])
+            })
+            .sum();
+        rules == 0 && u(&status["megaflows"]) == 0
+    });
+    let took = stopped.elapsed();
+    assert!(
+        took <= Duration::from_millis(4 * 500),
+        "gone only after {took:?}"
+    );
+    d.stop();
+}
+
+#[test]
+fn bad_input_is_answered_and_forwarding_goes_on() {
+    let d = Daemon::start(None);
+    d.json(&["flow", "add", "priority=10,in_port=1,ip,actions=output:2"]);
+    d.inject("nic0", "flows=10,count=100");
+
+    let r = d.raw(b"{\"cmd\": \"port_list\"");
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["error"].as_str().unwrap().contains("malformed request"),
+        "{r}"
+    );
+    let r = d.raw(b"\xff\xfe garbage");
+    assert!(
+        r["error"].as_str().unwrap().contains("malformed request"),
+        "{r}"
+    );
+    let r = d.raw(br#"{"cmd":"reboot"}"#);
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown command \"reboot\""),
+        "{r}"
+    );
+    let r = d.raw(br#"{"cmd":"port_del","nme":"x"}"#);
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("bad arguments for port_del"),
+        "{r}"
+    );
+
+    let e = d.fails(&["flow", "add", "in_port=1,ip,nw_dst=10.0.0.300,actions=drop"]);
+    assert!(e.contains("bad flow") && e.contains("10.0.0.300"), "{e}");
+    let e = d.fails(&["port", "del", "nope"]);
+    assert!(e.contains("no port named \"nope\""), "{e}");
+    let e = d.fails(&["port", "inject", "nope", "--generate", "flows=1,count=1"]);
+    assert!(e.contains("no port named \"nope\""), "{e}");
+    let e = d.fails(&["port", "add", "nic0", "--type", "testbed-vm"]);
+    assert!(e.contains("a port named \"nic0\" exists already"), "{e}");
+    let e = d.fails(&["port", "add", "x", "--type", "testbed-nix"]);
+    assert!(e.contains("unknown port type"), "{e}");
+    let e = d.fails(&["trace", "in_port=1,nw_dst=1.2.3.4"]);
+    assert!(e.contains("bad packet"), "{e}");
+    let e = d.fails(&["megaflow", "dump", "--state", "gone"]);
+    assert!(e.contains("unknown state"), "{e}");
+
+    // A config with a typo: the file, the line and the key.
+    let config = d.path("typo.toml");
+    std::fs::write(&config, "offload = true\nmax_idel_ms = 500\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--socket"])
+        .arg(d.path("other.sock"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains(&format!("{}:2: key `max_idel_ms`", config.display())),
+        "{e}"
+    );
+
+    // Still forwarding.
+    let before = d.port_stats("nic0");
+    d.inject("nic0", "flows=10,count=100");
+    d.quiesce();
+    let after = d.port_stats("nic0");
+    assert_eq!(u(&after["forwarded"]), u(&before["forwarded"]) + 100);
+    d.stop();
+}
+
+#[test]
+fn nic_reset_reoffers_and_ports_come_and_go() {
+    let d = Daemon::start(None);
+    d.json(&["flow", "add", "priority=10,in_port=1,ip,actions=output:2"]);
+    d.inject("nic0", "flows=10,count=100");
+    d.quiesce();
+    d.json(&["nic", "reset", "nic0"]);
+    d.wait_for("the megaflow to be offloaded again", |d| {
+        let status = d.json(&["offload", "status"]);
+        u(&offload_port(&status, "nic0")["device_rules"]) == 1
+            && u(&offload_port(&status, "nic0")["resets"]) == 1
+    });
+    let added = d.json(&[
+        "port",
+        "add",
+        "nic2",
+        "--type",
+        "testbed-nic",
+        "--profile",
+        "tiny",
+        "--rxqs",
+        "1",
+    ]);
+    assert_eq!(added["ofport"], 4);
+    let rxqs = arr(&d.json(&["pmd", "rxqs"]));
+    assert!(rxqs.iter().any(|r| r["port"] == "nic2"), "{rxqs:?}");
+    d.json(&["port", "del", "nic2"]);
+    let list = arr(&d.json(&["port", "list"]));
+    assert_eq!(list.len(), 3);
+    let trace = d.json(&["trace", "in_port=1,udp,nw_dst=10.0.0.1,tp_src=1,tp_dst=2"]);
+    assert_eq!(trace["actions"], serde_json::json!(["output:2"]));
+    assert_eq!(trace["offload"]["verdict"], "offload", "{trace}");
+    assert!(trace["offload"]["rule"]
+        .as_str()
+        .unwrap()
+        .starts_with("flow create"));
+    d.stop();
+}
+
+/// An upcall storm on nic0 (every packet a new megaflow, as fast as the
+/// generator goes) leaves nic1's established flows their rate: the PMD
+/// spends at most `upcall_budget` upcalls per nic0 burst.
+#[test]
+fn upcall_storm_does_not_starve_established_flows() {
+    let d = Daemon::start(Some("upcall_budget = 8\n"));
+    // nic0: tp_src is un-wildcarded (to prove the mismatch with the first
+    // rule), so each new source port is a new megaflow.
+    d.json(&[
+        "flow",
+        "add",
+        "priority=20,in_port=1,udp,tp_src=1,actions=output:3",
+    ]);
+    d.json(&["flow", "add", "priority=10,in_port=1,ip,actions=drop"]);
+    d.json(&["flow", "add", "priority=10,in_port=2,ip,actions=output:3"]);
+    const RATE: u64 = 20_000;
+    let mut established = d.spawn_cli(&[
+        "port",
+        "inject",
+        "nic1",
+        "--generate",
+        &format!("flows=100,count={},rate={RATE},seed=2", RATE * 30),
+    ]);
+    d.wait_for("established flows on nic1", |d| {
+        u(&d.port_stats("nic1")["forwarded"]) > RATE / 2
+    });
+    let window = Duration::from_secs(1);
+    let measure = |d: &Daemon| -> (u64, u64) {
+        let a = d.port_stats("nic1");
+        let t = Instant::now();
+        std::thread::sleep(window);
+        let b = d.port_stats("nic1");
+        let scale = window.as_secs_f64() / t.elapsed().as_secs_f64();
+        (
+            ((u(&b["forwarded"]) - u(&a["forwarded"])) as f64 * scale) as u64,
+            sum_reasons(&b["rx_dropped"]) - sum_reasons(&a["rx_dropped"]),
+        )
+    };
+    let (calm, calm_drops) = measure(&d);
+    let upcalls = |d: &Daemon| -> u64 {
+        arr(&d.json(&["pmd", "stats"]))
+            .iter()
+            .map(|p| u(&p["upcalls"]))
+            .sum()
+    };
+    let upcalls_before = upcalls(&d);
+    let mut storm = d.spawn_cli(&[
+        "port",
+        "inject",
+        "nic0",
+        "--generate",
+        "flows=300000,count=3000000",
+    ]);
+    d.wait_for("the storm", |d| upcalls(d) > upcalls_before + 1000);
+    let (stormy, stormy_drops) = measure(&d);
+    let lost = u(&d.port_stats("nic0")["rx_dropped"]["upcall_limit"]);
+    let _ = storm.kill();
+    let _ = established.kill();
+    let _ = storm.wait();
+    let _ = established.wait();
+    eprintln!("established flows: {calm} pkt/s calm, {stormy} pkt/s in the storm; nic0 upcall_limit drops {lost}");
+    assert_eq!(
+        calm_drops + stormy_drops,
+        0,
+        "drops on the established flows"
+    );
+    assert!(
+        stormy * 2 >= calm,
+        "established flows fell from {calm} to {stormy} packets/s"
+    );
+    d.stop();
+}
