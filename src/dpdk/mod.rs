@@ -10,6 +10,7 @@
 //! - [`flow`]: `FlowDevice` over the real rte_flow API;
 //! - [`nic_ring`]: `testbed-nic-dpdk`, the emulated NIC writing real mbufs
 //!   into an `rte_ring` read through `rte_eth_from_rings()`;
+//! - [`factory`]: builds ports of those types from config entries.
 
 pub mod tsc;
 
@@ -21,6 +22,8 @@ pub mod eal;
 #[cfg(feature = "dpdk")]
 pub mod ethdev;
 #[cfg(feature = "dpdk")]
+pub mod factory;
+#[cfg(feature = "dpdk")]
 pub mod flow;
 #[cfg(feature = "dpdk")]
 pub mod mbuf;
@@ -31,6 +34,8 @@ pub mod nic_ring;
 pub use eal::Eal;
 #[cfg(feature = "dpdk")]
 pub use ethdev::{EthPort, EthPortConfig, LinkState};
+#[cfg(feature = "dpdk")]
+pub use factory::{DpdkPortFactory, DpdkPortSpec, MadePort};
 #[cfg(feature = "dpdk")]
 pub use flow::EthFlowDevice;
 #[cfg(feature = "dpdk")]

@@ -1,0 +1,140 @@
+//! Shared by the DPDK test binaries (each is its own process: the EAL
+//! initialises once per process).
+#![allow(dead_code)]
+
+use fallback::ofproto::syntax::parse_flow;
+use flowmark::switch::{NamedPortStats, Switch};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// EAL arguments for a test: no hugepages, no PCI, a file prefix of its own.
+pub fn eal_args(prefix: &str) -> Vec<String> {
+    [
+        "--no-huge",
+        "-m",
+        "512",
+        "--no-pci",
+        "--no-telemetry",
+        "--file-prefix",
+        prefix,
+        "--log-level",
+        "lib.eal:warning",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A unique file prefix for this process.
+pub fn prefix(test: &str) -> String {
+    format!("fm_{test}_{}", std::process::id())
+}
+
+/// EAL's runtime folder for a prefix (left behind even after cleanup).
+pub fn runtime_dir(prefix: &str) -> PathBuf {
+    PathBuf::from("/var/run/dpdk").join(prefix)
+}
+
+/// Removes the prefix's runtime folder when dropped.
+pub struct RuntimeDirGuard(pub String);
+
+impl Drop for RuntimeDirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(runtime_dir(&self.0));
+    }
+}
+
+/// A scratch folder for files of this test.
+pub fn scratch(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("flowmark-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create the scratch folder");
+    d
+}
+
+pub fn load_rules<B>(sw: &mut Switch<B>, text: &str)
+where
+    B: fallback::port::PacketBuf + Clone + Send + 'static,
+{
+    let rules = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| parse_flow(l).unwrap_or_else(|e| panic!("rule {l}: {e}")))
+        .collect();
+    sw.flow_add_all(rules);
+}
+
+/// Waits until `done` holds for the port stats (or panics after `limit`).
+pub fn wait_stats<B>(
+    sw: &Switch<B>,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&[NamedPortStats]) -> bool,
+) -> Vec<NamedPortStats>
+where
+    B: fallback::port::PacketBuf + Clone + Send + 'static,
+{
+    let start = Instant::now();
+    loop {
+        let s = sw.port_stats().expect("port stats");
+        if done(&s) {
+            return s;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out waiting for {what}: {s:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn stats<'a>(s: &'a [NamedPortStats], name: &str) -> &'a fallback::port::PortStats {
+    &s.iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("no port {name}"))
+        .stats
+}
+
+/// Internet checksum over `data` (folded, complemented).
+pub fn csum(data: &[u8], init: u32) -> u16 {
+    let mut sum = init;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from(c[0]) << 8
+        };
+        sum += u32::from(w);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// IPv4 header and UDP checksums of an untagged IPv4/UDP frame are valid.
+pub fn ipv4_udp_checksums_ok(f: &[u8]) -> bool {
+    if f.len() < 34 || f[12..14] != [0x08, 0x00] {
+        return false;
+    }
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let ip = &f[14..14 + ihl];
+    if csum(ip, 0) != 0 {
+        return false;
+    }
+    if f[23] != 17 {
+        return true;
+    }
+    let udp = &f[14 + ihl..];
+    if udp.len() < 8 || (udp[6] == 0 && udp[7] == 0) {
+        return true;
+    }
+    let ulen = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    let udp = &udp[..ulen.min(udp.len())];
+    let mut pseudo = 0u32;
+    for w in [&ip[12..14], &ip[14..16], &ip[16..18], &ip[18..20]] {
+        pseudo += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    pseudo += 17 + ulen as u32;
+    csum(udp, pseudo) == 0
+}
