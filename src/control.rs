@@ -38,6 +38,15 @@ pub const COMMANDS: &[&str] = &[
     "version",
 ];
 
+/// Commands without arguments.
+const ARGUMENTLESS: &[&str] = &[
+    "port_list",
+    "port_stats",
+    "offload_status",
+    "pmd_rxqs",
+    "version",
+];
+
 /// A control request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
@@ -226,6 +235,18 @@ pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
     };
     if !COMMANDS.contains(&cmd.as_str()) {
         return Err(DecodeError::UnknownCommand(cmd));
+    }
+    // serde's deny_unknown_fields does not reach the argument-less variants.
+    if ARGUMENTLESS.contains(&cmd.as_str()) {
+        if let Some(extra) = value
+            .as_object()
+            .and_then(|o| o.keys().find(|k| *k != "cmd"))
+        {
+            return Err(DecodeError::BadArguments {
+                message: format!("unknown field `{extra}`: {cmd} takes no arguments"),
+                cmd,
+            });
+        }
     }
     serde_json::from_value(value).map_err(|e| DecodeError::BadArguments {
         cmd,
