@@ -257,9 +257,10 @@ fn set_field_action(r: &mut Reader<'_>, ctx: &ActionContext) -> Result<OfAction,
     let t = read_oxm(r).map_err(|e| {
         let detail = e.to_string();
         match e {
-            OfpError::BadMatch { code, .. } if code == super::error::BadMatchCode::BadField => {
-                OfpError::bad_action(Bac::BadSetType, detail)
-            }
+            OfpError::BadMatch {
+                code: super::error::BadMatchCode::BadField,
+                ..
+            } => OfpError::bad_action(Bac::BadSetType, detail),
             _ => OfpError::bad_action(Bac::BadSetLen, detail),
         }
     })?;

@@ -20,6 +20,7 @@ pub mod wire;
 
 pub use error::{DecodeError, OfpError};
 pub use message::{decode, encode, Envelope, Message};
+pub mod daemon;
 pub mod flow_table;
 pub mod net;
 pub mod session;

@@ -1,0 +1,226 @@
+//! The OpenFlow endpoint of `flowmark run`: [`DaemonSwitch`] implements
+//! [`OpenFlowSwitch`] over the daemon's handle, so flows added over
+//! OpenFlow go through the same path as `flowmark flow add` (revalidation,
+//! megaflows, NIC offloads); [`start_hook`] starts the endpoint from the
+//! `[openflow]` config section.
+
+use super::error::{BadActionCode, BadRequestCode, FlowModFailedCode, OfpError};
+use super::net::{Endpoint, EventHub, LogFn};
+use super::switch::{FlowInfo, OpenFlowSwitch, PortCounters, PortInfo, SwitchEvent};
+use crate::daemon::{DaemonError, DaemonHandle, StartHook};
+use fallback::ofproto::{Match, OfAction, Rule};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often the port list is compared to send PORT_STATUS.
+const PORT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The running endpoint, kept for the daemon's lifetime.
+static ENDPOINT: Mutex<Option<Endpoint>> = Mutex::new(None);
+
+pub struct DaemonSwitch {
+    handle: DaemonHandle,
+    datapath_id: u64,
+}
+
+impl DaemonSwitch {
+    pub fn new(handle: DaemonHandle, datapath_id: u64) -> Self {
+        DaemonSwitch {
+            handle,
+            datapath_id,
+        }
+    }
+}
+
+fn refused(e: DaemonError) -> OfpError {
+    OfpError::bad_request(BadRequestCode::Eperm, e.to_string())
+}
+
+impl OpenFlowSwitch for DaemonSwitch {
+    fn datapath_id(&self) -> u64 {
+        self.datapath_id
+    }
+
+    fn flows(&self) -> Result<Vec<FlowInfo>, OfpError> {
+        Ok(self
+            .handle
+            .flow_dump()
+            .map_err(refused)?
+            .into_iter()
+            .map(|f| FlowInfo {
+                id: f.id,
+                n_packets: f.n_packets,
+                n_bytes: f.n_bytes,
+                age: Duration::from_secs_f64(f.duration_s.max(0.0)),
+                rule: f.rule,
+            })
+            .collect())
+    }
+
+    fn add_flows(&self, rules: Vec<Rule>) -> Result<(), OfpError> {
+        self.handle
+            .flow_add(rules)
+            .map(|_| ())
+            .map_err(|e| OfpError::flow_mod_failed(FlowModFailedCode::Unknown, e.to_string()))
+    }
+
+    fn delete_flows(
+        &self,
+        table: Option<u8>,
+        selector: &Match,
+        strict_priority: Option<u16>,
+    ) -> Result<usize, OfpError> {
+        // The daemon's strict delete names one table; OFPTT_ALL means each.
+        if let (Some(prio), None) = (strict_priority, table) {
+            let tables: Vec<u8> = {
+                let mut t: Vec<u8> = self.flows()?.iter().map(|f| f.rule.table).collect();
+                t.sort_unstable();
+                t.dedup();
+                t
+            };
+            let mut n = 0;
+            for t in tables {
+                n += self
+                    .handle
+                    .flow_del(Some(t), *selector, Some(prio))
+                    .map_err(refused)?
+                    .len();
+            }
+            return Ok(n);
+        }
+        self.handle
+            .flow_del(table, *selector, strict_priority)
+            .map(|ids| ids.len())
+            .map_err(refused)
+    }
+
+    fn modify_flows(
+        &self,
+        table: Option<u8>,
+        selector: &Match,
+        strict_priority: Option<u16>,
+        actions: &[OfAction],
+    ) -> Result<usize, OfpError> {
+        if let (Some(prio), None) = (strict_priority, table) {
+            let mut tables: Vec<u8> = self.flows()?.iter().map(|f| f.rule.table).collect();
+            tables.sort_unstable();
+            tables.dedup();
+            let mut n = 0;
+            for t in tables {
+                n += self
+                    .handle
+                    .flow_mod(Some(t), *selector, Some(prio), actions.to_vec())
+                    .map_err(refused)?
+                    .len();
+            }
+            return Ok(n);
+        }
+        self.handle
+            .flow_mod(table, *selector, strict_priority, actions.to_vec())
+            .map(|ids| ids.len())
+            .map_err(refused)
+    }
+
+    fn ports(&self) -> Result<Vec<PortInfo>, OfpError> {
+        Ok(self
+            .handle
+            .port_list()
+            .map_err(refused)?
+            .into_iter()
+            .map(|p| PortInfo {
+                ofport: p.ofport,
+                name: p.name,
+            })
+            .collect())
+    }
+
+    fn port_counters(&self) -> Result<Vec<(u32, PortCounters)>, OfpError> {
+        let ports = self.handle.port_list().map_err(refused)?;
+        let stats = self.handle.port_stats().map_err(refused)?;
+        Ok(stats
+            .into_iter()
+            .filter_map(|s| {
+                let ofport = ports.iter().find(|p| p.name == s.name)?.ofport;
+                Some((
+                    ofport,
+                    PortCounters {
+                        rx_packets: s.stats.rx,
+                        tx_packets: s.stats.tx,
+                        rx_bytes: 0,
+                        tx_bytes: 0,
+                        rx_dropped: s.stats.rx_dropped.total(),
+                        tx_dropped: s.stats.tx_dropped.total(),
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    fn packet_out(&self, in_port: u32, actions: &[OfAction], frame: &[u8]) -> Result<(), OfpError> {
+        // The daemon injects frames at a port's ingress: the pipeline
+        // decides, which is what output:TABLE asks for.
+        let to_table = [OfAction::Resubmit {
+            port: None,
+            table: Some(0),
+        }];
+        if actions != to_table {
+            return Err(OfpError::bad_action(
+                BadActionCode::Eperm,
+                "flowmark runs packet-outs through the pipeline only (actions=output:TABLE)",
+            ));
+        }
+        self.handle
+            .packet_out(in_port, frame.to_vec())
+            .map_err(refused)
+    }
+}
+
+/// Publishes PORT_STATUS add/delete by watching the port list.
+fn watch_ports(sw: Arc<DaemonSwitch>, hub: EventHub) {
+    let mut known = sw.ports().unwrap_or_default();
+    loop {
+        std::thread::sleep(PORT_WATCH_INTERVAL);
+        let Ok(now) = sw.ports() else {
+            // The daemon stopped.
+            return;
+        };
+        for p in now.iter().filter(|p| !known.contains(p)) {
+            hub.publish(SwitchEvent::PortAdded(p.clone()));
+        }
+        for p in known.iter().filter(|p| !now.contains(p)) {
+            hub.publish(SwitchEvent::PortDeleted(p.clone()));
+        }
+        known = now;
+    }
+}
+
+/// The daemon's start hook: starts the OpenFlow endpoint when the config
+/// has `[openflow] listen` and/or `controller`.
+pub fn start_hook() -> StartHook {
+    Box::new(|ctx| {
+        let section = ctx.openflow;
+        if section.listen.is_none() && section.controller.is_none() {
+            return Ok(());
+        }
+        let sw = Arc::new(DaemonSwitch::new(ctx.handle, 0xf10e_0000_0000_0001));
+        let hub = EventHub::default();
+        let log = ctx.log.clone();
+        let log_fn: LogFn = Arc::new(move |line: &str| slog::info!(log, "{}", line));
+        let ep = Endpoint::start(
+            Arc::clone(&sw) as Arc<dyn OpenFlowSwitch>,
+            hub.clone(),
+            section.listen.as_deref(),
+            section.controller.as_deref(),
+            log_fn,
+        )
+        .map_err(|e| e.to_string())?;
+        std::thread::Builder::new()
+            .name("of-ports".into())
+            .spawn(move || watch_ports(sw, hub))
+            .map_err(|e| format!("cannot start the OpenFlow port watcher: {e}"))?;
+        if let Ok(mut slot) = ENDPOINT.lock() {
+            *slot = Some(ep);
+        }
+        Ok(())
+    })
+}
