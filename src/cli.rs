@@ -250,8 +250,8 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
         config_path: args.config,
         socket: socket_path(socket),
         log,
-        // The OpenFlow endpoint starts here once it exists.
-        on_start: None,
+        // The OpenFlow endpoint (`[openflow] listen` / `controller`).
+        on_start: Some(flowmark::openflow::daemon::start_hook()),
     })?;
     Ok(())
 }
