@@ -125,8 +125,6 @@ fn pcap_in_pcap_out() {
         ),
         rxqs: 1,
     };
-    // The core port first, so that nothing reaches the access port before
-    // its output exists.
     let core = factory
         .make(&mk("core", &down_in, &p2_out, 2))
         .expect("core port");
@@ -135,13 +133,19 @@ fn pcap_in_pcap_out() {
     let access = factory
         .make(&mk("access", &up_in, &p1_out, 1))
         .expect("access port");
-    // Hold port 2's traffic until both exist: add access (1) last? Both
-    // read at once; ordering of ports does not change what each outputs.
+    // Traffic starts once both ports are in the switch.
+    let gate = Gate::default();
+    let gated = |p: &flowmark::dpdk::MadePort| -> Arc<dyn fallback::port::Port<Buf = flowmark::dpdk::Mbuf>> {
+        Arc::new(Gated {
+            inner: p.port.clone(),
+            gate: gate.clone(),
+        })
+    };
     sw.add_port(
         "access",
         "dpdk",
         Some(1),
-        access.port.clone(),
+        gated(&access),
         access.flow_device.clone(),
     )
     .expect("add access");
@@ -149,10 +153,11 @@ fn pcap_in_pcap_out() {
         "core",
         "dpdk",
         Some(2),
-        core.port.clone(),
+        gated(&core),
         core.flow_device.clone(),
     )
     .expect("add core");
+    gate.open();
 
     let (n_up, n_down) = (up.len() as u64, down.len() as u64);
     let s = wait_stats(&sw, Duration::from_secs(60), "all packets through", |s| {

@@ -138,3 +138,48 @@ pub fn ipv4_udp_checksums_ok(f: &[u8]) -> bool {
     pseudo += 17 + ulen as u32;
     csum(udp, pseudo) == 0
 }
+
+/// A port whose rx stays closed until [`Gate::open`]: so that traffic
+/// starts only once every port of the test is in the switch (a packet for a
+/// port not added yet would be dropped).
+pub struct Gated {
+    pub inner: std::sync::Arc<dyn fallback::port::Port<Buf = flowmark::dpdk::Mbuf>>,
+    pub gate: Gate,
+}
+
+#[derive(Clone, Default)]
+pub struct Gate(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Gate {
+    pub fn open(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl fallback::port::Port for Gated {
+    type Buf = flowmark::dpdk::Mbuf;
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn n_rxq(&self) -> u16 {
+        self.inner.n_rxq()
+    }
+    fn n_txq(&self) -> u16 {
+        self.inner.n_txq()
+    }
+    fn mtu(&self) -> usize {
+        self.inner.mtu()
+    }
+    fn rx_burst(&self, queue: u16, out: &mut fallback::port::Burst<Self::Buf>) -> usize {
+        if !self.gate.0.load(std::sync::atomic::Ordering::Relaxed) {
+            return 0;
+        }
+        self.inner.rx_burst(queue, out)
+    }
+    fn tx_burst(&self, queue: u16, pkts: &mut fallback::port::Burst<Self::Buf>) -> usize {
+        self.inner.tx_burst(queue, pkts)
+    }
+    fn stats(&self) -> fallback::port::PortStats {
+        self.inner.stats()
+    }
+}
