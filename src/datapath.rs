@@ -66,6 +66,17 @@ impl OffloadClient for NoOffload {
     }
 }
 
+/// A packet punted to the controller by a `controller` action (becomes an
+/// OpenFlow PACKET_IN). Punts are the slow path: the frame is copied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Punt {
+    pub in_port: u32,
+    pub table: u8,
+    pub cookie: u64,
+    /// The frame, cut to the action's `max_len` (0xffff: whole).
+    pub frame: Vec<u8>,
+}
+
 /// A port as one PMD sees it.
 pub struct PmdPort<B> {
     pub ofport: u32,
@@ -91,6 +102,8 @@ pub struct PmdCounters {
     /// Packets dropped at the upcall budget.
     pub lost: u64,
     pub controller_punts: u64,
+    /// Punts the controller channel had no room for (or no listener).
+    pub punts_dropped: u64,
     pub offload_queue_full: u64,
     pub megaflows_installed: u64,
     pub megaflows_removed: u64,
@@ -138,6 +151,10 @@ pub struct PmdCore<B> {
     /// Packets and bytes of removed megaflows, per OpenFlow rule.
     retired_rule_stats: HashMap<RuleId, (u64, u64)>,
     upcall_budget: usize,
+    /// Where punted packets go (the daemon's OpenFlow side), if anywhere.
+    punts: Option<crossbeam_channel::Sender<Punt>>,
+    /// The ingress port of the batch being executed (for punts).
+    executing_port: u32,
     rx: Burst<B>,
     /// The burst's packets with their megaflow; the parse info is `None`
     /// for mark-path packets, which are parsed (lightly) only when their
@@ -170,6 +187,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             counters: PmdCounters::default(),
             retired_rule_stats: HashMap::new(),
             upcall_budget: DEFAULT_UPCALL_BUDGET,
+            punts: None,
+            executing_port: 0,
             rx: Burst::new(),
             batch: Vec::with_capacity(BURST),
         }
@@ -177,6 +196,11 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
 
     pub fn set_upcall_budget(&mut self, budget: usize) {
         self.upcall_budget = budget.max(1);
+    }
+
+    /// Sends punted packets (`controller` actions) to `tx`.
+    pub fn set_punt_channel(&mut self, tx: crossbeam_channel::Sender<Punt>) {
+        self.punts = Some(tx);
     }
 
     // ---- ports ----
@@ -648,6 +672,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             group_of[i] = g as u8;
         }
         let n = batch.len().min(BURST);
+        self.executing_port = self.ports[port_idx].ofport;
         for (g, h) in groups[..n_groups].iter().enumerate() {
             let Some(h) = *h else { continue };
             let members = || {
@@ -672,7 +697,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             // the flow's stats) only where the megaflow may be TCP.
             let modifies = actions
                 .iter()
-                .any(|a| !matches!(a, DpAction::Output(_) | DpAction::Controller));
+                .any(|a| !matches!(a, DpAction::Output(_) | DpAction::Controller { .. }));
             let maybe_tcp = mf.r#match.mask.nw_proto() != 0xff
                 || mf.r#match.value.nw_proto() == fallback::key::ipproto::TCP;
             let need_parse = modifies || maybe_tcp;
@@ -710,8 +735,33 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     #[inline]
     fn emit(&mut self, sink: Sink, res: Result<B, ExecError>) {
         let ofport = match sink {
-            Sink::Controller => {
+            Sink::Controller {
+                table,
+                cookie,
+                max_len,
+            } => {
                 self.counters.controller_punts += 1;
+                let sent = match (&self.punts, &res) {
+                    (Some(tx), Ok(pkt)) => {
+                        let data = pkt.data();
+                        let n = if max_len == 0xffff {
+                            data.len()
+                        } else {
+                            data.len().min(max_len as usize)
+                        };
+                        tx.try_send(Punt {
+                            in_port: self.executing_port,
+                            table,
+                            cookie,
+                            frame: data[..n].to_vec(),
+                        })
+                        .is_ok()
+                    }
+                    _ => false,
+                };
+                if !sent {
+                    self.counters.punts_dropped += 1;
+                }
                 return;
             }
             Sink::Port(p) => p,

@@ -110,7 +110,12 @@ pub struct Switch<B> {
     ports: Vec<SwitchPort<B>>,
     pmds: Vec<PmdThread<B>>,
     worker: Option<OffloadWorker>,
+    /// Packets punted by `controller` actions, from every PMD.
+    punts: crossbeam_channel::Receiver<crate::datapath::Punt>,
 }
+
+/// Punts waiting for the controller side before PMDs start dropping them.
+const PUNT_QUEUE: usize = 1024;
 
 impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
     /// Starts the offload worker and the PMD threads (no ports yet).
@@ -138,6 +143,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
             upcall_budget: config.upcall_budget,
             emc_insert_inv_prob: config.emc_insert_inv_prob,
         };
+        let (punt_tx, punts) = crossbeam_channel::bounded(PUNT_QUEUE);
         let mut pmds = Vec::new();
         for (i, cpu) in config.pmd_cores.iter().enumerate() {
             let id = i as u32;
@@ -148,13 +154,14 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
                 }
                 None => (Box::new(NoOffload), None),
             };
-            let core = PmdCore::new(
+            let mut core = PmdCore::new(
                 id,
                 Arc::new(pipeline.clone()),
                 Arc::clone(&bridge),
                 client,
                 settings.emc_insert_inv_prob,
             );
+            core.set_punt_channel(punt_tx.clone());
             pmds.push(pmd::spawn(core, *cpu, updates, settings)?);
         }
         Ok(Switch {
@@ -164,7 +171,13 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
             ports: Vec::new(),
             pmds,
             worker,
+            punts,
         })
+    }
+
+    /// Packets punted to the controller (one consumer: the OpenFlow side).
+    pub fn punts(&self) -> crossbeam_channel::Receiver<crate::datapath::Punt> {
+        self.punts.clone()
     }
 
     pub fn config(&self) -> &SwitchConfig {

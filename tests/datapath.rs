@@ -370,3 +370,29 @@ fn port_removal_removes_its_megaflows() {
     assert_eq!(r.pmd.megaflow_count(), 0);
     assert_eq!(r.offload.deletes.lock().unwrap().len(), 1);
 }
+
+#[test]
+fn controller_action_punts_the_frame_with_rule_identity() {
+    let mut r = rig("table=0,priority=1,udp,actions=resubmit(,3)\ntable=3,cookie=0x2a,priority=1,udp,actions=controller:32,output:2");
+    let (tx, rx) = crossbeam_channel::bounded(4);
+    r.pmd.set_punt_channel(tx);
+    let frame = gtp_u([10, 1, 0, 1], 4000);
+    assert!(frame.len() > 32);
+    for _ in 0..6 {
+        r.ports[0].inject(&frame, None);
+    }
+    r.poll_all();
+    let punts: Vec<_> = rx.try_iter().collect();
+    assert_eq!(punts.len(), 4, "the channel holds 4; the rest are counted");
+    assert_eq!(r.pmd.counters.controller_punts, 6);
+    assert_eq!(r.pmd.counters.punts_dropped, 2);
+    for p in &punts {
+        assert_eq!(p.in_port, 1);
+        assert_eq!(p.table, 3);
+        assert_eq!(p.cookie, 0x2a);
+        assert_eq!(p.frame, frame[..32]);
+    }
+    // The punt does not stop the output after it.
+    assert_eq!(r.ports[1].sent().len(), 6);
+    r.check_accounting();
+}

@@ -24,54 +24,90 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A running `flowmark run` with an OpenFlow listener.
+struct Rig {
+    _daemon: Daemon,
+    dir: std::path::PathBuf,
+    socket: std::path::PathBuf,
+    target: String,
+}
+
+impl Rig {
+    /// None when ovs-ofctl is missing (and not required).
+    fn start(name: &str) -> Option<Rig> {
+        if Command::new("ovs-ofctl").arg("--version").output().is_err() {
+            assert!(
+                std::env::var_os("FLOWMARK_REQUIRE_ORACLES").is_none(),
+                "ovs-ofctl required"
+            );
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("flowmark-of-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let config = dir.join("flowmark.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "pmd_cores = [0]\n[[port]]\nname = \"nic0\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"nic1\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"vm0\"\ntype = \"testbed-vm\"\n[openflow]\nlisten = \"ptcp:{port}\"\n"
+            ),
+        )
+        .expect("config");
+        let socket = dir.join("flowmark.sock");
+        let daemon = Daemon(
+            Command::new(env!("CARGO_BIN_EXE_flowmark"))
+                .arg("--socket")
+                .arg(&socket)
+                .arg("run")
+                .arg("--config")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("flowmark run starts"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the OpenFlow listener came up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(Rig {
+            _daemon: daemon,
+            dir,
+            socket,
+            target: format!("tcp:127.0.0.1:{port}"),
+        })
+    }
+
+    fn ofctl(&self, args: &[&str]) -> String {
+        run(Command::new("ovs-ofctl")
+            .args(["-O", "OpenFlow13", "--timeout=10", args[0], &self.target])
+            .args(&args[1..]))
+    }
+
+    fn flowmark(&self, args: &[&str]) -> String {
+        run(Command::new(env!("CARGO_BIN_EXE_flowmark"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args))
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn openflow_flows_take_effect_in_the_datapath() {
-    if Command::new("ovs-ofctl").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("FLOWMARK_REQUIRE_ORACLES").is_none(),
-            "ovs-ofctl required"
-        );
+    let Some(rig) = Rig::start("flows") else {
         return;
-    }
-    let dir = std::env::temp_dir().join(format!("flowmark-of-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let config = dir.join("flowmark.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "pmd_cores = [0]\n[[port]]\nname = \"nic0\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"nic1\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"vm0\"\ntype = \"testbed-vm\"\n[openflow]\nlisten = \"ptcp:{port}\"\n"
-        ),
-    )
-    .expect("config");
-    let socket = dir.join("flowmark.sock");
-    let bin = env!("CARGO_BIN_EXE_flowmark");
-    let _daemon = Daemon(
-        Command::new(bin)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("flowmark run starts"),
-    );
-    let target = format!("tcp:127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the OpenFlow listener came up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let ofctl = |args: &[&str]| {
-        run(Command::new("ovs-ofctl")
-            .args(["-O", "OpenFlow13", "--timeout=10", args[0], &target])
-            .args(&args[1..]))
     };
+    let ofctl = |args: &[&str]| rig.ofctl(args);
     let flows = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gtp.flows"))
         .expect("gtp flows");
     let flows: Vec<&str> = flows
@@ -81,7 +117,7 @@ fn openflow_flows_take_effect_in_the_datapath() {
     for f in &flows {
         ofctl(&["add-flow", f]);
     }
-    let fm = |args: &[&str]| run(Command::new(bin).arg("--socket").arg(&socket).args(args));
+    let fm = |args: &[&str]| rig.flowmark(args);
     fm(&[
         "port",
         "inject",
@@ -109,5 +145,76 @@ fn openflow_flows_take_effect_in_the_datapath() {
         megaflows.contains("ufid:"),
         "megaflows installed:\n{megaflows}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn controller_action_sends_packet_in() {
+    let Some(rig) = Rig::start("packet-in") else {
+        return;
+    };
+    rig.ofctl(&["add-flow", "priority=10,in_port=2,udp,actions=controller"]);
+    // A monitoring controller connection prints every asynchronous message.
+    let mut monitor = Daemon(
+        // Line-buffered: ovs-ofctl's stdio buffers a pipe fully.
+        Command::new("stdbuf")
+            .args(["-oL", "ovs-ofctl"])
+            .arg("-O")
+            .arg("OpenFlow13")
+            // Its control socket would go under /var/run/openvswitch.
+            .arg(format!("--unixctl={}", rig.dir.join("ofctl.ctl").display()))
+            .args(["monitor", &rig.target])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ovs-ofctl monitor starts"),
+    );
+    // ovs-ofctl prints what it receives on one stream or the other
+    // depending on its build: read both.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = monitor.0.stdout.take().expect("piped");
+    let stderr = monitor.0.stderr.take().expect("piped");
+    for stream in [
+        Box::new(stdout) as Box<dyn std::io::Read + Send>,
+        Box::new(stderr),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let mut packet_ins = 0;
+    while packet_ins < 3 && Instant::now() < deadline {
+        // Inject until the monitor has registered and seen packets.
+        rig.flowmark(&[
+            "port",
+            "inject",
+            "nic1",
+            "--generate",
+            "flows=2,count=2,kind=gtp-up",
+        ]);
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            if line.contains("OFPT_PACKET_IN") {
+                packet_ins += 1;
+                assert!(line.contains("in_port=2"), "{line}");
+            }
+            seen.push(line);
+        }
+    }
+    assert!(
+        packet_ins >= 3,
+        "PACKET_INs reached the controller:\n{}",
+        seen.join("\n")
+    );
+    let stats = rig.flowmark(&["pmd", "stats", "--json"]);
+    assert!(stats.contains("controller_punts"), "{stats}");
 }

@@ -19,8 +19,13 @@ pub enum DpAction {
     PushVlan(u16),
     /// Remove the outer 802.1Q tag.
     PopVlan,
-    /// Punt a copy to the controller (counted; no controller channel yet).
-    Controller,
+    /// Punt a copy to the controller (a PACKET_IN): the table and cookie of
+    /// the rule that asked, and how many bytes of the packet to send.
+    Controller {
+        table: u8,
+        cookie: u64,
+        max_len: u16,
+    },
 }
 
 impl fmt::Display for DpAction {
@@ -30,7 +35,7 @@ impl fmt::Display for DpAction {
             DpAction::Output(p) => write!(f, "output:{p}"),
             DpAction::PushVlan(tpid) => write!(f, "push_vlan:{tpid:#06x}"),
             DpAction::PopVlan => f.write_str("strip_vlan"),
-            DpAction::Controller => f.write_str("controller"),
+            DpAction::Controller { .. } => f.write_str("controller"),
             DpAction::Set(field, v) => match field {
                 Field::DlSrc => write!(f, "mod_dl_src:{}", fmt_mac(v as u64)),
                 Field::DlDst => write!(f, "mod_dl_dst:{}", fmt_mac(v as u64)),

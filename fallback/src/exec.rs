@@ -27,8 +27,12 @@ const VLAN_TAG_LEN: usize = 4;
 pub enum Sink {
     /// Transmit on this OpenFlow port.
     Port(u32),
-    /// Punt to the controller (counted).
-    Controller,
+    /// Punt to the controller: the rule's table and cookie, the bytes to send.
+    Controller {
+        table: u8,
+        cookie: u64,
+        max_len: u16,
+    },
 }
 
 /// Modifications to apply, then where to send the result.
@@ -56,7 +60,15 @@ pub struct Steps<'a> {
 fn sink_of(a: &DpAction) -> Option<Sink> {
     match *a {
         DpAction::Output(p) => Some(Sink::Port(p)),
-        DpAction::Controller => Some(Sink::Controller),
+        DpAction::Controller {
+            table,
+            cookie,
+            max_len,
+        } => Some(Sink::Controller {
+            table,
+            cookie,
+            max_len,
+        }),
         DpAction::Set(..) | DpAction::PushVlan(_) | DpAction::PopVlan => None,
     }
 }
@@ -99,7 +111,7 @@ pub fn apply_modifications<B: PacketBuf + ?Sized>(
             DpAction::Set(field, value) => set_field(pkt.data_mut(), info, field, value),
             DpAction::PushVlan(tpid) => push_vlan(pkt, info, tpid)?,
             DpAction::PopVlan => pop_vlan(pkt, info),
-            DpAction::Output(_) | DpAction::Controller => {}
+            DpAction::Output(_) | DpAction::Controller { .. } => {}
         }
     }
     Ok(())
@@ -719,7 +731,11 @@ mod tests {
                 DpAction::Output(1),
                 DpAction::Set(Field::NwSrc, x),
                 DpAction::Output(2),
-                DpAction::Controller,
+                DpAction::Controller {
+                    table: 0,
+                    cookie: 0,
+                    max_len: 0xffff,
+                },
                 DpAction::Set(Field::TpDst, 99),
                 DpAction::Output(3),
                 DpAction::Set(Field::TpSrc, 77), // after the last output: no effect
@@ -731,7 +747,11 @@ mod tests {
             [
                 Sink::Port(1),
                 Sink::Port(2),
-                Sink::Controller,
+                Sink::Controller {
+                    table: 0,
+                    cookie: 0,
+                    max_len: 0xffff
+                },
                 Sink::Port(3)
             ]
         );

@@ -413,7 +413,7 @@ fn execute(actions: &[DpAction], key: &FlowKey) -> Vec<Effect> {
     for a in actions {
         match *a {
             DpAction::Output(p) => effects.push(Effect::Out(p, pkt)),
-            DpAction::Controller => effects.push(Effect::Controller),
+            DpAction::Controller { .. } => effects.push(Effect::Controller),
             DpAction::PushVlan(_) => pkt.set(Field::VlanTci, VLAN_CFI as u128),
             DpAction::PopVlan => pkt.set(Field::VlanTci, 0),
             DpAction::Set(Field::NwTos, v) => {

@@ -246,6 +246,8 @@ pub struct StartContext {
     pub handle: DaemonHandle,
     pub openflow: crate::config::OpenFlowSection,
     pub log: Logger,
+    /// Packets the PMDs punt to the controller (`controller` actions).
+    pub punts: crossbeam_channel::Receiver<crate::datapath::Punt>,
 }
 
 /// Called once the daemon serves requests (e.g. to start the OpenFlow
@@ -304,6 +306,7 @@ where
                 handle: handle.clone(),
                 openflow: opts.config.openflow.clone(),
                 log: log.clone(),
+                punts: daemon.switch.punts(),
             })
             .map_err(DaemonError::BadArgument)?;
         }

@@ -214,10 +214,26 @@ pub fn start_hook() -> StartHook {
             log_fn,
         )
         .map_err(|e| e.to_string())?;
+        let punt_hub = hub.clone();
+        let punts = ctx.punts;
         std::thread::Builder::new()
             .name("of-ports".into())
             .spawn(move || watch_ports(sw, hub))
             .map_err(|e| format!("cannot start the OpenFlow port watcher: {e}"))?;
+        // `controller` actions: every punted packet becomes a PACKET_IN.
+        std::thread::Builder::new()
+            .name("of-packet-in".into())
+            .spawn(move || {
+                for p in punts.iter() {
+                    punt_hub.publish(SwitchEvent::PacketIn {
+                        in_port: p.in_port,
+                        table: p.table,
+                        cookie: p.cookie,
+                        frame: p.frame,
+                    });
+                }
+            })
+            .map_err(|e| format!("cannot start the OpenFlow packet-in relay: {e}"))?;
         if let Ok(mut slot) = ENDPOINT.lock() {
             *slot = Some(ep);
         }

@@ -197,29 +197,33 @@ impl Ctx<'_> {
         match entry {
             Some(e) => {
                 self.rules.push(e.id);
-                self.do_actions(&e.rule.actions, table);
+                self.do_actions(&e.rule.actions, table, e.rule.cookie);
                 true
             }
             None => false,
         }
     }
 
-    fn do_actions(&mut self, actions: &[OfAction], table: u8) {
+    fn do_actions(&mut self, actions: &[OfAction], table: u8, cookie: u64) {
         for a in actions {
             if self.error.is_some() {
                 return;
             }
             match *a {
-                OfAction::Output(p) => self.output(p),
+                OfAction::Output(p) => self.output(p, table, cookie),
                 OfAction::InPort => {
                     let p = self.flow.in_port();
                     self.emit_output(p);
                 }
                 OfAction::Flood | OfAction::All => self.flood(),
                 OfAction::Normal => self.normal(),
-                OfAction::Controller { .. } => {
+                OfAction::Controller { max_len } => {
                     self.commit();
-                    self.push_action(DpAction::Controller);
+                    self.push_action(DpAction::Controller {
+                        table,
+                        cookie,
+                        max_len,
+                    });
                 }
                 OfAction::Mod(f, v) => self.set_field(f, v, true),
                 OfAction::SetField(f, v) => self.set_field(f, v, false),
@@ -374,7 +378,7 @@ impl Ctx<'_> {
     }
 
     /// `output:N`, with OVS's rules for reserved and unusable ports.
-    fn output(&mut self, p: u32) {
+    fn output(&mut self, p: u32, table: u8, cookie: u64) {
         match p {
             ofport::IN_PORT => {
                 let ip = self.flow.in_port();
@@ -384,7 +388,12 @@ impl Ctx<'_> {
             ofport::NORMAL => self.normal(),
             ofport::CONTROLLER => {
                 self.commit();
-                self.push_action(DpAction::Controller);
+                // OFPCML_NO_BUFFER: the whole packet.
+                self.push_action(DpAction::Controller {
+                    table,
+                    cookie,
+                    max_len: 0xffff,
+                });
             }
             _ if p == self.flow.in_port() => {
                 self.note("skipping output to input port");
