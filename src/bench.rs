@@ -455,6 +455,12 @@ fn dpcls_lookup_case(n_sub: usize, lookups: u64) -> serde_json::Value {
     })
 }
 
+/// `FLOWMARK_BENCH_ONLY=emc` (a substring of the path name) runs only the
+/// matching cases (e.g. under callgrind).
+fn selected(path: &str) -> bool {
+    std::env::var("FLOWMARK_BENCH_ONLY").map_or(true, |only| path.contains(only.as_str()))
+}
+
 fn print(case: &serde_json::Value, json: bool) {
     if json {
         println!("{case}");
@@ -499,23 +505,36 @@ pub fn run(quick: bool, json: bool) -> Result<(), CliError> {
         &[1, 1_000, 10_000, 100_000]
     };
     for &path in &[Path::Mark, Path::Emc, Path::Dpcls] {
+        if !selected(path.name()) {
+            continue;
+        }
         for &flows in flow_counts {
             print(&hit_case(path, flows, 1, secs), json);
         }
     }
     let big = *flow_counts.last().unwrap_or(&10_000);
-    for subtables in [10usize, 50] {
-        print(&hit_case(Path::Dpcls, big, subtables, secs), json);
+    if selected("dpcls") {
+        for subtables in [10usize, 50] {
+            print(&hit_case(Path::Dpcls, big, subtables, secs), json);
+        }
     }
-    print(&upcall_case(if quick { 20_000 } else { 100_000 }), json);
-    print(&offload_case(if quick { 20_000 } else { 100_000 })?, json);
-    print(&memory_case(100_000), json);
-    let lookups = if quick { 2_000_000 } else { 20_000_000 };
-    for n_sub in [1usize, 10, 50] {
-        print(
-            &dpcls_lookup_case(n_sub, lookups / n_sub as u64 + 100_000),
-            json,
-        );
+    if selected("upcall") {
+        print(&upcall_case(if quick { 20_000 } else { 100_000 }), json);
+    }
+    if selected("offload-insert") {
+        print(&offload_case(if quick { 20_000 } else { 100_000 })?, json);
+    }
+    if selected("memory") {
+        print(&memory_case(100_000), json);
+    }
+    if selected("dpcls-lookup") {
+        let lookups = if quick { 2_000_000 } else { 20_000_000 };
+        for n_sub in [1usize, 10, 50] {
+            print(
+                &dpcls_lookup_case(n_sub, lookups / n_sub as u64 + 100_000),
+                json,
+            );
+        }
     }
     Ok(())
 }
