@@ -56,7 +56,7 @@ pub struct DemoOptions {
     pub rules: Option<String>,
     /// Use only the GTP traffic (no VM-port share).
     pub nic_only: bool,
-    /// Keep every transmitted packet and report per-flow tx counts.
+    /// Count transmitted packets per flow (no packet is kept) and report it.
     pub capture: bool,
     /// Reset NIC port 1 (all its rules lost) once this many packets are sent.
     pub reset_nic_after_packets: Option<u64>,
@@ -195,7 +195,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
     let bed = Testbed::default_ports(TestbedConfig {
         profile: opts.profile,
         backpressure: lossless,
-        keep_tx: if opts.capture { usize::MAX } else { 0 },
+        count_flows: opts.capture,
         ..TestbedConfig::default()
     })
     .map_err(|e| DemoError::Testbed(e.to_string()))?;
@@ -404,15 +404,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
     let per_flow_tx = opts.capture.then(|| {
         bed.ports()
             .iter()
-            .map(|p| {
-                let mut counts: BTreeMap<u32, u64> = BTreeMap::new();
-                for frame in p.take_transmitted() {
-                    if let Some(id) = testbed::traffic::flow_id(&frame) {
-                        *counts.entry(id).or_insert(0) += 1;
-                    }
-                }
-                (p.name().to_string(), counts)
-            })
+            .map(|p| (p.name().to_string(), p.tx_flow_counts()))
             .collect()
     });
     let (megaflows, offload) = offload_summary(&sw)?;

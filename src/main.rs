@@ -43,6 +43,15 @@ enum Command {
         /// NIC capability profile: generic, xl710, no-mark, tiny.
         #[arg(long, default_value = "generic")]
         profile: String,
+        /// Rules to load instead of the sample GTP rules (one flow a line).
+        #[arg(long)]
+        flows_file: Option<PathBuf>,
+        /// Only the GTP traffic on the NIC ports (no VM-port share).
+        #[arg(long)]
+        nic_only: bool,
+        /// Count transmitted packets per flow and report them (`per_flow_tx`).
+        #[arg(long)]
+        per_flow: bool,
         #[arg(long)]
         json: bool,
     },
@@ -114,16 +123,35 @@ enum FlowCommand {
     Control(cli::FlowControl),
 }
 
-fn run_demo(
+struct DemoArgs {
     flows: usize,
     seconds: Option<f64>,
     packets: Option<u64>,
-    profile: &str,
-    json: bool,
-) -> Result<(), error::CliError> {
+    profile: String,
+    flows_file: Option<PathBuf>,
+    nic_only: bool,
+    per_flow: bool,
+}
+
+fn run_demo(args: DemoArgs, json: bool) -> Result<(), error::CliError> {
     use flowmark::demo::{self, Amount, DemoOptions};
-    let profile = offload::device::Profile::from_name(profile)
+    let DemoArgs {
+        flows,
+        seconds,
+        packets,
+        profile,
+        flows_file,
+        nic_only,
+        per_flow,
+    } = args;
+    let profile = offload::device::Profile::from_name(&profile)
         .map_err(|e| error::CliError::Profile(e.to_string()))?;
+    let rules = match flows_file {
+        Some(path) => Some(std::fs::read_to_string(&path).map_err(|source| {
+            error::CliError::Read { path, source }
+        })?),
+        None => None,
+    };
     let amount = match (seconds, packets) {
         (_, Some(n)) => Amount::Packets(n),
         (Some(s), None) if s > 0.0 && s.is_finite() => Amount::Seconds(s),
@@ -139,6 +167,9 @@ fn run_demo(
         amount,
         profile,
         live: !json,
+        rules,
+        nic_only,
+        capture: per_flow,
         ..DemoOptions::default()
     };
     let mut stdout = std::io::stdout();
@@ -160,8 +191,22 @@ fn main() -> ExitCode {
             seconds,
             packets,
             profile,
+            flows_file,
+            nic_only,
+            per_flow,
             json,
-        } => run_demo(flows, seconds, packets, &profile, json),
+        } => run_demo(
+            DemoArgs {
+                flows,
+                seconds,
+                packets,
+                profile,
+                flows_file,
+                nic_only,
+                per_flow,
+            },
+            json,
+        ),
         Command::Run(args) => cli::run(args, cli.socket).map_err(Into::into),
         Command::Control(cmd) => cli::control(cli.socket, cmd).map_err(Into::into),
         Command::Flow {

@@ -8,13 +8,7 @@ use std::collections::BTreeMap;
 
 /// Rules whose results do not depend on MAC learning (no NORMAL, no FLOOD),
 /// so two runs must forward exactly the same packets.
-const FIXED_RULES: &str = "
-priority=1,in_port=2,udp,nw_src=192.168.200.3,udp_src=2152,actions=output:1
-priority=1,in_port=2,udp,nw_src=192.168.200.3,udp_src=2123,actions=mod_dl_dst:52:54:00:00:00:05,output:1
-priority=1,udp,nw_dst=192.168.200.3,udp_src=2152,actions=mod_nw_src:192.168.200.188,output:2
-priority=1,udp,nw_dst=192.168.200.3,udp_src=2123,actions=output:2,output:3
-priority=0,actions=drop
-";
+const FIXED_RULES: &str = include_str!("../examples/gtp-fixed.flows");
 
 fn run(opts: DemoOptions) -> DemoReport {
     let mut sink = Vec::new();

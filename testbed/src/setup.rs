@@ -31,6 +31,8 @@ pub struct TestbedConfig {
     pub backpressure: bool,
     /// Transmitted packets each port keeps (0: none).
     pub keep_tx: usize,
+    /// Count transmitted packets per flow id on every port.
+    pub count_flows: bool,
     pub pool_size: usize,
 }
 
@@ -44,6 +46,7 @@ impl Default for TestbedConfig {
             rx_ring_size: nic.rx_ring_size,
             backpressure: false,
             keep_tx: 0,
+            count_flows: false,
             pool_size: DEFAULT_POOL_SIZE,
         }
     }
@@ -59,6 +62,7 @@ impl TestbedConfig {
             profile: self.profile,
             backpressure: self.backpressure,
             keep_tx: self.keep_tx,
+            count_flows: self.count_flows,
             ..NicConfig::new(name)
         }
     }
@@ -69,6 +73,7 @@ impl TestbedConfig {
             ring_size: self.rx_ring_size,
             backpressure: self.backpressure,
             keep_tx: self.keep_tx,
+            count_flows: self.count_flows,
             ..VmConfig::new(name)
         }
     }
@@ -140,6 +145,14 @@ impl TestbedPort {
         match &self.device {
             TestbedDevice::Nic(n) => n.set_backpressure(on),
             TestbedDevice::Vm(v) => v.set_backpressure(on),
+        }
+    }
+
+    /// Packets transmitted per flow id (with `count_flows`).
+    pub fn tx_flow_counts(&self) -> std::collections::BTreeMap<u32, u64> {
+        match &self.device {
+            TestbedDevice::Nic(n) => n.port().sink().flow_counts(),
+            TestbedDevice::Vm(v) => v.port().sink().flow_counts(),
         }
     }
 

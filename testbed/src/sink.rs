@@ -2,7 +2,9 @@
 //! It counts what it is given, optionally keeps the packets for tests and
 //! pcap files, and returns buffers to the pool.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use fallback::port::{Burst, HeapPacket, PacketBuf};
@@ -44,10 +46,28 @@ pub struct TxSink {
     /// Kept packets (bounded: when full, packets are counted, not kept).
     capture: Option<(Sender<HeapPacket>, Receiver<HeapPacket>)>,
     capture_overflow: AtomicU64,
+    /// Packets per flow id (the traffic generator's tag), when asked for:
+    /// per-flow books without keeping the packets.
+    flow_counts: Option<Mutex<BTreeMap<u32, u64>>>,
     pool: PacketPool,
 }
 
 impl TxSink {
+    /// Also counts transmitted packets per flow id (see
+    /// [`crate::traffic::flow_id`]); untagged packets are not counted there.
+    pub fn with_flow_counts(mut self) -> Self {
+        self.flow_counts = Some(Mutex::new(BTreeMap::new()));
+        self
+    }
+
+    /// Packets transmitted per flow id (empty unless enabled).
+    pub fn flow_counts(&self) -> BTreeMap<u32, u64> {
+        match &self.flow_counts {
+            Some(m) => m.lock().map(|c| c.clone()).unwrap_or_default(),
+            None => BTreeMap::new(),
+        }
+    }
+
     /// A sink for `n_txq` queues that keeps up to `keep` packets
     /// (`usize::MAX`: all of them, in a growing queue).
     pub fn new(n_txq: u16, keep: usize, pool: PacketPool) -> Self {
@@ -59,6 +79,7 @@ impl TxSink {
                 n => Some(bounded(n)),
             },
             capture_overflow: AtomicU64::new(0),
+            flow_counts: None,
             pool,
         }
     }
@@ -68,6 +89,16 @@ impl TxSink {
     pub fn transmit(&self, queue: u16, pkts: &mut Burst<HeapPacket>) -> usize {
         let n = pkts.len();
         let mut bytes = 0u64;
+        if let Some(counts) = &self.flow_counts {
+            // One lock per burst.
+            if let Ok(mut counts) = counts.lock() {
+                for p in pkts.iter() {
+                    if let Some(id) = crate::traffic::flow_id(p.data()) {
+                        *counts.entry(id).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
         for p in pkts.drain() {
             bytes += p.len() as u64;
             self.keep_or_recycle(p);

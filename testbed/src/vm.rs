@@ -32,6 +32,8 @@ pub struct VmConfig {
     pub backpressure: bool,
     /// Transmitted packets kept for tests and pcap files (0: none).
     pub keep_tx: usize,
+    /// Count transmitted packets per flow id (the generator's tag).
+    pub count_flows: bool,
     /// The largest L3 packet transmitted (Ethernet header and tags on top).
     pub mtu: usize,
 }
@@ -46,6 +48,7 @@ impl VmConfig {
             ring_size: 1024,
             backpressure: false,
             keep_tx: 0,
+            count_flows: false,
             mtu: 1500,
         }
     }
@@ -106,7 +109,14 @@ impl Vm {
                 rings: rx,
                 rx_counts: (0..rxqs).map(|_| AtomicCount::default()).collect(),
                 n_txq: txqs,
-                sink: TxSink::new(txqs, config.keep_tx, pool.clone()),
+                sink: {
+                    let sink = TxSink::new(txqs, config.keep_tx, pool.clone());
+                    if config.count_flows {
+                        sink.with_flow_counts()
+                    } else {
+                        sink
+                    }
+                },
                 mtu: config.mtu,
             }),
             guest: Guest {

@@ -52,6 +52,8 @@ pub struct NicConfig {
     pub backpressure: bool,
     /// Transmitted packets kept for tests and pcap files (0: none).
     pub keep_tx: usize,
+    /// Count transmitted packets per flow id (the generator's tag).
+    pub count_flows: bool,
     /// The largest L3 packet transmitted (Ethernet header and tags on top).
     pub mtu: usize,
 }
@@ -70,6 +72,7 @@ impl NicConfig {
             max_rules: None,
             backpressure: false,
             keep_tx: 0,
+            count_flows: false,
             mtu: 1500,
         }
     }
@@ -219,7 +222,14 @@ impl Nic {
             rings: ring_rx,
             rx_counts: (0..config.rxqs).map(|_| AtomicCount::default()).collect(),
             n_txq: config.txqs,
-            sink: TxSink::new(config.txqs, config.keep_tx, pool.clone()),
+            sink: {
+                let sink = TxSink::new(config.txqs, config.keep_tx, pool.clone());
+                if config.count_flows {
+                    sink.with_flow_counts()
+                } else {
+                    sink
+                }
+            },
             mtu: config.mtu,
         });
         Ok(Nic {
