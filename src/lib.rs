@@ -10,3 +10,4 @@ pub mod dpdk;
 pub mod openflow;
 pub mod pmd;
 pub mod switch;
+pub mod trace;

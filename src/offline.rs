@@ -1,13 +1,13 @@
 //! Offline commands (no daemon): `flow parse` and `trace --flows-file`.
 
 use crate::error::CliError;
-use fallback::actions::action_strings;
 use fallback::key::Field;
 use fallback::ofproto::mac::MacTable;
 use fallback::ofproto::syntax::{format_flow, format_megaflow, parse_flow, parse_packet};
 use fallback::ofproto::table::Pipeline;
-use fallback::ofproto::xlate::{xlate, Bridge, TraceStep, Xlation};
+use fallback::ofproto::xlate::{xlate, Bridge};
 use fallback::ofproto::{ofport, Match, OfAction, Rule};
+use flowmark::trace::{print_trace, trace_json};
 use serde_json::json;
 use std::path::Path;
 
@@ -109,69 +109,6 @@ pub fn trace(
         print_trace(&pipeline, &x, packet, &megaflow);
     }
     Ok(())
-}
-
-fn rule_text(pipeline: &Pipeline, id: fallback::ofproto::table::RuleId) -> String {
-    pipeline
-        .get(id)
-        .map(|e| format_flow(&e.rule))
-        .unwrap_or_else(|| format!("{id} (gone)"))
-}
-
-pub fn trace_json(pipeline: &Pipeline, x: &Xlation, megaflow: &str) -> serde_json::Value {
-    let mut tables = Vec::new();
-    let mut notes = Vec::new();
-    for step in &x.trace {
-        match step {
-            TraceStep::Lookup {
-                depth,
-                table,
-                in_port,
-                rule,
-            } => tables.push(json!({
-                "table": table,
-                "depth": depth,
-                "in_port": in_port,
-                "rule": rule.map(|id| rule_text(pipeline, id)),
-            })),
-            TraceStep::Note { depth, text } => notes.push(json!({"depth": depth, "note": text})),
-        }
-    }
-    json!({
-        "actions": action_strings(&x.actions),
-        "megaflow": megaflow,
-        "tables": tables,
-        "notes": notes,
-        "drop_reason": x.drop.map(|d| d.as_str()),
-    })
-}
-
-fn print_trace(pipeline: &Pipeline, x: &Xlation, packet: &str, megaflow: &str) {
-    println!("Flow: {packet}\n");
-    for step in &x.trace {
-        match step {
-            TraceStep::Lookup {
-                depth, table, rule, ..
-            } => {
-                let indent = "    ".repeat(*depth);
-                match rule {
-                    Some(id) => println!("{indent}{table:>2}. {}", rule_text(pipeline, *id)),
-                    None => println!("{indent}{table:>2}. No match."),
-                }
-            }
-            TraceStep::Note { depth, text } => {
-                println!("{}    >> {text}", "    ".repeat(*depth));
-            }
-        }
-    }
-    println!();
-    println!("Megaflow: {megaflow}");
-    if x.actions.is_empty() {
-        let why = x.drop.map(|d| d.as_str()).unwrap_or("drop_action");
-        println!("Datapath actions: drop ({why})");
-    } else {
-        println!("Datapath actions: {}", action_strings(&x.actions).join(","));
-    }
 }
 
 /// `flowmark translate`: the testpmd `flow create` line for a megaflow, or

@@ -5,8 +5,8 @@ use super::DaemonError;
 use crate::switch::Switch;
 use fallback::actions::action_strings;
 use fallback::ofproto::syntax::{format_flow, format_match, format_megaflow, parse_packet};
-use fallback::ofproto::table::{Pipeline, RuleId};
-use fallback::ofproto::xlate::{xlate, Bridge, TraceStep};
+use fallback::ofproto::table::RuleId;
+use fallback::ofproto::xlate::{xlate, Bridge};
 use fallback::ofproto::{Match, Rule};
 use fallback::port::PacketBuf;
 use serde::Serialize;
@@ -246,13 +246,6 @@ pub fn offload_status<B: PacketBuf + Clone + Send + 'static>(
     }))
 }
 
-fn rule_text(pipeline: &Pipeline, id: RuleId) -> String {
-    pipeline
-        .get(id)
-        .map(|e| format_flow(&e.rule))
-        .unwrap_or_else(|| format!("{id} (gone)"))
-}
-
 /// `trace "PACKET"` against the live pipeline and MAC table, with the
 /// offload verdict for the megaflow it would make.
 pub fn trace<B: PacketBuf + Clone + Send + 'static>(
@@ -280,24 +273,6 @@ pub fn trace<B: PacketBuf + Clone + Send + 'static>(
         value: key.masked(&x.mask),
         mask: x.mask,
     };
-    let mut tables = Vec::new();
-    let mut notes = Vec::new();
-    for step in &x.trace {
-        match step {
-            TraceStep::Lookup {
-                depth,
-                table,
-                in_port,
-                rule,
-            } => tables.push(json!({
-                "table": table,
-                "depth": depth,
-                "in_port": in_port,
-                "rule": rule.map(|id| rule_text(pipeline, id)),
-            })),
-            TraceStep::Note { depth, text } => notes.push(json!({"depth": depth, "note": text})),
-        }
-    }
     let software = |reason: String| json!({"verdict": "software", "rule": null, "reason": reason});
     let offload = match sw.ports().iter().find(|p| p.ofport == in_port) {
         None => software(format!(
@@ -335,13 +310,10 @@ pub fn trace<B: PacketBuf + Clone + Send + 'static>(
             }
         },
     };
-    Ok(json!({
-        "packet": packet,
-        "actions": action_strings(&x.actions),
-        "megaflow": format_megaflow(&m),
-        "tables": tables,
-        "notes": notes,
-        "drop_reason": x.drop.map(|d| d.as_str()),
-        "offload": offload,
-    }))
+    let mut doc = crate::trace::trace_json(pipeline, &x, &format_megaflow(&m));
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("packet".into(), json!(packet));
+        obj.insert("offload".into(), offload);
+    }
+    Ok(doc)
 }
