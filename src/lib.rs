@@ -9,5 +9,6 @@ pub mod demo;
 pub mod dpdk;
 pub mod openflow;
 pub mod pmd;
+pub mod soak;
 pub mod switch;
 pub mod trace;

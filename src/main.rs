@@ -99,6 +99,15 @@ enum Command {
         json: bool,
         megaflow: String,
     },
+    /// Churn and fault soak on the testbed with misforwarding, mark,
+    /// accounting, leak and memory checks; exits non-zero when one fails.
+    Soak {
+        /// Run time.
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Microbenchmarks of the datapath stages (figures, not pass/fail).
     Bench {
         /// A reduced set that finishes in seconds.
@@ -235,6 +244,7 @@ fn main() -> ExitCode {
             megaflow,
         } => offline::translate(&megaflow, &profile, port_id, rxqs, json),
         Command::Bench { quick, json } => bench::run(quick, json),
+        Command::Soak { seconds, json } => return flowmark::soak::main(seconds, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -190,6 +190,17 @@ pub fn translate(
     let (dl_type_v, dl_type_m) = fields.take(Field::DlType);
     let dl_type = match dl_type_m {
         0 => None,
+        // Below 0x0600 the field is an 802.3 length, not an EtherType: OVS
+        // keys such frames as 0x05ff, a value no frame carries on the wire.
+        0xffff if dl_type_v < 0x0600 => {
+            return Err(Rejected::field(
+                Field::DlType,
+                format!(
+                    "dl_type={dl_type_v:#06x} stands for 802.3 frames (a length field, not an \
+                     EtherType); no rte_flow item matches them, so they stay in software"
+                ),
+            ))
+        }
         0xffff => Some(dl_type_v as u16),
         _ => {
             return Err(Rejected::field(
@@ -246,6 +257,17 @@ pub fn translate(
             item.mask.inner_type = 0xffff;
         }
         vlan_item = Some(item);
+    } else if let Some(t @ (ethertype::VLAN | ethertype::QINQ)) = dl_type {
+        // A key has a TPID as dl_type only for a frame with a second tag;
+        // without a VLAN item the NIC would read the outer tag's TPID and
+        // match every tagged frame.
+        return Err(Rejected::field(
+            Field::DlType,
+            format!(
+                "dl_type={t:#06x} is a VLAN TPID (an inner tag): without a vlan_tci match \
+                 the NIC would match every tagged frame"
+            ),
+        ));
     } else if let Some(t) = dl_type {
         let has_mac = src_m != 0 || dst_m != 0;
         if caps.eth_type_alone || has_mac {

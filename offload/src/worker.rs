@@ -668,6 +668,17 @@ impl OffloadEngine {
             return;
         };
         entry.counters.resets += 1;
+        // Rules created between the reset and this notice survived it, and
+        // nothing tracks them once their megaflows are re-offered: their
+        // marks (released below, later reused) would tag packets for other
+        // megaflows. Start from an empty table.
+        if entry.device.flush().is_err() {
+            *entry
+                .counters
+                .failures
+                .entry("reset_flush".to_string())
+                .or_insert(0) += 1;
+        }
         entry.retry.clear();
         entry.stuck.clear();
         let mut gone = Vec::new();

@@ -3,6 +3,8 @@
 //! with one field changed), every packet the emulated NIC's matcher matches
 //! with the translated rule also matches the megaflow in `fallback/`; where
 //! translate says `exact`, both match exactly the same packets.
+//!
+//! `FLOWMARK_LONG=1` runs ten times as many megaflows.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -452,12 +454,21 @@ fn check(seed: u64, caps: &Capabilities, tally: &mut Tally) -> Result<(), String
     Ok(())
 }
 
+/// Ten times the work under `FLOWMARK_LONG=1`.
+fn scale(n: u32) -> u32 {
+    if std::env::var("FLOWMARK_LONG").is_ok_and(|v| v == "1") {
+        n * 10
+    } else {
+        n
+    }
+}
+
 #[test]
 fn nic_rule_never_matches_outside_its_megaflow() {
     for profile in [Profile::Generic, Profile::Xl710] {
         let caps = profile.capabilities();
         let mut tally = Tally::default();
-        for seed in 0..3000 {
+        for seed in 0..u64::from(scale(3000)) {
             if let Err(e) = check(seed, &caps, &mut tally) {
                 panic!("{e}");
             }
@@ -479,7 +490,7 @@ fn nic_rule_never_matches_outside_its_megaflow() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(scale(2000)))]
 
     /// The same property over seeds proptest picks (and remembers when
     /// one fails).
