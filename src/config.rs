@@ -247,6 +247,10 @@ impl PortSpec {
 pub struct DpdkSection {
     #[serde(default)]
     pub eal_args: Vec<String>,
+    /// Mbufs in the daemon's pool (default 16,384). A `net_pcap` port with
+    /// `infinite_rx=1` keeps the whole capture in mbufs: give it the
+    /// capture's packet count on top.
+    pub mbufs: Option<u32>,
 }
 
 /// `[openflow]`: kept for the OpenFlow endpoint.

@@ -290,7 +290,8 @@ impl PortFactory<Mbuf> for DpdkPortFactory {
 pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let dpdk_err = |e: DpdkError| DaemonError::BadArgument(e.to_string());
     let eal = Eal::init(&opts.config.dpdk.eal_args).map_err(dpdk_err)?;
-    let pool = Arc::new(Mempool::create("flowmark_mbufs", DEFAULT_MBUFS).map_err(dpdk_err)?);
+    let mbufs = opts.config.dpdk.mbufs.unwrap_or(DEFAULT_MBUFS);
+    let pool = Arc::new(Mempool::create("flowmark_mbufs", mbufs).map_err(dpdk_err)?);
     println!(
         "flowmark: mempool {} free mbufs at start: {} of {}",
         pool.name(),
