@@ -272,10 +272,15 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
 
     // ---- control ----
 
-    /// A new pipeline: revalidate every megaflow against it.
+    /// A new pipeline: revalidate every megaflow against it, and forget the
+    /// counts of rules it no longer has (rule churn must not grow memory).
     pub fn set_pipeline(&mut self, pipeline: Arc<Pipeline>) {
         self.pipeline = pipeline;
         self.revalidate();
+        if !self.retired_rule_stats.is_empty() {
+            let live: hashbrown::HashSet<RuleId> = self.pipeline.rules().map(|e| e.id).collect();
+            self.retired_rule_stats.retain(|id, _| live.contains(id));
+        }
     }
 
     /// Applies an update from the offload worker.

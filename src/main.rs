@@ -156,9 +156,10 @@ fn run_demo(args: DemoArgs, json: bool) -> Result<(), error::CliError> {
     let profile = offload::device::Profile::from_name(&profile)
         .map_err(|e| error::CliError::Profile(e.to_string()))?;
     let rules = match flows_file {
-        Some(path) => Some(std::fs::read_to_string(&path).map_err(|source| {
-            error::CliError::Read { path, source }
-        })?),
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .map_err(|source| error::CliError::Read { path, source })?,
+        ),
         None => None,
     };
     let amount = match (seconds, packets) {

@@ -176,8 +176,11 @@ pub struct Testbed {
 impl Testbed {
     /// No ports yet.
     pub fn empty(config: TestbedConfig) -> Testbed {
+        // Allocated up front, as a DPDK mempool is.
+        let pool = PacketPool::new(config.pool_size);
+        pool.prefill(config.pool_size);
         Testbed {
-            pool: PacketPool::new(config.pool_size),
+            pool,
             config,
             ports: Vec::new(),
         }
