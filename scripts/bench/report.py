@@ -151,14 +151,23 @@ def main():
         o.append("| mark path ≤ ½ the cycles/packet of the EMC-hit path (`flowmark bench`, %s flows) | "
                  "%.0f vs %.0f cycles = **%.2f**× | %s |" % ("{:,}".format(f), c1, c2, c1 / c2,
                                                               "yes" if c1 <= 0.5 * c2 else "**no**"))
+    lat = next((r for r in inproc if r.get("path") == "offload-latency"), None)
     for r in inproc:
         if r.get("path") == "offload-insert":
-            ips, p99 = r.get("inserts_per_s"), r.get("latency_us_p99")
-            o.append("| ≥ 1,000,000 rule insertions/s into the emulated NIC (`flowmark bench`, %s flows) | "
+            ips = r.get("inserts_per_s")
+            o.append("| ≥ 1,000,000 rule insertions/s into the emulated NIC (`flowmark bench`, %s flows offered at once) | "
                      "**%s/s** | %s |" % ("{:,}".format(r["flows"]), "{:,.0f}".format(ips),
                                           "yes" if ips >= 1e6 else "**no**"))
-            o.append("| upcall-to-offloaded p99 < 1 ms (`flowmark bench`) | avg %s µs, **p99 %s µs** | %s |" % (
-                "{:,.0f}".format(r.get("latency_us_avg", 0)), "{:,.0f}".format(p99), "yes" if p99 < 1000 else "**no**"))
+            b99 = r.get("latency_us_p99_burst", r.get("latency_us_p99"))
+            if lat is None and b99 is not None:
+                o.append("| upcall-to-offloaded p99 < 1 ms (`flowmark bench`; all offered at once, so mostly queueing) "
+                         "| **p99 %s µs** | %s |" % ("{:,.0f}".format(b99), "yes" if b99 < 1000 else "**no**"))
+    if lat:
+        p99 = lat["latency_us_p99"]
+        o.append("| upcall-to-offloaded p99 < 1 ms (`flowmark bench`, %s megaflows offered one at a time) | "
+                 "avg %s µs, **p99 %s µs** | %s |" % ("{:,}".format(lat["flows"]),
+                                                       "{:,.0f}".format(lat.get("latency_us_avg", 0)),
+                                                       "{:,.0f}".format(p99), "yes" if p99 < 1000 else "**no**"))
     if inproc:
         o.append("\nIn-process figures (`flowmark bench --json`, emulated NIC, one PMD, no DPDK): ")
         o.append("| path | flows | subtables | Mpps | cycles/packet |")
