@@ -14,7 +14,7 @@ use fallback::key::FlowKey;
 use fallback::megaflow::{Megaflow, Ufid};
 use fallback::ofproto::mac::MacTable;
 use fallback::ofproto::table::{Pipeline, RuleId};
-use fallback::ofproto::xlate::{xlate, Bridge, XlateDrop};
+use fallback::ofproto::xlate::{xlate, xlate_hinted, Bridge, XlateDrop};
 use fallback::packet::{self, ParseInfo};
 use fallback::port::{Burst, PacketBuf, Port, PortStats, RxDropReason, TxDropReason, BURST};
 use hashbrown::HashMap;
@@ -409,7 +409,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         let mut changed = Vec::new();
         for (h, mf) in self.cache.iter() {
             // The masked key is a packet of the megaflow.
-            let x = xlate(bridge, &mf.r#match.value);
+            let x = xlate_hinted(bridge, &mf.r#match.value, Some(&mf.r#match.mask));
             if !x.mask.is_subset_of(&mf.r#match.mask) {
                 doomed.push(h);
             } else if *x.actions != *mf.actions || *x.rules != *mf.rules || x.drop != mf.drop {

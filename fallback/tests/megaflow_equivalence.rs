@@ -16,7 +16,7 @@ use fallback::key::{ethertype, frag, ipproto, Field, FlowKey, VLAN_CFI, VLAN_VID
 use fallback::megaflow::Megaflow;
 use fallback::ofproto::mac::{MacLearn, MacTable};
 use fallback::ofproto::table::Pipeline;
-use fallback::ofproto::xlate::{xlate, Bridge};
+use fallback::ofproto::xlate::{xlate, xlate_hinted, Bridge};
 use fallback::ofproto::{Match, OfAction, Rule};
 use proptest::prelude::*;
 
@@ -520,6 +520,21 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
     tally.rule_hits += hits_here;
     // No two megaflows overlap with different actions.
     let flows: Vec<&Megaflow> = cache.iter().map(|(_, f)| f).collect();
+    // Revalidation against the unchanged pipeline keeps every megaflow: the
+    // masked key re-translated with the old mask as hint gives the same
+    // actions and a mask inside the old one (no NIC rule churn).
+    for mf in &flows {
+        let x = xlate_hinted(bridge, &mf.r#match.value, Some(&mf.r#match.mask));
+        assert_eq!(
+            x.actions, *mf.actions,
+            "seed {seed}: revalidation changed the actions of {mf:?}"
+        );
+        assert!(
+            x.mask.is_subset_of(&mf.r#match.mask),
+            "seed {seed}: revalidation widened the mask of {mf:?}: {:?}",
+            x.mask
+        );
+    }
     for (i, a) in flows.iter().enumerate() {
         for b in &flows[i + 1..] {
             if a.overlaps(b) {

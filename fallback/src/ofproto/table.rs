@@ -185,6 +185,20 @@ impl Pipeline {
     /// mismatch (see [`unwildcard_mismatch`]).
     #[inline]
     pub fn lookup(&self, table: u8, key: &FlowKey, wc: &mut FlowKey) -> Option<&Arc<RuleEntry>> {
+        self.lookup_hinted(table, key, wc, None)
+    }
+
+    /// [`Pipeline::lookup`], proving mismatches with bits of `hint` where it
+    /// can (revalidation passes the old megaflow's mask, so that the new
+    /// translation stays inside it whenever the old one is still right).
+    #[inline]
+    pub fn lookup_hinted(
+        &self,
+        table: u8,
+        key: &FlowKey,
+        wc: &mut FlowKey,
+        hint: Option<&FlowKey>,
+    ) -> Option<&Arc<RuleEntry>> {
         for e in self.table(table) {
             let m = &e.rule.r#match;
             let mut diff = [0u64; KEY_WORDS];
@@ -197,7 +211,7 @@ impl Pipeline {
                 wc.or(&m.mask);
                 return Some(e);
             }
-            unwildcard_mismatch(&diff, m, wc);
+            unwildcard_mismatch(&diff, m, wc, hint);
         }
         None
     }
@@ -233,12 +247,28 @@ const STAGE_ORDER: [Field; 18] = [
 /// its prefix down to the first differing bit (as OVS's prefix tries do),
 /// for other fields the rule's whole mask of it (partial L4 masks would stop
 /// a NIC from taking the megaflow).
-fn unwildcard_mismatch(diff: &[u64; KEY_WORDS], m: &Match, wc: &mut FlowKey) {
+fn unwildcard_mismatch(
+    diff: &[u64; KEY_WORDS],
+    m: &Match,
+    wc: &mut FlowKey,
+    hint: Option<&FlowKey>,
+) {
     if diff.iter().zip(wc.words.iter()).any(|(d, w)| d & w != 0) {
         return;
     }
     let mut d = FlowKey::ZERO;
     d.words = *diff;
+    if let Some(hint) = hint {
+        // A field where the key differs from the rule on hinted bits: the
+        // rule's bits of it inside the hint contain a differing one.
+        for f in STAGE_ORDER {
+            let in_hint = d.get(f) & hint.get(f);
+            if in_hint != 0 {
+                wc.or_field(f, m.mask.get(f) & hint.get(f));
+                return;
+            }
+        }
+    }
     for f in STAGE_ORDER {
         let fd = d.get(f);
         if fd == 0 {

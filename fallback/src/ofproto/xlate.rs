@@ -120,10 +120,19 @@ struct Ctx<'a> {
     depth: usize,
     resubmits: usize,
     error: Option<XlateDrop>,
+    hint: Option<FlowKey>,
 }
 
 /// Translates `key` through the bridge's pipeline, starting at table 0.
 pub fn xlate(bridge: Bridge<'_>, key: &FlowKey) -> Xlation {
+    xlate_hinted(bridge, key, None)
+}
+
+/// [`xlate`] for revalidation: `key` is a packet of an existing megaflow and
+/// `hint` its mask; rules that do not match are proven not to with bits of
+/// the hint where possible, so an unchanged decision gives a mask inside the
+/// old one (and the megaflow, with its NIC rule, stays).
+pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -> Xlation {
     let mut ctx = Ctx {
         bridge,
         flow: *key,
@@ -136,6 +145,7 @@ pub fn xlate(bridge: Bridge<'_>, key: &FlowKey) -> Xlation {
         depth: 0,
         resubmits: 0,
         error: None,
+        hint: hint.copied(),
     };
     ctx.wc.set_exact(Field::InPort);
     ctx.wc.set_exact(Field::DlType);
@@ -187,7 +197,7 @@ impl Ctx<'_> {
     /// Returns whether a rule matched.
     fn table_lookup(&mut self, table: u8) -> bool {
         let pipeline = self.bridge.pipeline;
-        let entry = pipeline.lookup(table, &self.flow, &mut self.wc);
+        let entry = pipeline.lookup_hinted(table, &self.flow, &mut self.wc, self.hint.as_ref());
         self.trace.push(TraceStep::Lookup {
             depth: self.depth,
             table,
