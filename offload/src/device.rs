@@ -230,7 +230,14 @@ impl Capabilities {
         }
         check_pattern_order(&rule.pattern)?;
         for item in &rule.pattern {
-            for f in item.fields() {
+            // Only items with a `last` can have ranges (building the field
+            // list costs an allocation; this runs on every rule insertion).
+            let fields = if item.has_last() {
+                item.fields()
+            } else {
+                Vec::new()
+            };
+            for f in fields {
                 if let Some(last) = f.last {
                     if !self.ranges {
                         return Err(FlowError::unsupported(

@@ -233,7 +233,22 @@ impl Item {
 
     /// True when some field is matched as a range (`last`).
     pub fn has_range(&self) -> bool {
-        self.fields().iter().any(|f| f.last.is_some())
+        self.has_last() && self.fields().iter().any(|f| f.last.is_some())
+    }
+
+    /// True when the item carries a `last` at all (cheap: no field list).
+    pub fn has_last(&self) -> bool {
+        match self {
+            Item::Eth(m) => m.last.is_some(),
+            Item::Vlan(m) => m.last.is_some(),
+            Item::Ipv4(m) => m.last.is_some(),
+            Item::Ipv6(m) => m.last.is_some(),
+            Item::Tcp(m) => m.last.is_some(),
+            Item::Udp(m) => m.last.is_some(),
+            Item::Sctp(m) => m.last.is_some(),
+            Item::Icmp(m) => m.last.is_some(),
+            Item::Icmp6(m) => m.last.is_some(),
+        }
     }
 
     fn render(&self, out: &mut String) -> Result<(), RenderError> {
