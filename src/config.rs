@@ -520,20 +520,20 @@ impl Config {
                 .unwrap_or(kind_span);
                 return Err(at(span, key, message));
             }
-            ports.push(spec);
-        }
-        let mut ofports = HashSet::new();
-        for p in &ports {
-            if let Some(o) = p.ofport {
-                if !ofports.insert(o) {
-                    return Err(ConfigError::At {
-                        path: path.to_path_buf(),
-                        line: 0,
-                        key: "ofport".into(),
-                        message: format!("OpenFlow port {o} is given to two ports"),
-                    });
+            if let Some(o) = &p.ofport {
+                let ofport = *o.get_ref();
+                if let Some(first) = ports.iter().find(|q: &&PortSpec| q.ofport == Some(ofport)) {
+                    return Err(at(
+                        o.span(),
+                        "ofport",
+                        format!(
+                            "OpenFlow port {ofport} is already given to port {:?}; OpenFlow port numbers are unique",
+                            first.name
+                        ),
+                    ));
                 }
             }
+            ports.push(spec);
         }
 
         Ok(Config {
@@ -717,6 +717,13 @@ listen = "ptcp:6653"
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("test.toml:5: key `name`"), "{e}");
+        let e = parse(
+            "[[port]]\nname = \"a\"\ntype = \"testbed-vm\"\nofport = 3\n[[port]]\nname = \"b\"\ntype = \"testbed-vm\"\nofport = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("test.toml:8: key `ofport`"), "{e}");
+        assert!(e.contains("already given to port \"a\""), "{e}");
         let e = parse("pmd_cores = []\n").unwrap_err().to_string();
         assert!(e.starts_with("test.toml:1: key `pmd_cores`"), "{e}");
         let e = parse("max_marks = \"x\"\n").unwrap_err().to_string();

@@ -43,3 +43,18 @@ fn nic_matcher_regressions() {
 fn xlate_regressions() {
     replay("xlate", checks::xlate);
 }
+
+#[test]
+fn control_request_regressions() {
+    replay("control_request", checks::control_request);
+}
+
+#[test]
+fn config_regressions() {
+    replay("config", checks::config);
+}
+
+#[test]
+fn openflow_regressions() {
+    replay("openflow", checks::openflow);
+}

@@ -491,3 +491,161 @@ pub fn xlate(data: &[u8]) {
         syntax::format_megaflow(&mf.r#match)
     );
 }
+
+// ---- control_request ----
+
+/// The control-socket request decoder on any line: no panic; a refusal is
+/// a [`flowmark::control::DecodeError`] with a message; an accepted request
+/// names a known command and survives serialise → decode unchanged.
+pub fn control_request(data: &[u8]) {
+    use flowmark::control::{decode_request, COMMANDS};
+    match decode_request(data) {
+        Ok(req) => {
+            assert!(
+                COMMANDS.contains(&req.command()),
+                "decoded {req:?} from {data:02x?}, whose command is not a known one"
+            );
+            let line = serde_json::to_vec(&req)
+                .unwrap_or_else(|e| panic!("{req:?} does not serialise: {e}"));
+            match decode_request(&line) {
+                Ok(again) => assert_eq!(
+                    again,
+                    req,
+                    "request re-sent as {:?}",
+                    String::from_utf8_lossy(&line)
+                ),
+                Err(e) => panic!(
+                    "{req:?} re-sent as {:?} is refused: {e}",
+                    String::from_utf8_lossy(&line)
+                ),
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            assert!(!message.trim().is_empty(), "empty error for {data:02x?}");
+        }
+    }
+}
+
+// ---- config ----
+
+/// The TOML config loader on any text: no panic; every error is one that
+/// names a line of the text (and the file).
+pub fn config(data: &[u8]) {
+    use flowmark::config::{Config, ConfigError};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let path = std::path::Path::new("fuzz.toml");
+    match Config::parse(text, path) {
+        Ok(c) => {
+            let _ = c.family();
+            let _ = c.switch_config();
+        }
+        Err(e) => {
+            let message = e.to_string();
+            match e {
+                ConfigError::At { line, .. } => {
+                    let lines = text.split('\n').count();
+                    assert!(
+                        (1..=lines).contains(&line),
+                        "error names line {line} of a {lines}-line text: {message}\ntext {text:?}"
+                    );
+                    assert!(
+                        message.starts_with(&format!("fuzz.toml:{line}: ")),
+                        "error does not start with the file and line: {message}"
+                    );
+                }
+                ConfigError::Read { .. } => panic!("parse gave a read error: {message}"),
+            }
+        }
+    }
+}
+
+// ---- openflow ----
+
+/// The OpenFlow 1.3 decoder and a session on any bytes: no panic; a
+/// decoded message encodes to bytes that decode to the same message; and
+/// a session that got a HELLO, fed the bytes in two pieces, answers only
+/// with messages its own decoder reads.
+pub fn openflow(data: &[u8]) {
+    use flowmark::openflow::session::Session;
+    use flowmark::openflow::switch::{PipelineSwitch, PortInfo};
+    use flowmark::openflow::{decode, encode, Message};
+    use std::time::Instant;
+
+    // The first byte splits the rest into the session's two reads.
+    let (split, bytes) = match data.split_first() {
+        Some((s, rest)) => (usize::from(*s), rest),
+        None => (0, data),
+    };
+
+    // Every message at the start of the bytes, as a session would frame them.
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        match decode(rest) {
+            Ok(env) => {
+                let again_bytes = encode(env.xid, &env.msg);
+                let declared = u16::from_be_bytes([again_bytes[2], again_bytes[3]]);
+                // Longer than a message may be: encode cuts; nothing to compare.
+                if usize::from(declared) == again_bytes.len() {
+                    match decode(&again_bytes) {
+                        Ok(again) => {
+                            assert_eq!(again.xid, env.xid);
+                            assert_eq!(
+                                again.msg, env.msg,
+                                "message re-encoded as {again_bytes:02x?} decodes differently\n\
+                                 from {rest:02x?}"
+                            );
+                        }
+                        Err(e) => panic!(
+                            "{:?} re-encoded as {again_bytes:02x?} does not decode: {e}\n\
+                             from {rest:02x?}",
+                            env.msg
+                        ),
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = e.to_string();
+                let _ = e.ofp_error();
+            }
+        }
+        match flowmark::openflow::message::parse_header(rest) {
+            Ok(h) => at += usize::from(h.length),
+            Err(_) => break,
+        }
+    }
+
+    let sw = PipelineSwitch::new(
+        1,
+        vec![
+            PortInfo {
+                ofport: 1,
+                name: "p1".into(),
+            },
+            PortInfo {
+                ofport: 2,
+                name: "p2".into(),
+            },
+        ],
+    );
+    let now = Instant::now();
+    let mut s = Session::new(now);
+    s.receive(&encode(0, &Message::Hello { versions: 1 << 4 }), &sw, now);
+    let cut = split.min(bytes.len());
+    s.receive(&bytes[..cut], &sw, now);
+    s.receive(&bytes[cut..], &sw, now);
+    let out = s.take_output();
+    let _ = s.take_notes();
+    let mut rest = &out[..];
+    while !rest.is_empty() {
+        let env = decode(rest).unwrap_or_else(|e| {
+            panic!("the session sent {rest:02x?}, which does not decode: {e}\nfed {bytes:02x?}")
+        });
+        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+        let _ = env;
+        rest = &rest[len..];
+    }
+}

@@ -108,16 +108,52 @@ impl Put for Vec<u8> {
         self[at..at + 2].copy_from_slice(&v.to_be_bytes());
     }
     fn put_str(&mut self, s: &str, n: usize) {
-        let b = s.as_bytes();
-        // Keep a terminating NUL, as C peers expect.
-        let take = b.len().min(n.saturating_sub(1));
-        self.extend_from_slice(&b[..take]);
+        // Keep a terminating NUL, as C peers expect, and cut on a character
+        // boundary so that the peer gets valid UTF-8.
+        let mut take = s.len().min(n.saturating_sub(1));
+        while !s.is_char_boundary(take) {
+            take -= 1;
+        }
+        self.extend_from_slice(&s.as_bytes()[..take]);
         self.put_zeros(n - take);
     }
 }
 
-/// Reads a NUL-padded string field.
+/// Reads a NUL-terminated string field of `b.len()` bytes as C peers (and
+/// OVS) do: at most `b.len() - 1` bytes, the last being the terminator.
+/// Bytes that are not UTF-8 read as `?` each, so what [`Put::put_str`]
+/// writes back is the same length and reads back the same.
 pub fn get_str(b: &[u8]) -> String {
+    let b = &b[..b.len().saturating_sub(1)];
     let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    let mut s = String::with_capacity(end);
+    for chunk in b[..end].utf8_chunks() {
+        s.push_str(chunk.valid());
+        s.extend(chunk.invalid().iter().map(|_| '?'));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_fields_keep_their_terminator_and_read_back_the_same() {
+        // A field without a NUL reads as its first n-1 bytes, as OVS reads it.
+        assert_eq!(get_str(b"0123456789abcdef"), "0123456789abcde");
+        assert_eq!(get_str(b"eth0\0\0\0\0"), "eth0");
+        assert_eq!(get_str(b""), "");
+        // Not UTF-8: one '?' a byte, so the length survives a round trip.
+        let s = get_str(b"a\xff\xfeb\xc3\0");
+        assert_eq!(s, "a??b?");
+        let mut out = Vec::new();
+        out.put_str(&s, 8);
+        assert_eq!(get_str(&out), s);
+        // Cut on a character boundary: 7 bytes of room, "é" is two.
+        let mut out = Vec::new();
+        out.put_str("abcdeé", 7);
+        assert_eq!(out, b"abcde\0\0");
+        assert_eq!(get_str(&out), "abcde");
+    }
 }
