@@ -2393,6 +2393,43 @@ mod tests {
     }
 
     #[test]
+    fn reset_flushes_rules_the_engine_no_longer_tracks() {
+        let mut h = Harness::new(1, 100);
+        let dev = TestDevice::new(10);
+        h.add_port(1, &dev);
+        let a = h.put(0, ipv4_match(1, 1));
+        h.process();
+        h.quiesce_all();
+        let old = h.mark(1, a);
+        // The NIC resets (its rules are gone) and, before the engine hears
+        // of it, a rule lands on it that nothing tracks once the notice
+        // arrives: it carries a's mark, which the reset releases for reuse.
+        dev.reset();
+        let stray = translate(&ipv4_match(1, 2), dev.capabilities(), old.get(), 2)
+            .unwrap()
+            .rule;
+        dev.create(&stray).unwrap();
+        assert_eq!(dev.marks(), vec![old.get()]);
+        h.engine.device_reset(1, h.now, &mut h.out);
+        h.quiesce_all();
+        h.process();
+        h.quiesce_all();
+        assert_eq!(h.state(1, a).name(), "offloaded");
+        // Everything goes through the engine: the device ends empty.
+        h.delete(0, 1, a);
+        h.quiesce_all();
+        h.process();
+        assert!(h.engine.is_empty());
+        assert_eq!(
+            dev.marks(),
+            Vec::<u32>::new(),
+            "rules leaked on the device (the reset must flush it)"
+        );
+        assert_eq!(h.engine.marks().in_use(), 0, "marks leaked");
+        assert_eq!(h.engine.status(h.now).ports[0].rules_installed, 0);
+    }
+
+    #[test]
     fn port_without_flow_device_stays_software_until_one_is_added() {
         let mut h = Harness::new(1, 100);
         let u = h.put(0, ipv4_match(3, 1));
