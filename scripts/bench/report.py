@@ -79,7 +79,7 @@ def main():
     o = []
     o.append(BEGIN)
     o.append("## Latest full run: `scripts/bench-dpdk`\n")
-    o.append("- Date: %s; flowmark commit `%s`" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), commit))
+    o.append("- Date (end of the run): %s; flowmark commit `%s`" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(sys.argv[1]))), commit))
     o.append("- Machine: %s, %d cores (vCPUs), %.0f GiB RAM, no hugepages (`--no-huge`), no NIC; Debian 12, "
              "DPDK 22.11, %s" % (cpu, os.cpu_count(), mem_gb, ovs_ver or "Open vSwitch 3.1"))
     o.append("- Traffic: `net_pcap` (`rx_pcap=FILE,infinite_rx=1`) → switch → `net_null` (`no-rx=1`), "
@@ -209,7 +209,7 @@ def chart(pcap, vhost, cases):
         ov.append((pcap.get(("ovs", f, rs)) or {}).get("mpps") or 0)
         tp.append((pcap.get(("testpmd", f, "io")) or {}).get("mpps") or 0)
     if vhost:
-        labels.append("vhost\n%s flows" % "{:,}".format(next(iter(vhost.values()))["flows"]))
+        labels.append("vhost (VM core\nshared) %s flows" % "{:,}".format(next(iter(vhost.values()))["flows"]))
         fm.append((vhost.get("flowmark") or {}).get("mpps") or 0)
         ov.append((vhost.get("ovs") or {}).get("mpps") or 0)
         tp.append((vhost.get("testpmd") or {}).get("mpps") or 0)
@@ -232,7 +232,8 @@ def chart(pcap, vhost, cases):
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_ylabel("Mpps (64-byte frames, one PMD core)")
-    ax.set_title("flowmark vs OVS-DPDK vs testpmd ceiling: net_pcap → switch → net_null (ratio flowmark/OVS)",
+    ax.set_title("flowmark vs OVS 3.1 + DPDK vs testpmd ceiling, one PMD core (bold: flowmark/OVS)\n"
+                 "net_pcap → switch → net_null; vhost: testpmd virtio_user flowgen → switch → net_null",
                  fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
