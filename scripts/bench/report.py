@@ -47,7 +47,8 @@ def fmt(x, nd=2):
 
 
 def mark(r):
-    return " ⚠" if r and r.get("contended") else ""
+    """⚠: contended, or the measured process shares a core (the vhost VM)."""
+    return " ⚠" if r and (r.get("contended") or r.get("shared_core")) else ""
 
 
 def runs(r):
@@ -183,7 +184,7 @@ def main():
 
     old = open(MD).read() if os.path.exists(MD) else "# Benchmarks\n\n" + BEGIN + "\n" + END + "\n"
     if BEGIN in old and END in old:
-        new = old.split(BEGIN)[0] + block + old.split(END, 1)[1].lstrip("\n")
+        new = old.split(BEGIN)[0] + block + "\n" + old.split(END, 1)[1].lstrip("\n")
     else:
         new = old.rstrip("\n") + "\n\n" + block
     os.makedirs(os.path.dirname(PNG), exist_ok=True)
