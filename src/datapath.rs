@@ -87,6 +87,9 @@ pub struct PmdPort<B> {
     pub stats: PortStats,
     tx: Burst<B>,
     txq: u16,
+    /// Largest frame the port sends (MTU + L2 header and one tag), read
+    /// once: not a virtual call per packet.
+    max_frame: usize,
 }
 
 /// Per-PMD counters (`pmd stats`).
@@ -209,6 +212,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     pub fn add_port(&mut self, ofport: u32, port: Arc<dyn Port<Buf = B>>, offload: bool) {
         self.del_port(ofport);
         let txq = (self.id % port.n_txq().max(1) as u32) as u16;
+        let max_frame = port.mtu() + L2_OVERHEAD;
         self.ports.push(PmdPort {
             ofport,
             port,
@@ -216,6 +220,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             stats: PortStats::default(),
             tx: Burst::new(),
             txq,
+            max_frame,
         });
         self.reindex();
     }
@@ -570,7 +575,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     .count_rx_drop(RxDropReason::ParseError, 1);
                 continue;
             }
-            let hash = pkt.rss_hash().unwrap_or(key.hash64() as u32);
+            let hash = pkt.rss_hash().unwrap_or_else(|| key.hash64() as u32);
             match self.cache.lookup(&key, hash) {
                 Some((h, how)) => {
                     match how {
@@ -784,7 +789,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 return;
             }
         };
-        if pkt.len() > port.port.mtu() + L2_OVERHEAD {
+        if pkt.len() > port.max_frame {
             port.stats.count_tx_drop(TxDropReason::TooBig, 1);
             return;
         }

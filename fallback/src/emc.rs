@@ -59,7 +59,7 @@ impl<V: Copy> Emc<V> {
     pub fn lookup(&mut self, key: &FlowKey, hash: u32) -> Option<V> {
         for i in Self::candidates(hash) {
             let s = &self.slots[i];
-            if s.hash == hash && s.value.is_some() && s.key == *key {
+            if s.hash == hash && s.value.is_some() && s.key.same_as(key) {
                 self.hits += 1;
                 return s.value;
             }
@@ -106,7 +106,7 @@ impl<V: Copy> Emc<V> {
 
     fn holds(&self, i: usize, key: &FlowKey, hash: u32) -> bool {
         let s = &self.slots[i];
-        s.value.is_some() && s.hash == hash && s.key == *key
+        s.value.is_some() && s.hash == hash && s.key.same_as(key)
     }
 
     /// Keeps only the entries whose handle passes `keep` (after megaflows

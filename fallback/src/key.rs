@@ -258,15 +258,41 @@ impl FlowKey {
     }
 
     /// A 64-bit hash of the whole key (for the EMC when the NIC gave no RSS
-    /// hash). Multiply-xorshift over words: fast and well mixed.
+    /// hash). Each word is multiplied by its own odd constant and the
+    /// products summed: the multiplies are independent (no dependent chain
+    /// through eleven of them), then one final mix.
     #[inline]
     pub fn hash64(&self) -> u64 {
-        let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
-        for w in self.words {
-            h = (h ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd);
-            h ^= h >> 32;
+        const K: [u64; KEY_WORDS] = [
+            0x9e37_79b9_7f4a_7c15,
+            0xc2b2_ae3d_27d4_eb4f,
+            0x1656_67b1_9e37_79f9,
+            0x85eb_ca77_c2b2_ae63,
+            0x27d4_eb2f_1656_67c5,
+            0xff51_afd7_ed55_8ccd,
+            0xc4ce_b9fe_1a85_ec53,
+            0x94d0_49bb_1331_11eb,
+            0xbf58_476d_1ce4_e5b9,
+            0xd6e8_feb8_6659_fd93,
+            0xa076_1d64_78bd_642f,
+        ];
+        let mut h: u64 = 0;
+        for (i, (w, k)) in self.words.iter().zip(K).enumerate() {
+            h = h.wrapping_add((w ^ i as u64).wrapping_mul(k).rotate_left(23));
         }
+        h ^= h >> 31;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
         h ^ (h >> 29)
+    }
+
+    /// Word-by-word equality without a `memcmp` call (the EMC's compare).
+    #[inline]
+    pub fn same_as(&self, other: &FlowKey) -> bool {
+        let mut diff = 0u64;
+        for i in 0..KEY_WORDS {
+            diff |= self.words[i] ^ other.words[i];
+        }
+        diff == 0
     }
 
     // Typed accessors for the hot paths and for readability.
