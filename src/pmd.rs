@@ -147,7 +147,7 @@ pub fn spawn<B: PacketBuf + Clone + Send + 'static>(
 }
 
 /// Pins the calling thread to one CPU (sched_setaffinity through rustix's
-/// safe wrapper: std has no affinity call and `unsafe` stays in src/dpdk/).
+/// safe wrapper: std has no affinity call and unchecked code stays in src/dpdk/).
 /// Best effort: a CPU the process may not use leaves the thread unpinned
 /// (the daemon checks `pmd_cores` against the usable CPUs beforehand).
 fn pin_to_cpu(cpu: usize) {

@@ -227,7 +227,7 @@ impl PacketBuf for HeapPacket {
 ///
 /// A `Vec` whose capacity is reserved once and never exceeded: a burst kept
 /// by the PMD across polls costs no allocation per burst or per packet, and
-/// it needs no `unsafe` (unlike an array-vec of `MaybeUninit`). Packets are
+/// it needs no unchecked code (unlike an array-vec of `MaybeUninit`). Packets are
 /// moved, not borrowed, so a buffer's owner is always clear: a DPDK mbuf
 /// returns to its pool when dropped, and packets a port refused on transmit
 /// stay in the burst for the caller to retry or drop with a reason.

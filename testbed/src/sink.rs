@@ -39,6 +39,31 @@ impl AtomicCount {
     }
 }
 
+/// Moves packets from a receive ring into `out` until it is full or the
+/// ring is empty, counting them on `count` once (the rx side of every
+/// testbed port).
+pub(crate) fn drain_ring(
+    ring: &Receiver<HeapPacket>,
+    count: &AtomicCount,
+    out: &mut Burst<HeapPacket>,
+) -> usize {
+    let mut n = 0;
+    let mut bytes = 0;
+    while out.room() > 0 {
+        let Ok(p) = ring.try_recv() else {
+            break;
+        };
+        bytes += p.len() as u64;
+        n += 1;
+        // Room was checked: push cannot give the packet back.
+        let _ = out.push(p);
+    }
+    if n > 0 {
+        count.add(n as u64, bytes);
+    }
+    n
+}
+
 /// Where a port's transmitted packets go.
 #[derive(Debug)]
 pub struct TxSink {

@@ -211,20 +211,7 @@ impl Port for VmPort {
         let (Some(ring), Some(count)) = (self.rings.get(q), self.rx_counts.get(q)) else {
             return 0;
         };
-        let mut n = 0;
-        let mut bytes = 0;
-        while out.room() > 0 {
-            let Ok(p) = ring.try_recv() else {
-                break;
-            };
-            bytes += p.len() as u64;
-            n += 1;
-            let _ = out.push(p);
-        }
-        if n > 0 {
-            count.add(n as u64, bytes);
-        }
-        n
+        crate::sink::drain_ring(ring, count, out)
     }
 
     fn tx_burst(&self, queue: u16, pkts: &mut Burst<HeapPacket>) -> usize {
