@@ -621,14 +621,19 @@ fn offload_text(v: &Value) -> String {
     out
 }
 
+/// "core N", or "unpinned" for a PMD without a configured core.
+fn core_text(core: &Value) -> String {
+    if core.is_null() {
+        "unpinned".to_string()
+    } else {
+        format!("core {core}")
+    }
+}
+
 fn pmd_stats_text(v: &Value) -> String {
     let mut out = String::new();
     for p in rows(v) {
-        let core = if p["core"].is_null() {
-            "unpinned".to_string()
-        } else {
-            format!("core {}", p["core"])
-        };
+        let core = core_text(&p["core"]);
         let _ = writeln!(out, "pmd {} ({core}):", p["pmd"]);
         for (label, key) in [
             ("packets received", "packets"),
@@ -656,11 +661,7 @@ fn pmd_stats_text(v: &Value) -> String {
 fn rxqs_text(v: &Value) -> String {
     let mut out = String::new();
     for r in rows(v) {
-        let core = if r["core"].is_null() {
-            "unpinned".to_string()
-        } else {
-            format!("core {}", r["core"])
-        };
+        let core = core_text(&r["core"]);
         let _ = writeln!(
             out,
             "pmd {} ({core}): port {:<12} queue {}",

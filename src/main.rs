@@ -30,31 +30,7 @@ enum Command {
     /// The embedded default: the emulated offload NICs nic0/nic1 and VM port
     /// vm0 (OpenFlow ports 1, 2, 3), the sample GTP rules and generated
     /// traffic; a line per second, then the offload status and accounting.
-    Demo {
-        /// Distinct flows of generated traffic.
-        #[arg(long, default_value_t = 10_000)]
-        flows: usize,
-        /// Run time.
-        #[arg(long, conflicts_with = "packets")]
-        seconds: Option<f64>,
-        /// Send exactly this many packets (lossless), then drain.
-        #[arg(long)]
-        packets: Option<u64>,
-        /// NIC capability profile: generic, xl710, no-mark, tiny.
-        #[arg(long, default_value = "generic")]
-        profile: String,
-        /// Rules to load instead of the sample GTP rules (one flow a line).
-        #[arg(long)]
-        flows_file: Option<PathBuf>,
-        /// Only the GTP traffic on the NIC ports (no VM-port share).
-        #[arg(long)]
-        nic_only: bool,
-        /// Count transmitted packets per flow and report them (`per_flow_tx`).
-        #[arg(long)]
-        per_flow: bool,
-        #[arg(long)]
-        json: bool,
-    },
+    Demo(DemoArgs),
     /// The daemon: the configured ports (default: the testbed nic0, nic1,
     /// vm0), PMD threads, NIC offload and the control socket.
     Run(cli::RunArgs),
@@ -132,17 +108,35 @@ enum FlowCommand {
     Control(cli::FlowControl),
 }
 
+#[derive(clap::Args)]
 struct DemoArgs {
+    /// Distinct flows of generated traffic.
+    #[arg(long, default_value_t = 10_000)]
     flows: usize,
+    /// Run time.
+    #[arg(long, conflicts_with = "packets")]
     seconds: Option<f64>,
+    /// Send exactly this many packets (lossless), then drain.
+    #[arg(long)]
     packets: Option<u64>,
+    /// NIC capability profile: generic, xl710, no-mark, tiny.
+    #[arg(long, default_value = "generic")]
     profile: String,
+    /// Rules to load instead of the sample GTP rules (one flow a line).
+    #[arg(long)]
     flows_file: Option<PathBuf>,
+    /// Only the GTP traffic on the NIC ports (no VM-port share).
+    #[arg(long)]
     nic_only: bool,
+    /// Count transmitted packets per flow and report them (`per_flow_tx`).
+    #[arg(long)]
     per_flow: bool,
+    /// One JSON document (DESIGN §5's `demo` document) instead of lines.
+    #[arg(long)]
+    json: bool,
 }
 
-fn run_demo(args: DemoArgs, json: bool) -> Result<(), error::CliError> {
+fn run_demo(args: DemoArgs) -> Result<(), error::CliError> {
     use flowmark::demo::{self, Amount, DemoOptions};
     let DemoArgs {
         flows,
@@ -152,6 +146,7 @@ fn run_demo(args: DemoArgs, json: bool) -> Result<(), error::CliError> {
         flows_file,
         nic_only,
         per_flow,
+        json,
     } = args;
     let profile = offload::device::Profile::from_name(&profile)
         .map_err(|e| error::CliError::Profile(e.to_string()))?;
@@ -196,27 +191,7 @@ fn run_demo(args: DemoArgs, json: bool) -> Result<(), error::CliError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo {
-            flows,
-            seconds,
-            packets,
-            profile,
-            flows_file,
-            nic_only,
-            per_flow,
-            json,
-        } => run_demo(
-            DemoArgs {
-                flows,
-                seconds,
-                packets,
-                profile,
-                flows_file,
-                nic_only,
-                per_flow,
-            },
-            json,
-        ),
+        Command::Demo(args) => run_demo(args),
         Command::Run(args) => cli::run(args, cli.socket).map_err(Into::into),
         Command::Control(cmd) => cli::control(cli.socket, cmd).map_err(Into::into),
         Command::Flow {
