@@ -21,7 +21,7 @@ pub enum CliError {
         source: FlowParseError,
     },
     #[error("{0}")]
-    Profile(String),
+    Usage(String),
     #[error("demo: {0}")]
     Demo(String),
     #[error("bench: {0}")]

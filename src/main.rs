@@ -149,7 +149,7 @@ fn run_demo(args: DemoArgs) -> Result<(), error::CliError> {
         json,
     } = args;
     let profile = offload::device::Profile::from_name(&profile)
-        .map_err(|e| error::CliError::Profile(e.to_string()))?;
+        .map_err(|e| error::CliError::Usage(e.to_string()))?;
     let rules = match flows_file {
         Some(path) => Some(
             std::fs::read_to_string(&path)
@@ -161,7 +161,7 @@ fn run_demo(args: DemoArgs) -> Result<(), error::CliError> {
         (_, Some(n)) => Amount::Packets(n),
         (Some(s), None) if s > 0.0 && s.is_finite() => Amount::Seconds(s),
         (Some(s), None) => {
-            return Err(error::CliError::Profile(format!(
+            return Err(error::CliError::Usage(format!(
                 "--seconds {s}: give a positive number of seconds"
             )))
         }
