@@ -677,3 +677,46 @@ fn upcall_storm_does_not_starve_established_flows() {
     );
     d.stop();
 }
+
+#[test]
+fn two_pmds_share_one_nic_rule_per_megaflow() {
+    let d = Daemon::start(Some(
+        "pmd_cores = [0, 1]\n\
+         [[port]]\nname = \"nic0\"\ntype = \"testbed-nic\"\n\
+         [[port]]\nname = \"nic1\"\ntype = \"testbed-nic\"\n\
+         [[port]]\nname = \"vm0\"\ntype = \"testbed-vm\"\n",
+    ));
+    // Each NIC's two rx queues are spread over both PMDs.
+    let rxqs = arr(&d.json(&["pmd", "rxqs"]));
+    for pmd in [0, 1] {
+        assert!(
+            rxqs.iter().any(|r| r["pmd"] == pmd && r["port"] == "nic0"),
+            "pmd {pmd} polls a queue of nic0: {rxqs:?}"
+        );
+    }
+    d.json(&["flow", "add", "--file", GTP_FLOWS]);
+    d.inject("nic0", "flows=5000,count=20000,kind=gtp-up");
+    d.quiesce();
+    // RSS sent the same megaflow to both PMDs; the NIC holds one rule for it.
+    let flows: Vec<Value> = d.megaflows().into_iter().filter(nic_port).collect();
+    let mut distinct: Vec<(String, String)> = flows
+        .iter()
+        .map(|m| (m["port"].to_string(), m["ufid"].to_string()))
+        .collect();
+    distinct.sort();
+    distinct.dedup();
+    let status = d.json(&["offload", "status"]);
+    let nic0 = distinct.iter().filter(|(p, _)| p == "\"nic0\"").count() as u64;
+    assert!(nic0 > 0);
+    assert_eq!(u(&offload_port(&status, "nic0")["rules_installed"]), nic0);
+    assert_eq!(u(&offload_port(&status, "nic0")["device_rules"]), nic0);
+    d.inject("nic0", "flows=5000,count=20000,kind=gtp-up");
+    let ports = d.quiesce();
+    let pmds = arr(&d.json(&["pmd", "stats"]));
+    assert_eq!(pmds.len(), 2);
+    for p in &pmds {
+        assert!(u(&p["mark_hits"]) > 0, "both PMDs take the mark path: {p}");
+    }
+    check_accounting(&ports);
+    d.stop();
+}
