@@ -121,8 +121,8 @@ pub fn translate(
     json: bool,
 ) -> Result<(), CliError> {
     let m = fallback::ofproto::syntax::parse_megaflow(megaflow).map_err(CliError::Flow)?;
-    let profile = offload::device::Profile::from_name(profile)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let profile =
+        offload::device::Profile::from_name(profile).map_err(|e| CliError::Usage(e.to_string()))?;
     let caps = profile.capabilities();
     // Mark 1 stands for the mark the offload worker would allocate.
     let verdict = offload::translate::translate(&m, &caps, 1, n_rxq.max(1));
