@@ -20,6 +20,7 @@ use fallback::packet::{self, build};
 use fallback::port::{Burst, HeapPacket, PacketBuf, Port, PortStats};
 use flowmark::datapath::{BridgeState, NoOffload, PmdCore};
 use flowmark::dpdk::tsc::rdtsc;
+use flowmark::soak::rss_kib;
 use offload::marks::{Mark, PmdId};
 use offload::worker::{Offer, OffloadWorker, WorkerConfig};
 use serde_json::json;
@@ -465,19 +466,6 @@ fn offload_latency_case(flows: u32) -> Result<serde_json::Value, CliError> {
         "latency_us_avg": port.map_or(0.0, |p| p.latency_us.avg),
         "latency_us_p99": port.map_or(0, |p| p.latency_us.p99),
     }))
-}
-
-/// Resident memory (KiB) from /proc/self/status.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Bytes per megaflow in the PMD's flow cache (RSS growth over 100k).

@@ -3,7 +3,6 @@
 //! generated traffic, a line per second and the final accounting.
 
 use crate::switch::{NamedPortStats, Switch, SwitchConfig, SwitchError};
-use fallback::ofproto::syntax::parse_flow;
 use fallback::port::HeapPacket;
 use offload::device::Profile;
 use serde::Serialize;
@@ -210,14 +209,8 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
         )?;
     }
     let rules_text = opts.rules.as_deref().unwrap_or(GTP_FLOWS);
-    let mut rules = Vec::new();
-    for (i, line) in rules_text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        rules.push(parse_flow(line).map_err(|e| DemoError::Rules(format!("line {}: {e}", i + 1)))?);
-    }
+    let rules = fallback::ofproto::syntax::parse_flows(rules_text)
+        .map_err(|(line, e)| DemoError::Rules(format!("line {line}: {e}")))?;
     sw.flow_add_all(rules);
 
     // Traffic: the GTP scenario on the NICs (2 GTP-U flows per subscriber,

@@ -29,26 +29,11 @@ pub fn load_flows_file(path: &Path) -> Result<Vec<Rule>, CliError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_flows_text(&text).map_err(|(line, source)| CliError::FlowsFile {
+    fallback::ofproto::syntax::parse_flows(&text).map_err(|(line, source)| CliError::FlowsFile {
         path: path.to_path_buf(),
         line,
         source,
     })
-}
-
-/// The lines of a flows file → rules, or (line number, error).
-pub fn parse_flows_text(
-    text: &str,
-) -> Result<Vec<Rule>, (usize, fallback::ofproto::syntax::FlowParseError)> {
-    let mut rules = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        rules.push(parse_flow(line).map_err(|e| (i + 1, e))?);
-    }
-    Ok(rules)
 }
 
 /// Ports the rules and the packet name: the default bridge for `trace`.

@@ -472,3 +472,15 @@ proptest! {
         prop_assert_eq!(back, m, "{}", text);
     }
 }
+
+#[test]
+fn flows_file_skips_comments_and_names_the_bad_line() {
+    use fallback::ofproto::syntax::parse_flows;
+    let text =
+        "# GTP\n\npriority=1,udp,actions=output:2\n  # indented comment\npriority=0,actions=drop\n";
+    assert_eq!(parse_flows(text).expect("valid").len(), 2);
+    let (line, err) = parse_flows("priority=1,actions=drop\n\nnw_sorc=1.2.3.4,actions=drop\n")
+        .expect_err("line 3 is bad");
+    assert_eq!(line, 3);
+    assert!(err.to_string().contains("nw_sorc"), "{err}");
+}

@@ -551,17 +551,14 @@ where
                 }
                 if let Some(text) = &file_text {
                     let file = file_name.unwrap_or_else(|| "(flows file)".into());
-                    for (i, line) in text.lines().enumerate() {
-                        let line = line.trim();
-                        if line.is_empty() || line.starts_with('#') {
-                            continue;
-                        }
-                        rules.push(parse_flow(line).map_err(|source| DaemonError::FlowsFile {
+                    let from_file = fallback::ofproto::syntax::parse_flows(text).map_err(
+                        |(line, source)| DaemonError::FlowsFile {
                             file: file.clone(),
-                            line: i + 1,
+                            line,
                             source,
-                        })?);
-                    }
+                        },
+                    )?;
+                    rules.extend(from_file);
                 }
                 if rules.is_empty() {
                     return Err(DaemonError::BadArgument(

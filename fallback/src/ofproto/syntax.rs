@@ -88,6 +88,20 @@ type Result<T> = std::result::Result<T, FlowParseError>;
 // ---------------------------------------------------------------------------
 // Public API
 
+/// A flows file: one flow per line, blank lines and `#` comments skipped.
+/// An error comes with its 1-based line number.
+pub fn parse_flows(text: &str) -> std::result::Result<Vec<Rule>, (usize, FlowParseError)> {
+    let mut rules = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        rules.push(parse_flow(line).map_err(|e| (i + 1, e))?);
+    }
+    Ok(rules)
+}
+
 /// Parses a flow in `ovs-ofctl add-flow` syntax.
 pub fn parse_flow(s: &str) -> Result<Rule> {
     parse_flow_with_warnings(s).map(|(rule, _)| rule)
