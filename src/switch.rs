@@ -47,6 +47,8 @@ pub struct SwitchConfig {
     pub offload: bool,
     pub max_marks: u32,
     pub max_idle_ms: u64,
+    /// MAC-learning aging time.
+    pub mac_aging_ms: u64,
     pub upcall_budget: usize,
     pub emc_insert_inv_prob: u32,
     pub offload_queue: usize,
@@ -59,6 +61,7 @@ impl Default for SwitchConfig {
             offload: true,
             max_marks: offload::device::Capabilities::MAX_MARK,
             max_idle_ms: 10_000,
+            mac_aging_ms: fallback::ofproto::mac::DEFAULT_AGING_MS,
             upcall_budget: crate::datapath::DEFAULT_UPCALL_BUDGET,
             emc_insert_inv_prob: fallback::emc::DEFAULT_INSERT_INV_PROB,
             offload_queue: 65_536,
@@ -124,7 +127,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
             return Err(SwitchError::NoPmds);
         }
         let pipeline = Pipeline::new();
-        let bridge = Arc::new(BridgeState::default());
+        let bridge = Arc::new(BridgeState::new(config.mac_aging_ms));
         let worker = if config.offload {
             let mut wc = WorkerConfig {
                 queue_capacity: config.offload_queue,
@@ -491,13 +494,10 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         }
     }
 
-    /// MAC table housekeeping (aging); revalidates PMDs when entries went.
-    pub fn age_macs(&self, now_ms: u64) {
-        if let Ok(mut macs) = self.bridge.macs.write() {
-            if macs.expire(now_ms) {
-                self.bridge.mac_version.fetch_add(1, Ordering::AcqRel);
-            }
-        }
+    /// MAC table housekeeping (aging, on the bridge clock the PMDs learn
+    /// and refresh with); revalidates PMDs when entries went.
+    pub fn age_macs(&self) {
+        self.bridge.age_macs(self.bridge.now_ms());
     }
 
     /// Stops the PMDs (their megaflows and NIC rules removed), then removes

@@ -497,7 +497,9 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
                 tally.upcalls += 1;
                 let mf = Megaflow::new(&k, &full.mask, full.actions.clone(), full.rules.clone());
                 assert!(mf.matches(&k));
-                cache.install(mf);
+                cache
+                    .install(mf)
+                    .expect("distinct matches: no ufid collision");
                 full.actions.clone()
             }
         };

@@ -2008,7 +2008,10 @@ mod tests {
             let p = &mut self.pmds[pmd];
             let mf = Megaflow::new(&m.value, &m.mask, Vec::new(), Vec::new());
             let ufid = mf.ufid;
-            let handle = p.cache.install(mf);
+            let handle = p
+                .cache
+                .install(mf)
+                .expect("distinct matches: no ufid collision");
             PutRequest {
                 pmd: p.id,
                 port: m.value.get(Field::InPort) as PortId,

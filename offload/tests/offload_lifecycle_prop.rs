@@ -427,7 +427,10 @@ impl World {
         let p = &mut self.pmds[pmd];
         let mf = Megaflow::new(&m.value, &m.mask, vec![DpAction::Output(2)], vec![]);
         let ufid = mf.ufid;
-        let handle = p.cache.install(mf);
+        let handle = p
+            .cache
+            .install(mf)
+            .expect("distinct matches: no ufid collision");
         PutRequest {
             pmd: p.id,
             port,

@@ -120,7 +120,9 @@ fn pmd_enqueues_without_waiting_for_a_slow_device() {
     let flows: Vec<_> = (0..200)
         .map(|i| {
             let mf = megaflow(1, i);
-            let h = cache.install(mf.clone());
+            let h = cache
+                .install(mf.clone())
+                .expect("distinct matches: no ufid collision");
             (mf, h)
         })
         .collect();
@@ -183,7 +185,9 @@ fn deletes_refused_by_a_full_queue_are_kept_and_delivered() {
     let mut offered = Vec::new();
     for i in 0..20 {
         let mf = megaflow(1, i);
-        let h = cache.install(mf.clone());
+        let h = cache
+            .install(mf.clone())
+            .expect("distinct matches: no ufid collision");
         if pmd.offer_put(1, &mf, h) == Offer::Queued {
             offered.push((mf.ufid, h));
         }
@@ -213,7 +217,9 @@ fn delete_unpublishes_and_the_mark_returns_after_quiescence() {
     let mut pmd = worker.add_pmd(PmdId(0)).expect("add pmd");
     let mut cache = FlowCache::new(1);
     let mf = megaflow(1, 1);
-    let h = cache.install(mf.clone());
+    let h = cache
+        .install(mf.clone())
+        .expect("distinct matches: no ufid collision");
     assert_eq!(pmd.offer_put(1, &mf, h), Offer::Queued);
     poll_until(&worker, &mut pmd, |s, p| {
         s.states.offloaded == 1 && p.marks().len() == 1
@@ -229,7 +235,9 @@ fn delete_unpublishes_and_the_mark_returns_after_quiescence() {
     // past the unpublish, so the next round of work frees the mark.
     pmd.quiesce();
     let mf2 = megaflow(1, 2);
-    let h2 = cache.install(mf2.clone());
+    let h2 = cache
+        .install(mf2.clone())
+        .expect("distinct matches: no ufid collision");
     assert_eq!(pmd.offer_put(1, &mf2, h2), Offer::Queued);
     let s = poll_until(&worker, &mut pmd, |s, _| s.states.offloaded == 1);
     assert_eq!(s.marks_quarantined, 0);
@@ -250,7 +258,9 @@ fn port_removal_and_reset_through_the_thread() {
     let mut cache = FlowCache::new(1);
     for (port, i) in [(1, 1), (1, 2), (2, 3)] {
         let mf = megaflow(port, i);
-        let h = cache.install(mf.clone());
+        let h = cache
+            .install(mf.clone())
+            .expect("distinct matches: no ufid collision");
         assert_eq!(pmd.offer_put(port, &mf, h), Offer::Queued);
     }
     poll_until(&worker, &mut pmd, |s, _| s.states.offloaded == 3);
@@ -273,7 +283,9 @@ fn a_stopped_worker_says_so() {
     worker.shutdown().expect("clean shutdown");
     let mut cache = FlowCache::new(1);
     let mf = megaflow(1, 1);
-    let h = cache.install(mf.clone());
+    let h = cache
+        .install(mf.clone())
+        .expect("distinct matches: no ufid collision");
     assert_eq!(pmd.offer_put(1, &mf, h), Offer::Stopped);
     pmd.offer_delete(1, mf.ufid);
     assert_eq!(

@@ -398,7 +398,7 @@ where
             }
             if last_aging.elapsed() >= MAC_AGING_INTERVAL {
                 last_aging = Instant::now();
-                self.switch.age_macs(self.now_ms());
+                self.switch.age_macs();
             }
         }
     }
