@@ -622,6 +622,12 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         for pkt in rx.drain() {
             self.counters.packets += 1;
             self.ports[port_idx].stats.rx += 1;
+            if !pkt.is_contiguous() {
+                self.ports[port_idx]
+                    .stats
+                    .count_rx_drop(RxDropReason::NotLinear, 1);
+                continue;
+            }
             // Mark path: mark → megaflow, no key extraction, no EMC/dpcls.
             if let Some(mark) = pkt.mark() {
                 if let Some(h) = self.marks.lookup(mark) {
