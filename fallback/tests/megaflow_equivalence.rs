@@ -549,16 +549,11 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
     }
 }
 
-fn rule_sets() -> u32 {
-    if std::env::var("FLOWMARK_LONG").is_ok_and(|v| v == "1") {
-        2000
-    } else {
-        200
-    }
-}
+#[path = "../../tests/support/test_env.rs"]
+mod test_env;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: rule_sets(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: test_env::cases(200), ..ProptestConfig::default() })]
 
     #[test]
     fn megaflow_dpcls_emc_equal_linear_lookup(seed in any::<u64>()) {

@@ -732,8 +732,11 @@ fn run(seed: u64, ops: &[Op]) {
     }
 }
 
+#[path = "../../tests/support/test_env.rs"]
+mod test_env;
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(test_env::cases(64)))]
 
     /// Shrinkable sequences of a few hundred operations.
     #[test]
@@ -746,7 +749,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(4))]
+    #![proptest_config(ProptestConfig::with_cases(test_env::cases(4)))]
 
     /// 10,000 operations per case from a seeded generator.
     #[test]
