@@ -5,7 +5,7 @@
 
 use crate::datapath::{BridgeState, MegaflowInfo, NoOffload, OffloadClient, PmdCore};
 use crate::pmd::{self, PmdCommand, PmdSettings, PmdSnapshot, PmdThread, WorkerClient};
-use fallback::ofproto::table::{Added, Pipeline, RuleId};
+use fallback::ofproto::table::{Added, Pipeline, RuleEntry, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
 use fallback::port::{PacketBuf, Port, PortStats};
 use hashbrown::HashMap;
@@ -36,6 +36,52 @@ pub enum SwitchError {
     PmdTimeout(u32),
     #[error("at least one PMD thread is needed (pmd_cores is empty)")]
     NoPmds,
+}
+
+/// Why a flow add was refused (OpenFlow's OFPFMFC_OVERLAP / TABLE_FULL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddRefused {
+    #[error("an overlapping flow of the same priority exists (OFPFF_CHECK_OVERLAP was set)")]
+    Overlap,
+    #[error("the switch holds at most {0} flows; delete some first")]
+    TableFull(usize),
+}
+
+/// The checks of an OpenFlow flow add against `pipeline`, without cloning
+/// or dumping it: a rule with the same table, priority and match replaces
+/// (and never overlaps or overfills); otherwise, with `check_overlap`, an
+/// equal-priority rule whose match overlaps refuses it, and a full switch
+/// refuses it.
+pub fn check_add(
+    pipeline: &Pipeline,
+    rule: &Rule,
+    check_overlap: bool,
+    max_flows: usize,
+) -> Result<(), AddRefused> {
+    let same_priority = || {
+        pipeline
+            .table(rule.table)
+            .iter()
+            .filter(|e| e.rule.priority == rule.priority)
+    };
+    let m = &rule.r#match;
+    let masked = m.value.masked(&m.mask);
+    let replaces = |e: &RuleEntry| e.rule.r#match.mask == m.mask && e.rule.r#match.value == masked;
+    if same_priority().any(|e| replaces(e)) {
+        return Ok(());
+    }
+    if check_overlap
+        && same_priority().any(|e| {
+            let both = e.rule.r#match.mask.masked(&m.mask);
+            e.rule.r#match.value.masked(&both) == m.value.masked(&both)
+        })
+    {
+        return Err(AddRefused::Overlap);
+    }
+    if pipeline.len() >= max_flows {
+        return Err(AddRefused::TableFull(max_flows));
+    }
+    Ok(())
 }
 
 /// The switch's settings (the daemon's config file sets them).
@@ -344,14 +390,12 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         added
     }
 
-    /// Adds many rules with one revalidation.
-    pub fn flow_add_all(&mut self, rules: Vec<Rule>) -> usize {
-        let n = rules.len();
-        for r in rules {
-            self.pipeline.add(r);
-        }
+    /// Adds many rules with one publication (one revalidation); returns
+    /// their ids in order.
+    pub fn flow_add_all(&mut self, rules: Vec<Rule>) -> Vec<RuleId> {
+        let ids = rules.into_iter().map(|r| self.pipeline.add(r).id).collect();
         self.publish_pipeline();
-        n
+        ids
     }
 
     pub fn flow_del(&mut self, table: Option<u8>, sel: &Match, strict: Option<u16>) -> Vec<RuleId> {
@@ -523,5 +567,45 @@ impl<B> Drop for Switch<B> {
         for pmd in &mut self.pmds {
             pmd.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fallback::ofproto::syntax::parse_flow;
+
+    fn pipeline(flows: &[&str]) -> Pipeline {
+        let mut p = Pipeline::new();
+        for f in flows {
+            p.add(parse_flow(f).expect("valid flow"));
+        }
+        p
+    }
+
+    #[test]
+    fn check_add_replaces_refuses_overlap_and_full() {
+        let p = pipeline(&[
+            "priority=10,ip,nw_dst=10.0.0.0/8,actions=output:2",
+            "priority=20,ip,nw_dst=10.1.0.0/16,actions=output:3",
+        ]);
+        let rule = |f: &str| parse_flow(f).expect("valid flow");
+        // The same table, priority and match replaces: never refused.
+        let same = rule("priority=10,ip,nw_dst=10.0.0.0/8,actions=drop");
+        assert_eq!(check_add(&p, &same, true, 2), Ok(()));
+        // Overlapping at the same priority: refused only when asked.
+        let overlap = rule("priority=10,ip,nw_dst=10.2.0.0/16,actions=drop");
+        assert_eq!(check_add(&p, &overlap, true, 100), Err(AddRefused::Overlap));
+        assert_eq!(check_add(&p, &overlap, false, 100), Ok(()));
+        // Disjoint, or another priority: no overlap.
+        let disjoint = rule("priority=10,ip,nw_dst=11.0.0.0/8,actions=drop");
+        assert_eq!(check_add(&p, &disjoint, true, 100), Ok(()));
+        let other_prio = rule("priority=11,ip,nw_dst=10.2.0.0/16,actions=drop");
+        assert_eq!(check_add(&p, &other_prio, true, 100), Ok(()));
+        // Full.
+        assert_eq!(
+            check_add(&p, &disjoint, false, 2),
+            Err(AddRefused::TableFull(2))
+        );
     }
 }
