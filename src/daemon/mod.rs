@@ -20,7 +20,7 @@ use crate::control::Request;
 use crate::switch::{check_add, AddRefused, NamedPortStats, PortInfo, Switch, SwitchError};
 use crossbeam_channel::{Receiver, Sender};
 use fallback::ofproto::syntax::{parse_flow, parse_match, FlowParseError};
-use fallback::ofproto::table::RuleId;
+use fallback::ofproto::table::{Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
 use fallback::port::PacketBuf;
 use hashbrown::HashMap;
@@ -101,6 +101,9 @@ pub enum DaemonError {
 enum Op {
     Control(Request),
     AddRules(Vec<Rule>),
+    /// Changes applied to a copy of the pipeline, which replaces it (one
+    /// new version, one revalidation) unless the change gives up (`None`).
+    Transaction(PipelineChange),
     /// One OpenFlow flow add, checked against the pipeline first.
     AddRuleChecked {
         rule: Rule,
@@ -126,6 +129,9 @@ enum Op {
         frame: Vec<u8>,
     },
 }
+
+/// An all-or-nothing change of the OpenFlow pipeline (a bundle's commit).
+pub type PipelineChange = Box<dyn FnOnce(Pipeline) -> Option<Pipeline> + Send>;
 
 /// The main loop's answer.
 enum Reply {
@@ -192,6 +198,15 @@ impl DaemonHandle {
             max_flows,
         })? {
             Reply::Added(r) => Ok(r),
+            _ => Err(DaemonError::Stopped),
+        }
+    }
+
+    /// Applies `change` to a copy of the pipeline; true when it replaced the
+    /// pipeline (as one version), false when it gave up (nothing changed).
+    pub fn transaction(&self, change: PipelineChange) -> Result<bool, DaemonError> {
+        match self.call(Op::Transaction(change))? {
+            Reply::Json(Value::Bool(done)) => Ok(done),
             _ => Err(DaemonError::Stopped),
         }
     }
@@ -454,6 +469,7 @@ where
         let what = match &op {
             Op::Control(r) => r.command(),
             Op::AddRules(_) | Op::AddRuleChecked { .. } => "openflow flow_add",
+            Op::Transaction(_) => "openflow bundle_commit",
             Op::DelRules { .. } => "openflow flow_del",
             Op::ModRules { .. } => "openflow flow_mod",
             Op::DumpFlows => "openflow flow_dump",
@@ -474,6 +490,19 @@ where
             },
             Op::Control(req) => self.control(req).map(Reply::Json),
             Op::AddRules(rules) => Ok(Reply::Rules(self.add_rules(rules))),
+            Op::Transaction(change) => {
+                let copy = self.switch.pipeline().clone();
+                let done = match change(copy) {
+                    Some(new) => {
+                        self.switch.set_pipeline(new);
+                        self.sync_rule_clocks();
+                        info!(self.log, "bundle committed"; "rules" => self.switch.pipeline().len());
+                        true
+                    }
+                    None => false,
+                };
+                Ok(Reply::Json(Value::Bool(done)))
+            }
             Op::AddRuleChecked {
                 rule,
                 check_overlap,
