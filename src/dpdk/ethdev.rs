@@ -105,6 +105,9 @@ pub struct EthPort {
     tx: Box<[QueueCount]>,
     /// Copies that had no mbuf (pool exhausted), refused on transmit.
     tx_no_mbuf: AtomicU64,
+    /// Multi-segment mbufs refused on transmit (the port is not set up for
+    /// `RTE_ETH_TX_OFFLOAD_MULTI_SEGS`).
+    tx_chained: AtomicU64,
     /// What the PMD uses and must outlive the port (e.g. the rte_rings
     /// under a `net_ring` port): dropped after the port is closed.
     keep: Option<Box<dyn std::any::Any + Send + Sync>>,
@@ -293,6 +296,7 @@ impl EthPort {
             rx: (0..config.rxqs).map(|_| QueueCount::default()).collect(),
             tx: (0..config.txqs).map(|_| QueueCount::default()).collect(),
             tx_no_mbuf: AtomicU64::new(0),
+            tx_chained: AtomicU64::new(0),
             keep: None,
         })
     }
@@ -332,6 +336,11 @@ impl EthPort {
     /// Copies refused on transmit because the pool had no mbuf for them.
     pub fn tx_no_mbuf(&self) -> u64 {
         self.tx_no_mbuf.load(Ordering::Relaxed)
+    }
+
+    /// Multi-segment mbufs refused on transmit.
+    pub fn tx_chained(&self) -> u64 {
+        self.tx_chained.load(Ordering::Relaxed)
     }
 
     pub fn link(&self) -> LinkState {
@@ -442,7 +451,7 @@ impl Port for EthPort {
         for &m in &raw[..n] {
             // SAFETY: rx_burst returned n valid mbufs that are now ours.
             let mbuf = unsafe { Mbuf::from_raw(m) };
-            bytes += mbuf.len() as u64;
+            bytes += mbuf.pkt_len() as u64;
             // Room was checked: push cannot give the packet back.
             let _ = out.push(mbuf);
         }
@@ -458,19 +467,27 @@ impl Port for EthPort {
             return 0;
         };
         register_thread();
-        // Failed copies (no mbuf) move to the back, in order, and are
+        // Failed copies (no mbuf) and chains (the port is set up for
+        // single-segment mbufs only) move to the back, in order, and are
         // refused with whatever the PMD does not take.
         let slice = pkts.as_mut_slice();
         let mut valid = 0;
+        let (mut no_mbuf, mut chained) = (0u64, 0u64);
         for i in 0..slice.len() {
-            if slice[i].is_valid() {
+            if !slice[i].is_valid() {
+                no_mbuf += 1;
+            } else if !slice[i].is_contiguous() {
+                chained += 1;
+            } else {
                 slice[valid..=i].rotate_right(1);
                 valid += 1;
             }
         }
-        if valid < slice.len() {
-            self.tx_no_mbuf
-                .fetch_add((slice.len() - valid) as u64, Ordering::Relaxed);
+        if no_mbuf > 0 {
+            self.tx_no_mbuf.fetch_add(no_mbuf, Ordering::Relaxed);
+        }
+        if chained > 0 {
+            self.tx_chained.fetch_add(chained, Ordering::Relaxed);
         }
         if valid == 0 {
             return 0;
