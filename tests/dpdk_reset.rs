@@ -393,3 +393,146 @@ fn nic_reset_and_device_events() {
     eal.cleanup();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The issue's symptom at the CLI: `flowmark run` (DPDK build) with
+/// `testbed-nic-dpdk` ports, `nic reset nic0`: the megaflows are offloaded
+/// again (device rules = offloaded), the books add up, and the mempool's
+/// free count at shutdown equals the one at start.
+#[test]
+fn daemon_nic_reset_reoffers() {
+    use serde_json::Value;
+    use std::process::{Command, Stdio};
+    const BIN: &str = env!("CARGO_BIN_EXE_flowmark");
+    let prefix = prefix("resetd");
+    let _guard = RuntimeDirGuard(prefix.clone());
+    let dir = scratch("resetd");
+    let socket = dir.join("flowmark.sock");
+    let config = dir.join("flowmark.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "pmd_cores = [1]\noffload = true\n\n[dpdk]\neal_args = {:?}\nmbufs = 4096\n\n\
+             [[port]]\nname = \"nic0\"\ntype = \"testbed-nic-dpdk\"\nofport = 1\n\n\
+             [[port]]\nname = \"nic1\"\ntype = \"testbed-nic-dpdk\"\nofport = 2\n",
+            eal_args(&prefix)
+        ),
+    )
+    .expect("config");
+    let child = Command::new(BIN)
+        .args(["run", "--log-level", "warning", "--socket"])
+        .arg(&socket)
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start flowmark run");
+    let cli = |args: &[&str]| -> Option<Value> {
+        let out = Command::new(BIN)
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .arg("--json")
+            .output()
+            .expect("run the CLI");
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("the daemon", &|| cli(&["port", "list"]).is_some());
+    let ok = |args: &[&str]| cli(args).unwrap_or_else(|| panic!("flowmark {args:?} failed"));
+    ok(&[
+        "flow",
+        "add",
+        "priority=10,in_port=1,udp,tp_dst=1000,actions=output:2",
+    ]);
+    ok(&[
+        "flow",
+        "add",
+        "priority=10,in_port=1,udp,tp_dst=2000,actions=output:2",
+    ]);
+    let nic0 = |status: &Value| -> (u64, u64, u64) {
+        let p = status["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "nic0").cloned())
+            .unwrap_or(Value::Null);
+        (
+            p["device_rules"].as_u64().unwrap_or(u64::MAX),
+            p["resets"].as_u64().unwrap_or(0),
+            status["states"]["offloaded"].as_u64().unwrap_or(0),
+        )
+    };
+    let pcap_file = dir.join("in.pcap");
+    let frames: Vec<Vec<u8>> = (0..400u32)
+        .map(|i| frame(if i % 2 == 0 { 1000 } else { 2000 }, i))
+        .collect();
+    pcap::write_file(
+        &pcap_file,
+        Duration::ZERO,
+        frames.iter().map(|f| f.as_slice()),
+    )
+    .expect("pcap");
+    let pcap_arg = pcap_file.to_str().expect("utf-8 path");
+    ok(&["port", "inject", "nic0", "--pcap", pcap_arg]);
+    wait("2 megaflows offloaded", &|| {
+        let (rules, _, off) = nic0(&ok(&["offload", "status"]));
+        off == 2 && rules == 2
+    });
+    ok(&["nic", "reset", "nic0"]);
+    wait("the megaflows offloaded again", &|| {
+        let (rules, resets, off) = nic0(&ok(&["offload", "status"]));
+        resets == 1 && off == 2 && rules == 2
+    });
+    ok(&["port", "inject", "nic0", "--pcap", pcap_arg]);
+    wait("800 packets through", &|| {
+        let s = ok(&["port", "stats"]);
+        s.as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["name"] == "nic1" && p["tx"].as_u64() == Some(800))
+        })
+    });
+    let mf = ok(&["megaflow", "dump"]);
+    let mf = mf.as_array().expect("megaflows");
+    assert_eq!(mf.len(), 2, "{mf:?}");
+    assert!(mf.iter().all(|m| m["state"] == "offloaded"), "{mf:?}");
+    let stats = ok(&["port", "stats"]);
+    for p in stats.as_array().expect("ports") {
+        let sum = |v: &Value| -> u64 {
+            v.as_object()
+                .map_or(0, |o| o.values().filter_map(Value::as_u64).sum())
+        };
+        let n = |k: &str| p[k].as_u64().unwrap_or(u64::MAX);
+        assert_eq!(n("rx"), n("forwarded") + sum(&p["rx_dropped"]), "{p}");
+        assert_eq!(n("tx_attempted"), n("tx") + sum(&p["tx_dropped"]), "{p}");
+    }
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().expect("daemon exit");
+    assert!(
+        out.status.success(),
+        "flowmark run exited with {}",
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let free: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("free mbufs at"))
+        .filter_map(|l| l.split(": ").last())
+        .collect();
+    assert_eq!(free.len(), 2, "{text}");
+    assert_eq!(free[0], free[1], "mbufs leaked: {text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
