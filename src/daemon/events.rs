@@ -171,6 +171,9 @@ impl PortEvents {
         F: PortFactory<B> + ?Sized,
     {
         let mut events = factory.poll_events();
+        // A port removed (e.g. `port del`) while its reset waited.
+        self.resetting
+            .retain(|p, _| switch.ports().iter().any(|sp| sp.ofport == *p));
         let now = Instant::now();
         for (&ofport, &due) in &self.resetting {
             if due <= now {
@@ -373,5 +376,184 @@ mod tests {
                 }
             }
         }
+    }
+
+    use crate::config::{PortFamily, PortSpec, PortType};
+    use crate::daemon::ports::{NewPort, PortError, TestbedFactory};
+    use crate::switch::SwitchConfig;
+    use fallback::port::HeapPacket;
+    use std::sync::Mutex;
+    use testbed::Inject;
+
+    /// A testbed factory whose device events and reset outcomes are
+    /// scripted, recording what the daemon asked of it.
+    struct Scripted {
+        inner: TestbedFactory,
+        events: Vec<PortEvent>,
+        outcomes: Vec<Result<ResetOutcome, ()>>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl PortFactory<HeapPacket> for Scripted {
+        fn family(&self) -> PortFamily {
+            self.inner.family()
+        }
+        fn create(&mut self, o: u32, s: &PortSpec) -> Result<NewPort<HeapPacket>, PortError> {
+            self.inner.create(o, s)
+        }
+        fn remove(&mut self, o: u32) {
+            self.calls.lock().unwrap().push(format!("remove {o}"));
+            self.inner.remove(o)
+        }
+        fn injector(&self, o: u32) -> Result<Box<dyn Inject>, PortError> {
+            self.inner.injector(o)
+        }
+        fn reset_nic(&self, o: u32) -> Result<(), PortError> {
+            self.inner.reset_nic(o)
+        }
+        fn poll_events(&mut self) -> Vec<PortEvent> {
+            std::mem::take(&mut self.events)
+        }
+        fn set_io(&self, o: u32, up: bool) {
+            self.calls.lock().unwrap().push(format!("io {o} {up}"));
+        }
+        fn forget_rules(&self, o: u32) {
+            self.calls.lock().unwrap().push(format!("forget {o}"));
+        }
+        fn reset_port(&self, o: u32) -> Result<ResetOutcome, PortError> {
+            let n = {
+                let mut c = self.calls.lock().unwrap();
+                c.push(format!("reset {o}"));
+                c.iter().filter(|x| x.starts_with("reset")).count()
+            };
+            match self
+                .outcomes
+                .get(n - 1)
+                .copied()
+                .unwrap_or(Ok(ResetOutcome::Done))
+            {
+                Ok(o) => Ok(o),
+                Err(()) => Err(PortError::Reset {
+                    name: "nic0".into(),
+                    why: "scripted".into(),
+                }),
+            }
+        }
+        fn device_rules(&self, o: u32) -> Option<usize> {
+            self.inner.device_rules(o)
+        }
+    }
+
+    fn setup(outcomes: Vec<Result<ResetOutcome, ()>>) -> (Switch<HeapPacket>, Scripted) {
+        let mut sw = Switch::start(SwitchConfig {
+            pmd_cores: vec![None],
+            ..SwitchConfig::default()
+        })
+        .unwrap();
+        let mut f = Scripted {
+            inner: TestbedFactory::new(),
+            events: Vec::new(),
+            outcomes,
+            calls: Mutex::new(Vec::new()),
+        };
+        let spec = PortSpec {
+            name: "nic0".into(),
+            kind: PortType::TestbedNic,
+            ofport: Some(1),
+            rxqs: None,
+            profile: None,
+            devargs: None,
+            socket: None,
+            mode: None,
+        };
+        let new = f.create(1, &spec).unwrap();
+        sw.add_port("nic0", "testbed-nic", Some(1), new.port, new.flow_device)
+            .unwrap();
+        (sw, f)
+    }
+
+    fn ev(ofport: u32, kind: PortEventKind) -> PortEvent {
+        PortEvent { ofport, kind }
+    }
+
+    fn log() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    #[test]
+    fn a_reset_that_must_wait_keeps_the_port_down_and_is_retried() {
+        let (mut sw, mut f) = setup(vec![Ok(ResetOutcome::TryAgain), Err(())]);
+        let mut pe = PortEvents::new();
+        f.events = vec![ev(1, E::ResetNeeded), ev(1, E::ResetNeeded)];
+        let h = pe.handle(&mut sw, &mut f, &log());
+        // The duplicate in one poll is one event; the reset must wait.
+        assert_eq!(h.events.len(), 1, "{h:?}");
+        assert_eq!(
+            h.events[0].1,
+            vec![Step::StopIo, Step::ForgetRules, Step::ResetDevice]
+        );
+        assert_eq!(pe.state(&sw, 1), S::Resetting);
+        assert_eq!(
+            *f.calls.lock().unwrap(),
+            vec!["io 1 false", "forget 1", "reset 1"]
+        );
+        // Rules lost meanwhile: the reset will re-offer.
+        f.events = vec![ev(1, E::RulesLost)];
+        let h = pe.handle(&mut sw, &mut f, &log());
+        assert!(matches!(h.events[0].1[..], [Step::Ignore(_)]), "{h:?}");
+        // A new reset event joins the one in progress (no second stop);
+        // this attempt fails: still down, tried again later.
+        f.events = vec![ev(1, E::ResetNeeded)];
+        let h = pe.handle(&mut sw, &mut f, &log());
+        assert_eq!(h.events[0].1, vec![Step::ForgetRules, Step::ResetDevice]);
+        assert_eq!(pe.state(&sw, 1), S::Resetting);
+        // Not due yet: nothing happens.
+        assert!(pe.handle(&mut sw, &mut f, &log()).events.is_empty());
+        // Due: the retry completes, the port comes up and is re-offered.
+        pe.resetting.insert(1, Instant::now());
+        let h = pe.handle(&mut sw, &mut f, &log());
+        assert_eq!(
+            h.events[0].1,
+            vec![
+                Step::ForgetRules,
+                Step::ResetDevice,
+                Step::ResumeIo,
+                Step::Reoffer
+            ]
+        );
+        assert_eq!(pe.state(&sw, 1), S::Up);
+        assert_eq!(f.calls.lock().unwrap().last().unwrap(), "io 1 true");
+        sw.shutdown();
+    }
+
+    #[test]
+    fn removal_and_events_for_unknown_ports() {
+        let (mut sw, mut f) = setup(Vec::new());
+        let mut pe = PortEvents::new();
+        f.events = vec![
+            ev(7, E::ResetNeeded),
+            ev(1, E::Removed),
+            ev(1, E::RulesLost),
+        ];
+        let h = pe.handle(&mut sw, &mut f, &log());
+        assert!(matches!(h.events[0].1[..], [Step::Ignore(_)]), "{h:?}");
+        assert_eq!(
+            h.events[1].1,
+            vec![Step::StopIo, Step::ForgetRules, Step::RemovePort]
+        );
+        assert!(
+            matches!(h.events[2].1[..], [Step::Ignore(_)]),
+            "removed: {h:?}"
+        );
+        assert_eq!(h.removed, vec![1]);
+        assert!(sw.port_by_name("nic0").is_none());
+        assert!(f.calls.lock().unwrap().contains(&"remove 1".to_string()));
+        assert!(!f
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.starts_with("reset")));
+        sw.shutdown();
     }
 }
