@@ -9,6 +9,7 @@
 //! [`views`] (the JSON and table documents), [`server`] (the socket),
 //! [`log`] (slog setup and rate limits).
 
+pub mod events;
 pub mod inject;
 pub mod log;
 pub mod ports;
@@ -26,7 +27,7 @@ use fallback::port::PacketBuf;
 use hashbrown::HashMap;
 use ports::{PortError, PortFactory, TestbedFactory};
 use serde_json::{json, Value};
-use slog::{debug, error, info, warn, Logger};
+use slog::{debug, info, warn, Logger};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -380,6 +381,7 @@ struct Daemon<B, F> {
     requests: Receiver<Envelope>,
     stop: Arc<AtomicBool>,
     bad_requests: log::RateLimit,
+    events: events::PortEvents,
 }
 
 impl<B, F> Daemon<B, F>
@@ -405,6 +407,7 @@ where
             requests,
             stop,
             bad_requests: log::RateLimit::new(10),
+            events: events::PortEvents::new(),
         };
         let specs = match &config.ports {
             Some(p) => p.clone(),
@@ -961,20 +964,13 @@ where
         info!(self.log, "flows timed out"; "count" => doomed.len());
     }
 
+    /// Device events (NIC reset, port removal): DESIGN §3.
     fn poll_resets(&mut self) {
-        for ofport in self.factory.poll_resets() {
-            let name = self
-                .switch
-                .ports()
-                .iter()
-                .find(|p| p.ofport == ofport)
-                .map_or_else(|| ofport.to_string(), |p| p.name.clone());
-            match self.switch.nic_reset(ofport) {
-                Ok(()) => warn!(self.log, "NIC reset: re-offering its megaflows"; "port" => name),
-                Err(e) => {
-                    error!(self.log, "NIC reset not handled"; "port" => name, "error" => e.to_string())
-                }
-            }
+        let handled = self
+            .events
+            .handle(&mut self.switch, &mut self.factory, &self.log);
+        for ofport in handled.removed {
+            debug!(self.log, "port removed by a device event"; "ofport" => ofport);
         }
     }
 }
