@@ -24,6 +24,8 @@ pub const MAX_DEPTH: usize = 64;
 pub const MAX_RESUBMITS: usize = MAX_DEPTH * MAX_DEPTH;
 /// Bound on datapath actions per packet (a runaway flood/resubmit mix).
 pub const MAX_ACTIONS: usize = 1024;
+/// Widen partial L4 port masks in megaflows to full ones (see `xlate_hinted`).
+pub const OFFLOADABLE_PORT_MASKS: bool = true;
 
 /// Why a translation ended in a drop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -162,6 +164,17 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
     // that matches them matches nw_proto exactly (only narrower, so sound).
     if wc.get(Field::TpSrc) | wc.get(Field::TpDst) | wc.get(Field::TcpFlags) != 0 {
         wc.set_exact(Field::NwProto);
+    }
+    // A NIC takes L4 ports with a full mask only (DESIGN §2 `translate`):
+    // a port prefix (a rule's, or the bits a port trie needed to prove a
+    // miss) is widened to the whole port, a narrower and still sound
+    // megaflow that can be offloaded.
+    if OFFLOADABLE_PORT_MASKS {
+        for f in [Field::TpSrc, Field::TpDst] {
+            if wc.get(f) != 0 {
+                wc.set_exact(f);
+            }
+        }
     }
     let (actions, drop) = match ctx.error {
         Some(e) => (Vec::new(), Some(e)),
