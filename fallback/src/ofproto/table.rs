@@ -421,4 +421,169 @@ mod tests {
         );
         assert!(p.version() > v);
     }
+
+    fn with(fields: &[(Field, u128, u128)], priority: u16) -> Rule {
+        let mut r = rule(0, priority, None);
+        for &(f, v, m) in fields {
+            r.r#match.set_masked(f, v, m);
+        }
+        r
+    }
+
+    #[test]
+    fn staged_miss_leaves_later_stages_wildcarded() {
+        let mut p = Pipeline::new();
+        p.add(with(
+            &[
+                (Field::InPort, 1, u32::MAX as u128),
+                (Field::DlType, 0x0800, 0xffff),
+                (Field::NwProto, 6, 0xff),
+                (Field::TpDst, 80, 0xffff),
+            ],
+            10,
+        ));
+        let mut k = ip(0x0a00_0001);
+        k.set(Field::InPort, 2);
+        k.set(Field::NwProto, 6);
+        k.set(Field::TpDst, 80);
+        let mut wc = FlowKey::ZERO;
+        assert!(p.lookup(0, &k, &mut wc).is_none());
+        // Only the metadata stage was consulted.
+        assert_eq!(wc.get(Field::InPort), u32::MAX as u128);
+        assert_eq!(wc.get(Field::DlType), 0);
+        assert_eq!(wc.get(Field::NwProto), 0);
+        assert_eq!(wc.get(Field::TpDst), 0);
+    }
+
+    #[test]
+    fn trie_proves_a_miss_with_few_bits() {
+        let mut p = Pipeline::new();
+        let mut wide = rule(0, 1, None);
+        wide.r#match.set_exact(Field::DlType, 0x0800);
+        let wide = p.add(wide).id;
+        for i in 0..50u32 {
+            p.add(rule(
+                0,
+                10 + i as u16,
+                Some((0x0a00_0000 | (i << 8), 0xffff_ff00)),
+            ));
+        }
+        // 192.168.1.1 leaves the trie at its first bit (10/8 starts with 0).
+        let mut wc = FlowKey::ZERO;
+        assert_eq!(
+            p.lookup(0, &ip(0xc0a8_0101), &mut wc).map(|e| e.id),
+            Some(wide)
+        );
+        assert_eq!(wc.get(Field::NwSrc), 0x8000_0000);
+        // 10.0.99.1 shares 10.0.0.0/18 with the rules: more bits, not all 32.
+        let mut wc = FlowKey::ZERO;
+        assert_eq!(
+            p.lookup(0, &ip(0x0a00_6301), &mut wc).map(|e| e.id),
+            Some(wide)
+        );
+        let bits = wc.get(Field::NwSrc).count_ones();
+        assert!((17..24).contains(&bits), "{bits} bits");
+        // A hit un-wildcards the rule's mask.
+        let mut wc = FlowKey::ZERO;
+        assert!(p.lookup(0, &ip(0x0a00_0301), &mut wc).is_some());
+        assert_eq!(wc.get(Field::NwSrc), 0xffff_ff00);
+    }
+
+    #[test]
+    fn snapshot_sees_one_version_and_a_batch_is_one_version() {
+        let mut p = Pipeline::new();
+        let a = p.add(rule(0, 5, Some((0x0a00_0000, 0xff00_0000)))).id;
+        let snapshot = p.clone();
+        let v = p.version();
+        let b = p.batch(|p| {
+            p.remove_ids(&[a]);
+            let b = p.add(rule(0, 7, Some((0x0a00_0000, 0xffff_0000)))).id;
+            p.modify_actions(None, &Match::ANY, None, &[OfAction::Normal]);
+            b
+        });
+        assert_eq!(p.version(), v + 1);
+        // The snapshot still has the old rule, its actions and no new one.
+        let mut wc = FlowKey::ZERO;
+        let old = snapshot.lookup(0, &ip(0x0a00_0001), &mut wc);
+        assert_eq!(old.map(|e| e.id), Some(a));
+        assert_eq!(
+            old.map(|e| e.rule.actions.clone()),
+            Some(vec![OfAction::Output(5)])
+        );
+        assert!(snapshot.get(b).is_none());
+        let mut wc = FlowKey::ZERO;
+        let new = p.lookup(0, &ip(0x0a00_0001), &mut wc);
+        assert_eq!(new.map(|e| e.id), Some(b));
+        assert_eq!(
+            new.map(|e| e.rule.actions.clone()),
+            Some(vec![OfAction::Normal])
+        );
+        assert!(p.get(a).is_none());
+    }
+
+    /// Add rate, lookup cost and bytes per rule with 100,000 rules:
+    /// `cargo test --release -p fallback --lib -- --ignored --nocapture classifier_scale`.
+    #[test]
+    #[ignore]
+    fn classifier_scale() {
+        use std::time::Instant;
+        let n = 100_000u32;
+        let mk = |i: u32, masks: u32| {
+            let mut r = rule(0, 1 + (i % 1000) as u16, None);
+            r.r#match.set_exact(Field::DlType, 0x0800);
+            r.r#match.set_exact(Field::NwProto, 17);
+            let plen = 32 - (i % masks) * 4;
+            r.r#match.set_masked(
+                Field::NwDst,
+                (0x0a00_0000 | i) as u128 & !((1u128 << (32 - plen)) - 1),
+                (u32::MAX << (32 - plen)) as u128,
+            );
+            r.r#match.set_exact(Field::TpDst, (i % 50_000) as u128);
+            r
+        };
+        for masks in [1u32, 8] {
+            let rules: Vec<Rule> = (0..n).map(|i| mk(i, masks)).collect();
+            let mut p = Pipeline::new();
+            let t = Instant::now();
+            for r in rules {
+                p.add(r);
+            }
+            let add_s = t.elapsed().as_secs_f64();
+            let probes: Vec<FlowKey> = (0..200_000u32)
+                .map(|i| {
+                    let mut k = ip(0x0a0b_0c0d);
+                    k.set(Field::NwProto, 17);
+                    k.set(
+                        Field::NwDst,
+                        (0x0a00_0000 | (i.wrapping_mul(2_654_435_761) % (2 * n))) as u128,
+                    );
+                    k.set(Field::TpDst, (i % 60_000) as u128);
+                    k
+                })
+                .collect();
+            let t = Instant::now();
+            let mut hits = 0usize;
+            for k in &probes {
+                let mut wc = FlowKey::ZERO;
+                hits += p.lookup(0, k, &mut wc).is_some() as usize;
+            }
+            let lookup_ns = t.elapsed().as_nanos() as f64 / probes.len() as f64;
+            let t = Instant::now();
+            let snap = p.clone();
+            let clone_us = t.elapsed().as_secs_f64() * 1e6;
+            let t = Instant::now();
+            p.add(mk(n + 1, masks));
+            let first_change_us = t.elapsed().as_secs_f64() * 1e6;
+            drop(snap);
+            println!(
+                "{masks} masks, {n} rules: {:.0} adds/s, lookup {:.0} ns ({hits} hits of {}), {} subtables, \
+                 snapshot {clone_us:.1} us, first change after it {first_change_us:.1} us, ~{} B/rule",
+                n as f64 / add_s,
+                lookup_ns,
+                probes.len(),
+                p.classifier(0).map_or(0, |c| c.n_subtables()),
+                p.heap_bytes() / p.len(),
+            );
+        }
+    }
 }
