@@ -326,6 +326,8 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
 
     // ---- OpenFlow ----
 
+    /// Sends the PMDs a snapshot of the pipeline (cheap: the classifier is
+    /// copy-on-write, so this shares every table with the owner's copy).
     fn publish_pipeline(&self) {
         let snapshot = Arc::new(self.pipeline.clone());
         for pmd in &self.pmds {
@@ -344,9 +346,11 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
     /// Adds many rules with one revalidation.
     pub fn flow_add_all(&mut self, rules: Vec<Rule>) -> usize {
         let n = rules.len();
-        for r in rules {
-            self.pipeline.add(r);
-        }
+        self.pipeline.batch(|p| {
+            for r in rules {
+                p.add(r);
+            }
+        });
         self.publish_pipeline();
         n
     }

@@ -768,7 +768,7 @@ where
 
     fn add_rules(&mut self, rules: Vec<Rule>) -> Vec<RuleId> {
         let mut pipeline = self.switch.pipeline().clone();
-        let ids: Vec<RuleId> = rules.into_iter().map(|r| pipeline.add(r).id).collect();
+        let ids: Vec<RuleId> = pipeline.batch(|p| rules.into_iter().map(|r| p.add(r).id).collect());
         self.switch.set_pipeline(pipeline);
         self.sync_rule_clocks();
         info!(self.log, "flows added"; "count" => ids.len());

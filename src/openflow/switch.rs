@@ -217,10 +217,10 @@ impl OpenFlowSwitch for PipelineSwitch {
             ));
         }
         let now = Instant::now();
-        for r in rules {
-            let added = s.pipeline.add(r);
-            s.added.push((added.id, now));
-        }
+        let ids: Vec<RuleId> = s
+            .pipeline
+            .batch(|p| rules.into_iter().map(|r| p.add(r).id).collect());
+        s.added.extend(ids.into_iter().map(|id| (id, now)));
         Ok(())
     }
 

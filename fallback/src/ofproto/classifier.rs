@@ -522,6 +522,10 @@ impl Classifier {
         let mut h = 0u64;
         let last = st.stages.len().saturating_sub(1);
         for (i, stage) in st.stages.iter().enumerate() {
+            // A trie proof that the subtable cannot match: the first one
+            // found, or in revalidation the first within the old mask (so
+            // that the masked key takes the same proof as the packet did).
+            let mut proof: Option<(Field, u128)> = None;
             for &(j, plen) in &stage.tries {
                 let (j, plen) = (j as usize, plen as u32);
                 let f = TRIE_FIELDS[j].0;
@@ -540,13 +544,21 @@ impl Classifier {
                 let bits = ctx.found.bits;
                 let need = prefix_mask(f, bits);
                 let has = |m: &FlowKey| m.get(f) & need == need;
-                if bits <= plen || has(wc) || hint.is_some_and(has) {
-                    if i > 0 {
-                        wc.or(&st.stages[i - 1].upto);
+                let in_hint = hint.is_some_and(has);
+                if bits <= plen || has(wc) || in_hint {
+                    if hint.is_none() || in_hint {
+                        proof = Some((f, need));
+                        break;
                     }
-                    wc.or_field(f, need);
-                    return None;
+                    proof = proof.or(Some((f, need)));
                 }
+            }
+            if let Some((f, need)) = proof {
+                if i > 0 {
+                    wc.or(&st.stages[i - 1].upto);
+                }
+                wc.or_field(f, need);
+                return None;
             }
             h = stage.hash(h, key);
             if i < last {
