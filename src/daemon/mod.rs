@@ -755,9 +755,9 @@ where
     /// Keeps the per-rule clocks in step with the pipeline.
     fn sync_rule_clocks(&mut self) {
         let now = Instant::now();
-        let live: Vec<RuleId> = self.switch.pipeline().rules().map(|e| e.id).collect();
-        self.rules.retain(|id, _| live.contains(id));
-        for id in live {
+        let pipeline = self.switch.pipeline();
+        self.rules.retain(|id, _| pipeline.get(*id).is_some());
+        for id in pipeline.ids() {
             self.rules.entry(id).or_insert(RuleClock {
                 added: now,
                 last_packets: 0,

@@ -577,8 +577,9 @@ impl Classifier {
             .min_by_key(|r| (std::cmp::Reverse(r.rule.priority), r.id))
     }
 
-    /// Approximate heap bytes of the index (not the rules themselves).
-    pub fn index_heap_bytes(&self) -> usize {
+    /// Approximate heap bytes of the index (not the rules themselves):
+    /// (subtables with their hash tables, prefix tries).
+    pub fn index_heap_bytes(&self) -> (usize, usize) {
         let subtables: usize = self
             .subtables
             .iter()
@@ -594,10 +595,13 @@ impl Classifier {
                         .sum::<usize>()
             })
             .sum();
-        subtables
-            + self.subtables.capacity() * 8
-            + self.by_mask.capacity() * (std::mem::size_of::<(FlowKey, u32)>() + 1)
-            + self.order.capacity() * 8
-            + self.tries.iter().map(|t| t.heap_bytes()).sum::<usize>()
+        let tries = self.tries.iter().map(|t| t.heap_bytes()).sum::<usize>();
+        (
+            subtables
+                + self.subtables.capacity() * 8
+                + self.by_mask.capacity() * (std::mem::size_of::<(FlowKey, u32)>() + 1)
+                + self.order.capacity() * std::mem::size_of::<OrderKey>(),
+            tries,
+        )
     }
 }

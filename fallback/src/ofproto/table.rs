@@ -39,6 +39,25 @@ pub struct Added {
     pub replaced: Option<RuleId>,
 }
 
+/// Approximate heap bytes of a [`Pipeline`] (allocator overhead aside).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeapBytes {
+    /// The rule entries (`Arc<RuleEntry>`) and their action lists.
+    pub rules: usize,
+    /// The id index behind `get`.
+    pub id_index: usize,
+    /// Subtables: their rule hash tables and stage hash sets.
+    pub subtables: usize,
+    /// The prefix tries.
+    pub tries: usize,
+}
+
+impl HeapBytes {
+    pub fn total(&self) -> usize {
+        self.rules + self.id_index + self.subtables + self.tries
+    }
+}
+
 /// All tables of one bridge.
 ///
 /// Versioning: a `Pipeline` is a persistent value. Each table is a
@@ -162,6 +181,11 @@ impl Pipeline {
 
     pub fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// Every rule's id, in no particular order (no sorting, unlike `rules`).
+    pub fn ids(&self) -> impl Iterator<Item = RuleId> + '_ {
+        self.by_id.iter().map(|e| e.id)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -307,8 +331,8 @@ impl Pipeline {
         self.tables.get(table as usize)?.lookup(key, wc, hint)
     }
 
-    /// Approximate heap bytes: the rules (entries, actions) and every index.
-    pub fn heap_bytes(&self) -> usize {
+    /// Approximate heap bytes, part by part.
+    pub fn heap_bytes(&self) -> HeapBytes {
         let rules: usize = self
             .by_id
             .iter()
@@ -318,13 +342,18 @@ impl Pipeline {
                     + e.rule.actions.capacity() * std::mem::size_of::<OfAction>()
             })
             .sum();
-        rules
-            + self.by_id.heap_bytes()
-            + self
-                .tables
-                .iter()
-                .map(|t| t.index_heap_bytes())
-                .sum::<usize>()
+        let mut b = HeapBytes {
+            rules,
+            id_index: self.by_id.heap_bytes(),
+            subtables: 0,
+            tries: 0,
+        };
+        for t in &self.tables {
+            let (subtables, tries) = t.index_heap_bytes();
+            b.subtables += subtables;
+            b.tries += tries;
+        }
+        b
     }
 }
 
@@ -575,14 +604,21 @@ mod tests {
             p.add(mk(n + 1, masks));
             let first_change_us = t.elapsed().as_secs_f64() * 1e6;
             drop(snap);
+            let b = p.heap_bytes();
+            let per = |x: usize| x / p.len();
             println!(
                 "{masks} masks, {n} rules: {:.0} adds/s, lookup {:.0} ns ({hits} hits of {}), {} subtables, \
-                 snapshot {clone_us:.1} us, first change after it {first_change_us:.1} us, ~{} B/rule",
+                 snapshot {clone_us:.1} us, first change after it {first_change_us:.1} us, \
+                 ~{} B/rule (rule entries {}, id index {}, subtables {}, tries {})",
                 n as f64 / add_s,
                 lookup_ns,
                 probes.len(),
                 p.classifier(0).map_or(0, |c| c.n_subtables()),
-                p.heap_bytes() / p.len(),
+                per(b.total()),
+                per(b.rules),
+                per(b.id_index),
+                per(b.subtables),
+                per(b.tries),
             );
         }
     }

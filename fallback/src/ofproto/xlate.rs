@@ -1,10 +1,12 @@
 //! xlate: a flow key through the OpenFlow pipeline → datapath actions and
 //! the megaflow mask.
 //!
-//! The mask un-wildcards every bit that any consulted rule or action depended
-//! on (every rule checked in every visited table, NORMAL's MAC lookup, the
-//! prerequisites of set actions), so that every packet matching the megaflow
-//! gets the same actions from a full pipeline lookup. As in OVS, `in_port`,
+//! The mask un-wildcards every bit that any table lookup or action depended
+//! on (what each classifier lookup reports: the winner's mask, and for the
+//! subtables it visited in vain the stages or trie prefixes that proved the
+//! miss; NORMAL's MAC lookup; the prerequisites of set actions), so that
+//! every packet matching the megaflow gets the same actions from a full
+//! pipeline lookup. As in OVS, `in_port`,
 //! `dl_type` and, for IP, `nw_frag` are always un-wildcarded, so is the
 //! VLAN-present bit whenever any TCI bit is, and so is `nw_proto` whenever
 //! an L4 field is.
