@@ -822,7 +822,7 @@ where
         let timed: Vec<(RuleId, u16, u16)> = self
             .switch
             .pipeline()
-            .rules()
+            .entries()
             .filter(|e| e.rule.idle_timeout > 0 || e.rule.hard_timeout > 0)
             .map(|e| (e.id, e.rule.idle_timeout, e.rule.hard_timeout))
             .collect();

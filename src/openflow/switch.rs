@@ -145,7 +145,7 @@ impl PipelineSwitch {
         if let Ok(mut s) = self.lock() {
             let ids: Vec<RuleId> = s
                 .pipeline
-                .rules()
+                .entries()
                 .filter(|e| loose_selects(sel, &e.rule.r#match))
                 .map(|e| e.id)
                 .collect();

@@ -183,9 +183,14 @@ impl Pipeline {
         self.by_id.len()
     }
 
-    /// Every rule's id, in no particular order (no sorting, unlike `rules`).
+    /// Every rule, in no particular order (no sorting, unlike `rules`).
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<RuleEntry>> {
+        self.by_id.iter()
+    }
+
+    /// Every rule's id, in no particular order.
     pub fn ids(&self) -> impl Iterator<Item = RuleId> + '_ {
-        self.by_id.iter().map(|e| e.id)
+        self.entries().map(|e| e.id)
     }
 
     pub fn is_empty(&self) -> bool {
