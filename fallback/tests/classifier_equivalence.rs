@@ -13,7 +13,7 @@ use fallback::key::{ethertype, ipproto, Field, FlowKey, VLAN_CFI, VLAN_VID_MASK}
 use fallback::ofproto::table::{loose_selects, Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 struct Rng(u64);
 impl Rng {
@@ -197,26 +197,61 @@ fn random_packet(r: &mut Rng, m: Option<&Match>) -> FlowKey {
 #[derive(Default)]
 struct Reference {
     tables: BTreeMap<u8, BTreeMap<(Reverse<u16>, RuleId), Rule>>,
+    /// Every live rule's (table, priority), and the ids in a vector for
+    /// picking one at random in O(1).
+    place: HashMap<RuleId, (u8, u16, usize)>,
+    live: Vec<RuleId>,
 }
 
 impl Reference {
     fn add(&mut self, id: RuleId, rule: Rule) -> Option<RuleId> {
         let t = self.tables.entry(rule.table).or_default();
+        let prio = Reverse(rule.priority);
         let replaced = t
-            .iter()
-            .find(|((p, _), r)| p.0 == rule.priority && r.r#match == rule.r#match)
+            .range((prio, RuleId(0))..=(prio, RuleId(u64::MAX)))
+            .find(|(_, r)| r.r#match == rule.r#match)
             .map(|((_, id), _)| *id);
         if let Some(old) = replaced {
-            t.remove(&(Reverse(rule.priority), old));
+            self.remove(&[old]);
         }
+        self.place
+            .insert(id, (rule.table, rule.priority, self.live.len()));
+        self.live.push(id);
+        let t = self.tables.entry(rule.table).or_default();
         t.insert((Reverse(rule.priority), id), rule);
         replaced
     }
 
     fn remove(&mut self, ids: &[RuleId]) {
-        for t in self.tables.values_mut() {
-            t.retain(|(_, id), _| !ids.contains(id));
+        for id in ids {
+            let Some((table, prio, i)) = self.place.remove(id) else {
+                continue;
+            };
+            if let Some(t) = self.tables.get_mut(&table) {
+                t.remove(&(Reverse(prio), *id));
+            }
+            self.live.swap_remove(i);
+            if let Some(moved) = self.live.get(i) {
+                if let Some(p) = self.place.get_mut(moved) {
+                    p.2 = i;
+                }
+            }
         }
+    }
+
+    fn get_mut(&mut self, id: RuleId) -> Option<&mut Rule> {
+        let &(table, prio, _) = self.place.get(&id)?;
+        self.tables.get_mut(&table)?.get_mut(&(Reverse(prio), id))
+    }
+
+    fn pick(&self, r: &mut Rng) -> Option<(RuleId, Rule)> {
+        if self.live.is_empty() {
+            return None;
+        }
+        let id = self.live[r.below(self.live.len() as u64) as usize];
+        let &(table, prio, _) = self.place.get(&id)?;
+        let rule = self.tables.get(&table)?.get(&(Reverse(prio), id))?;
+        Some((id, rule.clone()))
     }
 
     fn lookup(&self, table: u8, k: &FlowKey) -> Option<RuleId> {
@@ -234,7 +269,7 @@ impl Reference {
     }
 
     fn len(&self) -> usize {
-        self.tables.values().map(|t| t.len()).sum()
+        self.live.len()
     }
 }
 
@@ -286,15 +321,7 @@ impl World {
     }
 
     fn some_rule(&mut self) -> Option<(RuleId, Rule)> {
-        let n = self.reference.len();
-        if n == 0 {
-            return None;
-        }
-        let i = self.r.below(n as u64) as usize;
-        self.reference
-            .all()
-            .nth(i)
-            .map(|(_, id, r)| (id, r.clone()))
+        self.reference.pick(&mut self.r)
     }
 
     fn step(&mut self) {
@@ -369,11 +396,9 @@ impl World {
                         ));
                     }
                     assert!(changed.contains(&id));
-                    for t in self.reference.tables.values_mut() {
-                        for ((_, rid), r) in t.iter_mut() {
-                            if changed.contains(rid) {
-                                r.actions = actions.clone();
-                            }
+                    for rid in &changed {
+                        if let Some(r) = self.reference.get_mut(*rid) {
+                            r.actions = actions.clone();
                         }
                     }
                     for pa in &mut self.prio_actions {

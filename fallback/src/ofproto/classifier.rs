@@ -277,15 +277,12 @@ impl Subtable {
         }
     }
 
-    /// The best rule with exactly this masked value (any priority), or the
-    /// one at `priority` when given.
-    fn find_exact(&self, value: &FlowKey, priority: Option<u16>) -> Option<&Arc<RuleEntry>> {
+    /// The rule with exactly this masked value and priority.
+    fn find_exact(&self, value: &FlowKey, priority: u16) -> Option<&Arc<RuleEntry>> {
         let h = self.full_hash(value);
         self.rules
             .iter_hash(h)
-            .filter(|r| r.rule.r#match.value == *value)
-            .filter(|r| priority.is_none_or(|p| r.rule.priority == p))
-            .min_by_key(|r| (std::cmp::Reverse(r.rule.priority), r.id))
+            .find(|r| r.rule.priority == priority && r.rule.r#match.value == *value)
     }
 }
 
@@ -360,7 +357,7 @@ impl Classifier {
     /// The rule with exactly this match and priority.
     pub fn find_exact(&self, m: &Match, priority: u16) -> Option<&Arc<RuleEntry>> {
         let slot = *self.by_mask.get(&m.mask)?;
-        self.subtable(slot)?.find_exact(&m.value, Some(priority))
+        self.subtable(slot)?.find_exact(&m.value, priority)
     }
 
     /// Rules selected by `keep` among those whose mask includes `sel_mask`
