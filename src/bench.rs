@@ -226,7 +226,9 @@ fn hit_case(path: Path, flows: u32, subtables: usize, secs: f64) -> serde_json::
         let key = key_of(&f);
         let mask = masks[i as usize % masks.len()];
         let mf = Megaflow::new(&key, &mask, vec![DpAction::Output(2)], vec![]);
-        let h = core.preinstall(1, mf);
+        let h = core
+            .preinstall(1, mf)
+            .expect("distinct matches: no ufid collision");
         if path == Path::Mark {
             if let Some(mark) = Mark::new(i + 1) {
                 core.publish_mark(mark, h);
@@ -351,7 +353,9 @@ fn offload_rig(flows: u32) -> Result<OffloadRig, CliError> {
     let flows = (0..flows)
         .map(|i| {
             let mf = Megaflow::new(&key_of(&frame(i)), &mask, vec![DpAction::Output(2)], vec![]);
-            let h = cache.install(mf.clone());
+            let h = cache
+                .install(mf.clone())
+                .expect("distinct matches: no ufid collision");
             (mf, h)
         })
         .collect();
@@ -475,12 +479,14 @@ fn memory_case(flows: u32) -> serde_json::Value {
     let before = rss_kib();
     let mut cache = FlowCache::new(u32::MAX);
     for k in &keys {
-        cache.install(Megaflow::new(
-            k,
-            &masks[0],
-            vec![DpAction::Output(2)],
-            vec![],
-        ));
+        cache
+            .install(Megaflow::new(
+                k,
+                &masks[0],
+                vec![DpAction::Output(2)],
+                vec![],
+            ))
+            .expect("distinct matches: no ufid collision");
     }
     let after = rss_kib();
     let per = (after.saturating_sub(before) * 1024) as f64 / flows as f64;

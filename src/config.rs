@@ -6,6 +6,7 @@
 //! pmd_cores = [0]
 //! offload = true
 //! max_idle_ms = 10000
+//! mac_aging_s = 300
 //!
 //! [dpdk]
 //! eal_args = ["-l", "0-1", "--in-memory"]
@@ -36,9 +37,13 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "offload_threads",
     "max_marks",
     "max_idle_ms",
+    "mac_aging_s",
     "upcall_budget",
     "emc_insert_inv_prob",
 ];
+
+/// OVS's default MAC aging time.
+pub const DEFAULT_MAC_AGING_S: u64 = 300;
 
 /// The most rx queues a port may ask for.
 pub const MAX_RXQS: u16 = 64;
@@ -287,6 +292,7 @@ struct RawConfig {
     offload_threads: Option<Spanned<usize>>,
     max_marks: Option<Spanned<u32>>,
     max_idle_ms: Option<Spanned<u64>>,
+    mac_aging_s: Option<Spanned<u64>>,
     upcall_budget: Option<Spanned<usize>>,
     emc_insert_inv_prob: Option<u32>,
     #[serde(default)]
@@ -308,6 +314,9 @@ pub struct Config {
     pub offload_threads: usize,
     pub max_marks: Option<u32>,
     pub max_idle_ms: u64,
+    /// MAC-learning entries unused for this long are forgotten (OVS's
+    /// `mac-aging-time`, default 300 s).
+    pub mac_aging_s: u64,
     pub upcall_budget: Option<usize>,
     pub emc_insert_inv_prob: Option<u32>,
     pub dpdk: DpdkSection,
@@ -326,6 +335,7 @@ impl Default for Config {
             offload_threads: 1,
             max_marks: None,
             max_idle_ms: 10_000,
+            mac_aging_s: DEFAULT_MAC_AGING_S,
             upcall_budget: None,
             emc_insert_inv_prob: None,
             dpdk: DpdkSection::default(),
@@ -409,6 +419,19 @@ impl Config {
                     ms.span(),
                     "max_idle_ms",
                     "give a positive number of milliseconds".into(),
+                ));
+            }
+        }
+        if let Some(s) = &raw.mac_aging_s {
+            // OVS accepts 15 s to 3600 s for mac-aging-time.
+            if !(15..=3600).contains(s.get_ref()) {
+                return Err(at(
+                    s.span(),
+                    "mac_aging_s",
+                    format!(
+                        "{} is out of range: give 15 to 3600 seconds (default {DEFAULT_MAC_AGING_S})",
+                        s.get_ref()
+                    ),
                 ));
             }
         }
@@ -543,6 +566,9 @@ impl Config {
             offload_threads,
             max_marks: raw.max_marks.map(Spanned::into_inner),
             max_idle_ms: raw.max_idle_ms.map_or(10_000, Spanned::into_inner),
+            mac_aging_s: raw
+                .mac_aging_s
+                .map_or(DEFAULT_MAC_AGING_S, Spanned::into_inner),
             upcall_budget: raw.upcall_budget.map(Spanned::into_inner),
             emc_insert_inv_prob: raw.emc_insert_inv_prob,
             dpdk: raw.dpdk,
@@ -565,6 +591,7 @@ impl Config {
         let mut c = crate::switch::SwitchConfig {
             offload: self.offload,
             max_idle_ms: self.max_idle_ms,
+            mac_aging_ms: self.mac_aging_s * 1000,
             ..crate::switch::SwitchConfig::default()
         };
         if let Some(cores) = &self.pmd_cores {
@@ -679,6 +706,25 @@ listen = "ptcp:6653"
         assert_eq!(c.dpdk.eal_args, vec!["-l", "0-1"]);
         assert_eq!(c.family(), PortFamily::Testbed);
         assert_eq!(c.switch_config().pmd_cores, vec![Some(0)]);
+    }
+
+    #[test]
+    fn mac_aging_s_default_value_and_range() {
+        assert_eq!(parse("").unwrap().mac_aging_s, 300);
+        assert_eq!(
+            parse("offload = true")
+                .unwrap()
+                .switch_config()
+                .mac_aging_ms,
+            300_000
+        );
+        let c = parse("mac_aging_s = 60\n").unwrap();
+        assert_eq!(c.switch_config().mac_aging_ms, 60_000);
+        let e = parse("offload = true\nmac_aging_s = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("test.toml:2: key `mac_aging_s`"), "{e}");
+        assert!(e.contains("15 to 3600"), "{e}");
     }
 
     #[test]

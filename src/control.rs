@@ -379,6 +379,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::test_env::cases(256)))]
         #[test]
         fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode_request(&bytes);

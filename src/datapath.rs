@@ -12,7 +12,7 @@ use fallback::cache::{CacheHit, FlowCache, FlowHandle};
 use fallback::exec::{self, ExecError, Sink};
 use fallback::key::FlowKey;
 use fallback::megaflow::{Megaflow, Ufid};
-use fallback::ofproto::mac::MacTable;
+use fallback::ofproto::mac::{MacLearn, MacTable};
 use fallback::ofproto::table::{Pipeline, RuleId};
 use fallback::ofproto::xlate::{xlate, xlate_hinted, Bridge, XlateDrop};
 use fallback::packet::{self, ParseInfo};
@@ -22,6 +22,7 @@ use offload::marks::{MarkTable, PmdUpdate};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 /// Upcalls one port may make per rx burst of 32: a flood of new flows on
 /// one port cannot starve the others (the rest are dropped as
@@ -36,13 +37,62 @@ pub struct BridgeState {
     pub macs: RwLock<MacTable>,
     /// Bumped when the MAC table's answers change (for revalidation).
     pub mac_version: AtomicU64,
+    /// The clock MAC entries are learned, refreshed and aged on (one for
+    /// every PMD and the aging sweep).
+    epoch: Instant,
 }
 
 impl Default for BridgeState {
     fn default() -> Self {
+        Self::new(fallback::ofproto::mac::DEFAULT_AGING_MS)
+    }
+}
+
+impl BridgeState {
+    pub fn new(mac_aging_ms: u64) -> Self {
         BridgeState {
-            macs: RwLock::new(MacTable::default()),
+            macs: RwLock::new(MacTable::new(
+                fallback::ofproto::mac::DEFAULT_MAX_ENTRIES,
+                mac_aging_ms,
+            )),
             mac_version: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Milliseconds on the bridge clock.
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    fn macs_mut(&self) -> std::sync::RwLockWriteGuard<'_, MacTable> {
+        match self.macs.write() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Learns or refreshes MAC entries (upcalls, the refresh sweep); PMDs
+    /// revalidate when an answer changed.
+    pub fn learn_macs(&self, learns: impl IntoIterator<Item = (MacLearn, u64)>) {
+        let mut macs = self.macs_mut();
+        let mut changed = false;
+        for (l, at_ms) in learns {
+            changed |= macs.learn(l, at_ms);
+        }
+        if changed {
+            self.mac_version.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Forgets entries unused for the aging time; PMDs revalidate when any went.
+    pub fn age_macs(&self, now_ms: u64) {
+        if self.macs_mut().expire(now_ms) {
+            self.mac_version.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -113,6 +163,9 @@ pub struct PmdCounters {
     /// Transmits to a port removed since the megaflow was made.
     pub tx_no_such_port: u64,
     pub revalidations: u64,
+    /// Upcalls whose megaflow's ufid was taken by another megaflow (the
+    /// packet is dropped as `xlate_error`, the flow stays uncached).
+    pub ufid_collisions: u64,
 }
 
 /// What the PMD keeps per megaflow beyond the megaflow itself.
@@ -147,6 +200,10 @@ pub struct PmdCore<B> {
     pipeline: Arc<Pipeline>,
     bridge: Arc<BridgeState>,
     mac_version_seen: u64,
+    /// Megaflows used after this time refresh their MAC entry at the next
+    /// [`PmdCore::refresh_macs`].
+    macs_refreshed_ms: u64,
+    learn_scratch: Vec<(MacLearn, u64)>,
     offload: Box<dyn OffloadClient>,
     /// Deletes the worker's queue had no room for, retried each iteration.
     pending_deletes: Vec<(u32, Ufid)>,
@@ -185,6 +242,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             pipeline,
             bridge,
             mac_version_seen,
+            macs_refreshed_ms: 0,
+            learn_scratch: Vec::new(),
             offload,
             pending_deletes: Vec::new(),
             counters: PmdCounters::default(),
@@ -195,6 +254,11 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             rx: Burst::new(),
             batch: Vec::with_capacity(BURST),
         }
+    }
+
+    /// The bridge clock (MAC learning, refresh and aging run on it).
+    pub fn bridge(&self) -> &Arc<BridgeState> {
+        &self.bridge
     }
 
     pub fn set_upcall_budget(&mut self, budget: usize) {
@@ -305,13 +369,17 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     /// Installs a megaflow as an upcall would, without translating (for
     /// benchmarks and tests that need a given set of masks). It is not
     /// offered to the NIC.
-    pub fn preinstall(&mut self, ingress: u32, mf: Megaflow) -> FlowHandle {
-        let h = self.cache.install(mf);
+    pub fn preinstall(
+        &mut self,
+        ingress: u32,
+        mf: Megaflow,
+    ) -> Result<FlowHandle, fallback::cache::UfidCollision> {
+        let h = self.cache.install(mf)?;
         self.meta.entry(h).or_insert(FlowMeta {
             ingress,
             offered: true,
         });
-        h
+        Ok(h)
     }
 
     /// Publishes a mark for a megaflow directly (benchmarks and tests; the
@@ -438,6 +506,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 mf.actions = x.actions.into();
                 mf.rules = x.rules.into();
                 mf.drop = x.drop;
+                mf.learn = x.learn;
             }
         }
     }
@@ -554,6 +623,12 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         for pkt in rx.drain() {
             self.counters.packets += 1;
             self.ports[port_idx].stats.rx += 1;
+            if !pkt.is_contiguous() {
+                self.ports[port_idx]
+                    .stats
+                    .count_rx_drop(RxDropReason::NotLinear, 1);
+                continue;
+            }
             // Mark path: mark → megaflow, no key extraction, no EMC/dpcls.
             if let Some(mark) = pkt.mark() {
                 if let Some(h) = self.marks.lookup(mark) {
@@ -594,8 +669,12 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                         continue;
                     }
                     upcalls += 1;
-                    let h = self.upcall(port_idx, &key, now_ms);
-                    batch.push((h, Some(pkt), Some(info)));
+                    match self.upcall(port_idx, &key, now_ms) {
+                        Some(h) => batch.push((h, Some(pkt), Some(info))),
+                        None => self.ports[port_idx]
+                            .stats
+                            .count_rx_drop(RxDropReason::XlateError, 1),
+                    }
                 }
             }
         }
@@ -603,37 +682,45 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         self.batch = batch;
     }
 
-    /// Translates a missed key, installs the megaflow and offers it to the NIC.
-    fn upcall(&mut self, port_idx: usize, key: &FlowKey, now_ms: u64) -> FlowHandle {
+    /// Translates a missed key, installs the megaflow and offers it to the
+    /// NIC. `None`: the megaflow's ufid collided with another megaflow's,
+    /// and the packet is the caller's to drop (counted).
+    fn upcall(&mut self, port_idx: usize, key: &FlowKey, now_ms: u64) -> Option<FlowHandle> {
         self.counters.upcalls += 1;
-        let x = {
+        let (x, learn) = {
             let macs = match self.bridge.macs.read() {
                 Ok(m) => m,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            xlate(
+            let x = xlate(
                 Bridge {
                     pipeline: &self.pipeline,
                     macs: &macs,
                     ports: &self.ofports,
                 },
                 key,
-            )
+            );
+            // Only a new or moved entry takes the write lock here; known
+            // ones are refreshed by the sweep from the megaflow's counts.
+            let learn = x
+                .learn
+                .filter(|l| macs.lookup(l.mac, l.vlan) != Some(l.port));
+            (x, learn)
         };
-        if let Some(l) = x.learn {
-            let mut macs = match self.bridge.macs.write() {
-                Ok(m) => m,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            if macs.learn(l, now_ms) {
-                self.bridge.mac_version.fetch_add(1, Ordering::AcqRel);
-            }
+        if let Some(l) = learn {
+            self.bridge.learn_macs([(l, now_ms)]);
         }
         let mut mf = Megaflow::from_xlation(key, x);
         mf.stats.used = now_ms;
         let ufid = mf.ufid;
         let existed = self.cache.find(&ufid);
-        let h = self.cache.install(mf);
+        let h = match self.cache.install(mf) {
+            Ok(h) => h,
+            Err(_) => {
+                self.counters.ufid_collisions += 1;
+                return None;
+            }
+        };
         if existed.is_none() {
             self.counters.megaflows_installed += 1;
             let port = &self.ports[port_idx];
@@ -655,7 +742,35 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             }
             self.meta.insert(h, meta);
         }
-        h
+        Some(h)
+    }
+
+    /// Refreshes the MAC-learning entries of megaflows that counted packets
+    /// since the last sweep (mark-path packets included: they count on the
+    /// megaflow too), as OVS refreshes learning from megaflow statistics;
+    /// without this an entry would age out while its host keeps sending
+    /// through a cached megaflow that never upcalls again. Returns how many
+    /// megaflows refreshed an entry.
+    pub fn refresh_macs(&mut self) -> usize {
+        let since = self.macs_refreshed_ms;
+        let mut newest = since;
+        let mut learns = std::mem::take(&mut self.learn_scratch);
+        learns.clear();
+        for (_, mf) in self.cache.iter() {
+            if let Some(l) = mf.learn {
+                if mf.stats.used > since {
+                    learns.push((l, mf.stats.used));
+                    newest = newest.max(mf.stats.used);
+                }
+            }
+        }
+        let n = learns.len();
+        if n > 0 {
+            self.bridge.learn_macs(learns.drain(..));
+        }
+        self.macs_refreshed_ms = newest;
+        self.learn_scratch = learns;
+        n
     }
 
     /// Executes the batch, megaflow by megaflow: each megaflow's stats and

@@ -12,3 +12,8 @@ pub mod pmd;
 pub mod soak;
 pub mod switch;
 pub mod trace;
+
+/// What the environment asks of the tests (one file shared by every crate).
+#[cfg(test)]
+#[path = "../tests/support/test_env.rs"]
+pub(crate) mod test_env;

@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 
 /// How often a PMD expires idle megaflows and re-offers refused ones.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a PMD refreshes MAC-learning entries from its megaflows'
+/// counts: far inside the shortest aging time (15 s), and cheap enough to
+/// walk every megaflow on the PMD.
+pub const MAC_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Empty polls before an idle PMD starts sleeping between polls (the
 /// testbed shares two cores between NIC threads, traffic and PMDs).
 const IDLE_SPINS: u32 = 256;
@@ -172,8 +176,10 @@ struct PmdLoop<B> {
 impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
     fn run(mut self) {
         self.core.set_upcall_budget(self.settings.upcall_budget);
-        let start = Instant::now();
+        // The bridge clock: MAC entries are learned, refreshed and aged on it.
+        let start = self.core.bridge().epoch();
         let mut last_sweep = Instant::now();
+        let mut last_mac_refresh = Instant::now();
         let mut idle_polls = 0u32;
         let mut sleep = Duration::from_micros(10);
         loop {
@@ -213,6 +219,10 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
                 last_sweep = Instant::now();
                 self.core.expire(now_ms, self.settings.max_idle_ms);
                 self.core.reoffer();
+            }
+            if last_mac_refresh.elapsed() >= MAC_REFRESH_INTERVAL {
+                last_mac_refresh = Instant::now();
+                self.core.refresh_macs();
             }
         }
         // Shutdown: every megaflow goes, and with it every NIC rule.

@@ -38,6 +38,54 @@ pub enum SwitchError {
     NoPmds,
 }
 
+/// Why a flow add was refused (OpenFlow's OFPFMFC_OVERLAP / TABLE_FULL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddRefused {
+    #[error("an overlapping flow of the same priority exists (OFPFF_CHECK_OVERLAP was set)")]
+    Overlap,
+    #[error("the switch holds at most {0} flows; delete some first")]
+    TableFull(usize),
+}
+
+/// The checks of an OpenFlow flow add against `pipeline`, without cloning
+/// or dumping it: a rule with the same table, priority and match replaces
+/// (and never overlaps or overfills); otherwise, with `check_overlap`, an
+/// equal-priority rule whose match overlaps refuses it, and a full switch
+/// refuses it.
+pub fn check_add(
+    pipeline: &Pipeline,
+    rule: &Rule,
+    check_overlap: bool,
+    max_flows: usize,
+) -> Result<(), AddRefused> {
+    let m = &rule.r#match;
+    let masked = Match {
+        value: m.value.masked(&m.mask),
+        mask: m.mask,
+    };
+    if let Some(table) = pipeline.classifier(rule.table) {
+        // The replacement check is one classifier probe.
+        if table.find_exact(&masked, rule.priority).is_some() {
+            return Ok(());
+        }
+        if check_overlap
+            && table
+                .iter()
+                .filter(|e| e.rule.priority == rule.priority)
+                .any(|e| {
+                    let both = e.rule.r#match.mask.masked(&m.mask);
+                    e.rule.r#match.value.masked(&both) == masked.value.masked(&both)
+                })
+        {
+            return Err(AddRefused::Overlap);
+        }
+    }
+    if pipeline.len() >= max_flows {
+        return Err(AddRefused::TableFull(max_flows));
+    }
+    Ok(())
+}
+
 /// The switch's settings (the daemon's config file sets them).
 #[derive(Clone, Debug)]
 pub struct SwitchConfig {
@@ -47,6 +95,8 @@ pub struct SwitchConfig {
     pub offload: bool,
     pub max_marks: u32,
     pub max_idle_ms: u64,
+    /// MAC-learning aging time.
+    pub mac_aging_ms: u64,
     pub upcall_budget: usize,
     pub emc_insert_inv_prob: u32,
     pub offload_queue: usize,
@@ -59,6 +109,7 @@ impl Default for SwitchConfig {
             offload: true,
             max_marks: offload::device::Capabilities::MAX_MARK,
             max_idle_ms: 10_000,
+            mac_aging_ms: fallback::ofproto::mac::DEFAULT_AGING_MS,
             upcall_budget: crate::datapath::DEFAULT_UPCALL_BUDGET,
             emc_insert_inv_prob: fallback::emc::DEFAULT_INSERT_INV_PROB,
             offload_queue: 65_536,
@@ -124,7 +175,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
             return Err(SwitchError::NoPmds);
         }
         let pipeline = Pipeline::new();
-        let bridge = Arc::new(BridgeState::default());
+        let bridge = Arc::new(BridgeState::new(config.mac_aging_ms));
         let worker = if config.offload {
             let mut wc = WorkerConfig {
                 queue_capacity: config.offload_queue,
@@ -343,16 +394,14 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         added
     }
 
-    /// Adds many rules with one revalidation.
-    pub fn flow_add_all(&mut self, rules: Vec<Rule>) -> usize {
-        let n = rules.len();
-        self.pipeline.batch(|p| {
-            for r in rules {
-                p.add(r);
-            }
-        });
+    /// Adds many rules as one pipeline version with one publication (one
+    /// revalidation); returns their ids in order.
+    pub fn flow_add_all(&mut self, rules: Vec<Rule>) -> Vec<RuleId> {
+        let ids = self
+            .pipeline
+            .batch(|p| rules.into_iter().map(|r| p.add(r).id).collect());
         self.publish_pipeline();
-        n
+        ids
     }
 
     pub fn flow_del(&mut self, table: Option<u8>, sel: &Match, strict: Option<u16>) -> Vec<RuleId> {
@@ -495,13 +544,10 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         }
     }
 
-    /// MAC table housekeeping (aging); revalidates PMDs when entries went.
-    pub fn age_macs(&self, now_ms: u64) {
-        if let Ok(mut macs) = self.bridge.macs.write() {
-            if macs.expire(now_ms) {
-                self.bridge.mac_version.fetch_add(1, Ordering::AcqRel);
-            }
-        }
+    /// MAC table housekeeping (aging, on the bridge clock the PMDs learn
+    /// and refresh with); revalidates PMDs when entries went.
+    pub fn age_macs(&self) {
+        self.bridge.age_macs(self.bridge.now_ms());
     }
 
     /// Stops the PMDs (their megaflows and NIC rules removed), then removes
@@ -527,5 +573,45 @@ impl<B> Drop for Switch<B> {
         for pmd in &mut self.pmds {
             pmd.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fallback::ofproto::syntax::parse_flow;
+
+    fn pipeline(flows: &[&str]) -> Pipeline {
+        let mut p = Pipeline::new();
+        for f in flows {
+            p.add(parse_flow(f).expect("valid flow"));
+        }
+        p
+    }
+
+    #[test]
+    fn check_add_replaces_refuses_overlap_and_full() {
+        let p = pipeline(&[
+            "priority=10,ip,nw_dst=10.0.0.0/8,actions=output:2",
+            "priority=20,ip,nw_dst=10.1.0.0/16,actions=output:3",
+        ]);
+        let rule = |f: &str| parse_flow(f).expect("valid flow");
+        // The same table, priority and match replaces: never refused.
+        let same = rule("priority=10,ip,nw_dst=10.0.0.0/8,actions=drop");
+        assert_eq!(check_add(&p, &same, true, 2), Ok(()));
+        // Overlapping at the same priority: refused only when asked.
+        let overlap = rule("priority=10,ip,nw_dst=10.2.0.0/16,actions=drop");
+        assert_eq!(check_add(&p, &overlap, true, 100), Err(AddRefused::Overlap));
+        assert_eq!(check_add(&p, &overlap, false, 100), Ok(()));
+        // Disjoint, or another priority: no overlap.
+        let disjoint = rule("priority=10,ip,nw_dst=11.0.0.0/8,actions=drop");
+        assert_eq!(check_add(&p, &disjoint, true, 100), Ok(()));
+        let other_prio = rule("priority=11,ip,nw_dst=10.2.0.0/16,actions=drop");
+        assert_eq!(check_add(&p, &other_prio, true, 100), Ok(()));
+        // Full.
+        assert_eq!(
+            check_add(&p, &disjoint, false, 2),
+            Err(AddRefused::TableFull(2))
+        );
     }
 }

@@ -121,7 +121,7 @@ impl Daemon {
 
     fn inject(&self, port: &str, spec: &str) {
         let v = self.json(&["port", "inject", port, "--generate", spec]);
-        assert!(v["packets"].as_u64().unwrap_or(0) > 0, "{v}");
+        assert!(u(&v["packets"]) > 0, "{v}");
     }
 
     fn inject_pcap(&self, port: &str, pcap: &Path) {
@@ -146,9 +146,7 @@ impl Daemon {
         let mut last = Value::Null;
         loop {
             let now = self.json(&["port", "stats"]);
-            let pending = self.json(&["offload", "status"])["states"]["pending"]
-                .as_u64()
-                .unwrap_or(0);
+            let pending = u(&self.json(&["offload", "status"])["states"]["pending"]);
             if now == last && pending == 0 {
                 return arr(&now);
             }
@@ -193,16 +191,25 @@ impl Drop for Daemon {
     }
 }
 
+// Strict readers: a missing or mistyped field fails the test (reading it as
+// 0 would let an accounting check pass as 0 = 0 + 0).
 fn arr(v: &Value) -> Vec<Value> {
-    v.as_array().cloned().unwrap_or_default()
+    v.as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("expected a JSON array, got {v}"))
 }
 
 fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or(0)
+    v.as_u64()
+        .unwrap_or_else(|| panic!("expected a JSON count, got {v}"))
 }
 
 fn sum_reasons(v: &Value) -> u64 {
-    v.as_object().map_or(0, |m| m.values().map(u).sum())
+    v.as_object()
+        .unwrap_or_else(|| panic!("expected a reason → count object, got {v}"))
+        .values()
+        .map(u)
+        .sum()
 }
 
 fn check_accounting(ports: &[Value]) {
@@ -337,7 +344,13 @@ fn deleting_a_rule_revalidates_megaflows_and_nic_rules() {
     let find = |flows: &[Value], port: &str, dst: &str| -> Option<Value> {
         flows
             .iter()
-            .find(|m| m["port"] == port && m["megaflow"].as_str().unwrap_or("").contains(dst))
+            .find(|m| {
+                m["port"] == port
+                    && m["megaflow"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("megaflow text missing: {m}"))
+                        .contains(dst)
+            })
             .cloned()
     };
     let mf_a = find(&before, "nic0", "nw_dst=10.0.0.0/8").expect("A");
@@ -465,7 +478,6 @@ fn idle_megaflows_and_their_nic_rules_expire() {
     let d = Daemon::start(Some("max_idle_ms = 500\n"));
     d.json(&["flow", "add", "--file", GTP_FLOWS]);
     d.inject("nic0", "flows=1000,count=3000,kind=gtp-up");
-    let stopped = Instant::now();
     d.quiesce();
     let status = d.json(&["offload", "status"]);
     assert!(
@@ -483,11 +495,18 @@ fn idle_megaflows_and_their_nic_rules_expire() {
             .sum();
         rules == 0 && u(&status["megaflows"]) == 0
     });
-    let took = stopped.elapsed();
-    assert!(
-        took <= Duration::from_millis(4 * 500),
-        "gone only after {took:?}"
-    );
+    // Counts, not time: every megaflow went by expiry, and every NIC rule
+    // inserted for them was deleted.
+    let pmds = arr(&d.json(&["pmd", "stats"]));
+    let installed: u64 = pmds.iter().map(|p| u(&p["megaflows_installed"])).sum();
+    let removed: u64 = pmds.iter().map(|p| u(&p["megaflows_removed"])).sum();
+    assert!(installed > 0);
+    assert_eq!(removed, installed, "{pmds:?}");
+    let status = d.json(&["offload", "status"]);
+    for n in ["nic0", "nic1"] {
+        let p = offload_port(&status, n);
+        assert_eq!(u(&p["inserted"]), u(&p["deleted"]), "{p}");
+    }
     d.stop();
 }
 
@@ -606,8 +625,10 @@ fn nic_reset_reoffers_and_ports_come_and_go() {
 }
 
 /// An upcall storm on nic0 (every packet a new megaflow, as fast as the
-/// generator goes) leaves nic1's established flows their rate: the PMD
-/// spends at most `upcall_budget` upcalls per nic0 burst.
+/// generator goes) leaves nic1's established flows alone: the PMD spends at
+/// most `upcall_budget` upcalls per nic0 burst and drops the rest of the
+/// storm, counted, while every nic1 packet that arrives during the storm is
+/// forwarded. Decided on counts, never on rates.
 #[test]
 fn upcall_storm_does_not_starve_established_flows() {
     let d = Daemon::start(Some("upcall_budget = 8\n"));
@@ -620,30 +641,8 @@ fn upcall_storm_does_not_starve_established_flows() {
     ]);
     d.json(&["flow", "add", "priority=10,in_port=1,ip,actions=drop"]);
     d.json(&["flow", "add", "priority=10,in_port=2,ip,actions=output:3"]);
-    const RATE: u64 = 20_000;
-    let mut established = d.spawn_cli(&[
-        "port",
-        "inject",
-        "nic1",
-        "--generate",
-        &format!("flows=100,count={},rate={RATE},seed=2", RATE * 30),
-    ]);
-    d.wait_for("established flows on nic1", |d| {
-        u(&d.port_stats("nic1")["forwarded"]) > RATE / 2
-    });
-    let window = Duration::from_secs(1);
-    let measure = |d: &Daemon| -> (u64, u64) {
-        let a = d.port_stats("nic1");
-        let t = Instant::now();
-        std::thread::sleep(window);
-        let b = d.port_stats("nic1");
-        let scale = window.as_secs_f64() / t.elapsed().as_secs_f64();
-        (
-            ((u(&b["forwarded"]) - u(&a["forwarded"])) as f64 * scale) as u64,
-            sum_reasons(&b["rx_dropped"]) - sum_reasons(&a["rx_dropped"]),
-        )
-    };
-    let (calm, calm_drops) = measure(&d);
+    // The established flows' megaflows exist before the storm.
+    d.inject("nic1", "flows=100,count=1000,seed=2");
     let upcalls = |d: &Daemon| -> u64 {
         arr(&d.json(&["pmd", "stats"]))
             .iter()
@@ -659,21 +658,33 @@ fn upcall_storm_does_not_starve_established_flows() {
         "flows=300000,count=3000000",
     ]);
     d.wait_for("the storm", |d| upcalls(d) > upcalls_before + 1000);
-    let (stormy, stormy_drops) = measure(&d);
-    let lost = u(&d.port_stats("nic0")["rx_dropped"]["upcall_limit"]);
-    let _ = storm.kill();
-    let _ = established.kill();
-    let _ = storm.wait();
-    let _ = established.wait();
-    eprintln!("established flows: {calm} pkt/s calm, {stormy} pkt/s in the storm; nic0 upcall_limit drops {lost}");
-    assert_eq!(
-        calm_drops + stormy_drops,
-        0,
-        "drops on the established flows"
+    let during_from = upcalls(&d);
+    const ESTABLISHED: u64 = 20_000;
+    d.inject(
+        "nic1",
+        &format!("flows=100,count={ESTABLISHED},rate=20000,seed=2"),
     );
+    let during_to = upcalls(&d);
+    // (Killing the client does not stop the daemon's injection thread: the
+    // storm goes on until the daemon stops, so nothing below waits for the
+    // whole switch to settle.)
+    let _ = storm.kill();
+    let _ = storm.wait();
     assert!(
-        stormy * 2 >= calm,
-        "established flows fell from {calm} to {stormy} packets/s"
+        during_to > during_from,
+        "the storm overlapped the established traffic ({during_from} → {during_to} upcalls)"
+    );
+    d.wait_for("nic1's packets to be processed", |d| {
+        u(&d.port_stats("nic1")["rx"]) >= 1000 + ESTABLISHED
+    });
+    let nic1 = d.port_stats("nic1");
+    assert_eq!(u(&nic1["rx"]), 1000 + ESTABLISHED, "{nic1}");
+    assert_eq!(u(&nic1["forwarded"]), 1000 + ESTABLISHED, "{nic1}");
+    assert_eq!(sum_reasons(&nic1["rx_dropped"]), 0, "{nic1}");
+    let nic0 = d.port_stats("nic0");
+    assert!(
+        u(&nic0["rx_dropped"]["upcall_limit"]) > 0,
+        "the budget limited the storm: {nic0}"
     );
     d.stop();
 }

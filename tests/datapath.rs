@@ -396,3 +396,107 @@ fn controller_action_punts_the_frame_with_rule_identity() {
     assert_eq!(r.ports[1].sent().len(), 6);
     r.check_accounting();
 }
+
+/// An L2 frame from `src` to `dst` (MACs ending in the given byte).
+fn l2(dst: u8, src: u8) -> Vec<u8> {
+    build::ethernet(
+        [0x02, 0, 0, 0, 0, dst],
+        [0x02, 0, 0, 0, 0, src],
+        0x88b5,
+        &[0u8; 46],
+    )
+}
+
+#[test]
+fn traffic_keeps_mac_entries_alive_and_idle_ones_age_out() {
+    // NORMAL with OVS's 300 s aging; the clock is the test's (poll's
+    // now_ms and the aging sweep), advanced well past the aging time.
+    let mut r = rig("actions=NORMAL");
+    let bridge = Arc::clone(r.pmd.bridge());
+    let (a, b) = (0x0a, 0x0b);
+    r.ports[0].inject(&l2(b, a), None); // A on port 1: learned, flooded
+    r.pmd.poll(0, 0, 0);
+    r.ports[1].inject(&l2(a, b), None); // B on port 2: learned, unicast to A
+    r.pmd.poll(1, 0, 0);
+    assert_eq!(r.ports[0].sent().len(), 1, "B→A unicast to port 1");
+    r.pmd.housekeeping(); // B learned: A→B becomes unicast in place
+                          // A keeps sending through its megaflow's NIC mark: no upcall again.
+    let (_, _, handle) = *r.offload.puts.lock().unwrap().first().expect("A→B offered");
+    let mark = Mark::new(5).expect("non-zero");
+    r.pmd
+        .apply_offload_update(PmdUpdate::Publish { mark, handle });
+    let upcalls = r.pmd.counters.upcalls;
+    let mut t = 0;
+    while t <= 400_000 {
+        t += 5_000;
+        r.ports[0].inject(&l2(b, a), Some(5));
+        r.pmd.poll(0, 0, t);
+        r.pmd.refresh_macs();
+        bridge.age_macs(t);
+        r.pmd.housekeeping();
+    }
+    assert_eq!(
+        r.pmd.counters.upcalls, upcalls,
+        "A's packets never upcalled"
+    );
+    assert!(r.pmd.counters.mark_hits >= 80);
+    let macs = bridge.macs.read().unwrap();
+    assert_eq!(macs.lookup(0x0200_0000_000a, 0), Some(1), "A kept alive");
+    assert_eq!(macs.lookup(0x0200_0000_000b, 0), None, "B aged out");
+    drop(macs);
+    // B→A is still unicast to port 1 after 400 s.
+    let to_a = r.ports[0].sent().len();
+    let to_vm = r.ports[2].sent().len();
+    r.ports[1].inject(&l2(a, b), None);
+    r.pmd.poll(1, 0, t);
+    assert_eq!(r.ports[0].sent().len(), to_a + 1);
+    assert_eq!(r.ports[2].sent().len(), to_vm, "not flooded");
+    r.check_accounting();
+}
+
+#[test]
+fn without_traffic_a_mac_entry_ages_out_and_return_traffic_floods() {
+    let mut r = rig("actions=NORMAL");
+    let bridge = Arc::clone(r.pmd.bridge());
+    let (a, b) = (0x0a, 0x0b);
+    r.ports[0].inject(&l2(b, a), None);
+    r.pmd.poll(0, 0, 0);
+    // A stays silent past the aging time; refresh sweeps find no hits.
+    for t in [100_000, 200_000, 300_001] {
+        r.pmd.refresh_macs();
+        bridge.age_macs(t);
+        r.pmd.housekeeping();
+    }
+    assert_eq!(
+        bridge.macs.read().unwrap().lookup(0x0200_0000_000a, 0),
+        None
+    );
+    r.ports[1].inject(&l2(a, b), None);
+    r.pmd.poll(1, 0, 300_002);
+    assert_eq!(r.ports[0].sent().len(), 1, "flooded to port 1");
+    assert_eq!(r.ports[2].sent().len(), 2, "and to port 3 (with A's flood)");
+    r.check_accounting();
+}
+
+#[test]
+fn emc_insert_inv_prob_zero_never_uses_the_emc() {
+    let offload = Recorder::default();
+    let mut pmd = PmdCore::new(
+        0,
+        pipeline(GTP),
+        Arc::new(BridgeState::default()),
+        Box::new(offload),
+        0,
+    );
+    let p1 = QueuePort::new("p1");
+    let p2 = QueuePort::new("p2");
+    pmd.add_port(1, p1.clone(), false);
+    pmd.add_port(2, p2.clone(), false);
+    for _ in 0..50 {
+        p1.inject(&gtp_u([10, 1, 0, 1], 4000), None);
+    }
+    while pmd.poll(0, 0, 0) > 0 {}
+    assert_eq!(p2.sent().len(), 50);
+    assert_eq!(pmd.counters.emc_hits, 0);
+    assert_eq!(pmd.counters.dpcls_hits, 49);
+}

@@ -6,6 +6,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/test_env.rs"]
+mod test_env;
+
 struct Daemon(Child);
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -35,11 +38,7 @@ struct Rig {
 impl Rig {
     /// None when ovs-ofctl is missing (and not required).
     fn start(name: &str) -> Option<Rig> {
-        if Command::new("ovs-ofctl").arg("--version").output().is_err() {
-            assert!(
-                std::env::var_os("FLOWMARK_REQUIRE_ORACLES").is_none(),
-                "ovs-ofctl required"
-            );
+        if !test_env::oracle("ovs-ofctl", "--version", "openvswitch-common") {
             return None;
         }
         let dir = std::env::temp_dir().join(format!("flowmark-of-{name}-{}", std::process::id()));

@@ -12,14 +12,11 @@ use flowmark::openflow::switch::{OpenFlowSwitch, PipelineSwitch, PortCounters, P
 use std::process::Command;
 use std::sync::Arc;
 
+#[path = "support/test_env.rs"]
+mod test_env;
+
 fn have_ovs_ofctl() -> bool {
-    let ok = Command::new("ovs-ofctl").arg("--version").output().is_ok();
-    if !ok && std::env::var_os("FLOWMARK_REQUIRE_ORACLES").is_some() {
-        panic!(
-            "ovs-ofctl is required (FLOWMARK_REQUIRE_ORACLES is set): install openvswitch-common"
-        );
-    }
-    ok
+    test_env::oracle("ovs-ofctl", "--version", "openvswitch-common")
 }
 
 fn ofctl(target: &str, args: &[&str]) -> String {

@@ -169,8 +169,11 @@ fn flow_text() -> impl Strategy<Value = String> {
         )
 }
 
+#[path = "support/test_env.rs"]
+mod test_env;
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(test_env::cases(512)))]
 
     #[test]
     fn rules_survive_flow_mod_encode_decode(text in flow_text()) {

@@ -15,6 +15,11 @@ pub struct FlowHandle {
     gen: u32,
 }
 
+/// Two different megaflows hashed to one ufid; the second is not installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is taken by a megaflow with another match (a ufid hash collision); the packet is dropped as xlate_error and the flow stays uncached")]
+pub struct UfidCollision(pub Ufid);
+
 /// Which stage found the megaflow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheHit {
@@ -37,7 +42,8 @@ pub struct FlowCache {
 }
 
 impl FlowCache {
-    /// `emc_insert_inv_prob`: insert one dpcls hit in N into the EMC (1 = all).
+    /// `emc_insert_inv_prob`: insert one dpcls hit in N into the EMC (1 =
+    /// all, 0 = none, and then the EMC is not consulted at all).
     pub fn new(emc_insert_inv_prob: u32) -> Self {
         FlowCache {
             slots: Vec::new(),
@@ -63,6 +69,9 @@ impl FlowCache {
     /// EMC, then dpcls (a dpcls hit is offered to the EMC).
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, hash: u32) -> Option<(FlowHandle, CacheHit)> {
+        if !self.emc.enabled() {
+            return self.dpcls.lookup(key).map(|h| (h, CacheHit::Dpcls));
+        }
         if let Some(h) = self.emc.lookup(key, hash) {
             if self.get(h).is_some() {
                 return Some((h, CacheHit::Emc));
@@ -98,12 +107,17 @@ impl FlowCache {
         self.by_ufid.get(ufid).copied()
     }
 
-    /// Installs a megaflow. If one with the same ufid is there already (two
+    /// Installs a megaflow. If the same megaflow is there already (two
     /// packets of one megaflow upcalled in one burst), that one's handle is
-    /// returned and `mf` is dropped.
-    pub fn install(&mut self, mf: Megaflow) -> FlowHandle {
-        if let Some(h) = self.by_ufid.get(&mf.ufid) {
-            return *h;
+    /// returned and `mf` is dropped. A different megaflow under the same
+    /// ufid (a hash collision) is refused: handing out the installed one's
+    /// handle would give the packet another megaflow's actions.
+    pub fn install(&mut self, mf: Megaflow) -> Result<FlowHandle, UfidCollision> {
+        if let Some(&h) = self.by_ufid.get(&mf.ufid) {
+            return match self.get(h) {
+                Some(old) if old.r#match == mf.r#match => Ok(h),
+                _ => Err(UfidCollision(mf.ufid)),
+            };
         }
         let index = match self.free.pop() {
             Some(i) => i,
@@ -117,12 +131,14 @@ impl FlowCache {
             index,
             gen: slot.gen,
         };
-        // The same ufid means the same match, so dpcls cannot hold it yet.
+        // A new ufid: dpcls cannot hold this match yet (its ufid would be
+        // this one, unless the ufid collided with a removed flow's, which
+        // remove() took out of dpcls too).
         let inserted = self.dpcls.insert(&mf.r#match.mask, &mf.r#match.value, h);
         debug_assert!(inserted.is_ok());
         self.by_ufid.insert(mf.ufid, h);
         slot.flow = Some(mf);
-        h
+        Ok(h)
     }
 
     /// Removes a megaflow; its handle (and any EMC entry or mark still
@@ -190,13 +206,13 @@ mod tests {
     #[test]
     fn dpcls_then_emc_then_stale() {
         let mut c = FlowCache::new(1);
-        let h = c.install(mf(0x0a00_0000, 0xff00_0000, 2));
+        let h = c.install(mf(0x0a00_0000, 0xff00_0000, 2)).unwrap();
         let k = key(0x0a01_0101);
         assert_eq!(c.lookup(&k, 42), Some((h, CacheHit::Dpcls)));
         assert_eq!(c.lookup(&k, 42), Some((h, CacheHit::Emc)));
         assert!(c.remove(h).is_some());
         // The EMC entry is stale: a miss, never the reused slot's flow.
-        let h2 = c.install(mf(0x0b00_0000, 0xff00_0000, 3));
+        let h2 = c.install(mf(0x0b00_0000, 0xff00_0000, 3)).unwrap();
         assert_ne!(h, h2);
         assert_eq!(c.lookup(&k, 42), None);
         assert!(c.get(h).is_none());
@@ -206,12 +222,38 @@ mod tests {
     #[test]
     fn install_same_ufid_twice_returns_first() {
         let mut c = FlowCache::new(1);
-        let a = c.install(mf(0x0a00_0001, 0xff00_0000, 2));
-        let b = c.install(mf(0x0a00_0002, 0xff00_0000, 2));
+        let a = c.install(mf(0x0a00_0001, 0xff00_0000, 2)).unwrap();
+        let b = c.install(mf(0x0a00_0002, 0xff00_0000, 2)).unwrap();
         assert_eq!(a, b);
         assert_eq!(c.len(), 1);
         c.clear();
         assert!(c.is_empty());
         assert!(c.dpcls().is_empty());
+    }
+
+    #[test]
+    fn ufid_collision_is_refused_not_shared() {
+        let mut c = FlowCache::new(1);
+        let a = c.install(mf(0x0a00_0000, 0xff00_0000, 2)).unwrap();
+        // Another match forced onto the same ufid.
+        let mut b = mf(0x0b00_0000, 0xff00_0000, 3);
+        b.ufid = c.get(a).unwrap().ufid;
+        assert_eq!(c.install(b.clone()), Err(UfidCollision(b.ufid)));
+        assert_eq!(c.len(), 1);
+        // A packet of the refused megaflow finds nothing: it never gets
+        // the installed megaflow's actions.
+        assert_eq!(c.lookup(&key(0x0b01_0101), 7), None);
+        assert_eq!(c.lookup(&key(0x0a01_0101), 7), Some((a, CacheHit::Dpcls)));
+    }
+
+    #[test]
+    fn emc_off_is_never_consulted() {
+        let mut c = FlowCache::new(0);
+        let h = c.install(mf(0x0a00_0000, 0xff00_0000, 2)).unwrap();
+        let k = key(0x0a01_0101);
+        for _ in 0..3 {
+            assert_eq!(c.lookup(&k, 42), Some((h, CacheHit::Dpcls)));
+        }
+        assert_eq!(c.emc_hits(), 0);
     }
 }

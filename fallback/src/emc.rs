@@ -41,7 +41,7 @@ impl<V: Copy> Emc<V> {
         };
         Emc {
             slots: vec![empty; EMC_ENTRIES].into_boxed_slice(),
-            insert_inv_prob: insert_inv_prob.max(1),
+            insert_inv_prob,
             rng: 0x2545_f491,
             hits: 0,
         }
@@ -53,6 +53,13 @@ impl<V: Copy> Emc<V> {
             (hash & EMC_MASK) as usize,
             ((hash >> 13) & EMC_MASK) as usize,
         ]
+    }
+
+    /// False for `insert_inv_prob == 0`: OVS's "never insert", and with
+    /// nothing ever inserted the cache is not looked up either.
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.insert_inv_prob != 0
     }
 
     #[inline]
@@ -71,6 +78,9 @@ impl<V: Copy> Emc<V> {
     /// 1/`insert_inv_prob`.
     #[inline]
     pub fn offer(&mut self, key: &FlowKey, hash: u32, value: V) {
+        if self.insert_inv_prob == 0 {
+            return;
+        }
         if self.insert_inv_prob > 1 {
             // xorshift32: cheap, deterministic, good enough for sampling.
             self.rng ^= self.rng << 13;

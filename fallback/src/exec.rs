@@ -840,6 +840,7 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::test_env::cases(256)))]
         /// Any sequence of actions on any sample keeps every output parseable
         /// with valid checksums.
         #[test]

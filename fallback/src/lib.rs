@@ -16,3 +16,8 @@ pub mod packet;
 pub mod port;
 
 pub use key::{Field, FlowKey};
+
+/// What the environment asks of the tests (one file shared by every crate).
+#[cfg(test)]
+#[path = "../../tests/support/test_env.rs"]
+pub(crate) mod test_env;

@@ -3,11 +3,15 @@
 
 use crate::actions::DpAction;
 use crate::key::{FlowKey, KEY_WORDS};
+use crate::ofproto::mac::MacLearn;
 use crate::ofproto::table::RuleId;
 use crate::ofproto::xlate::{XlateDrop, Xlation};
 use crate::ofproto::Match;
+use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
+use std::sync::OnceLock;
 
 /// Unique flow id: a 128-bit hash of the masked key *and* the mask, so two
 /// megaflows with equal masked keys but different masks differ.
@@ -15,24 +19,18 @@ use std::sync::Arc;
 pub struct Ufid(pub u128);
 
 impl Ufid {
+    /// A keyed 128-bit hash (two SipHash-1-3 lanes under secret keys drawn
+    /// once per process): nobody can craft two matches with one ufid, and
+    /// [`crate::cache::FlowCache::install`] still compares the match.
     pub fn of(m: &Match) -> Ufid {
-        // Two independent 64-bit lanes over value and mask words.
-        let mut a: u64 = 0x243f_6a88_85a3_08d3;
-        let mut b: u64 = 0x1319_8a2e_0370_7344;
-        let words = m.value.words.iter().chain(m.mask.words.iter());
-        for (i, w) in words.enumerate() {
-            let x = w ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            a = (a ^ x).wrapping_mul(0xff51_afd7_ed55_8ccd).rotate_left(29);
-            b = (b ^ x.rotate_left(17)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-            b ^= b >> 31;
+        static KEYS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
+        let (ka, kb) = KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
+        let (mut a, mut b) = (ka.build_hasher(), kb.build_hasher());
+        for w in m.value.words.iter().chain(m.mask.words.iter()) {
+            a.write_u64(*w);
+            b.write_u64(*w);
         }
-        a ^= a >> 33;
-        a = a.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        a ^= a >> 33;
-        b ^= b >> 29;
-        b = b.wrapping_mul(0x94d0_49bb_1331_11eb);
-        b ^= b >> 32;
-        Ufid(((a as u128) << 64) | b as u128)
+        Ufid(((a.finish() as u128) << 64) | b.finish() as u128)
     }
 }
 
@@ -91,6 +89,10 @@ pub struct Megaflow {
     pub rules: Arc<[RuleId]>,
     /// Why the (empty) action list drops, for the rx drop counters.
     pub drop: Option<XlateDrop>,
+    /// The source MAC its NORMAL action learned: the megaflow's traffic
+    /// keeps that entry alive (the refresh sweep re-learns it while the
+    /// megaflow counts packets).
+    pub learn: Option<MacLearn>,
     pub stats: FlowStats,
 }
 
@@ -107,6 +109,7 @@ impl Megaflow {
             actions: actions.into(),
             rules: rules.into(),
             drop: None,
+            learn: None,
             stats: FlowStats::default(),
         }
     }
@@ -115,6 +118,7 @@ impl Megaflow {
     pub fn from_xlation(key: &FlowKey, x: Xlation) -> Self {
         let mut mf = Megaflow::new(key, &x.mask, x.actions, x.rules);
         mf.drop = x.drop;
+        mf.learn = x.learn;
         mf
     }
 

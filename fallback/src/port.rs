@@ -56,6 +56,14 @@ pub trait PacketBuf {
     /// The RSS hash the NIC computed (`RTE_MBUF_F_RX_RSS_HASH`, `hash.rss`).
     fn rss_hash(&self) -> Option<u32>;
     fn set_rss_hash(&mut self, hash: Option<u32>);
+    /// False for a packet whose bytes are not all in [`PacketBuf::data`]
+    /// (a chained DPDK mbuf that could not be linearized): forwarding it
+    /// would send a truncated frame with stale length fields, so the
+    /// datapath drops it as [`RxDropReason::NotLinear`].
+    #[inline]
+    fn is_contiguous(&self) -> bool {
+        true
+    }
 }
 
 /// `set_data` was given more bytes than the buffer holds.
@@ -386,6 +394,9 @@ pub enum RxDropReason {
     XlateError,
     /// The port is being removed.
     PortDown,
+    /// A multi-segment packet that could not be made contiguous (no room
+    /// for it in its first segment's buffer).
+    NotLinear,
 }
 
 impl DropReason for RxDropReason {
@@ -396,6 +407,7 @@ impl DropReason for RxDropReason {
         RxDropReason::UpcallLimit,
         RxDropReason::XlateError,
         RxDropReason::PortDown,
+        RxDropReason::NotLinear,
     ];
 
     fn index(self) -> usize {
@@ -410,6 +422,7 @@ impl DropReason for RxDropReason {
             RxDropReason::UpcallLimit => "upcall_limit",
             RxDropReason::XlateError => "xlate_error",
             RxDropReason::PortDown => "port_down",
+            RxDropReason::NotLinear => "not_linearizable",
         }
     }
 }

@@ -34,9 +34,9 @@ impl Rng {
     }
 }
 
-fn long() -> bool {
-    std::env::var("FLOWMARK_LONG").is_ok_and(|v| v == "1")
-}
+#[path = "../../tests/support/test_env.rs"]
+mod test_env;
+use test_env::long;
 
 const TABLES: [u8; 2] = [0, 3];
 const V4_NETS: [u32; 8] = [

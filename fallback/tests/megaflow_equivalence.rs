@@ -527,7 +527,9 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
                     }
                 }
                 assert!(mf.matches(&k));
-                cache.install(mf);
+                cache
+                    .install(mf)
+                    .expect("distinct matches: no ufid collision");
                 full.actions.clone()
             }
         };
@@ -577,16 +579,11 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
     }
 }
 
-fn rule_sets() -> u32 {
-    if std::env::var("FLOWMARK_LONG").is_ok_and(|v| v == "1") {
-        2000
-    } else {
-        200
-    }
-}
+#[path = "../../tests/support/test_env.rs"]
+mod test_env;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: rule_sets(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: test_env::cases(200), ..ProptestConfig::default() })]
 
     #[test]
     fn megaflow_dpcls_emc_equal_linear_lookup(seed in any::<u64>()) {

@@ -519,7 +519,9 @@ mod tests {
                 k.set(Field::NwSrc, i as u128);
                 let mut m = FlowKey::ZERO;
                 m.set(Field::NwSrc, u32::MAX as u128);
-                cache.install(Megaflow::new(&k, &m, vec![], vec![]))
+                cache
+                    .install(Megaflow::new(&k, &m, vec![], vec![]))
+                    .expect("distinct matches: no ufid collision")
             })
             .collect()
     }

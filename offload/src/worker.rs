@@ -382,6 +382,9 @@ struct FlowEntry {
 pub struct EngineCounters {
     /// Requests from a PMD the engine does not know (ignored).
     pub unknown_pmd: u64,
+    /// Puts whose ufid another megaflow (another match) holds already: left
+    /// in software, never sharing that megaflow's rule and mark.
+    pub ufid_collisions: u64,
     /// Deletes of a copy the engine had no record of (ignored).
     pub unknown_deletes: u64,
     /// Actions-only modifies (nothing done on the NIC).
@@ -732,6 +735,17 @@ impl OffloadEngine {
             port: put.port,
             ufid: put.ufid,
         };
+        if self
+            .flows
+            .get(&key)
+            .is_some_and(|e| e.r#match != put.r#match)
+        {
+            // Another megaflow under this ufid (a hash collision): sharing
+            // its rule and mark would give this PMD's packets the other
+            // megaflow's match. This one stays in software.
+            self.counters.ufid_collisions += 1;
+            return;
+        }
         let has_device = self.ports.contains_key(&put.port);
         let e = self.flows.entry(key).or_insert_with(|| FlowEntry {
             state: if has_device {
@@ -2008,7 +2022,10 @@ mod tests {
             let p = &mut self.pmds[pmd];
             let mf = Megaflow::new(&m.value, &m.mask, Vec::new(), Vec::new());
             let ufid = mf.ufid;
-            let handle = p.cache.install(mf);
+            let handle = p
+                .cache
+                .install(mf)
+                .expect("distinct matches: no ufid collision");
             PutRequest {
                 pmd: p.id,
                 port: m.value.get(Field::InPort) as PortId,
@@ -2488,6 +2505,29 @@ mod tests {
         assert!(h.engine.state(1, a).is_none());
         assert_eq!(h.engine.marks().in_use(), 0);
         assert!(h.engine.is_empty());
+    }
+
+    #[test]
+    fn a_ufid_collision_never_shares_the_rule_or_mark() {
+        let mut h = Harness::new(2, 100);
+        let dev = TestDevice::new(10);
+        h.add_port(1, &dev);
+        let u = h.put(0, ipv4_match(1, 1));
+        h.process();
+        h.quiesce_all();
+        // PMD 1 offers another match under the same ufid.
+        let mut req = h.put_request(1, ipv4_match(1, 2));
+        req.ufid = u;
+        h.out.clear();
+        h.engine.handle(OffloadRequest::Put(req), h.now, &mut h.out);
+        h.process();
+        assert_eq!(h.engine.counters().ufid_collisions, 1);
+        assert!(
+            h.out.iter().all(|(p, _)| *p != PmdId(1)),
+            "nothing published to PMD 1"
+        );
+        assert_eq!(h.engine.sharers(1, u).map(PmdRefs::len), Some(1));
+        assert_eq!(dev.marks().len(), 1);
     }
 
     #[test]

@@ -427,7 +427,10 @@ impl World {
         let p = &mut self.pmds[pmd];
         let mf = Megaflow::new(&m.value, &m.mask, vec![DpAction::Output(2)], vec![]);
         let ufid = mf.ufid;
-        let handle = p.cache.install(mf);
+        let handle = p
+            .cache
+            .install(mf)
+            .expect("distinct matches: no ufid collision");
         PutRequest {
             pmd: p.id,
             port,
@@ -729,8 +732,11 @@ fn run(seed: u64, ops: &[Op]) {
     }
 }
 
+#[path = "../../tests/support/test_env.rs"]
+mod test_env;
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(test_env::cases(64)))]
 
     /// Shrinkable sequences of a few hundred operations.
     #[test]
@@ -743,7 +749,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(4))]
+    #![proptest_config(ProptestConfig::with_cases(test_env::cases(4)))]
 
     /// 10,000 operations per case from a seeded generator.
     #[test]

@@ -6,10 +6,13 @@
 //! dpdk-testpmd ships in Debian's `dpdk-dev` package. Without it the test
 //! prints a notice and passes, unless FLOWMARK_REQUIRE_ORACLES=1.
 
+#[path = "../../tests/support/test_env.rs"]
+mod test_env;
+
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use fallback::key::{ethertype, frag, ipproto, Field, VLAN_CFI};
 use fallback::ofproto::Match;
@@ -32,15 +35,6 @@ const PARSE_ERRORS: [&str; 3] = ["Bad arguments", "Command not found", "Ambiguou
 /// A deliberately malformed line, to prove a parse error is detected.
 const BAD_LINE: &str =
     "flow create 0 ingress pattern eth / ipv4 bogus is 1 / end actions mark id 1 / end";
-
-fn testpmd_available() -> bool {
-    Command::new(TESTPMD)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
 
 /// Removes EAL's runtime folder for the prefix, even when the test fails.
 struct RuntimeDirs(Vec<PathBuf>);
@@ -526,15 +520,7 @@ fn parse_error(answer: &str) -> bool {
 
 #[test]
 fn testpmd_accepts_every_rendered_rule() {
-    if !testpmd_available() {
-        let required = std::env::var("FLOWMARK_REQUIRE_ORACLES").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "{TESTPMD} not found and FLOWMARK_REQUIRE_ORACLES=1: apt-get install -y dpdk-dev"
-        );
-        eprintln!(
-            "notice: {TESTPMD} not found (Debian package dpdk-dev); testpmd syntax check skipped"
-        );
+    if !test_env::oracle(TESTPMD, "--version", "dpdk-dev") {
         return;
     }
 

@@ -17,7 +17,7 @@ pub mod views;
 
 use crate::config::{Config, PortFamily, PortSpec, PortType, VhostMode};
 use crate::control::Request;
-use crate::switch::{NamedPortStats, PortInfo, Switch, SwitchError};
+use crate::switch::{check_add, AddRefused, NamedPortStats, PortInfo, Switch, SwitchError};
 use crossbeam_channel::{Receiver, Sender};
 use fallback::ofproto::syntax::{parse_flow, parse_match, FlowParseError};
 use fallback::ofproto::table::RuleId;
@@ -101,6 +101,12 @@ pub enum DaemonError {
 enum Op {
     Control(Request),
     AddRules(Vec<Rule>),
+    /// One OpenFlow flow add, checked against the pipeline first.
+    AddRuleChecked {
+        rule: Rule,
+        check_overlap: bool,
+        max_flows: usize,
+    },
     DelRules {
         table: Option<u8>,
         selector: Match,
@@ -125,6 +131,7 @@ enum Op {
 enum Reply {
     Json(Value),
     Rules(Vec<RuleId>),
+    Added(Result<RuleId, AddRefused>),
     Flows(Vec<FlowEntry>),
     Ports(Vec<PortInfo>),
     PortStats(Vec<NamedPortStats>),
@@ -168,6 +175,24 @@ impl DaemonHandle {
         match self.call(Op::AddRules(rules))? {
             Reply::Rules(ids) => Ok(ids),
             _ => Ok(Vec::new()),
+        }
+    }
+
+    /// One OpenFlow flow add: refused (nothing changes) on an overlap with
+    /// `check_overlap` or when the switch holds `max_flows` already.
+    pub fn flow_add_checked(
+        &self,
+        rule: Rule,
+        check_overlap: bool,
+        max_flows: usize,
+    ) -> Result<Result<RuleId, AddRefused>, DaemonError> {
+        match self.call(Op::AddRuleChecked {
+            rule,
+            check_overlap,
+            max_flows,
+        })? {
+            Reply::Added(r) => Ok(r),
+            _ => Err(DaemonError::Stopped),
         }
     }
 
@@ -398,7 +423,7 @@ where
             }
             if last_aging.elapsed() >= MAC_AGING_INTERVAL {
                 last_aging = Instant::now();
-                self.switch.age_macs(self.now_ms());
+                self.switch.age_macs();
             }
         }
     }
@@ -428,7 +453,7 @@ where
         let Envelope { op, reply } = env;
         let what = match &op {
             Op::Control(r) => r.command(),
-            Op::AddRules(_) => "openflow flow_add",
+            Op::AddRules(_) | Op::AddRuleChecked { .. } => "openflow flow_add",
             Op::DelRules { .. } => "openflow flow_del",
             Op::ModRules { .. } => "openflow flow_mod",
             Op::DumpFlows => "openflow flow_dump",
@@ -449,6 +474,15 @@ where
             },
             Op::Control(req) => self.control(req).map(Reply::Json),
             Op::AddRules(rules) => Ok(Reply::Rules(self.add_rules(rules))),
+            Op::AddRuleChecked {
+                rule,
+                check_overlap,
+                max_flows,
+            } => Ok(Reply::Added(self.add_rule_checked(
+                rule,
+                check_overlap,
+                max_flows,
+            ))),
             Op::DelRules {
                 table,
                 selector,
@@ -767,12 +801,36 @@ where
     }
 
     fn add_rules(&mut self, rules: Vec<Rule>) -> Vec<RuleId> {
-        let mut pipeline = self.switch.pipeline().clone();
-        let ids: Vec<RuleId> = pipeline.batch(|p| rules.into_iter().map(|r| p.add(r).id).collect());
-        self.switch.set_pipeline(pipeline);
+        let ids = self.switch.flow_add_all(rules);
         self.sync_rule_clocks();
         info!(self.log, "flows added"; "count" => ids.len());
         ids
+    }
+
+    fn add_rule_checked(
+        &mut self,
+        rule: Rule,
+        check_overlap: bool,
+        max_flows: usize,
+    ) -> Result<RuleId, AddRefused> {
+        check_add(self.switch.pipeline(), &rule, check_overlap, max_flows)?;
+        let added = self.switch.flow_add(rule);
+        // O(1) bookkeeping: a full resync per OpenFlow add would make a
+        // controller's table load quadratic.
+        if let Some(old) = added.replaced {
+            self.rules.remove(&old);
+        }
+        let now = Instant::now();
+        self.rules.insert(
+            added.id,
+            RuleClock {
+                added: now,
+                last_packets: 0,
+                last_active: now,
+            },
+        );
+        debug!(self.log, "flow added"; "id" => added.id.0);
+        Ok(added.id)
     }
 
     fn del_rules(&mut self, table: Option<u8>, sel: &Match, strict: Option<u16>) -> Vec<RuleId> {

@@ -64,6 +64,14 @@ impl OpenFlowSwitch for DaemonSwitch {
             .map_err(|e| OfpError::flow_mod_failed(FlowModFailedCode::Unknown, e.to_string()))
     }
 
+    fn add_flow_checked(&self, rule: Rule, check_overlap: bool) -> Result<(), OfpError> {
+        self.handle
+            .flow_add_checked(rule, check_overlap, self.max_flows())
+            .map_err(|e| OfpError::flow_mod_failed(FlowModFailedCode::Unknown, e.to_string()))?
+            .map(|_| ())
+            .map_err(super::flow_table::add_refused)
+    }
+
     fn delete_flows(
         &self,
         table: Option<u8>,

@@ -148,32 +148,7 @@ pub fn apply_flow_mod(sw: &dyn OpenFlowSwitch, fm: &FlowMod) -> Result<(), OfpEr
                 idle_timeout: fm.idle_timeout,
                 hard_timeout: fm.hard_timeout,
             };
-            let flows = sw.flows()?;
-            let replaces = |f: &FlowInfo| {
-                f.rule.table == rule.table
-                    && f.rule.priority == rule.priority
-                    && f.rule.r#match == rule.r#match
-            };
-            if fm.flags & flow_flags::CHECK_OVERLAP != 0
-                && flows.iter().any(|f| {
-                    f.rule.table == rule.table
-                        && f.rule.priority == rule.priority
-                        && !replaces(f)
-                        && overlaps(&f.rule.r#match, &rule.r#match)
-                })
-            {
-                return Err(OfpError::flow_mod_failed(
-                    Fmfc::Overlap,
-                    "an overlapping flow of the same priority exists",
-                ));
-            }
-            if !flows.iter().any(replaces) && flows.len() >= sw.max_flows() {
-                return Err(OfpError::flow_mod_failed(
-                    Fmfc::TableFull,
-                    format!("the switch holds at most {} flows", sw.max_flows()),
-                ));
-            }
-            sw.add_flows(vec![rule])
+            sw.add_flow_checked(rule, fm.flags & flow_flags::CHECK_OVERLAP != 0)
         }
         FlowModCommand::Modify => modify(false),
         FlowModCommand::ModifyStrict => modify(true),
@@ -182,11 +157,13 @@ pub fn apply_flow_mod(sw: &dyn OpenFlowSwitch, fm: &FlowMod) -> Result<(), OfpEr
     }
 }
 
-/// Two matches overlap when some packet matches both: they agree on every
-/// bit both care about.
-fn overlaps(a: &fallback::ofproto::Match, b: &fallback::ofproto::Match) -> bool {
-    let both = a.mask.masked(&b.mask);
-    a.value.masked(&both) == b.value.masked(&both)
+/// The OpenFlow error for a refused add.
+pub fn add_refused(r: crate::switch::AddRefused) -> OfpError {
+    use crate::switch::AddRefused;
+    match r {
+        AddRefused::Overlap => OfpError::flow_mod_failed(Fmfc::Overlap, r.to_string()),
+        AddRefused::TableFull(_) => OfpError::flow_mod_failed(Fmfc::TableFull, r.to_string()),
+    }
 }
 
 /// The flows a flow or aggregate stats request selects.

@@ -59,6 +59,9 @@ pub trait OpenFlowSwitch: Send + Sync {
     fn datapath_id(&self) -> u64;
     fn flows(&self) -> Result<Vec<FlowInfo>, OfpError>;
     fn add_flows(&self, rules: Vec<Rule>) -> Result<(), OfpError>;
+    /// One OFPFC_ADD: refused with OFPFMFC_OVERLAP (with `check_overlap`)
+    /// or OFPFMFC_TABLE_FULL, checked where the rules are (no dump).
+    fn add_flow_checked(&self, rule: Rule, check_overlap: bool) -> Result<(), OfpError>;
     fn delete_flows(
         &self,
         table: Option<u8>,
@@ -206,6 +209,15 @@ impl OpenFlowSwitch for PipelineSwitch {
                 }
             })
             .collect())
+    }
+
+    fn add_flow_checked(&self, rule: Rule, check_overlap: bool) -> Result<(), OfpError> {
+        let mut s = self.lock()?;
+        crate::switch::check_add(&s.pipeline, &rule, check_overlap, self.max_flows)
+            .map_err(super::flow_table::add_refused)?;
+        let added = s.pipeline.add(rule);
+        s.added.push((added.id, Instant::now()));
+        Ok(())
     }
 
     fn add_flows(&self, rules: Vec<Rule>) -> Result<(), OfpError> {

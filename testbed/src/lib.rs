@@ -28,3 +28,8 @@ pub use setup::{
     SharedPort, Testbed, TestbedConfig, TestbedPort, NIC0_OFPORT, NIC1_OFPORT, VM0_OFPORT,
 };
 pub use vm::{Guest, Vm, VmConfig, VmPort};
+
+/// What the environment asks of the tests (one file shared by every crate).
+#[cfg(test)]
+#[path = "../../tests/support/test_env.rs"]
+pub(crate) mod test_env;

@@ -255,6 +255,7 @@ pub fn read_file(path: impl AsRef<Path>) -> Result<Vec<Vec<u8>>, PcapError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_env;
     use std::io::Cursor;
 
     fn frames() -> Vec<Vec<u8>> {
@@ -330,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn files_round_trip_and_tcpdump_reads_them_when_installed() {
+    fn files_round_trip_and_tcpdump_reads_them() {
         use fallback::packet::build;
         use std::net::Ipv4Addr;
         let dir = std::env::temp_dir().join(format!("flowmark-pcap-{}", std::process::id()));
@@ -350,26 +351,31 @@ mod tests {
         .unwrap();
         assert_eq!(n, 3);
         assert_eq!(read_file(&path).unwrap(), fs);
-        // Cross-check with a real reader when one is installed.
-        if let Ok(out) = std::process::Command::new("tcpdump")
-            .args(["-nn", "-e", "-r"])
-            .arg(&path)
-            .output()
-        {
-            if out.status.success() {
-                let text = String::from_utf8_lossy(&out.stdout);
-                let records: Vec<&str> = text
-                    .lines()
-                    .filter(|l| !l.starts_with(char::is_whitespace))
-                    .collect();
-                assert_eq!(records.len(), 3, "tcpdump read: {text}");
-                assert!(
-                    records[0].contains("10.1.0.1.2152 > 192.168.200.3.2152: UDP"),
-                    "{text}"
-                );
-                assert!(records[1].contains("Flags [S]"), "{text}");
-                assert!(records[2].contains("vlan 100"), "{text}");
-            }
+        // Cross-check with a real reader (scripts/test installs tcpdump and
+        // requires it); a tcpdump that runs but fails to read is a failure.
+        if test_env::oracle("tcpdump", "--version", "tcpdump") {
+            let out = std::process::Command::new("tcpdump")
+                .args(["-nn", "-e", "-r"])
+                .arg(&path)
+                .output()
+                .expect("run tcpdump");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "tcpdump could not read the file: {}{text}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let records: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with(char::is_whitespace))
+                .collect();
+            assert_eq!(records.len(), 3, "tcpdump read: {text}");
+            assert!(
+                records[0].contains("10.1.0.1.2152 > 192.168.200.3.2152: UDP"),
+                "{text}"
+            );
+            assert!(records[1].contains("Flags [S]"), "{text}");
+            assert!(records[2].contains("vlan 100"), "{text}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -454,13 +454,12 @@ fn check(seed: u64, caps: &Capabilities, tally: &mut Tally) -> Result<(), String
     Ok(())
 }
 
+#[path = "../../tests/support/test_env.rs"]
+mod test_env;
+
 /// Ten times the work under `FLOWMARK_LONG=1`.
 fn scale(n: u32) -> u32 {
-    if std::env::var("FLOWMARK_LONG").is_ok_and(|v| v == "1") {
-        n * 10
-    } else {
-        n
-    }
+    test_env::cases(n)
 }
 
 #[test]

@@ -78,7 +78,7 @@ pub struct Xlation {
     /// The OpenFlow rules whose actions ran, in order (the xlate cache).
     pub rules: Vec<RuleId>,
     pub trace: Vec<TraceStep>,
-    /// A source MAC for the caller to learn (NORMAL).
+    /// The source MAC NORMAL saw, for the caller to learn or refresh.
     pub learn: Option<MacLearn>,
     /// Set when `actions` is empty: why.
     pub drop: Option<XlateDrop>,
@@ -464,13 +464,14 @@ impl Ctx<'_> {
             self.note("NORMAL: reserved multicast destination (STP/LLDP), dropped");
             return;
         }
-        if self.bridge.macs.lookup(src, vlan) != Some(in_port) {
-            self.learn = Some(MacLearn {
-                mac: src,
-                vlan,
-                port: in_port,
-            });
-        }
+        // Always reported, learned or not: the megaflow keeps it so that its
+        // traffic refreshes the entry (OVS refreshes learning from megaflow
+        // statistics, not only on upcalls).
+        self.learn = Some(MacLearn {
+            mac: src,
+            vlan,
+            port: in_port,
+        });
         if is_multicast(dst) {
             self.flood();
             return;
