@@ -926,7 +926,12 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         port.stats.tx += sent;
         let refused = queued - sent;
         if refused > 0 {
-            port.stats.count_tx_drop(TxDropReason::RingFull, refused);
+            let reason = if port.port.is_down() {
+                TxDropReason::PortDown
+            } else {
+                TxDropReason::RingFull
+            };
+            port.stats.count_tx_drop(reason, refused);
         }
         port.tx.clear();
     }

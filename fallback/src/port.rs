@@ -364,6 +364,14 @@ pub trait Port: Send + Sync {
     /// them or drops them, counting a [`TxDropReason`].
     fn tx_burst(&self, queue: u16, pkts: &mut Burst<Self::Buf>) -> usize;
 
+    /// True while the port is stopped (e.g. its device is being reset): rx
+    /// bursts receive nothing and tx bursts accept nothing; the caller
+    /// counts what was refused as [`TxDropReason::PortDown`].
+    #[inline]
+    fn is_down(&self) -> bool {
+        false
+    }
+
     /// The counters the port keeps itself (e.g. packets it received and
     /// sent). The datapath keeps the rest (why packets were dropped) in its
     /// own [`PortStats`] per PMD; [`PortStats::merge`] adds them up.

@@ -9,6 +9,7 @@
 //! [`views`] (the JSON and table documents), [`server`] (the socket),
 //! [`log`] (slog setup and rate limits).
 
+pub mod events;
 pub mod inject;
 pub mod log;
 pub mod ports;
@@ -20,13 +21,13 @@ use crate::control::Request;
 use crate::switch::{check_add, AddRefused, NamedPortStats, PortInfo, Switch, SwitchError};
 use crossbeam_channel::{Receiver, Sender};
 use fallback::ofproto::syntax::{parse_flow, parse_match, FlowParseError};
-use fallback::ofproto::table::RuleId;
+use fallback::ofproto::table::{Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
 use fallback::port::PacketBuf;
 use hashbrown::HashMap;
 use ports::{PortError, PortFactory, TestbedFactory};
 use serde_json::{json, Value};
-use slog::{debug, error, info, warn, Logger};
+use slog::{debug, info, warn, Logger};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -101,6 +102,9 @@ pub enum DaemonError {
 enum Op {
     Control(Request),
     AddRules(Vec<Rule>),
+    /// Changes applied to a copy of the pipeline, which replaces it (one
+    /// new version, one revalidation) unless the change gives up (`None`).
+    Transaction(PipelineChange),
     /// One OpenFlow flow add, checked against the pipeline first.
     AddRuleChecked {
         rule: Rule,
@@ -126,6 +130,9 @@ enum Op {
         frame: Vec<u8>,
     },
 }
+
+/// An all-or-nothing change of the OpenFlow pipeline (a bundle's commit).
+pub type PipelineChange = Box<dyn FnOnce(Pipeline) -> Option<Pipeline> + Send>;
 
 /// The main loop's answer.
 enum Reply {
@@ -192,6 +199,15 @@ impl DaemonHandle {
             max_flows,
         })? {
             Reply::Added(r) => Ok(r),
+            _ => Err(DaemonError::Stopped),
+        }
+    }
+
+    /// Applies `change` to a copy of the pipeline; true when it replaced the
+    /// pipeline (as one version), false when it gave up (nothing changed).
+    pub fn transaction(&self, change: PipelineChange) -> Result<bool, DaemonError> {
+        match self.call(Op::Transaction(change))? {
+            Reply::Json(Value::Bool(done)) => Ok(done),
             _ => Err(DaemonError::Stopped),
         }
     }
@@ -365,6 +381,7 @@ struct Daemon<B, F> {
     requests: Receiver<Envelope>,
     stop: Arc<AtomicBool>,
     bad_requests: log::RateLimit,
+    events: events::PortEvents,
 }
 
 impl<B, F> Daemon<B, F>
@@ -390,6 +407,7 @@ where
             requests,
             stop,
             bad_requests: log::RateLimit::new(10),
+            events: events::PortEvents::new(),
         };
         let specs = match &config.ports {
             Some(p) => p.clone(),
@@ -454,6 +472,7 @@ where
         let what = match &op {
             Op::Control(r) => r.command(),
             Op::AddRules(_) | Op::AddRuleChecked { .. } => "openflow flow_add",
+            Op::Transaction(_) => "openflow bundle_commit",
             Op::DelRules { .. } => "openflow flow_del",
             Op::ModRules { .. } => "openflow flow_mod",
             Op::DumpFlows => "openflow flow_dump",
@@ -474,6 +493,19 @@ where
             },
             Op::Control(req) => self.control(req).map(Reply::Json),
             Op::AddRules(rules) => Ok(Reply::Rules(self.add_rules(rules))),
+            Op::Transaction(change) => {
+                let copy = self.switch.pipeline().clone();
+                let done = match change(copy) {
+                    Some(new) => {
+                        self.switch.set_pipeline(new);
+                        self.sync_rule_clocks();
+                        info!(self.log, "bundle committed"; "rules" => self.switch.pipeline().len());
+                        true
+                    }
+                    None => false,
+                };
+                Ok(Reply::Json(Value::Bool(done)))
+            }
             Op::AddRuleChecked {
                 rule,
                 check_overlap,
@@ -930,20 +962,13 @@ where
         info!(self.log, "flows timed out"; "count" => doomed.len());
     }
 
+    /// Device events (NIC reset, port removal): DESIGN §3.
     fn poll_resets(&mut self) {
-        for ofport in self.factory.poll_resets() {
-            let name = self
-                .switch
-                .ports()
-                .iter()
-                .find(|p| p.ofport == ofport)
-                .map_or_else(|| ofport.to_string(), |p| p.name.clone());
-            match self.switch.nic_reset(ofport) {
-                Ok(()) => warn!(self.log, "NIC reset: re-offering its megaflows"; "port" => name),
-                Err(e) => {
-                    error!(self.log, "NIC reset not handled"; "port" => name, "error" => e.to_string())
-                }
-            }
+        let handled = self
+            .events
+            .handle(&mut self.switch, &mut self.factory, &self.log);
+        for ofport in handled.removed {
+            debug!(self.log, "port removed by a device event"; "ofport" => ofport);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! family. The testbed's ([`TestbedFactory`]) makes emulated NICs and VM
 //! ports over heap buffers; the DPDK backend adds one making mbuf ports.
 
+pub use super::events::{PortEvent, PortEventKind};
 use crate::config::{PortFamily, PortSpec, PortType};
 use crossbeam_channel::Receiver;
 use fallback::port::{HeapPacket, Port};
@@ -24,6 +25,19 @@ pub enum PortError {
     NotNic { name: String },
     #[error("no port has OpenFlow number {0}")]
     NoSuchOfport(u32),
+    #[error("port {ofport} cannot be reset: its device has no reset; remove it with `port del` and add it again")]
+    NoReset { ofport: u32 },
+    #[error("port {name}: reset failed: {why}; the port stays down: remove it with `port del` (and check the device)")]
+    Reset { name: String, why: String },
+}
+
+/// How a device reset went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetOutcome {
+    /// The device is back up with its configuration.
+    Done,
+    /// The device is not ready to be reset yet (`-EAGAIN`): try later.
+    TryAgain,
 }
 
 /// A port made by a factory, ready for [`crate::switch::Switch::add_port`].
@@ -45,9 +59,23 @@ pub trait PortFactory<B>: Send {
     fn injector(&self, ofport: u32) -> Result<Box<dyn Inject>, PortError>;
     /// Fault injection: the port's NIC loses every rule.
     fn reset_nic(&self, ofport: u32) -> Result<(), PortError>;
-    /// Ports whose NIC was reset since the last call (the daemon re-offers
-    /// their megaflows).
-    fn poll_resets(&mut self) -> Vec<u32>;
+    /// What happened to the ports' devices since the last call: rules
+    /// lost (an emulated NIC's reset), a reset needed, the device gone
+    /// (DESIGN §3; the daemon acts on them with [`super::events::plan`]).
+    fn poll_events(&mut self) -> Vec<PortEvent>;
+    /// Stops (`up` false) or resumes the PMDs' use of the port: while it
+    /// is stopped, rx bursts receive nothing, tx bursts are refused (the
+    /// datapath counts `port_down`) and its flow device refuses calls.
+    /// Ports without such a switch ignore it.
+    fn set_io(&self, _ofport: u32, _up: bool) {}
+    /// Forgets the port's flow rule handles without destroying them (the
+    /// device lost them).
+    fn forget_rules(&self, _ofport: u32) {}
+    /// Resets the port's device and restarts it with its original
+    /// configuration; called between `set_io(false)` and `set_io(true)`.
+    fn reset_port(&self, ofport: u32) -> Result<ResetOutcome, PortError> {
+        Err(PortError::NoReset { ofport })
+    }
     /// Rules on the port's device now, as the device itself counts them
     /// (`None`: the device cannot tell).
     fn device_rules(&self, ofport: u32) -> Option<usize>;
@@ -191,21 +219,30 @@ impl PortFactory<HeapPacket> for TestbedFactory {
         }
     }
 
-    fn poll_resets(&mut self) -> Vec<u32> {
-        let mut out = Vec::new();
-        for (ofport, rx) in &self.resets {
-            let mut reset = false;
-            while rx.try_recv().is_ok() {
-                reset = true;
-            }
-            if reset {
-                out.push(*ofport);
-            }
-        }
-        out
+    fn poll_events(&mut self) -> Vec<PortEvent> {
+        drain_resets(&self.resets)
     }
 
     fn device_rules(&self, ofport: u32) -> Option<usize> {
         self.bed.nic(ofport).map(|n| n.flow_device().rule_count())
     }
+}
+
+/// One `RulesLost` per emulated NIC that was reset since the last call
+/// (however many resets).
+pub fn drain_resets(resets: &BTreeMap<u32, Receiver<u64>>) -> Vec<PortEvent> {
+    let mut out = Vec::new();
+    for (ofport, rx) in resets {
+        let mut reset = false;
+        while rx.try_recv().is_ok() {
+            reset = true;
+        }
+        if reset {
+            out.push(PortEvent {
+                ofport: *ofport,
+                kind: PortEventKind::RulesLost,
+            });
+        }
+    }
+    out
 }

@@ -8,8 +8,11 @@ use super::{strerror, sys, DpdkError};
 use fallback::port::{Burst, PacketBuf, Port, PortStats, BURST};
 use std::ffi::CString;
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+
+const EAGAIN: i32 = 11;
+const ENOTSUP: i32 = 95;
 
 /// Descriptors per queue by default.
 pub const DEFAULT_DESC: u16 = 1024;
@@ -89,10 +92,22 @@ impl QueueCount {
     }
 }
 
+/// What configuring a port found out.
+struct Setup {
+    driver: String,
+    mark_negotiated: bool,
+    rss_hash_offload: bool,
+    mtu: usize,
+}
+
 /// An ethdev port, started. Dropping it stops and closes the port.
 pub struct EthPort {
     name: String,
     devargs: String,
+    /// As opened: a reset restarts the port with it.
+    config: EthPortConfig,
+    /// Stopped for a reset (or gone): bursts receive and send nothing.
+    down: AtomicBool,
     port_id: u16,
     n_rxq: u16,
     n_txq: u16,
@@ -105,6 +120,9 @@ pub struct EthPort {
     tx: Box<[QueueCount]>,
     /// Copies that had no mbuf (pool exhausted), refused on transmit.
     tx_no_mbuf: AtomicU64,
+    /// Multi-segment mbufs refused on transmit (the port is not set up for
+    /// `RTE_ETH_TX_OFFLOAD_MULTI_SEGS`).
+    tx_chained: AtomicU64,
     /// What the PMD uses and must outlive the port (e.g. the rte_rings
     /// under a `net_ring` port): dropped after the port is closed.
     keep: Option<Box<dyn std::any::Any + Send + Sync>>,
@@ -183,6 +201,38 @@ impl EthPort {
         port_id: u16,
         pool: Arc<Mempool>,
     ) -> Result<EthPort, DpdkError> {
+        let setup = Self::setup(config, port_id, &pool, true)?;
+        super::events::register(&config.name, port_id)?;
+        Ok(EthPort {
+            name: config.name.clone(),
+            devargs: config.devargs.clone(),
+            config: config.clone(),
+            down: AtomicBool::new(false),
+            port_id,
+            n_rxq: config.rxqs,
+            n_txq: config.txqs,
+            mtu: setup.mtu,
+            pool,
+            mark_negotiated: setup.mark_negotiated,
+            rss_hash_offload: setup.rss_hash_offload,
+            driver: setup.driver,
+            rx: (0..config.rxqs).map(|_| QueueCount::default()).collect(),
+            tx: (0..config.txqs).map(|_| QueueCount::default()).collect(),
+            tx_no_mbuf: AtomicU64::new(0),
+            tx_chained: AtomicU64::new(0),
+            keep: None,
+        })
+    }
+
+    /// Configures the port (queues, offloads) and starts it. `negotiate`:
+    /// ask for MARK delivery first (only possible before the port is
+    /// configured for the first time, or after `rte_eth_dev_reset`).
+    fn setup(
+        config: &EthPortConfig,
+        port_id: u16,
+        pool: &Mempool,
+        negotiate: bool,
+    ) -> Result<Setup, DpdkError> {
         let name = config.name.as_str();
         if config.rxqs == 0 || config.txqs == 0 {
             return Err(DpdkError::Config {
@@ -216,7 +266,7 @@ impl EthPort {
         // Ask for MARK delivery before configure (PMDs without the
         // negotiation either deliver marks anyway or cannot mark at all).
         let mut mark_negotiated = false;
-        if config.want_mark {
+        if config.want_mark && negotiate {
             let mut features =
                 sys::RTE_ETH_RX_METADATA_USER_MARK | sys::RTE_ETH_RX_METADATA_USER_FLAG;
             // SAFETY: port_id is valid and not yet configured; features is ours.
@@ -279,22 +329,61 @@ impl EthPort {
         if unsafe { sys::rte_eth_dev_get_mtu(port_id, &mut mtu) } != 0 {
             mtu = 1500;
         }
-        Ok(EthPort {
-            name: name.to_string(),
-            devargs: config.devargs.clone(),
-            port_id,
-            n_rxq: config.rxqs,
-            n_txq: config.txqs,
-            mtu: usize::from(mtu),
-            pool,
+        Ok(Setup {
+            driver,
             mark_negotiated,
             rss_hash_offload,
-            driver,
-            rx: (0..config.rxqs).map(|_| QueueCount::default()).collect(),
-            tx: (0..config.txqs).map(|_| QueueCount::default()).collect(),
-            tx_no_mbuf: AtomicU64::new(0),
-            keep: None,
+            mtu: usize::from(mtu),
         })
+    }
+
+    /// Stops (`true`) or resumes the PMDs' use of the port: while down,
+    /// rx bursts receive nothing and tx bursts accept nothing. A PMD may
+    /// be inside a burst when this returns; the caller waits for every
+    /// PMD to pass its loop's top before touching the device.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    /// Resets the device (`rte_eth_dev_reset`, after an
+    /// `RTE_ETH_EVENT_INTR_RESET`) and configures and starts it again
+    /// with the configuration it was opened with. A device without a
+    /// reset of its own (`-ENOTSUP`, e.g. the virtual ones) is stopped,
+    /// configured and started. `Ok(false)`: the device is not ready yet
+    /// (`-EAGAIN`), try again later. The port must be down ([`set_down`])
+    /// and no PMD inside a burst on it.
+    ///
+    /// [`set_down`]: EthPort::set_down
+    pub fn reset(&self) -> Result<bool, DpdkError> {
+        if !self.is_down() {
+            return Err(DpdkError::Config {
+                name: self.name.clone(),
+                why: "reset while the port is in use: stop its I/O first (set_down)".into(),
+            });
+        }
+        // SAFETY: the port is valid (open until self drops) and no thread
+        // uses its queues: it is down and the caller waited for every PMD
+        // to pass a quiescent point; the reset leaves it unconfigured.
+        let ret = unsafe { sys::rte_eth_dev_reset(self.port_id) };
+        let negotiate = match ret {
+            0 => true,
+            r if r == -EAGAIN => return Ok(false),
+            r if r == -ENOTSUP => {
+                // SAFETY: as above; a stopped port may be configured again.
+                let ret = unsafe { sys::rte_eth_dev_stop(self.port_id) };
+                if ret != 0 {
+                    return Err(port_err(&self.name, "rte_eth_dev_stop", ret));
+                }
+                false
+            }
+            r => return Err(port_err(&self.name, "rte_eth_dev_reset", r)),
+        };
+        Self::setup(&self.config, self.port_id, &self.pool, negotiate)?;
+        Ok(true)
     }
 
     /// Keeps `k` alive until the port is closed.
@@ -332,6 +421,11 @@ impl EthPort {
     /// Copies refused on transmit because the pool had no mbuf for them.
     pub fn tx_no_mbuf(&self) -> u64 {
         self.tx_no_mbuf.load(Ordering::Relaxed)
+    }
+
+    /// Multi-segment mbufs refused on transmit.
+    pub fn tx_chained(&self) -> u64 {
+        self.tx_chained.load(Ordering::Relaxed)
     }
 
     pub fn link(&self) -> LinkState {
@@ -390,6 +484,8 @@ impl EthPort {
 
 impl Drop for EthPort {
     fn drop(&mut self) {
+        // No event for a closed port (its id may be reused).
+        super::events::unregister(self.port_id);
         // SAFETY: the port was started by us; no queue is in use any more
         // (the switch drops a port after its PMDs stopped using it). Stop
         // then close releases the PMD's mbufs and, for net_pcap, flushes
@@ -427,6 +523,9 @@ impl Port for EthPort {
         let Some(count) = self.rx.get(usize::from(queue)) else {
             return 0;
         };
+        if self.is_down() {
+            return 0;
+        }
         register_thread();
         let room = out.room().min(BURST);
         if room == 0 {
@@ -442,7 +541,7 @@ impl Port for EthPort {
         for &m in &raw[..n] {
             // SAFETY: rx_burst returned n valid mbufs that are now ours.
             let mbuf = unsafe { Mbuf::from_raw(m) };
-            bytes += mbuf.len() as u64;
+            bytes += mbuf.pkt_len() as u64;
             // Room was checked: push cannot give the packet back.
             let _ = out.push(mbuf);
         }
@@ -457,20 +556,31 @@ impl Port for EthPort {
         let Some(count) = self.tx.get(usize::from(queue)) else {
             return 0;
         };
+        if self.is_down() {
+            return 0;
+        }
         register_thread();
-        // Failed copies (no mbuf) move to the back, in order, and are
+        // Failed copies (no mbuf) and chains (the port is set up for
+        // single-segment mbufs only) move to the back, in order, and are
         // refused with whatever the PMD does not take.
         let slice = pkts.as_mut_slice();
         let mut valid = 0;
+        let (mut no_mbuf, mut chained) = (0u64, 0u64);
         for i in 0..slice.len() {
-            if slice[i].is_valid() {
+            if !slice[i].is_valid() {
+                no_mbuf += 1;
+            } else if !slice[i].is_contiguous() {
+                chained += 1;
+            } else {
                 slice[valid..=i].rotate_right(1);
                 valid += 1;
             }
         }
-        if valid < slice.len() {
-            self.tx_no_mbuf
-                .fetch_add((slice.len() - valid) as u64, Ordering::Relaxed);
+        if no_mbuf > 0 {
+            self.tx_no_mbuf.fetch_add(no_mbuf, Ordering::Relaxed);
+        }
+        if chained > 0 {
+            self.tx_chained.fetch_add(chained, Ordering::Relaxed);
         }
         if valid == 0 {
             return 0;
@@ -494,6 +604,11 @@ impl Port for EthPort {
             count.add(sent as u64, sent_bytes);
         }
         sent
+    }
+
+    #[inline]
+    fn is_down(&self) -> bool {
+        EthPort::is_down(self)
     }
 
     /// `rx` (packets taken by rx bursts) and `tx` (accepted by tx bursts);

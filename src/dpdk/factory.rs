@@ -5,12 +5,15 @@
 //! free count printed at start and at shutdown (equal: no mbuf leaked).
 
 use super::ethdev::{EthPort, EthPortConfig};
+use super::events::{self as eth_events, EthEvent};
 use super::flow::EthFlowDevice;
 use super::mbuf::{Mbuf, Mempool};
 use super::nic_ring::{NicDpdk, NicDpdkConfig};
 use super::{DpdkError, Eal};
 use crate::config::{PortFamily, PortSpec, PortType, VhostMode};
-use crate::daemon::ports::{NewPort, PortError, PortFactory};
+use crate::daemon::ports::{
+    drain_resets, NewPort, PortError, PortEvent, PortEventKind, PortFactory, ResetOutcome,
+};
 use crate::daemon::{DaemonError, DaemonOptions};
 use fallback::port::Port;
 use offload::device::{Capabilities, FlowDevice, Profile};
@@ -50,6 +53,9 @@ pub enum DpdkPortSpec {
 pub struct MadePort {
     pub port: Arc<dyn Port<Buf = Mbuf>>,
     pub flow_device: Option<Arc<dyn FlowDevice>>,
+    /// The rte_flow device of a `dpdk` port (paused and its handles
+    /// forgotten on a reset or removal).
+    pub eth_flow: Option<Arc<EthFlowDevice>>,
     /// The ethdev (stats, link state).
     pub eth: Arc<EthPort>,
     /// The emulated NIC of a `testbed-nic-dpdk` port.
@@ -76,6 +82,8 @@ pub struct DpdkPortFactory {
     pool: Arc<Mempool>,
     vhost_seq: u32,
     ports: BTreeMap<u32, (String, PortType, MadePort)>,
+    /// The emulated NICs' reset notices (`testbed-nic-dpdk`).
+    resets: BTreeMap<u32, crossbeam_channel::Receiver<u64>>,
 }
 
 impl DpdkPortFactory {
@@ -85,6 +93,7 @@ impl DpdkPortFactory {
             pool,
             vhost_seq: 0,
             ports: BTreeMap::new(),
+            resets: BTreeMap::new(),
         }
     }
 
@@ -109,10 +118,15 @@ impl DpdkPortFactory {
                 c.rxqs = *rxqs;
                 c.txqs = *rxqs;
                 let eth = Arc::new(EthPort::open(&c, Arc::clone(&self.pool))?);
-                let fd = EthFlowDevice::new(name.clone(), eth.port_id(), Capabilities::default());
+                let fd = Arc::new(EthFlowDevice::new(
+                    name.clone(),
+                    eth.port_id(),
+                    Capabilities::default(),
+                ));
                 Ok(MadePort {
                     port: eth.clone(),
-                    flow_device: Some(Arc::new(fd)),
+                    flow_device: Some(fd.clone()),
+                    eth_flow: Some(fd),
                     eth,
                     nic: None,
                 })
@@ -137,6 +151,7 @@ impl DpdkPortFactory {
                 Ok(MadePort {
                     port: eth.clone(),
                     flow_device: None,
+                    eth_flow: None,
                     eth,
                     nic: None,
                 })
@@ -156,6 +171,7 @@ impl DpdkPortFactory {
                 Ok(MadePort {
                     port: eth.clone(),
                     flow_device: Some(fd),
+                    eth_flow: None,
                     eth,
                     nic: Some(nic),
                 })
@@ -239,6 +255,10 @@ impl PortFactory<Mbuf> for DpdkPortFactory {
             port: Arc::clone(&made.port),
             flow_device: made.flow_device.clone(),
         };
+        if let Some(nic) = &made.nic {
+            self.resets
+                .insert(ofport, nic.flow_device().subscribe_resets());
+        }
         self.ports
             .insert(ofport, (spec.name.clone(), spec.kind, made));
         Ok(new)
@@ -247,6 +267,7 @@ impl PortFactory<Mbuf> for DpdkPortFactory {
     fn remove(&mut self, ofport: u32) {
         // Stops a testbed NIC's threads; the ethdev closes when the switch's
         // Arc goes too.
+        self.resets.remove(&ofport);
         drop(self.ports.remove(&ofport));
     }
 
@@ -273,8 +294,60 @@ impl PortFactory<Mbuf> for DpdkPortFactory {
         }
     }
 
-    fn poll_resets(&mut self) -> Vec<u32> {
-        Vec::new()
+    /// The emulated NICs' resets (`RulesLost`), then the ethdev events
+    /// recorded by DPDK's interrupt thread: `RTE_ETH_EVENT_INTR_RESET`
+    /// (`ResetNeeded`) and `RTE_ETH_EVENT_INTR_RMV` (`Removed`).
+    fn poll_events(&mut self) -> Vec<PortEvent> {
+        let mut out = drain_resets(&self.resets);
+        let by_id: BTreeMap<u16, u32> = self
+            .ports
+            .iter()
+            .map(|(ofport, (_, _, m))| (m.eth.port_id(), *ofport))
+            .collect();
+        for (port_id, ev) in eth_events::take(|id| by_id.contains_key(&id)) {
+            if let Some(&ofport) = by_id.get(&port_id) {
+                out.push(PortEvent {
+                    ofport,
+                    kind: match ev {
+                        EthEvent::IntrReset => PortEventKind::ResetNeeded,
+                        EthEvent::IntrRmv => PortEventKind::Removed,
+                    },
+                });
+            }
+        }
+        out
+    }
+
+    fn set_io(&self, ofport: u32, up: bool) {
+        if let Some((_, _, m)) = self.ports.get(&ofport) {
+            m.eth.set_down(!up);
+            if let Some(fd) = &m.eth_flow {
+                fd.pause(!up);
+            }
+        }
+    }
+
+    fn forget_rules(&self, ofport: u32) {
+        if let Some((_, _, m)) = self.ports.get(&ofport) {
+            if let Some(fd) = &m.eth_flow {
+                fd.forget_rules();
+            }
+        }
+    }
+
+    fn reset_port(&self, ofport: u32) -> Result<ResetOutcome, PortError> {
+        let (name, _, m) = self
+            .ports
+            .get(&ofport)
+            .ok_or(PortError::NoSuchOfport(ofport))?;
+        match m.eth.reset() {
+            Ok(true) => Ok(ResetOutcome::Done),
+            Ok(false) => Ok(ResetOutcome::TryAgain),
+            Err(e) => Err(PortError::Reset {
+                name: name.clone(),
+                why: e.to_string(),
+            }),
+        }
     }
 
     fn device_rules(&self, ofport: u32) -> Option<usize> {

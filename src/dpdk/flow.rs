@@ -13,7 +13,7 @@ use offload::rte::{self, Action, Item, RssType, Rule};
 use std::any::Any;
 use std::ffi::{c_void, CStr};
 use std::ptr;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 /// One item's spec, last and mask in C layout; boxed so the pointers in
 /// the `rte_flow_item` array stay put.
@@ -305,6 +305,10 @@ pub struct EthFlowDevice {
     caps: Capabilities,
     /// Handle → the `struct rte_flow *` (as an address).
     rules: Mutex<HashMap<u64, usize>>,
+    /// Held for reading across every rte_flow call; `true` while the port
+    /// is stopped (reset or removal under way): calls are refused. Taking
+    /// it for writing waits for the calls in flight.
+    paused: RwLock<bool>,
 }
 
 impl std::fmt::Debug for EthFlowDevice {
@@ -325,7 +329,45 @@ impl EthFlowDevice {
             port_id,
             caps,
             rules: Mutex::new(HashMap::new()),
+            paused: RwLock::new(false),
         }
+    }
+
+    /// Refuses (`true`) or takes again rte_flow calls. When this returns
+    /// no call is in flight on the port.
+    pub fn pause(&self, paused: bool) {
+        let mut g = match self.paused.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *g = paused;
+    }
+
+    /// Forgets every rule handle without destroying the rules: after an
+    /// `RTE_ETH_EVENT_INTR_RESET` or a removal the device holds none, and
+    /// destroying a stale `struct rte_flow *` is undefined. Returns how
+    /// many were forgotten.
+    pub fn forget_rules(&self) -> usize {
+        let mut g = self.lock();
+        let n = g.len();
+        g.clear();
+        n
+    }
+
+    /// The pause gate for one call: `Err` while paused.
+    fn enter(&self, call: &str) -> Result<RwLockReadGuard<'_, bool>, FlowError> {
+        let g = match self.paused.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if *g {
+            return Err(FlowError::Device(format!(
+                "rte_flow_{call} on port {}: the port is stopped (reset or removal under way); \
+                 its megaflows are offered again once it is back",
+                self.name
+            )));
+        }
+        Ok(g)
     }
 
     pub fn port_id(&self) -> u16 {
@@ -389,6 +431,7 @@ impl FlowDevice for EthFlowDevice {
 
     fn validate(&self, rule: &Rule) -> Result<(), FlowError> {
         self.caps.check(rule)?;
+        let _gate = self.enter("validate")?;
         let c = to_c(rule);
         let mut err = sys::rte_flow_error::default();
         // SAFETY: attr, the END-terminated item and action arrays and the
@@ -410,6 +453,7 @@ impl FlowDevice for EthFlowDevice {
     }
 
     fn create(&self, rule: &Rule) -> Result<RuleHandle, FlowError> {
+        let _gate = self.enter("create")?;
         let c = to_c(rule);
         let mut err = sys::rte_flow_error::default();
         // SAFETY: as in validate; the PMD copies what it keeps.
@@ -432,6 +476,7 @@ impl FlowDevice for EthFlowDevice {
     }
 
     fn destroy(&self, handle: RuleHandle) -> Result<(), FlowError> {
+        let _gate = self.enter("destroy")?;
         let Some(flow) = self.lock().remove(&handle.0) else {
             return Err(FlowError::invalid(
                 format!("rule {handle}"),
@@ -450,6 +495,7 @@ impl FlowDevice for EthFlowDevice {
     }
 
     fn query(&self, handle: RuleHandle) -> Result<Counters, FlowError> {
+        let _gate = self.enter("query")?;
         let Some(flow) = self.lock().get(&handle.0).copied() else {
             return Err(FlowError::invalid(
                 format!("rule {handle}"),
@@ -484,6 +530,7 @@ impl FlowDevice for EthFlowDevice {
     }
 
     fn flush(&self) -> Result<(), FlowError> {
+        let _gate = self.enter("flush")?;
         let mut err = sys::rte_flow_error::default();
         // SAFETY: the port is valid; flush destroys every rule of the port,
         // whose handles are forgotten below.

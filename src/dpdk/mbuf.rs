@@ -99,9 +99,15 @@ impl Mempool {
     }
 }
 
-/// A packet in a DPDK mbuf, owned: dropping it returns it to its pool;
-/// a transmit hands it to the PMD. Single-segment (multi-segment mbufs are
-/// linearised on receive).
+/// A packet in a DPDK mbuf, owned: dropping it returns it (every segment
+/// of a chain) to its pool; a transmit hands it to the PMD.
+///
+/// Multi-segment mbufs are linearised on receive. One that cannot be (its
+/// bytes do not fit the first segment's buffer) stays a chain, intact:
+/// [`PacketBuf::is_contiguous`] is false and the datapath drops it,
+/// counted. On a chain, [`PacketBuf::data`] is the first segment only;
+/// `append` and `trim` refuse (they would cut or extend the middle of the
+/// packet), `Clone` copies every segment, and ports refuse to transmit it.
 ///
 /// `Clone` copies the packet into a new mbuf from the same pool. When the
 /// pool is exhausted the copy is an *empty* `Mbuf` (no buffer, length 0):
@@ -135,8 +141,69 @@ impl Mbuf {
     #[inline]
     pub(crate) unsafe fn from_raw(m: *mut sys::rte_mbuf) -> Self {
         let mut mbuf = Mbuf { m };
-        mbuf.linearize();
+        // A chain that stays one is dropped by the datapath (is_contiguous).
+        let _ = mbuf.linearize();
         mbuf
+    }
+
+    /// Appends `tail` (its every segment) to this packet as further
+    /// segments (`rte_pktmbuf_chain`). On failure (an empty mbuf on either
+    /// side, or more segments than an mbuf chain holds) nothing changes and
+    /// `tail` comes back.
+    pub fn chain(&mut self, tail: Mbuf) -> Result<(), Mbuf> {
+        if self.m.is_null() || tail.m.is_null() {
+            return Err(tail);
+        }
+        // SAFETY: both mbufs are valid and exclusively ours; on success
+        // the head's chain owns the tail's segments (freed with the head),
+        // so the tail's ownership is given up; on failure (-EOVERFLOW)
+        // nothing was changed and the tail is still ours.
+        let ret = unsafe { sys::rte_pktmbuf_chain(self.m, tail.m) };
+        if ret != 0 {
+            return Err(tail);
+        }
+        let _ = tail.into_raw();
+        Ok(())
+    }
+
+    /// Segments in the packet (`nb_segs`); 0 for an empty mbuf.
+    pub fn segments(&self) -> u16 {
+        if self.m.is_null() {
+            return 0;
+        }
+        // SAFETY: m is valid and owned by self.
+        unsafe { (*self.m).nb_segs }
+    }
+
+    /// The whole packet's length over every segment (`pkt_len`); equal to
+    /// `len()` for a single segment.
+    pub fn pkt_len(&self) -> usize {
+        if self.m.is_null() {
+            return 0;
+        }
+        // SAFETY: m is valid and owned by self.
+        unsafe { (*self.m).pkt_len as usize }
+    }
+
+    /// Every byte of the packet, all segments in order (a copy).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.pkt_len());
+        let mut seg = self.m;
+        // SAFETY: m is valid and owned by self; each segment's `next` is
+        // null or the next valid segment of the chain, which self owns
+        // too; data_off/data_len describe initialised bytes of each
+        // segment's own buffer.
+        unsafe {
+            while !seg.is_null() {
+                let s = &*seg;
+                out.extend_from_slice(std::slice::from_raw_parts(
+                    s.buf_addr.cast::<u8>().add(usize::from(s.data_off)),
+                    usize::from(s.data_len),
+                ));
+                seg = s.next;
+            }
+        }
+        out
     }
 
     /// Gives up ownership (to a PMD's tx burst or a ring).
@@ -180,9 +247,10 @@ impl Mbuf {
         unsafe { (*self.m).ol_flags }
     }
 
-    /// Free bytes after the data.
+    /// Free bytes after the data; 0 for a chain (appending to the first
+    /// segment would put bytes in the middle of the packet).
     pub fn tailroom(&self) -> usize {
-        if self.m.is_null() {
+        if self.m.is_null() || !self.is_contiguous() {
             return 0;
         }
         // SAFETY: m is valid; the fields describe its single buffer.
@@ -226,29 +294,26 @@ impl Mbuf {
         self.set_rss_hash(rss);
     }
 
-    /// Multi-segment mbufs become one segment (`rte_pktmbuf_linearize`);
-    /// if that is impossible (no room), the packet keeps its first segment.
-    fn linearize(&mut self) {
+    /// Multi-segment mbufs become one segment (`rte_pktmbuf_linearize`).
+    /// If that is impossible (the bytes do not fit the first segment's
+    /// buffer) the chain stays as it is, whole: `is_contiguous()` is then
+    /// false and the datapath drops the packet, counted, instead of
+    /// forwarding a truncated frame whose IP length no longer matches.
+    /// Returns whether the packet is one segment now.
+    pub fn linearize(&mut self) -> bool {
         if self.m.is_null() {
-            return;
+            return true;
         }
-        // SAFETY: m is a valid mbuf owned by self. linearize copies the
-        // later segments into the first and frees them; on failure the
-        // chain is left intact and cut after the first segment here, the
-        // rest freed, keeping pkt_len consistent.
+        // SAFETY: m is a valid mbuf owned by self, and so is its chain.
+        // rte_pktmbuf_linearize first checks that the first segment's
+        // tailroom holds the later segments' bytes; if not it returns -1
+        // having changed nothing; if so it copies them in, frees the
+        // later segments and fixes nb_segs/data_len/next.
         unsafe {
             if (*self.m).nb_segs <= 1 {
-                return;
+                return true;
             }
-            if sys::rte_pktmbuf_linearize(self.m) != 0 {
-                let rest = (*self.m).next;
-                (*self.m).next = ptr::null_mut();
-                (*self.m).nb_segs = 1;
-                (*self.m).pkt_len = u32::from((*self.m).data_len);
-                if !rest.is_null() {
-                    sys::rte_pktmbuf_free(rest);
-                }
-            }
+            sys::rte_pktmbuf_linearize(self.m) == 0
         }
     }
 }
@@ -266,6 +331,21 @@ impl Clone for Mbuf {
     fn clone(&self) -> Self {
         if self.m.is_null() {
             return Mbuf { m: ptr::null_mut() };
+        }
+        if !self.is_contiguous() {
+            // SAFETY: self.m is a valid chain we own; rte_pktmbuf_copy
+            // reads every segment and returns a new chain from the same
+            // pool (or null when the pool is exhausted) that is ours; only
+            // the mark and RSS flags are kept, as below.
+            return unsafe {
+                let src = &*self.m;
+                let n = sys::rte_pktmbuf_copy(self.m, src.pool, 0, u32::MAX);
+                if !n.is_null() {
+                    (*n).ol_flags = src.ol_flags & (MARK_FLAGS | RSS_FLAG);
+                    (*n).__bindgen_anon_2 = src.__bindgen_anon_2;
+                }
+                Mbuf { m: n }
+            };
         }
         // SAFETY: self.m is valid; its pool pointer is the pool it came
         // from, alive for the process. The new mbuf is exclusively ours;
@@ -393,10 +473,11 @@ impl PacketBuf for Mbuf {
         true
     }
 
-    /// `rte_pktmbuf_trim`.
+    /// `rte_pktmbuf_trim` on a single segment; a chain refuses (its end
+    /// is in another segment).
     #[inline]
     fn trim(&mut self, n: usize) -> bool {
-        if n > self.len() {
+        if n > self.len() || !self.is_contiguous() {
             return false;
         }
         if n == 0 {
@@ -474,5 +555,16 @@ impl PacketBuf for Mbuf {
                 None => m.ol_flags &= !RSS_FLAG,
             }
         }
+    }
+
+    /// One segment (`nb_segs <= 1`): a chain left by a failed
+    /// linearisation is not, and the datapath drops it.
+    #[inline]
+    fn is_contiguous(&self) -> bool {
+        if self.m.is_null() {
+            return true;
+        }
+        // SAFETY: m is valid and owned by self.
+        unsafe { (*self.m).nb_segs <= 1 }
     }
 }

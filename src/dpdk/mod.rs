@@ -10,6 +10,7 @@
 //! - [`flow`]: `FlowDevice` over the real rte_flow API;
 //! - [`nic_ring`]: `testbed-nic-dpdk`, the emulated NIC writing real mbufs
 //!   into an `rte_ring` read through `rte_eth_from_rings()`;
+//! - [`events`]: ethdev reset/removal events, recorded for the daemon;
 //! - [`factory`]: builds ports of those types from config entries.
 
 pub mod tsc;
@@ -21,6 +22,8 @@ pub mod sys;
 pub mod eal;
 #[cfg(feature = "dpdk")]
 pub mod ethdev;
+#[cfg(feature = "dpdk")]
+pub mod events;
 #[cfg(feature = "dpdk")]
 pub mod factory;
 #[cfg(feature = "dpdk")]

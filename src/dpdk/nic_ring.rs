@@ -142,6 +142,13 @@ struct Dma {
     stats: DmaStats,
 }
 
+/// Mbufs handed to [`NicDpdk::deliver_mbuf`], for the DMA thread (the
+/// rx rings' single producer) to enqueue.
+type Handoff = (
+    crossbeam_channel::Sender<(u16, Mbuf)>,
+    crossbeam_channel::Receiver<(u16, Mbuf)>,
+);
+
 /// A running `testbed-nic-dpdk` port. Dropping it stops the DMA thread and
 /// the NIC; the ethdev closes when the last `Arc` of its port goes.
 pub struct NicDpdk {
@@ -149,6 +156,7 @@ pub struct NicDpdk {
     port: Arc<EthPort>,
     rings: Arc<Rings>,
     dma: Arc<Dma>,
+    handoff: crossbeam_channel::Sender<(u16, Mbuf)>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -229,7 +237,9 @@ impl NicDpdk {
             stop: AtomicBool::new(false),
             stats: DmaStats::default(),
         });
+        let (handoff, handed): Handoff = crossbeam_channel::unbounded();
         let job = DmaJob {
+            handed,
             nic_port: Arc::clone(nic.port()),
             heap_pool,
             pool,
@@ -249,8 +259,21 @@ impl NicDpdk {
             port,
             rings,
             dma,
+            handoff,
             thread: Some(thread),
         })
+    }
+
+    /// Puts an mbuf the caller built (e.g. a multi-segment chain, which
+    /// the emulated NIC never makes) on rx queue `queue`'s ring as it is,
+    /// behind the frames already on their way: the switch receives it
+    /// through `rte_eth_rx_burst` like any other. Gives it back if the
+    /// queue does not exist or the port is stopping.
+    pub fn deliver_mbuf(&self, queue: u16, m: Mbuf) -> Result<(), Mbuf> {
+        if usize::from(queue) >= self.rings.rx.len() || self.thread.is_none() {
+            return Err(m);
+        }
+        self.handoff.send((queue, m)).map_err(|e| e.into_inner().1)
     }
 
     /// The switch-facing ethdev (`net_ring`).
@@ -275,7 +298,8 @@ impl NicDpdk {
     /// Frames on their way to the switch: in the NIC's queues or in the
     /// rte_rings. 0 once the switch has taken everything.
     pub fn rx_pending(&self) -> usize {
-        self.nic.port().rx_pending()
+        self.handoff.len()
+            + self.nic.port().rx_pending()
             + self
                 .rings
                 .rx
@@ -305,6 +329,7 @@ impl Drop for NicDpdk {
 }
 
 struct DmaJob {
+    handed: crossbeam_channel::Receiver<(u16, Mbuf)>,
     nic_port: Arc<testbed::NicPort>,
     heap_pool: PacketPool,
     pool: Arc<Mempool>,
@@ -322,6 +347,18 @@ impl DmaJob {
         let mut idle = 0u32;
         while !self.dma.stop.load(Ordering::Relaxed) {
             let mut moved = 0;
+            while let Ok((q, m)) = self.handed.try_recv() {
+                if let Some(ring) = self.rings.rx.get(usize::from(q)) {
+                    let mut raw = [ptr::null_mut::<c_void>(); BURST];
+                    raw[0] = m.into_raw().cast();
+                    let done = self.enqueue(ring, &raw, 1);
+                    self.dma
+                        .stats
+                        .delivered
+                        .fetch_add(done as u64, Ordering::Relaxed);
+                    moved += 1;
+                }
+            }
             for (q, ring) in self.rings.rx.iter().enumerate() {
                 let n = self.nic_port.rx_burst(q as u16, &mut heap);
                 if n > 0 {
@@ -370,6 +407,13 @@ impl DmaJob {
             }
             self.heap_pool.put(p);
         }
+        let done = self.enqueue(ring, &raw, k);
+        s.delivered.fetch_add(done as u64, Ordering::Relaxed);
+    }
+
+    /// Enqueues the mbufs `raw[..k]` (ours) on `ring`, waiting for room;
+    /// when the port stops first, frees the rest. Returns how many went in.
+    fn enqueue(&self, ring: &Ring, raw: &[*mut c_void; BURST], k: usize) -> usize {
         let mut done = 0;
         while done < k {
             // SAFETY: the ring is valid (kept by self.rings); raw[done..k]
@@ -394,7 +438,7 @@ impl DmaJob {
                 std::thread::sleep(Duration::from_micros(20));
             }
         }
-        s.delivered.fetch_add(done as u64, Ordering::Relaxed);
+        done
     }
 
     /// Takes what the switch transmitted: counted and freed.

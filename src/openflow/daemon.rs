@@ -5,6 +5,7 @@
 //! `[openflow]` config section.
 
 use super::error::{BadActionCode, BadRequestCode, FlowModFailedCode, OfpError};
+use super::message::FlowMod;
 use super::net::{Endpoint, EventHub, LogFn};
 use super::switch::{FlowInfo, OpenFlowSwitch, PortCounters, PortInfo, SwitchEvent};
 use crate::daemon::{DaemonError, DaemonHandle, StartHook};
@@ -62,6 +63,39 @@ impl OpenFlowSwitch for DaemonSwitch {
             .flow_add(rules)
             .map(|_| ())
             .map_err(|e| OfpError::flow_mod_failed(FlowModFailedCode::Unknown, e.to_string()))
+    }
+
+    fn commit_flow_mods(&self, mods: &[FlowMod]) -> Result<(), (usize, OfpError)> {
+        let failure: Arc<Mutex<Option<(usize, OfpError)>>> = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&failure);
+        let mods = mods.to_vec();
+        let max_flows = self.max_flows();
+        let committed = self
+            .handle
+            .transaction(Box::new(
+                move |pipeline| match super::flow_table::apply_flow_mods_to(
+                    pipeline, &mods, max_flows,
+                ) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        if let Ok(mut f) = seen.lock() {
+                            *f = Some(e);
+                        }
+                        None
+                    }
+                },
+            ))
+            .map_err(|e| (0, refused(e)))?;
+        if committed {
+            return Ok(());
+        }
+        let failed = failure.lock().ok().and_then(|mut f| f.take());
+        Err(failed.unwrap_or_else(|| {
+            (
+                0,
+                OfpError::flow_mod_failed(FlowModFailedCode::Unknown, "the commit failed"),
+            )
+        }))
     }
 
     fn add_flow_checked(&self, rule: Rule, check_overlap: bool) -> Result<(), OfpError> {

@@ -13,6 +13,7 @@ pub mod error_type {
     pub const SWITCH_CONFIG_FAILED: u16 = 10;
     pub const METER_MOD_FAILED: u16 = 12;
     pub const TABLE_FEATURES_FAILED: u16 = 13;
+    pub const EXPERIMENTER: u16 = 0xffff;
 }
 
 macro_rules! codes {
@@ -71,6 +72,16 @@ codes!(
     }
 );
 
+codes!(
+    /// `OFPBFC_*` of the ONF bundle extension (sent as ONF experimenter
+    /// errors, code 2300 + n, under OpenFlow 1.3).
+    BundleFailedCode {
+        Unknown = 0, Eperm = 1, BadId = 2, BundleExist = 3, BundleClosed = 4,
+        OutOfBundles = 5, BadType = 6, BadFlags = 7, MsgBadLen = 8, MsgBadXid = 9,
+        MsgUnsup = 10, MsgConflict = 11, MsgTooMany = 12, MsgFailed = 13,
+    }
+);
+
 /// An error flowmark reports to the peer: what the spec names it, and a
 /// sentence for the log saying why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -109,6 +120,11 @@ pub enum OfpError {
     /// Table features cannot be changed: `OFPTFFC_EPERM`.
     #[error("table features cannot be set")]
     TableFeaturesEperm,
+    #[error("bundle failed ({code:?}): {detail}")]
+    BundleFailed {
+        code: BundleFailedCode,
+        detail: String,
+    },
 }
 
 impl OfpError {
@@ -125,6 +141,20 @@ impl OfpError {
             OfpError::GroupsUnsupported => (t::GROUP_MOD_FAILED, 6),
             OfpError::MetersUnsupported => (t::METER_MOD_FAILED, 7),
             OfpError::TableFeaturesEperm => (t::TABLE_FEATURES_FAILED, 5),
+            OfpError::BundleFailed { code, .. } => (t::EXPERIMENTER, 2300 + code.code()),
+        }
+    }
+
+    /// The experimenter id an `OFPET_EXPERIMENTER` error carries before its
+    /// data (the ONF id for bundle errors).
+    pub fn experimenter(&self) -> Option<u32> {
+        matches!(self, OfpError::BundleFailed { .. }).then_some(super::message::ONF_EXPERIMENTER)
+    }
+
+    pub fn bundle_failed(code: BundleFailedCode, detail: impl Into<String>) -> Self {
+        OfpError::BundleFailed {
+            code,
+            detail: detail.into(),
         }
     }
 

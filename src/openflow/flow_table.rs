@@ -157,6 +157,21 @@ pub fn apply_flow_mod(sw: &dyn OpenFlowSwitch, fm: &FlowMod) -> Result<(), OfpEr
     }
 }
 
+/// Applies `mods` in order to `pipeline` (a copy: pipelines share their
+/// rules copy-on-write): all of them, or the index and error of the first
+/// that fails, with the copy dropped.
+pub fn apply_flow_mods_to(
+    pipeline: fallback::ofproto::table::Pipeline,
+    mods: &[FlowMod],
+    max_flows: usize,
+) -> Result<fallback::ofproto::table::Pipeline, (usize, OfpError)> {
+    let scratch = super::switch::PipelineSwitch::from_pipeline(0, pipeline, max_flows);
+    for (i, fm) in mods.iter().enumerate() {
+        apply_flow_mod(&scratch, fm).map_err(|e| (i, e))?;
+    }
+    Ok(scratch.into_pipeline())
+}
+
 /// The OpenFlow error for a refused add.
 pub fn add_refused(r: crate::switch::AddRefused) -> OfpError {
     use crate::switch::AddRefused;

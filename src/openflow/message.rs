@@ -348,6 +348,48 @@ pub enum Message {
         role: u32,
         generation_id: u64,
     },
+    /// ONFT13_BUNDLE_CONTROL (the ONF bundle extension to OpenFlow 1.3 that
+    /// `ovs-ofctl -O OpenFlow13 --bundle` uses).
+    BundleControl(BundleControl),
+    /// ONFT13_BUNDLE_ADD_MESSAGE: `message` is the whole encapsulated
+    /// message (header included), decoded by the session.
+    BundleAdd {
+        bundle_id: u32,
+        flags: u16,
+        message: Vec<u8>,
+    },
+}
+
+/// The ONF experimenter id (`ONF_VENDOR_ID`).
+pub const ONF_EXPERIMENTER: u32 = 0x4f4e_4600;
+/// ONF experimenter message types of the bundle extension.
+pub const ONFT13_BUNDLE_CONTROL: u32 = 2300;
+pub const ONFT13_BUNDLE_ADD_MESSAGE: u32 = 2301;
+
+/// `ofp14_bundle_ctrl_type`.
+pub mod bundle_ctrl {
+    pub const OPEN_REQUEST: u16 = 0;
+    pub const OPEN_REPLY: u16 = 1;
+    pub const CLOSE_REQUEST: u16 = 2;
+    pub const CLOSE_REPLY: u16 = 3;
+    pub const COMMIT_REQUEST: u16 = 4;
+    pub const COMMIT_REPLY: u16 = 5;
+    pub const DISCARD_REQUEST: u16 = 6;
+    pub const DISCARD_REPLY: u16 = 7;
+}
+
+/// `ofp14_bundle_flags`.
+pub mod bundle_flags {
+    pub const ATOMIC: u16 = 1 << 0;
+    pub const ORDERED: u16 = 1 << 1;
+}
+
+/// A bundle control message (properties, if any, are ignored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BundleControl {
+    pub bundle_id: u32,
+    pub ctrl_type: u16,
+    pub flags: u16,
 }
 
 /// A message with its header's version and transaction id.
@@ -591,10 +633,44 @@ fn decode_body(h: &Header, body: &[u8]) -> Result<Message, OfpError> {
         t::METER_MOD => return Err(OfpError::MetersUnsupported),
         t::EXPERIMENTER => {
             let exp = get!(r, u32, "experimenter");
-            return Err(OfpError::bad_request(
-                Brc::BadExperimenter,
-                format!("experimenter message from {exp:#x}"),
-            ));
+            if exp != ONF_EXPERIMENTER {
+                return Err(OfpError::bad_request(
+                    Brc::BadExperimenter,
+                    format!("experimenter message from {exp:#x}"),
+                ));
+            }
+            let exp_type = get!(r, u32, "experimenter type");
+            let bundle_id = get!(r, u32, "bundle id");
+            let ctrl_type = get!(r, u16, "bundle control type");
+            let flags = get!(r, u16, "bundle flags");
+            match exp_type {
+                ONFT13_BUNDLE_CONTROL => Message::BundleControl(BundleControl {
+                    bundle_id,
+                    ctrl_type,
+                    flags,
+                }),
+                ONFT13_BUNDLE_ADD_MESSAGE => {
+                    // The inner message's own length says where it ends;
+                    // properties may follow.
+                    let rest = r.rest();
+                    let inner = parse_header(rest).map_err(|_| bad_len("bundled message"))?;
+                    let message = rest
+                        .get(..usize::from(inner.length))
+                        .ok_or_else(|| bad_len("bundled message"))?
+                        .to_vec();
+                    Message::BundleAdd {
+                        bundle_id,
+                        flags,
+                        message,
+                    }
+                }
+                other => {
+                    return Err(OfpError::bad_request(
+                        Brc::BadExpType,
+                        format!("ONF experimenter message type {other}"),
+                    ))
+                }
+            }
         }
         other => {
             return Err(OfpError::bad_request(
@@ -907,6 +983,7 @@ fn msg_type_of(m: &Message) -> u8 {
         Message::BarrierReply => t::BARRIER_REPLY,
         Message::RoleRequest { .. } => t::ROLE_REQUEST,
         Message::RoleReply { .. } => t::ROLE_REPLY,
+        Message::BundleControl(_) | Message::BundleAdd { .. } => t::EXPERIMENTER,
     }
 }
 
@@ -1172,6 +1249,25 @@ fn encode_body(msg: &Message, out: &mut Vec<u8>) {
             out.put_u32(*role);
             out.put_zeros(4);
             out.put_u64(*generation_id);
+        }
+        Message::BundleControl(b) => {
+            out.put_u32(ONF_EXPERIMENTER);
+            out.put_u32(ONFT13_BUNDLE_CONTROL);
+            out.put_u32(b.bundle_id);
+            out.put_u16(b.ctrl_type);
+            out.put_u16(b.flags);
+        }
+        Message::BundleAdd {
+            bundle_id,
+            flags,
+            message,
+        } => {
+            out.put_u32(ONF_EXPERIMENTER);
+            out.put_u32(ONFT13_BUNDLE_ADD_MESSAGE);
+            out.put_u32(*bundle_id);
+            out.put_u16(0);
+            out.put_u16(*flags);
+            out.extend_from_slice(message);
         }
         Message::FlowMod(f) => {
             out.put_u64(f.cookie);

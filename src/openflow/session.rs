@@ -5,15 +5,16 @@
 use super::error::{BadRequestCode as Brc, DecodeError, HelloFailedCode, OfpError};
 use super::flow_table::{apply_flow_mod, flow_stats, select_flows, table_stats};
 use super::message::{
-    self, capabilities, encode, encode_multipart_reply, packet_in_reason, parse_header, Desc,
-    Features, Message, MultipartReplyBody, MultipartRequest, PacketIn, PortDesc, PortReason,
-    PortStats, PortStatus, SwitchConfig, TableFeatures, HEADER_LEN, OFP13_VERSION, OFPPS_LIVE,
-    OFP_NO_BUFFER,
+    self, capabilities, decode, encode, encode_multipart_reply, packet_in_reason, parse_header,
+    BundleControl, Desc, Features, FlowMod, Message, MultipartReplyBody, MultipartRequest,
+    PacketIn, PortDesc, PortReason, PortStats, PortStatus, SwitchConfig, TableFeatures, HEADER_LEN,
+    OFP13_VERSION, OFPPS_LIVE, OFP_NO_BUFFER,
 };
 use super::port::{ofport_from_of13, ofport_to_of13, OFPP_ANY, OFPP_CONTROLLER};
 use super::switch::{OpenFlowSwitch, PortInfo, SwitchEvent};
 use fallback::key::Field;
 use fallback::ofproto::{Match, N_TABLES};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Bytes of an offending request echoed in an ERROR (the spec's minimum).
@@ -70,6 +71,19 @@ pub struct Session {
     echo_sent: bool,
     notes: Vec<SessionNote>,
     end: Option<SessionEnd>,
+    /// Open bundles (ONF bundle extension), discarded with the session.
+    bundles: BTreeMap<u32, Bundle>,
+}
+
+/// Bundles one connection may keep open at once (more: OUT_OF_BUNDLES).
+const MAX_BUNDLES: usize = 64;
+
+/// A bundle being filled: its flow mods, in order, with the raw bytes of
+/// each (a failing one's error quotes it).
+struct Bundle {
+    flags: u16,
+    closed: bool,
+    mods: Vec<(u32, FlowMod, Vec<u8>)>,
 }
 
 impl Session {
@@ -88,6 +102,7 @@ impl Session {
             echo_sent: false,
             notes: Vec::new(),
             end: None,
+            bundles: BTreeMap::new(),
         };
         let hello = Message::Hello {
             versions: 1 << OFP13_VERSION,
@@ -131,7 +146,11 @@ impl Session {
 
     fn send_error(&mut self, xid: u32, error: &OfpError, request: &[u8]) {
         let (err_type, code) = error.type_code();
-        let data = request[..request.len().min(ERROR_DATA_LEN)].to_vec();
+        let mut data = Vec::new();
+        if let Some(exp) = error.experimenter() {
+            data.extend_from_slice(&exp.to_be_bytes());
+        }
+        data.extend_from_slice(&request[..request.len().min(ERROR_DATA_LEN)]);
         self.send(
             xid,
             &Message::Error {
@@ -286,6 +305,12 @@ impl Session {
                 );
             }
             Message::FlowMod(fm) => apply_flow_mod(sw, &fm)?,
+            Message::BundleControl(bc) => self.bundle_control(xid, bc, sw)?,
+            Message::BundleAdd {
+                bundle_id,
+                flags,
+                message,
+            } => self.bundle_add(xid, bundle_id, flags, message)?,
             Message::PacketOut(po) => {
                 if po.buffer_id != OFP_NO_BUFFER {
                     return Err(OfpError::bad_request(
@@ -318,6 +343,178 @@ impl Session {
                 ))
             }
         }
+        Ok(())
+    }
+
+    /// ONFT13_BUNDLE_CONTROL, as Open vSwitch handles it: open, close,
+    /// discard, and commit, which applies every flow mod of the bundle as
+    /// one new version or, if one fails, none of them (its error quoting
+    /// it is sent first, then OFPBFC_MSG_FAILED for the commit).
+    fn bundle_control(
+        &mut self,
+        xid: u32,
+        bc: BundleControl,
+        sw: &dyn OpenFlowSwitch,
+    ) -> Result<(), OfpError> {
+        use super::error::BundleFailedCode as Bfc;
+        use super::message::bundle_ctrl as c;
+        let id = bc.bundle_id;
+        let reply = match bc.ctrl_type {
+            c::OPEN_REQUEST => {
+                if self.bundles.remove(&id).is_some() {
+                    return Err(OfpError::bundle_failed(
+                        Bfc::BadId,
+                        format!("bundle {id} is open already"),
+                    ));
+                }
+                if self.bundles.len() >= MAX_BUNDLES {
+                    return Err(OfpError::bundle_failed(
+                        Bfc::OutOfBundles,
+                        format!("at most {MAX_BUNDLES} bundles per connection"),
+                    ));
+                }
+                self.bundles.insert(
+                    id,
+                    Bundle {
+                        flags: bc.flags,
+                        closed: false,
+                        mods: Vec::new(),
+                    },
+                );
+                c::OPEN_REPLY
+            }
+            c::CLOSE_REQUEST => {
+                let b = self.bundle_checked(id, bc.flags)?;
+                b.closed = true;
+                c::CLOSE_REPLY
+            }
+            c::DISCARD_REQUEST => {
+                self.bundles.remove(&id).ok_or_else(|| {
+                    OfpError::bundle_failed(Bfc::BadId, format!("no bundle {id}"))
+                })?;
+                c::DISCARD_REPLY
+            }
+            c::COMMIT_REQUEST => {
+                let b = self.bundles.remove(&id).ok_or_else(|| {
+                    OfpError::bundle_failed(Bfc::BadId, format!("no bundle {id}"))
+                })?;
+                if b.flags != bc.flags {
+                    return Err(OfpError::bundle_failed(
+                        Bfc::BadFlags,
+                        format!(
+                            "flags {:#x}, the bundle was opened with {:#x}",
+                            bc.flags, b.flags
+                        ),
+                    ));
+                }
+                let mods: Vec<FlowMod> = b.mods.iter().map(|(_, fm, _)| fm.clone()).collect();
+                if let Err((i, err)) = sw.commit_flow_mods(&mods) {
+                    if let Some((mxid, _, raw)) = b.mods.get(i) {
+                        self.send_error(*mxid, &err, raw);
+                    }
+                    return Err(OfpError::bundle_failed(
+                        Bfc::MsgFailed,
+                        format!("message {i} of bundle {id} failed ({err}); nothing changed"),
+                    ));
+                }
+                c::COMMIT_REPLY
+            }
+            other => {
+                return Err(OfpError::bundle_failed(
+                    Bfc::BadType,
+                    format!("bundle control type {other}"),
+                ))
+            }
+        };
+        self.send(
+            xid,
+            &Message::BundleControl(BundleControl {
+                bundle_id: id,
+                ctrl_type: reply,
+                flags: bc.flags,
+            }),
+        );
+        Ok(())
+    }
+
+    /// The open bundle `id`; a closed one or one with other flags is
+    /// discarded with the error, as Open vSwitch does.
+    fn bundle_checked(&mut self, id: u32, flags: u16) -> Result<&mut Bundle, OfpError> {
+        use super::error::BundleFailedCode as Bfc;
+        let Some(b) = self.bundles.get(&id) else {
+            return Err(OfpError::bundle_failed(
+                Bfc::BadId,
+                format!("no bundle {id}"),
+            ));
+        };
+        let refusal = if b.closed {
+            Some(OfpError::bundle_failed(
+                Bfc::BundleClosed,
+                format!("bundle {id} is closed"),
+            ))
+        } else if b.flags != flags {
+            Some(OfpError::bundle_failed(
+                Bfc::BadFlags,
+                format!(
+                    "flags {flags:#x}, the bundle was opened with {:#x}",
+                    b.flags
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            self.bundles.remove(&id);
+            return Err(e);
+        }
+        self.bundles
+            .get_mut(&id)
+            .ok_or_else(|| OfpError::bundle_failed(Bfc::BadId, format!("no bundle {id}")))
+    }
+
+    /// ONFT13_BUNDLE_ADD_MESSAGE: a flow mod joins the bundle (opened on
+    /// first use); anything else is refused, and a flow mod that does not
+    /// decode is refused now, not at commit.
+    fn bundle_add(
+        &mut self,
+        xid: u32,
+        id: u32,
+        flags: u16,
+        message: Vec<u8>,
+    ) -> Result<(), OfpError> {
+        use super::error::BundleFailedCode as Bfc;
+        let inner = decode(&message).map_err(|e| e.ofp_error())?;
+        if inner.xid != xid {
+            return Err(OfpError::bundle_failed(
+                Bfc::MsgBadXid,
+                format!("bundled message xid {:#x}, outer xid {xid:#x}", inner.xid),
+            ));
+        }
+        let Message::FlowMod(fm) = inner.msg else {
+            return Err(OfpError::bundle_failed(
+                Bfc::MsgUnsup,
+                "flowmark bundles flow mods only",
+            ));
+        };
+        if !self.bundles.contains_key(&id) {
+            if self.bundles.len() >= MAX_BUNDLES {
+                return Err(OfpError::bundle_failed(
+                    Bfc::OutOfBundles,
+                    format!("at most {MAX_BUNDLES} bundles per connection"),
+                ));
+            }
+            self.bundles.insert(
+                id,
+                Bundle {
+                    flags,
+                    closed: false,
+                    mods: Vec::new(),
+                },
+            );
+        }
+        self.bundle_checked(id, flags)?
+            .mods
+            .push((xid, fm, message));
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! without a datapath).
 
 use super::error::{BadRequestCode, FlowModFailedCode, OfpError};
+use super::message::FlowMod;
 use fallback::ofproto::table::{loose_selects, Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
 use std::sync::Mutex;
@@ -83,6 +84,9 @@ pub trait OpenFlowSwitch: Send + Sync {
     fn max_flows(&self) -> usize {
         1_000_000
     }
+    /// A bundle's commit: every flow mod in order, as one new version, or
+    /// (the index and error of the first that fails) no change at all.
+    fn commit_flow_mods(&self, mods: &[FlowMod]) -> Result<(), (usize, OfpError)>;
 }
 
 /// A packet-out the [`PipelineSwitch`] received.
@@ -124,6 +128,23 @@ impl PipelineSwitch {
                     .collect(),
                 packet_outs: Vec::new(),
             }),
+        }
+    }
+
+    /// A switch over `pipeline` with no ports (a bundle's scratch copy).
+    pub fn from_pipeline(datapath_id: u64, pipeline: Pipeline, max_flows: usize) -> Self {
+        let s = PipelineSwitch::new(datapath_id, Vec::new()).with_max_flows(max_flows);
+        if let Ok(mut st) = s.state.lock() {
+            st.pipeline = pipeline;
+        }
+        s
+    }
+
+    /// The pipeline, with whatever flow mods were applied to it.
+    pub fn into_pipeline(self) -> Pipeline {
+        match self.state.into_inner() {
+            Ok(st) => st.pipeline,
+            Err(poisoned) => poisoned.into_inner().pipeline,
         }
     }
 
@@ -209,6 +230,22 @@ impl OpenFlowSwitch for PipelineSwitch {
                 }
             })
             .collect())
+    }
+
+    fn commit_flow_mods(&self, mods: &[FlowMod]) -> Result<(), (usize, OfpError)> {
+        let mut s = self.lock().map_err(|e| (0, e))?;
+        let scratch = s.pipeline.clone();
+        let new = super::flow_table::apply_flow_mods_to(scratch, mods, self.max_flows)?;
+        let now = Instant::now();
+        let known: std::collections::HashSet<RuleId> = s.pipeline.rules().map(|e| e.id).collect();
+        let fresh: Vec<RuleId> = new
+            .rules()
+            .map(|e| e.id)
+            .filter(|id| !known.contains(id))
+            .collect();
+        s.added.extend(fresh.into_iter().map(|id| (id, now)));
+        s.pipeline = new;
+        Ok(())
     }
 
     fn add_flow_checked(&self, rule: Rule, check_overlap: bool) -> Result<(), OfpError> {

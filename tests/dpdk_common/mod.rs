@@ -179,6 +179,9 @@ impl fallback::port::Port for Gated {
     fn tx_burst(&self, queue: u16, pkts: &mut fallback::port::Burst<Self::Buf>) -> usize {
         self.inner.tx_burst(queue, pkts)
     }
+    fn is_down(&self) -> bool {
+        self.inner.is_down()
+    }
     fn stats(&self) -> fallback::port::PortStats {
         self.inner.stats()
     }
