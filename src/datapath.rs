@@ -347,8 +347,9 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         self.pipeline = pipeline;
         self.revalidate();
         if !self.retired_rule_stats.is_empty() {
-            let live: hashbrown::HashSet<RuleId> = self.pipeline.rules().map(|e| e.id).collect();
-            self.retired_rule_stats.retain(|id, _| live.contains(id));
+            let pipeline = &self.pipeline;
+            self.retired_rule_stats
+                .retain(|id, _| pipeline.get(*id).is_some());
         }
     }
 

@@ -5,7 +5,7 @@
 
 use crate::datapath::{BridgeState, MegaflowInfo, NoOffload, OffloadClient, PmdCore};
 use crate::pmd::{self, PmdCommand, PmdSettings, PmdSnapshot, PmdThread, WorkerClient};
-use fallback::ofproto::table::{Added, Pipeline, RuleEntry, RuleId};
+use fallback::ofproto::table::{Added, Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
 use fallback::port::{PacketBuf, Port, PortStats};
 use hashbrown::HashMap;
@@ -58,25 +58,27 @@ pub fn check_add(
     check_overlap: bool,
     max_flows: usize,
 ) -> Result<(), AddRefused> {
-    let same_priority = || {
-        pipeline
-            .table(rule.table)
-            .iter()
-            .filter(|e| e.rule.priority == rule.priority)
-    };
     let m = &rule.r#match;
-    let masked = m.value.masked(&m.mask);
-    let replaces = |e: &RuleEntry| e.rule.r#match.mask == m.mask && e.rule.r#match.value == masked;
-    if same_priority().any(|e| replaces(e)) {
-        return Ok(());
-    }
-    if check_overlap
-        && same_priority().any(|e| {
-            let both = e.rule.r#match.mask.masked(&m.mask);
-            e.rule.r#match.value.masked(&both) == m.value.masked(&both)
-        })
-    {
-        return Err(AddRefused::Overlap);
+    let masked = Match {
+        value: m.value.masked(&m.mask),
+        mask: m.mask,
+    };
+    if let Some(table) = pipeline.classifier(rule.table) {
+        // The replacement check is one classifier probe.
+        if table.find_exact(&masked, rule.priority).is_some() {
+            return Ok(());
+        }
+        if check_overlap
+            && table
+                .iter()
+                .filter(|e| e.rule.priority == rule.priority)
+                .any(|e| {
+                    let both = e.rule.r#match.mask.masked(&m.mask);
+                    e.rule.r#match.value.masked(&both) == masked.value.masked(&both)
+                })
+        {
+            return Err(AddRefused::Overlap);
+        }
     }
     if pipeline.len() >= max_flows {
         return Err(AddRefused::TableFull(max_flows));
@@ -375,6 +377,8 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
 
     // ---- OpenFlow ----
 
+    /// Sends the PMDs a snapshot of the pipeline (cheap: the classifier is
+    /// copy-on-write, so this shares every table with the owner's copy).
     fn publish_pipeline(&self) {
         let snapshot = Arc::new(self.pipeline.clone());
         for pmd in &self.pmds {
@@ -390,10 +394,12 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         added
     }
 
-    /// Adds many rules with one publication (one revalidation); returns
-    /// their ids in order.
+    /// Adds many rules as one pipeline version with one publication (one
+    /// revalidation); returns their ids in order.
     pub fn flow_add_all(&mut self, rules: Vec<Rule>) -> Vec<RuleId> {
-        let ids = rules.into_iter().map(|r| self.pipeline.add(r).id).collect();
+        let ids = self
+            .pipeline
+            .batch(|p| rules.into_iter().map(|r| p.add(r).id).collect());
         self.publish_pipeline();
         ids
     }

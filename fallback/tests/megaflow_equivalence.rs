@@ -8,6 +8,10 @@
 //! it would leave. Cached datapath actions are judged by executing them on
 //! the key and comparing those effects.
 //!
+//! The tables are the classifier (staged lookup, prefix tries on addresses
+//! and ports); rules use many prefix lengths so that the tries decide many
+//! megaflow masks.
+//!
 //! `FLOWMARK_LONG=1` runs ten times as many rule sets.
 
 use fallback::actions::DpAction;
@@ -70,7 +74,7 @@ fn random_match(r: &mut Rng) -> Match {
         0..=6 => {
             m.set_exact(Field::DlType, ethertype::IPV4 as u128);
             if r.chance(60) {
-                let prefix = r.pick(&[8u32, 16, 24, 32]);
+                let prefix = r.pick(&[8u32, 12, 16, 20, 24, 28, 30, 32]);
                 let mask = u32::MAX << (32 - prefix);
                 let f = if r.chance(50) {
                     Field::NwSrc
@@ -95,7 +99,11 @@ fn random_match(r: &mut Rng) -> Match {
                         Field::TpDst
                     };
                     let port = r.pick(&[2152u128, 2123, 80, 0x1000]);
-                    let mask = if r.chance(20) { 0xff00 } else { 0xffff };
+                    let mask = match r.below(10) {
+                        0 | 1 => 0xff00,
+                        2 => 0xfff0,
+                        _ => 0xffff,
+                    };
                     m.set_masked(f, port, mask);
                 }
                 if proto == ipproto::TCP && r.chance(15) {
@@ -113,6 +121,15 @@ fn random_match(r: &mut Rng) -> Match {
             m.set_exact(Field::DlType, ethertype::IPV6 as u128);
             if r.chance(50) {
                 m.set_masked(Field::Ipv6Dst, 0x2001_0db8 << 96, u128::MAX << 96);
+            }
+            if r.chance(40) {
+                let prefix = r.pick(&[16u32, 48, 64, 128]);
+                let v = r.pick(&[
+                    0x2001_0db8u128 << 96,
+                    (0x2001_0db8 << 96) | 1,
+                    0xfe80 << 112,
+                ]);
+                m.set_masked(Field::Ipv6Src, v, u128::MAX << (128 - prefix));
             }
         }
         _ => {}
@@ -228,6 +245,10 @@ fn packet_from(r: &mut Rng, m: &Match) -> FlowKey {
     k.set(
         Field::Ipv6Dst,
         r.pick(&[0x2001_0db8u128 << 96, 0xfe80 << 112]) | 1,
+    );
+    k.set(
+        Field::Ipv6Src,
+        r.pick(&[0x2001_0db8u128 << 96, 0xfe80 << 112]) | r.below(2) as u128,
     );
     // Inside the match.
     for i in 0..k.words.len() {
@@ -431,6 +452,9 @@ fn execute(actions: &[DpAction], key: &FlowKey) -> Vec<Effect> {
 }
 
 struct Tally {
+    /// Megaflows whose address mask is a prefix no rule has: bits a prefix
+    /// trie chose to prove a miss.
+    trie_narrowed: usize,
     packets: usize,
     rule_hits: usize,
     emc: usize,
@@ -496,6 +520,12 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
             None => {
                 tally.upcalls += 1;
                 let mf = Megaflow::new(&k, &full.mask, full.actions.clone(), full.rules.clone());
+                for f in [Field::NwSrc, Field::NwDst, Field::Ipv6Src, Field::Ipv6Dst] {
+                    let m = full.mask.get(f);
+                    if m != 0 && rules.iter().all(|r| r.r#match.mask.get(f) != m) {
+                        tally.trie_narrowed += 1;
+                    }
+                }
                 assert!(mf.matches(&k));
                 cache
                     .install(mf)
@@ -557,7 +587,7 @@ proptest! {
 
     #[test]
     fn megaflow_dpcls_emc_equal_linear_lookup(seed in any::<u64>()) {
-        let mut tally = Tally { packets: 0, rule_hits: 0, emc: 0, dpcls: 0, upcalls: 0 };
+        let mut tally = Tally { trie_narrowed: 0, packets: 0, rule_hits: 0, emc: 0, dpcls: 0, upcalls: 0 };
         check_rule_set(seed, &mut tally);
         prop_assert_eq!(tally.packets, 1000);
         // Every stage was exercised on this rule set.
@@ -568,6 +598,7 @@ proptest! {
 #[test]
 fn fixed_seeds_exercise_every_path() {
     let mut tally = Tally {
+        trie_narrowed: 0,
         packets: 0,
         rule_hits: 0,
         emc: 0,
@@ -580,4 +611,10 @@ fn fixed_seeds_exercise_every_path() {
     assert_eq!(tally.packets, 20_000);
     assert!(tally.rule_hits >= 6_000);
     assert!(tally.emc > 1000 && tally.dpcls > 100 && tally.upcalls > 100);
+    // The classifier's prefix tries shaped some of those megaflows.
+    assert!(
+        tally.trie_narrowed > 20,
+        "{} trie-narrowed megaflows",
+        tally.trie_narrowed
+    );
 }

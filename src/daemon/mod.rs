@@ -821,11 +821,9 @@ where
     /// Keeps the per-rule clocks in step with the pipeline.
     fn sync_rule_clocks(&mut self) {
         let now = Instant::now();
-        // A set: `Vec::contains` here made every flow mod O(rules²).
-        let live: hashbrown::HashSet<RuleId> =
-            self.switch.pipeline().rules().map(|e| e.id).collect();
-        self.rules.retain(|id, _| live.contains(id));
-        for id in live {
+        let pipeline = self.switch.pipeline();
+        self.rules.retain(|id, _| pipeline.get(*id).is_some());
+        for id in pipeline.ids() {
             self.rules.entry(id).or_insert(RuleClock {
                 added: now,
                 last_packets: 0,
@@ -914,7 +912,7 @@ where
         let timed: Vec<(RuleId, u16, u16)> = self
             .switch
             .pipeline()
-            .rules()
+            .entries()
             .filter(|e| e.rule.idle_timeout > 0 || e.rule.hard_timeout > 0)
             .map(|e| (e.id, e.rule.idle_timeout, e.rule.hard_timeout))
             .collect();

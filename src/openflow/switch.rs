@@ -169,7 +169,7 @@ impl PipelineSwitch {
         if let Ok(mut s) = self.lock() {
             let ids: Vec<RuleId> = s
                 .pipeline
-                .rules()
+                .entries()
                 .filter(|e| loose_selects(sel, &e.rule.r#match))
                 .map(|e| e.id)
                 .collect();
@@ -266,10 +266,10 @@ impl OpenFlowSwitch for PipelineSwitch {
             ));
         }
         let now = Instant::now();
-        for r in rules {
-            let added = s.pipeline.add(r);
-            s.added.push((added.id, now));
-        }
+        let ids: Vec<RuleId> = s
+            .pipeline
+            .batch(|p| rules.into_iter().map(|r| p.add(r).id).collect());
+        s.added.extend(ids.into_iter().map(|id| (id, now)));
         Ok(())
     }
 

@@ -2,9 +2,12 @@
 //! ovs-ofctl flow syntax ([`syntax`]) and the translation of a flow key into
 //! datapath actions plus a megaflow mask ([`xlate`]).
 
+pub mod classifier;
+mod cow;
 pub mod mac;
 pub mod syntax;
 pub mod table;
+mod trie;
 pub mod xlate;
 
 use crate::key::{Field, FlowKey};

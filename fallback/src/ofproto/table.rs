@@ -1,10 +1,12 @@
-//! OpenFlow tables: rules kept in lookup order (priority descending, then the
-//! order they were added: among equal priorities the first added wins), with
-//! the add / modify / delete semantics of `ovs-ofctl add-flow`, `mod-flows`
-//! and `del-flows`.
+//! OpenFlow tables, each a [`Classifier`] (lookup order: priority
+//! descending, then the order rules were added: among equal priorities the
+//! first added wins), with the add / modify / delete semantics of
+//! `ovs-ofctl add-flow`, `mod-flows` and `del-flows`.
 
+use super::classifier::Classifier;
+use super::cow::CowTable;
 use super::{Match, OfAction, Rule, N_TABLES};
-use crate::key::{Field, FlowKey, KEY_WORDS};
+use crate::key::FlowKey;
 use std::fmt;
 use std::sync::Arc;
 
@@ -23,7 +25,8 @@ impl fmt::Display for RuleId {
 #[derive(Clone, Debug)]
 pub struct RuleEntry {
     pub id: RuleId,
-    /// Insertion order, for the equal-priority tie-break.
+    /// Insertion order, for the equal-priority tie-break (equal to the id:
+    /// ids are handed out in order).
     pub seq: u64,
     pub rule: Rule,
 }
@@ -36,14 +39,57 @@ pub struct Added {
     pub replaced: Option<RuleId>,
 }
 
+/// Approximate heap bytes of a [`Pipeline`] (allocator overhead aside).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeapBytes {
+    /// The rule entries (`Arc<RuleEntry>`) and their action lists.
+    pub rules: usize,
+    /// The id index behind `get`.
+    pub id_index: usize,
+    /// Subtables: their rule hash tables and stage hash sets.
+    pub subtables: usize,
+    /// The prefix tries.
+    pub tries: usize,
+}
+
+impl HeapBytes {
+    pub fn total(&self) -> usize {
+        self.rules + self.id_index + self.subtables + self.tries
+    }
+}
+
 /// All tables of one bridge.
-#[derive(Clone, Debug)]
+///
+/// Versioning: a `Pipeline` is a persistent value. Each table is a
+/// [`Classifier`] behind an `Arc`, and every part of a classifier is
+/// copy-on-write in small pieces (hash-table shards, trie paths), so a
+/// clone is a snapshot that costs pointer copies, and a change after a
+/// snapshot copies only the pieces it touches. Readers (PMDs doing upcalls)
+/// hold a snapshot: they see one version however the owner's copy changes
+/// meanwhile, and a batch of flow mods applied to the owner's copy becomes
+/// visible as one version when the owner publishes it. This was preferred
+/// to OVS's per-rule add/remove versions because here snapshots travel to
+/// other threads as `Arc<Pipeline>`, and safe Rust has no lock-free way to
+/// share one mutable structure between the writer and those readers.
+#[derive(Clone)]
 pub struct Pipeline {
-    tables: Vec<Vec<Arc<RuleEntry>>>,
+    tables: Vec<Arc<Classifier>>,
+    /// Every rule by id (`get` without a scan).
+    by_id: CowTable<Arc<RuleEntry>>,
     next_id: u64,
-    next_seq: u64,
-    /// Bumped on every change, so caches know when to revalidate.
+    /// Bumped once per change, or once per [`Pipeline::batch`].
     version: u64,
+    in_batch: bool,
+    batch_changed: bool,
+}
+
+impl fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("rules", &self.len())
+            .field("version", &self.version)
+            .finish()
+    }
 }
 
 impl Default for Pipeline {
@@ -59,13 +105,29 @@ pub fn loose_selects(sel: &Match, rule: &Match) -> bool {
     sel.mask.is_subset_of(&rule.mask) && rule.value.masked(&sel.mask) == sel.value
 }
 
+#[inline]
+fn id_hash(id: RuleId) -> u64 {
+    let h = id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 29)
+}
+
+/// Lookup order: priority descending, then first added.
+fn lookup_order(a: &Arc<RuleEntry>, b: &Arc<RuleEntry>) -> std::cmp::Ordering {
+    b.rule.priority.cmp(&a.rule.priority).then(a.id.cmp(&b.id))
+}
+
 impl Pipeline {
     pub fn new() -> Self {
+        // Every table starts as the same empty classifier; the first
+        // change to a table gives it its own (copy on write).
+        let empty = Arc::new(Classifier::default());
         Pipeline {
-            tables: vec![Vec::new(); N_TABLES],
+            tables: (0..N_TABLES).map(|_| Arc::clone(&empty)).collect(),
+            by_id: CowTable::default(),
             next_id: 1,
-            next_seq: 0,
             version: 0,
+            in_batch: false,
+            batch_changed: false,
         }
     }
 
@@ -73,20 +135,62 @@ impl Pipeline {
         self.version
     }
 
-    /// The rules of a table in lookup order (empty for a table that does not exist).
-    pub fn table(&self, table: u8) -> &[Arc<RuleEntry>] {
-        self.tables
-            .get(table as usize)
-            .map_or(&[], |t| t.as_slice())
+    fn changed(&mut self) {
+        if self.in_batch {
+            self.batch_changed = true;
+        } else {
+            self.version += 1;
+        }
+    }
+
+    /// Applies several changes as one version.
+    pub fn batch<R>(&mut self, f: impl FnOnce(&mut Pipeline) -> R) -> R {
+        let outer = self.in_batch;
+        self.in_batch = true;
+        let r = f(self);
+        self.in_batch = outer;
+        if !outer && self.batch_changed {
+            self.batch_changed = false;
+            self.version += 1;
+        }
+        r
+    }
+
+    /// The classifier of a table (`None` for a table that does not exist).
+    pub fn classifier(&self, table: u8) -> Option<&Classifier> {
+        self.tables.get(table as usize).map(|c| &**c)
+    }
+
+    /// The rules of a table in lookup order (empty for a table that does
+    /// not exist). Sorts: for dumps, not for the packet path.
+    pub fn table(&self, table: u8) -> Vec<&Arc<RuleEntry>> {
+        let mut v: Vec<&Arc<RuleEntry>> = self
+            .classifier(table)
+            .map(|c| c.iter().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| lookup_order(a, b));
+        v
     }
 
     /// Every rule, table by table, in lookup order.
     pub fn rules(&self) -> impl Iterator<Item = &Arc<RuleEntry>> {
-        self.tables.iter().flatten()
+        (0..N_TABLES as u16)
+            .filter(|t| !self.tables[*t as usize].is_empty())
+            .flat_map(|t| self.table(t as u8))
     }
 
     pub fn len(&self) -> usize {
-        self.tables.iter().map(|t| t.len()).sum()
+        self.by_id.len()
+    }
+
+    /// Every rule, in no particular order (no sorting, unlike `rules`).
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<RuleEntry>> {
+        self.by_id.iter()
+    }
+
+    /// Every rule's id, in no particular order.
+    pub fn ids(&self) -> impl Iterator<Item = RuleId> + '_ {
+        self.entries().map(|e| e.id)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -94,7 +198,7 @@ impl Pipeline {
     }
 
     pub fn get(&self, id: RuleId) -> Option<&Arc<RuleEntry>> {
-        self.rules().find(|e| e.id == id)
+        self.by_id.find(id_hash(id), |e| e.id == id)
     }
 
     /// Adds a rule; one with the same table, priority and match is replaced
@@ -103,32 +207,54 @@ impl Pipeline {
         rule.r#match.value = rule.r#match.value.masked(&rule.r#match.mask);
         let id = RuleId(self.next_id);
         self.next_id += 1;
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.version += 1;
-        let t = &mut self.tables[rule.table as usize];
-        let replaced = t
-            .iter()
-            .position(|e| e.rule.priority == rule.priority && e.rule.r#match == rule.r#match)
-            .map(|i| t.remove(i).id);
-        // First position whose priority is lower: after every equal one.
-        let pos = t.partition_point(|e| e.rule.priority >= rule.priority);
-        t.insert(pos, Arc::new(RuleEntry { id, seq, rule }));
+        let table = rule.table as usize;
+        let replaced = self.tables[table]
+            .find_exact(&rule.r#match, rule.priority)
+            .map(|e| e.id);
+        if let Some(old) = replaced {
+            self.remove_one(old);
+        }
+        let entry = Arc::new(RuleEntry {
+            id,
+            seq: id.0,
+            rule,
+        });
+        self.by_id
+            .insert(id_hash(id), Arc::clone(&entry), |e| id_hash(e.id));
+        Arc::make_mut(&mut self.tables[table]).insert(entry);
+        self.changed();
         Added { id, replaced }
     }
 
+    fn remove_one(&mut self, id: RuleId) -> bool {
+        let Some(entry) = self.by_id.remove(id_hash(id), |e| e.id == id) else {
+            return false;
+        };
+        let table = entry.rule.table as usize;
+        Arc::make_mut(&mut self.tables[table]).remove(&entry);
+        true
+    }
+
     fn selected(&self, table: Option<u8>, sel: &Match, strict: Option<u16>) -> Vec<RuleId> {
-        self.tables
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| table.is_none_or(|t| t as usize == *i))
-            .flat_map(|(_, t)| t.iter())
-            .filter(|e| match strict {
-                Some(prio) => e.rule.priority == prio && e.rule.r#match == *sel,
-                None => loose_selects(sel, &e.rule.r#match),
-            })
-            .map(|e| e.id)
-            .collect()
+        let tables = match table {
+            Some(t) => t as usize..t as usize + 1,
+            None => 0..N_TABLES,
+        };
+        let mut ids: Vec<RuleId> = Vec::new();
+        for t in tables {
+            let Some(cls) = self.tables.get(t) else {
+                continue;
+            };
+            match strict {
+                Some(prio) => ids.extend(cls.find_exact(sel, prio).map(|e| e.id)),
+                None => ids.extend(
+                    cls.select(&sel.mask, |e| loose_selects(sel, &e.rule.r#match))
+                        .map(|e| e.id),
+                ),
+            }
+        }
+        ids.sort_unstable();
+        ids
     }
 
     /// Deletes the rules selected loosely by `sel` (in `table`, or in every
@@ -141,20 +267,22 @@ impl Pipeline {
 
     /// Deletes the rule with exactly this match and priority.
     pub fn delete_strict(&mut self, table: u8, sel: &Match, priority: u16) -> Vec<RuleId> {
-        let ids = self.selected(Some(table), sel, Some(priority));
+        let mut sel = *sel;
+        sel.value = sel.value.masked(&sel.mask);
+        let ids = self.selected(Some(table), &sel, Some(priority));
         self.remove_ids(&ids);
         ids
     }
 
     /// Deletes rules by id.
     pub fn remove_ids(&mut self, ids: &[RuleId]) {
-        if ids.is_empty() {
-            return;
+        let mut any = false;
+        for &id in ids {
+            any |= self.remove_one(id);
         }
-        for t in &mut self.tables {
-            t.retain(|e| !ids.contains(&e.id));
+        if any {
+            self.changed();
         }
-        self.version += 1;
     }
 
     /// Replaces the actions of the rules selected loosely by `sel` (as
@@ -166,31 +294,37 @@ impl Pipeline {
         strict: Option<u16>,
         actions: &[OfAction],
     ) -> Vec<RuleId> {
-        let ids = self.selected(table, sel, strict);
-        for t in &mut self.tables {
-            for e in t.iter_mut() {
-                if ids.contains(&e.id) {
-                    Arc::make_mut(e).rule.actions = actions.to_vec();
-                }
-            }
+        let mut sel = *sel;
+        sel.value = sel.value.masked(&sel.mask);
+        let ids = self.selected(table, &sel, strict);
+        for &id in &ids {
+            let h = id_hash(id);
+            let Some(slot) = self.by_id.find_mut(h, |e| e.id == id) else {
+                continue;
+            };
+            let mut entry = RuleEntry::clone(slot);
+            entry.rule.actions = actions.to_vec();
+            let entry = Arc::new(entry);
+            *slot = Arc::clone(&entry);
+            let table = entry.rule.table as usize;
+            Arc::make_mut(&mut self.tables[table]).replace(entry);
         }
         if !ids.is_empty() {
-            self.version += 1;
+            self.changed();
         }
         ids
     }
 
-    /// Linear lookup in one table. The matching rule's mask is ORed into
-    /// `wc`; for each rule checked before it, only enough bits to prove the
-    /// mismatch (see [`unwildcard_mismatch`]).
+    /// Classifier lookup in one table: the best matching rule, with every
+    /// key bit the answer depends on ORed into `wc`.
     #[inline]
     pub fn lookup(&self, table: u8, key: &FlowKey, wc: &mut FlowKey) -> Option<&Arc<RuleEntry>> {
         self.lookup_hinted(table, key, wc, None)
     }
 
-    /// [`Pipeline::lookup`], proving mismatches with bits of `hint` where it
-    /// can (revalidation passes the old megaflow's mask, so that the new
-    /// translation stays inside it whenever the old one is still right).
+    /// [`Pipeline::lookup`] for revalidation: `hint` is the old megaflow's
+    /// mask, whose bits a trie proof may reuse (so an unchanged decision
+    /// keeps the mask inside the old one).
     #[inline]
     pub fn lookup_hinted(
         &self,
@@ -199,91 +333,32 @@ impl Pipeline {
         wc: &mut FlowKey,
         hint: Option<&FlowKey>,
     ) -> Option<&Arc<RuleEntry>> {
-        for e in self.table(table) {
-            let m = &e.rule.r#match;
-            let mut diff = [0u64; KEY_WORDS];
-            let mut any = 0u64;
-            for (i, d) in diff.iter_mut().enumerate() {
-                *d = (key.words[i] ^ m.value.words[i]) & m.mask.words[i];
-                any |= *d;
-            }
-            if any == 0 {
-                wc.or(&m.mask);
-                return Some(e);
-            }
-            unwildcard_mismatch(&diff, m, wc, hint);
-        }
-        None
+        self.tables.get(table as usize)?.lookup(key, wc, hint)
     }
-}
 
-/// Fields in the order a staged lookup consults them (metadata, L2, L3, L4).
-const STAGE_ORDER: [Field; 18] = [
-    Field::InPort,
-    Field::DlType,
-    Field::VlanTci,
-    Field::DlSrc,
-    Field::DlDst,
-    Field::ArpSha,
-    Field::ArpTha,
-    Field::NwProto,
-    Field::NwFrag,
-    Field::NwTos,
-    Field::NwTtl,
-    Field::NwSrc,
-    Field::NwDst,
-    Field::Ipv6Src,
-    Field::Ipv6Dst,
-    Field::TpSrc,
-    Field::TpDst,
-    Field::TcpFlags,
-];
-
-/// A rule did not match: `diff` holds the bits (under the rule's mask) where
-/// the key differs from it. Any packet that agrees with the key on one of
-/// those bits mismatches the rule too, so un-wildcarding one of them is
-/// enough — and nothing at all when `wc` already holds one. Otherwise the
-/// first differing field in stage order is taken: for an address field only
-/// its prefix down to the first differing bit (as OVS's prefix tries do),
-/// for other fields the rule's whole mask of it (partial L4 masks would stop
-/// a NIC from taking the megaflow).
-fn unwildcard_mismatch(
-    diff: &[u64; KEY_WORDS],
-    m: &Match,
-    wc: &mut FlowKey,
-    hint: Option<&FlowKey>,
-) {
-    if diff.iter().zip(wc.words.iter()).any(|(d, w)| d & w != 0) {
-        return;
-    }
-    let mut d = FlowKey::ZERO;
-    d.words = *diff;
-    if let Some(hint) = hint {
-        // A field where the key differs from the rule on hinted bits: the
-        // rule's bits of it inside the hint contain a differing one.
-        for f in STAGE_ORDER {
-            let in_hint = d.get(f) & hint.get(f);
-            if in_hint != 0 {
-                wc.or_field(f, m.mask.get(f) & hint.get(f));
-                return;
-            }
-        }
-    }
-    for f in STAGE_ORDER {
-        let fd = d.get(f);
-        if fd == 0 {
-            continue;
-        }
-        let rule_mask = m.mask.get(f);
-        let bits = match f {
-            Field::NwSrc | Field::NwDst | Field::Ipv6Src | Field::Ipv6Dst => {
-                let top = 127 - fd.leading_zeros(); // highest differing bit
-                rule_mask & !((1u128 << top) - 1)
-            }
-            _ => rule_mask,
+    /// Approximate heap bytes, part by part.
+    pub fn heap_bytes(&self) -> HeapBytes {
+        let rules: usize = self
+            .by_id
+            .iter()
+            .map(|e| {
+                std::mem::size_of::<RuleEntry>()
+                    + 16
+                    + e.rule.actions.capacity() * std::mem::size_of::<OfAction>()
+            })
+            .sum();
+        let mut b = HeapBytes {
+            rules,
+            id_index: self.by_id.heap_bytes(),
+            subtables: 0,
+            tries: 0,
         };
-        wc.or_field(f, bits);
-        return;
+        for t in &self.tables {
+            let (subtables, tries) = t.index_heap_bytes();
+            b.subtables += subtables;
+            b.tries += tries;
+        }
+        b
     }
 }
 
@@ -379,5 +454,199 @@ mod tests {
             Some(vec![OfAction::Normal])
         );
         assert!(p.version() > v);
+    }
+
+    fn with(fields: &[(Field, u128, u128)], priority: u16) -> Rule {
+        let mut r = rule(0, priority, None);
+        for &(f, v, m) in fields {
+            r.r#match.set_masked(f, v, m);
+        }
+        r
+    }
+
+    #[test]
+    fn staged_miss_leaves_later_stages_wildcarded() {
+        let mut p = Pipeline::new();
+        p.add(with(
+            &[
+                (Field::InPort, 1, u32::MAX as u128),
+                (Field::DlType, 0x0800, 0xffff),
+                (Field::NwProto, 6, 0xff),
+                (Field::TpDst, 80, 0xffff),
+            ],
+            10,
+        ));
+        let mut k = ip(0x0a00_0001);
+        k.set(Field::InPort, 2);
+        k.set(Field::NwProto, 6);
+        k.set(Field::TpDst, 80);
+        let mut wc = FlowKey::ZERO;
+        assert!(p.lookup(0, &k, &mut wc).is_none());
+        // Only the metadata stage was consulted.
+        assert_eq!(wc.get(Field::InPort), u32::MAX as u128);
+        assert_eq!(wc.get(Field::DlType), 0);
+        assert_eq!(wc.get(Field::NwProto), 0);
+        assert_eq!(wc.get(Field::TpDst), 0);
+    }
+
+    #[test]
+    fn trie_proves_a_miss_with_few_bits() {
+        let mut p = Pipeline::new();
+        let mut wide = rule(0, 1, None);
+        wide.r#match.set_exact(Field::DlType, 0x0800);
+        let wide = p.add(wide).id;
+        for i in 0..50u32 {
+            p.add(rule(
+                0,
+                10 + i as u16,
+                Some((0x0a00_0000 | (i << 8), 0xffff_ff00)),
+            ));
+        }
+        // 192.168.1.1 leaves the trie at its first bit (10/8 starts with 0).
+        let mut wc = FlowKey::ZERO;
+        assert_eq!(
+            p.lookup(0, &ip(0xc0a8_0101), &mut wc).map(|e| e.id),
+            Some(wide)
+        );
+        assert_eq!(wc.get(Field::NwSrc), 0x8000_0000);
+        // 10.0.99.1 shares 10.0.0.0/18 with the rules: more bits, not all 32.
+        let mut wc = FlowKey::ZERO;
+        assert_eq!(
+            p.lookup(0, &ip(0x0a00_6301), &mut wc).map(|e| e.id),
+            Some(wide)
+        );
+        let bits = wc.get(Field::NwSrc).count_ones();
+        assert!((17..24).contains(&bits), "{bits} bits");
+        // A hit un-wildcards the rule's mask.
+        let mut wc = FlowKey::ZERO;
+        assert!(p.lookup(0, &ip(0x0a00_0301), &mut wc).is_some());
+        assert_eq!(wc.get(Field::NwSrc), 0xffff_ff00);
+    }
+
+    #[test]
+    fn snapshot_sees_one_version_and_a_batch_is_one_version() {
+        let mut p = Pipeline::new();
+        let a = p.add(rule(0, 5, Some((0x0a00_0000, 0xff00_0000)))).id;
+        let snapshot = p.clone();
+        let v = p.version();
+        let b = p.batch(|p| {
+            p.remove_ids(&[a]);
+            let b = p.add(rule(0, 7, Some((0x0a00_0000, 0xffff_0000)))).id;
+            p.modify_actions(None, &Match::ANY, None, &[OfAction::Normal]);
+            b
+        });
+        assert_eq!(p.version(), v + 1);
+        // The snapshot still has the old rule, its actions and no new one.
+        let mut wc = FlowKey::ZERO;
+        let old = snapshot.lookup(0, &ip(0x0a00_0001), &mut wc);
+        assert_eq!(old.map(|e| e.id), Some(a));
+        assert_eq!(
+            old.map(|e| e.rule.actions.clone()),
+            Some(vec![OfAction::Output(5)])
+        );
+        assert!(snapshot.get(b).is_none());
+        let mut wc = FlowKey::ZERO;
+        let new = p.lookup(0, &ip(0x0a00_0001), &mut wc);
+        assert_eq!(new.map(|e| e.id), Some(b));
+        assert_eq!(
+            new.map(|e| e.rule.actions.clone()),
+            Some(vec![OfAction::Normal])
+        );
+        assert!(p.get(a).is_none());
+    }
+
+    /// Add rate, lookup cost and bytes per rule with 100,000 rules:
+    /// `cargo test --release -p fallback --lib -- --ignored --nocapture classifier_scale`.
+    #[test]
+    #[ignore]
+    fn classifier_scale() {
+        use std::time::Instant;
+        let n = 100_000u32;
+        let mk = |i: u32, masks: u32| {
+            let mut r = rule(0, 1 + (i % 1000) as u16, None);
+            r.r#match.set_exact(Field::DlType, 0x0800);
+            r.r#match.set_exact(Field::NwProto, 17);
+            let plen = 32 - (i % masks) * 4;
+            r.r#match.set_masked(
+                Field::NwDst,
+                (0x0a00_0000 | i) as u128 & !((1u128 << (32 - plen)) - 1),
+                (u32::MAX << (32 - plen)) as u128,
+            );
+            r.r#match.set_exact(Field::TpDst, (i % 50_000) as u128);
+            r
+        };
+        for masks in [1u32, 8] {
+            let rules: Vec<Rule> = (0..n).map(|i| mk(i, masks)).collect();
+            let mut p = Pipeline::new();
+            let t = Instant::now();
+            for r in rules {
+                p.add(r);
+            }
+            let add_s = t.elapsed().as_secs_f64();
+            let probes: Vec<FlowKey> = (0..200_000u32)
+                .map(|i| {
+                    let mut k = ip(0x0a0b_0c0d);
+                    k.set(Field::NwProto, 17);
+                    k.set(
+                        Field::NwDst,
+                        (0x0a00_0000 | (i.wrapping_mul(2_654_435_761) % (2 * n))) as u128,
+                    );
+                    k.set(Field::TpDst, (i % 60_000) as u128);
+                    k
+                })
+                .collect();
+            let t = Instant::now();
+            let mut hits = 0usize;
+            for k in &probes {
+                let mut wc = FlowKey::ZERO;
+                hits += p.lookup(0, k, &mut wc).is_some() as usize;
+            }
+            let lookup_ns = t.elapsed().as_nanos() as f64 / probes.len() as f64;
+            // The whole upcall translation, and the linear scan it replaced.
+            let macs = crate::ofproto::mac::MacTable::default();
+            let bridge = crate::ofproto::xlate::Bridge {
+                pipeline: &p,
+                macs: &macs,
+                ports: &[1, 2, 3],
+            };
+            let t = Instant::now();
+            for k in &probes {
+                std::hint::black_box(crate::ofproto::xlate::xlate(bridge, k));
+            }
+            let xlate_ns = t.elapsed().as_nanos() as f64 / probes.len() as f64;
+            let entries: Vec<&Arc<RuleEntry>> = p.table(0);
+            let t = Instant::now();
+            for k in &probes[..2000] {
+                let m = entries
+                    .iter()
+                    .find(|e| k.matches(&e.rule.r#match.value, &e.rule.r#match.mask));
+                std::hint::black_box(m);
+            }
+            let linear_ns = t.elapsed().as_nanos() as f64 / 2000.0;
+            let t = Instant::now();
+            let snap = p.clone();
+            let clone_us = t.elapsed().as_secs_f64() * 1e6;
+            let t = Instant::now();
+            p.add(mk(n + 1, masks));
+            let first_change_us = t.elapsed().as_secs_f64() * 1e6;
+            drop(snap);
+            let b = p.heap_bytes();
+            let per = |x: usize| x / p.len();
+            println!(
+                "{masks} masks, {n} rules: {:.0} adds/s, lookup {:.0} ns ({hits} hits of {}), \
+                 xlate {xlate_ns:.0} ns, linear scan {linear_ns:.0} ns, {} subtables, \
+                 snapshot {clone_us:.1} us, first change after it {first_change_us:.1} us, \
+                 ~{} B/rule (rule entries {}, id index {}, subtables {}, tries {})",
+                n as f64 / add_s,
+                lookup_ns,
+                probes.len(),
+                p.classifier(0).map_or(0, |c| c.n_subtables()),
+                per(b.total()),
+                per(b.rules),
+                per(b.id_index),
+                per(b.subtables),
+                per(b.tries),
+            );
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! xlate: a flow key through the OpenFlow pipeline → datapath actions and
 //! the megaflow mask.
 //!
-//! The mask un-wildcards every bit that any consulted rule or action depended
-//! on (every rule checked in every visited table, NORMAL's MAC lookup, the
-//! prerequisites of set actions), so that every packet matching the megaflow
-//! gets the same actions from a full pipeline lookup. As in OVS, `in_port`,
+//! The mask un-wildcards every bit that any table lookup or action depended
+//! on (what each classifier lookup reports: the winner's mask, and for the
+//! subtables it visited in vain the stages or trie prefixes that proved the
+//! miss; NORMAL's MAC lookup; the prerequisites of set actions), so that
+//! every packet matching the megaflow gets the same actions from a full
+//! pipeline lookup. As in OVS, `in_port`,
 //! `dl_type` and, for IP, `nw_frag` are always un-wildcarded, so is the
 //! VLAN-present bit whenever any TCI bit is, and so is `nw_proto` whenever
 //! an L4 field is.
@@ -24,6 +26,8 @@ pub const MAX_DEPTH: usize = 64;
 pub const MAX_RESUBMITS: usize = MAX_DEPTH * MAX_DEPTH;
 /// Bound on datapath actions per packet (a runaway flood/resubmit mix).
 pub const MAX_ACTIONS: usize = 1024;
+/// Widen partial L4 port masks in megaflows to full ones (see `xlate_hinted`).
+pub const OFFLOADABLE_PORT_MASKS: bool = true;
 
 /// Why a translation ended in a drop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -162,6 +166,17 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
     // that matches them matches nw_proto exactly (only narrower, so sound).
     if wc.get(Field::TpSrc) | wc.get(Field::TpDst) | wc.get(Field::TcpFlags) != 0 {
         wc.set_exact(Field::NwProto);
+    }
+    // A NIC takes L4 ports with a full mask only (DESIGN §2 `translate`):
+    // a port prefix (a rule's, or the bits a port trie needed to prove a
+    // miss) is widened to the whole port, a narrower and still sound
+    // megaflow that can be offloaded.
+    if OFFLOADABLE_PORT_MASKS {
+        for f in [Field::TpSrc, Field::TpDst] {
+            if wc.get(f) != 0 {
+                wc.set_exact(f);
+            }
+        }
     }
     let (actions, drop) = match ctx.error {
         Some(e) => (Vec::new(), Some(e)),
