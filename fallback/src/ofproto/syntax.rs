@@ -1501,12 +1501,15 @@ fn parse_load(kv: &KeyValue<'_>) -> Result<(Field, LoadHalf, u128)> {
         "NXM_NX_IPV6_SRC[64..127]" => (Field::Ipv6Src, LoadHalf::High),
         "NXM_NX_IPV6_DST[0..63]" => (Field::Ipv6Dst, LoadHalf::Low),
         "NXM_NX_IPV6_DST[64..127]" => (Field::Ipv6Dst, LoadHalf::High),
+        // How OpenFlow 1.0 carries set_field to sctp_src/sctp_dst.
+        "OXM_OF_SCTP_SRC[]" => (Field::TpSrc, LoadHalf::Whole),
+        "OXM_OF_SCTP_DST[]" => (Field::TpDst, LoadHalf::Whole),
         _ => return Err(unsupported_load(kv.token)),
     };
-    let limit: u128 = if field == Field::NwTtl {
-        0xff
-    } else {
-        u128::from(u64::MAX)
+    let limit: u128 = match field {
+        Field::NwTtl => 0xff,
+        Field::TpSrc | Field::TpDst => 0xffff,
+        _ => u128::from(u64::MAX),
     };
     let v =
         parse_uint(value)
@@ -1767,6 +1770,8 @@ fn set_field_target(name: &str) -> Option<(Field, Prereq, SetSyntax)> {
         "tcp_dst" | "tp_dst" => (Field::TpDst, P::Tcp, SetSyntax::Int(2)),
         "udp_src" => (Field::TpSrc, P::Udp, SetSyntax::Int(2)),
         "udp_dst" => (Field::TpDst, P::Udp, SetSyntax::Int(2)),
+        "sctp_src" => (Field::TpSrc, P::Sctp, SetSyntax::Int(2)),
+        "sctp_dst" => (Field::TpDst, P::Sctp, SetSyntax::Int(2)),
         "vlan_vid" => (Field::VlanTci, P::None, SetSyntax::VlanVid),
         _ => return None,
     })
@@ -1795,7 +1800,7 @@ fn parse_set_field(kv: &KeyValue<'_>) -> Result<(OfAction, Kind)> {
         return Err(bad_arg(
             "set_field",
             target,
-            "one of eth_src, eth_dst, ip_src, ip_dst, ipv6_src, ipv6_dst, nw_tos, ip_dscp, nw_ttl, tcp_src, tcp_dst, udp_src, udp_dst, vlan_vid",
+            "one of eth_src, eth_dst, ip_src, ip_dst, ipv6_src, ipv6_dst, nw_tos, ip_dscp, nw_ttl, tcp_src, tcp_dst, udp_src, udp_dst, sctp_src, sctp_dst, vlan_vid",
         ));
     };
     if value.contains('/') {
@@ -1940,18 +1945,20 @@ fn check_actions(actions: &[ParsedAction], m: &Match) -> Result<Checked> {
                         return Err(needs(a, what, hint));
                     }
                 }
-                if matches!(field, Field::NwTtl | Field::Ipv6Src | Field::Ipv6Dst) {
+                if matches!(field, Field::NwTtl | Field::Ipv6Src | Field::Ipv6Dst)
+                    || prereq == Prereq::Sctp
+                {
                     // No OpenFlow 1.0 action sets them.
                     usable &= NXM | OF13;
                 }
             }
             (OfAction::Mod(field, _), Kind::Load) => {
-                let prereq = if field == Field::NwTtl {
-                    Prereq::IpAny
-                } else {
-                    Prereq::Ipv6
+                let prereq = match field {
+                    Field::NwTtl => Prereq::IpAny,
+                    Field::TpSrc | Field::TpDst => Prereq::Sctp,
+                    _ => Prereq::Ipv6,
                 };
-                if !prereq.holds(dl_type, nw_proto) {
+                if !prereq.holds(dl_type, nw_proto) || (prereq == Prereq::Sctp && later) {
                     let (what, hint) = prereq.describe();
                     return Err(needs(a, what, hint));
                 }
@@ -1987,8 +1994,23 @@ fn decode_actions(
             out.push(a.action);
             continue;
         };
+        let sctp = matches!(field, Field::TpSrc | Field::TpDst)
+            && matches!(
+                a.kind,
+                Kind::Load
+                    | Kind::SetField {
+                        prereq: Prereq::Sctp,
+                        ..
+                    }
+            );
         if protocol != Protocol::Of13 {
-            out.push(OfAction::Mod(field, v));
+            // OpenFlow 1.0 has no SCTP port action: ovs-ofctl prints
+            // set_field to sctp_src/sctp_dst as a load.
+            out.push(if sctp {
+                OfAction::SetField(field, v)
+            } else {
+                OfAction::Mod(field, v)
+            });
             continue;
         }
         let decoded = match (field, a.kind) {
@@ -2033,12 +2055,15 @@ fn format_actions(actions: &[OfAction], m: &Match) -> String {
     let nw_proto = (m.value.get(Field::NwProto) & m.mask.get(Field::NwProto)) as u8;
     actions
         .iter()
-        .map(|a| {
-            if of13 {
-                format_action_of13(a, nw_proto)
-            } else {
-                format_action(a)
+        .map(|a| match *a {
+            _ if of13 => format_action_of13(a, nw_proto),
+            OfAction::SetField(f @ (Field::TpSrc | Field::TpDst), v)
+                if nw_proto == ipproto::SCTP =>
+            {
+                let name = if f == Field::TpSrc { "SRC" } else { "DST" };
+                format!("load:{}->OXM_OF_SCTP_{name}[]", fmt_load_value(v & 0xffff))
             }
+            _ => format_action(a),
         })
         .collect::<Vec<_>>()
         .join(",")
