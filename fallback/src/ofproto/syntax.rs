@@ -2037,9 +2037,12 @@ fn decode_actions(
             // load pair) print as written.
             (Field::NwTos, Kind::SetField { dscp: false, .. })
             | (Field::NwTtl | Field::Ipv6Src | Field::Ipv6Dst, Kind::SetField { .. })
-            // Known gap: a load of the TTL prints as set_field here
-            // (ovs-ofctl keeps the load spelling).
-            | (Field::NwTtl, Kind::Load) => OfAction::SetField(field, v),
+            // A load keeps its spelling: SCTP ports as SetField (what
+            // prints the load form). Known gap: a load of the TTL prints
+            // as set_field (ovs-ofctl keeps the load spelling).
+            | (Field::NwTtl | Field::TpSrc | Field::TpDst, Kind::Load) => {
+                OfAction::SetField(field, v)
+            }
             _ => OfAction::Mod(field, v),
         };
         out.push(decoded);
@@ -2063,13 +2066,19 @@ fn format_actions(actions: &[OfAction], m: &Match) -> String {
             OfAction::SetField(f @ (Field::TpSrc | Field::TpDst), v)
                 if nw_proto == ipproto::SCTP =>
             {
-                let name = if f == Field::TpSrc { "SRC" } else { "DST" };
-                format!("load:{}->OXM_OF_SCTP_{name}[]", fmt_load_value(v & 0xffff))
+                format_sctp_load(f, v)
             }
             _ => format_action(a),
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `load:V->OXM_OF_SCTP_SRC[]`: how ovs-ofctl prints set_field to an SCTP
+/// port in OpenFlow 1.0, and a load of one in any protocol.
+fn format_sctp_load(f: Field, v: u128) -> String {
+    let name = if f == Field::TpSrc { "SRC" } else { "DST" };
+    format!("load:{}->OXM_OF_SCTP_{name}[]", fmt_load_value(v & 0xffff))
 }
 
 /// An action in OpenFlow 1.3 spelling: set_field for the OpenFlow 1.0
@@ -2081,6 +2090,9 @@ fn format_action_of13(a: &OfAction, nw_proto: u8) -> String {
         OfAction::Mod(Field::NwTos, v) => format!("set_field:{}->ip_dscp", (v as u8) >> 2),
         OfAction::Mod(Field::NwTtl, v) => format!("mod_nw_ttl:{}", v as u8),
         OfAction::Mod(f @ (Field::Ipv6Src | Field::Ipv6Dst), v) => format_set(f, v),
+        OfAction::SetField(f @ (Field::TpSrc | Field::TpDst), v) if nw_proto == ipproto::SCTP => {
+            format_sctp_load(f, v)
+        }
         OfAction::Mod(f, v) | OfAction::SetField(f, v) => {
             let l4 = |tcp: &'static str, udp: &'static str, sctp: &'static str| match nw_proto {
                 ipproto::UDP => udp,
