@@ -58,6 +58,9 @@ fn corpus_flows_print_as_ovs_prints_them() {
                     continue;
                 }
                 match parse_flow(&expected) {
+                    // OpenFlow 1.0 carries 16-bit ICMP type/code, which
+                    // ovs-ofctl prints but cannot read back either.
+                    Err(_) if icmp_beyond_8_bits(&expected) => {}
                     Ok(again) if format_flow(&again) == expected && again == rule => {}
                     Ok(again) => failures.push(format!(
                         "{input}: re-parsing {expected} is not a fixed point: {}",
@@ -72,6 +75,17 @@ fn corpus_flows_print_as_ovs_prints_them() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Whether a canonical flow has an ICMP type or code above 255.
+fn icmp_beyond_8_bits(flow: &str) -> bool {
+    flow.split([',', ' ']).any(|item| {
+        ["icmp_type=", "icmp_code="].iter().any(|name| {
+            item.strip_prefix(name)
+                .and_then(|v| v.parse::<u32>().ok())
+                .is_some_and(|v| v > 255)
+        })
+    })
+}
+
 #[test]
 fn bad_flows_are_refused() {
     let accepted: Vec<String> = bad_flows()
@@ -83,24 +97,6 @@ fn bad_flows_are_refused() {
         })
         .collect();
     assert!(accepted.is_empty(), "accepted:\n{}", accepted.join("\n"));
-}
-
-/// `Some(canonical)` or `None` when ovs-ofctl refused the flow.
-fn ovs_parse_flow(flow: &str) -> Option<String> {
-    let out = Command::new("ovs-ofctl")
-        .args(["parse-flow", flow])
-        .output()
-        .expect("run ovs-ofctl");
-    if !out.status.success() {
-        return None;
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    Some(
-        last.split_once(": ADD ")
-            .map(|(_, c)| c.to_string())
-            .unwrap_or_default(),
-    )
 }
 
 fn have_ovs_ofctl() -> bool {
@@ -120,17 +116,28 @@ fn oracle_agrees_with_ovs_ofctl() {
         return;
     }
     let mut failures = Vec::new();
-    for (input, _) in corpus() {
-        let ovs = ovs_parse_flow(&input);
-        let ours = parse_flow(&input).map(|r| format_flow(&r)).ok();
-        if ovs != ours {
-            failures.push(format!(
-                "{input}\n   ovs      {ovs:?}\n   flowmark {ours:?}"
-            ));
+    for (input, expected) in corpus() {
+        // The canonical form too: ovs-ofctl decides whether it reads back
+        // (it prints timeouts as idle:N/hard:N but reads only the long
+        // names).
+        let expected: Vec<String> = expected
+            .split(' ')
+            .map(|t| {
+                t.replacen("idle:", "idle_timeout=", 1)
+                    .replacen("hard:", "hard_timeout=", 1)
+            })
+            .collect();
+        let expected = expected.join(" ");
+        for flow in [input, expected] {
+            let ovs = ovs_reference(&flow);
+            let ours = flowmark_parse_flow(&flow);
+            if ovs != ours {
+                failures.push(format!("{flow}\n   ovs      {ovs:?}\n   flowmark {ours:?}"));
+            }
         }
     }
     for bad in bad_flows() {
-        if let Some(ovs) = ovs_parse_flow(&bad) {
+        if let Some(ovs) = ovs_reference(&bad) {
             failures.push(format!("{bad}: ovs-ofctl now accepts it as {ovs}"));
         }
     }
@@ -157,7 +164,7 @@ fn oracle_agrees_on_generated_rules() {
                     .replacen("hard:", "hard_timeout=", 1)
             })
             .collect();
-        let ovs = ovs_parse_flow(&input.join(" "));
+        let ovs = ovs_reference(&input.join(" "));
         if ovs.as_deref() != Some(text.as_str()) {
             failures.push(format!("{text}\n   ovs {ovs:?}"));
         }
@@ -484,3 +491,366 @@ fn flows_file_skips_comments_and_names_the_bad_line() {
     assert_eq!(line, 3);
     assert!(err.to_string().contains("nw_sorc"), "{err}");
 }
+
+// ---------------------------------------------------------------------------
+// Random flows in ovs-ofctl syntax, checked against ovs-ofctl itself: the
+// classes where the protocol ovs-ofctl picks changes the result (ICMP
+// type/code through tp_src/tp_dst, push_vlan/strip_vlan/pop_vlan, mod_* and
+// set_field against the match's prerequisites, nw_frag with L4 fields,
+// mod_nw_ttl), valid and invalid alike.
+
+/// splitmix64: a small deterministic generator, so that every run (and
+/// every machine) sees the same flows for a seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// True with `percent`% probability.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+
+    fn mac(&mut self) -> String {
+        let b = self.next().to_be_bytes();
+        format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+
+    fn ipv4(&mut self) -> String {
+        std::net::Ipv4Addr::from(self.next() as u32).to_string()
+    }
+
+    fn ipv6(&mut self) -> String {
+        let hi = u128::from(self.next());
+        let v = if self.chance(50) {
+            hi << 64
+        } else {
+            (hi << 64) | u128::from(self.next())
+        };
+        std::net::Ipv6Addr::from(v).to_string()
+    }
+
+    /// A 16-bit number as people write them: small, any, or hex.
+    fn u16_text(&mut self) -> String {
+        let v = match self.below(3) {
+            0 => self.below(256),
+            _ => self.below(65536),
+        };
+        if self.chance(50) {
+            format!("{v:#x}")
+        } else {
+            v.to_string()
+        }
+    }
+
+    fn u16_mask(&mut self) -> String {
+        match self.below(5) {
+            0 => "0xffff".into(),
+            1 => "0xff00".into(),
+            2 => "0x00ff".into(),
+            3 => format!("{:#x}", 0xffffu64 << self.below(16) & 0xffff),
+            _ => format!("{:#x}", self.below(65536)),
+        }
+    }
+}
+
+/// One random flow: a match from the protocol classes above plus ordinary
+/// fields, and one to four actions.
+fn random_flow(rng: &mut Rng) -> String {
+    let l3 = rng.pick(&[
+        "", "ip", "ipv6", "icmp", "icmp", "icmp6", "icmp6", "tcp", "udp", "tcp6", "udp6", "sctp",
+        "arp",
+    ]);
+    let ip4 = matches!(l3, "ip" | "icmp" | "tcp" | "udp" | "sctp");
+    let ip6 = matches!(l3, "ipv6" | "icmp6" | "tcp6" | "udp6");
+    let icmp = matches!(l3, "icmp" | "icmp6");
+    let l4 = icmp || matches!(l3, "tcp" | "udp" | "sctp" | "tcp6" | "udp6");
+    let mut items: Vec<String> = Vec::new();
+    if rng.chance(15) {
+        items.push(format!("table={}", rng.below(5)));
+    }
+    if rng.chance(20) {
+        items.push(format!("priority={}", rng.below(65536)));
+    }
+    if !l3.is_empty() {
+        items.push(l3.to_string());
+    }
+    if rng.chance(20) {
+        items.push(format!("in_port={}", 1 + rng.below(10)));
+    }
+    if rng.chance(35) {
+        items.push(match rng.below(5) {
+            0 => format!("dl_vlan={}", rng.below(4096)),
+            1 => "dl_vlan=0xffff".into(),
+            2 => format!("dl_vlan_pcp={}", rng.below(8)),
+            3 => format!("vlan_tci={:#06x}", rng.below(65536)),
+            _ => format!("vlan_tci={:#06x}/{}", rng.below(65536), rng.u16_mask()),
+        });
+    }
+    if rng.chance(15) {
+        let field = rng.pick(&["dl_src", "dl_dst"]);
+        let mac = rng.mac();
+        items.push(if rng.chance(50) {
+            format!("{field}={mac}")
+        } else {
+            format!("{field}={mac}/ff:ff:ff:00:00:00")
+        });
+    }
+    if (ip4 || l3 == "arp") && rng.chance(30) {
+        let field = rng.pick(&["nw_src", "nw_dst"]);
+        let addr = rng.ipv4();
+        items.push(match rng.below(3) {
+            0 => format!("{field}={addr}"),
+            1 => format!("{field}={addr}/{}", rng.below(33)),
+            _ => format!("{field}={addr}/255.0.255.0"),
+        });
+    }
+    if ip6 && rng.chance(25) {
+        items.push(format!("ipv6_src={}", rng.ipv6()));
+    }
+    if ip4 || ip6 {
+        if rng.chance(15) {
+            items.push(format!("nw_tos={}", rng.below(64) * 4));
+        }
+        if rng.chance(15) {
+            items.push(format!("nw_ttl={}", rng.below(256)));
+        }
+        if rng.chance(10) {
+            items.push(format!("nw_ecn={}", rng.below(4)));
+        }
+        if rng.chance(30) {
+            let f = rng.pick(&["no", "yes", "first", "later", "later", "not_later"]);
+            items.push(format!("nw_frag={f}"));
+        }
+    }
+    if l4 {
+        for field in ["tp_src", "tp_dst"] {
+            if rng.chance(40) {
+                let v = rng.u16_text();
+                items.push(if rng.chance(35) {
+                    format!("{field}={v}/{}", rng.u16_mask())
+                } else {
+                    format!("{field}={v}")
+                });
+            }
+        }
+    }
+    if icmp && rng.chance(25) {
+        let field = rng.pick(&["icmp_type", "icmp_code"]);
+        items.push(format!("{field}={}", rng.below(256)));
+    }
+    if matches!(l3, "tcp" | "tcp6") && rng.chance(15) {
+        items.push(
+            rng.pick(&[
+                "tcp_flags=+syn",
+                "tcp_flags=+syn-ack",
+                "tcp_flags=0x012/0x0ff",
+            ])
+            .to_string(),
+        );
+    }
+    let mut actions: Vec<String> = Vec::new();
+    for _ in 0..1 + rng.below(3) {
+        actions.push(random_action(rng));
+    }
+    if rng.chance(40) {
+        let at = rng.below(actions.len() as u64 + 1) as usize;
+        let tpid = rng.pick(&["0x8100", "0x8100", "0x88a8"]);
+        actions.insert(at, format!("push_vlan:{tpid}"));
+    }
+    format!("{},actions={}", items.join(","), actions.join(","))
+        .trim_start_matches(',')
+        .to_string()
+}
+
+fn random_action(rng: &mut Rng) -> String {
+    match rng.below(26) {
+        0 => format!("output:{}", 1 + rng.below(10)),
+        1 => rng
+            .pick(&[
+                "NORMAL",
+                "in_port",
+                "flood",
+                "controller:100",
+                "resubmit(,3)",
+            ])
+            .into(),
+        2 => "dec_ttl".into(),
+        3 => format!("mod_dl_src:{}", rng.mac()),
+        4 => format!("mod_dl_dst:{}", rng.mac()),
+        5 => format!(
+            "set_field:{}->{}",
+            rng.mac(),
+            rng.pick(&["eth_src", "eth_dst", "dl_dst"])
+        ),
+        6 => format!("mod_nw_src:{}", rng.ipv4()),
+        7 => format!("mod_nw_dst:{}", rng.ipv4()),
+        8 => format!(
+            "set_field:{}->{}",
+            rng.ipv4(),
+            rng.pick(&["ip_src", "nw_dst", "ip_dst"])
+        ),
+        9 => format!("mod_nw_tos:{}", rng.below(64) * 4),
+        10 => format!("set_field:{}->nw_tos", rng.below(64) * 4),
+        11 => format!("set_field:{}->ip_dscp", rng.below(64)),
+        12 | 13 => format!("mod_nw_ttl:{}", rng.below(256)),
+        14 => format!("set_field:{}->nw_ttl", rng.below(256)),
+        15 => format!("mod_tp_src:{}", rng.below(65536)),
+        16 => format!("mod_tp_dst:{}", rng.below(65536)),
+        17 => format!(
+            "set_field:{}->{}",
+            rng.below(65536),
+            rng.pick(&[
+                "tcp_src", "tcp_dst", "tp_dst", "udp_src", "udp_dst", "sctp_src", "sctp_dst"
+            ])
+        ),
+        18 => format!("mod_vlan_vid:{}", rng.below(4096)),
+        19 => format!(
+            "set_field:{}->vlan_vid",
+            rng.below(4096) | if rng.chance(70) { 0x1000 } else { 0 }
+        ),
+        20 | 21 => "strip_vlan".into(),
+        22 | 23 => "pop_vlan".into(),
+        24 => format!(
+            "set_field:{}->{}",
+            rng.ipv6(),
+            rng.pick(&["ipv6_src", "ipv6_dst"])
+        ),
+        _ => format!("push_vlan:{}", rng.pick(&["0x8100", "0x88a8"])),
+    }
+}
+
+/// What `flowmark flow parse` prints (the canonical flow), or `None` when
+/// it refuses the flow.
+fn flowmark_parse_flow(flow: &str) -> Option<String> {
+    parse_flow(flow).ok().map(|r| format_flow(&r))
+}
+
+/// ovs-ofctl's verdict: with its default protocols, or, when those cannot
+/// carry the flow ("no usable protocol"), with OpenFlow 1.3. `None` when
+/// it refuses the flow, including when it cannot decode what it encoded.
+fn ovs_reference(flow: &str) -> Option<String> {
+    let run = |of13: bool| {
+        let mut cmd = Command::new("ovs-ofctl");
+        if of13 {
+            cmd.args(["-O", "OpenFlow13"]);
+        }
+        cmd.args(["parse-flow", flow])
+            .output()
+            .expect("run ovs-ofctl")
+    };
+    let mut out = run(false);
+    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no usable protocol")
+    {
+        out = run(true);
+    }
+    if !out.status.success() {
+        return None;
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // A decode error prints "***decode error: ...***" and a hex dump.
+    stdout
+        .lines()
+        .find_map(|l| l.split_once(": ADD ").map(|(_, c)| c.to_string()))
+}
+
+#[test]
+fn oracle_agrees_on_random_flows() {
+    if !have_ovs_ofctl() {
+        return;
+    }
+    let n: usize = std::env::var("FLOWMARK_RANDOM_FLOWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    let seed: u64 = std::env::var("FLOWMARK_RANDOM_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let mut rng = Rng(seed);
+    let mut failures = Vec::new();
+    // Per class: (flows ovs-ofctl accepted, flows it refused).
+    let mut tally: Vec<(&str, usize, usize)> =
+        FLOW_CLASSES.iter().map(|(c, _)| (*c, 0, 0)).collect();
+    for _ in 0..n {
+        let flow = random_flow(&mut rng);
+        let ovs = ovs_reference(&flow);
+        let ours = flowmark_parse_flow(&flow);
+        for (i, (_, is_in)) in FLOW_CLASSES.iter().enumerate() {
+            if is_in(&flow) {
+                if ovs.is_some() {
+                    tally[i].1 += 1;
+                } else {
+                    tally[i].2 += 1;
+                }
+            }
+        }
+        if ovs != ours {
+            failures.push(format!("{flow}\n   ovs      {ovs:?}\n   flowmark {ours:?}"));
+        }
+    }
+    eprintln!(
+        "{n} random flows (seed {seed}), {} differ from ovs-ofctl; per class (accepted, refused):",
+        failures.len()
+    );
+    for (class, ok, bad) in &tally {
+        eprintln!("  {class}: {ok}, {bad}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {n} random flows differ from ovs-ofctl:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    if n >= 400 {
+        let thin: Vec<_> = tally
+            .iter()
+            .filter(|(_, ok, bad)| *ok == 0 || *bad == 0)
+            .collect();
+        assert!(
+            thin.is_empty(),
+            "classes without both valid and invalid flows: {thin:?}"
+        );
+    }
+}
+
+/// The classes of flows where the protocol ovs-ofctl picks matters, by
+/// what the flow text has.
+#[allow(clippy::type_complexity)]
+const FLOW_CLASSES: &[(&str, fn(&str) -> bool)] = &[
+    ("ICMP type/code via tp_src/tp_dst", |f| {
+        f.starts_with("icmp") || f.contains(",icmp") && f.contains("tp_")
+    }),
+    ("push_vlan (OpenFlow 1.3)", |f| f.contains("push_vlan")),
+    ("strip_vlan/pop_vlan", |f| {
+        f.contains("strip_vlan") || f.contains("pop_vlan")
+    }),
+    ("mod_* on IPv6/ARP/ICMP/no L3", |f| {
+        f.contains("mod_nw_") || f.contains("mod_tp_")
+    }),
+    ("set_field", |f| f.contains("set_field:")),
+    ("nw_frag=later with L4 fields", |f| {
+        f.contains("nw_frag=later") && (f.contains("tp_") || f.contains("icmp_"))
+    }),
+    ("mod_nw_ttl", |f| f.contains("mod_nw_ttl")),
+    ("VLAN match with push_vlan", |f| {
+        f.contains("push_vlan") && (f.contains("vlan_tci=") || f.contains("dl_vlan"))
+    }),
+];
