@@ -100,15 +100,11 @@ fn bad_flows_are_refused() {
 }
 
 fn have_ovs_ofctl() -> bool {
-    let found = Command::new("ovs-ofctl").arg("--version").output().is_ok();
-    if !found {
-        if std::env::var("FLOWMARK_REQUIRE_ORACLES").as_deref() == Ok("1") {
-            panic!("ovs-ofctl not found but FLOWMARK_REQUIRE_ORACLES=1: install openvswitch-common (apt-get install openvswitch-common)");
-        }
-        eprintln!("notice: ovs-ofctl not found; skipping the live ovs-ofctl oracle (install openvswitch-common to run it)");
-    }
-    found
+    test_env::oracle("ovs-ofctl", "--version", "openvswitch-common")
 }
+
+#[path = "../../tests/support/test_env.rs"]
+mod test_env;
 
 #[test]
 fn oracle_agrees_with_ovs_ofctl() {
@@ -450,7 +446,7 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(test_env::cases(512)))]
 
     #[test]
     fn rules_round_trip(rule in arb_rule()) {
@@ -779,7 +775,7 @@ fn oracle_agrees_on_random_flows() {
     let n: usize = std::env::var("FLOWMARK_RANDOM_FLOWS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
+        .unwrap_or(test_env::cases(400) as usize);
     let seed: u64 = std::env::var("FLOWMARK_RANDOM_SEED")
         .ok()
         .and_then(|v| v.parse().ok())

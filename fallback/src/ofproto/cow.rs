@@ -9,8 +9,10 @@ use hashbrown::HashTable;
 use std::sync::Arc;
 
 /// Entries per shard before the shard count doubles: a change after a
-/// snapshot copies about this many entries (tens of microseconds at most).
-const SHARD_TARGET: usize = 1024;
+/// snapshot copies about this many entries, a snapshot one pointer per
+/// shard. 128 measured best for one-flow-mod-per-barrier loads (100k rules
+/// with ovs-ofctl add-flows: 1024 → 22 s, 128 → 12.5 s, 32 → 20 s).
+const SHARD_TARGET: usize = 128;
 
 /// A multi-valued hash table keyed by caller-supplied 64-bit hashes.
 #[derive(Clone, Debug)]
