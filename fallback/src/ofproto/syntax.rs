@@ -2013,6 +2013,15 @@ fn decode_actions(
             });
             continue;
         }
+        if field == Field::NwTtl && a.kind == Kind::Load {
+            // OpenFlow 1.3 keeps a TTL load's own spelling, which flowmark
+            // (reading load only where it means set_field) cannot print
+            // back: refuse rather than print it differently.
+            return Err(FlowParseError::Unsupported {
+                what: a.token.clone(),
+                advice: "with push_vlan (OpenFlow 1.3) ovs-ofctl keeps a TTL load as load, which flowmark does not carry; write set_field:VALUE->nw_ttl or mod_nw_ttl:VALUE",
+            });
+        }
         // Mod and SetField act alike once a VLAN header is there (which an
         // explicit push_vlan now ensures); SetField marks only the
         // set_field spellings OpenFlow 1.3 prints apart from mod_*.
@@ -2038,9 +2047,8 @@ fn decode_actions(
             (Field::NwTos, Kind::SetField { dscp: false, .. })
             | (Field::NwTtl | Field::Ipv6Src | Field::Ipv6Dst, Kind::SetField { .. })
             // A load keeps its spelling: SCTP ports as SetField (what
-            // prints the load form). Known gap: a load of the TTL prints
-            // as set_field (ovs-ofctl keeps the load spelling).
-            | (Field::NwTtl | Field::TpSrc | Field::TpDst, Kind::Load) => {
+            // prints the load form); a TTL load was refused above.
+            | (Field::TpSrc | Field::TpDst, Kind::Load) => {
                 OfAction::SetField(field, v)
             }
             _ => OfAction::Mod(field, v),
