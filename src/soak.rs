@@ -251,7 +251,7 @@ impl Shared {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct DropCounters {
     /// Received packets lost before the pipeline ran: upcall limit, port
-    /// down, rx ring full (rx_missed), NIC drop rules.
+    /// down, not linearizable, rx ring full (rx_missed), NIC drop rules.
     lost_rx: u64,
     /// Received packets the pipeline dropped (drop action, no match,
     /// translation or parse error).
@@ -311,6 +311,7 @@ fn read_counters(
             DropCounters {
                 lost_rx: rx(RxDropReason::UpcallLimit)
                     + rx(RxDropReason::PortDown)
+                    + rx(RxDropReason::NotLinear)
                     + missed
                     + rule_dropped,
                 silent: rx(RxDropReason::DropAction)
