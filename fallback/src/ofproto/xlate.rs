@@ -178,9 +178,17 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
             }
         }
     }
+    // A list that never outputs drops the packet, even when it pushed or
+    // popped a tag on the way (those are emitted before the next output, as
+    // sets are committed, but no output came): DESIGN §6 counts such a
+    // packet as a drop, not as forwarded.
+    let sends = ctx
+        .actions
+        .iter()
+        .any(|a| matches!(a, DpAction::Output(_) | DpAction::Controller { .. }));
     let (actions, drop) = match ctx.error {
         Some(e) => (Vec::new(), Some(e)),
-        None if ctx.actions.is_empty() => (
+        None if !sends => (
             Vec::new(),
             Some(if matched {
                 XlateDrop::DropAction
@@ -776,6 +784,44 @@ mod tests {
             ]
         );
         assert_eq!(x.mask.get(Field::VlanTci), VLAN_CFI as u128);
+    }
+
+    #[test]
+    fn a_tag_pushed_or_popped_without_an_output_is_a_drop() {
+        let mut p = Pipeline::new();
+        p.add(rule(
+            0,
+            0,
+            Match::ANY,
+            vec![OfAction::Mod(Field::VlanTci, 30), OfAction::Output(1)],
+        ));
+        let macs = MacTable::default();
+        let x = xlate(
+            Bridge {
+                pipeline: &p,
+                macs: &macs,
+                ports: &[1, 2, 3],
+            },
+            &udp_key(1, 1, 2, 3, 4),
+        );
+        assert_eq!(x.actions, vec![]);
+        assert_eq!(x.drop, Some(XlateDrop::DropAction));
+        let x = xlate(
+            Bridge {
+                pipeline: &p,
+                macs: &macs,
+                ports: &[1, 2, 3],
+            },
+            &udp_key(2, 1, 2, 3, 4),
+        );
+        assert_eq!(
+            x.actions,
+            vec![
+                DpAction::PushVlan(ethertype::VLAN),
+                DpAction::Set(Field::VlanTci, 30),
+                DpAction::Output(1)
+            ]
+        );
     }
 
     #[test]
