@@ -87,6 +87,21 @@ impl Rig {
             .args(&args[1..]))
     }
 
+    /// `ovs-ofctl --bundle add-flows FILE` (one ONF bundle), not yet run.
+    fn bundle_add_flows(&self, file: &std::path::Path) -> Command {
+        let mut c = Command::new("ovs-ofctl");
+        c.args([
+            "-O",
+            "OpenFlow13",
+            "--timeout=60",
+            "--bundle",
+            "add-flows",
+            &self.target,
+        ])
+        .arg(file);
+        c
+    }
+
     fn flowmark(&self, args: &[&str]) -> String {
         run(Command::new(env!("CARGO_BIN_EXE_flowmark"))
             .arg("--socket")
@@ -284,16 +299,7 @@ fn controller_scale_add_flows_and_bundles() {
 
     let bundled = rig.dir.join("bundle.flows");
     std::fs::write(&bundled, controller_rules(N, 20)).expect("write flows");
-    run(Command::new("ovs-ofctl")
-        .args([
-            "-O",
-            "OpenFlow13",
-            "--timeout=60",
-            "--bundle",
-            "add-flows",
-            &rig.target,
-        ])
-        .arg(&bundled));
+    run(&mut rig.bundle_add_flows(&bundled));
     assert_eq!(flow_count(&rig), 2 * N as u64);
 
     // The last flow of this bundle overlaps an installed one at the same
@@ -302,16 +308,8 @@ fn controller_scale_add_flows_and_bundles() {
     let mut text = controller_rules(100, 30);
     text.push_str("check_overlap,priority=100,ip,nw_dst=10.0.0.0/8,actions=drop\n");
     std::fs::write(&failing, text).expect("write flows");
-    let out = Command::new("ovs-ofctl")
-        .args([
-            "-O",
-            "OpenFlow13",
-            "--timeout=60",
-            "--bundle",
-            "add-flows",
-            &rig.target,
-        ])
-        .arg(&failing)
+    let out = rig
+        .bundle_add_flows(&failing)
         .output()
         .expect("ovs-ofctl runs");
     let err = String::from_utf8_lossy(&out.stderr);

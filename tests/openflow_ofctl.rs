@@ -203,3 +203,77 @@ fn ports_and_counters_show_in_dump_ports() {
     let d = ofctl(&target, &["dump-desc"]);
     assert!(d.contains("flowmark"), "{d}");
 }
+
+/// `ovs-ofctl --bundle` against the session: a bundle lands as a whole; a
+/// bundle with a flow refused at commit (an overlap with check_overlap)
+/// leaves the switch as it was, and ovs-ofctl reports the flow's error and
+/// OFPBFC_MSG_FAILED, as it does against Open vSwitch; a bundle that
+/// deletes and adds in one commit is applied in order.
+#[test]
+fn bundles_commit_whole_or_not_at_all() {
+    if !have_ovs_ofctl() {
+        return;
+    }
+    let (sw, _ep, target) = start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write flows");
+        p
+    };
+    let flows: String = gtp_flows().iter().map(|f| format!("{f}\n")).collect();
+    let all = write("all.flows", &flows);
+    ofctl_with(
+        &target,
+        &["--bundle"],
+        &["add-flows", all.to_str().expect("utf-8")],
+    );
+    let mut expected = fallback::ofproto::table::Pipeline::new();
+    for f in gtp_flows() {
+        expected.add(parse_flow(&f).expect("example flow parses"));
+    }
+    let before: Vec<String> = sw
+        .pipeline()
+        .rules()
+        .map(|e| format_flow(&e.rule))
+        .collect();
+    let want: Vec<String> = expected.rules().map(|e| format_flow(&e.rule)).collect();
+    assert_eq!(before, want);
+
+    let failing = write(
+        "failing.flows",
+        "priority=7,ip,nw_dst=10.9.0.0/16,actions=drop\n\
+         check_overlap,priority=7,ip,nw_dst=10.9.1.0/24,actions=output:2\n",
+    );
+    let out = std::process::Command::new("ovs-ofctl")
+        .args(["-O", "OpenFlow13", "--bundle", "add-flows", &target])
+        .arg(&failing)
+        .output()
+        .expect("ovs-ofctl runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("OFPFMFC_OVERLAP") && err.contains("OFPBFC_MSG_FAILED"),
+        "{err}"
+    );
+    let after: Vec<String> = sw
+        .pipeline()
+        .rules()
+        .map(|e| format_flow(&e.rule))
+        .collect();
+    assert_eq!(after, before, "a failed commit changes nothing");
+
+    // Delete everything, then add one rule, in one bundle.
+    let replace = write("replace.flows", "priority=3,actions=drop\n");
+    ofctl_with(
+        &target,
+        &["--bundle"],
+        &["replace-flows", replace.to_str().expect("utf-8")],
+    );
+    let now: Vec<String> = sw
+        .pipeline()
+        .rules()
+        .map(|e| format_flow(&e.rule))
+        .collect();
+    assert_eq!(now, vec!["priority=3 actions=drop".to_string()]);
+}

@@ -367,20 +367,7 @@ impl Session {
                         format!("bundle {id} is open already"),
                     ));
                 }
-                if self.bundles.len() >= MAX_BUNDLES {
-                    return Err(OfpError::bundle_failed(
-                        Bfc::OutOfBundles,
-                        format!("at most {MAX_BUNDLES} bundles per connection"),
-                    ));
-                }
-                self.bundles.insert(
-                    id,
-                    Bundle {
-                        flags: bc.flags,
-                        closed: false,
-                        mods: Vec::new(),
-                    },
-                );
+                self.open_bundle(id, bc.flags)?;
                 c::OPEN_REPLY
             }
             c::CLOSE_REQUEST => {
@@ -497,24 +484,30 @@ impl Session {
             ));
         };
         if !self.bundles.contains_key(&id) {
-            if self.bundles.len() >= MAX_BUNDLES {
-                return Err(OfpError::bundle_failed(
-                    Bfc::OutOfBundles,
-                    format!("at most {MAX_BUNDLES} bundles per connection"),
-                ));
-            }
-            self.bundles.insert(
-                id,
-                Bundle {
-                    flags,
-                    closed: false,
-                    mods: Vec::new(),
-                },
-            );
+            self.open_bundle(id, flags)?;
         }
         self.bundle_checked(id, flags)?
             .mods
             .push((xid, fm, message));
+        Ok(())
+    }
+
+    /// A new, empty bundle (the caller made sure `id` is free).
+    fn open_bundle(&mut self, id: u32, flags: u16) -> Result<(), OfpError> {
+        if self.bundles.len() >= MAX_BUNDLES {
+            return Err(OfpError::bundle_failed(
+                super::error::BundleFailedCode::OutOfBundles,
+                format!("at most {MAX_BUNDLES} bundles per connection"),
+            ));
+        }
+        self.bundles.insert(
+            id,
+            Bundle {
+                flags,
+                closed: false,
+                mods: Vec::new(),
+            },
+        );
         Ok(())
     }
 

@@ -295,6 +295,26 @@ pub fn format_megaflow(m: &Match) -> String {
 /// syntax). Fields not named are wildcarded; nothing is normalised away.
 /// `nw_frag=no|first|later` un-wildcard both fragment bits, as OVS's
 /// megaflows do.
+/// True when `f` may be matched given the match's `dl_type` and
+/// `nw_proto` (OVS drops a field whose prerequisite is not in the match).
+fn prereq_met(f: Field, dl_type: u16, nw_proto: u8) -> bool {
+    let ip4 = dl_type == ethertype::IPV4;
+    let ip6 = dl_type == ethertype::IPV6;
+    let arp = dl_type == ethertype::ARP || dl_type == ETH_TYPE_RARP;
+    let icmp = (ip4 && nw_proto == ipproto::ICMP) || (ip6 && nw_proto == ipproto::ICMPV6);
+    let ports = (ip4 || ip6) && matches!(nw_proto, ipproto::TCP | ipproto::UDP | ipproto::SCTP);
+    match f {
+        Field::NwSrc | Field::NwDst => ip4 || arp,
+        Field::NwProto => ip4 || ip6 || arp,
+        Field::NwTos | Field::NwTtl | Field::NwFrag => ip4 || ip6,
+        Field::TpSrc | Field::TpDst => ports || icmp,
+        Field::TcpFlags => (ip4 || ip6) && nw_proto == ipproto::TCP,
+        Field::Ipv6Src | Field::Ipv6Dst => ip6,
+        Field::ArpSha | Field::ArpTha => arp,
+        Field::InPort | Field::DlType | Field::VlanTci | Field::DlSrc | Field::DlDst => true,
+    }
+}
+
 pub fn parse_megaflow(s: &str) -> Result<Match> {
     let mut parser = MatchParser::new(Mode::Megaflow);
     for kv in KeyValues::new(s) {
@@ -324,6 +344,21 @@ pub fn parse_megaflow(s: &str) -> Result<Match> {
             }
             _ => parser.apply(&kv)?,
         }
+    }
+    // A megaflow names its protocol before the fields that need it; one
+    // whose fields contradict it (`ipv6,ipv6_src=..,ip`) is refused rather
+    // than kept with a field its printed form would not show.
+    let (dl_type, nw_proto) = (parser.dl_type(), parser.nw_proto());
+    if let Some(f) = Field::ALL
+        .into_iter()
+        .find(|f| parser.m.mask.get(*f) != 0 && !prereq_met(*f, dl_type, nw_proto))
+    {
+        return Err(FlowParseError::FieldPrerequisite {
+            field: f.name().to_string(),
+            token: s.to_string(),
+            needs: "the protocol it belongs to (the megaflow's last protocol name wins)",
+            hint: "one protocol name (ip, ipv6, arp, tcp, udp, ...) before the fields",
+        });
     }
     Ok(parser.m)
 }
@@ -1167,23 +1202,10 @@ impl MatchParser {
     /// the match lacks, and refuses transport fields on later fragments
     /// (OVS cannot decode such a flow). Returns notes on dropped fields.
     fn normalise(&mut self) -> Result<Vec<String>> {
-        let dl_type = self.dl_type();
-        let nw_proto = self.nw_proto();
-        let ip4 = dl_type == ethertype::IPV4;
-        let ip6 = dl_type == ethertype::IPV6;
-        let arp = dl_type == ethertype::ARP || dl_type == ETH_TYPE_RARP;
-        let icmp = (ip4 && nw_proto == ipproto::ICMP) || (ip6 && nw_proto == ipproto::ICMPV6);
-        let ports = (ip4 || ip6) && matches!(nw_proto, ipproto::TCP | ipproto::UDP | ipproto::SCTP);
-        let allowed = |f: Field| match f {
-            Field::NwSrc | Field::NwDst => ip4 || arp,
-            Field::NwProto => ip4 || ip6 || arp,
-            Field::NwTos | Field::NwTtl | Field::NwFrag => ip4 || ip6,
-            Field::TpSrc | Field::TpDst => ports || icmp,
-            Field::TcpFlags => (ip4 || ip6) && nw_proto == ipproto::TCP,
-            Field::Ipv6Src | Field::Ipv6Dst => ip6,
-            Field::ArpSha | Field::ArpTha => arp,
-            Field::InPort | Field::DlType | Field::VlanTci | Field::DlSrc | Field::DlDst => true,
-        };
+        let (dl_type, nw_proto) = (self.dl_type(), self.nw_proto());
+        let ports = prereq_met(Field::TpSrc, dl_type, nw_proto)
+            && !matches!(nw_proto, ipproto::ICMP | ipproto::ICMPV6);
+        let allowed = |f: Field| prereq_met(f, dl_type, nw_proto);
         let mut warnings = Vec::new();
         let frag_value = self.m.value.get(Field::NwFrag) as u8;
         if frag_value & frag::LATER != 0 && ports {
