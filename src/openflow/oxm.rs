@@ -515,6 +515,14 @@ pub fn match_from_tlvs(tlvs: &[Tlv]) -> Result<Match, OfpError> {
                 if t.value > 0x1fff {
                     return Err(bad_value("vlan_vid above 0x1fff"));
                 }
+                // VID bits with OFPVID_PRESENT required clear match no
+                // packet, and have no stable encoding: refused.
+                let present = u128::from(OFPVID_PRESENT);
+                if t.value & 0x0fff & mask != 0 && mask & present != 0 && t.value & present == 0 {
+                    return Err(bad_value(
+                        "vlan_vid with VID bits but without OFPVID_PRESENT (0x1000) matches no packet",
+                    ));
+                }
                 or(Field::VlanTci, t.value, mask & 0x1fff)
             }
             O::VlanPcp => {
@@ -527,7 +535,17 @@ pub fn match_from_tlvs(tlvs: &[Tlv]) -> Result<Match, OfpError> {
                     0xe000 | u128::from(VLAN_CFI),
                 )
             }
-            O::NxVlanTci => or(Field::VlanTci, t.value, mask),
+            O::NxVlanTci => {
+                // As for vlan_vid: TCI bits with the CFI ("VLAN present")
+                // bit required clear match no packet; refused.
+                let cfi = u128::from(VLAN_CFI);
+                if t.value & mask & !cfi != 0 && mask & cfi != 0 && t.value & cfi == 0 {
+                    return Err(bad_value(
+                        "vlan_tci with TCI bits but without the CFI (present) bit matches no packet",
+                    ));
+                }
+                or(Field::VlanTci, t.value, mask)
+            }
             O::IpDscp => {
                 if t.value > 63 {
                     return Err(bad_value("ip_dscp above 63"));
