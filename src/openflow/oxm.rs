@@ -544,7 +544,14 @@ pub fn match_from_tlvs(tlvs: &[Tlv]) -> Result<Match, OfpError> {
                         "vlan_tci with TCI bits but without the CFI (present) bit matches no packet",
                     ));
                 }
-                or(Field::VlanTci, t.value, mask)
+                if mask & cfi != 0 && t.value & cfi == 0 {
+                    // "No VLAN", whatever else the mask covers: the
+                    // canonical form (OVS's, and what vlan_vid=OFPVID_NONE
+                    // decodes to), so that it re-encodes to itself.
+                    or(Field::VlanTci, 0, 0x1fff)
+                } else {
+                    or(Field::VlanTci, t.value, mask)
+                }
             }
             O::IpDscp => {
                 if t.value > 63 {
