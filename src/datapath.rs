@@ -127,6 +127,13 @@ pub struct Punt {
     pub frame: Vec<u8>,
 }
 
+/// A frame the control side sends on a port (an OpenFlow PACKET_OUT's
+/// output): the port's own buffer, or why it has none (counted as a tx drop).
+pub type OutFrame<B> = Result<B, TxDropReason>;
+
+/// Frames one packet-out queue holds before the control side refuses more.
+pub const PACKET_OUT_QUEUE: usize = 1024;
+
 /// A port as one PMD sees it.
 pub struct PmdPort<B> {
     pub ofport: u32,
@@ -140,6 +147,9 @@ pub struct PmdPort<B> {
     /// Largest frame the port sends (MTU + L2 header and one tag), read
     /// once: not a virtual call per packet.
     max_frame: usize,
+    /// Frames the control side sends on this port; the PMD that polls the
+    /// port's rx queue 0 drains it.
+    outq: Option<crossbeam_channel::Receiver<OutFrame<B>>>,
 }
 
 /// Per-PMD counters (`pmd stats`).
@@ -274,6 +284,18 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
 
     /// Adds a port (every PMD knows every port: any may transmit on it).
     pub fn add_port(&mut self, ofport: u32, port: Arc<dyn Port<Buf = B>>, offload: bool) {
+        self.add_port_with_queue(ofport, port, offload, None);
+    }
+
+    /// [`PmdCore::add_port`] with the port's packet-out queue (drained when
+    /// this PMD polls the port's rx queue 0).
+    pub fn add_port_with_queue(
+        &mut self,
+        ofport: u32,
+        port: Arc<dyn Port<Buf = B>>,
+        offload: bool,
+        outq: Option<crossbeam_channel::Receiver<OutFrame<B>>>,
+    ) {
         self.del_port(ofport);
         let txq = (self.id % port.n_txq().max(1) as u32) as u16;
         let max_frame = port.mtu() + L2_OVERHEAD;
@@ -285,6 +307,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             tx: Burst::new(),
             txq,
             max_frame,
+            outq,
         });
         self.reindex();
     }
@@ -604,8 +627,12 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             return 0;
         };
         let port = Arc::clone(&p.port);
+        let sent_out = queue == 0 && self.drain_packet_outs(port_idx);
         let n = port.rx_burst(queue, &mut self.rx);
         if n == 0 {
+            if sent_out {
+                self.flush_tx();
+            }
             return 0;
         }
         let mut rx = std::mem::take(&mut self.rx);
@@ -915,6 +942,45 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         if let Err(_pkt) = port.tx.push(pkt) {
             port.stats.count_tx_drop(TxDropReason::RingFull, 1);
         }
+    }
+
+    /// Queues the control side's frames for this port (its packet-out
+    /// queue) on the port's tx burst, counted like any transmit. True when
+    /// there were any.
+    fn drain_packet_outs(&mut self, port_idx: usize) -> bool {
+        let Some(port) = self.ports.get_mut(port_idx) else {
+            return false;
+        };
+        if port.outq.as_ref().is_none_or(|q| q.is_empty()) {
+            return false;
+        }
+        let Some(q) = port.outq.take() else {
+            return false;
+        };
+        let mut any = false;
+        while let Ok(frame) = q.try_recv() {
+            any = true;
+            port.stats.tx_attempted += 1;
+            let pkt = match frame {
+                Ok(pkt) => pkt,
+                Err(reason) => {
+                    port.stats.count_tx_drop(reason, 1);
+                    continue;
+                }
+            };
+            if pkt.len() > port.max_frame {
+                port.stats.count_tx_drop(TxDropReason::TooBig, 1);
+                continue;
+            }
+            if port.tx.is_full() {
+                Self::flush_port(port);
+            }
+            if let Err(_pkt) = port.tx.push(pkt) {
+                port.stats.count_tx_drop(TxDropReason::RingFull, 1);
+            }
+        }
+        port.outq = Some(q);
+        any
     }
 
     fn flush_port(port: &mut PmdPort<B>) {

@@ -64,6 +64,8 @@ pub enum PmdCommand<B> {
         ofport: u32,
         port: Arc<dyn Port<Buf = B>>,
         offload: bool,
+        /// The port's packet-out queue.
+        outq: Option<Receiver<crate::datapath::OutFrame<B>>>,
     },
     DelPort {
         ofport: u32,
@@ -246,7 +248,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
                 ofport,
                 port,
                 offload,
-            } => self.core.add_port(ofport, port, offload),
+                outq,
+            } => self.core.add_port_with_queue(ofport, port, offload, outq),
             PmdCommand::DelPort { ofport, reply } => {
                 self.rxqs.retain(|(p, _)| *p != ofport);
                 let _ = reply.send(self.core.del_port(ofport));

@@ -372,6 +372,14 @@ pub trait Port: Send + Sync {
         false
     }
 
+    /// A buffer of this port's kind holding a copy of `frame`, for frames
+    /// the control side sends (OpenFlow PACKET_OUT): `None` when the port
+    /// cannot make one (no buffer free, or a port without the means), and
+    /// the frame is dropped as [`TxDropReason::NoBuffer`].
+    fn frame_buf(&self, _frame: &[u8]) -> Option<Self::Buf> {
+        None
+    }
+
     /// The counters the port keeps itself (e.g. packets it received and
     /// sent). The datapath keeps the rest (why packets were dropped) in its
     /// own [`PortStats`] per PMD; [`PortStats::merge`] adds them up.
@@ -448,6 +456,8 @@ pub enum TxDropReason {
     NoHeadroom,
     /// The output port does not exist.
     NoSuchPort,
+    /// A frame from the control side found no buffer on the port.
+    NoBuffer,
 }
 
 impl DropReason for TxDropReason {
@@ -457,6 +467,7 @@ impl DropReason for TxDropReason {
         TxDropReason::PortDown,
         TxDropReason::NoHeadroom,
         TxDropReason::NoSuchPort,
+        TxDropReason::NoBuffer,
     ];
 
     fn index(self) -> usize {
@@ -470,6 +481,7 @@ impl DropReason for TxDropReason {
             TxDropReason::PortDown => "port_down",
             TxDropReason::NoHeadroom => "no_headroom",
             TxDropReason::NoSuchPort => "no_such_port",
+            TxDropReason::NoBuffer => "no_buffer",
         }
     }
 }

@@ -127,6 +127,7 @@ enum Op {
     PortStats,
     PacketOut {
         in_port: u32,
+        actions: Vec<fallback::ofproto::OfAction>,
         frame: Vec<u8>,
     },
 }
@@ -142,7 +143,7 @@ enum Reply {
     Flows(Vec<FlowEntry>),
     Ports(Vec<PortInfo>),
     PortStats(Vec<NamedPortStats>),
-    Done,
+    PacketOut(crate::switch::PacketOutReport),
 }
 
 type ReplyTo = Sender<Result<Reply, DaemonError>>;
@@ -274,11 +275,23 @@ impl DaemonHandle {
         }
     }
 
-    /// OFPT_PACKET_OUT with `actions=output:TABLE`: the frame goes through
-    /// the pipeline as if received on `in_port` (testbed ports: injected at
-    /// the port's ingress).
-    pub fn packet_out(&self, in_port: u32, frame: Vec<u8>) -> Result<(), DaemonError> {
-        self.call(Op::PacketOut { in_port, frame }).map(|_| ())
+    /// OFPT_PACKET_OUT: `actions` run on `frame` as if it arrived on
+    /// `in_port` (a port or CONTROLLER); its frames leave through the
+    /// ports' packet-out queues ([`crate::switch::Switch::packet_out`]).
+    pub fn packet_out(
+        &self,
+        in_port: u32,
+        actions: Vec<fallback::ofproto::OfAction>,
+        frame: Vec<u8>,
+    ) -> Result<crate::switch::PacketOutReport, DaemonError> {
+        match self.call(Op::PacketOut {
+            in_port,
+            actions,
+            frame,
+        })? {
+            Reply::PacketOut(r) => Ok(r),
+            _ => Ok(crate::switch::PacketOutReport::default()),
+        }
     }
 }
 
@@ -542,9 +555,15 @@ where
                 .port_stats()
                 .map(Reply::PortStats)
                 .map_err(Into::into),
-            Op::PacketOut { in_port, frame } => {
-                self.packet_out(in_port, frame).map(|_| Reply::Done)
-            }
+            Op::PacketOut {
+                in_port,
+                actions,
+                frame,
+            } => self
+                .switch
+                .packet_out(in_port, &actions, &frame)
+                .map(Reply::PacketOut)
+                .map_err(Into::into),
         };
         if let Err(e) = &result {
             if let Some(suppressed) = self.bad_requests.allow() {
@@ -692,6 +711,20 @@ where
             }
             Request::PmdRxqs => Ok(serde_json::to_value(self.switch.rxqs()).unwrap_or(Value::Null)),
             Request::Trace { packet } => views::trace(&self.switch, &packet),
+            Request::PortCapture { name } => {
+                let ofport = self
+                    .switch
+                    .port_by_name(&name)
+                    .map(|p| p.ofport)
+                    .ok_or_else(|| SwitchError::NoSuchPort(name.clone()))?;
+                let frames: Vec<String> = self
+                    .factory
+                    .take_captured(ofport)?
+                    .iter()
+                    .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
+                    .collect();
+                Ok(json!({"name": name, "frames": frames}))
+            }
             Request::NicReset { name } => {
                 let ofport = self
                     .switch
@@ -808,12 +841,6 @@ where
             })
             .map_err(DaemonError::Thread)?;
         Ok(())
-    }
-
-    fn packet_out(&mut self, in_port: u32, frame: Vec<u8>) -> Result<(), DaemonError> {
-        let into = self.factory.injector(in_port)?;
-        into.inject(&frame)
-            .map_err(|e| DaemonError::Inject(inject::InjectError::Port(e)))
     }
 
     // ---- OpenFlow rules ----

@@ -59,6 +59,11 @@ pub trait PortFactory<B>: Send {
     fn injector(&self, ofport: u32) -> Result<Box<dyn Inject>, PortError>;
     /// Fault injection: the port's NIC loses every rule.
     fn reset_nic(&self, ofport: u32) -> Result<(), PortError>;
+    /// Takes the frames the port transmitted and kept since the last call
+    /// (testbed ports keep up to [`TX_CAPTURE`], oldest first).
+    fn take_captured(&self, ofport: u32) -> Result<Vec<Vec<u8>>, PortError> {
+        Err(PortError::NoSuchOfport(ofport))
+    }
     /// What happened to the ports' devices since the last call: rules
     /// lost (an emulated NIC's reset), a reset needed, the device gone
     /// (DESIGN §3; the daemon acts on them with [`super::events::plan`]).
@@ -81,6 +86,10 @@ pub trait PortFactory<B>: Send {
     fn device_rules(&self, ofport: u32) -> Option<usize>;
 }
 
+/// Transmitted frames a testbed port keeps for `port capture` (later ones
+/// are counted, not kept, until a capture takes them).
+pub const TX_CAPTURE: usize = 1024;
+
 /// The emulated testbed's ports (`testbed-nic`, `testbed-vm`).
 pub struct TestbedFactory {
     bed: Testbed,
@@ -96,6 +105,7 @@ impl TestbedFactory {
         TestbedFactory {
             bed: Testbed::empty(TestbedConfig {
                 backpressure: true,
+                keep_tx: TX_CAPTURE,
                 ..TestbedConfig::default()
             }),
             names: BTreeMap::new(),
@@ -205,6 +215,13 @@ impl PortFactory<HeapPacket> for TestbedFactory {
             return Ok(Box::new(vm.guest().clone()));
         }
         Err(PortError::NoSuchOfport(ofport))
+    }
+
+    fn take_captured(&self, ofport: u32) -> Result<Vec<Vec<u8>>, PortError> {
+        self.bed
+            .port(ofport)
+            .map(|p| p.take_transmitted())
+            .ok_or(PortError::NoSuchOfport(ofport))
     }
 
     fn reset_nic(&self, ofport: u32) -> Result<(), PortError> {

@@ -214,6 +214,12 @@ fn output_action(port: u32, max_len: u16, use_: ActionUse) -> Result<OfAction, O
         OFPP_ALL => OfAction::All,
         OFPP_NORMAL => OfAction::Normal,
         OFPP_CONTROLLER => OfAction::Controller { max_len },
+        OFPP_LOCAL if use_ == ActionUse::PacketOut => {
+            return Err(OfpError::bad_action(
+                Bac::BadOutPort,
+                "output to LOCAL: flowmark has no local port",
+            ))
+        }
         OFPP_LOCAL => OfAction::Output(ofport::LOCAL),
         // A packet-out sent "to the table" runs the pipeline from table 0.
         OFPP_TABLE if use_ == ActionUse::PacketOut => OfAction::Resubmit {
@@ -283,7 +289,10 @@ fn set_field_action(r: &mut Reader<'_>, ctx: &ActionContext) -> Result<OfAction,
         O::NxIpTtl => (Field::NwTtl, t.value),
         O::TcpSrc | O::UdpSrc | O::SctpSrc => (Field::TpSrc, t.value),
         O::TcpDst | O::UdpDst | O::SctpDst => (Field::TpDst, t.value),
-        O::VlanVid if t.value <= 0x1fff => (Field::VlanTci, t.value & 0x0fff),
+        // OFPVID_PRESENT must be set (Open vSwitch refuses a bare VID too).
+        O::VlanVid if t.value <= 0x1fff && t.value & 0x1000 != 0 => {
+            (Field::VlanTci, t.value & 0x0fff)
+        }
         O::IpDscp | O::VlanVid => {
             return Err(OfpError::bad_action(
                 Bac::BadSetArgument,

@@ -4,7 +4,7 @@
 //! megaflows, NIC offloads); [`start_hook`] starts the endpoint from the
 //! `[openflow]` config section.
 
-use super::error::{BadActionCode, BadRequestCode, FlowModFailedCode, OfpError};
+use super::error::{BadRequestCode, FlowModFailedCode, OfpError};
 use super::message::FlowMod;
 use super::net::{Endpoint, EventHub, LogFn};
 use super::switch::{FlowInfo, OpenFlowSwitch, PortCounters, PortInfo, SwitchEvent};
@@ -199,20 +199,9 @@ impl OpenFlowSwitch for DaemonSwitch {
     }
 
     fn packet_out(&self, in_port: u32, actions: &[OfAction], frame: &[u8]) -> Result<(), OfpError> {
-        // The daemon injects frames at a port's ingress: the pipeline
-        // decides, which is what output:TABLE asks for.
-        let to_table = [OfAction::Resubmit {
-            port: None,
-            table: Some(0),
-        }];
-        if actions != to_table {
-            return Err(OfpError::bad_action(
-                BadActionCode::Eperm,
-                "flowmark runs packet-outs through the pipeline only (actions=output:TABLE)",
-            ));
-        }
         self.handle
-            .packet_out(in_port, frame.to_vec())
+            .packet_out(in_port, actions.to_vec(), frame.to_vec())
+            .map(|_| ())
             .map_err(refused)
     }
 }

@@ -208,6 +208,52 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
     }
 }
 
+/// Translates a packet-out: `actions` run on `key` (whose `in_port` is the
+/// packet-out's, possibly [`ofport::CONTROLLER`]) as a rule's actions would,
+/// with output to TABLE (`resubmit(,0)`) running the pipeline from table 0.
+/// `controller` actions punt with table [`PACKET_OUT_TABLE`] and cookie
+/// [`PACKET_OUT_COOKIE`], as Open vSwitch reports them. No megaflow is made
+/// of it (the mask is not needed), and MAC learning by NORMAL is left to
+/// the caller (`learn`).
+pub fn xlate_actions(bridge: Bridge<'_>, key: &FlowKey, actions: &[OfAction]) -> Xlation {
+    let mut ctx = Ctx {
+        bridge,
+        flow: *key,
+        wc: FlowKey::ZERO,
+        dirty: 0,
+        actions: Vec::new(),
+        rules: Vec::new(),
+        trace: Vec::new(),
+        learn: None,
+        depth: 0,
+        resubmits: 0,
+        error: None,
+        hint: None,
+    };
+    ctx.do_actions(actions, PACKET_OUT_TABLE, PACKET_OUT_COOKIE);
+    let sends = ctx
+        .actions
+        .iter()
+        .any(|a| matches!(a, DpAction::Output(_) | DpAction::Controller { .. }));
+    let (actions, drop) = match ctx.error {
+        Some(e) => (Vec::new(), Some(e)),
+        None if !sends => (Vec::new(), Some(XlateDrop::DropAction)),
+        None => (ctx.actions, None),
+    };
+    Xlation {
+        actions,
+        mask: ctx.wc,
+        rules: ctx.rules,
+        trace: ctx.trace,
+        learn: ctx.learn,
+        drop,
+    }
+}
+
+/// The table and cookie a packet-out's own `controller` action reports.
+pub const PACKET_OUT_TABLE: u8 = 0xff;
+pub const PACKET_OUT_COOKIE: u64 = u64::MAX;
+
 impl Ctx<'_> {
     fn note(&mut self, text: &'static str) {
         self.trace.push(TraceStep::Note {
@@ -640,6 +686,79 @@ mod tests {
             run(&p, &udp_key(1, 1, 2, 3, 4)).drop,
             Some(XlateDrop::DropAction)
         );
+    }
+
+    fn run_actions(p: &Pipeline, k: &FlowKey, actions: &[OfAction]) -> Xlation {
+        let macs = MacTable::default();
+        xlate_actions(
+            Bridge {
+                pipeline: p,
+                macs: &macs,
+                ports: &PORTS,
+            },
+            k,
+            actions,
+        )
+    }
+
+    #[test]
+    fn packet_out_actions_translate_as_a_rules_would() {
+        let mut p = Pipeline::new();
+        p.add(rule(0, 1, udp_match(), vec![OfAction::Output(3)]));
+        let from_controller = udp_key(ofport::CONTROLLER, 1, 2, 3, 4);
+        // FLOOD from CONTROLLER: every port; output:TABLE runs table 0.
+        let x = run_actions(
+            &p,
+            &from_controller,
+            &[
+                OfAction::Flood,
+                OfAction::Mod(Field::NwTtl, 9),
+                OfAction::Resubmit {
+                    port: None,
+                    table: Some(0),
+                },
+            ],
+        );
+        assert_eq!(
+            x.actions,
+            vec![
+                DpAction::Output(1),
+                DpAction::Output(2),
+                DpAction::Output(3),
+                DpAction::Set(Field::NwTtl, 9),
+                DpAction::Output(3),
+            ]
+        );
+        assert_eq!(x.drop, None);
+        // From port 2: output to the input port is skipped, IN_PORT sends.
+        let from_2 = udp_key(2, 1, 2, 3, 4);
+        let x = run_actions(
+            &p,
+            &from_2,
+            &[OfAction::Output(2), OfAction::Flood, OfAction::InPort],
+        );
+        assert_eq!(
+            x.actions,
+            vec![
+                DpAction::Output(1),
+                DpAction::Output(3),
+                DpAction::Output(2)
+            ]
+        );
+        // A controller action punts with the packet-out's table and cookie.
+        let x = run_actions(&p, &from_2, &[OfAction::Controller { max_len: 64 }]);
+        assert_eq!(
+            x.actions,
+            vec![DpAction::Controller {
+                table: PACKET_OUT_TABLE,
+                cookie: PACKET_OUT_COOKIE,
+                max_len: 64
+            }]
+        );
+        // No output: a drop, with its reason.
+        let x = run_actions(&p, &from_2, &[OfAction::Output(7)]);
+        assert!(x.actions.is_empty());
+        assert_eq!(x.drop, Some(XlateDrop::DropAction));
     }
 
     #[test]
