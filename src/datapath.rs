@@ -123,8 +123,40 @@ pub struct Punt {
     pub in_port: u32,
     pub table: u8,
     pub cookie: u64,
-    /// The frame, cut to the action's `max_len` (0xffff: whole).
+    /// A table-miss rule punted it (PACKET_IN reason NO_MATCH; each
+    /// connection cuts the frame to its `miss_send_len`), else ACTION.
+    pub miss: bool,
+    /// The frame: cut to the action's `max_len` (0xffff: whole) for
+    /// ACTION, whole for NO_MATCH.
     pub frame: Vec<u8>,
+    /// The frame's length before any cut.
+    pub total_len: usize,
+}
+
+impl Punt {
+    /// A punt of `data`, cut as [`Punt::frame`] says.
+    pub fn new(
+        in_port: u32,
+        table: u8,
+        cookie: u64,
+        max_len: u16,
+        miss: bool,
+        data: &[u8],
+    ) -> Self {
+        let n = if miss || max_len == 0xffff {
+            data.len()
+        } else {
+            data.len().min(usize::from(max_len))
+        };
+        Punt {
+            in_port,
+            table,
+            cookie,
+            miss,
+            frame: data[..n].to_vec(),
+            total_len: data.len(),
+        }
+    }
 }
 
 /// A frame the control side sends on a port (an OpenFlow PACKET_OUT's
@@ -892,24 +924,20 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 table,
                 cookie,
                 max_len,
+                miss,
             } => {
                 self.counters.controller_punts += 1;
                 let sent = match (&self.punts, &res) {
-                    (Some(tx), Ok(pkt)) => {
-                        let data = pkt.data();
-                        let n = if max_len == 0xffff {
-                            data.len()
-                        } else {
-                            data.len().min(max_len as usize)
-                        };
-                        tx.try_send(Punt {
-                            in_port: self.executing_port,
+                    (Some(tx), Ok(pkt)) => tx
+                        .try_send(Punt::new(
+                            self.executing_port,
                             table,
                             cookie,
-                            frame: data[..n].to_vec(),
-                        })
-                        .is_ok()
-                    }
+                            max_len,
+                            miss,
+                            pkt.data(),
+                        ))
+                        .is_ok(),
                     _ => false,
                 };
                 if !sent {

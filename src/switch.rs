@@ -535,16 +535,17 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
                     table,
                     cookie,
                     max_len,
+                    miss,
                 } => {
                     let Ok(pkt) = res else { continue };
-                    let data = pkt.data();
-                    let n = data.len().min(usize::from(max_len));
-                    let punt = crate::datapath::Punt {
+                    let punt = crate::datapath::Punt::new(
                         in_port,
                         table,
                         cookie,
-                        frame: data[..n].to_vec(),
-                    };
+                        max_len,
+                        miss,
+                        pkt.data(),
+                    );
                     if self.punt_tx.try_send(punt).is_ok() {
                         report.punts += 1;
                     }

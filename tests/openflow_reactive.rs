@@ -484,3 +484,267 @@ fn refused_packet_outs_send_nothing() {
     assert_eq!(fm.tx_attempted(), 1, "nothing of the refused ones went out");
     let _ = &fm.dir;
 }
+
+/// `ovs-ofctl -O OpenFlow13 monitor TARGET MISS_SEND_LEN`: every line it
+/// prints, from both of its streams.
+struct Monitor {
+    _child: Killed,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Monitor {
+    fn start(fm: &Flowmark, miss_send_len: u16) -> Monitor {
+        let mut child = Killed(
+            // Line-buffered: ovs-ofctl's stdio buffers a pipe fully.
+            Command::new("stdbuf")
+                .args(["-oL", "ovs-ofctl", "-O", "OpenFlow13"])
+                // Its control socket would go under /var/run/openvswitch.
+                .arg(format!(
+                    "--unixctl={}",
+                    fm.dir
+                        .join(format!("monitor-{miss_send_len}.ctl"))
+                        .display()
+                ))
+                .args(["monitor", &fm.target, &miss_send_len.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("ovs-ofctl monitor starts"),
+        );
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = child.0.stdout.take().expect("piped");
+        let stderr = child.0.stderr.take().expect("piped");
+        for stream in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Monitor {
+            _child: child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing every one of `parts` (None at the
+    /// deadline); lines seen are kept for the failure message.
+    fn wait_for(&mut self, parts: &[&str], deadline: Instant) -> Option<String> {
+        loop {
+            if let Some(l) = self
+                .seen
+                .iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return Some(l.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            if let Ok(l) = self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                self.seen.push(l);
+            }
+        }
+    }
+
+    fn transcript(&self) -> String {
+        self.seen.join("\n")
+    }
+}
+
+/// `name=VALUE` in a monitor line.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let at = line.find(&format!("{name}="))? + name.len() + 1;
+    line[at..].split([' ', ',']).next()
+}
+
+fn udp_to(port: u16, payload_len: usize) -> Vec<u8> {
+    build::udp4(
+        Ipv4Addr::new(10, 0, 0, 1),
+        Ipv4Addr::new(10, 0, 0, 2),
+        1234,
+        port,
+        &vec![0x5a; payload_len],
+    )
+}
+
+/// PACKET_IN with reason ACTION (cut to the action's max_len) and NO_MATCH
+/// (a table-miss rule: the whole frame with miss_send_len 65535), and
+/// FLOW_REMOVED for idle timeout, hard timeout and delete, with their
+/// packet and byte counts (mark-path packets included), as `ovs-ofctl
+/// monitor` prints them.
+#[test]
+fn monitor_sees_packet_ins_and_flow_removed() {
+    if !test_env::oracle("ovs-ofctl", "--version", "openvswitch-common") {
+        return;
+    }
+    let tmp = TempDir::new("monitor");
+    let fm = Flowmark::start(&tmp.0);
+    let mut mon = Monitor::start(&fm, 65535);
+    let deadline = Instant::now() + DEADLINE;
+    // The monitor is registered once a packet-out's controller copy shows.
+    let probe = hex(&arp_request());
+    loop {
+        ofctl_ok(
+            &fm.target,
+            &[
+                "packet-out",
+                &format!("in_port=controller packet={probe} actions=controller"),
+            ],
+        );
+        if mon
+            .wait_for(
+                &["PACKET_IN", "via action"],
+                Instant::now() + Duration::from_millis(300),
+            )
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the monitor never saw a PACKET_IN:\n{}",
+            mon.transcript()
+        );
+    }
+
+    for flow in [
+        "priority=0,actions=controller:65535",
+        "priority=20,in_port=1,udp,tp_dst=2000,actions=controller:50",
+        "send_flow_rem,priority=30,in_port=1,udp,tp_dst=3001,idle_timeout=1,actions=output:2",
+        "send_flow_rem,priority=30,in_port=1,udp,tp_dst=3002,hard_timeout=2,actions=output:2",
+        "send_flow_rem,priority=30,in_port=1,udp,tp_dst=3003,cookie=0x77,actions=output:2",
+        // Not announced: no send_flow_rem.
+        "priority=30,in_port=1,udp,tp_dst=3004,idle_timeout=1,actions=output:2",
+    ] {
+        ofctl_ok(&fm.target, &["add-flow", flow]);
+    }
+    let inject = |frames: &[Vec<u8>], name: &str| {
+        let path = tmp.0.join(format!("{name}.pcap"));
+        testbed::pcap::write_file(&path, Duration::ZERO, frames.iter().map(Vec::as_slice))
+            .expect("pcap written");
+        fm.cli(&[
+            "port",
+            "inject",
+            "nic0",
+            "--pcap",
+            path.to_str().expect("utf-8"),
+        ]);
+    };
+    let action_frame = udp_to(2000, 100);
+    let miss_frame = udp_to(2500, 80);
+    inject(&[action_frame.clone(), miss_frame.clone()], "punts");
+    let action = mon
+        .wait_for(&["PACKET_IN", "via action", "in_port=1"], deadline)
+        .unwrap_or_else(|| panic!("a PACKET_IN with reason action:\n{}", mon.transcript()));
+    assert_eq!(
+        field(&action, "total_len"),
+        Some(action_frame.len().to_string().as_str()),
+        "{action}"
+    );
+    assert_eq!(
+        field(&action, "data_len"),
+        Some("50"),
+        "cut to max_len: {action}"
+    );
+    let miss = mon
+        .wait_for(&["PACKET_IN", "via no_match", "in_port=1"], deadline)
+        .unwrap_or_else(|| panic!("a PACKET_IN with reason no_match:\n{}", mon.transcript()));
+    let whole = miss_frame.len().to_string();
+    assert_eq!(field(&miss, "total_len"), Some(whole.as_str()), "{miss}");
+    assert_eq!(field(&miss, "data_len"), Some(whole.as_str()), "{miss}");
+
+    // Traffic for the delete case in two rounds: the second one takes the
+    // NIC's mark path once the megaflow is offloaded.
+    let del_frame = udp_to(3003, 58);
+    inject(&vec![del_frame.clone(); 40], "delete-1");
+    let offloaded = Instant::now() + DEADLINE;
+    loop {
+        let mf = fm.cli(&["megaflow", "dump", "--state", "offloaded"]);
+        if mf.to_string().contains("3003") {
+            break;
+        }
+        assert!(
+            Instant::now() < offloaded,
+            "the tp_dst=3003 megaflow is offloaded: {mf}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let marks_before = fm.cli(&["pmd", "stats"]);
+    inject(&vec![del_frame.clone(); 60], "delete-2");
+    // Counted on the rule before it goes.
+    let counted = Instant::now() + DEADLINE;
+    while !ofctl_ok(&fm.target, &["dump-flows", "udp,tp_dst=3003"]).contains("n_packets=100") {
+        assert!(
+            Instant::now() < counted,
+            "100 packets counted on tp_dst=3003"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let marks_after = fm.cli(&["pmd", "stats"]);
+    let mark_hits = |v: &Value| -> u64 {
+        v.as_array().map_or(0, |a| {
+            a.iter().filter_map(|p| p["mark_hits"].as_u64()).sum()
+        })
+    };
+    assert!(
+        mark_hits(&marks_after) > mark_hits(&marks_before),
+        "some packets took the mark path: {marks_before} -> {marks_after}"
+    );
+    ofctl_ok(&fm.target, &["del-flows", "udp,tp_dst=3003"]);
+    let deleted = mon
+        .wait_for(&["FLOW_REMOVED", "tp_dst=3003"], deadline)
+        .unwrap_or_else(|| panic!("FLOW_REMOVED for the delete:\n{}", mon.transcript()));
+    assert!(deleted.contains("reason=delete"), "{deleted}");
+    assert!(
+        deleted.contains("cookie:0x77") || deleted.contains("cookie=0x77"),
+        "{deleted}"
+    );
+    let bytes = (100 * del_frame.len()).to_string();
+    assert!(deleted.contains("pkts100"), "{deleted}");
+    assert!(deleted.contains(&format!("bytes{bytes}")), "{deleted}");
+
+    // Idle: one packet, then silence; hard: traffic does not keep it.
+    inject(
+        &[udp_to(3001, 10), udp_to(3002, 10), udp_to(3004, 10)],
+        "timeouts",
+    );
+    let idle = mon
+        .wait_for(&["FLOW_REMOVED", "tp_dst=3001"], deadline)
+        .unwrap_or_else(|| panic!("FLOW_REMOVED for the idle timeout:\n{}", mon.transcript()));
+    assert!(idle.contains("reason=idle"), "{idle}");
+    assert!(idle.contains("pkts1 "), "{idle}");
+    let hard = mon
+        .wait_for(&["FLOW_REMOVED", "tp_dst=3002"], deadline)
+        .unwrap_or_else(|| panic!("FLOW_REMOVED for the hard timeout:\n{}", mon.transcript()));
+    assert!(hard.contains("reason=hard"), "{hard}");
+    assert!(hard.contains("pkts1 "), "{hard}");
+    // The rule without send_flow_rem went too, silently.
+    let gone = Instant::now() + DEADLINE;
+    while ofctl_ok(&fm.target, &["dump-flows"]).contains("tp_dst=3004") {
+        assert!(
+            Instant::now() < gone,
+            "the idle rule without send_flow_rem expires"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        mon.wait_for(&["FLOW_REMOVED", "tp_dst=3004"], Instant::now())
+            .is_none(),
+        "no FLOW_REMOVED without send_flow_rem:\n{}",
+        mon.transcript()
+    );
+}

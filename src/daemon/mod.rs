@@ -110,6 +110,7 @@ enum Op {
         rule: Rule,
         check_overlap: bool,
         max_flows: usize,
+        send_flow_rem: bool,
     },
     DelRules {
         table: Option<u8>,
@@ -193,11 +194,13 @@ impl DaemonHandle {
         rule: Rule,
         check_overlap: bool,
         max_flows: usize,
+        send_flow_rem: bool,
     ) -> Result<Result<RuleId, AddRefused>, DaemonError> {
         match self.call(Op::AddRuleChecked {
             rule,
             check_overlap,
             max_flows,
+            send_flow_rem,
         })? {
             Reply::Added(r) => Ok(r),
             _ => Err(DaemonError::Stopped),
@@ -302,6 +305,8 @@ pub struct StartContext {
     pub log: Logger,
     /// Packets the PMDs punt to the controller (`controller` actions).
     pub punts: crossbeam_channel::Receiver<crate::datapath::Punt>,
+    /// Rules added with `send_flow_rem` that went (FLOW_REMOVED).
+    pub removed: Receiver<RemovedFlow>,
 }
 
 /// Called once the daemon serves requests (e.g. to start the OpenFlow
@@ -361,6 +366,7 @@ where
                 openflow: opts.config.openflow.clone(),
                 log: log.clone(),
                 punts: daemon.switch.punts(),
+                removed: daemon.removed_rx.clone(),
             })
             .map_err(DaemonError::BadArgument)?;
         }
@@ -381,7 +387,35 @@ struct RuleClock {
     added: Instant,
     last_packets: u64,
     last_active: Instant,
+    /// Added with OFPFF_SEND_FLOW_REM: its removal is announced.
+    send_flow_rem: bool,
 }
+
+/// Why a rule went (OpenFlow's `ofp_flow_removed_reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemovalReason {
+    IdleTimeout = 0,
+    HardTimeout = 1,
+    Delete = 2,
+}
+
+/// A rule added with `send_flow_rem` that went, with its counts (mark-path
+/// packets included: they are counted on the megaflows) and age.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemovedFlow {
+    pub rule: Rule,
+    pub reason: RemovalReason,
+    pub age: Duration,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The pipeline and each rule's (packets, bytes) just before a removal.
+type BeforeRemoval = (Pipeline, HashMap<RuleId, (u64, u64)>);
+
+/// Removals waiting for the OpenFlow side before they are dropped (counted
+/// in the log).
+const REMOVED_QUEUE: usize = 4096;
 
 /// The main loop's state.
 struct Daemon<B, F> {
@@ -391,6 +425,10 @@ struct Daemon<B, F> {
     /// The daemon's clock origin (the PMDs' `used` times are close to it).
     started: Instant,
     rules: HashMap<RuleId, RuleClock>,
+    /// Rules in `rules` with `send_flow_rem` (0: removals cost nothing).
+    flagged: usize,
+    removed_tx: Sender<RemovedFlow>,
+    removed_rx: Receiver<RemovedFlow>,
     requests: Receiver<Envelope>,
     stop: Arc<AtomicBool>,
     bad_requests: log::RateLimit,
@@ -411,12 +449,16 @@ where
     ) -> Result<Self, DaemonError> {
         let started = Instant::now();
         let switch = Switch::start(config.switch_config())?;
+        let (removed_tx, removed_rx) = crossbeam_channel::bounded(REMOVED_QUEUE);
         let mut d = Daemon {
             log,
             switch,
             factory,
             started,
             rules: HashMap::new(),
+            flagged: 0,
+            removed_tx,
+            removed_rx,
             requests,
             stop,
             bad_requests: log::RateLimit::new(10),
@@ -523,10 +565,12 @@ where
                 rule,
                 check_overlap,
                 max_flows,
+                send_flow_rem,
             } => Ok(Reply::Added(self.add_rule_checked(
                 rule,
                 check_overlap,
                 max_flows,
+                send_flow_rem,
             ))),
             Op::DelRules {
                 table,
@@ -855,7 +899,50 @@ where
                 added: now,
                 last_packets: 0,
                 last_active: now,
+                send_flow_rem: false,
             });
+        }
+        self.flagged = self.rules.values().filter(|c| c.send_flow_rem).count();
+    }
+
+    /// The pipeline and per-rule counts before a removal, when a rule that
+    /// asked for FLOW_REMOVED may be among the removed (else `None`: the
+    /// removal costs no PMD round trip).
+    fn before_removal(&self) -> Option<BeforeRemoval> {
+        if self.flagged == 0 {
+            return None;
+        }
+        let stats = match self.switch.rule_stats() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(self.log, "flow removal counts unknown"; "error" => e.to_string());
+                HashMap::new()
+            }
+        };
+        Some((self.switch.pipeline().clone(), stats))
+    }
+
+    /// Announces the removed rules that asked for it (FLOW_REMOVED).
+    fn announce_removed(&self, before: &BeforeRemoval, removed: &[(RuleId, RemovalReason)]) {
+        let now = Instant::now();
+        for (id, reason) in removed {
+            let Some(clock) = self.rules.get(id).filter(|c| c.send_flow_rem) else {
+                continue;
+            };
+            let Some(entry) = before.0.get(*id) else {
+                continue;
+            };
+            let (packets, bytes) = before.1.get(id).copied().unwrap_or((0, 0));
+            let gone = RemovedFlow {
+                rule: entry.rule.clone(),
+                reason: *reason,
+                age: now.duration_since(clock.added),
+                packets,
+                bytes,
+            };
+            if self.removed_tx.try_send(gone).is_err() {
+                warn!(self.log, "FLOW_REMOVED dropped: the OpenFlow side is behind"; "rule" => id.0);
+            }
         }
     }
 
@@ -871,21 +958,26 @@ where
         rule: Rule,
         check_overlap: bool,
         max_flows: usize,
+        send_flow_rem: bool,
     ) -> Result<RuleId, AddRefused> {
         check_add(self.switch.pipeline(), &rule, check_overlap, max_flows)?;
         let added = self.switch.flow_add(rule);
         // O(1) bookkeeping: a full resync per OpenFlow add would make a
         // controller's table load quadratic.
         if let Some(old) = added.replaced {
-            self.rules.remove(&old);
+            if self.rules.remove(&old).is_some_and(|c| c.send_flow_rem) {
+                self.flagged -= 1;
+            }
         }
         let now = Instant::now();
+        self.flagged += usize::from(send_flow_rem);
         self.rules.insert(
             added.id,
             RuleClock {
                 added: now,
                 last_packets: 0,
                 last_active: now,
+                send_flow_rem,
             },
         );
         debug!(self.log, "flow added"; "id" => added.id.0);
@@ -893,7 +985,12 @@ where
     }
 
     fn del_rules(&mut self, table: Option<u8>, sel: &Match, strict: Option<u16>) -> Vec<RuleId> {
+        let before = self.before_removal();
         let ids = self.switch.flow_del(table, sel, strict);
+        if let Some(before) = &before {
+            let removed: Vec<_> = ids.iter().map(|id| (*id, RemovalReason::Delete)).collect();
+            self.announce_removed(before, &removed);
+        }
         self.sync_rule_clocks();
         info!(self.log, "flows deleted"; "count" => ids.len());
         ids
@@ -947,7 +1044,7 @@ where
             return;
         }
         self.sync_rule_clocks();
-        let stats = if timed.iter().any(|(_, idle, _)| *idle > 0) {
+        let stats = if self.flagged > 0 || timed.iter().any(|(_, idle, _)| *idle > 0) {
             match self.switch.rule_stats() {
                 Ok(s) => s,
                 Err(e) => {
@@ -965,7 +1062,7 @@ where
                 continue;
             };
             if hard > 0 && now.duration_since(clock.added) >= Duration::from_secs(hard.into()) {
-                doomed.push(id);
+                doomed.push((id, RemovalReason::HardTimeout));
                 continue;
             }
             if idle > 0 {
@@ -975,15 +1072,19 @@ where
                     clock.last_active = now;
                 } else if now.duration_since(clock.last_active) >= Duration::from_secs(idle.into())
                 {
-                    doomed.push(id);
+                    doomed.push((id, RemovalReason::IdleTimeout));
                 }
             }
         }
         if doomed.is_empty() {
             return;
         }
+        if self.flagged > 0 {
+            self.announce_removed(&(self.switch.pipeline().clone(), stats), &doomed);
+        }
+        let ids: Vec<RuleId> = doomed.iter().map(|d| d.0).collect();
         let mut pipeline = self.switch.pipeline().clone();
-        pipeline.remove_ids(&doomed);
+        pipeline.remove_ids(&ids);
         self.switch.set_pipeline(pipeline);
         self.sync_rule_clocks();
         info!(self.log, "flows timed out"; "count" => doomed.len());

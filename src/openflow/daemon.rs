@@ -13,6 +13,9 @@ use fallback::ofproto::{Match, OfAction, Rule};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The datapath id without `[openflow] datapath_id`.
+pub const DEFAULT_DATAPATH_ID: u64 = 0xf10e_0000_0000_0001;
+
 /// How often the port list is compared to send PORT_STATUS.
 const PORT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -98,9 +101,14 @@ impl OpenFlowSwitch for DaemonSwitch {
         }))
     }
 
-    fn add_flow_checked(&self, rule: Rule, check_overlap: bool) -> Result<(), OfpError> {
+    fn add_flow_checked(
+        &self,
+        rule: Rule,
+        check_overlap: bool,
+        send_flow_rem: bool,
+    ) -> Result<(), OfpError> {
         self.handle
-            .flow_add_checked(rule, check_overlap, self.max_flows())
+            .flow_add_checked(rule, check_overlap, self.max_flows(), send_flow_rem)
             .map_err(|e| OfpError::flow_mod_failed(FlowModFailedCode::Unknown, e.to_string()))?
             .map(|_| ())
             .map_err(super::flow_table::add_refused)
@@ -233,7 +241,10 @@ pub fn start_hook() -> StartHook {
         if section.listen.is_none() && section.controller.is_none() {
             return Ok(());
         }
-        let sw = Arc::new(DaemonSwitch::new(ctx.handle, 0xf10e_0000_0000_0001));
+        let sw = Arc::new(DaemonSwitch::new(
+            ctx.handle,
+            section.datapath_id.unwrap_or(DEFAULT_DATAPATH_ID),
+        ));
         let hub = EventHub::default();
         let log = ctx.log.clone();
         let log_fn: LogFn = Arc::new(move |line: &str| slog::info!(log, "{}", line));
@@ -247,6 +258,8 @@ pub fn start_hook() -> StartHook {
         .map_err(|e| e.to_string())?;
         let punt_hub = hub.clone();
         let punts = ctx.punts;
+        let removed_hub = hub.clone();
+        let removed = ctx.removed;
         std::thread::Builder::new()
             .name("of-ports".into())
             .spawn(move || watch_ports(sw, hub))
@@ -260,11 +273,28 @@ pub fn start_hook() -> StartHook {
                         in_port: p.in_port,
                         table: p.table,
                         cookie: p.cookie,
+                        miss: p.miss,
+                        total_len: p.total_len,
                         frame: p.frame,
                     });
                 }
             })
             .map_err(|e| format!("cannot start the OpenFlow packet-in relay: {e}"))?;
+        // Rules added with send_flow_rem that went: FLOW_REMOVED.
+        std::thread::Builder::new()
+            .name("of-flow-removed".into())
+            .spawn(move || {
+                for r in removed.iter() {
+                    removed_hub.publish(SwitchEvent::FlowRemoved {
+                        rule: Box::new(r.rule),
+                        reason: r.reason as u8,
+                        age: r.age,
+                        packets: r.packets,
+                        bytes: r.bytes,
+                    });
+                }
+            })
+            .map_err(|e| format!("cannot start the OpenFlow flow-removed relay: {e}"))?;
         if let Ok(mut slot) = ENDPOINT.lock() {
             *slot = Some(ep);
         }

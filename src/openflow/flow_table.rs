@@ -148,7 +148,11 @@ pub fn apply_flow_mod(sw: &dyn OpenFlowSwitch, fm: &FlowMod) -> Result<(), OfpEr
                 idle_timeout: fm.idle_timeout,
                 hard_timeout: fm.hard_timeout,
             };
-            sw.add_flow_checked(rule, fm.flags & flow_flags::CHECK_OVERLAP != 0)
+            sw.add_flow_checked(
+                rule,
+                fm.flags & flow_flags::CHECK_OVERLAP != 0,
+                fm.flags & flow_flags::SEND_FLOW_REM != 0,
+            )
         }
         FlowModCommand::Modify => modify(false),
         FlowModCommand::ModifyStrict => modify(true),

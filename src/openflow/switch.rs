@@ -42,12 +42,26 @@ pub struct PortCounters {
 pub enum SwitchEvent {
     PortAdded(PortInfo),
     PortDeleted(PortInfo),
-    /// A packet sent to the controller (by a `controller` action).
+    /// A packet sent to the controller (by a `controller` action): `miss`
+    /// when a table-miss rule sent it (reason NO_MATCH; each connection
+    /// cuts `frame` to its `miss_send_len`), else reason ACTION (`frame`
+    /// already cut to the action's `max_len`); `total_len` is the packet's
+    /// length before any cut.
     PacketIn {
         in_port: u32,
         table: u8,
         cookie: u64,
+        miss: bool,
+        total_len: usize,
         frame: Vec<u8>,
+    },
+    /// A rule added with `send_flow_rem` went (OFPRR_* `reason`).
+    FlowRemoved {
+        rule: Box<Rule>,
+        reason: u8,
+        age: Duration,
+        packets: u64,
+        bytes: u64,
     },
 }
 
@@ -61,8 +75,14 @@ pub trait OpenFlowSwitch: Send + Sync {
     fn flows(&self) -> Result<Vec<FlowInfo>, OfpError>;
     fn add_flows(&self, rules: Vec<Rule>) -> Result<(), OfpError>;
     /// One OFPFC_ADD: refused with OFPFMFC_OVERLAP (with `check_overlap`)
-    /// or OFPFMFC_TABLE_FULL, checked where the rules are (no dump).
-    fn add_flow_checked(&self, rule: Rule, check_overlap: bool) -> Result<(), OfpError>;
+    /// or OFPFMFC_TABLE_FULL, checked where the rules are (no dump). With
+    /// `send_flow_rem`, its removal is announced (FLOW_REMOVED).
+    fn add_flow_checked(
+        &self,
+        rule: Rule,
+        check_overlap: bool,
+        send_flow_rem: bool,
+    ) -> Result<(), OfpError>;
     fn delete_flows(
         &self,
         table: Option<u8>,
@@ -248,7 +268,12 @@ impl OpenFlowSwitch for PipelineSwitch {
         Ok(())
     }
 
-    fn add_flow_checked(&self, rule: Rule, check_overlap: bool) -> Result<(), OfpError> {
+    fn add_flow_checked(
+        &self,
+        rule: Rule,
+        check_overlap: bool,
+        _send_flow_rem: bool,
+    ) -> Result<(), OfpError> {
         let mut s = self.lock()?;
         crate::switch::check_add(&s.pipeline, &rule, check_overlap, self.max_flows)
             .map_err(super::flow_table::add_refused)?;

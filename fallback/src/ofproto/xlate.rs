@@ -125,6 +125,9 @@ struct Ctx<'a> {
     resubmits: usize,
     error: Option<XlateDrop>,
     hint: Option<FlowKey>,
+    /// The actions running are a table-miss rule's (priority 0, matching
+    /// everything): its `controller` punts say NO_MATCH.
+    in_miss_rule: bool,
 }
 
 /// Translates `key` through the bridge's pipeline, starting at table 0.
@@ -150,6 +153,7 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
         resubmits: 0,
         error: None,
         hint: hint.copied(),
+        in_miss_rule: false,
     };
     ctx.wc.set_exact(Field::InPort);
     ctx.wc.set_exact(Field::DlType);
@@ -229,6 +233,7 @@ pub fn xlate_actions(bridge: Bridge<'_>, key: &FlowKey, actions: &[OfAction]) ->
         resubmits: 0,
         error: None,
         hint: None,
+        in_miss_rule: false,
     };
     ctx.do_actions(actions, PACKET_OUT_TABLE, PACKET_OUT_COOKIE);
     let sends = ctx
@@ -276,7 +281,10 @@ impl Ctx<'_> {
         match entry {
             Some(e) => {
                 self.rules.push(e.id);
+                let outer = self.in_miss_rule;
+                self.in_miss_rule = e.rule.priority == 0 && e.rule.r#match.mask == FlowKey::ZERO;
                 self.do_actions(&e.rule.actions, table, e.rule.cookie);
+                self.in_miss_rule = outer;
                 true
             }
             None => false,
@@ -302,6 +310,7 @@ impl Ctx<'_> {
                         table,
                         cookie,
                         max_len,
+                        miss: self.in_miss_rule,
                     });
                 }
                 OfAction::Mod(f, v) => self.set_field(f, v, true),
@@ -472,6 +481,7 @@ impl Ctx<'_> {
                     table,
                     cookie,
                     max_len: 0xffff,
+                    miss: self.in_miss_rule,
                 });
             }
             _ if p == self.flow.in_port() => {
@@ -752,7 +762,8 @@ mod tests {
             vec![DpAction::Controller {
                 table: PACKET_OUT_TABLE,
                 cookie: PACKET_OUT_COOKIE,
-                max_len: 64
+                max_len: 64,
+                miss: false,
             }]
         );
         // No output: a drop, with its reason.
