@@ -682,6 +682,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         for pkt in rx.drain() {
             self.counters.packets += 1;
             self.ports[port_idx].stats.rx += 1;
+            self.ports[port_idx].stats.rx_bytes += pkt.len() as u64;
             if !pkt.is_contiguous() {
                 self.ports[port_idx]
                     .stats
@@ -1016,8 +1017,16 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             return;
         }
         let queued = port.tx.len() as u64;
+        let mut lens = [0u32; BURST];
+        for (l, p) in lens.iter_mut().zip(port.tx.iter()) {
+            *l = p.len() as u32;
+        }
         let sent = port.port.tx_burst(port.txq, &mut port.tx) as u64;
         port.stats.tx += sent;
+        port.stats.tx_bytes += lens[..(sent as usize).min(BURST)]
+            .iter()
+            .map(|&l| u64::from(l))
+            .sum::<u64>();
         let refused = queued - sent;
         if refused > 0 {
             let reason = if port.port.is_down() {

@@ -279,6 +279,42 @@ impl Drop for Ovs {
     }
 }
 
+/// `ovs-ofctl dump-ports`: per port number, (rx pkts, rx bytes, tx pkts,
+/// tx bytes).
+fn dump_ports(target: &str) -> std::collections::BTreeMap<u32, [u64; 4]> {
+    let text = ofctl_ok(target, &["dump-ports"]);
+    let mut out = std::collections::BTreeMap::new();
+    let mut port = None;
+    for line in text.lines() {
+        let l = line.trim();
+        let num = |key: &str| -> u64 {
+            field(l, key)
+                .and_then(|v| v.trim_end_matches(',').parse().ok())
+                .unwrap_or(0)
+        };
+        if let Some(rest) = l.strip_prefix("port") {
+            let n = rest
+                .trim()
+                .split(':')
+                .next()
+                .and_then(|n| n.trim().parse().ok());
+            port = n;
+            if let Some(p) = n {
+                let e: &mut [u64; 4] = out.entry(p).or_default();
+                e[0] = num("pkts");
+                e[1] = num("bytes");
+            }
+        } else if l.starts_with("tx") {
+            if let Some(p) = port {
+                let e: &mut [u64; 4] = out.entry(p).or_default();
+                e[2] = num("pkts");
+                e[3] = num("bytes");
+            }
+        }
+    }
+    out
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -433,6 +469,17 @@ fn packet_out_matrix_matches_open_vswitch() {
         assert_eq!(fm.tx_attempted(), attempted, "{what}: nothing more sent");
     }
     assert!(attempted > 20, "the matrix sent frames ({attempted})");
+    // Port counters: flowmark's tx packets and bytes are Open vSwitch's.
+    let (fm_ports, ovs_ports) = (dump_ports(&fm.target), dump_ports(&ovs.target));
+    for p in 1..=3u32 {
+        let (f, o) = (fm_ports.get(&p), ovs_ports.get(&p));
+        assert_eq!(
+            f.map(|c| (c[2], c[3])),
+            o.map(|c| (c[2], c[3])),
+            "tx pkts, bytes of port {p}: flowmark {fm_ports:?}, OVS {ovs_ports:?}"
+        );
+        assert!(f.is_some_and(|c| c[3] > 0), "port {p} sent bytes");
+    }
     for p in fm.port_stats() {
         let dropped: u64 = p["tx_dropped"]
             .as_object()
@@ -718,10 +765,26 @@ fn monitor_sees_packet_ins_and_flow_removed() {
     assert!(deleted.contains(&format!("bytes{bytes}")), "{deleted}");
 
     // Idle: one packet, then silence; hard: traffic does not keep it.
-    inject(
-        &[udp_to(3001, 10), udp_to(3002, 10), udp_to(3004, 10)],
-        "timeouts",
-    );
+    let timeouts = [udp_to(3001, 10), udp_to(3002, 10), udp_to(3004, 10)];
+    inject(&timeouts, "timeouts");
+    // Port 1 received every injected byte (dump-ports rx bytes).
+    let rx_bytes = (action_frame.len()
+        + miss_frame.len()
+        + 100 * del_frame.len()
+        + timeouts.iter().map(Vec::len).sum::<usize>()) as u64;
+    let counted = Instant::now() + DEADLINE;
+    loop {
+        let ports = dump_ports(&fm.target);
+        let got = ports.get(&1).map(|c| (c[0], c[1]));
+        if got == Some((105, rx_bytes)) {
+            break;
+        }
+        assert!(
+            Instant::now() < counted,
+            "port 1 rx pkts/bytes {got:?}, want (105, {rx_bytes})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let idle = mon
         .wait_for(&["FLOW_REMOVED", "tp_dst=3001"], deadline)
         .unwrap_or_else(|| panic!("FLOW_REMOVED for the idle timeout:\n{}", mon.transcript()));

@@ -551,12 +551,16 @@ impl<R: DropReason> Serialize for DropCounts<R> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PortStats {
     pub rx: u64,
+    /// Bytes of the received packets.
+    pub rx_bytes: u64,
     /// Received packets sent on to at least one output or the controller.
     pub forwarded: u64,
     pub rx_dropped: DropCounts<RxDropReason>,
     /// Packets the datapath tried to send on this port (copies included).
     pub tx_attempted: u64,
     pub tx: u64,
+    /// Bytes of the transmitted packets.
+    pub tx_bytes: u64,
     pub tx_dropped: DropCounts<TxDropReason>,
 }
 
@@ -593,10 +597,12 @@ impl PortStats {
     /// Adds another set of counters (another PMD's, or the port's own).
     pub fn merge(&mut self, other: &PortStats) {
         self.rx += other.rx;
+        self.rx_bytes += other.rx_bytes;
         self.forwarded += other.forwarded;
         self.rx_dropped.merge(&other.rx_dropped);
         self.tx_attempted += other.tx_attempted;
         self.tx += other.tx;
+        self.tx_bytes += other.tx_bytes;
         self.tx_dropped.merge(&other.tx_dropped);
     }
 

@@ -10,6 +10,7 @@ use super::net::{Endpoint, EventHub, LogFn};
 use super::switch::{FlowInfo, OpenFlowSwitch, PortCounters, PortInfo, SwitchEvent};
 use crate::daemon::{DaemonError, DaemonHandle, StartHook};
 use fallback::ofproto::{Match, OfAction, Rule};
+use fallback::port::RxDropReason;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -191,15 +192,18 @@ impl OpenFlowSwitch for DaemonSwitch {
             .into_iter()
             .filter_map(|s| {
                 let ofport = ports.iter().find(|p| p.name == s.name)?.ofport;
+                let d = &s.stats.rx_dropped;
+                let rx_errors = d.get(RxDropReason::ParseError) + d.get(RxDropReason::NotLinear);
                 Some((
                     ofport,
                     PortCounters {
                         rx_packets: s.stats.rx,
                         tx_packets: s.stats.tx,
-                        rx_bytes: 0,
-                        tx_bytes: 0,
-                        rx_dropped: s.stats.rx_dropped.total(),
+                        rx_bytes: s.stats.rx_bytes,
+                        tx_bytes: s.stats.tx_bytes,
+                        rx_dropped: d.total() - rx_errors,
                         tx_dropped: s.stats.tx_dropped.total(),
+                        rx_errors,
                     },
                 ))
             })

@@ -566,6 +566,7 @@ impl Session {
                         tx_bytes: c.tx_bytes,
                         rx_dropped: c.rx_dropped,
                         tx_dropped: c.tx_dropped,
+                        rx_errors: c.rx_errors,
                         ..PortStats::default()
                     })
                     .collect();

@@ -35,6 +35,9 @@ pub struct PortCounters {
     pub tx_bytes: u64,
     pub rx_dropped: u64,
     pub tx_dropped: u64,
+    /// Received packets that were malformed (did not parse, could not be
+    /// made contiguous); not in `rx_dropped`.
+    pub rx_errors: u64,
 }
 
 /// Something the controller is told about without asking.
