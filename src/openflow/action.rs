@@ -4,16 +4,17 @@
 //! the Nicira NXAST_RESUBMIT_TABLE experimenter action.
 //!
 //! flowmark rules hold one action list, so instructions are folded into it:
-//! apply-actions first, then write-actions (the action set runs when the
-//! pipeline ends), then goto-table as `resubmit(,T)`. A rule read back
-//! prints its actions as one apply-actions instruction.
+//! apply-actions first, then `clear_actions`, then each written action as
+//! [`OfAction::Write`] (the action set runs when the pipeline ends), then
+//! [`OfAction::GotoTable`]. A rule read back is encoded as the same
+//! instructions.
 
 use super::error::{BadActionCode as Bac, BadInstructionCode as Bic, OfpError};
 use super::oxm::{put_oxm, read_oxm, OxmField};
 use super::port::*;
 use super::wire::{Put, Reader};
 use fallback::key::{ethertype, ipproto, Field, VLAN_CFI};
-use fallback::ofproto::{ofport, Match, OfAction};
+use fallback::ofproto::{ofport, Match, OfAction, SetAction};
 
 /// `OFPAT_*`.
 mod at {
@@ -135,6 +136,8 @@ pub fn encode_action(a: &OfAction, ctx: &ActionContext, out: &mut Vec<u8>) {
             port.unwrap_or(ofport::IN_PORT) as u16,
             table.unwrap_or(0xff),
         ),
+        // Instructions, not actions: `encode_instructions` writes them.
+        OfAction::Write(_) | OfAction::ClearActions | OfAction::GotoTable(_) => {}
         OfAction::Mod(f, v) | OfAction::SetField(f, v) => {
             let l4 = |tcp: OxmField, udp: OxmField, sctp: OxmField| match ctx.nw_proto {
                 Some(ipproto::UDP) => udp,
@@ -181,19 +184,57 @@ pub fn encode_actions(actions: &[OfAction], ctx: &ActionContext, out: &mut Vec<u
     }
 }
 
-/// Writes a rule's actions as instructions: one apply-actions, or none for
-/// `drop` (as ovs-ofctl sends it).
+/// Writes a rule's actions as instructions, in the specification's order:
+/// apply-actions (the plain actions; none for `drop`, as ovs-ofctl sends
+/// it), clear-actions, write-actions, goto-table.
 pub fn encode_instructions(actions: &[OfAction], ctx: &ActionContext, out: &mut Vec<u8>) {
-    if actions.is_empty() {
-        return;
+    let is_instruction = |a: &OfAction| {
+        matches!(
+            a,
+            OfAction::Write(_) | OfAction::ClearActions | OfAction::GotoTable(_)
+        )
+    };
+    let apply: Vec<OfAction> = actions
+        .iter()
+        .filter(|a| !is_instruction(a))
+        .copied()
+        .collect();
+    let written: Vec<OfAction> = actions
+        .iter()
+        .filter_map(|a| match a {
+            OfAction::Write(w) => Some(w.action()),
+            _ => None,
+        })
+        .collect();
+    let actions_instruction = |ty: u16, list: &[OfAction], out: &mut Vec<u8>| {
+        let start = out.len();
+        out.put_u16(ty);
+        out.put_u16(0);
+        out.put_zeros(4);
+        encode_actions(list, ctx, out);
+        let len = out.len() - start;
+        out.set_u16(start + 2, len as u16);
+    };
+    if !apply.is_empty() {
+        actions_instruction(it::APPLY_ACTIONS, &apply, out);
     }
-    let start = out.len();
-    out.put_u16(it::APPLY_ACTIONS);
-    out.put_u16(0);
-    out.put_zeros(4);
-    encode_actions(actions, ctx, out);
-    let len = out.len() - start;
-    out.set_u16(start + 2, len as u16);
+    if actions.contains(&OfAction::ClearActions) {
+        out.put_u16(it::CLEAR_ACTIONS);
+        out.put_u16(8);
+        out.put_zeros(4);
+    }
+    if !written.is_empty() {
+        actions_instruction(it::WRITE_ACTIONS, &written, out);
+    }
+    if let Some(t) = actions.iter().find_map(|a| match a {
+        OfAction::GotoTable(t) => Some(*t),
+        _ => None,
+    }) {
+        out.put_u16(it::GOTO_TABLE);
+        out.put_u16(8);
+        out.put_u8(t);
+        out.put_zeros(3);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -529,12 +570,20 @@ pub fn decode_instructions(
         }
     }
     let mut actions = apply.unwrap_or_default();
-    actions.extend(write.unwrap_or_default());
+    if clear {
+        actions.push(OfAction::ClearActions);
+    }
+    for a in write.unwrap_or_default() {
+        let w = SetAction::from_action(a).ok_or_else(|| {
+            OfpError::bad_action(
+                Bac::BadType,
+                format!("{a:?} cannot be in an action set (write-actions)"),
+            )
+        })?;
+        actions.push(OfAction::Write(w));
+    }
     if let Some(t) = goto {
-        actions.push(OfAction::Resubmit {
-            port: None,
-            table: Some(t),
-        });
+        actions.push(OfAction::GotoTable(t));
     }
     Ok(actions)
 }

@@ -2087,21 +2087,42 @@ fn format_actions(actions: &[OfAction], m: &Match) -> String {
     if actions.is_empty() {
         return "drop".to_string();
     }
-    let of13 = actions.iter().any(|a| matches!(a, OfAction::PushVlan(_)));
+    let of13 = actions.iter().any(|a| {
+        matches!(
+            a,
+            OfAction::PushVlan(_)
+                | OfAction::Write(_)
+                | OfAction::ClearActions
+                | OfAction::GotoTable(_)
+        )
+    });
     let nw_proto = (m.value.get(Field::NwProto) & m.mask.get(Field::NwProto)) as u8;
-    actions
-        .iter()
-        .map(|a| match *a {
-            _ if of13 => format_action_of13(a, nw_proto),
-            OfAction::SetField(f @ (Field::TpSrc | Field::TpDst), v)
-                if nw_proto == ipproto::SCTP =>
-            {
-                format_sctp_load(f, v)
+    let one = |a: &OfAction| match *a {
+        _ if of13 => format_action_of13(a, nw_proto),
+        OfAction::SetField(f @ (Field::TpSrc | Field::TpDst), v) if nw_proto == ipproto::SCTP => {
+            format_sctp_load(f, v)
+        }
+        _ => format_action(a),
+    };
+    // Consecutive written actions print as one `write_actions(...)`.
+    let mut out: Vec<String> = Vec::new();
+    let mut written: Vec<String> = Vec::new();
+    for a in actions {
+        match a {
+            OfAction::Write(w) => written.push(one(&w.action())),
+            _ => {
+                if !written.is_empty() {
+                    out.push(format!("write_actions({})", written.join(",")));
+                    written.clear();
+                }
+                out.push(one(a));
             }
-            _ => format_action(a),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+        }
+    }
+    if !written.is_empty() {
+        out.push(format!("write_actions({})", written.join(",")));
+    }
+    out.join(",")
 }
 
 /// `load:V->OXM_OF_SCTP_SRC[]`: how ovs-ofctl prints set_field to an SCTP
@@ -2162,6 +2183,9 @@ fn format_action(a: &OfAction) -> String {
         OfAction::DecTtl => "dec_ttl".into(),
         OfAction::StripVlan => "strip_vlan".into(),
         OfAction::PushVlan(tpid) => format!("push_vlan:{tpid:#06x}"),
+        OfAction::Write(w) => format!("write_actions({})", format_action(&w.action())),
+        OfAction::ClearActions => "clear_actions".into(),
+        OfAction::GotoTable(t) => format!("goto_table:{t}"),
         OfAction::Resubmit { port, table } => match (port, table) {
             (Some(p), None) => format!("resubmit:{}", fmt_port(p)),
             (p, t) => format!(

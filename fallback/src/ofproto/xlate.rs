@@ -17,7 +17,7 @@
 
 use super::mac::{MacLearn, MacTable};
 use super::table::{Pipeline, RuleId};
-use super::{ofport, OfAction};
+use super::{ofport, OfAction, SetAction};
 use crate::actions::DpAction;
 use crate::key::{ethertype, frag, ipproto, Field, FlowKey, VLAN_CFI, VLAN_VID_MASK};
 
@@ -128,6 +128,10 @@ struct Ctx<'a> {
     /// The actions running are a table-miss rule's (priority 0, matching
     /// everything): its `controller` punts say NO_MATCH.
     in_miss_rule: bool,
+    /// The OpenFlow 1.3 action set (`write_actions`), run when the
+    /// pipeline ends, with the table and cookie of the rule that wrote last.
+    action_set: Vec<SetAction>,
+    set_origin: (u8, u64),
 }
 
 /// Translates `key` through the bridge's pipeline, starting at table 0.
@@ -154,6 +158,8 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
         error: None,
         hint: hint.copied(),
         in_miss_rule: false,
+        action_set: Vec::new(),
+        set_origin: (0, 0),
     };
     ctx.wc.set_exact(Field::InPort);
     ctx.wc.set_exact(Field::DlType);
@@ -162,6 +168,7 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
     }
 
     let matched = ctx.table_lookup(0);
+    ctx.run_action_set();
     let mut wc = ctx.wc;
     if wc.get(Field::VlanTci) != 0 {
         wc.or_field(Field::VlanTci, VLAN_CFI as u128);
@@ -234,8 +241,12 @@ pub fn xlate_actions(bridge: Bridge<'_>, key: &FlowKey, actions: &[OfAction]) ->
         error: None,
         hint: None,
         in_miss_rule: false,
+        action_set: Vec::new(),
+        set_origin: (0, 0),
     };
     ctx.do_actions(actions, PACKET_OUT_TABLE, PACKET_OUT_COOKIE);
+    // Output to TABLE ran a pipeline: its action set runs at its end.
+    ctx.run_action_set();
     let sends = ctx
         .actions
         .iter()
@@ -346,8 +357,28 @@ impl Ctx<'_> {
                     self.flow.set(Field::VlanTci, VLAN_CFI as u128);
                 }
                 OfAction::Resubmit { port, table: t } => self.resubmit(port, t.unwrap_or(table)),
+                OfAction::Write(a) => {
+                    SetAction::write(&mut self.action_set, a);
+                    self.set_origin = (table, cookie);
+                }
+                OfAction::ClearActions => self.action_set.clear(),
+                // The pipeline goes on in a later table (a miss there ends it).
+                OfAction::GotoTable(t) => self.resubmit(None, t),
             }
         }
+    }
+
+    /// The end of the pipeline: the action set runs, in its order.
+    fn run_action_set(&mut self) {
+        if self.action_set.is_empty() || self.error.is_some() {
+            return;
+        }
+        let set: Vec<OfAction> = std::mem::take(&mut self.action_set)
+            .into_iter()
+            .map(SetAction::action)
+            .collect();
+        let (table, cookie) = self.set_origin;
+        self.do_actions(&set, table, cookie);
     }
 
     fn resubmit(&mut self, port: Option<u32>, table: u8) {
@@ -709,6 +740,57 @@ mod tests {
             k,
             actions,
         )
+    }
+
+    #[test]
+    fn the_action_set_runs_at_the_end_of_the_pipeline() {
+        use crate::ofproto::SetAction;
+        let mut p = Pipeline::new();
+        p.add(rule(
+            0,
+            1,
+            udp_match(),
+            vec![
+                OfAction::Write(SetAction::Output(3)),
+                OfAction::Write(SetAction::Mod(Field::NwTtl, 7)),
+                OfAction::GotoTable(1),
+            ],
+        ));
+        let mut m = udp_match();
+        m.set_exact(Field::TpDst, 4);
+        // Apply output:1 now; the set's output becomes 2 (replaced), and
+        // the TTL set runs before it (set-fields before output).
+        p.add(rule(
+            1,
+            1,
+            m,
+            vec![OfAction::Output(1), OfAction::Write(SetAction::Output(2))],
+        ));
+        let mut m = udp_match();
+        m.set_exact(Field::TpDst, 5);
+        p.add(rule(
+            1,
+            1,
+            m,
+            vec![OfAction::Output(1), OfAction::ClearActions],
+        ));
+        let x = run(&p, &udp_key(3, 1, 2, 3, 4));
+        assert_eq!(
+            x.actions,
+            vec![
+                DpAction::Output(1),
+                DpAction::Set(Field::NwTtl, 7),
+                DpAction::Output(2)
+            ]
+        );
+        let x = run(&p, &udp_key(3, 1, 2, 3, 5));
+        assert_eq!(x.actions, vec![DpAction::Output(1)], "cleared");
+        // A miss in table 1: the set written so far still runs.
+        let x = run(&p, &udp_key(2, 1, 2, 3, 6));
+        assert_eq!(
+            x.actions,
+            vec![DpAction::Set(Field::NwTtl, 7), DpAction::Output(3)]
+        );
     }
 
     #[test]
