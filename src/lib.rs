@@ -1,6 +1,7 @@
 //! The `flowmark` switch: PMD datapath, daemon, control socket, the DPDK
 //! backend (feature `dpdk`) and the demo. The CLI lives in `main.rs`.
 
+pub mod backend;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -9,6 +10,7 @@ pub mod demo;
 pub mod dpdk;
 pub mod openflow;
 pub mod pmd;
+pub mod ports;
 pub mod soak;
 pub mod switch;
 pub mod trace;

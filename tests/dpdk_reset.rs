@@ -19,10 +19,11 @@ mod dpdk_common;
 
 use dpdk_common::*;
 use flowmark::config::{PortSpec, PortType};
-use flowmark::daemon::events::{PortEventKind, PortEvents, Step};
-use flowmark::daemon::ports::PortFactory;
+use flowmark::daemon::events::{PortEvents, Step};
 use flowmark::dpdk::events::{self as eth_events, EthEvent};
 use flowmark::dpdk::{DpdkPortFactory, Eal, Mbuf, Mempool};
+use flowmark::ports::PortEventKind;
+use flowmark::ports::PortFactory;
 use flowmark::switch::{Switch, SwitchConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
