@@ -16,7 +16,7 @@ use fallback::key::{Field, FlowKey};
 use fallback::megaflow::Megaflow;
 use fallback::ofproto::syntax::parse_flow;
 use fallback::ofproto::table::Pipeline;
-use fallback::packet::{self, build};
+use fallback::packet;
 use fallback::port::{Burst, HeapPacket, PacketBuf, Port, PortStats};
 use flowmark::datapath::{BridgeState, NoOffload, PmdCore};
 use flowmark::dpdk::tsc::rdtsc;
@@ -29,6 +29,7 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testbed::build;
 
 /// Buffers circulating in the loop at the least (a burst per poll).
 const LOOP_PACKETS: usize = 4096;

@@ -242,7 +242,7 @@ fn offload_port<'a>(status: &'a Value, name: &str) -> &'a Value {
 fn udp_frames(dst: Ipv4Addr, n: u8) -> Vec<Vec<u8>> {
     (1..=n)
         .map(|i| {
-            fallback::packet::build::udp4(
+            testbed::build::udp4(
                 Ipv4Addr::new(172, 16, 0, i),
                 dst,
                 1000 + u16::from(i),

@@ -5,11 +5,11 @@
 //! this model's fields and OpenFlow's rules (output to the input port is
 //! skipped, FLOOD goes to every other port, NORMAL is a learning switch keyed
 //! by (MAC, VLAN), a table miss inside a resubmit continues the action list),
-//! and builds the expected frames from scratch with `fallback::packet::build`.
+//! and builds the expected frames from scratch with `testbed::build`.
 
-use fallback::packet::build;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use testbed::build;
 use testbed::traffic::Rng;
 
 /// Trailer every soak packet ends with: magic, flow, seq, window, in_port.

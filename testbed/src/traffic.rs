@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use fallback::packet::build::{self, Ipv4Header, Ipv6Header, Pseudo};
+use crate::build::{self, Ipv4Header, Ipv6Header, Pseudo};
 
 use crate::inject::{Inject, InjectError};
 use crate::matcher::{
