@@ -1,8 +1,8 @@
 use super::engine::{Latency, Rate};
 use super::*;
 use crate::device::{Capabilities, Counters, FlowDevice, Profile};
-use crate::marks::{OffloadKey, PmdRefs};
 use crate::marks::{MarkStatus, MarkTable};
+use crate::marks::{OffloadKey, PmdRefs};
 use crate::rte::{Action, Rule};
 use crate::translate::translate;
 use fallback::cache::FlowCache;
