@@ -1,6 +1,9 @@
 //! The `flowmark` switch: PMD datapath, daemon, control socket, the DPDK
 //! backend (feature `dpdk`) and the demo. The CLI lives in `main.rs`.
 
+// `unsafe` only in `dpdk` (which allows it, with a SAFETY note per block).
+#![deny(unsafe_code)]
+
 pub mod backend;
 pub mod config;
 pub mod control;

@@ -11,6 +11,8 @@
 //! - [`toeplitz`]: the RSS hash;
 //! - [`pool`], [`sink`]: buffer recycling and transmit accounting.
 
+#![forbid(unsafe_code)]
+
 pub mod build;
 pub mod inject;
 pub mod matcher;
