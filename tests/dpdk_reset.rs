@@ -37,34 +37,8 @@ priority=10,in_port=4,udp,tp_dst=3000,actions=output:1
 priority=0,actions=drop
 ";
 
-/// Ethernet/IPv4/UDP frame, 128 bytes, valid IPv4 checksum.
 fn frame(dst_port: u16, seq: u32) -> Vec<u8> {
-    let mut f = vec![0u8; 128];
-    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&(114u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
-    ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
-    let c = csum(ip, 0);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f[34..36].copy_from_slice(&4000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&dst_port.to_be_bytes());
-    f[38..40].copy_from_slice(&(94u16).to_be_bytes());
-    f[42..46].copy_from_slice(&seq.to_be_bytes());
-    f
-}
-
-fn seq_of(f: &[u8]) -> u32 {
-    u32::from_be_bytes([f[42], f[43], f[44], f[45]])
-}
-
-fn dst_of(f: &[u8]) -> u16 {
-    u16::from_be_bytes([f[36], f[37]])
+    udp_frame(128, 4000, dst_port, seq)
 }
 
 fn spec(name: &str, kind: PortType, ofport: u32, devargs: Option<String>) -> PortSpec {
@@ -381,8 +355,8 @@ fn nic_reset_and_device_events() {
     drop(factory);
     let out2 = pcap::read_file(dir.join("out2.pcap")).expect("out2");
     let out3 = pcap::read_file(dir.join("out3.pcap")).expect("out3");
-    assert!(out2.iter().all(|f| dst_of(f) == 1000));
-    assert!(out3.iter().all(|f| dst_of(f) == 2000));
+    assert!(out2.iter().all(|f| dst_port_of(f) == 1000));
+    assert!(out3.iter().all(|f| dst_port_of(f) == 2000));
     let got_a: Vec<u32> = out2.iter().map(|f| seq_of(f)).collect();
     let got_b: Vec<u32> = out3.iter().map(|f| seq_of(f)).collect();
     assert_eq!(got_a, sent_a, "port 2: every A packet once, in order");
