@@ -16,6 +16,7 @@ pub mod pmd;
 pub mod ports;
 pub mod soak;
 pub mod switch;
+pub mod sync;
 pub mod trace;
 
 /// What the environment asks of the tests (one file shared by every crate).

@@ -34,6 +34,7 @@ mod reference;
 #[cfg(test)]
 mod tests;
 
+use crate::sync::Recover;
 use check::check_loop;
 
 use crate::switch::{NamedPortStats, Switch, SwitchConfig, SwitchError};
@@ -235,11 +236,11 @@ struct Shared {
 
 impl Shared {
     fn gate(&self) -> MutexGuard<'_, Gate> {
-        self.gate.lock().unwrap_or_else(|p| p.into_inner())
+        self.gate.lock().recover()
     }
 
     fn example(&self, what: String) {
-        let mut e = self.examples.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e = self.examples.lock().recover();
         if e.len() < EXAMPLES * 3 {
             e.push(what);
         }
