@@ -438,6 +438,7 @@ pub fn run(
         offload: std::env::var_os("FLOWMARK_SOAK_NO_OFFLOAD").is_none(),
         ..SwitchConfig::default()
     })?;
+    sw.set_buffer_sources(|| Some(Box::new(bed.pool().clone())));
     for p in bed.ports() {
         sw.add_port(
             p.name(),

@@ -8,7 +8,7 @@ use crate::pmd::{self, PmdCommand, PmdSettings, PmdSnapshot, PmdThread, WorkerCl
 use crate::sync::Recover;
 use fallback::ofproto::table::{Added, Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
-use fallback::port::{PacketBuf, Port, PortStats};
+use fallback::port::{BufferSource, PacketBuf, Port, PortStats};
 use hashbrown::HashMap;
 use offload::device::FlowDevice;
 use offload::marks::PmdId;
@@ -456,6 +456,17 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
 
     pub fn pmd_snapshots(&self) -> Result<Vec<PmdSnapshot>, SwitchError> {
         self.ask(PmdCommand::Snapshot)
+    }
+
+    /// Gives every PMD a source of buffers for multi-output copies (a
+    /// packet pool: copies then cost no allocation); `make` is called once
+    /// per PMD.
+    pub fn set_buffer_sources(&self, make: impl Fn() -> Option<Box<dyn BufferSource<B>>>) {
+        for pmd in &self.pmds {
+            if let Some(source) = make() {
+                let _ = pmd.commands.send(PmdCommand::SetBufferSource(source));
+            }
+        }
     }
 
     pub fn clear_pmd_counters(&self) {

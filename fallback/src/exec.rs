@@ -121,9 +121,25 @@ pub fn apply_modifications<B: PacketBuf + ?Sized>(
 /// but the last output, the packet itself for the last. After an error,
 /// that output and every later one get the error (to count it as a drop on
 /// that port).
-pub fn execute<B, F>(actions: &[DpAction], pkt: B, info: ParseInfo, mut emit: F)
+pub fn execute<B, F>(actions: &[DpAction], pkt: B, info: ParseInfo, emit: F)
 where
     B: PacketBuf + Clone,
+    F: FnMut(Sink, Result<B, ExecError>),
+{
+    execute_with(actions, pkt, info, B::clone, emit);
+}
+
+/// [`execute`] with the copies for all but the last output made by `copy`
+/// (e.g. into a pooled buffer).
+pub fn execute_with<B, C, F>(
+    actions: &[DpAction],
+    pkt: B,
+    info: ParseInfo,
+    mut copy: C,
+    mut emit: F,
+) where
+    B: PacketBuf,
+    C: FnMut(&B) -> B,
     F: FnMut(Sink, Result<B, ExecError>),
 {
     let mut pkt = pkt;
@@ -139,7 +155,7 @@ where
             emit(step.sink, Ok(pkt));
             return;
         } else {
-            emit(step.sink, Ok(pkt.clone()));
+            emit(step.sink, Ok(copy(&pkt)));
         }
     }
 }

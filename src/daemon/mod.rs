@@ -382,6 +382,7 @@ where
     ) -> Result<Self, DaemonError> {
         let started = Instant::now();
         let switch = Switch::start(config.switch_config())?;
+        switch.set_buffer_sources(|| factory.buffer_source());
         let mut d = Daemon {
             log,
             switch,

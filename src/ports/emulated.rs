@@ -4,7 +4,7 @@
 use super::{drain_resets, NewPort, PortError, PortEvent, PortFactory};
 use crate::config::{PortFamily, PortSpec, PortType};
 use crossbeam_channel::Receiver;
-use fallback::port::HeapPacket;
+use fallback::port::{BufferSource, HeapPacket};
 use std::collections::BTreeMap;
 use testbed::{Inject, Testbed, TestbedConfig};
 /// The emulated testbed's ports (`testbed-nic`, `testbed-vm`).
@@ -147,6 +147,10 @@ impl PortFactory<HeapPacket> for TestbedFactory {
 
     fn poll_events(&mut self) -> Vec<PortEvent> {
         drain_resets(&self.resets)
+    }
+
+    fn buffer_source(&self) -> Option<Box<dyn BufferSource<HeapPacket>>> {
+        Some(Box::new(self.bed.pool().clone()))
     }
 
     fn device_rules(&self, ofport: u32) -> Option<usize> {

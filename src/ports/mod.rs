@@ -11,7 +11,7 @@ pub use self::emulated::TestbedFactory;
 use crate::config::PortFamily;
 use crate::config::PortSpec;
 use crossbeam_channel::Receiver;
-use fallback::port::Port;
+use fallback::port::{BufferSource, Port};
 use offload::device::FlowDevice;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -81,6 +81,12 @@ pub trait PortFactory<B>: Send {
     /// configuration; called between `set_io(false)` and `set_io(true)`.
     fn reset_port(&self, ofport: u32) -> Result<ResetOutcome, PortError> {
         Err(PortError::NoReset { ofport })
+    }
+    /// Where the PMDs take buffers for multi-output copies (the testbed's
+    /// packet pool); `None`: copies are the buffer type's `Clone` (DPDK
+    /// mbufs clone from their mempool).
+    fn buffer_source(&self) -> Option<Box<dyn BufferSource<B>>> {
+        None
     }
     /// Rules on the port's device now, as the device itself counts them
     /// (`None`: the device cannot tell).
