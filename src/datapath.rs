@@ -880,6 +880,19 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     .count_rx_drop(reason, dropped as u64);
                 continue;
             }
+            // One output and nothing else (the common case): the port is
+            // looked up once for the group and no action runs.
+            if let [DpAction::Output(to)] = actions {
+                let to = port_index(out.by_ofport, *to);
+                for &i in members {
+                    let Some(pkt) = batch[i as usize].1.take() else {
+                        continue;
+                    };
+                    out.ports[port_idx].stats.forwarded += 1;
+                    out.send(to, Ok(pkt));
+                }
+                continue;
+            }
             for &i in members {
                 let (_, pkt, info) = &mut batch[i as usize];
                 let Some(pkt) = pkt.take() else { continue };
@@ -972,7 +985,13 @@ impl<B: PacketBuf + Clone + Send + 'static> Emitter<'_, B> {
             }
             Sink::Port(p) => p,
         };
-        let Some(idx) = port_index(self.by_ofport, ofport) else {
+        self.send(port_index(self.by_ofport, ofport), res);
+    }
+
+    /// Queues a packet (or counts its failure) on the port at `idx`.
+    #[inline]
+    fn send(&mut self, idx: Option<usize>, res: Result<B, ExecError>) {
+        let Some(idx) = idx else {
             self.counters.tx_no_such_port += 1;
             return;
         };
