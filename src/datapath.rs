@@ -7,6 +7,7 @@
 //! takes no lock. The pipeline snapshot and the MAC table are consulted only
 //! on upcalls.
 
+use crate::sync::Recover;
 use fallback::actions::DpAction;
 use fallback::cache::{CacheHit, FlowCache, FlowHandle};
 use fallback::exec::{self, ExecError, Sink};
@@ -16,7 +17,9 @@ use fallback::ofproto::mac::{MacLearn, MacTable};
 use fallback::ofproto::table::{Pipeline, RuleId};
 use fallback::ofproto::xlate::{xlate, xlate_hinted, Bridge, XlateDrop};
 use fallback::packet::{self, ParseInfo};
-use fallback::port::{Burst, PacketBuf, Port, PortStats, RxDropReason, TxDropReason, BURST};
+use fallback::port::{
+    BufferSource, Burst, PacketBuf, Port, PortStats, RxDropReason, TxDropReason, BURST,
+};
 use hashbrown::HashMap;
 use offload::marks::{MarkTable, PmdUpdate};
 use serde::Serialize;
@@ -70,10 +73,7 @@ impl BridgeState {
     }
 
     fn macs_mut(&self) -> std::sync::RwLockWriteGuard<'_, MacTable> {
-        match self.macs.write() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        self.macs.write().recover()
     }
 
     /// Learns or refreshes MAC entries (upcalls, the refresh sweep); PMDs
@@ -255,9 +255,9 @@ pub struct PmdCore<B> {
     upcall_budget: usize,
     /// Where punted packets go (the daemon's OpenFlow side), if anywhere.
     punts: Option<crossbeam_channel::Sender<Punt>>,
-    /// The ingress port of the batch being executed (for punts).
-    executing_port: u32,
     rx: Burst<B>,
+    /// Buffers for the extra copies of multi-output actions.
+    copies: Option<Box<dyn BufferSource<B>>>,
     /// The burst's packets with their megaflow; the parse info is `None`
     /// for mark-path packets, which are parsed (lightly) only when their
     /// megaflow's actions need header offsets.
@@ -292,8 +292,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             retired_rule_stats: HashMap::new(),
             upcall_budget: DEFAULT_UPCALL_BUDGET,
             punts: None,
-            executing_port: 0,
             rx: Burst::new(),
+            copies: None,
             batch: Vec::with_capacity(BURST),
         }
     }
@@ -301,6 +301,12 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     /// The bridge clock (MAC learning, refresh and aging run on it).
     pub fn bridge(&self) -> &Arc<BridgeState> {
         &self.bridge
+    }
+
+    /// Where multi-output copies take their buffers (without one, copies
+    /// are `Clone`s).
+    pub fn set_buffer_source(&mut self, source: Box<dyn BufferSource<B>>) {
+        self.copies = Some(source);
     }
 
     pub fn set_upcall_budget(&mut self, budget: usize) {
@@ -384,10 +390,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
 
     #[inline]
     fn port_index(&self, ofport: u32) -> Option<usize> {
-        match self.by_ofport.get(ofport as usize) {
-            Some(&i) if i != u16::MAX => Some(i as usize),
-            _ => None,
-        }
+        port_index(&self.by_ofport, ofport)
     }
 
     pub fn ports(&self) -> &[PmdPort<B>] {
@@ -525,10 +528,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     pub fn revalidate(&mut self) {
         self.counters.revalidations += 1;
         self.mac_version_seen = self.bridge.mac_version.load(Ordering::Acquire);
-        let macs = match self.bridge.macs.read() {
-            Ok(m) => m.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let macs = self.bridge.macs.read().recover().clone();
         let bridge = Bridge {
             pipeline: &self.pipeline,
             macs: &macs,
@@ -667,7 +667,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             }
             return 0;
         }
-        let mut rx = std::mem::take(&mut self.rx);
+        let mut rx = std::mem::replace(&mut self.rx, Burst::unallocated());
         self.process_burst(port_idx, &mut rx, now_ms);
         self.rx = rx;
         self.flush_tx();
@@ -748,10 +748,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     fn upcall(&mut self, port_idx: usize, key: &FlowKey, now_ms: u64) -> Option<FlowHandle> {
         self.counters.upcalls += 1;
         let (x, learn) = {
-            let macs = match self.bridge.macs.read() {
-                Ok(m) => m,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let macs = self.bridge.macs.read().recover();
             let x = xlate(
                 Bridge {
                     pipeline: &self.pipeline,
@@ -842,135 +839,136 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         batch: &mut Vec<(FlowHandle, Option<B>, Option<ParseInfo>)>,
         now_ms: u64,
     ) {
-        // Group index of every packet; groups in order of first appearance.
+        let n = batch.len().min(BURST);
+        // Group the burst per megaflow, groups in order of first
+        // appearance: `order` lists the packets group by group (a counting
+        // sort), so each group's members are one slice and grouping costs
+        // O(packets) however many flows the burst holds.
         let mut groups = [None::<FlowHandle>; BURST];
         let mut group_of = [0u8; BURST];
+        let mut count = [0u8; BURST];
         let mut n_groups = 0;
-        for (i, (h, _, _)) in batch.iter().enumerate().take(BURST) {
-            let g = match groups[..n_groups].iter().position(|g| *g == Some(*h)) {
-                Some(g) => g,
-                None => {
-                    groups[n_groups] = Some(*h);
-                    n_groups += 1;
-                    n_groups - 1
+        for (i, (h, _, _)) in batch.iter().enumerate().take(n) {
+            // Packets of one flow come in runs: try the previous one's group.
+            let prev = if i > 0 { group_of[i - 1] as usize } else { 0 };
+            let g = if n_groups > 0 && groups[prev] == Some(*h) {
+                prev
+            } else {
+                match groups[..n_groups].iter().position(|g| *g == Some(*h)) {
+                    Some(g) => g,
+                    None => {
+                        groups[n_groups] = Some(*h);
+                        n_groups += 1;
+                        n_groups - 1
+                    }
                 }
             };
             group_of[i] = g as u8;
+            count[g] += 1;
         }
-        let n = batch.len().min(BURST);
-        self.executing_port = self.ports[port_idx].ofport;
+        let mut start = [0u8; BURST + 1];
+        for g in 0..n_groups {
+            start[g + 1] = start[g] + count[g];
+        }
+        let mut order = [0u8; BURST];
+        let mut next = start;
+        for (i, g) in group_of[..n].iter().enumerate() {
+            let g = *g as usize;
+            order[next[g] as usize] = i as u8;
+            next[g] += 1;
+        }
+        let mut out = Emitter {
+            ports: &mut self.ports,
+            by_ofport: &self.by_ofport,
+            counters: &mut self.counters,
+            punts: &self.punts,
+            in_port: 0,
+        };
+        out.in_port = out.ports[port_idx].ofport;
+        let copies = &mut self.copies;
         for (g, h) in groups[..n_groups].iter().enumerate() {
             let Some(h) = *h else { continue };
-            let members = || {
-                group_of[..n]
-                    .iter()
-                    .enumerate()
-                    .filter(move |(_, gi)| **gi as usize == g)
-                    .map(|(i, _)| i)
-            };
+            let members = &order[start[g] as usize..start[g + 1] as usize];
             let Some(mf) = self.cache.get_mut(h) else {
                 // Cannot happen (handles are fresh within a burst); never
                 // lose the packets' count if it does.
-                let n = members().count() as u64;
-                self.ports[port_idx]
+                out.ports[port_idx]
                     .stats
-                    .count_rx_drop(RxDropReason::XlateError, n);
+                    .count_rx_drop(RxDropReason::XlateError, members.len() as u64);
                 continue;
             };
-            let actions = Arc::clone(&mf.actions);
-            let drop = mf.drop;
             // Header offsets are needed by modifying actions; TCP flags (for
             // the flow's stats) only where the megaflow may be TCP.
-            let modifies = actions
+            let modifies = mf
+                .actions
                 .iter()
                 .any(|a| !matches!(a, DpAction::Output(_) | DpAction::Controller { .. }));
             let maybe_tcp = mf.r#match.mask.nw_proto() != 0xff
                 || mf.r#match.value.nw_proto() == fallback::key::ipproto::TCP;
             let need_parse = modifies || maybe_tcp;
-            for i in members() {
-                let (_, pkt, info) = &mut batch[i];
+            // The group's statistics in one update.
+            let (mut packets, mut bytes, mut flags) = (0u64, 0usize, 0u16);
+            for &i in members {
+                let (_, pkt, info) = &mut batch[i as usize];
                 let Some(pkt) = pkt else { continue };
                 if info.is_none() && need_parse {
                     *info = Some(packet::parse_offsets(pkt.data()));
                 }
-                let flags = info.map_or(0, |i| i.tcp_flags);
-                mf.stats.hit(pkt.len(), now_ms, flags);
+                flags |= info.map_or(0, |i| i.tcp_flags);
+                packets += 1;
+                bytes += pkt.len();
             }
-            for i in members() {
-                let (_, pkt, info) = &mut batch[i];
-                let Some(pkt) = pkt.take() else { continue };
-                if actions.is_empty() {
-                    let reason = match drop {
-                        Some(XlateDrop::NoMatch) => RxDropReason::NoMatch,
-                        Some(XlateDrop::RecursionTooDeep | XlateDrop::TooManyResubmits) => {
-                            RxDropReason::XlateError
-                        }
-                        _ => RxDropReason::DropAction,
+            mf.stats.packets += packets;
+            mf.stats.bytes += bytes as u64;
+            mf.stats.used = now_ms;
+            mf.stats.tcp_flags |= flags;
+            let actions: &[DpAction] = &mf.actions;
+            if actions.is_empty() {
+                let reason = match mf.drop {
+                    Some(XlateDrop::NoMatch) => RxDropReason::NoMatch,
+                    Some(XlateDrop::RecursionTooDeep | XlateDrop::TooManyResubmits) => {
+                        RxDropReason::XlateError
+                    }
+                    _ => RxDropReason::DropAction,
+                };
+                let dropped = members
+                    .iter()
+                    .filter(|&&i| batch[i as usize].1.take().is_some())
+                    .count();
+                out.ports[port_idx]
+                    .stats
+                    .count_rx_drop(reason, dropped as u64);
+                continue;
+            }
+            // One output and nothing else (the common case): the port is
+            // looked up once for the group and no action runs.
+            if let [DpAction::Output(to)] = actions {
+                let to = port_index(out.by_ofport, *to);
+                for &i in members {
+                    let Some(pkt) = batch[i as usize].1.take() else {
+                        continue;
                     };
-                    self.ports[port_idx].stats.count_rx_drop(reason, 1);
-                    continue;
+                    out.ports[port_idx].stats.forwarded += 1;
+                    out.send(to, Ok(pkt));
                 }
-                self.ports[port_idx].stats.forwarded += 1;
+                continue;
+            }
+            for &i in members {
+                let (_, pkt, info) = &mut batch[i as usize];
+                let Some(pkt) = pkt.take() else { continue };
+                out.ports[port_idx].stats.forwarded += 1;
                 let info = info.unwrap_or(ParseInfo::NONE);
-                exec::execute(&actions, pkt, info, |sink, res| self.emit(sink, res));
+                let copy = |p: &B| match copies.as_mut().and_then(|c| c.take()) {
+                    Some(mut b) => {
+                        b.clone_from(p);
+                        b
+                    }
+                    None => p.clone(),
+                };
+                exec::execute_with(actions, pkt, info, copy, |sink, res| out.emit(sink, res));
             }
         }
         batch.clear();
-    }
-
-    #[inline]
-    fn emit(&mut self, sink: Sink, res: Result<B, ExecError>) {
-        let ofport = match sink {
-            Sink::Controller {
-                table,
-                cookie,
-                max_len,
-                miss,
-            } => {
-                self.counters.controller_punts += 1;
-                let sent = match (&self.punts, &res) {
-                    (Some(tx), Ok(pkt)) => tx
-                        .try_send(Punt::new(
-                            self.executing_port,
-                            table,
-                            cookie,
-                            max_len,
-                            miss,
-                            pkt.data(),
-                        ))
-                        .is_ok(),
-                    _ => false,
-                };
-                if !sent {
-                    self.counters.punts_dropped += 1;
-                }
-                return;
-            }
-            Sink::Port(p) => p,
-        };
-        let Some(idx) = self.port_index(ofport) else {
-            self.counters.tx_no_such_port += 1;
-            return;
-        };
-        let port = &mut self.ports[idx];
-        port.stats.tx_attempted += 1;
-        let pkt = match res {
-            Ok(pkt) => pkt,
-            Err(ExecError::NoHeadroom { .. }) => {
-                port.stats.count_tx_drop(TxDropReason::NoHeadroom, 1);
-                return;
-            }
-        };
-        if pkt.len() > port.max_frame {
-            port.stats.count_tx_drop(TxDropReason::TooBig, 1);
-            return;
-        }
-        if port.tx.is_full() {
-            Self::flush_port(port);
-        }
-        if let Err(_pkt) = port.tx.push(pkt) {
-            port.stats.count_tx_drop(TxDropReason::RingFull, 1);
-        }
     }
 
     /// Queues the control side's frames for this port (its packet-out
@@ -1044,5 +1042,87 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         for port in &mut self.ports {
             Self::flush_port(port);
         }
+    }
+}
+
+/// Where a batch's packets go: the PMD's ports, counters and punt queue,
+/// borrowed apart from its flow cache so that a group's actions are read
+/// in place while its packets are sent.
+struct Emitter<'a, B: PacketBuf> {
+    ports: &'a mut Vec<PmdPort<B>>,
+    by_ofport: &'a [u16],
+    counters: &'a mut PmdCounters,
+    punts: &'a Option<crossbeam_channel::Sender<Punt>>,
+    /// The ingress port of the batch (for punts).
+    in_port: u32,
+}
+
+impl<B: PacketBuf + Clone + Send + 'static> Emitter<'_, B> {
+    #[inline]
+    fn emit(&mut self, sink: Sink, res: Result<B, ExecError>) {
+        let ofport = match sink {
+            Sink::Controller {
+                table,
+                cookie,
+                max_len,
+                miss,
+            } => {
+                self.counters.controller_punts += 1;
+                let sent = match (&self.punts, &res) {
+                    (Some(tx), Ok(pkt)) => tx
+                        .try_send(Punt::new(
+                            self.in_port,
+                            table,
+                            cookie,
+                            max_len,
+                            miss,
+                            pkt.data(),
+                        ))
+                        .is_ok(),
+                    _ => false,
+                };
+                if !sent {
+                    self.counters.punts_dropped += 1;
+                }
+                return;
+            }
+            Sink::Port(p) => p,
+        };
+        self.send(port_index(self.by_ofport, ofport), res);
+    }
+
+    /// Queues a packet (or counts its failure) on the port at `idx`.
+    #[inline]
+    fn send(&mut self, idx: Option<usize>, res: Result<B, ExecError>) {
+        let Some(idx) = idx else {
+            self.counters.tx_no_such_port += 1;
+            return;
+        };
+        let port = &mut self.ports[idx];
+        port.stats.tx_attempted += 1;
+        let pkt = match res {
+            Ok(pkt) => pkt,
+            Err(ExecError::NoHeadroom { .. }) => {
+                port.stats.count_tx_drop(TxDropReason::NoHeadroom, 1);
+                return;
+            }
+        };
+        if pkt.len() > port.max_frame {
+            port.stats.count_tx_drop(TxDropReason::TooBig, 1);
+            return;
+        }
+        if port.tx.is_full() {
+            PmdCore::flush_port(port);
+        }
+        if let Err(_pkt) = port.tx.push(pkt) {
+            port.stats.count_tx_drop(TxDropReason::RingFull, 1);
+        }
+    }
+}
+
+fn port_index(by_ofport: &[u16], ofport: u32) -> Option<usize> {
+    match by_ofport.get(ofport as usize) {
+        Some(&i) if i != u16::MAX => Some(i as usize),
+        _ => None,
     }
 }

@@ -199,6 +199,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
     })
     .map_err(|e| DemoError::Testbed(e.to_string()))?;
     let mut sw: Switch<HeapPacket> = Switch::start(SwitchConfig::default())?;
+    sw.set_buffer_sources(|| Some(Box::new(bed.pool().clone())));
     for p in bed.ports() {
         sw.add_port(
             p.name(),

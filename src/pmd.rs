@@ -8,7 +8,7 @@ use crossbeam_channel::{Receiver, Sender};
 use fallback::cache::FlowHandle;
 use fallback::megaflow::{Megaflow, Ufid};
 use fallback::ofproto::table::{Pipeline, RuleId};
-use fallback::port::{PacketBuf, Port, PortStats};
+use fallback::port::{BufferSource, PacketBuf, Port, PortStats};
 use hashbrown::HashMap;
 use offload::worker::{Offer, PmdRequests, PmdUpdates};
 use serde::Serialize;
@@ -73,6 +73,8 @@ pub enum PmdCommand<B> {
     },
     SetRxqs(Vec<(u32, u16)>),
     SetPipeline(Arc<Pipeline>),
+    /// Where multi-output copies take their buffers.
+    SetBufferSource(Box<dyn BufferSource<B>>),
     Snapshot(Sender<PmdSnapshot>),
     Megaflows(Sender<Vec<MegaflowInfo>>),
     RuleStats(Sender<HashMap<RuleId, (u64, u64)>>),
@@ -256,6 +258,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
             }
             PmdCommand::SetRxqs(rxqs) => self.rxqs = rxqs,
             PmdCommand::SetPipeline(p) => self.core.set_pipeline(p),
+            PmdCommand::SetBufferSource(s) => self.core.set_buffer_source(s),
             PmdCommand::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }

@@ -7,10 +7,11 @@ use crate::datapath::{
     BridgeState, MegaflowInfo, NoOffload, OffloadClient, OutFrame, PmdCore, PACKET_OUT_QUEUE,
 };
 use crate::pmd::{self, PmdCommand, PmdSettings, PmdSnapshot, PmdThread, WorkerClient};
+use crate::sync::Recover;
 use fallback::actions::DpAction;
 use fallback::ofproto::table::{Added, Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
-use fallback::port::{PacketBuf, Port, PortStats, TxDropReason};
+use fallback::port::{BufferSource, PacketBuf, Port, PortStats, TxDropReason};
 use hashbrown::HashMap;
 use offload::device::FlowDevice;
 use offload::marks::PmdId;
@@ -475,10 +476,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
             v
         };
         let x = {
-            let macs = match self.bridge.macs.read() {
-                Ok(m) => m,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let macs = self.bridge.macs.read().recover();
             fallback::ofproto::xlate::xlate_actions(
                 fallback::ofproto::xlate::Bridge {
                     pipeline: &self.pipeline,
@@ -583,6 +581,17 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         self.ask(PmdCommand::Snapshot)
     }
 
+    /// Gives every PMD a source of buffers for multi-output copies (a
+    /// packet pool: copies then cost no allocation); `make` is called once
+    /// per PMD.
+    pub fn set_buffer_sources(&self, make: impl Fn() -> Option<Box<dyn BufferSource<B>>>) {
+        for pmd in &self.pmds {
+            if let Some(source) = make() {
+                let _ = pmd.commands.send(PmdCommand::SetBufferSource(source));
+            }
+        }
+    }
+
     pub fn clear_pmd_counters(&self) {
         for pmd in &self.pmds {
             let _ = pmd.commands.send(PmdCommand::ClearCounters);
@@ -664,10 +673,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
 
     /// A copy of the MAC-learning table (for `trace` against the live state).
     pub fn mac_table(&self) -> fallback::ofproto::mac::MacTable {
-        match self.bridge.macs.read() {
-            Ok(m) => m.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.bridge.macs.read().recover().clone()
     }
 
     /// MAC table housekeeping (aging, on the bridge clock the PMDs learn

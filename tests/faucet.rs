@@ -7,12 +7,12 @@
 //! directory; scripts/test makes it) or the PATH; without it the test is
 //! skipped, unless FLOWMARK_REQUIRE_ORACLES is set.
 
-use fallback::packet::build;
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use testbed::build;
 
 #[path = "support/test_env.rs"]
 mod test_env;

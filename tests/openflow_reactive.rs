@@ -6,12 +6,12 @@
 //! Skipped without ovs-ofctl / ovs-vswitchd unless FLOWMARK_REQUIRE_ORACLES
 //! is set.
 
-use fallback::packet::build;
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use testbed::build;
 
 #[path = "support/test_env.rs"]
 mod test_env;

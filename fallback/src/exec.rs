@@ -125,9 +125,25 @@ pub fn apply_modifications<B: PacketBuf + ?Sized>(
 /// but the last output, the packet itself for the last. After an error,
 /// that output and every later one get the error (to count it as a drop on
 /// that port).
-pub fn execute<B, F>(actions: &[DpAction], pkt: B, info: ParseInfo, mut emit: F)
+pub fn execute<B, F>(actions: &[DpAction], pkt: B, info: ParseInfo, emit: F)
 where
     B: PacketBuf + Clone,
+    F: FnMut(Sink, Result<B, ExecError>),
+{
+    execute_with(actions, pkt, info, B::clone, emit);
+}
+
+/// [`execute`] with the copies for all but the last output made by `copy`
+/// (e.g. into a pooled buffer).
+pub fn execute_with<B, C, F>(
+    actions: &[DpAction],
+    pkt: B,
+    info: ParseInfo,
+    mut copy: C,
+    mut emit: F,
+) where
+    B: PacketBuf,
+    C: FnMut(&B) -> B,
     F: FnMut(Sink, Result<B, ExecError>),
 {
     let mut pkt = pkt;
@@ -143,7 +159,7 @@ where
             emit(step.sink, Ok(pkt));
             return;
         } else {
-            emit(step.sink, Ok(pkt.clone()));
+            emit(step.sink, Ok(copy(&pkt)));
         }
     }
 }
@@ -404,10 +420,10 @@ fn pop_vlan<B: PacketBuf + ?Sized>(pkt: &mut B, info: &mut ParseInfo) {
 mod tests {
     use super::*;
     use crate::key::{FlowKey, VLAN_CFI};
-    use crate::packet::build::*;
     use crate::packet::{ipv6_ext, parse};
     use crate::port::{HeapPacket, HEADROOM};
     use std::net::{Ipv4Addr, Ipv6Addr};
+    use testbed::build::*;
 
     const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const IP_B: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 3);

@@ -231,6 +231,15 @@ impl PacketBuf for HeapPacket {
     }
 }
 
+/// Where a datapath takes the buffer for a packet's extra copy (every
+/// output but the last of a multi-output action list): a packet pool, so
+/// that copying costs no allocation. `None` when none is free; the copy
+/// then falls back to `Clone`. (DPDK mbufs need none: their `Clone` takes
+/// from the mempool.)
+pub trait BufferSource<B>: Send {
+    fn take(&mut self) -> Option<B>;
+}
+
 /// Up to [`BURST`] packets, owned.
 ///
 /// A `Vec` whose capacity is reserved once and never exceeded: a burst kept
@@ -250,6 +259,13 @@ impl<P> Burst<P> {
         Burst {
             pkts: Vec::with_capacity(BURST),
         }
+    }
+
+    /// A burst with no slots (no allocation): a placeholder while a burst
+    /// is lent out, e.g. `std::mem::replace(&mut own, Burst::unallocated())`
+    /// (`std::mem::take` would allocate a fresh burst every time).
+    pub const fn unallocated() -> Self {
+        Burst { pkts: Vec::new() }
     }
 
     pub fn len(&self) -> usize {

@@ -118,6 +118,13 @@ impl PacketPool {
     }
 }
 
+/// Copies for multi-output actions come from the pool's free list.
+impl fallback::port::BufferSource<HeapPacket> for PacketPool {
+    fn take(&mut self) -> Option<HeapPacket> {
+        self.get_side.try_recv().ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
