@@ -339,6 +339,15 @@ fn faucet_runs_flowmark() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // `flowmark flow dump` shows them too, with Faucet's instructions.
+    let dump = rig.cli(&["flow", "dump"]).to_string();
+    for want in [
+        "dl_src=0e:00:00:00:0a:01",
+        "dl_dst=0e:00:00:00:0a:02",
+        "goto_table:",
+    ] {
+        assert!(dump.contains(want), "flow dump shows {want}: {dump}");
+    }
     // Unicast both ways, forwarded by the switch alone: no PACKET_IN.
     let punts = rig.punts();
     assert!(punts >= 2, "Faucet learned from PACKET_INs ({punts} punts)");
