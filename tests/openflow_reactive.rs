@@ -814,7 +814,7 @@ fn monitor_sees_packet_ins_and_flow_removed() {
 
 /// The OpenFlow 1.3 pipeline as controllers use it: goto_table, the action
 /// set (write_actions, clear_actions, run when the pipeline ends), apply
-/// actions before a goto. The same rules go into flowmark and Open vSwitch;
+/// actions before a goto, write_metadata and a metadata match. The same rules go into flowmark and Open vSwitch;
 /// packet-outs to TABLE must leave both with the same frames, and
 /// dump-flows shows the instructions as Open vSwitch does.
 #[test]
@@ -836,20 +836,31 @@ fn of13_pipeline_matches_open_vswitch() {
         "table=1,priority=10,udp,tp_dst=1111,actions=output:1,clear_actions",
         "table=1,priority=10,udp,tp_dst=3333,actions=output:1,write_actions(output:2)",
         "table=2,priority=1,actions=write_actions(output:2)",
+        "table=0,priority=20,udp,tp_dst=4444,actions=write_metadata:0x5/0xff,goto_table:1",
+        "table=1,priority=20,metadata=0x5/0xff,udp,actions=output:3",
+        "table=1,priority=30,metadata=0x6/0xff,udp,actions=output:1",
+        "table=1,priority=20,metadata=0x1234,udp,actions=output:1",
     ];
     for t in [&fm.target, &ovs.target] {
         for f in flows {
             ofctl_ok(t, &["add-flow", f]);
         }
     }
+    // Each rule as dump-flows prints it, counters and ages left out.
     let actions_of = |dump: &str| -> Vec<String> {
         let mut v: Vec<String> = dump
             .lines()
-            .filter_map(|l| {
-                let table = field(l, "table").unwrap_or("0").to_string();
-                let prio = field(l, "priority")?.to_string();
-                let acts = l.split("actions=").nth(1)?.to_string();
-                Some(format!("table={table},priority={prio},actions={acts}"))
+            .filter(|l| l.contains("actions="))
+            .map(|l| {
+                l.trim()
+                    .split(", ")
+                    .filter(|kv| {
+                        !["cookie=", "duration=", "n_packets=", "n_bytes="]
+                            .iter()
+                            .any(|p| kv.starts_with(p))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
             })
             .collect();
         v.sort();
@@ -866,6 +877,10 @@ fn of13_pipeline_matches_open_vswitch() {
         ("udp 1111: cleared, apply output only", udp_to(1111, 20)),
         ("udp 3333: apply then the set's output", udp_to(3333, 20)),
         ("udp 2222: a miss in table 1", udp_to(2222, 20)),
+        (
+            "udp 4444: write_metadata, matched in table 1",
+            udp_to(4444, 20),
+        ),
         ("arp: tag pushed, then table 2's set", arp_request()),
     ] {
         let po = format!("in_port=controller packet={} actions=table", hex(&frame));

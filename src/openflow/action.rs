@@ -137,7 +137,10 @@ pub fn encode_action(a: &OfAction, ctx: &ActionContext, out: &mut Vec<u8>) {
             table.unwrap_or(0xff),
         ),
         // Instructions, not actions: `encode_instructions` writes them.
-        OfAction::Write(_) | OfAction::ClearActions | OfAction::GotoTable(_) => {}
+        OfAction::Write(_)
+        | OfAction::ClearActions
+        | OfAction::GotoTable(_)
+        | OfAction::WriteMetadata { .. } => {}
         OfAction::Mod(f, v) | OfAction::SetField(f, v) => {
             let l4 = |tcp: OxmField, udp: OxmField, sctp: OxmField| match ctx.nw_proto {
                 Some(ipproto::UDP) => udp,
@@ -191,7 +194,10 @@ pub fn encode_instructions(actions: &[OfAction], ctx: &ActionContext, out: &mut 
     let is_instruction = |a: &OfAction| {
         matches!(
             a,
-            OfAction::Write(_) | OfAction::ClearActions | OfAction::GotoTable(_)
+            OfAction::Write(_)
+                | OfAction::ClearActions
+                | OfAction::GotoTable(_)
+                | OfAction::WriteMetadata { .. }
         )
     };
     let apply: Vec<OfAction> = actions
@@ -225,6 +231,16 @@ pub fn encode_instructions(actions: &[OfAction], ctx: &ActionContext, out: &mut 
     }
     if !written.is_empty() {
         actions_instruction(it::WRITE_ACTIONS, &written, out);
+    }
+    if let Some((value, mask)) = actions.iter().find_map(|a| match a {
+        OfAction::WriteMetadata { value, mask } => Some((*value, *mask)),
+        _ => None,
+    }) {
+        out.put_u16(it::WRITE_METADATA);
+        out.put_u16(24);
+        out.put_zeros(4);
+        out.put_u64(value);
+        out.put_u64(mask);
     }
     if let Some(t) = actions.iter().find_map(|a| match a {
         OfAction::GotoTable(t) => Some(*t),
@@ -490,6 +506,7 @@ pub fn decode_instructions(
     let mut write: Option<Vec<OfAction>> = None;
     let mut goto: Option<u8> = None;
     let mut clear = false;
+    let mut metadata: Option<(u64, u64)> = None;
     while !r.is_empty() {
         let bad_len = |d: &str| OfpError::bad_instruction(Bic::BadLen, d.to_string());
         let ty = r
@@ -544,10 +561,14 @@ pub fn decode_instructions(
                 clear = true;
             }
             it::WRITE_METADATA => {
-                return Err(OfpError::bad_instruction(
-                    Bic::UnsupMetadata,
-                    "flowmark has no metadata field",
-                ))
+                dup(metadata.is_some())?;
+                if len != 24 {
+                    return Err(bad_len("write_metadata is 24 bytes"));
+                }
+                b.skip(4).map_err(|_| bad_len("write_metadata"))?;
+                let value = b.u64().map_err(|_| bad_len("write_metadata"))?;
+                let mask = b.u64().map_err(|_| bad_len("write_metadata"))?;
+                metadata = Some((value, mask));
             }
             it::METER => {
                 return Err(OfpError::bad_instruction(
@@ -581,6 +602,9 @@ pub fn decode_instructions(
             )
         })?;
         actions.push(OfAction::Write(w));
+    }
+    if let Some((value, mask)) = metadata {
+        actions.push(OfAction::WriteMetadata { value, mask });
     }
     if let Some(t) = goto {
         actions.push(OfAction::GotoTable(t));

@@ -102,6 +102,9 @@ pub enum OfAction {
     ClearActions,
     /// OpenFlow 1.3 `goto_table:N` (always the last of a rule's actions).
     GotoTable(u8),
+    /// OpenFlow 1.3 `write_metadata:VALUE/MASK`: the masked bits of the
+    /// pipeline metadata take `value`'s (before a `GotoTable`).
+    WriteMetadata { value: u64, mask: u64 },
 }
 
 /// An action of the OpenFlow 1.3 action set (`write_actions`). The set

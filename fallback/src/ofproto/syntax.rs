@@ -311,7 +311,12 @@ fn prereq_met(f: Field, dl_type: u16, nw_proto: u8) -> bool {
         Field::TcpFlags => (ip4 || ip6) && nw_proto == ipproto::TCP,
         Field::Ipv6Src | Field::Ipv6Dst => ip6,
         Field::ArpSha | Field::ArpTha => arp,
-        Field::InPort | Field::DlType | Field::VlanTci | Field::DlSrc | Field::DlDst => true,
+        Field::InPort
+        | Field::DlType
+        | Field::VlanTci
+        | Field::DlSrc
+        | Field::DlDst
+        | Field::Metadata => true,
     }
 }
 
@@ -2094,6 +2099,7 @@ fn format_actions(actions: &[OfAction], m: &Match) -> String {
                 | OfAction::Write(_)
                 | OfAction::ClearActions
                 | OfAction::GotoTable(_)
+                | OfAction::WriteMetadata { .. }
         )
     });
     let nw_proto = (m.value.get(Field::NwProto) & m.mask.get(Field::NwProto)) as u8;
@@ -2186,6 +2192,10 @@ fn format_action(a: &OfAction) -> String {
         OfAction::Write(w) => format!("write_actions({})", format_action(&w.action())),
         OfAction::ClearActions => "clear_actions".into(),
         OfAction::GotoTable(t) => format!("goto_table:{t}"),
+        OfAction::WriteMetadata { value, mask } if mask == u64::MAX => {
+            format!("write_metadata:{value:#x}")
+        }
+        OfAction::WriteMetadata { value, mask } => format!("write_metadata:{value:#x}/{mask:#x}"),
         OfAction::Resubmit { port, table } => match (port, table) {
             (Some(p), None) => format!("resubmit:{}", fmt_port(p)),
             (p, t) => format!(
@@ -2329,6 +2339,12 @@ fn format_match_items(m: &Match, items: &mut Vec<String>) {
     let mut skip_proto = false;
     let arp = dl_type == ethertype::ARP || dl_type == ETH_TYPE_RARP;
 
+    // OpenFlow 1.3 pipeline metadata (rules from OpenFlow only).
+    match msk(Field::Metadata) as u64 {
+        0 => {}
+        u64::MAX => items.push(format!("metadata={:#x}", val(Field::Metadata))),
+        mask => items.push(format!("metadata={:#x}/{mask:#x}", val(Field::Metadata))),
+    }
     if msk(Field::DlType) != 0 {
         skip_type = true;
         let proto_masked = msk(Field::NwProto) != 0;

@@ -169,6 +169,9 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
 
     let matched = ctx.table_lookup(0);
     ctx.run_action_set();
+    // Metadata is zero when a packet enters and every write to it follows
+    // from bits the mask already holds: not part of the megaflow.
+    ctx.wc.set(Field::Metadata, 0);
     let mut wc = ctx.wc;
     if wc.get(Field::VlanTci) != 0 {
         wc.or_field(Field::VlanTci, VLAN_CFI as u128);
@@ -362,6 +365,11 @@ impl Ctx<'_> {
                     self.set_origin = (table, cookie);
                 }
                 OfAction::ClearActions => self.action_set.clear(),
+                OfAction::WriteMetadata { value, mask } => {
+                    let cur = self.flow.get(Field::Metadata) as u64;
+                    let new = (cur & !mask) | (value & mask);
+                    self.flow.set(Field::Metadata, u128::from(new));
+                }
                 // The pipeline goes on in a later table (a miss there ends it).
                 OfAction::GotoTable(t) => self.resubmit(None, t),
             }
@@ -791,6 +799,41 @@ mod tests {
             x.actions,
             vec![DpAction::Set(Field::NwTtl, 7), DpAction::Output(3)]
         );
+    }
+
+    #[test]
+    fn metadata_steers_later_tables_and_stays_out_of_the_megaflow() {
+        let mut p = Pipeline::new();
+        p.add(rule(
+            0,
+            1,
+            udp_match(),
+            vec![
+                OfAction::WriteMetadata {
+                    value: 0x50,
+                    mask: 0xf0,
+                },
+                OfAction::GotoTable(1),
+            ],
+        ));
+        let mut m = Match::ANY;
+        m.set_masked(Field::Metadata, 0x50, 0xf0);
+        p.add(rule(1, 5, m, vec![OfAction::Output(2)]));
+        let mut m = Match::ANY;
+        m.set_masked(Field::Metadata, 0x60, 0xf0);
+        p.add(rule(1, 9, m, vec![OfAction::Output(3)]));
+        let x = run(&p, &udp_key(1, 1, 2, 3, 4));
+        assert_eq!(x.actions, vec![DpAction::Output(2)]);
+        assert_eq!(
+            x.mask.get(Field::Metadata),
+            0,
+            "metadata is not in the megaflow"
+        );
+        // A packet that never had metadata written misses both.
+        let mut arp = FlowKey::ZERO;
+        arp.set(Field::InPort, 1);
+        arp.set(Field::DlType, 0x0806);
+        assert!(run(&p, &arp).actions.is_empty());
     }
 
     #[test]
