@@ -10,10 +10,12 @@
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use testbed::build;
 
+#[path = "support/daemon.rs"]
+mod daemon;
 #[path = "support/test_env.rs"]
 mod test_env;
 
@@ -27,21 +29,6 @@ const HOST_A: [u8; 6] = [0x0e, 0, 0, 0, 0x0a, 0x01];
 const HOST_B: [u8; 6] = [0x0e, 0, 0, 0, 0x0a, 0x02];
 const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -88,19 +75,13 @@ fn udp(src: [u8; 6], dst: [u8; 6], sip: Ipv4Addr, dip: Ipv4Addr, n: u8) -> Vec<u
 }
 
 struct Rig {
-    dir: PathBuf,
-    socket: PathBuf,
+    d: daemon::Daemon,
     target: String,
 }
 
 impl Rig {
     fn cli(&self, args: &[&str]) -> Value {
-        let text = run(Command::new(env!("CARGO_BIN_EXE_flowmark"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .arg("--json"));
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+        self.d.json(args)
     }
 
     fn dump_flows(&self) -> String {
@@ -114,7 +95,7 @@ impl Rig {
     }
 
     fn inject(&self, port: &str, frames: &[Vec<u8>], name: &str) {
-        let path = self.dir.join(format!("{name}.pcap"));
+        let path = self.d.path(&format!("{name}.pcap"));
         testbed::pcap::write_file(&path, Duration::ZERO, frames.iter().map(Vec::as_slice))
             .expect("pcap written");
         self.cli(&[
@@ -127,9 +108,7 @@ impl Rig {
     }
 
     fn take(&self, port: &str) -> Vec<Vec<u8>> {
-        self.cli(&["port", "capture", port])["frames"]
-            .as_array()
-            .expect("frames")
+        daemon::arr(&self.cli(&["port", "capture", port])["frames"])
             .iter()
             .map(|f| {
                 let s = f.as_str().expect("hex");
@@ -204,10 +183,8 @@ fn faucet_runs_flowmark() {
     if !test_env::oracle("ovs-ofctl", "--version", "openvswitch-common") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("flowmark-faucet-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let tmp = TempDir(dir.clone());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
 
     // Faucet: its OpenFlow listener, Prometheus exporter and logs are the
     // test's own.
@@ -230,7 +207,7 @@ fn faucet_runs_flowmark() {
     )
     .expect("PATH");
     let faucet_log = dir.join("faucet.log");
-    let _faucet = Killed(
+    let _faucet = daemon::KillOnDrop(
         Command::new(bin.join("faucet"))
             .arg(format!("--ryu-ofp-tcp-listen-port={of_port}"))
             .arg("--ryu-ofp-listen-host=127.0.0.1")
@@ -249,40 +226,19 @@ fn faucet_runs_flowmark() {
 
     // flowmark connects to Faucet and listens for ovs-ofctl.
     let listen = free_port();
-    let fm_config = dir.join("flowmark.toml");
-    std::fs::write(
-        &fm_config,
-        format!(
-            "pmd_cores = [0]\n[[port]]\nname = \"nic0\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"nic1\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"vm0\"\ntype = \"testbed-vm\"\n[openflow]\ncontroller = \"tcp:127.0.0.1:{of_port}\"\nlisten = \"ptcp:{listen}:127.0.0.1\"\ndatapath_id = {DP_ID}\n"
-        ),
-    )
-    .expect("flowmark config");
-    let socket = dir.join("flowmark.sock");
-    let fm_log = dir.join("flowmark.log");
-    let _flowmark = Killed(
-        Command::new(env!("CARGO_BIN_EXE_flowmark"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("run")
-            .arg("--config")
-            .arg(&fm_config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&fm_log).expect("file"))
-            .spawn()
-            .expect("flowmark run starts"),
-    );
-    wait_listening(listen, "flowmark", &fm_log);
+    let d = daemon::Daemon::start(Some(&format!(
+        "pmd_cores = [0]\n[[port]]\nname = \"nic0\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"nic1\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"vm0\"\ntype = \"testbed-vm\"\n[openflow]\ncontroller = \"tcp:127.0.0.1:{of_port}\"\nlisten = \"ptcp:{listen}:127.0.0.1\"\ndatapath_id = {DP_ID}\n"
+    )));
+    wait_listening(listen, "flowmark", &faucet_log);
     let rig = Rig {
-        dir: dir.clone(),
-        socket,
+        d,
         target: format!("tcp:127.0.0.1:{listen}"),
     };
     let logs = || {
         format!(
-            "faucet.log:\n{}\nfaucet-exception.log:\n{}\nflowmark.log:\n{}",
+            "faucet.log:\n{}\nfaucet-exception.log:\n{}",
             std::fs::read_to_string(&faucet_log).unwrap_or_default(),
             std::fs::read_to_string(dir.join("faucet-exception.log")).unwrap_or_default(),
-            std::fs::read_to_string(&fm_log).unwrap_or_default()
         )
     };
 
@@ -374,5 +330,4 @@ fn faucet_runs_flowmark() {
         "Faucet raised no exception:\n{}",
         logs()
     );
-    drop(tmp);
 }

@@ -9,23 +9,17 @@
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use testbed::build;
 
+#[path = "support/daemon.rs"]
+mod daemon;
 #[path = "support/test_env.rs"]
 mod test_env;
 
 /// How long anything asynchronous may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(20);
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn output(cmd: &mut Command) -> Output {
     cmd.output()
@@ -75,78 +69,49 @@ fn ofctl_ok(target: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `flowmark run` with the default testbed ports (nic0, nic1, vm0 as 1, 2,
-/// 3) and an OpenFlow listener.
+/// `flowmark run` (the shared test harness, `tests/support/daemon.rs`) with
+/// the default testbed ports (nic0, nic1, vm0 as 1, 2, 3) and an OpenFlow
+/// listener.
 struct Flowmark {
-    _daemon: Killed,
+    d: daemon::Daemon,
     dir: PathBuf,
-    socket: PathBuf,
     target: String,
 }
 
 impl Flowmark {
-    fn start(dir: &Path) -> Flowmark {
+    fn start() -> Flowmark {
         let port = free_port();
-        let config = dir.join("flowmark.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "pmd_cores = [0]\n[[port]]\nname = \"nic0\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"nic1\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"vm0\"\ntype = \"testbed-vm\"\n[openflow]\nlisten = \"ptcp:{port}\"\n"
-            ),
-        )
-        .expect("config");
-        let socket = dir.join("flowmark.sock");
-        let daemon = Killed(
-            Command::new(env!("CARGO_BIN_EXE_flowmark"))
-                .arg("--socket")
-                .arg(&socket)
-                .arg("run")
-                .arg("--config")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join("flowmark.log")).expect("log file"))
-                .spawn()
-                .expect("flowmark run starts"),
-        );
+        let d = daemon::Daemon::start(Some(&format!(
+            "pmd_cores = [0]\n[[port]]\nname = \"nic0\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"nic1\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"vm0\"\ntype = \"testbed-vm\"\n[openflow]\nlisten = \"ptcp:{port}\"\n"
+        )));
         wait_listening(port, "flowmark");
         Flowmark {
-            _daemon: daemon,
-            dir: dir.to_path_buf(),
-            socket,
+            dir: d.dir.path().to_path_buf(),
+            d,
             target: format!("tcp:127.0.0.1:{port}"),
         }
     }
 
     fn cli(&self, args: &[&str]) -> Value {
-        let text = run(Command::new(env!("CARGO_BIN_EXE_flowmark"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .arg("--json"));
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+        self.d.json(args)
     }
 
     /// tx_attempted of every port, summed.
     fn tx_attempted(&self) -> u64 {
         self.port_stats()
             .iter()
-            .map(|p| p["tx_attempted"].as_u64().unwrap_or(0))
+            .map(|p| daemon::u(&p["tx_attempted"]))
             .sum()
     }
 
     fn port_stats(&self) -> Vec<Value> {
-        self.cli(&["port", "stats"])
-            .as_array()
-            .cloned()
-            .expect("port stats is a list")
+        daemon::arr(&self.cli(&["port", "stats"]))
     }
 
     /// The frames each port sent since the last call, by OpenFlow port.
     fn take_frames(&self) -> [Vec<Vec<u8>>; 3] {
         ["nic0", "nic1", "vm0"].map(|name| {
-            self.cli(&["port", "capture", name])["frames"]
-                .as_array()
-                .expect("frames")
+            daemon::arr(&self.cli(&["port", "capture", name])["frames"])
                 .iter()
                 .map(|f| unhex(f.as_str().expect("hex")))
                 .collect()
@@ -331,21 +296,6 @@ fn have_oracles() -> bool {
         && test_env::oracle("ovs-vswitchd", "--version", "openvswitch-switch")
 }
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let d = std::env::temp_dir().join(format!("flowmark-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("temp dir");
-        TempDir(d)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn arp_request() -> Vec<u8> {
     let arp = build::arp(
         1,
@@ -379,13 +329,9 @@ fn packet_out_matrix_matches_open_vswitch() {
     if !have_oracles() {
         return;
     }
-    let tmp = TempDir::new("packet-out");
-    let fm_dir = tmp.0.join("flowmark");
-    let ovs_dir = tmp.0.join("ovs");
-    std::fs::create_dir_all(&fm_dir).expect("dir");
-    std::fs::create_dir_all(&ovs_dir).expect("dir");
-    let fm = Flowmark::start(&fm_dir);
-    let mut ovs = Ovs::start(&ovs_dir);
+    let ovs_dir = tempfile::tempdir().expect("tempdir");
+    let fm = Flowmark::start();
+    let mut ovs = Ovs::start(ovs_dir.path());
     // For output:TABLE: the same rule in both.
     for t in [&fm.target, &ovs.target] {
         ofctl_ok(
@@ -480,16 +426,7 @@ fn packet_out_matrix_matches_open_vswitch() {
         );
         assert!(f.is_some_and(|c| c[3] > 0), "port {p} sent bytes");
     }
-    for p in fm.port_stats() {
-        let dropped: u64 = p["tx_dropped"]
-            .as_object()
-            .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
-        assert_eq!(
-            p["tx_attempted"].as_u64(),
-            p["tx"].as_u64().map(|t| t + dropped),
-            "tx_attempted = tx + drops: {p}"
-        );
-    }
+    daemon::check_accounting(&fm.port_stats());
 }
 
 /// LOCAL, groups and unknown buffers are refused with the OpenFlow error
@@ -499,8 +436,7 @@ fn refused_packet_outs_send_nothing() {
     if !test_env::oracle("ovs-ofctl", "--version", "openvswitch-common") {
         return;
     }
-    let tmp = TempDir::new("packet-out-refused");
-    let fm = Flowmark::start(&tmp.0);
+    let fm = Flowmark::start();
     let frame = hex(&arp_request());
     for (actions, error) in [
         ("output:1,local", "OFPBAC_BAD_OUT_PORT"),
@@ -529,20 +465,19 @@ fn refused_packet_outs_send_nothing() {
     let got = fm.take_frames();
     assert_eq!(got, [vec![], vec![arp_request()], vec![]]);
     assert_eq!(fm.tx_attempted(), 1, "nothing of the refused ones went out");
-    let _ = &fm.dir;
 }
 
 /// `ovs-ofctl -O OpenFlow13 monitor TARGET MISS_SEND_LEN`: every line it
 /// prints, from both of its streams.
 struct Monitor {
-    _child: Killed,
+    _child: daemon::KillOnDrop,
     lines: std::sync::mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Monitor {
     fn start(fm: &Flowmark, miss_send_len: u16) -> Monitor {
-        let mut child = Killed(
+        let mut child = daemon::KillOnDrop(
             // Line-buffered: ovs-ofctl's stdio buffers a pipe fully.
             Command::new("stdbuf")
                 .args(["-oL", "ovs-ofctl", "-O", "OpenFlow13"])
@@ -638,8 +573,7 @@ fn monitor_sees_packet_ins_and_flow_removed() {
     if !test_env::oracle("ovs-ofctl", "--version", "openvswitch-common") {
         return;
     }
-    let tmp = TempDir::new("monitor");
-    let fm = Flowmark::start(&tmp.0);
+    let fm = Flowmark::start();
     let mut mon = Monitor::start(&fm, 65535);
     let deadline = Instant::now() + DEADLINE;
     // The monitor is registered once a packet-out's controller copy shows.
@@ -680,7 +614,7 @@ fn monitor_sees_packet_ins_and_flow_removed() {
         ofctl_ok(&fm.target, &["add-flow", flow]);
     }
     let inject = |frames: &[Vec<u8>], name: &str| {
-        let path = tmp.0.join(format!("{name}.pcap"));
+        let path = fm.dir.join(format!("{name}.pcap"));
         testbed::pcap::write_file(&path, Duration::ZERO, frames.iter().map(Vec::as_slice))
             .expect("pcap written");
         fm.cli(&[
@@ -822,13 +756,9 @@ fn of13_pipeline_matches_open_vswitch() {
     if !have_oracles() {
         return;
     }
-    let tmp = TempDir::new("of13-pipeline");
-    let fm_dir = tmp.0.join("flowmark");
-    let ovs_dir = tmp.0.join("ovs");
-    std::fs::create_dir_all(&fm_dir).expect("dir");
-    std::fs::create_dir_all(&ovs_dir).expect("dir");
-    let fm = Flowmark::start(&fm_dir);
-    let mut ovs = Ovs::start(&ovs_dir);
+    let ovs_dir = tempfile::tempdir().expect("tempdir");
+    let fm = Flowmark::start();
+    let mut ovs = Ovs::start(ovs_dir.path());
     let flows = [
         "table=0,priority=10,udp,actions=write_actions(output:3),goto_table:1",
         "table=0,priority=5,arp,actions=push_vlan:0x8100,set_field:4196->vlan_vid,goto_table:2",
