@@ -82,7 +82,7 @@ impl Flowmark {
     fn start() -> Flowmark {
         let port = free_port();
         let d = daemon::Daemon::start(Some(&format!(
-            "pmd_cores = [0]\n[[port]]\nname = \"nic0\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"nic1\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"vm0\"\ntype = \"testbed-vm\"\n[openflow]\nlisten = \"ptcp:{port}\"\n"
+            "pmd_cores = [0]\n[[port]]\nname = \"nic0\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"nic1\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"vm0\"\ntype = \"testbed-vm\"\n[openflow]\nlisten = \"ptcp:{port}\"\ndatapath_id = 0x14\n"
         )));
         wait_listening(port, "flowmark");
         Flowmark {
@@ -449,6 +449,13 @@ fn refused_packet_outs_send_nothing() {
         assert!(!out.status.success(), "{po} refused");
         assert!(err.contains(error), "{po}: {err}");
     }
+    // The configured datapath id; every port up (LIVE, not PORT_DOWN).
+    let show = ofctl_ok(&fm.target, &["show"]);
+    assert!(show.contains("dpid:0000000000000014"), "{show}");
+    assert!(show.contains("n_buffers:0"), "{show}");
+    let desc = ofctl_ok(&fm.target, &["dump-ports-desc"]);
+    assert_eq!(desc.matches("state:      LIVE").count(), 3, "{desc}");
+    assert_eq!(desc.matches("config:     0").count(), 3, "{desc}");
     // The same connection-level service goes on: a good one goes out.
     ofctl_ok(
         &fm.target,
@@ -602,6 +609,14 @@ fn monitor_sees_packet_ins_and_flow_removed() {
         );
     }
 
+    // A new port is announced up.
+    fm.cli(&["port", "add", "vm1", "--type", "testbed-vm"]);
+    mon.wait_for(&["PORT_STATUS", "ADD", "vm1"], deadline)
+        .unwrap_or_else(|| panic!("PORT_STATUS for vm1:\n{}", mon.transcript()));
+    let live = mon
+        .wait_for(&["state:", "LIVE"], deadline)
+        .unwrap_or_else(|| panic!("vm1 announced LIVE:\n{}", mon.transcript()));
+    assert!(!live.contains("LINK_DOWN"), "{live}");
     for flow in [
         "priority=0,actions=controller:65535",
         "priority=20,in_port=1,udp,tp_dst=2000,actions=controller:50",
