@@ -13,7 +13,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "flowmark",
-    version,
+    version = flowmark::VERSION,
     about = "A hardware-offload-first userspace switch"
 )]
 struct Cli {

@@ -703,7 +703,11 @@ where
                 self.poll_resets();
                 Ok(json!({"name": name, "reset": true}))
             }
-            Request::Version => Ok(json!({"version": env!("CARGO_PKG_VERSION")})),
+            Request::Version => Ok(json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "commit": crate::GIT_COMMIT,
+                "dpdk": cfg!(feature = "dpdk"),
+            })),
         }
     }
 
