@@ -19,6 +19,9 @@
 //!
 //! [openflow]
 //! listen = "ptcp:6653"
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9464"
 //! ```
 
 use offload::device::Profile;
@@ -268,6 +271,20 @@ pub struct OpenFlowSection {
     pub controller: Option<String>,
 }
 
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsSection {
+    /// Where `/metrics` is served, e.g. `127.0.0.1:9464`.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[metrics]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
+}
+
 /// One `[[port]]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -301,6 +318,8 @@ struct RawConfig {
     ports: Vec<RawPort>,
     #[serde(default)]
     openflow: OpenFlowSection,
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 /// The checked configuration.
@@ -321,6 +340,7 @@ pub struct Config {
     pub emc_insert_inv_prob: Option<u32>,
     pub dpdk: DpdkSection,
     pub openflow: OpenFlowSection,
+    pub metrics: MetricsSection,
     /// Notes for the log (settings accepted but not fully honoured).
     pub warnings: Vec<String>,
 }
@@ -340,6 +360,7 @@ impl Default for Config {
             emc_insert_inv_prob: None,
             dpdk: DpdkSection::default(),
             openflow: OpenFlowSection::default(),
+            metrics: MetricsSection::default(),
             warnings: Vec::new(),
         }
     }
@@ -471,6 +492,23 @@ impl Config {
             }
         };
 
+        let metrics = match &raw.metrics.listen {
+            None => MetricsSection::default(),
+            Some(l) => {
+                let addr = l.get_ref().parse().map_err(|_| {
+                    at(
+                        l.span(),
+                        "listen",
+                        format!(
+                            "[metrics] listen = {:?}: give IP:PORT, e.g. \"127.0.0.1:9464\"",
+                            l.get_ref()
+                        ),
+                    )
+                })?;
+                MetricsSection { listen: Some(addr) }
+            }
+        };
+
         let mut ports = Vec::new();
         let mut names = HashSet::new();
         let mut family: Option<(PortFamily, Range<usize>)> = None;
@@ -573,6 +611,7 @@ impl Config {
             emc_insert_inv_prob: raw.emc_insert_inv_prob,
             dpdk: raw.dpdk,
             openflow: raw.openflow,
+            metrics,
             warnings,
         })
     }
@@ -797,6 +836,20 @@ listen = "ptcp:6653"
             assert!(e.contains("--features dpdk"), "{e}");
             assert!(e.starts_with("test.toml:3: key `type`"), "{e}");
         }
+    }
+
+    #[test]
+    fn metrics_listen() {
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(parse("").unwrap().metrics.listen, None);
+        let e = parse("offload = true\n[metrics]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("test.toml:3: key `listen`"), "{e}");
+        assert!(e.contains("IP:PORT"), "{e}");
+        let e = parse("[metrics]\nport = 1\n").unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:2: key `port`"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod demo;
 pub mod dpdk;
+pub mod metrics;
 pub mod openflow;
 pub mod pmd;
 pub mod soak;

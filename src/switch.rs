@@ -544,6 +544,14 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         }
     }
 
+    /// How many MAC-learning entries there are (for the metrics).
+    pub fn mac_entries(&self) -> usize {
+        match self.bridge.macs.read() {
+            Ok(m) => m.len(),
+            Err(poisoned) => poisoned.into_inner().len(),
+        }
+    }
+
     /// MAC table housekeeping (aging, on the bridge clock the PMDs learn
     /// and refresh with); revalidates PMDs when entries went.
     pub fn age_macs(&self) {

@@ -273,12 +273,21 @@ impl Default for EngineConfig {
     }
 }
 
+/// Upper bounds (µs) of the insert-latency histogram's buckets (the last,
+/// +Inf, is implied): 10 µs to 1 s.
+pub const LATENCY_BUCKETS_US: [u64; 15] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    1_000_000,
+];
+
 /// Insert latency (enqueue → rule created) of one port.
 #[derive(Clone, Debug, Default)]
 struct Latency {
     count: u64,
     sum_us: u128,
     recent_us: VecDeque<u64>,
+    /// Inserts per [`LATENCY_BUCKETS_US`] bucket (not cumulative).
+    buckets: [u64; LATENCY_BUCKETS_US.len()],
 }
 
 impl Latency {
@@ -286,6 +295,9 @@ impl Latency {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.count += 1;
         self.sum_us += u128::from(us);
+        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|le| us <= *le) {
+            self.buckets[i] += 1;
+        }
         if self.recent_us.len() >= window.max(1) {
             self.recent_us.pop_front();
         }
@@ -306,6 +318,30 @@ impl Latency {
         };
         LatencySummary { avg, p99 }
     }
+
+    fn histogram(&self) -> LatencyHistogram {
+        let mut cumulative = Vec::with_capacity(self.buckets.len());
+        let mut acc = 0;
+        for n in self.buckets {
+            acc += n;
+            cumulative.push(acc);
+        }
+        LatencyHistogram {
+            count: self.count,
+            sum_us: u64::try_from(self.sum_us).unwrap_or(u64::MAX),
+            cumulative,
+        }
+    }
+}
+
+/// Every insert latency of a port as a histogram (Prometheus' shape):
+/// `cumulative[i]` inserts took at most `LATENCY_BUCKETS_US[i]` µs; `count`
+/// is every insert (the +Inf bucket), `sum_us` their total.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LatencyHistogram {
+    pub count: u64,
+    pub sum_us: u64,
+    pub cumulative: Vec<u64>,
 }
 
 /// Inserts per second over the last completed one-second window.
@@ -416,6 +452,8 @@ pub struct PortOffloadStatus {
     /// Rejections and failures by reason kind.
     pub failures: BTreeMap<String, u64>,
     pub latency_us: LatencySummary,
+    /// Every insert's latency, bucketed ([`LATENCY_BUCKETS_US`]).
+    pub latency_histogram: LatencyHistogram,
 }
 
 /// Megaflows per state; the fields add up to the megaflows the engine knows.
@@ -1101,6 +1139,7 @@ impl OffloadEngine {
                     resets: c.resets,
                     failures: c.failures.clone(),
                     latency_us: c.latency.summary(),
+                    latency_histogram: c.latency.histogram(),
                 }
             })
             .collect();
@@ -2597,6 +2636,27 @@ mod tests {
         let s = l.summary();
         assert_eq!(s.p99, 99_000);
         assert_eq!(s.avg, 50_500.0);
+        // 1..=100 ms: 10 ms is the 10th insert, 25 ms the 25th, 50 ms the
+        // 50th, 100 ms the last; nothing at or under 5 ms but 1..=5.
+        let h = l.histogram();
+        assert_eq!(h.count, 100);
+        assert_eq!(h.sum_us, 5_050_000);
+        let at = |le: u64| h.cumulative[LATENCY_BUCKETS_US.iter().position(|b| *b == le).unwrap()];
+        assert_eq!(at(1_000), 1);
+        assert_eq!(at(5_000), 5);
+        assert_eq!(at(10_000), 10);
+        assert_eq!(at(50_000), 50);
+        assert_eq!(at(100_000), 100);
+        assert_eq!(at(1_000_000), 100);
+        assert_eq!(at(500), 0);
+        let mut big = Latency::default();
+        big.record(Duration::from_secs(3), 10);
+        assert_eq!(
+            big.histogram().cumulative.last(),
+            Some(&0),
+            "above every bound: only +Inf"
+        );
+        assert_eq!(big.histogram().count, 1);
         let t0 = Instant::now();
         let mut r = Rate::default();
         for i in 0..10 {

@@ -1,0 +1,396 @@
+//! What an operator watches on a running daemon: Prometheus `/metrics`
+//! (linted by `promtool check metrics`, and equal to `port stats`,
+//! `pmd stats` and `offload status` once traffic stops) and `flowmark top`.
+//! The daemon is a subprocess on a temporary socket; waits are bounded
+//! polls.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+#[path = "support/test_env.rs"]
+mod test_env;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowmark");
+const GTP_FLOWS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gtp.flows");
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Daemon {
+    child: Child,
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    metrics_port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl Daemon {
+    /// The default testbed (nic0, nic1, vm0) with one PMD and `/metrics`.
+    fn start() -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("flowmark.sock");
+        let metrics_port = free_port();
+        let config = dir.path().join("flowmark.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "pmd_cores = [0]\n\
+                 [[port]]\nname = \"nic0\"\ntype = \"testbed-nic\"\n\
+                 [[port]]\nname = \"nic1\"\ntype = \"testbed-nic\"\n\
+                 [[port]]\nname = \"vm0\"\ntype = \"testbed-vm\"\n\
+                 [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+            ),
+        )
+        .expect("config");
+        let child = Command::new(BIN)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["run", "--log-level", "warning", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start flowmark run");
+        let mut d = Daemon {
+            child,
+            _dir: dir,
+            socket,
+            metrics_port,
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = d.child.try_wait().expect("try_wait") {
+                panic!("flowmark run exited at start: {status}");
+            }
+            if d.cli(&["port", "list", "--json"]).status.success()
+                && TcpStream::connect(("127.0.0.1", metrics_port)).is_ok()
+            {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "the daemon did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run the CLI")
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.cli(&a);
+        assert!(
+            out.status.success(),
+            "flowmark {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    }
+
+    /// Adds the GTP rules and sends known traffic: 4000 GTP-U packets over
+    /// 40 flows into nic0, 1000 GTP-D over 10 flows into nic1, then waits
+    /// for the datapath to settle.
+    fn known_traffic(&self) {
+        let added = self.json(&["flow", "add", "--file", GTP_FLOWS]);
+        assert_eq!(added["added"], 7, "{added}");
+        self.json(&[
+            "port",
+            "inject",
+            "nic0",
+            "--generate",
+            "flows=40,count=4000,kind=gtp-up",
+        ]);
+        self.json(&[
+            "port",
+            "inject",
+            "nic1",
+            "--generate",
+            "flows=10,count=1000,kind=gtp-down",
+        ]);
+        self.quiesce();
+    }
+
+    /// Port counters unchanged over two reads, nothing pending offload.
+    fn quiesce(&self) {
+        let start = Instant::now();
+        let mut last = Value::Null;
+        loop {
+            let now = self.json(&["port", "stats"]);
+            let pending = &self.json(&["offload", "status"])["states"]["pending"];
+            if now == last && pending == 0 {
+                return;
+            }
+            assert!(start.elapsed() < WAIT, "traffic did not settle");
+            last = now;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// GET `path` from the metrics endpoint: (status line, headers, body).
+    fn get(&self, path: &str) -> (String, String, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("connect");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("response");
+        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+        let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+        (status.to_string(), headers.to_string(), body.to_string())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("expected a JSON count, got {v}"))
+}
+
+fn arr(v: &Value) -> &Vec<Value> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected a JSON array, got {v}"))
+}
+
+/// `name{labels}` → value of every sample in a text-format scrape (labels
+/// as written, which the encoder sorts by name).
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').expect("sample line");
+            (k.to_string(), v.parse().expect("sample value"))
+        })
+        .collect()
+}
+
+fn sample(m: &BTreeMap<String, f64>, key: &str) -> u64 {
+    let v = m
+        .get(key)
+        .unwrap_or_else(|| panic!("no sample {key} in the scrape: {:?}", m.keys()));
+    assert!(v.fract() == 0.0 && *v >= 0.0, "{key} = {v}");
+    *v as u64
+}
+
+#[test]
+fn metrics_lint_and_equal_the_cli_documents_at_quiescence() {
+    let d = Daemon::start();
+    d.known_traffic();
+    let ports = d.json(&["port", "stats"]);
+    let pmds = d.json(&["pmd", "stats"]);
+    let offload = d.json(&["offload", "status"]);
+    let flows = d.json(&["flow", "dump"]);
+    let (status, headers, body) = d.get("/metrics");
+    assert!(status.contains(" 200 "), "{status}\n{body}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{headers}"
+    );
+    // Nothing moved while we read: the documents still say the same.
+    assert_eq!(ports, d.json(&["port", "stats"]), "not quiescent");
+    assert_eq!(offload["states"], d.json(&["offload", "status"])["states"]);
+
+    if test_env::oracle("promtool", "--version", "prometheus") {
+        let mut lint = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool runs");
+        lint.stdin
+            .take()
+            .expect("stdin")
+            .write_all(body.as_bytes())
+            .expect("feed promtool");
+        let out = lint.wait_with_output().expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}\n{body}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let m = samples(&body);
+    // Ports: both sides of the books, every drop reason.
+    assert_eq!(arr(&ports).len(), 3);
+    for p in arr(&ports) {
+        let name = p["name"].as_str().expect("name");
+        let l = format!("{{port=\"{name}\"}}");
+        assert_eq!(
+            sample(&m, &format!("flowmark_port_rx_packets_total{l}")),
+            u(&p["rx"])
+        );
+        assert_eq!(
+            sample(&m, &format!("flowmark_port_forwarded_packets_total{l}")),
+            u(&p["forwarded"])
+        );
+        assert_eq!(
+            sample(&m, &format!("flowmark_port_tx_attempted_packets_total{l}")),
+            u(&p["tx_attempted"])
+        );
+        assert_eq!(
+            sample(&m, &format!("flowmark_port_tx_packets_total{l}")),
+            u(&p["tx"])
+        );
+        for (side, key) in [("rx", "rx_dropped"), ("tx", "tx_dropped")] {
+            let reasons = p[key].as_object().expect("reasons");
+            assert!(!reasons.is_empty());
+            for (reason, n) in reasons {
+                assert_eq!(
+                    sample(
+                        &m,
+                        &format!(
+                            "flowmark_port_{side}_dropped_packets_total{{port=\"{name}\",reason=\"{reason}\"}}"
+                        )
+                    ),
+                    u(n),
+                    "{name} {key} {reason}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        sample(&m, "flowmark_port_rx_packets_total{port=\"nic0\"}"),
+        4000
+    );
+    assert_eq!(
+        sample(&m, "flowmark_port_rx_packets_total{port=\"nic1\"}"),
+        1000
+    );
+
+    // PMDs: packets by path.
+    let mut path_total = 0;
+    for p in arr(&pmds) {
+        let id = u(&p["pmd"]);
+        assert_eq!(
+            sample(&m, &format!("flowmark_pmd_packets_total{{pmd=\"{id}\"}}")),
+            u(&p["packets"])
+        );
+        assert_eq!(
+            sample(
+                &m,
+                &format!("flowmark_pmd_lost_packets_total{{pmd=\"{id}\"}}")
+            ),
+            u(&p["lost"])
+        );
+        for (path, key) in [
+            ("mark", "mark_hits"),
+            ("emc", "emc_hits"),
+            ("dpcls", "dpcls_hits"),
+            ("upcall", "upcalls"),
+        ] {
+            let n = sample(
+                &m,
+                &format!("flowmark_pmd_path_packets_total{{path=\"{path}\",pmd=\"{id}\"}}"),
+            );
+            assert_eq!(n, u(&p[key]), "pmd {id} {path}");
+            path_total += n;
+        }
+        assert!(m.contains_key(&format!("flowmark_pmd_cycles_per_packet{{pmd=\"{id}\"}}")));
+    }
+    assert_eq!(path_total, 5000, "every packet took one path");
+
+    // Offload: states, rules, capacity, inserts, deletes, failures, latency.
+    let states = offload["states"].as_object().expect("states");
+    for (state, n) in states {
+        assert_eq!(
+            sample(&m, &format!("flowmark_megaflows{{state=\"{state}\"}}")),
+            u(n),
+            "{state}"
+        );
+    }
+    assert!(u(&offload["states"]["offloaded"]) > 0, "{offload}");
+    for p in arr(&offload["ports"]) {
+        let name = p["name"].as_str().expect("name");
+        let l = format!("{{port=\"{name}\"}}");
+        assert_eq!(
+            sample(&m, &format!("flowmark_offload_rules{l}")),
+            u(&p["rules_installed"])
+        );
+        assert_eq!(
+            sample(&m, &format!("flowmark_offload_rule_capacity{l}")),
+            u(&p["capacity"])
+        );
+        assert_eq!(
+            sample(&m, &format!("flowmark_offload_inserts_total{l}")),
+            u(&p["inserted"])
+        );
+        assert_eq!(
+            sample(&m, &format!("flowmark_offload_deletes_total{l}")),
+            u(&p["deleted"])
+        );
+        for (reason, n) in p["failures"].as_object().expect("failures") {
+            assert_eq!(
+                sample(
+                    &m,
+                    &format!(
+                        "flowmark_offload_failures_total{{port=\"{name}\",reason=\"{reason}\"}}"
+                    )
+                ),
+                u(n)
+            );
+        }
+        assert_eq!(
+            sample(
+                &m,
+                &format!("flowmark_offload_insert_latency_seconds_count{l}")
+            ),
+            u(&p["inserted"]),
+            "one latency sample per insert"
+        );
+        assert_eq!(
+            sample(
+                &m,
+                &format!(
+                    "flowmark_offload_insert_latency_seconds_bucket{{port=\"{name}\",le=\"+Inf\"}}"
+                )
+            ),
+            u(&p["inserted"])
+        );
+    }
+
+    // OpenFlow rules per table, MAC table.
+    let mut per_table: BTreeMap<u64, u64> = BTreeMap::new();
+    for f in arr(&flows) {
+        *per_table.entry(u(&f["table"])).or_default() += 1;
+    }
+    for (table, n) in per_table {
+        assert_eq!(
+            sample(&m, &format!("flowmark_openflow_rules{{table=\"{table}\"}}")),
+            n
+        );
+    }
+    assert!(m.contains_key("flowmark_mac_table_entries"));
+
+    // Other pages say where the metrics are.
+    let (status, _, body) = d.get("/nope");
+    assert!(status.contains(" 404 "), "{status}");
+    assert!(body.contains("/metrics"), "{body}");
+}
