@@ -265,10 +265,22 @@ pub struct DpdkSection {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct OpenFlowSection {
-    /// Passive endpoint controllers connect to, e.g. `ptcp:6653`.
+    /// Passive endpoint controllers connect to, e.g. `ptcp:6653` or, over
+    /// TLS, `pssl:6653:0.0.0.0`.
     pub listen: Option<String>,
-    /// Active connection to a controller, e.g. `tcp:127.0.0.1:6653`.
+    /// Active connection to a controller, e.g. `tcp:127.0.0.1:6653` or
+    /// `ssl:ctl.example.net:6653`.
     pub controller: Option<String>,
+    /// TLS (`pssl:`/`ssl:`): the switch's private key (PEM).
+    pub private_key: Option<PathBuf>,
+    /// TLS: the switch's certificate (PEM), for that key.
+    pub certificate: Option<PathBuf>,
+    /// TLS: the CA certificate (PEM) every peer's certificate must chain to.
+    pub ca_cert: Option<PathBuf>,
+    /// Accept a plaintext listener on a non-loopback address (whoever
+    /// reaches it can program the switch). Default false.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -597,6 +609,22 @@ impl Config {
             ports.push(spec);
         }
 
+        // TLS files named relative to the config file's directory.
+        let mut openflow = raw.openflow;
+        let base = path.parent().unwrap_or(Path::new(""));
+        for file in [
+            &mut openflow.private_key,
+            &mut openflow.certificate,
+            &mut openflow.ca_cert,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+
         Ok(Config {
             ports: if ports.is_empty() { None } else { Some(ports) },
             pmd_cores,
@@ -610,7 +638,7 @@ impl Config {
             upcall_budget: raw.upcall_budget.map(Spanned::into_inner),
             emc_insert_inv_prob: raw.emc_insert_inv_prob,
             dpdk: raw.dpdk,
-            openflow: raw.openflow,
+            openflow,
             metrics,
             warnings,
         })
@@ -836,6 +864,29 @@ listen = "ptcp:6653"
             assert!(e.contains("--features dpdk"), "{e}");
             assert!(e.starts_with("test.toml:3: key `type`"), "{e}");
         }
+    }
+
+    #[test]
+    fn openflow_tls_files_are_relative_to_the_config() {
+        let c = Config::parse(
+            "[openflow]\nlisten = \"pssl:6653\"\nprivate_key = \"k.pem\"\ncertificate = \"/abs/c.pem\"\nca_cert = \"pki/ca.pem\"\nallow_plaintext = true\n",
+            Path::new("/etc/flowmark/flowmark.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.openflow.private_key.as_deref(),
+            Some(Path::new("/etc/flowmark/k.pem"))
+        );
+        assert_eq!(
+            c.openflow.certificate.as_deref(),
+            Some(Path::new("/abs/c.pem"))
+        );
+        assert_eq!(
+            c.openflow.ca_cert.as_deref(),
+            Some(Path::new("/etc/flowmark/pki/ca.pem"))
+        );
+        assert!(c.openflow.allow_plaintext);
+        assert!(!parse("").unwrap().openflow.allow_plaintext);
     }
 
     #[test]
