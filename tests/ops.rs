@@ -394,3 +394,159 @@ fn metrics_lint_and_equal_the_cli_documents_at_quiescence() {
     assert!(status.contains(" 404 "), "{status}");
     assert!(body.contains("/metrics"), "{body}");
 }
+
+/// `flowmark top --once` (and its `--json` document) against known traffic:
+/// the three ports with their totals, the cumulative path shares `pmd stats`
+/// gives, the megaflows by state, and the top megaflows (all of them here)
+/// with their state and mark or reason, busiest first. Then a paced
+/// injection shows up as a rate on its port.
+#[test]
+fn top_once_shows_ports_shares_and_top_megaflows() {
+    let d = Daemon::start();
+    // A VM-port flow too: it stays in software for want of a flow device.
+    d.json(&[
+        "port",
+        "inject",
+        "vm0",
+        "--generate",
+        "flows=1,count=300,kind=udp",
+    ]);
+    d.known_traffic();
+    let top = |args: &[&str]| -> String {
+        let out = d.cli(&[&["top", "--interval", "0.2"], args].concat());
+        assert!(
+            out.status.success(),
+            "top {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let frame = top(&["--once"]);
+    let pmds = d.json(&["pmd", "stats"]);
+    let megaflows = d.json(&["megaflow", "dump"]);
+    let offload = d.json(&["offload", "status"]);
+
+    // Ports: name, rx total.
+    let port_line = |name: &str| -> Vec<String> {
+        frame
+            .lines()
+            .find(|l| l.trim_start_matches('│').starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no line for {name}:\n{frame}"))
+            .trim_matches('│')
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    // port, rx pps, tx pps, rx drop/s, tx drop/s, rx, tx, ...
+    assert_eq!(port_line("nic0")[5], "4000", "{frame}");
+    assert_eq!(port_line("nic1")[5], "1000", "{frame}");
+    assert_eq!(port_line("vm0")[5], "300", "{frame}");
+    for name in ["nic0", "nic1", "vm0"] {
+        assert_eq!(port_line(name)[1], "0", "quiescent: no rx rate\n{frame}");
+    }
+
+    // Shares: the cumulative ones pmd stats gives.
+    let sum = |k: &str| arr(&pmds).iter().map(|p| u(&p[k])).sum::<u64>();
+    let (mark, emc, dpcls, upcall) = (
+        sum("mark_hits"),
+        sum("emc_hits"),
+        sum("dpcls_hits"),
+        sum("upcalls"),
+    );
+    let total = mark + emc + dpcls + upcall;
+    assert_eq!(total, 5300);
+    let pct = |n: u64| (n as f64 * 1000.0 / total as f64).round() / 10.0;
+    let shares = format!(
+        "mark {:5.1}%  emc {:5.1}%  dpcls {:5.1}%  upcall {:5.1}%   of {total} packets",
+        pct(mark),
+        pct(emc),
+        pct(dpcls),
+        pct(upcall)
+    );
+    assert!(frame.contains(&shares), "expected {shares:?} in\n{frame}");
+    assert!(mark > 0, "the GTP flows were offloaded and hit by mark");
+
+    // States.
+    let states = offload["states"].as_object().expect("states");
+    for (state, n) in states {
+        assert!(
+            frame.contains(&format!("{state} {n}")),
+            "{state} {n} in\n{frame}"
+        );
+    }
+
+    // Top megaflows: every one (fewer than ten), busiest first, with its
+    // state and mark, or why it stays in software.
+    let rows = arr(&megaflows);
+    assert!(!rows.is_empty() && rows.len() <= 10, "{megaflows}");
+    let listed: Vec<&str> = frame
+        .lines()
+        .skip_while(|l| !l.contains("top megaflows by packet rate"))
+        .skip(2)
+        .take_while(|l| !l.starts_with('└'))
+        .collect();
+    assert_eq!(listed.len(), rows.len(), "{frame}");
+    let mut by_packets: Vec<&Value> = rows.iter().collect();
+    by_packets.sort_by_key(|m| std::cmp::Reverse(u(&m["packets"])));
+    assert!(
+        listed[0].contains(by_packets[0]["megaflow"].as_str().expect("megaflow")),
+        "busiest first:\n{frame}"
+    );
+    for m in rows {
+        let text = m["megaflow"].as_str().expect("megaflow");
+        let line = listed
+            .iter()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("{text} not listed:\n{frame}"));
+        let state = m["state"].as_str().expect("state");
+        assert!(line.contains(state), "{line}");
+        match state {
+            "offloaded" => assert!(line.contains(&format!("mark {}", u(&m["mark"]))), "{line}"),
+            "software" => assert!(line.contains("vm0 has no flow device"), "{line}"),
+            other => panic!("unexpected state {other}: {m}"),
+        }
+        assert!(line.contains(&format!(" {} ", u(&m["packets"]))), "{line}");
+    }
+
+    // The JSON frame says the same.
+    let v: Value = serde_json::from_str(&top(&["--json"])).expect("top --json");
+    assert_eq!(v["paths"]["packets"], total);
+    assert_eq!(v["megaflows"], rows.len());
+    assert_eq!(v["states"], offload["states"]);
+
+    // A paced injection (5,000 pps for up to 40 s) shows up as nic1's rx
+    // rate and as the busiest megaflow's rate.
+    let mut paced = Command::new(BIN)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args([
+            "port",
+            "inject",
+            "nic1",
+            "--generate",
+            "flows=1,count=200000,kind=gtp-down,rate=5000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("inject");
+    let start = Instant::now();
+    loop {
+        let v: Value = serde_json::from_str(&top(&["--json"])).expect("top --json");
+        let nic1 = arr(&v["ports"])
+            .iter()
+            .find(|p| p["name"] == "nic1")
+            .expect("nic1")
+            .clone();
+        let busiest = &v["top"][0];
+        if nic1["rx_pps"].as_f64().unwrap_or(0.0) > 0.0
+            && busiest["pps"].as_f64().unwrap_or(0.0) > 0.0
+        {
+            assert_eq!(busiest["port"], "nic1", "{v}");
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no rate seen: {v}");
+    }
+    let _ = paced.kill();
+    let _ = paced.wait();
+}
