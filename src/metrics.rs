@@ -437,3 +437,71 @@ fn text_response(
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> Scrape {
+        Scrape {
+            ports: Vec::new(),
+            pmds: Vec::new(),
+            offload: serde_json::json!({"ports": [], "states": {"software": 0}}),
+            rules_per_table: BTreeMap::new(),
+            mac_entries: 3,
+        }
+    }
+
+    #[test]
+    fn a_switch_without_ports_still_scrapes() {
+        let text = encode(&empty()).expect("encodes");
+        assert!(text.contains("flowmark_build_info{commit="), "{text}");
+        assert!(text.contains("flowmark_mac_table_entries 3"), "{text}");
+        assert!(
+            text.contains("flowmark_megaflows{state=\"software\"} 0"),
+            "{text}"
+        );
+        // Families without samples are left out (the encoder refuses them).
+        assert!(!text.contains("flowmark_port_rx_packets_total"), "{text}");
+    }
+
+    #[test]
+    fn offload_off_and_odd_documents() {
+        let mut s = empty();
+        // Offload disabled: the document has no port lines.
+        s.offload = serde_json::json!({"ports": [], "states": {}, "worker": {"enabled": false}});
+        assert!(encode(&s).is_ok());
+        s.offload = Value::Null;
+        assert!(encode(&s).is_ok());
+        // A port line missing its histogram is an error, not a panic.
+        s.offload = serde_json::json!({"ports": [{"name": "p"}], "states": {}});
+        let e = encode(&s).expect_err("refused").to_string();
+        assert!(e.contains("offload status"), "{e}");
+    }
+
+    #[test]
+    fn latency_histogram_in_seconds() {
+        let mut s = empty();
+        let mut cumulative = vec![0u64; offload::worker::LATENCY_BUCKETS_US.len()];
+        for (i, c) in cumulative.iter_mut().enumerate() {
+            *c = if i >= 3 { 2 } else { 0 };
+        }
+        s.offload = serde_json::json!({"ports": [{
+            "name": "nic0", "rules_installed": 2, "capacity": 16, "marks_in_use": 2,
+            "inserted": 2, "deleted": 0, "failures": {"no_space": 1},
+            "latency_histogram": {"count": 2, "sum_us": 150, "cumulative": cumulative},
+        }], "states": {"offloaded": 2}});
+        let text = encode(&s).expect("encodes");
+        for line in [
+            "flowmark_offload_insert_latency_seconds_bucket{port=\"nic0\",le=\"0.00005\"} 0",
+            "flowmark_offload_insert_latency_seconds_bucket{port=\"nic0\",le=\"0.0001\"} 2",
+            "flowmark_offload_insert_latency_seconds_bucket{port=\"nic0\",le=\"+Inf\"} 2",
+            "flowmark_offload_insert_latency_seconds_sum{port=\"nic0\"} 0.00015",
+            "flowmark_offload_insert_latency_seconds_count{port=\"nic0\"} 2",
+            "flowmark_offload_failures_total{port=\"nic0\",reason=\"no_space\"} 1",
+            "flowmark_offload_rule_capacity{port=\"nic0\"} 16",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+}
