@@ -16,7 +16,7 @@ use fallback::key::{Field, FlowKey};
 use fallback::megaflow::Megaflow;
 use fallback::ofproto::syntax::parse_flow;
 use fallback::ofproto::table::Pipeline;
-use fallback::packet::{self, build};
+use fallback::packet;
 use fallback::port::{Burst, HeapPacket, PacketBuf, Port, PortStats};
 use flowmark::datapath::{BridgeState, NoOffload, PmdCore};
 use flowmark::dpdk::tsc::rdtsc;
@@ -29,6 +29,7 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testbed::build;
 
 /// Buffers circulating in the loop at the least (a burst per poll).
 const LOOP_PACKETS: usize = 4096;
@@ -189,18 +190,34 @@ fn loop_ports(core: &mut PmdCore<HeapPacket>, one_pass: bool) -> Arc<LoopPorts> 
     shared
 }
 
-/// Runs the PMD over the loop for about `secs`; (packets, seconds, cycles).
-fn drive(core: &mut PmdCore<HeapPacket>, secs: f64) -> (u64, f64, u64) {
+/// `FLOWMARK_BENCH_POLLS=N`: each measured phase runs exactly N polls
+/// (warm-up N/4) instead of a time, so that an instruction count under
+/// callgrind (`scripts/callgrind-paths`) is the same on every run.
+fn fixed_polls() -> Option<u64> {
+    std::env::var("FLOWMARK_BENCH_POLLS").ok()?.parse().ok()
+}
+
+/// Runs the PMD over the loop for about `secs` (or the fixed poll count), a
+/// quarter of that for a warm-up; (packets, seconds, cycles).
+fn drive(core: &mut PmdCore<HeapPacket>, secs: f64, warmup: bool) -> (u64, f64, u64) {
+    let secs = if warmup { secs / 4.0 } else { secs };
     let start = Instant::now();
     let t0 = rdtsc();
     let mut packets = 0u64;
     let deadline = Duration::from_secs_f64(secs);
-    loop {
-        for _ in 0..256 {
+    if let Some(polls) = fixed_polls() {
+        let polls = if warmup { polls / 4 } else { polls };
+        for _ in 0..polls {
             packets += core.poll(0, 0, 0) as u64;
         }
-        if start.elapsed() >= deadline {
-            break;
+    } else {
+        loop {
+            for _ in 0..256 {
+                packets += core.poll(0, 0, 0) as u64;
+            }
+            if start.elapsed() >= deadline {
+                break;
+            }
         }
     }
     (
@@ -248,9 +265,9 @@ fn hit_case(path: Path, flows: u32, subtables: usize, secs: f64) -> serde_json::
         *queue = q;
     }
     // Warm-up (fills the EMC, settles subtable ranking), then measure.
-    drive(&mut core, secs / 4.0);
+    let (warmup_packets, _, _) = drive(&mut core, secs, true);
     core.clear_counters();
-    let (packets, elapsed, cycles) = drive(&mut core, secs);
+    let (packets, elapsed, cycles) = drive(&mut core, secs, false);
     let c = core.counters;
     let (subs, per_hit) = core.dpcls_figures();
     json!({
@@ -260,6 +277,7 @@ fn hit_case(path: Path, flows: u32, subtables: usize, secs: f64) -> serde_json::
         "mpps": packets as f64 / elapsed / 1e6,
         "cycles_per_packet": cycles as f64 / packets.max(1) as f64,
         "packets": packets,
+        "warmup_packets": warmup_packets,
         "mark_hits": c.mark_hits,
         "emc_hits": c.emc_hits,
         "dpcls_hits": c.dpcls_hits,
@@ -534,9 +552,17 @@ fn dpcls_lookup_case(n_sub: usize, lookups: u64) -> serde_json::Value {
 }
 
 /// `FLOWMARK_BENCH_ONLY=emc` (a substring of the path name) runs only the
-/// matching cases (e.g. under callgrind).
+/// matching cases (e.g. under callgrind); `FLOWMARK_BENCH_ONLY=emc/10000/1`
+/// (path/flows/subtables) runs exactly that hit case.
 fn selected(path: &str) -> bool {
     std::env::var("FLOWMARK_BENCH_ONLY").map_or(true, |only| path.contains(only.as_str()))
+}
+
+fn hit_selected(path: Path, flows: u32, subtables: usize) -> bool {
+    match std::env::var("FLOWMARK_BENCH_ONLY") {
+        Ok(only) if only.contains('/') => only == format!("{}/{flows}/{subtables}", path.name()),
+        _ => selected(path.name()),
+    }
 }
 
 fn print(case: &serde_json::Value, json: bool) {
@@ -589,16 +615,15 @@ pub fn run(quick: bool, json: bool) -> Result<(), CliError> {
         &[1, 1_000, 10_000, 100_000]
     };
     for &path in &[Path::Mark, Path::Emc, Path::Dpcls] {
-        if !selected(path.name()) {
-            continue;
-        }
         for &flows in flow_counts {
-            print(&hit_case(path, flows, 1, secs), json);
+            if hit_selected(path, flows, 1) {
+                print(&hit_case(path, flows, 1, secs), json);
+            }
         }
     }
     let big = *flow_counts.last().unwrap_or(&10_000);
-    if selected("dpcls") {
-        for subtables in [10usize, 50] {
+    for subtables in [10usize, 50] {
+        if hit_selected(Path::Dpcls, big, subtables) {
             print(&hit_case(Path::Dpcls, big, subtables, secs), json);
         }
     }

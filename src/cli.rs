@@ -245,7 +245,7 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
     };
     let (log, _guard) =
         daemon::log::logger(&args.log_level, args.log_json).map_err(ControlCliError::Log)?;
-    daemon::run(DaemonOptions {
+    flowmark::backend::run(DaemonOptions {
         config,
         config_path: args.config,
         socket: socket_path(socket),

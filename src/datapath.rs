@@ -7,6 +7,7 @@
 //! takes no lock. The pipeline snapshot and the MAC table are consulted only
 //! on upcalls.
 
+use crate::sync::Recover;
 use fallback::actions::DpAction;
 use fallback::cache::{CacheHit, FlowCache, FlowHandle};
 use fallback::exec::{self, ExecError, Sink};
@@ -70,10 +71,7 @@ impl BridgeState {
     }
 
     fn macs_mut(&self) -> std::sync::RwLockWriteGuard<'_, MacTable> {
-        match self.macs.write() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        self.macs.write().recover()
     }
 
     /// Learns or refreshes MAC entries (upcalls, the refresh sweep); PMDs
@@ -470,10 +468,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     pub fn revalidate(&mut self) {
         self.counters.revalidations += 1;
         self.mac_version_seen = self.bridge.mac_version.load(Ordering::Acquire);
-        let macs = match self.bridge.macs.read() {
-            Ok(m) => m.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let macs = self.bridge.macs.read().recover().clone();
         let bridge = Bridge {
             pipeline: &self.pipeline,
             macs: &macs,
@@ -688,10 +683,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     fn upcall(&mut self, port_idx: usize, key: &FlowKey, now_ms: u64) -> Option<FlowHandle> {
         self.counters.upcalls += 1;
         let (x, learn) = {
-            let macs = match self.bridge.macs.read() {
-                Ok(m) => m,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let macs = self.bridge.macs.read().recover();
             let x = xlate(
                 Bridge {
                     pipeline: &self.pipeline,

@@ -1,6 +1,10 @@
 //! The `flowmark` switch: PMD datapath, daemon, control socket, the DPDK
 //! backend (feature `dpdk`) and the demo. The CLI lives in `main.rs`.
 
+// `unsafe` only in `dpdk` (which allows it, with a SAFETY note per block).
+#![deny(unsafe_code)]
+
+pub mod backend;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -10,8 +14,10 @@ pub mod dpdk;
 pub mod metrics;
 pub mod openflow;
 pub mod pmd;
+pub mod ports;
 pub mod soak;
 pub mod switch;
+pub mod sync;
 pub mod trace;
 
 /// The git commit this binary was built from (`unknown` when built without

@@ -1,6 +1,8 @@
 //! The `flowmark` binary: the daemon, its control commands and the offline
 //! tools (DESIGN §5).
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod cli;
 mod error;

@@ -5,6 +5,7 @@
 
 use crate::datapath::{BridgeState, MegaflowInfo, NoOffload, OffloadClient, PmdCore};
 use crate::pmd::{self, PmdCommand, PmdSettings, PmdSnapshot, PmdThread, WorkerClient};
+use crate::sync::Recover;
 use fallback::ofproto::table::{Added, Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
 use fallback::port::{PacketBuf, Port, PortStats};
@@ -538,18 +539,12 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
 
     /// A copy of the MAC-learning table (for `trace` against the live state).
     pub fn mac_table(&self) -> fallback::ofproto::mac::MacTable {
-        match self.bridge.macs.read() {
-            Ok(m) => m.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.bridge.macs.read().recover().clone()
     }
 
     /// How many MAC-learning entries there are (for the metrics).
     pub fn mac_entries(&self) -> usize {
-        match self.bridge.macs.read() {
-            Ok(m) => m.len(),
-            Err(poisoned) => poisoned.into_inner().len(),
-        }
+        self.bridge.macs.read().recover().len()
     }
 
     /// MAC table housekeeping (aging, on the bridge clock the PMDs learn

@@ -3,229 +3,17 @@
 //! or raw socket lines, and stops it with SIGTERM. Waits are bounded
 //! polls of the daemon's state.
 
+#[path = "support/daemon.rs"]
+mod harness;
+
+use harness::*;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flowmark");
 const GTP_FLOWS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gtp.flows");
-/// How long any condition may take to come true.
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    /// Starts `flowmark run` (with `config` as its TOML when given) and
-    /// waits until it answers.
-    fn start(config: Option<&str>) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("flowmark.sock");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("run").arg("--socket").arg(&socket);
-        cmd.arg("--log-level").arg("warning");
-        if let Some(text) = config {
-            let path = dir.path().join("flowmark.toml");
-            std::fs::write(&path, text).expect("write config");
-            cmd.arg("--config").arg(path);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start flowmark run");
-        let mut d = Daemon { child, dir, socket };
-        let start = Instant::now();
-        loop {
-            if let Some(status) = d.child.try_wait().expect("try_wait") {
-                panic!("flowmark run exited at start: {status}");
-            }
-            if d.try_cli(&["port", "list", "--json"]).status.success() {
-                break;
-            }
-            assert!(start.elapsed() < WAIT, "the daemon did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn try_cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run the CLI")
-    }
-
-    /// Runs a control command with `--json` and returns its document.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let out = self.try_cli(&a);
-        assert!(
-            out.status.success(),
-            "flowmark {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "flowmark {args:?}: not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
-    }
-
-    /// Runs a command that must fail; returns its stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.try_cli(args);
-        assert!(
-            !out.status.success(),
-            "flowmark {args:?} should have failed"
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    /// Starts a CLI command in the background (a long injection).
-    fn spawn_cli(&self, args: &[&str]) -> Child {
-        Command::new(BIN)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run the CLI")
-    }
-
-    /// One raw request line on the socket; returns the reply object.
-    fn raw(&self, line: &[u8]) -> Value {
-        let mut s = UnixStream::connect(&self.socket).expect("connect");
-        s.write_all(line).expect("write");
-        s.write_all(b"\n").expect("write");
-        let mut reply = String::new();
-        BufReader::new(s).read_line(&mut reply).expect("read");
-        serde_json::from_str(&reply).expect("reply is JSON")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn inject(&self, port: &str, spec: &str) {
-        let v = self.json(&["port", "inject", port, "--generate", spec]);
-        assert!(u(&v["packets"]) > 0, "{v}");
-    }
-
-    fn inject_pcap(&self, port: &str, pcap: &Path) {
-        self.json(&["port", "inject", port, "--pcap", pcap.to_str().unwrap()]);
-    }
-
-    fn megaflows(&self) -> Vec<Value> {
-        arr(&self.json(&["megaflow", "dump"]))
-    }
-
-    fn port_stats(&self, name: &str) -> Value {
-        arr(&self.json(&["port", "stats"]))
-            .into_iter()
-            .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("no port {name}"))
-    }
-
-    /// Waits until the datapath is quiescent: port counters unchanged over
-    /// two reads and no offload pending; returns the port stats.
-    fn quiesce(&self) -> Vec<Value> {
-        let start = Instant::now();
-        let mut last = Value::Null;
-        loop {
-            let now = self.json(&["port", "stats"]);
-            let pending = u(&self.json(&["offload", "status"])["states"]["pending"]);
-            if now == last && pending == 0 {
-                return arr(&now);
-            }
-            assert!(start.elapsed() < WAIT, "traffic did not settle");
-            last = now;
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Polls until `cond` holds.
-    fn wait_for(&self, what: &str, mut cond: impl FnMut(&Daemon) -> bool) {
-        let start = Instant::now();
-        while !cond(self) {
-            assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM, then checks the graceful shutdown.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                assert!(status.success(), "flowmark run exited with {status}");
-                break;
-            }
-            assert!(start.elapsed() < WAIT, "flowmark run ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(!self.socket.exists(), "the socket file was left behind");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-// Strict readers: a missing or mistyped field fails the test (reading it as
-// 0 would let an accounting check pass as 0 = 0 + 0).
-fn arr(v: &Value) -> Vec<Value> {
-    v.as_array()
-        .cloned()
-        .unwrap_or_else(|| panic!("expected a JSON array, got {v}"))
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64()
-        .unwrap_or_else(|| panic!("expected a JSON count, got {v}"))
-}
-
-fn sum_reasons(v: &Value) -> u64 {
-    v.as_object()
-        .unwrap_or_else(|| panic!("expected a reason → count object, got {v}"))
-        .values()
-        .map(u)
-        .sum()
-}
-
-fn check_accounting(ports: &[Value]) {
-    for p in ports {
-        assert_eq!(
-            u(&p["rx"]),
-            u(&p["forwarded"]) + sum_reasons(&p["rx_dropped"]),
-            "receive side of {p}"
-        );
-        assert_eq!(
-            u(&p["tx_attempted"]),
-            u(&p["tx"]) + sum_reasons(&p["tx_dropped"]),
-            "transmit side of {p}"
-        );
-    }
-}
 
 fn nic_port(m: &Value) -> bool {
     m["port"] == "nic0" || m["port"] == "nic1"
@@ -242,7 +30,7 @@ fn offload_port<'a>(status: &'a Value, name: &str) -> &'a Value {
 fn udp_frames(dst: Ipv4Addr, n: u8) -> Vec<Vec<u8>> {
     (1..=n)
         .map(|i| {
-            fallback::packet::build::udp4(
+            testbed::build::udp4(
                 Ipv4Addr::new(172, 16, 0, i),
                 dst,
                 1000 + u16::from(i),

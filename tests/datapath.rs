@@ -7,13 +7,14 @@ use fallback::key::{Field, FlowKey};
 use fallback::megaflow::{Megaflow, Ufid};
 use fallback::ofproto::syntax::parse_flow;
 use fallback::ofproto::table::Pipeline;
-use fallback::packet::{self, build};
+use fallback::packet;
 use fallback::port::{Burst, HeapPacket, PacketBuf, Port, PortStats};
 use flowmark::datapath::{BridgeState, OffloadClient, PmdCore};
 use offload::marks::{Mark, PmdUpdate};
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
+use testbed::build;
 
 /// A port backed by queues: tests push rx packets and read what was sent.
 struct QueuePort {

@@ -19,31 +19,9 @@ use std::time::Duration;
 use testbed::pcap;
 use testbed::Inject;
 
-/// An Ethernet/IPv4/UDP frame of `len` bytes (IP and UDP lengths set to
-/// match, valid IPv4 checksum), with a recognisable payload.
+/// A frame of `len` bytes to UDP port 1000.
 fn frame(len: usize, seq: u32) -> Vec<u8> {
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip_len = (len - 14) as u16;
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
-    ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
-    let c = csum(ip, 0);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f[34..36].copy_from_slice(&4000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&1000u16.to_be_bytes());
-    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
-    f[42..46].copy_from_slice(&seq.to_be_bytes());
-    for (i, b) in f[46..].iter_mut().enumerate() {
-        *b = (i % 251) as u8;
-    }
-    f
+    udp_frame(len, 4000, 1000, seq)
 }
 
 /// `bytes` as a chain of mbufs, one per `split` piece.

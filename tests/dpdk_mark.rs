@@ -30,30 +30,8 @@ priority=5,in_port=1,udp,nw_src=10.0.0.1,actions=output:4
 priority=0,actions=drop
 ";
 
-/// Ethernet/IPv4/UDP frame, 128 bytes, valid IPv4 checksum, UDP checksum 0.
 fn frame(src_port: u16, dst_port: u16, seq: u32) -> Vec<u8> {
-    let mut f = vec![0u8; 128];
-    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&(114u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
-    ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
-    let c = csum(ip, 0);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f[34..36].copy_from_slice(&src_port.to_be_bytes());
-    f[36..38].copy_from_slice(&dst_port.to_be_bytes());
-    f[38..40].copy_from_slice(&(94u16).to_be_bytes());
-    f[42..46].copy_from_slice(&seq.to_be_bytes());
-    f
-}
-
-fn dst_port(f: &[u8]) -> u16 {
-    u16::from_be_bytes([f[36], f[37]])
+    udp_frame(128, src_port, dst_port, seq)
 }
 
 fn pmd_totals(sw: &Switch<Mbuf>) -> (u64, u64, u64) {
@@ -249,9 +227,18 @@ fn mark_path_and_stale_marks() {
         out3.len(),
         out4.len()
     );
-    assert!(out2.iter().all(|f| dst_port(f) == 1000), "only A on port 2");
-    assert!(out3.iter().all(|f| dst_port(f) == 2000), "only B on port 3");
-    assert!(out4.iter().all(|f| dst_port(f) == 1000), "only A on port 4");
+    assert!(
+        out2.iter().all(|f| dst_port_of(f) == 1000),
+        "only A on port 2"
+    );
+    assert!(
+        out3.iter().all(|f| dst_port_of(f) == 2000),
+        "only B on port 3"
+    );
+    assert!(
+        out4.iter().all(|f| dst_port_of(f) == 1000),
+        "only A on port 4"
+    );
     assert_eq!(out3.len() as u64, sent_b);
     assert_eq!(
         (out2.len() + out4.len()) as u64,

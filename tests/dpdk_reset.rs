@@ -16,14 +16,20 @@
 #![cfg(feature = "dpdk")]
 
 mod dpdk_common;
+#[path = "support/daemon.rs"]
+mod harness;
 
 use dpdk_common::*;
 use flowmark::config::{PortSpec, PortType};
-use flowmark::daemon::events::{PortEventKind, PortEvents, Step};
-use flowmark::daemon::ports::PortFactory;
+use flowmark::daemon::events::{PortEvents, Step};
 use flowmark::dpdk::events::{self as eth_events, EthEvent};
 use flowmark::dpdk::{DpdkPortFactory, Eal, Mbuf, Mempool};
+use flowmark::ports::PortEventKind;
+use flowmark::ports::PortFactory;
 use flowmark::switch::{Switch, SwitchConfig};
+use harness::{arr, check_accounting, u, Daemon};
+use serde_json::Value;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testbed::pcap;
@@ -36,34 +42,8 @@ priority=10,in_port=4,udp,tp_dst=3000,actions=output:1
 priority=0,actions=drop
 ";
 
-/// Ethernet/IPv4/UDP frame, 128 bytes, valid IPv4 checksum.
 fn frame(dst_port: u16, seq: u32) -> Vec<u8> {
-    let mut f = vec![0u8; 128];
-    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&(114u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
-    ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
-    let c = csum(ip, 0);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f[34..36].copy_from_slice(&4000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&dst_port.to_be_bytes());
-    f[38..40].copy_from_slice(&(94u16).to_be_bytes());
-    f[42..46].copy_from_slice(&seq.to_be_bytes());
-    f
-}
-
-fn seq_of(f: &[u8]) -> u32 {
-    u32::from_be_bytes([f[42], f[43], f[44], f[45]])
-}
-
-fn dst_of(f: &[u8]) -> u16 {
-    u16::from_be_bytes([f[36], f[37]])
+    udp_frame(128, 4000, dst_port, seq)
 }
 
 fn spec(name: &str, kind: PortType, ofport: u32, devargs: Option<String>) -> PortSpec {
@@ -380,8 +360,8 @@ fn nic_reset_and_device_events() {
     drop(factory);
     let out2 = pcap::read_file(dir.join("out2.pcap")).expect("out2");
     let out3 = pcap::read_file(dir.join("out3.pcap")).expect("out3");
-    assert!(out2.iter().all(|f| dst_of(f) == 1000));
-    assert!(out3.iter().all(|f| dst_of(f) == 2000));
+    assert!(out2.iter().all(|f| dst_port_of(f) == 1000));
+    assert!(out3.iter().all(|f| dst_port_of(f) == 2000));
     let got_a: Vec<u32> = out2.iter().map(|f| seq_of(f)).collect();
     let got_b: Vec<u32> = out3.iter().map(|f| seq_of(f)).collect();
     assert_eq!(got_a, sent_a, "port 2: every A packet once, in order");
@@ -400,77 +380,38 @@ fn nic_reset_and_device_events() {
 /// free count at shutdown equals the one at start.
 #[test]
 fn daemon_nic_reset_reoffers() {
-    use serde_json::Value;
-    use std::process::{Command, Stdio};
-    const BIN: &str = env!("CARGO_BIN_EXE_flowmark");
     let prefix = prefix("resetd");
     let _guard = RuntimeDirGuard(prefix.clone());
     let dir = scratch("resetd");
-    let socket = dir.join("flowmark.sock");
-    let config = dir.join("flowmark.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let d = Daemon::start_with(
+        Some(&format!(
             "pmd_cores = [1]\noffload = true\n\n[dpdk]\neal_args = {:?}\nmbufs = 4096\n\n\
              [[port]]\nname = \"nic0\"\ntype = \"testbed-nic-dpdk\"\nofport = 1\n\n\
              [[port]]\nname = \"nic1\"\ntype = \"testbed-nic-dpdk\"\nofport = 2\n",
             eal_args(&prefix)
-        ),
-    )
-    .expect("config");
-    let child = Command::new(BIN)
-        .args(["run", "--log-level", "warning", "--socket"])
-        .arg(&socket)
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start flowmark run");
-    let cli = |args: &[&str]| -> Option<Value> {
-        let out = Command::new(BIN)
-            .arg("--socket")
-            .arg(&socket)
-            .args(args)
-            .arg("--json")
-            .output()
-            .expect("run the CLI");
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    };
-    let wait = |what: &str, cond: &dyn Fn() -> bool| {
-        let start = Instant::now();
-        while !cond() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "timed out waiting for {what}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    wait("the daemon", &|| cli(&["port", "list"]).is_some());
-    let ok = |args: &[&str]| cli(args).unwrap_or_else(|| panic!("flowmark {args:?} failed"));
-    ok(&[
+        )),
+        Stdio::piped(),
+    );
+    d.json(&[
         "flow",
         "add",
         "priority=10,in_port=1,udp,tp_dst=1000,actions=output:2",
     ]);
-    ok(&[
+    d.json(&[
         "flow",
         "add",
         "priority=10,in_port=1,udp,tp_dst=2000,actions=output:2",
     ]);
+    // (device rules, resets) of nic0 and the megaflows offloaded.
     let nic0 = |status: &Value| -> (u64, u64, u64) {
         let p = status["ports"]
             .as_array()
             .and_then(|ps| ps.iter().find(|p| p["name"] == "nic0").cloned())
-            .unwrap_or(Value::Null);
+            .unwrap_or_else(|| panic!("no offload line for nic0: {status}"));
         (
-            p["device_rules"].as_u64().unwrap_or(u64::MAX),
-            p["resets"].as_u64().unwrap_or(0),
-            status["states"]["offloaded"].as_u64().unwrap_or(0),
+            u(&p["device_rules"]),
+            u(&p["resets"]),
+            u(&status["states"]["offloaded"]),
         )
     };
     let pcap_file = dir.join("in.pcap");
@@ -483,50 +424,26 @@ fn daemon_nic_reset_reoffers() {
         frames.iter().map(|f| f.as_slice()),
     )
     .expect("pcap");
-    let pcap_arg = pcap_file.to_str().expect("utf-8 path");
-    ok(&["port", "inject", "nic0", "--pcap", pcap_arg]);
-    wait("2 megaflows offloaded", &|| {
-        let (rules, _, off) = nic0(&ok(&["offload", "status"]));
+    d.inject_pcap("nic0", &pcap_file);
+    d.wait_for("2 megaflows offloaded", |d| {
+        let (rules, _, off) = nic0(&d.json(&["offload", "status"]));
         off == 2 && rules == 2
     });
-    ok(&["nic", "reset", "nic0"]);
-    wait("the megaflows offloaded again", &|| {
-        let (rules, resets, off) = nic0(&ok(&["offload", "status"]));
+    d.json(&["nic", "reset", "nic0"]);
+    d.wait_for("the megaflows offloaded again", |d| {
+        let (rules, resets, off) = nic0(&d.json(&["offload", "status"]));
         resets == 1 && off == 2 && rules == 2
     });
-    ok(&["port", "inject", "nic0", "--pcap", pcap_arg]);
-    wait("800 packets through", &|| {
-        let s = ok(&["port", "stats"]);
-        s.as_array().is_some_and(|ps| {
-            ps.iter()
-                .any(|p| p["name"] == "nic1" && p["tx"].as_u64() == Some(800))
-        })
+    d.inject_pcap("nic0", &pcap_file);
+    d.wait_for("800 packets through", |d| {
+        u(&d.port_stats("nic1")["tx"]) == 800
     });
-    let mf = ok(&["megaflow", "dump"]);
-    let mf = mf.as_array().expect("megaflows");
+    let mf = d.megaflows();
     assert_eq!(mf.len(), 2, "{mf:?}");
     assert!(mf.iter().all(|m| m["state"] == "offloaded"), "{mf:?}");
-    let stats = ok(&["port", "stats"]);
-    for p in stats.as_array().expect("ports") {
-        let sum = |v: &Value| -> u64 {
-            v.as_object()
-                .map_or(0, |o| o.values().filter_map(Value::as_u64).sum())
-        };
-        let n = |k: &str| p[k].as_u64().unwrap_or(u64::MAX);
-        assert_eq!(n("rx"), n("forwarded") + sum(&p["rx_dropped"]), "{p}");
-        assert_eq!(n("tx_attempted"), n("tx") + sum(&p["tx_dropped"]), "{p}");
-    }
+    check_accounting(&arr(&d.json(&["port", "stats"])));
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let out = child.wait_with_output().expect("daemon exit");
-    assert!(
-        out.status.success(),
-        "flowmark run exited with {}",
-        out.status
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = d.stop_output();
     let free: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("free mbufs at"))

@@ -3,19 +3,15 @@
 //! megaflows installed). Skipped without ovs-ofctl unless
 //! FLOWMARK_REQUIRE_ORACLES is set.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
+#[path = "support/daemon.rs"]
+mod harness;
 #[path = "support/test_env.rs"]
 mod test_env;
 
-struct Daemon(Child);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use harness::{Daemon, KillOnDrop};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("command runs");
@@ -29,54 +25,32 @@ fn run(cmd: &mut Command) -> String {
 
 /// A running `flowmark run` with an OpenFlow listener.
 struct Rig {
-    _daemon: Daemon,
-    dir: std::path::PathBuf,
-    socket: std::path::PathBuf,
+    daemon: Daemon,
+    dir: PathBuf,
     target: String,
 }
 
 impl Rig {
     /// None when ovs-ofctl is missing (and not required).
-    fn start(name: &str) -> Option<Rig> {
+    fn start() -> Option<Rig> {
         if !test_env::oracle("ovs-ofctl", "--version", "openvswitch-common") {
             return None;
         }
-        let dir = std::env::temp_dir().join(format!("flowmark-of-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let config = dir.join("flowmark.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "pmd_cores = [0]\n[[port]]\nname = \"nic0\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"nic1\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"vm0\"\ntype = \"testbed-vm\"\n[openflow]\nlisten = \"ptcp:{port}\"\n"
-            ),
-        )
-        .expect("config");
-        let socket = dir.join("flowmark.sock");
-        let daemon = Daemon(
-            Command::new(env!("CARGO_BIN_EXE_flowmark"))
-                .arg("--socket")
-                .arg(&socket)
-                .arg("run")
-                .arg("--config")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("flowmark run starts"),
-        );
+        let daemon = Daemon::start(Some(&format!(
+            "pmd_cores = [0]\n[[port]]\nname = \"nic0\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"nic1\"\ntype = \"testbed-nic\"\n[[port]]\nname = \"vm0\"\ntype = \"testbed-vm\"\n[openflow]\nlisten = \"ptcp:{port}\"\n"
+        )));
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "the OpenFlow listener came up");
             std::thread::sleep(Duration::from_millis(100));
         }
         Some(Rig {
-            _daemon: daemon,
-            dir,
-            socket,
+            dir: daemon.dir.path().to_path_buf(),
+            daemon,
             target: format!("tcp:127.0.0.1:{port}"),
         })
     }
@@ -88,7 +62,7 @@ impl Rig {
     }
 
     /// `ovs-ofctl --bundle add-flows FILE` (one ONF bundle), not yet run.
-    fn bundle_add_flows(&self, file: &std::path::Path) -> Command {
+    fn bundle_add_flows(&self, file: &Path) -> Command {
         let mut c = Command::new("ovs-ofctl");
         c.args([
             "-O",
@@ -102,23 +76,21 @@ impl Rig {
         c
     }
 
+    /// A control command that must succeed; its output.
     fn flowmark(&self, args: &[&str]) -> String {
-        run(Command::new(env!("CARGO_BIN_EXE_flowmark"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args))
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let out = self.daemon.try_cli(args);
+        assert!(
+            out.status.success(),
+            "flowmark {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
 #[test]
 fn openflow_flows_take_effect_in_the_datapath() {
-    let Some(rig) = Rig::start("flows") else {
+    let Some(rig) = Rig::start() else {
         return;
     };
     let ofctl = |args: &[&str]| rig.ofctl(args);
@@ -171,12 +143,12 @@ fn openflow_flows_take_effect_in_the_datapath() {
 
 #[test]
 fn controller_action_sends_packet_in() {
-    let Some(rig) = Rig::start("packet-in") else {
+    let Some(rig) = Rig::start() else {
         return;
     };
     rig.ofctl(&["add-flow", "priority=10,in_port=2,udp,actions=controller"]);
     // A monitoring controller connection prints every asynchronous message.
-    let mut monitor = Daemon(
+    let mut monitor = KillOnDrop(
         // Line-buffered: ovs-ofctl's stdio buffers a pipe fully.
         Command::new("stdbuf")
             .args(["-oL", "ovs-ofctl"])
@@ -280,7 +252,7 @@ fn flow_count(rig: &Rig) -> u64 {
 /// changes nothing and reports both errors as Open vSwitch does.
 #[test]
 fn controller_scale_add_flows_and_bundles() {
-    let Some(rig) = Rig::start("scale") else {
+    let Some(rig) = Rig::start() else {
         return;
     };
     const N: usize = 20_000;

@@ -4,27 +4,20 @@
 //! The daemon is a subprocess on a temporary socket; waits are bounded
 //! polls.
 
+#[path = "support/daemon.rs"]
+mod harness;
+#[path = "support/test_env.rs"]
+mod test_env;
+
+use harness::{arr, u, Daemon, BIN, WAIT};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
-#[path = "support/test_env.rs"]
-mod test_env;
-
-const BIN: &str = env!("CARGO_BIN_EXE_flowmark");
 const GTP_FLOWS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gtp.flows");
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Daemon {
-    child: Child,
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    metrics_port: u16,
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -33,74 +26,32 @@ fn free_port() -> u16 {
         .port()
 }
 
-impl Daemon {
-    /// The default testbed (nic0, nic1, vm0) with one PMD and `/metrics`.
-    fn start() -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("flowmark.sock");
+/// The shared daemon harness plus the `/metrics` port.
+struct Ops {
+    d: Daemon,
+    metrics_port: u16,
+}
+
+impl std::ops::Deref for Ops {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.d
+    }
+}
+
+impl Ops {
+    /// The default testbed (nic0, nic1, vm0) with one PMD and `/metrics`
+    /// (bound before the daemon answers its socket).
+    fn start() -> Ops {
         let metrics_port = free_port();
-        let config = dir.path().join("flowmark.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "pmd_cores = [0]\n\
-                 [[port]]\nname = \"nic0\"\ntype = \"testbed-nic\"\n\
-                 [[port]]\nname = \"nic1\"\ntype = \"testbed-nic\"\n\
-                 [[port]]\nname = \"vm0\"\ntype = \"testbed-vm\"\n\
-                 [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
-            ),
-        )
-        .expect("config");
-        let child = Command::new(BIN)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["run", "--log-level", "warning", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start flowmark run");
-        let mut d = Daemon {
-            child,
-            _dir: dir,
-            socket,
-            metrics_port,
-        };
-        let start = Instant::now();
-        loop {
-            if let Some(status) = d.child.try_wait().expect("try_wait") {
-                panic!("flowmark run exited at start: {status}");
-            }
-            if d.cli(&["port", "list", "--json"]).status.success()
-                && TcpStream::connect(("127.0.0.1", metrics_port)).is_ok()
-            {
-                break;
-            }
-            assert!(start.elapsed() < WAIT, "the daemon did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run the CLI")
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let out = self.cli(&a);
-        assert!(
-            out.status.success(),
-            "flowmark {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON")
+        let d = Daemon::start(Some(&format!(
+            "pmd_cores = [0]\n\
+             [[port]]\nname = \"nic0\"\ntype = \"testbed-nic\"\n\
+             [[port]]\nname = \"nic1\"\ntype = \"testbed-nic\"\n\
+             [[port]]\nname = \"vm0\"\ntype = \"testbed-vm\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+        )));
+        Ops { d, metrics_port }
     }
 
     /// Adds the GTP rules and sends known traffic: 4000 GTP-U packets over
@@ -109,37 +60,9 @@ impl Daemon {
     fn known_traffic(&self) {
         let added = self.json(&["flow", "add", "--file", GTP_FLOWS]);
         assert_eq!(added["added"], 7, "{added}");
-        self.json(&[
-            "port",
-            "inject",
-            "nic0",
-            "--generate",
-            "flows=40,count=4000,kind=gtp-up",
-        ]);
-        self.json(&[
-            "port",
-            "inject",
-            "nic1",
-            "--generate",
-            "flows=10,count=1000,kind=gtp-down",
-        ]);
+        self.inject("nic0", "flows=40,count=4000,kind=gtp-up");
+        self.inject("nic1", "flows=10,count=1000,kind=gtp-down");
         self.quiesce();
-    }
-
-    /// Port counters unchanged over two reads, nothing pending offload.
-    fn quiesce(&self) {
-        let start = Instant::now();
-        let mut last = Value::Null;
-        loop {
-            let now = self.json(&["port", "stats"]);
-            let pending = &self.json(&["offload", "status"])["states"]["pending"];
-            if now == last && pending == 0 {
-                return;
-            }
-            assert!(start.elapsed() < WAIT, "traffic did not settle");
-            last = now;
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// GET `path` from the metrics endpoint: (status line, headers, body).
@@ -156,23 +79,6 @@ impl Daemon {
         let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
         (status.to_string(), headers.to_string(), body.to_string())
     }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64()
-        .unwrap_or_else(|| panic!("expected a JSON count, got {v}"))
-}
-
-fn arr(v: &Value) -> &Vec<Value> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("expected a JSON array, got {v}"))
 }
 
 /// `name{labels}` → value of every sample in a text-format scrape (labels
@@ -197,7 +103,7 @@ fn sample(m: &BTreeMap<String, f64>, key: &str) -> u64 {
 
 #[test]
 fn metrics_lint_and_equal_the_cli_documents_at_quiescence() {
-    let d = Daemon::start();
+    let d = Ops::start();
     d.known_traffic();
     let ports = d.json(&["port", "stats"]);
     let pmds = d.json(&["pmd", "stats"]);
@@ -402,18 +308,12 @@ fn metrics_lint_and_equal_the_cli_documents_at_quiescence() {
 /// injection shows up as a rate on its port.
 #[test]
 fn top_once_shows_ports_shares_and_top_megaflows() {
-    let d = Daemon::start();
+    let d = Ops::start();
     // A VM-port flow too: it stays in software for want of a flow device.
-    d.json(&[
-        "port",
-        "inject",
-        "vm0",
-        "--generate",
-        "flows=1,count=300,kind=udp",
-    ]);
+    d.inject("vm0", "flows=1,count=300,kind=udp");
     d.known_traffic();
     let top = |args: &[&str]| -> String {
-        let out = d.cli(&[&["top", "--interval", "0.2"], args].concat());
+        let out = d.try_cli(&[&["top", "--interval", "0.2"], args].concat());
         assert!(
             out.status.success(),
             "top {args:?}: {}",
@@ -492,7 +392,7 @@ fn top_once_shows_ports_shares_and_top_megaflows() {
         listed[0].contains(by_packets[0]["megaflow"].as_str().expect("megaflow")),
         "busiest first:\n{frame}"
     );
-    for m in rows {
+    for m in &rows {
         let text = m["megaflow"].as_str().expect("megaflow");
         let line = listed
             .iter()

@@ -400,10 +400,10 @@ fn pop_vlan<B: PacketBuf + ?Sized>(pkt: &mut B, info: &mut ParseInfo) {
 mod tests {
     use super::*;
     use crate::key::{FlowKey, VLAN_CFI};
-    use crate::packet::build::*;
     use crate::packet::{ipv6_ext, parse};
     use crate::port::{HeapPacket, HEADROOM};
     use std::net::{Ipv4Addr, Ipv6Addr};
+    use testbed::build::*;
 
     const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const IP_B: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 3);

@@ -4,6 +4,8 @@
 //! the OpenFlow pipeline ([`ofproto`]), whose translation ([`ofproto::xlate`])
 //! yields a [`megaflow::Megaflow`]: datapath actions plus a wildcard mask.
 
+#![forbid(unsafe_code)]
+
 pub mod actions;
 pub mod cache;
 pub mod dpcls;

@@ -15,28 +15,10 @@ use fallback::ofproto::{Match, OfAction, Rule};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-}
-
 #[path = "../../tests/support/test_env.rs"]
 mod test_env;
 use test_env::long;
+use testbed::traffic::Rng;
 
 const TABLES: [u8; 2] = [0, 3];
 const V4_NETS: [u32; 8] = [
@@ -441,7 +423,7 @@ impl World {
             let other = if s % 2 == 0 {
                 let mut o = FlowKey::ZERO;
                 for w in o.words.iter_mut() {
-                    *w = self.r.next();
+                    *w = self.r.next_u64();
                 }
                 o
             } else {
@@ -465,7 +447,7 @@ impl World {
 
 fn run(seed: u64, n_rules: usize, rounds: usize, probes_per_round: usize) -> World {
     let mut w = World {
-        r: Rng(seed | 1),
+        r: Rng::new(seed),
         p: Pipeline::new(),
         reference: Reference::default(),
         prio_actions: Vec::new(),

@@ -12,6 +12,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use std::path::Path;
 use std::process::Command;
+use testbed::traffic::Rng;
 
 fn data(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -495,34 +496,20 @@ fn flows_file_skips_comments_and_names_the_bad_line() {
 // set_field against the match's prerequisites, nw_frag with L4 fields,
 // mod_nw_ttl), valid and invalid alike.
 
-/// splitmix64: a small deterministic generator, so that every run (and
-/// every machine) sees the same flows for a seed.
-struct Rng(u64);
+/// Flow-text pieces drawn from the (splitmix64, so every run and every
+/// machine sees the same flows for a seed) generator.
+trait FlowText {
+    fn mac(&mut self) -> String;
+    fn ipv4(&mut self) -> String;
+    fn ipv6(&mut self) -> String;
+    /// A 16-bit number as people write them: small, any, or hex.
+    fn u16_text(&mut self) -> String;
+    fn u16_mask(&mut self) -> String;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// True with `percent`% probability.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len() as u64) as usize]
-    }
-
+impl FlowText for Rng {
     fn mac(&mut self) -> String {
-        let b = self.next().to_be_bytes();
+        let b = self.next_u64().to_be_bytes();
         format!(
             "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
             b[0], b[1], b[2], b[3], b[4], b[5]
@@ -530,20 +517,19 @@ impl Rng {
     }
 
     fn ipv4(&mut self) -> String {
-        std::net::Ipv4Addr::from(self.next() as u32).to_string()
+        std::net::Ipv4Addr::from(self.next_u64() as u32).to_string()
     }
 
     fn ipv6(&mut self) -> String {
-        let hi = u128::from(self.next());
+        let hi = u128::from(self.next_u64());
         let v = if self.chance(50) {
             hi << 64
         } else {
-            (hi << 64) | u128::from(self.next())
+            (hi << 64) | u128::from(self.next_u64())
         };
         std::net::Ipv6Addr::from(v).to_string()
     }
 
-    /// A 16-bit number as people write them: small, any, or hex.
     fn u16_text(&mut self) -> String {
         let v = match self.below(3) {
             0 => self.below(256),
@@ -780,7 +766,7 @@ fn oracle_agrees_on_random_flows() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(15);
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut failures = Vec::new();
     // Per class: (flows ovs-ofctl accepted, flows it refused).
     let mut tally: Vec<(&str, usize, usize)> =

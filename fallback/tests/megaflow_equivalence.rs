@@ -23,29 +23,10 @@ use fallback::ofproto::table::Pipeline;
 use fallback::ofproto::xlate::{xlate, xlate_hinted, Bridge};
 use fallback::ofproto::{Match, OfAction, Rule};
 use proptest::prelude::*;
+use testbed::traffic::Rng;
 
 const PORTS: [u32; 4] = [1, 2, 3, 4];
 const TABLES: [u8; 3] = [0, 1, 5];
-
-/// Deterministic generator (the proptest input is the seed).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-}
 
 const MACS: [u64; 4] = [
     0x0200_0000_0001,
@@ -256,7 +237,7 @@ fn packet_from(r: &mut Rng, m: &Match) -> FlowKey {
     }
     if r.chance(50) {
         let f = r.pick(&Field::ALL);
-        let bits = r.next() as u128 | ((r.next() as u128) << 64);
+        let bits = r.next_u64() as u128 | ((r.next_u64() as u128) << 64);
         k.set(f, (k.get(f) ^ (bits & f.full_mask())) | 1);
     }
     // A parsed packet has a TCI only with the VLAN-present bit.
@@ -463,7 +444,7 @@ struct Tally {
 }
 
 fn check_rule_set(seed: u64, tally: &mut Tally) {
-    let mut r = Rng(seed | 1);
+    let mut r = Rng::new(seed);
     let rules = random_rules(&mut r);
     let mut pipeline = Pipeline::new();
     for rule in &rules {

@@ -1,6 +1,8 @@
 //! flowmark's offload engine: the rte_flow model, megaflow → rte_flow
 //! translation, the mark pool and the offload worker.
 
+#![forbid(unsafe_code)]
+
 pub mod device;
 pub mod marks;
 pub mod rte;

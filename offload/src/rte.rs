@@ -335,14 +335,7 @@ impl fmt::Display for FieldText {
             FieldKind::Hex => write!(f, "{v:#x}"),
             FieldKind::EtherType => write!(f, "{v:#06x}"),
             FieldKind::Flag => write!(f, "{}", u8::from(v != 0)),
-            FieldKind::Mac => {
-                let b = (v as u64).to_be_bytes();
-                write!(
-                    f,
-                    "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                    b[2], b[3], b[4], b[5], b[6], b[7]
-                )
-            }
+            FieldKind::Mac => f.write_str(&fallback::key::fmt_mac(v as u64)),
             FieldKind::Ipv4 => write!(f, "{}", Ipv4Addr::from(v as u32)),
             FieldKind::Ipv6 => write!(f, "{}", Ipv6Addr::from(v)),
         }

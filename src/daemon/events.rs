@@ -12,42 +12,12 @@
 //! the factory. Virtual devices never raise the ethdev events, so `plan`
 //! is tested for every (event, state) pair on its own.
 
-use super::ports::{PortFactory, ResetOutcome};
+use crate::ports::{PortEvent, PortEventKind, PortFactory, ResetOutcome};
 use crate::switch::Switch;
 use fallback::port::PacketBuf;
 use slog::{error, info, warn, Logger};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-/// What happened to a port's device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PortEventKind {
-    /// The device lost every flow rule but still works (an emulated NIC's
-    /// reset): re-offer the port's megaflows.
-    RulesLost,
-    /// The device must be reset before it works again
-    /// (`RTE_ETH_EVENT_INTR_RESET`); its rules are gone.
-    ResetNeeded,
-    /// The device is gone (`RTE_ETH_EVENT_INTR_RMV`): remove the port.
-    Removed,
-}
-
-impl PortEventKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            PortEventKind::RulesLost => "rules_lost",
-            PortEventKind::ResetNeeded => "reset_needed",
-            PortEventKind::Removed => "removed",
-        }
-    }
-}
-
-/// An event on the port with OpenFlow number `ofport`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortEvent {
-    pub ofport: u32,
-    pub kind: PortEventKind,
-}
 
 /// The port as far as events are concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -379,7 +349,7 @@ mod tests {
     }
 
     use crate::config::{PortFamily, PortSpec, PortType};
-    use crate::daemon::ports::{NewPort, PortError, TestbedFactory};
+    use crate::ports::{NewPort, PortError, TestbedFactory};
     use crate::switch::SwitchConfig;
     use fallback::port::HeapPacket;
     use std::sync::Mutex;

@@ -5,19 +5,19 @@
 //! OpenFlow rule timeouts, NIC reset events, MAC aging and the shutdown on
 //! SIGINT/SIGTERM.
 //!
-//! Parts: [`ports`] (where ports come from), [`inject`] (test traffic),
+//! Parts: [`crate::ports`] (where ports come from), [`inject`] (test traffic),
 //! [`views`] (the JSON and table documents), [`server`] (the socket),
 //! [`log`] (slog setup and rate limits).
 
 pub mod events;
 pub mod inject;
 pub mod log;
-pub mod ports;
 pub mod server;
 pub mod views;
 
 use crate::config::{Config, PortFamily, PortSpec, PortType, VhostMode};
 use crate::control::Request;
+use crate::ports::{PortError, PortFactory, TestbedFactory};
 use crate::switch::{check_add, AddRefused, NamedPortStats, PortInfo, Switch, SwitchError};
 use crossbeam_channel::{Receiver, Sender};
 use fallback::ofproto::syntax::{parse_flow, parse_match, FlowParseError};
@@ -25,7 +25,6 @@ use fallback::ofproto::table::{Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
 use fallback::port::PacketBuf;
 use hashbrown::HashMap;
-use ports::{PortError, PortFactory, TestbedFactory};
 use serde_json::{json, Value};
 use slog::{debug, info, warn, Logger};
 use std::path::PathBuf;
@@ -318,21 +317,6 @@ pub struct DaemonOptions {
     pub socket: PathBuf,
     pub log: Logger,
     pub on_start: Option<StartHook>,
-}
-
-/// Runs the daemon until SIGINT/SIGTERM.
-pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
-    for w in &opts.config.warnings {
-        warn!(opts.log, "config: {w}");
-    }
-    match opts.config.family() {
-        PortFamily::Testbed => run_with(opts, TestbedFactory::new()),
-        // The DPDK backend: EAL, mempool and its mbuf port factory.
-        #[cfg(feature = "dpdk")]
-        PortFamily::Dpdk => crate::dpdk::factory::run(opts),
-        #[cfg(not(feature = "dpdk"))]
-        PortFamily::Dpdk => Err(DaemonError::NoDpdkFactory),
-    }
 }
 
 /// Runs the daemon with a port factory of the configured ports' family.

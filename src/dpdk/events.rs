@@ -5,6 +5,7 @@
 //! ([`take`], through the port factory) and acts (`daemon::events`).
 
 use super::{strerror, sys, DpdkError};
+use crate::sync::Recover;
 use std::ffi::{c_int, c_void};
 use std::sync::{Mutex, MutexGuard};
 
@@ -22,10 +23,7 @@ pub enum EthEvent {
 static EVENTS: Mutex<Vec<(u16, EthEvent)>> = Mutex::new(Vec::new());
 
 fn lock() -> MutexGuard<'static, Vec<(u16, EthEvent)>> {
-    match EVENTS.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+    EVENTS.lock().recover()
 }
 
 /// Records an event for `port_id`: what the callback does. Public so that

@@ -1,8 +1,8 @@
 //! The daemon's DPDK port factory: `dpdk` (any devargs), `vhost`
 //! (`net_vhost`, server or client) and `testbed-nic-dpdk` ports, all over
-//! one mempool, for a `Switch<Mbuf>`. [`run`] is `flowmark run --config`
-//! for configs with DPDK ports: EAL up, factory, daemon, and the mempool's
-//! free count printed at start and at shutdown (equal: no mbuf leaked).
+//! one mempool, for a `Switch<Mbuf>`. [`DpdkBackend`] is the EAL and that
+//! mempool, whose free count is printed at start and at shutdown (equal:
+//! no mbuf leaked); `crate::backend` runs the daemon over it.
 
 use super::ethdev::{EthPort, EthPortConfig};
 use super::events::{self as eth_events, EthEvent};
@@ -11,10 +11,9 @@ use super::mbuf::{Mbuf, Mempool};
 use super::nic_ring::{NicDpdk, NicDpdkConfig};
 use super::{DpdkError, Eal};
 use crate::config::{PortFamily, PortSpec, PortType, VhostMode};
-use crate::daemon::ports::{
+use crate::ports::{
     drain_resets, NewPort, PortError, PortEvent, PortEventKind, PortFactory, ResetOutcome,
 };
-use crate::daemon::{DaemonError, DaemonOptions};
 use fallback::port::Port;
 use offload::device::{Capabilities, FlowDevice, Profile};
 use std::collections::BTreeMap;
@@ -356,29 +355,45 @@ impl PortFactory<Mbuf> for DpdkPortFactory {
     }
 }
 
-/// `flowmark run --config FILE` with DPDK ports: initialises the EAL from
-/// `[dpdk] eal_args`, makes the mempool, runs the daemon over a
-/// `Switch<Mbuf>`, and prints the pool's free mbufs at start and at
-/// shutdown (they are equal when no mbuf leaked).
-pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
-    let dpdk_err = |e: DpdkError| DaemonError::BadArgument(e.to_string());
-    let eal = Eal::init(&opts.config.dpdk.eal_args).map_err(dpdk_err)?;
-    let mbufs = opts.config.dpdk.mbufs.unwrap_or(DEFAULT_MBUFS);
-    let pool = Arc::new(Mempool::create("flowmark_mbufs", mbufs).map_err(dpdk_err)?);
-    println!(
-        "flowmark: mempool {} free mbufs at start: {} of {}",
-        pool.name(),
-        pool.free_count(),
-        pool.size()
-    );
-    let result = crate::daemon::run_with(opts, DpdkPortFactory::new(Arc::clone(&pool)));
-    println!(
-        "flowmark: mempool {} free mbufs at shutdown: {} of {}",
-        pool.name(),
-        pool.free_count(),
-        pool.size()
-    );
-    drop(pool);
-    eal.cleanup();
-    result
+/// The DPDK runtime under the daemon's DPDK ports (`flowmark run --config
+/// FILE` with DPDK ports): the EAL from `[dpdk] eal_args` and the mempool
+/// every port draws from.
+pub struct DpdkBackend {
+    eal: Eal,
+    pool: Arc<Mempool>,
+}
+
+impl DpdkBackend {
+    /// Initialises the EAL and makes the mempool; prints the pool's free
+    /// mbufs (compare with the count [`DpdkBackend::shutdown`] prints).
+    pub fn init(dpdk: &crate::config::DpdkSection) -> Result<DpdkBackend, DpdkError> {
+        let eal = Eal::init(&dpdk.eal_args)?;
+        let mbufs = dpdk.mbufs.unwrap_or(DEFAULT_MBUFS);
+        let pool = Arc::new(Mempool::create("flowmark_mbufs", mbufs)?);
+        println!(
+            "flowmark: mempool {} free mbufs at start: {} of {}",
+            pool.name(),
+            pool.free_count(),
+            pool.size()
+        );
+        Ok(DpdkBackend { eal, pool })
+    }
+
+    /// The port factory over this backend's mempool.
+    pub fn port_factory(&self) -> DpdkPortFactory {
+        DpdkPortFactory::new(Arc::clone(&self.pool))
+    }
+
+    /// Prints the pool's free mbufs (equal to the count at start when no
+    /// mbuf leaked) and shuts the EAL down.
+    pub fn shutdown(self) {
+        println!(
+            "flowmark: mempool {} free mbufs at shutdown: {} of {}",
+            self.pool.name(),
+            self.pool.free_count(),
+            self.pool.size()
+        );
+        drop(self.pool);
+        self.eal.cleanup();
+    }
 }

@@ -7,6 +7,7 @@
 //! devices, which have no rte_flow).
 
 use super::{strerror, sys};
+use crate::sync::Recover;
 use hashbrown::HashMap;
 use offload::device::{Capabilities, Counters, FlowDevice, FlowError, RuleHandle};
 use offload::rte::{self, Action, Item, RssType, Rule};
@@ -336,10 +337,7 @@ impl EthFlowDevice {
     /// Refuses (`true`) or takes again rte_flow calls. When this returns
     /// no call is in flight on the port.
     pub fn pause(&self, paused: bool) {
-        let mut g = match self.paused.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut g = self.paused.write().recover();
         *g = paused;
     }
 
@@ -356,10 +354,7 @@ impl EthFlowDevice {
 
     /// The pause gate for one call: `Err` while paused.
     fn enter(&self, call: &str) -> Result<RwLockReadGuard<'_, bool>, FlowError> {
-        let g = match self.paused.read() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let g = self.paused.read().recover();
         if *g {
             return Err(FlowError::Device(format!(
                 "rte_flow_{call} on port {}: the port is stopped (reset or removal under way); \
@@ -380,10 +375,7 @@ impl EthFlowDevice {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
-        match self.rules.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        self.rules.lock().recover()
     }
 
     /// An rte_flow failure as a `FlowError` with the PMD's message.

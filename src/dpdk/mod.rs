@@ -13,6 +13,8 @@
 //! - [`events`]: ethdev reset/removal events, recorded for the daemon;
 //! - [`factory`]: builds ports of those types from config entries.
 
+#![allow(unsafe_code)]
+
 pub mod tsc;
 
 #[cfg(feature = "dpdk")]

@@ -5,11 +5,11 @@
 //! this model's fields and OpenFlow's rules (output to the input port is
 //! skipped, FLOOD goes to every other port, NORMAL is a learning switch keyed
 //! by (MAC, VLAN), a table miss inside a resubmit continues the action list),
-//! and builds the expected frames from scratch with `fallback::packet::build`.
+//! and builds the expected frames from scratch with `testbed::build`.
 
-use fallback::packet::build;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use testbed::build;
 use testbed::traffic::Rng;
 
 /// Trailer every soak packet ends with: magic, flow, seq, window, in_port.
@@ -221,14 +221,6 @@ fn mac(v: u64) -> [u8; 6] {
     [b[2], b[3], b[4], b[5], b[6], b[7]]
 }
 
-fn fmt_mac(v: u64) -> String {
-    let m = mac(v);
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
-}
-
 /// What a captured frame's trailer says went in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tag {
@@ -423,7 +415,7 @@ impl SoakRule {
             .map(|a| match a {
                 Action::Output(p) => format!("output:{p}"),
                 Action::Tos(t) => format!("mod_nw_tos:{t}"),
-                Action::DlDst(m) => format!("mod_dl_dst:{}", fmt_mac(*m)),
+                Action::DlDst(m) => format!("mod_dl_dst:{}", fallback::key::fmt_mac(*m)),
                 Action::DecTtl => "dec_ttl".to_string(),
                 Action::Resubmit(t) => format!("resubmit(,{t})"),
                 Action::Normal => "NORMAL".to_string(),

@@ -6,10 +6,14 @@
 //!   `FlowDevice`;
 //! - [`vm`]: a VM port (software path only);
 //! - [`traffic`]: flow generators, the GTP gateway scenario; [`pcap`]: files;
+//!   [`build`]: well-formed packet builders;
 //! - [`matcher`]: the NIC's own rte_flow matcher over raw bytes;
 //! - [`toeplitz`]: the RSS hash;
 //! - [`pool`], [`sink`]: buffer recycling and transmit accounting.
 
+#![forbid(unsafe_code)]
+
+pub mod build;
 pub mod inject;
 pub mod matcher;
 pub mod nic;

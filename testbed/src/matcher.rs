@@ -578,7 +578,7 @@ pub fn pattern_matches(pattern: &[Item], pkt: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fallback::packet::build;
+    use crate::build;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     const A: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);

@@ -332,7 +332,7 @@ mod tests {
 
     #[test]
     fn files_round_trip_and_tcpdump_reads_them() {
-        use fallback::packet::build;
+        use crate::build;
         use std::net::Ipv4Addr;
         let dir = std::env::temp_dir().join(format!("flowmark-pcap-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use fallback::packet::build::{self, Ipv4Header, Ipv6Header, Pseudo};
+use crate::build::{self, Ipv4Header, Ipv6Header, Pseudo};
 
 use crate::inject::{Inject, InjectError};
 use crate::matcher::{
@@ -63,6 +63,16 @@ impl Rng {
     /// Uniform in `0..n` (`n` > 0).
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
+    }
+
+    /// True with `percent`% probability.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    /// One of `items` (not empty), uniformly.
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
     }
 }
 

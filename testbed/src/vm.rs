@@ -302,7 +302,7 @@ impl Inject for Guest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fallback::packet::build;
+    use crate::build;
     use std::net::Ipv4Addr;
 
     fn frame(i: u8) -> Vec<u8> {

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use fallback::packet::build;
 use fallback::port::{Burst, HeapPacket, PacketBuf, Port};
 use offload::device::{FlowDevice, FlowError, Profile};
 use offload::rte::{Action, Attr, Eth, Ipv4, Item, Masked, RssType, Rule, Udp};
+use testbed::build;
 use testbed::matcher::{Headers, ETHERTYPE_IPV4};
 use testbed::nic::rss::Reta;
 use testbed::toeplitz::Toeplitz;

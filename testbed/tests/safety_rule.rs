@@ -10,10 +10,11 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use fallback::key::{ethertype, frag, ipproto, Field, FlowKey, VLAN_CFI};
 use fallback::ofproto::Match;
-use fallback::packet::{self, build};
+use fallback::packet;
 use offload::device::{Capabilities, Profile};
 use offload::translate::translate;
 use proptest::prelude::*;
+use testbed::build;
 use testbed::matcher;
 use testbed::traffic::Rng;
 

@@ -186,3 +186,41 @@ impl fallback::port::Port for Gated {
         self.inner.stats()
     }
 }
+
+/// An Ethernet/IPv4/UDP frame of `len` bytes (IP and UDP lengths set to
+/// match, valid IPv4 checksum, UDP checksum 0) from 10.0.0.1 to 10.0.0.2,
+/// with `seq` at bytes 42..46 and a recognisable payload after it.
+pub fn udp_frame(len: usize, src_port: u16, dst_port: u16, seq: u32) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (len - 14) as u16;
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+    ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+    let c = csum(ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f[34..36].copy_from_slice(&src_port.to_be_bytes());
+    f[36..38].copy_from_slice(&dst_port.to_be_bytes());
+    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    f[42..46].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in f[46..].iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    f
+}
+
+/// The sequence number [`udp_frame`] wrote.
+pub fn seq_of(f: &[u8]) -> u32 {
+    u32::from_be_bytes([f[42], f[43], f[44], f[45]])
+}
+
+/// The UDP destination port of a [`udp_frame`].
+pub fn dst_port_of(f: &[u8]) -> u16 {
+    u16::from_be_bytes([f[36], f[37]])
+}

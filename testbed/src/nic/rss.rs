@@ -135,7 +135,7 @@ impl Reta {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fallback::packet::build;
+    use crate::build;
     use std::net::Ipv4Addr;
 
     #[test]

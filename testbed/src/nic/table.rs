@@ -220,8 +220,8 @@ impl RuleTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build;
     use crate::matcher::ETHERTYPE_IPV4;
-    use fallback::packet::build;
     use offload::rte::{Attr, Eth, Ipv4, Item, Masked, Udp};
     use std::net::Ipv4Addr;
 

@@ -1,0 +1,649 @@
+//! The worker thread around the engine, and the PMDs' halves of its
+//! channels ([`PmdOffload`], [`PmdRequests`], [`PmdUpdates`]).
+
+use super::*;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
+use fallback::cache::FlowHandle;
+use fallback::megaflow::{Megaflow, Ufid};
+use hashbrown::HashMap;
+use thiserror::Error;
+
+use crate::device::FlowDevice;
+use crate::marks::MarkTable;
+
+/// Worker thread settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerConfig {
+    pub engine: EngineConfig,
+    /// Requests the channel holds before PMDs get `QueueFull`.
+    pub queue_capacity: usize,
+    /// Requests taken per wake-up, and megaflows offered per round.
+    pub batch: usize,
+    /// While megaflows wait for quarantined marks, how often to look at
+    /// the PMDs' reports again (only then; otherwise the thread sleeps in
+    /// a blocking receive).
+    pub mark_wait_poll: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            engine: EngineConfig::default(),
+            queue_capacity: 4096,
+            batch: 64,
+            mark_wait_poll: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Why a call to the worker failed.
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error("the offload worker thread has stopped; restart flowmark (its log says why)")]
+    Stopped,
+    #[error("cannot start the offload worker thread: {0}; check the process's thread limit")]
+    Spawn(#[source] std::io::Error),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// What an offer on the PMD side came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// The queue was full: the megaflow stays in software (counted as
+    /// `offload_queue_full`) until the next revalidation sweep offers it.
+    QueueFull,
+    /// The worker is gone.
+    Stopped,
+}
+
+/// State shared between the worker thread and the PMDs (atomics only).
+#[derive(Debug, Default)]
+struct Shared {
+    /// The engine's epoch, stored after the updates of that epoch were sent.
+    epoch: AtomicU64,
+    queue_full: AtomicU64,
+}
+
+enum Control {
+    AddPmd {
+        pmd: PmdId,
+        updates: Sender<PmdUpdate>,
+        seen: Arc<AtomicU64>,
+        reply: Sender<()>,
+    },
+    RemovePmd {
+        pmd: PmdId,
+        reply: Sender<()>,
+    },
+    AddPort {
+        port: PortId,
+        device: Arc<dyn FlowDevice>,
+        n_rxq: u16,
+        reply: Sender<Result<(), EngineError>>,
+    },
+    RemovePort {
+        port: PortId,
+        reply: Sender<()>,
+    },
+    Reset {
+        port: PortId,
+        reply: Sender<()>,
+    },
+    Status {
+        reply: Sender<OffloadStatus>,
+    },
+    Dump {
+        reply: Sender<Vec<FlowOffloadInfo>>,
+    },
+    Shutdown,
+}
+
+/// The daemon's handle on the offload thread.
+pub struct OffloadWorker {
+    requests: Sender<OffloadRequest>,
+    control: Sender<Control>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl OffloadWorker {
+    pub fn spawn(config: WorkerConfig) -> Result<OffloadWorker, WorkerError> {
+        let engine = OffloadEngine::new(config.engine)?;
+        let (requests, request_rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
+        let (control, control_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared::default());
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("offload".to_string())
+            .spawn(move || {
+                WorkerThread {
+                    engine,
+                    config,
+                    requests: request_rx,
+                    control: control_rx,
+                    shared: thread_shared,
+                    pmds: PmdChannels::default(),
+                }
+                .run()
+            })
+            .map_err(WorkerError::Spawn)?;
+        Ok(OffloadWorker {
+            requests,
+            control,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Control) -> Result<T, WorkerError> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.control
+            .send(make(reply))
+            .map_err(|_| WorkerError::Stopped)?;
+        rx.recv().map_err(|_| WorkerError::Stopped)
+    }
+
+    /// Registers a PMD and gives it its end (the daemon moves it into the
+    /// PMD thread).
+    pub fn add_pmd(&self, pmd: PmdId) -> Result<PmdOffload, WorkerError> {
+        let (updates, updates_rx) = crossbeam_channel::unbounded();
+        let seen = Arc::new(AtomicU64::new(0));
+        let seen_pmd = Arc::clone(&seen);
+        self.call(|reply| Control::AddPmd {
+            pmd,
+            updates,
+            seen: seen_pmd,
+            reply,
+        })?;
+        Ok(PmdOffload {
+            requests: PmdRequests {
+                pmd,
+                requests: self.requests.clone(),
+                shared: Arc::clone(&self.shared),
+            },
+            updates: PmdUpdates {
+                updates: updates_rx,
+                shared: Arc::clone(&self.shared),
+                seen,
+            },
+            table: MarkTable::new(),
+            backlog: VecDeque::new(),
+        })
+    }
+
+    /// The PMD stopped: its copies are dropped and its quiescence no
+    /// longer awaited.
+    pub fn remove_pmd(&self, pmd: PmdId) -> Result<(), WorkerError> {
+        self.call(|reply| Control::RemovePmd { pmd, reply })
+    }
+
+    pub fn add_port(
+        &self,
+        port: PortId,
+        device: Arc<dyn FlowDevice>,
+        n_rxq: u16,
+    ) -> Result<(), WorkerError> {
+        Ok(self.call(|reply| Control::AddPort {
+            port,
+            device,
+            n_rxq,
+            reply,
+        })??)
+    }
+
+    /// Returns once the port's rules are destroyed and its marks released.
+    pub fn remove_port(&self, port: PortId) -> Result<(), WorkerError> {
+        self.call(|reply| Control::RemovePort { port, reply })
+    }
+
+    /// The port's NIC was reset (all its rules lost).
+    pub fn device_reset(&self, port: PortId) -> Result<(), WorkerError> {
+        self.call(|reply| Control::Reset { port, reply })
+    }
+
+    pub fn status(&self) -> Result<OffloadStatus, WorkerError> {
+        self.call(|reply| Control::Status { reply })
+    }
+
+    pub fn dump(&self) -> Result<Vec<FlowOffloadInfo>, WorkerError> {
+        self.call(|reply| Control::Dump { reply })
+    }
+
+    /// For the main thread (it may wait): a request that must not be lost.
+    pub fn request(&self, req: OffloadRequest) -> Result<(), WorkerError> {
+        self.requests.send(req).map_err(|_| WorkerError::Stopped)
+    }
+
+    /// For a revalidation sweep's re-offers: never waits.
+    pub fn offer(&self, req: OffloadRequest) -> Offer {
+        try_send(&self.requests, &self.shared, req)
+    }
+
+    /// Requests waiting in the channel.
+    pub fn queue_len(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Stops the thread after the requests already queued.
+    pub fn shutdown(mut self) -> Result<(), WorkerError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), WorkerError> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        // A send error means the thread is already gone; join says how.
+        let _ = self.control.send(Control::Shutdown);
+        thread.join().map_err(|_| WorkerError::Stopped)
+    }
+}
+
+impl Drop for OffloadWorker {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn try_send(requests: &Sender<OffloadRequest>, shared: &Shared, req: OffloadRequest) -> Offer {
+    match requests.try_send(req) {
+        Ok(()) => Offer::Queued,
+        Err(TrySendError::Full(_)) => {
+            shared.queue_full.fetch_add(1, Ordering::Relaxed);
+            Offer::QueueFull
+        }
+        Err(TrySendError::Disconnected(_)) => Offer::Stopped,
+    }
+}
+
+/// A PMD's sending side. Every method is `&self` and never waits; a
+/// datapath that keeps its own backlog of refused deletes can use this
+/// alone (with [`PmdUpdates`]) instead of [`PmdOffload`].
+#[derive(Clone)]
+pub struct PmdRequests {
+    pmd: PmdId,
+    requests: Sender<OffloadRequest>,
+    shared: Arc<Shared>,
+}
+
+impl PmdRequests {
+    pub fn pmd(&self) -> PmdId {
+        self.pmd
+    }
+
+    /// Offers a megaflow this PMD just installed as `handle`.
+    pub fn put(&self, port: PortId, mf: &Megaflow, handle: FlowHandle) -> Offer {
+        self.send(OffloadRequest::Put(self.put_request(port, mf, handle)))
+    }
+
+    /// Revalidation changed this PMD's megaflow `old` into `mf` (see
+    /// [`OffloadRequest::Modify`]). A `QueueFull` must be retried: it may
+    /// carry a delete.
+    pub fn modify(&self, old: Ufid, port: PortId, mf: &Megaflow, handle: FlowHandle) -> Offer {
+        let new = self.put_request(port, mf, handle);
+        self.send(OffloadRequest::Modify { old, new })
+    }
+
+    /// This PMD removed its copy of a megaflow. A `QueueFull` must be
+    /// retried (a lost delete would leave the rule and its mark behind).
+    pub fn delete(&self, port: PortId, ufid: Ufid) -> Offer {
+        let pmd = self.pmd;
+        self.send(OffloadRequest::Delete { pmd, port, ufid })
+    }
+
+    /// Sends a request as is (e.g. one kept back earlier).
+    pub fn send(&self, req: OffloadRequest) -> Offer {
+        try_send(&self.requests, &self.shared, req)
+    }
+
+    fn put_request(&self, port: PortId, mf: &Megaflow, handle: FlowHandle) -> PutRequest {
+        PutRequest {
+            pmd: self.pmd,
+            port,
+            ufid: mf.ufid,
+            r#match: mf.r#match,
+            handle,
+            enqueued: Instant::now(),
+        }
+    }
+}
+
+/// A PMD's receiving side: the worker's [`PmdUpdate`]s and the PMD's
+/// quiescence report.
+pub struct PmdUpdates {
+    updates: Receiver<PmdUpdate>,
+    shared: Arc<Shared>,
+    seen: Arc<AtomicU64>,
+}
+
+impl PmdUpdates {
+    /// Call at the top of every poll loop: hands every pending update to
+    /// `apply` (in order), then reports the quiescent point. Returns the
+    /// number of updates.
+    pub fn drain(&self, mut apply: impl FnMut(PmdUpdate)) -> usize {
+        // Read the epoch before draining: every update sent before the
+        // worker stored this epoch is applied by the time we report it.
+        let epoch = self.shared.epoch.load(Ordering::Acquire);
+        let mut n = 0;
+        while let Ok(update) = self.updates.try_recv() {
+            apply(update);
+            n += 1;
+        }
+        self.seen.store(epoch, Ordering::Release);
+        n
+    }
+
+    /// [`PmdUpdates::drain`] into a [`MarkTable`].
+    pub fn apply_to(&self, table: &mut MarkTable) -> usize {
+        self.drain(|u| table.apply(u))
+    }
+}
+
+/// A PMD's whole end: its [`MarkTable`], its updates and its offers, with
+/// a backlog so deletes and modifies are never lost. Owned by the PMD
+/// thread; no method blocks.
+pub struct PmdOffload {
+    requests: PmdRequests,
+    updates: PmdUpdates,
+    table: MarkTable,
+    /// Deletes and modifies the full queue refused, in order. Puts wait
+    /// behind them so the worker sees one PMD's requests in order.
+    backlog: VecDeque<OffloadRequest>,
+}
+
+impl PmdOffload {
+    pub fn pmd(&self) -> PmdId {
+        self.requests.pmd
+    }
+
+    /// The fast path: the PMD's megaflow for a packet's mark. Check the
+    /// handle with `FlowCache::get`; a miss or a dead handle means software.
+    #[inline]
+    pub fn lookup(&self, mark: u32) -> Option<FlowHandle> {
+        self.table.lookup(mark)
+    }
+
+    pub fn marks(&self) -> &MarkTable {
+        &self.table
+    }
+
+    /// Call at the top of every poll loop: applies the worker's updates,
+    /// reports the quiescent point, and retries kept-back requests.
+    /// Returns the number of updates applied.
+    pub fn quiesce(&mut self) -> usize {
+        let applied = self.updates.apply_to(&mut self.table);
+        self.flush_backlog();
+        applied
+    }
+
+    /// Offers a megaflow this PMD just installed. Never waits.
+    pub fn offer_put(&mut self, port: PortId, mf: &Megaflow, handle: FlowHandle) -> Offer {
+        self.flush_backlog();
+        if !self.backlog.is_empty() {
+            self.requests
+                .shared
+                .queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            return Offer::QueueFull;
+        }
+        self.requests.put(port, mf, handle)
+    }
+
+    /// See [`PmdRequests::modify`]. Never waits and is never lost.
+    pub fn offer_modify(&mut self, old: Ufid, port: PortId, mf: &Megaflow, handle: FlowHandle) {
+        let new = self.requests.put_request(port, mf, handle);
+        self.send_or_keep(OffloadRequest::Modify { old, new });
+    }
+
+    /// This PMD removed its copy of a megaflow. Never waits and is never lost.
+    pub fn offer_delete(&mut self, port: PortId, ufid: Ufid) {
+        let pmd = self.requests.pmd;
+        self.send_or_keep(OffloadRequest::Delete { pmd, port, ufid });
+    }
+
+    /// Requests kept back by a full queue.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// The two sides, for a datapath that owns its MarkTable and backlog.
+    pub fn into_parts(self) -> (PmdRequests, PmdUpdates) {
+        (self.requests, self.updates)
+    }
+
+    fn send_or_keep(&mut self, req: OffloadRequest) {
+        self.flush_backlog();
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(req);
+            return;
+        }
+        if let Err(TrySendError::Full(req)) = self.requests.requests.try_send(req) {
+            self.backlog.push_back(req);
+        }
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some(req) = self.backlog.pop_front() {
+            match self.requests.requests.try_send(req) {
+                Ok(()) => {}
+                Err(TrySendError::Full(req)) => {
+                    self.backlog.push_front(req);
+                    return;
+                }
+                // The worker is gone: nothing will ever take them.
+                Err(TrySendError::Disconnected(_)) => {
+                    self.backlog.clear();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The per-PMD update channels and quiescence reports.
+#[derive(Default)]
+struct PmdChannels {
+    senders: HashMap<PmdId, Sender<PmdUpdate>>,
+    seen: HashMap<PmdId, Arc<AtomicU64>>,
+    /// PMDs whose end was dropped without `remove_pmd`.
+    vanished: Vec<PmdId>,
+}
+
+impl UpdateSink for PmdChannels {
+    fn send(&mut self, pmd: PmdId, update: PmdUpdate) {
+        if let Some(tx) = self.senders.get(&pmd) {
+            // Unbounded: never waits. An error means the PMD's end is gone.
+            if tx.send(update).is_err() {
+                self.senders.remove(&pmd);
+                self.vanished.push(pmd);
+            }
+        }
+    }
+}
+
+struct WorkerThread {
+    engine: OffloadEngine,
+    config: WorkerConfig,
+    requests: Receiver<OffloadRequest>,
+    control: Receiver<Control>,
+    shared: Arc<Shared>,
+    pmds: PmdChannels,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl WorkerThread {
+    fn run(mut self) {
+        let mut requests_open = true;
+        loop {
+            if !self.engine.has_pending() {
+                match self.wait(requests_open) {
+                    Wake::Request(req) => self.handle(req),
+                    Wake::Control(c) => {
+                        if let Flow::Stop = self.control(c) {
+                            return;
+                        }
+                    }
+                    Wake::RequestsClosed => requests_open = false,
+                    Wake::Stop => return,
+                    Wake::Timeout => {}
+                }
+            }
+            // Batch: take what else is waiting without blocking.
+            for _ in 1..self.config.batch.max(1) {
+                match self.requests.try_recv() {
+                    Ok(req) => self.handle(req),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        requests_open = false;
+                        break;
+                    }
+                }
+            }
+            while let Ok(c) = self.control.try_recv() {
+                if let Flow::Stop = self.control(c) {
+                    return;
+                }
+            }
+            self.read_quiescence();
+            let now = Instant::now();
+            self.engine
+                .process(now, self.config.batch.max(1), &mut self.pmds);
+            self.after_updates();
+        }
+    }
+
+    fn wait(&self, requests_open: bool) -> Wake {
+        let mut sel = Select::new();
+        let control_index = sel.recv(&self.control);
+        if requests_open {
+            sel.recv(&self.requests);
+        }
+        let op = if self.engine.waiting_for_marks() > 0 {
+            match sel.select_timeout(self.config.mark_wait_poll) {
+                Ok(op) => op,
+                Err(_) => return Wake::Timeout,
+            }
+        } else {
+            sel.select()
+        };
+        if op.index() == control_index {
+            match op.recv(&self.control) {
+                Ok(c) => Wake::Control(c),
+                // Every handle is gone.
+                Err(_) => Wake::Stop,
+            }
+        } else {
+            match op.recv(&self.requests) {
+                Ok(r) => Wake::Request(r),
+                Err(_) => Wake::RequestsClosed,
+            }
+        }
+    }
+
+    fn handle(&mut self, req: OffloadRequest) {
+        self.engine.handle(req, Instant::now(), &mut self.pmds);
+        self.after_updates();
+    }
+
+    fn read_quiescence(&mut self) {
+        for (pmd, seen) in &self.pmds.seen {
+            self.engine
+                .pmd_quiescent(*pmd, Epoch(seen.load(Ordering::Acquire)));
+        }
+    }
+
+    /// Publishes the epoch once the updates of the last call are sent, and
+    /// forgets PMDs that vanished.
+    fn after_updates(&mut self) {
+        for pmd in std::mem::take(&mut self.pmds.vanished) {
+            self.pmds.seen.remove(&pmd);
+            self.engine.remove_pmd(pmd, Instant::now(), &mut NoUpdates);
+        }
+        self.shared
+            .epoch
+            .store(self.engine.epoch().0, Ordering::Release);
+    }
+
+    fn control(&mut self, c: Control) -> Flow {
+        let now = Instant::now();
+        // A dropped reply receiver only means the caller stopped waiting.
+        match c {
+            Control::AddPmd {
+                pmd,
+                updates,
+                seen,
+                reply,
+            } => {
+                self.engine.add_pmd(pmd);
+                seen.store(self.engine.epoch().0, Ordering::Release);
+                self.pmds.senders.insert(pmd, updates);
+                self.pmds.seen.insert(pmd, seen);
+                let _ = reply.send(());
+            }
+            Control::RemovePmd { pmd, reply } => {
+                self.pmds.senders.remove(&pmd);
+                self.pmds.seen.remove(&pmd);
+                self.engine.remove_pmd(pmd, now, &mut self.pmds);
+                let _ = reply.send(());
+            }
+            Control::AddPort {
+                port,
+                device,
+                n_rxq,
+                reply,
+            } => {
+                let r = self
+                    .engine
+                    .add_port(port, device, n_rxq, now, &mut self.pmds);
+                let _ = reply.send(r);
+            }
+            Control::RemovePort { port, reply } => {
+                self.engine.remove_port(port, now, &mut self.pmds);
+                let _ = reply.send(());
+            }
+            Control::Reset { port, reply } => {
+                self.engine.device_reset(port, now, &mut self.pmds);
+                let _ = reply.send(());
+            }
+            Control::Status { reply } => {
+                let mut s = self.engine.status(now);
+                s.offload_queue_full = self.shared.queue_full.load(Ordering::Relaxed);
+                s.request_queue_len = self.requests.len();
+                let _ = reply.send(s);
+            }
+            Control::Dump { reply } => {
+                let _ = reply.send(self.engine.dump());
+            }
+            Control::Shutdown => return Flow::Stop,
+        }
+        self.after_updates();
+        Flow::Continue
+    }
+}
+
+enum Wake {
+    Request(OffloadRequest),
+    Control(Control),
+    RequestsClosed,
+    Stop,
+    Timeout,
+}
+
+/// For a PMD that is gone: nothing to tell it.
+struct NoUpdates;
+
+impl UpdateSink for NoUpdates {
+    fn send(&mut self, _pmd: PmdId, _update: PmdUpdate) {}
+}
