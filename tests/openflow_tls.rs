@@ -252,3 +252,119 @@ fn plaintext_listener_on_a_non_loopback_address_is_refused_at_start() {
         "{err}"
     );
 }
+
+/// A log that the test can read.
+fn captured() -> (
+    flowmark::openflow::net::LogFn,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&lines);
+    let log: flowmark::openflow::net::LogFn = std::sync::Arc::new(move |l: &str| {
+        if let Ok(mut v) = sink.lock() {
+            v.push(l.to_string());
+        }
+    });
+    (log, lines)
+}
+
+fn wait_for_line(lines: &std::sync::Mutex<Vec<String>>, what: &str) {
+    let start = Instant::now();
+    loop {
+        if let Ok(v) = lines.lock() {
+            if v.iter().any(|l| l.contains(what)) {
+                return;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "no log line with {what:?}: {:#?}",
+                *v
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `controller = "ssl:HOST:PORT"`: the switch connects over TLS, presents
+/// its certificate and verifies the controller's against the CA (and that
+/// it names HOST). The "controller" here is another OpenFlow endpoint
+/// listening on pssl with the controller's certificate: the two sessions
+/// exchange HELLOs and negotiate OpenFlow 1.3 over TLS. A controller whose
+/// certificate another CA signed is refused.
+#[test]
+fn ssl_controller_connection_verifies_the_controller() {
+    use flowmark::openflow::net::{Endpoint, EndpointConfig, EventHub};
+    use flowmark::openflow::switch::{OpenFlowSwitch, PipelineSwitch};
+    use flowmark::openflow::tls::TlsFiles;
+    use std::sync::Arc;
+    if !test_env::oracle("openssl", "version", "openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let ca = make_ca(d, "ca");
+    let switch = make_cert(d, "switch", &ca);
+    let controller = make_cert(d, "controller", &ca);
+    let other_ca = make_ca(d, "other-ca");
+    let impostor = make_cert(d, "impostor", &other_ca);
+    let files = |who: &(PathBuf, PathBuf), ca: &(PathBuf, PathBuf)| TlsFiles {
+        private_key: who.0.clone(),
+        certificate: who.1.clone(),
+        ca_cert: ca.1.clone(),
+    };
+    let sw = || Arc::new(PipelineSwitch::new(0xf10e, Vec::new())) as Arc<dyn OpenFlowSwitch>;
+    let listen = |who: &(PathBuf, PathBuf), its_ca: &(PathBuf, PathBuf)| {
+        let (log, lines) = captured();
+        let ep = Endpoint::start_with(
+            sw(),
+            EventHub::default(),
+            &EndpointConfig {
+                listen: Some("pssl:0:127.0.0.1".into()),
+                tls: Some(files(who, its_ca)),
+                ..EndpointConfig::default()
+            },
+            log,
+        )
+        .expect("the controller side listens");
+        let port = ep.listen_addr.expect("bound").port();
+        (ep, port, lines)
+    };
+    let connect = |port: u16| {
+        let (log, lines) = captured();
+        let ep = Endpoint::start_with(
+            sw(),
+            EventHub::default(),
+            &EndpointConfig {
+                controller: Some(format!("ssl:127.0.0.1:{port}")),
+                tls: Some(files(&switch, &ca)),
+                ..EndpointConfig::default()
+            },
+            log,
+        )
+        .expect("the switch side starts");
+        (ep, lines)
+    };
+
+    let (_ctl, port, ctl_lines) = listen(&controller, &ca);
+    let (_sw, sw_lines) = connect(port);
+    wait_for_line(
+        &sw_lines,
+        &format!("connected to controller 127.0.0.1:{port} (TLS)"),
+    );
+    wait_for_line(&sw_lines, "connected (OpenFlow 1.3)");
+    wait_for_line(&ctl_lines, "connected (OpenFlow 1.3)");
+
+    // The impostor trusts our CA (it would take our certificate) but its
+    // own is from another CA: the switch refuses it.
+    let (_bad, port, _) = listen(&impostor, &ca);
+    let (_sw2, sw2_lines) = connect(port);
+    wait_for_line(
+        &sw2_lines,
+        &format!("TLS handshake with controller 127.0.0.1:{port} failed"),
+    );
+    let negotiated = sw2_lines
+        .lock()
+        .map(|v| v.iter().any(|l| l.contains("OpenFlow 1.3")))
+        .unwrap_or(true);
+    assert!(!negotiated, "the impostor controller was served");
+}
