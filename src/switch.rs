@@ -553,6 +553,11 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         self.bridge.macs.read().recover().clone()
     }
 
+    /// How many MAC-learning entries there are (for the metrics).
+    pub fn mac_entries(&self) -> usize {
+        self.bridge.macs.read().recover().len()
+    }
+
     /// MAC table housekeeping (aging, on the bridge clock the PMDs learn
     /// and refresh with); revalidates PMDs when entries went.
     pub fn age_macs(&self) {
