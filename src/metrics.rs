@@ -215,6 +215,11 @@ pub fn encode(s: &Scrape) -> Result<String, MetricsError> {
         "TSC cycles per packet on polls that received packets.",
         GAUGE,
     );
+    let mut longest = Family::new(
+        "flowmark_pmd_max_iteration_seconds",
+        "The PMD's longest poll-loop iteration since start or a counter clear (control work included, idle naps not).",
+        GAUGE,
+    );
     let mut pmd_megaflows = Family::new(
         "flowmark_pmd_megaflows",
         "Megaflows in the PMD's datapath cache.",
@@ -235,9 +240,10 @@ pub fn encode(s: &Scrape) -> Result<String, MetricsError> {
         }
         lost.counter(&pmd, c.lost);
         cycles.gauge(&pmd, p.cycles_per_packet);
+        longest.gauge(&pmd, p.max_iteration_us / 1e6);
         pmd_megaflows.gauge(&pmd, p.megaflows as f64);
     }
-    out.extend([pmd_packets, path, lost, cycles, pmd_megaflows]);
+    out.extend([pmd_packets, path, lost, cycles, longest, pmd_megaflows]);
 
     // Offload.
     let doc: OffloadDoc = if s.offload.get("ports").is_some() {

@@ -175,6 +175,8 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         if config.pmd_cores.is_empty() {
             return Err(SwitchError::NoPmds);
         }
+        // Calibrated here, once, so that no PMD waits for it in a snapshot.
+        crate::dpdk::tsc::tsc_per_us();
         let pipeline = Pipeline::new();
         let bridge = Arc::new(BridgeState::new(config.mac_aging_ms));
         let worker = if config.offload {
