@@ -1,14 +1,55 @@
-//! Build script. With the `dpdk` feature it generates the DPDK bindings:
-//! bindgen over Debian's libdpdk 22.11 headers (found with pkg-config), plus
-//! C wrappers for DPDK's static-inline fast-path functions compiled with cc.
-//! Without the feature there is nothing to do.
+//! Build script. It records the git commit for `flowmark --version`
+//! (`FLOWMARK_GIT_COMMIT`). With the `dpdk` feature it also generates the
+//! DPDK bindings: bindgen over Debian's libdpdk 22.11 headers (found with
+//! pkg-config), plus C wrappers for DPDK's static-inline fast-path functions
+//! compiled with cc.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    git_commit();
     if std::env::var_os("CARGO_FEATURE_DPDK").is_some() {
         #[cfg(feature = "dpdk")]
         dpdk::generate();
     }
+}
+
+/// `FLOWMARK_GIT_COMMIT`: the commit being built, from (in this order) the
+/// environment at build time (a source tarball's packager sets it), `git`,
+/// else `unknown` (no .git, no git). Rebuilt when HEAD moves.
+fn git_commit() {
+    use std::process::Command;
+    println!("cargo:rerun-if-env-changed=FLOWMARK_GIT_COMMIT");
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git").args(args).output().ok()?;
+        let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        (out.status.success() && !s.is_empty()).then_some(s)
+    };
+    let from_env = std::env::var("FLOWMARK_GIT_COMMIT")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    let commit = from_env.or_else(|| {
+        let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
+        // Rerun when HEAD or the branch it names moves (the paths work in
+        // a worktree, where .git is a file).
+        for path in [
+            git(&["rev-parse", "--git-path", "HEAD"]),
+            git(&["rev-parse", "--symbolic-full-name", "HEAD"])
+                .and_then(|r| git(&["rev-parse", "--git-path", &r])),
+            git(&["rev-parse", "--git-path", "packed-refs"]),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if std::path::Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
+        }
+        Some(commit)
+    });
+    println!(
+        "cargo:rustc-env=FLOWMARK_GIT_COMMIT={}",
+        commit.unwrap_or_else(|| "unknown".into())
+    );
 }
 
 #[cfg(feature = "dpdk")]

@@ -19,6 +19,9 @@
 //!
 //! [openflow]
 //! listen = "ptcp:6653"
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9464"
 //! ```
 
 use offload::device::Profile;
@@ -262,13 +265,39 @@ pub struct DpdkSection {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct OpenFlowSection {
-    /// Passive endpoint controllers connect to, e.g. `ptcp:6653`.
+    /// Passive endpoint controllers connect to, e.g. `ptcp:6653` or, over
+    /// TLS, `pssl:6653:0.0.0.0`.
     pub listen: Option<String>,
-    /// Active connection to a controller, e.g. `tcp:127.0.0.1:6653`.
+    /// Active connection to a controller, e.g. `tcp:127.0.0.1:6653` or
+    /// `ssl:ctl.example.net:6653`.
     pub controller: Option<String>,
     /// The datapath id FEATURES_REPLY reports (a TOML integer, `0x1` too);
     /// default 0xf10e000000000001.
     pub datapath_id: Option<u64>,
+    /// TLS (`pssl:`/`ssl:`): the switch's private key (PEM).
+    pub private_key: Option<PathBuf>,
+    /// TLS: the switch's certificate (PEM), for that key.
+    pub certificate: Option<PathBuf>,
+    /// TLS: the CA certificate (PEM) every peer's certificate must chain to.
+    pub ca_cert: Option<PathBuf>,
+    /// Accept a plaintext listener on a non-loopback address (whoever
+    /// reaches it can program the switch). Default false.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsSection {
+    /// Where `/metrics` is served, e.g. `127.0.0.1:9464`.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[metrics]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 /// One `[[port]]` as written.
@@ -304,6 +333,8 @@ struct RawConfig {
     ports: Vec<RawPort>,
     #[serde(default)]
     openflow: OpenFlowSection,
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 /// The checked configuration.
@@ -324,6 +355,7 @@ pub struct Config {
     pub emc_insert_inv_prob: Option<u32>,
     pub dpdk: DpdkSection,
     pub openflow: OpenFlowSection,
+    pub metrics: MetricsSection,
     /// Notes for the log (settings accepted but not fully honoured).
     pub warnings: Vec<String>,
 }
@@ -343,6 +375,7 @@ impl Default for Config {
             emc_insert_inv_prob: None,
             dpdk: DpdkSection::default(),
             openflow: OpenFlowSection::default(),
+            metrics: MetricsSection::default(),
             warnings: Vec::new(),
         }
     }
@@ -474,6 +507,23 @@ impl Config {
             }
         };
 
+        let metrics = match &raw.metrics.listen {
+            None => MetricsSection::default(),
+            Some(l) => {
+                let addr = l.get_ref().parse().map_err(|_| {
+                    at(
+                        l.span(),
+                        "listen",
+                        format!(
+                            "[metrics] listen = {:?}: give IP:PORT, e.g. \"127.0.0.1:9464\"",
+                            l.get_ref()
+                        ),
+                    )
+                })?;
+                MetricsSection { listen: Some(addr) }
+            }
+        };
+
         let mut ports = Vec::new();
         let mut names = HashSet::new();
         let mut family: Option<(PortFamily, Range<usize>)> = None;
@@ -562,6 +612,22 @@ impl Config {
             ports.push(spec);
         }
 
+        // TLS files named relative to the config file's directory.
+        let mut openflow = raw.openflow;
+        let base = path.parent().unwrap_or(Path::new(""));
+        for file in [
+            &mut openflow.private_key,
+            &mut openflow.certificate,
+            &mut openflow.ca_cert,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+
         Ok(Config {
             ports: if ports.is_empty() { None } else { Some(ports) },
             pmd_cores,
@@ -575,7 +641,8 @@ impl Config {
             upcall_budget: raw.upcall_budget.map(Spanned::into_inner),
             emc_insert_inv_prob: raw.emc_insert_inv_prob,
             dpdk: raw.dpdk,
-            openflow: raw.openflow,
+            openflow,
+            metrics,
             warnings,
         })
     }
@@ -802,6 +869,43 @@ datapath_id = 0x2a
             assert!(e.contains("--features dpdk"), "{e}");
             assert!(e.starts_with("test.toml:3: key `type`"), "{e}");
         }
+    }
+
+    #[test]
+    fn openflow_tls_files_are_relative_to_the_config() {
+        let c = Config::parse(
+            "[openflow]\nlisten = \"pssl:6653\"\nprivate_key = \"k.pem\"\ncertificate = \"/abs/c.pem\"\nca_cert = \"pki/ca.pem\"\nallow_plaintext = true\n",
+            Path::new("/etc/flowmark/flowmark.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.openflow.private_key.as_deref(),
+            Some(Path::new("/etc/flowmark/k.pem"))
+        );
+        assert_eq!(
+            c.openflow.certificate.as_deref(),
+            Some(Path::new("/abs/c.pem"))
+        );
+        assert_eq!(
+            c.openflow.ca_cert.as_deref(),
+            Some(Path::new("/etc/flowmark/pki/ca.pem"))
+        );
+        assert!(c.openflow.allow_plaintext);
+        assert!(!parse("").unwrap().openflow.allow_plaintext);
+    }
+
+    #[test]
+    fn metrics_listen() {
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(parse("").unwrap().metrics.listen, None);
+        let e = parse("offload = true\n[metrics]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("test.toml:3: key `listen`"), "{e}");
+        assert!(e.contains("IP:PORT"), "{e}");
+        let e = parse("[metrics]\nport = 1\n").unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:2: key `port`"), "{e}");
     }
 
     #[test]

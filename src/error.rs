@@ -28,6 +28,8 @@ pub enum CliError {
     Bench(String),
     #[error(transparent)]
     Control(#[from] crate::cli::ControlCliError),
+    #[error(transparent)]
+    Top(#[from] crate::top::TopError),
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
 }

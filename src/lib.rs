@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod demo;
 pub mod dpdk;
+pub mod metrics;
 pub mod openflow;
 pub mod pmd;
 pub mod ports;
@@ -18,6 +19,27 @@ pub mod soak;
 pub mod switch;
 pub mod sync;
 pub mod trace;
+
+/// The git commit this binary was built from (`unknown` when built without
+/// git metadata; build.rs).
+pub const GIT_COMMIT: &str = env!("FLOWMARK_GIT_COMMIT");
+
+/// `flowmark --version`: the crate version, the git commit and whether the
+/// DPDK backend is built in.
+#[cfg(feature = "dpdk")]
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FLOWMARK_GIT_COMMIT"),
+    ", dpdk)"
+);
+#[cfg(not(feature = "dpdk"))]
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FLOWMARK_GIT_COMMIT"),
+    ")"
+);
 
 /// What the environment asks of the tests (one file shared by every crate).
 #[cfg(test)]

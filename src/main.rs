@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod error;
 mod offline;
+mod top;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "flowmark",
-    version,
+    version = flowmark::VERSION,
     about = "A hardware-offload-first userspace switch"
 )]
 struct Cli {
@@ -83,6 +84,19 @@ enum Command {
         /// Run time.
         #[arg(long, default_value_t = 60.0)]
         seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live view of a running daemon: per-port rates, path shares,
+    /// offload states and failures, top megaflows by packet rate; q quits.
+    Top {
+        /// Print one frame (rates from two samples --interval apart) and exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// One frame's document as JSON (implies --once).
         #[arg(long)]
         json: bool,
     },
@@ -222,6 +236,11 @@ fn main() -> ExitCode {
             megaflow,
         } => offline::translate(&megaflow, &profile, port_id, rxqs, json),
         Command::Bench { quick, json } => bench::run(quick, json),
+        Command::Top {
+            once,
+            interval,
+            json,
+        } => top::run(cli::socket_path(cli.socket), once, interval, json).map_err(Into::into),
         Command::Soak { seconds, json } => return flowmark::soak::main(seconds, json),
     };
     match result {

@@ -197,6 +197,8 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         if config.pmd_cores.is_empty() {
             return Err(SwitchError::NoPmds);
         }
+        // Calibrated here, once, so that no PMD waits for it in a snapshot.
+        crate::dpdk::tsc::tsc_per_us();
         let pipeline = Pipeline::new();
         let bridge = Arc::new(BridgeState::new(config.mac_aging_ms));
         let worker = if config.offload {
@@ -674,6 +676,11 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
     /// A copy of the MAC-learning table (for `trace` against the live state).
     pub fn mac_table(&self) -> fallback::ofproto::mac::MacTable {
         self.bridge.macs.read().recover().clone()
+    }
+
+    /// How many MAC-learning entries there are (for the metrics).
+    pub fn mac_entries(&self) -> usize {
+        self.bridge.macs.read().recover().len()
     }
 
     /// MAC table housekeeping (aging, on the bridge clock the PMDs learn

@@ -130,3 +130,28 @@ fn bad_input_is_an_error_not_a_panic() {
     let (_, _, err) = flowmark(&["flow", "parse", "nw_sorc=1.2.3.4,actions=drop"]);
     assert!(err.contains("nw_sorc"), "names the bad token: {err}");
 }
+
+/// `flowmark --version` names the crate version and the git commit the
+/// binary was built from (the checkout's HEAD when git can read it).
+#[test]
+fn version_names_version_and_commit() {
+    let (ok, out, err) = flowmark(&["--version"]);
+    assert!(ok, "{err}");
+    let line = out.trim();
+    let prefix = format!("flowmark {} (commit ", env!("CARGO_PKG_VERSION"));
+    let commit = line
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.split([',', ')']).next())
+        .unwrap_or_else(|| panic!("{line:?} does not start with {prefix:?}"));
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match head {
+        Some(head) => assert_eq!(commit, head, "{line}"),
+        None => assert_eq!(commit, "unknown", "{line}"),
+    }
+}

@@ -94,6 +94,8 @@ pub enum DaemonError {
     Stopped,
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// What the OpenFlow endpoint and the control socket ask of the main loop.
@@ -130,6 +132,8 @@ enum Op {
         actions: Vec<fallback::ofproto::OfAction>,
         frame: Vec<u8>,
     },
+    /// What a `/metrics` scrape reads.
+    Metrics,
 }
 
 /// An all-or-nothing change of the OpenFlow pipeline (a bundle's commit).
@@ -144,6 +148,7 @@ enum Reply {
     Ports(Vec<PortInfo>),
     PortStats(Vec<NamedPortStats>),
     PacketOut(crate::switch::PacketOutReport),
+    Metrics(Box<crate::metrics::Scrape>),
 }
 
 type ReplyTo = Sender<Result<Reply, DaemonError>>;
@@ -277,6 +282,16 @@ impl DaemonHandle {
         }
     }
 
+    /// What a Prometheus scrape reads: the `port stats`, `pmd stats` and
+    /// `offload status` documents, rules per table and MAC entries, all
+    /// from one turn of the main loop.
+    pub fn metrics(&self) -> Result<crate::metrics::Scrape, DaemonError> {
+        match self.call(Op::Metrics)? {
+            Reply::Metrics(s) => Ok(*s),
+            _ => Err(DaemonError::Stopped),
+        }
+    }
+
     /// OFPT_PACKET_OUT: `actions` run on `frame` as if it arrived on
     /// `in_port` (a port or CONTROLLER); its frames leave through the
     /// ports' packet-out queues ([`crate::switch::Switch::packet_out`]).
@@ -339,6 +354,11 @@ where
     let result = (|| {
         let mut daemon = Daemon::start(&opts.config, factory, rx, Arc::clone(&stop), log.clone())?;
         server::spawn(listener, handle.clone(), log.clone()).map_err(DaemonError::Thread)?;
+        // Dropped (server stopped) when the daemon returns.
+        let _metrics = match opts.config.metrics.listen {
+            Some(addr) => Some(crate::metrics::serve(addr, handle.clone(), log.clone())?),
+            None => None,
+        };
         info!(log, "flowmark running";
             "socket" => opts.socket.display().to_string(),
             "config" => opts.config_path.as_ref().map_or_else(|| "(default testbed)".to_string(), |p| p.display().to_string()),
@@ -519,6 +539,7 @@ where
             Op::ListPorts => "openflow port_list",
             Op::PortStats => "openflow port_stats",
             Op::PacketOut { .. } => "openflow packet_out",
+            Op::Metrics => "metrics",
         };
         debug!(self.log, "request"; "cmd" => what);
         let result = match op {
@@ -593,6 +614,7 @@ where
                 .packet_out(in_port, &actions, &frame)
                 .map(Reply::PacketOut)
                 .map_err(Into::into),
+            Op::Metrics => self.scrape().map(|s| Reply::Metrics(Box::new(s))),
         };
         if let Err(e) = &result {
             if let Some(suppressed) = self.bad_requests.allow() {
@@ -600,6 +622,20 @@ where
             }
         }
         let _ = reply.send(result);
+    }
+
+    fn scrape(&mut self) -> Result<crate::metrics::Scrape, DaemonError> {
+        let mut rules_per_table = std::collections::BTreeMap::new();
+        for e in self.switch.pipeline().rules() {
+            *rules_per_table.entry(e.rule.table).or_insert(0) += 1;
+        }
+        Ok(crate::metrics::Scrape {
+            ports: self.switch.port_stats()?,
+            pmds: self.switch.pmd_snapshots()?,
+            offload: views::offload_status(&self.switch, |p| self.factory.device_rules(p))?,
+            rules_per_table,
+            mac_entries: self.switch.mac_entries(),
+        })
     }
 
     fn control(&mut self, req: Request) -> Result<Value, DaemonError> {
@@ -765,7 +801,11 @@ where
                 self.poll_resets();
                 Ok(json!({"name": name, "reset": true}))
             }
-            Request::Version => Ok(json!({"version": env!("CARGO_PKG_VERSION")})),
+            Request::Version => Ok(json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "commit": crate::GIT_COMMIT,
+                "dpdk": cfg!(feature = "dpdk"),
+            })),
         }
     }
 

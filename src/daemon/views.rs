@@ -221,6 +221,7 @@ pub fn offload_status<B: PacketBuf + Clone + Send + 'static>(
                         "resets": p.resets,
                         "failures": p.failures,
                         "latency_us": p.latency_us,
+                        "latency_histogram": p.latency_histogram,
                     })
                 })
                 .collect();

@@ -6,8 +6,9 @@
 
 use super::error::{BadRequestCode, FlowModFailedCode, OfpError};
 use super::message::FlowMod;
-use super::net::{Endpoint, EventHub, LogFn};
+use super::net::{Endpoint, EndpointConfig, EventHub, LogFn};
 use super::switch::{FlowInfo, OpenFlowSwitch, PortCounters, PortInfo, SwitchEvent};
+use super::tls::TlsFiles;
 use crate::daemon::{DaemonError, DaemonHandle, StartHook};
 use fallback::ofproto::{Match, OfAction, Rule};
 use fallback::port::RxDropReason;
@@ -252,11 +253,23 @@ pub fn start_hook() -> StartHook {
         let hub = EventHub::default();
         let log = ctx.log.clone();
         let log_fn: LogFn = Arc::new(move |line: &str| slog::info!(log, "{}", line));
-        let ep = Endpoint::start(
+        let tls = match (&section.private_key, &section.certificate, &section.ca_cert) {
+            (None, None, None) => None,
+            (k, c, ca) => Some(
+                TlsFiles::from_parts("[openflow]", k.as_deref(), c.as_deref(), ca.as_deref())
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        let config = EndpointConfig {
+            listen: section.listen.clone(),
+            controller: section.controller.clone(),
+            tls,
+            allow_plaintext: section.allow_plaintext,
+        };
+        let ep = Endpoint::start_with(
             Arc::clone(&sw) as Arc<dyn OpenFlowSwitch>,
             hub.clone(),
-            section.listen.as_deref(),
-            section.controller.as_deref(),
+            &config,
             log_fn,
         )
         .map_err(|e| e.to_string())?;

@@ -9,7 +9,7 @@
 //! * [`switch`]: the [`switch::OpenFlowSwitch`] trait the sessions drive,
 //!   and [`switch::PipelineSwitch`], an in-memory implementation.
 //! * [`net`]: the thin socket layer — a passive listener and an active
-//!   connection to a controller with back-off.
+//!   connection to a controller with back-off, over TCP or [`tls`].
 
 pub mod action;
 pub mod error;
@@ -25,3 +25,4 @@ pub mod flow_table;
 pub mod net;
 pub mod session;
 pub mod switch;
+pub mod tls;

@@ -1,13 +1,17 @@
 //! The socket layer: one thread per connection running a [`Session`], a
 //! passive listener, and an active connection to a controller that
-//! reconnects with exponential back-off. Everything protocol lives in the
+//! reconnects with exponential back-off, each over TCP or TLS
+//! (`pssl:`/`ssl:`, [`super::tls`]). Everything protocol lives in the
 //! session; this file only moves bytes and events.
 
 use super::session::{Session, SessionNote};
 use super::switch::{OpenFlowSwitch, SwitchEvent};
+use super::tls::{Tls, TlsError, TlsFiles};
 use crossbeam_channel::{Receiver, Sender};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+#[cfg(test)]
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -21,8 +25,12 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(8);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
-    #[error("bad OpenFlow endpoint {0:?}: expected tcp:HOST:PORT (controller) or ptcp:PORT[:IP] / tcp:IP:PORT (listen)")]
+    #[error("bad OpenFlow endpoint {0:?}: expected tcp:HOST:PORT or ssl:HOST:PORT (controller), ptcp:PORT[:IP], pssl:PORT[:IP] or tcp:IP:PORT (listen)")]
     BadEndpoint(String),
+    #[error("[openflow] listen = {listen:?} is plaintext on {addr}, which is not a loopback address: whoever reaches that port can program the switch. Listen with TLS (pssl:PORT[:IP] with private_key, certificate and ca_cert in [openflow]), on a loopback address, or set allow_plaintext = true in [openflow] to accept that")]
+    PlaintextExposed { listen: String, addr: SocketAddr },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -32,8 +40,33 @@ pub enum EndpointError {
     Thread(std::io::Error),
 }
 
+/// How a connection's bytes travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+}
+
 /// Parses a listen endpoint: `ptcp:PORT[:IP]` (OVS; loopback when no IP),
-/// `tcp:IP:PORT` or `IP:PORT`.
+/// `tcp:IP:PORT` or `IP:PORT`; `pssl:PORT[:IP]` for TLS.
+pub fn parse_listen_endpoint(s: &str) -> Result<(SocketAddr, Transport), EndpointError> {
+    match s.strip_prefix("pssl:") {
+        Some(rest) => Ok((parse_listen(&format!("ptcp:{rest}"))?, Transport::Tls)),
+        None => Ok((parse_listen(s)?, Transport::Tcp)),
+    }
+}
+
+/// Parses a controller endpoint: `tcp:HOST:PORT` or `ssl:HOST:PORT` (port
+/// 6653 when left out).
+pub fn parse_controller_endpoint(s: &str) -> Result<(String, Transport), EndpointError> {
+    match s.strip_prefix("ssl:") {
+        Some(rest) => Ok((parse_controller(&format!("tcp:{rest}"))?, Transport::Tls)),
+        None => Ok((parse_controller(s)?, Transport::Tcp)),
+    }
+}
+
+/// Parses a plaintext listen endpoint: `ptcp:PORT[:IP]` (OVS; loopback
+/// when no IP), `tcp:IP:PORT` or `IP:PORT`.
 pub fn parse_listen(s: &str) -> Result<SocketAddr, EndpointError> {
     let bad = || EndpointError::BadEndpoint(s.to_string());
     if let Some(rest) = s.strip_prefix("ptcp:") {
@@ -108,19 +141,42 @@ impl EventHub {
 /// A log line from the endpoint (the daemon routes them to its logger).
 pub type LogFn = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// A connection's byte stream: plain TCP or TLS over TCP.
+pub trait Conn: Read + Write {
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Conn for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl<C, D> Conn for rustls::StreamOwned<C, TcpStream>
+where
+    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<D>>,
+    D: rustls::SideData,
+{
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref()
+    }
+}
+
 /// Runs one connection until it ends or `stop` is set.
 pub fn serve_connection(
-    mut stream: TcpStream,
+    mut stream: impl Conn,
     sw: &dyn OpenFlowSwitch,
     events: &Receiver<SwitchEvent>,
     stop: &AtomicBool,
     log: &LogFn,
 ) -> bool {
     let peer = stream
+        .tcp()
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
-    let _ = stream.set_nodelay(true);
-    if stream.set_read_timeout(Some(POLL)).is_err() {
+    let _ = stream.tcp().set_nodelay(true);
+    if stream.tcp().set_read_timeout(Some(POLL)).is_err() {
         return false;
     }
     let mut session = Session::new(Instant::now());
@@ -183,9 +239,82 @@ pub struct Endpoint {
     pub listen_addr: Option<SocketAddr>,
 }
 
+/// Where and how the endpoint talks OpenFlow.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointConfig {
+    /// `ptcp:PORT[:IP]`, `pssl:PORT[:IP]`, `tcp:IP:PORT`.
+    pub listen: Option<String>,
+    /// `tcp:HOST:PORT` or `ssl:HOST:PORT`.
+    pub controller: Option<String>,
+    /// Key, certificate and CA for `pssl:`/`ssl:`.
+    pub tls: Option<TlsFiles>,
+    /// A plaintext listener on a non-loopback address is refused unless set.
+    pub allow_plaintext: bool,
+}
+
+impl EndpointConfig {
+    /// Checks the endpoints and loads the TLS files they need.
+    fn prepare(&self) -> Result<Prepared, EndpointError> {
+        let listen = match &self.listen {
+            None => None,
+            Some(l) => {
+                let (addr, transport) = parse_listen_endpoint(l)?;
+                if transport == Transport::Tcp && !addr.ip().is_loopback() && !self.allow_plaintext
+                {
+                    return Err(EndpointError::PlaintextExposed {
+                        listen: l.clone(),
+                        addr,
+                    });
+                }
+                Some((addr, transport, l.clone()))
+            }
+        };
+        let controller = self
+            .controller
+            .as_deref()
+            .map(parse_controller_endpoint)
+            .transpose()?;
+        let tls_for = listen
+            .as_ref()
+            .filter(|l| l.1 == Transport::Tls)
+            .map(|l| l.2.clone())
+            .or_else(|| {
+                controller
+                    .as_ref()
+                    .filter(|c| c.1 == Transport::Tls)
+                    .and(self.controller.clone())
+            });
+        let tls = match tls_for {
+            None => None,
+            Some(endpoint) => {
+                let files = self.tls.as_ref().ok_or_else(|| TlsError::Missing {
+                    endpoint,
+                    missing: "private_key, certificate, ca_cert".into(),
+                })?;
+                Some(Arc::new(Tls::load(files)?))
+            }
+        };
+        if let Some((target, Transport::Tls)) = &controller {
+            let host = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h);
+            super::tls::server_name(host)?;
+        }
+        Ok(Prepared {
+            listen: listen.map(|(a, t, _)| (a, t)),
+            controller,
+            tls,
+        })
+    }
+}
+
+struct Prepared {
+    listen: Option<(SocketAddr, Transport)>,
+    controller: Option<(String, Transport)>,
+    tls: Option<Arc<Tls>>,
+}
+
 impl Endpoint {
-    /// Starts a passive listener on `listen` and/or an active connection
-    /// to `controller`.
+    /// Starts a plaintext passive listener on `listen` and/or an active
+    /// connection to `controller` (see [`Endpoint::start_with`]).
     pub fn start(
         sw: Arc<dyn OpenFlowSwitch>,
         hub: EventHub,
@@ -193,14 +322,35 @@ impl Endpoint {
         controller: Option<&str>,
         log: LogFn,
     ) -> Result<Endpoint, EndpointError> {
+        let config = EndpointConfig {
+            listen: listen.map(str::to_string),
+            controller: controller.map(str::to_string),
+            ..EndpointConfig::default()
+        };
+        Endpoint::start_with(sw, hub, &config, log)
+    }
+
+    /// Starts the listener and/or controller connection of `config`, over
+    /// TCP or TLS; refuses a plaintext listener on a non-loopback address
+    /// unless `allow_plaintext`.
+    pub fn start_with(
+        sw: Arc<dyn OpenFlowSwitch>,
+        hub: EventHub,
+        config: &EndpointConfig,
+        log: LogFn,
+    ) -> Result<Endpoint, EndpointError> {
+        let prepared = config.prepare()?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut ep = Endpoint {
             stop: Arc::clone(&stop),
             threads: Vec::new(),
             listen_addr: None,
         };
-        if let Some(l) = listen {
-            let addr = parse_listen(l)?;
+        if let Some((addr, transport)) = prepared.listen {
+            let tls = match transport {
+                Transport::Tls => prepared.tls.clone(),
+                Transport::Tcp => None,
+            };
             let listener = TcpListener::bind(addr).map_err(|source| EndpointError::Listen {
                 addr: addr.to_string(),
                 source,
@@ -212,22 +362,26 @@ impl Endpoint {
             let (sw, hub, stop, log) =
                 (Arc::clone(&sw), hub.clone(), Arc::clone(&stop), log.clone());
             log(&format!(
-                "openflow: listening on {}",
-                ep.listen_addr.map_or(addr, |a| a)
+                "openflow: listening on {}{}",
+                ep.listen_addr.map_or(addr, |a| a),
+                if tls.is_some() { " (TLS)" } else { "" }
             ));
             let t = std::thread::Builder::new()
                 .name("of-listen".into())
-                .spawn(move || accept_loop(listener, sw, hub, stop, log))
+                .spawn(move || accept_loop(listener, tls, sw, hub, stop, log))
                 .map_err(EndpointError::Thread)?;
             ep.threads.push(t);
         }
-        if let Some(c) = controller {
-            let target = parse_controller(c)?;
+        if let Some((target, transport)) = prepared.controller {
+            let tls = match transport {
+                Transport::Tls => prepared.tls.clone(),
+                Transport::Tcp => None,
+            };
             let (sw, hub, stop, log) =
                 (Arc::clone(&sw), hub.clone(), Arc::clone(&stop), log.clone());
             let t = std::thread::Builder::new()
                 .name("of-controller".into())
-                .spawn(move || controller_loop(&target, sw, hub, stop, log))
+                .spawn(move || controller_loop(&target, tls, sw, hub, stop, log))
                 .map_err(EndpointError::Thread)?;
             ep.threads.push(t);
         }
@@ -250,6 +404,7 @@ impl Drop for Endpoint {
 
 fn accept_loop(
     listener: TcpListener,
+    tls: Option<Arc<Tls>>,
     sw: Arc<dyn OpenFlowSwitch>,
     hub: EventHub,
     stop: Arc<AtomicBool>,
@@ -260,16 +415,32 @@ fn accept_loop(
         match listener.accept() {
             Ok((stream, _)) => {
                 let _ = stream.set_nonblocking(false);
-                let (sw, events, stop, conn_log) = (
+                let (sw, events, stop, conn_log, tls) = (
                     Arc::clone(&sw),
                     hub.subscribe(),
                     Arc::clone(&stop),
                     log.clone(),
+                    tls.clone(),
                 );
                 let spawned = std::thread::Builder::new()
                     .name("of-conn".into())
-                    .spawn(move || {
-                        serve_connection(stream, sw.as_ref(), &events, &stop, &conn_log);
+                    .spawn(move || match tls {
+                        None => {
+                            serve_connection(stream, sw.as_ref(), &events, &stop, &conn_log);
+                        }
+                        Some(tls) => {
+                            let peer = stream
+                                .peer_addr()
+                                .map_or_else(|_| "?".to_string(), |a| a.to_string());
+                            match tls.accept(stream) {
+                                Ok(s) => {
+                                    serve_connection(s, sw.as_ref(), &events, &stop, &conn_log);
+                                }
+                                Err(e) => conn_log(&format!(
+                                    "openflow {peer}: TLS handshake refused: {e}"
+                                )),
+                            }
+                        }
                     });
                 match spawned {
                     Ok(t) => conns.push(t),
@@ -296,6 +467,7 @@ pub fn next_backoff(cur: Duration) -> Duration {
 
 fn controller_loop(
     target: &str,
+    tls: Option<Arc<Tls>>,
     sw: Arc<dyn OpenFlowSwitch>,
     hub: EventHub,
     stop: Arc<AtomicBool>,
@@ -307,9 +479,29 @@ fn controller_loop(
             .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok());
         match connected {
             Some(stream) => {
-                log(&format!("openflow: connected to controller {target}"));
                 let events = hub.subscribe();
-                if serve_connection(stream, sw.as_ref(), &events, &stop, &log) {
+                let served = match &tls {
+                    None => {
+                        log(&format!("openflow: connected to controller {target}"));
+                        Some(serve_connection(stream, sw.as_ref(), &events, &stop, &log))
+                    }
+                    Some(tls) => {
+                        let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
+                        match tls.connect(host, stream) {
+                            Ok(s) => {
+                                log(&format!("openflow: connected to controller {target} (TLS)"));
+                                Some(serve_connection(s, sw.as_ref(), &events, &stop, &log))
+                            }
+                            Err(e) => {
+                                log(&format!(
+                                    "openflow: TLS handshake with controller {target} failed: {e}"
+                                ));
+                                None
+                            }
+                        }
+                    }
+                };
+                if served == Some(true) {
                     // A session that got going earns a quick reconnect.
                     backoff = BACKOFF_MIN / 2;
                 }
@@ -327,5 +519,96 @@ fn controller_loop(
             std::thread::sleep(POLL);
         }
         backoff = next_backoff(backoff);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepare(listen: Option<&str>, controller: Option<&str>, allow: bool) -> String {
+        let c = EndpointConfig {
+            listen: listen.map(str::to_string),
+            controller: controller.map(str::to_string),
+            tls: None,
+            allow_plaintext: allow,
+        };
+        match c.prepare() {
+            Ok(p) => format!("ok {:?} {:?}", p.listen, p.controller),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn endpoints_parse_with_their_transport() {
+        assert_eq!(
+            parse_listen_endpoint("pssl:6653").unwrap(),
+            ("127.0.0.1:6653".parse().unwrap(), Transport::Tls)
+        );
+        assert_eq!(
+            parse_listen_endpoint("pssl:6653:[::1]").unwrap(),
+            ("[::1]:6653".parse().unwrap(), Transport::Tls)
+        );
+        assert_eq!(
+            parse_listen_endpoint("ptcp:6653:10.0.0.1").unwrap(),
+            ("10.0.0.1:6653".parse().unwrap(), Transport::Tcp)
+        );
+        assert_eq!(
+            parse_controller_endpoint("ssl:ctl.example:6633").unwrap(),
+            ("ctl.example:6633".to_string(), Transport::Tls)
+        );
+        assert_eq!(
+            parse_controller_endpoint("ssl:ctl.example").unwrap(),
+            ("ctl.example:6653".to_string(), Transport::Tls)
+        );
+        assert!(parse_listen_endpoint("pssl:x").is_err());
+        assert!(parse_controller_endpoint("tls:1.2.3.4:6653").is_err());
+    }
+
+    #[test]
+    fn plaintext_beyond_loopback_needs_allow_plaintext() {
+        let e = prepare(Some("ptcp:6653:0.0.0.0"), None, false);
+        assert!(
+            e.contains("whoever reaches that port can program the switch")
+                && e.contains("allow_plaintext = true"),
+            "{e}"
+        );
+        assert!(prepare(Some("tcp:192.0.2.1:6653"), None, false).contains("not a loopback"));
+        assert!(prepare(Some("ptcp:6653:0.0.0.0"), None, true).starts_with("ok "));
+        assert!(prepare(Some("ptcp:6653"), None, false).starts_with("ok "));
+        assert!(prepare(Some("ptcp:6653:[::1]"), None, false).starts_with("ok "));
+        // A controller connection is not a listener.
+        assert!(prepare(None, Some("tcp:192.0.2.1:6653"), false).starts_with("ok "));
+    }
+
+    #[test]
+    fn tls_endpoints_need_key_certificate_and_ca() {
+        for (l, c) in [
+            (Some("pssl:6653:0.0.0.0"), None),
+            (None, Some("ssl:192.0.2.1:6653")),
+        ] {
+            let e = prepare(l, c, false);
+            assert!(
+                e.contains("private_key") && e.contains("certificate") && e.contains("ca_cert"),
+                "{e}"
+            );
+        }
+        let e = TlsFiles::from_parts("[openflow]", Some(Path::new("k")), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing: certificate, ca_cert"), "{e}");
+        let files = TlsFiles {
+            private_key: "/nonexistent/k.pem".into(),
+            certificate: "/nonexistent/c.pem".into(),
+            ca_cert: "/nonexistent/ca.pem".into(),
+        };
+        let e = match Tls::load(&files) {
+            Ok(_) => panic!("loaded missing files"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("certificate") && e.contains("/nonexistent/c.pem"),
+            "{e}"
+        );
     }
 }

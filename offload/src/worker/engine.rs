@@ -38,12 +38,21 @@ impl Default for EngineConfig {
     }
 }
 
+/// Upper bounds (µs) of the insert-latency histogram's buckets (the last,
+/// +Inf, is implied): 10 µs to 1 s.
+pub const LATENCY_BUCKETS_US: [u64; 15] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    1_000_000,
+];
+
 /// Insert latency (enqueue → rule created) of one port.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Latency {
     count: u64,
     sum_us: u128,
     recent_us: VecDeque<u64>,
+    /// Inserts per [`LATENCY_BUCKETS_US`] bucket (not cumulative).
+    buckets: [u64; LATENCY_BUCKETS_US.len()],
 }
 
 impl Latency {
@@ -51,6 +60,9 @@ impl Latency {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.count += 1;
         self.sum_us += u128::from(us);
+        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|le| us <= *le) {
+            self.buckets[i] += 1;
+        }
         if self.recent_us.len() >= window.max(1) {
             self.recent_us.pop_front();
         }
@@ -71,6 +83,30 @@ impl Latency {
         };
         LatencySummary { avg, p99 }
     }
+
+    pub(super) fn histogram(&self) -> LatencyHistogram {
+        let mut cumulative = Vec::with_capacity(self.buckets.len());
+        let mut acc = 0;
+        for n in self.buckets {
+            acc += n;
+            cumulative.push(acc);
+        }
+        LatencyHistogram {
+            count: self.count,
+            sum_us: u64::try_from(self.sum_us).unwrap_or(u64::MAX),
+            cumulative,
+        }
+    }
+}
+
+/// Every insert latency of a port as a histogram (Prometheus' shape):
+/// `cumulative[i]` inserts took at most `LATENCY_BUCKETS_US[i]` µs; `count`
+/// is every insert (the +Inf bucket), `sum_us` their total.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LatencyHistogram {
+    pub count: u64,
+    pub sum_us: u64,
+    pub cumulative: Vec<u64>,
 }
 
 /// Inserts per second over the last completed one-second window.
@@ -181,6 +217,8 @@ pub struct PortOffloadStatus {
     /// Rejections and failures by reason kind.
     pub failures: BTreeMap<String, u64>,
     pub latency_us: LatencySummary,
+    /// Every insert's latency, bucketed ([`LATENCY_BUCKETS_US`]).
+    pub latency_histogram: LatencyHistogram,
 }
 
 /// Megaflows per state; the fields add up to the megaflows the engine knows.
@@ -866,6 +904,7 @@ impl OffloadEngine {
                     resets: c.resets,
                     failures: c.failures.clone(),
                     latency_us: c.latency.summary(),
+                    latency_histogram: c.latency.histogram(),
                 }
             })
             .collect();

@@ -778,6 +778,27 @@ fn latency_p99_and_rate() {
     let s = l.summary();
     assert_eq!(s.p99, 99_000);
     assert_eq!(s.avg, 50_500.0);
+    // 1..=100 ms: 10 ms is the 10th insert, 25 ms the 25th, 50 ms the
+    // 50th, 100 ms the last; nothing at or under 5 ms but 1..=5.
+    let h = l.histogram();
+    assert_eq!(h.count, 100);
+    assert_eq!(h.sum_us, 5_050_000);
+    let at = |le: u64| h.cumulative[LATENCY_BUCKETS_US.iter().position(|b| *b == le).unwrap()];
+    assert_eq!(at(1_000), 1);
+    assert_eq!(at(5_000), 5);
+    assert_eq!(at(10_000), 10);
+    assert_eq!(at(50_000), 50);
+    assert_eq!(at(100_000), 100);
+    assert_eq!(at(1_000_000), 100);
+    assert_eq!(at(500), 0);
+    let mut big = Latency::default();
+    big.record(Duration::from_secs(3), 10);
+    assert_eq!(
+        big.histogram().cumulative.last(),
+        Some(&0),
+        "above every bound: only +Inf"
+    );
+    assert_eq!(big.histogram().count, 1);
     let t0 = Instant::now();
     let mut r = Rate::default();
     for i in 0..10 {

@@ -6,7 +6,9 @@
 //! order. The winner is the rule with the lowest priority number; among
 //! equal priorities (undefined in rte_flow) the oldest rule.
 
-use std::collections::HashMap;
+// hashbrown with its default (foldhash) hasher: the emulated NIC hashes
+// every packet once per subtable, and SipHash was most of its lookup cost.
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use offload::rte::{Action, Rule};
