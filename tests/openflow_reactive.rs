@@ -620,11 +620,7 @@ fn monitor_sees_packet_ins_and_flow_removed() {
     for flow in [
         "priority=0,actions=controller:65535",
         "priority=20,in_port=1,udp,tp_dst=2000,actions=controller:50",
-        "send_flow_rem,priority=30,in_port=1,udp,tp_dst=3001,idle_timeout=1,actions=output:2",
-        "send_flow_rem,priority=30,in_port=1,udp,tp_dst=3002,hard_timeout=2,actions=output:2",
         "send_flow_rem,priority=30,in_port=1,udp,tp_dst=3003,cookie=0x77,actions=output:2",
-        // Not announced: no send_flow_rem.
-        "priority=30,in_port=1,udp,tp_dst=3004,idle_timeout=1,actions=output:2",
     ] {
         ofctl_ok(&fm.target, &["add-flow", flow]);
     }
@@ -713,7 +709,59 @@ fn monitor_sees_packet_ins_and_flow_removed() {
     assert!(deleted.contains("pkts100"), "{deleted}");
     assert!(deleted.contains(&format!("bytes{bytes}")), "{deleted}");
 
-    // Idle: one packet, then silence; hard: traffic does not keep it.
+    // In a bundle: a delete is announced, an add replacing a rule is not.
+    let bundle = |args: &[&str]| {
+        let out = output(
+            Command::new("ovs-ofctl")
+                .args([
+                    "-O",
+                    "OpenFlow13",
+                    "--timeout=10",
+                    "--bundle",
+                    args[0],
+                    &fm.target,
+                ])
+                .args(&args[1..]),
+        );
+        assert!(
+            out.status.success(),
+            "ovs-ofctl --bundle {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let kept = "send_flow_rem,priority=30,in_port=1,udp,tp_dst=3006,actions=output:2";
+    ofctl_ok(&fm.target, &["add-flow", kept]);
+    ofctl_ok(
+        &fm.target,
+        &[
+            "add-flow",
+            "send_flow_rem,priority=30,in_port=1,udp,tp_dst=3005,actions=output:2",
+        ],
+    );
+    bundle(&["add-flow", kept]);
+    bundle(&["del-flows", "udp,tp_dst=3005"]);
+    let in_bundle = mon
+        .wait_for(&["FLOW_REMOVED", "tp_dst=3005"], deadline)
+        .unwrap_or_else(|| panic!("FLOW_REMOVED for a bundle's delete:\n{}", mon.transcript()));
+    assert!(in_bundle.contains("reason=delete"), "{in_bundle}");
+    assert!(
+        mon.wait_for(&["FLOW_REMOVED", "tp_dst=3006"], Instant::now())
+            .is_none(),
+        "a rule replaced in a bundle is not announced:\n{}",
+        mon.transcript()
+    );
+
+    // Idle: one packet, then silence; hard: traffic does not keep it. The
+    // rules are added just before their packet, with timeouts long enough
+    // for the packet to be counted first on a loaded machine.
+    for flow in [
+        "send_flow_rem,priority=30,in_port=1,udp,tp_dst=3001,idle_timeout=3,actions=output:2",
+        "send_flow_rem,priority=30,in_port=1,udp,tp_dst=3002,hard_timeout=4,actions=output:2",
+        // Not announced: no send_flow_rem.
+        "priority=30,in_port=1,udp,tp_dst=3004,idle_timeout=3,actions=output:2",
+    ] {
+        ofctl_ok(&fm.target, &["add-flow", flow]);
+    }
     let timeouts = [udp_to(3001, 10), udp_to(3002, 10), udp_to(3004, 10)];
     inject(&timeouts, "timeouts");
     // Port 1 received every injected byte (dump-ports rx bytes).

@@ -556,8 +556,27 @@ where
             Op::AddRules(rules) => Ok(Reply::Rules(self.add_rules(rules))),
             Op::Transaction(change) => {
                 let copy = self.switch.pipeline().clone();
+                let before = self.before_removal();
                 let done = match change(copy) {
                     Some(new) => {
+                        if let Some(before) = &before {
+                            // Rules the bundle deleted (not those an add
+                            // replaced: same table, priority and match).
+                            let gone: Vec<(RuleId, RemovalReason)> = before
+                                .0
+                                .entries()
+                                .filter(|e| new.get(e.id).is_none())
+                                .filter(|e| {
+                                    new.classifier(e.rule.table)
+                                        .and_then(|c| {
+                                            c.find_exact(&e.rule.r#match, e.rule.priority)
+                                        })
+                                        .is_none()
+                                })
+                                .map(|e| (e.id, RemovalReason::Delete))
+                                .collect();
+                            self.announce_removed(before, &gone);
+                        }
                         self.switch.set_pipeline(new);
                         self.sync_rule_clocks();
                         info!(self.log, "bundle committed"; "rules" => self.switch.pipeline().len());
