@@ -4,14 +4,17 @@
 //! table-miss PACKET_INs only; malformed PACKET_OUT and FLOW_MOD answered
 //! with an error while the session stays up and nothing is sent.
 
+#[path = "support/pipeline_switch.rs"]
+mod pipeline_switch;
 use fallback::ofproto::{Match, OfAction, Rule};
 use flowmark::openflow::message::{
     flow_removed_reason, packet_in_reason, AsyncConfig, PacketOut, SwitchConfig, OFP_NO_BUFFER,
 };
 use flowmark::openflow::port::OFPP_CONTROLLER;
 use flowmark::openflow::session::Session;
-use flowmark::openflow::switch::{PipelineSwitch, PortInfo, SwitchEvent};
+use flowmark::openflow::switch::{PortInfo, SwitchEvent};
 use flowmark::openflow::{decode, encode, Message};
+use pipeline_switch::PipelineSwitch;
 use std::time::{Duration, Instant};
 
 fn switch() -> PipelineSwitch {
