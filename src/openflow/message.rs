@@ -1469,3 +1469,7 @@ fn encode_body(msg: &Message, out: &mut Vec<u8>) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "message_tests.rs"]
+mod tests;
