@@ -7,7 +7,6 @@
 //! takes no lock. The pipeline snapshot and the MAC table are consulted only
 //! on upcalls.
 
-use crate::sync::Recover;
 use fallback::actions::DpAction;
 use fallback::cache::{CacheHit, FlowCache, FlowHandle};
 use fallback::exec::{self, ExecError, Sink};
@@ -20,6 +19,7 @@ use fallback::packet::{self, ParseInfo};
 use fallback::port::{
     BufferSource, Burst, PacketBuf, Port, PortStats, RxDropReason, TxDropReason, BURST,
 };
+use fallback::sync::Recover;
 use hashbrown::HashMap;
 use offload::marks::{MarkTable, PmdUpdate};
 use serde::Serialize;

@@ -17,7 +17,6 @@ pub mod pmd;
 pub mod ports;
 pub mod soak;
 pub mod switch;
-pub mod sync;
 pub mod trace;
 
 /// The git commit this binary was built from (`unknown` when built without

@@ -34,8 +34,8 @@ mod reference;
 #[cfg(test)]
 mod tests;
 
-use crate::sync::Recover;
 use check::check_loop;
+use fallback::sync::Recover;
 
 use crate::switch::{NamedPortStats, Switch, SwitchConfig, SwitchError};
 use fallback::ofproto::syntax::{parse_flow, parse_match};

@@ -7,11 +7,11 @@ use crate::datapath::{
     BridgeState, MegaflowInfo, NoOffload, OffloadClient, OutFrame, PmdCore, PACKET_OUT_QUEUE,
 };
 use crate::pmd::{self, PmdCommand, PmdSettings, PmdSnapshot, PmdThread, WorkerClient};
-use crate::sync::Recover;
 use fallback::actions::DpAction;
 use fallback::ofproto::table::{Added, Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
 use fallback::port::{BufferSource, PacketBuf, Port, PortStats, TxDropReason};
+use fallback::sync::Recover;
 use hashbrown::HashMap;
 use offload::device::FlowDevice;
 use offload::marks::PmdId;

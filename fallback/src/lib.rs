@@ -16,6 +16,9 @@ pub mod megaflow;
 pub mod ofproto;
 pub mod packet;
 pub mod port;
+/// The one shared helper for the crates above: taking a lock whose holder
+/// panicked (fallback itself holds no locks).
+pub mod sync;
 
 pub use key::{Field, FlowKey};
 

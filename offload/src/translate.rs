@@ -278,8 +278,13 @@ pub fn translate(
                 exact = false;
             }
         } else if is_ip {
-            // The IPv4/IPv6 item pins the type.
+            // The IPv4/IPv6 item pins the type. It looks past any number of
+            // tags, while the datapath's key reads one: a double-tagged IP
+            // frame has the inner TPID as dl_type and is outside the
+            // megaflow. So, with the VLAN wildcarded, untagged frames only
+            // (narrower: tagged ones stay in software).
             if vlan == VlanMatch::Any {
+                eth.mask.has_vlan = true;
                 exact = false;
             }
         } else {

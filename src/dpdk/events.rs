@@ -5,7 +5,7 @@
 //! ([`take`], through the port factory) and acts (`daemon::events`).
 
 use super::{strerror, sys, DpdkError};
-use crate::sync::Recover;
+use fallback::sync::Recover;
 use std::ffi::{c_int, c_void};
 use std::sync::{Mutex, MutexGuard};
 

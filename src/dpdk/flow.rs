@@ -7,7 +7,7 @@
 //! devices, which have no rte_flow).
 
 use super::{strerror, sys};
-use crate::sync::Recover;
+use fallback::sync::Recover;
 use hashbrown::HashMap;
 use offload::device::{Capabilities, Counters, FlowDevice, FlowError, RuleHandle};
 use offload::rte::{self, Action, Item, RssType, Rule};

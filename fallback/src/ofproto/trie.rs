@@ -255,13 +255,8 @@ mod tests {
 
     #[test]
     fn lookup_agrees_with_a_scan_and_its_bits_decide() {
-        let mut r = 0x1234_5678_9abc_def1u64;
-        let mut next = || {
-            r ^= r << 13;
-            r ^= r >> 7;
-            r ^= r << 17;
-            r
-        };
+        let mut rng = testbed::traffic::Rng::new(0x1234_5678_9abc_def1);
+        let mut next = || rng.next_u64();
         for round in 0..50 {
             let mut trie = Trie::default();
             let mut rules: Vec<(u32, u32)> = Vec::new();

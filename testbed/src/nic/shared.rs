@@ -2,6 +2,7 @@
 //! table (behind a lock: the NIC thread takes it once per batch, the offload
 //! worker per call; the switch's fast path never does), counters and faults.
 
+use fallback::sync::Recover;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -90,24 +91,22 @@ impl NicShared {
     }
 
     // A panic while holding one of these locks leaves consistent data (each
-    // update is a single call), so a poisoned lock is used as is.
+    // update is a single call), so a poisoned lock is used as is (`recover`).
 
     pub fn read_table(&self) -> RwLockReadGuard<'_, RuleTable> {
-        self.table.read().unwrap_or_else(|e| e.into_inner())
+        self.table.read().recover()
     }
 
     pub fn write_table(&self) -> RwLockWriteGuard<'_, RuleTable> {
-        self.table.write().unwrap_or_else(|e| e.into_inner())
+        self.table.write().recover()
     }
 
     pub fn lock_faults(&self) -> MutexGuard<'_, Faults> {
-        self.faults.lock().unwrap_or_else(|e| e.into_inner())
+        self.faults.lock().recover()
     }
 
     pub fn lock_reset_subscribers(&self) -> MutexGuard<'_, Vec<Sender<u64>>> {
-        self.reset_subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.reset_subscribers.lock().recover()
     }
 
     pub fn is_stopping(&self) -> bool {
