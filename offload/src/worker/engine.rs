@@ -14,6 +14,7 @@ use serde::{Serialize, Serializer};
 
 use crate::device::{FlowDevice, FlowError, RuleHandle};
 use crate::marks::{Mark, MarkRegistry, OffloadKey, PmdRefs};
+use crate::rte::Rule;
 use crate::translate::translate;
 
 /// Engine settings.
@@ -176,6 +177,9 @@ struct FlowEntry {
     enqueued: Instant,
     /// In the pending queue (avoids duplicates there).
     queued: bool,
+    /// Published and waiting for its rule in the batch under way (a key
+    /// queued twice must not be prepared twice).
+    staged: bool,
 }
 
 /// Counters not tied to a port.
@@ -296,6 +300,9 @@ pub struct OffloadEngine {
     /// Failed for want of a mark, in failure order.
     waiting_for_marks: VecDeque<OffloadKey>,
     counters: EngineCounters,
+    /// A batch's rules between publication and creation (kept for its
+    /// allocation).
+    staged: Vec<(OffloadKey, Mark, Rule)>,
 }
 
 impl OffloadEngine {
@@ -308,6 +315,7 @@ impl OffloadEngine {
             pending: VecDeque::new(),
             waiting_for_marks: VecDeque::new(),
             counters: EngineCounters::default(),
+            staged: Vec::new(),
         })
     }
 
@@ -560,6 +568,7 @@ impl OffloadEngine {
             refs: PmdRefs::default(),
             enqueued: put.enqueued,
             queued: false,
+            staged: false,
         });
         let previous = e.refs.insert(put.pmd, put.handle);
         if let OffloadState::Removing {
@@ -767,29 +776,47 @@ impl OffloadEngine {
                 }
             }
         }
+        // A batch: every megaflow translated, validated and given a mark,
+        // then every mark published (one flush of the sink: one message
+        // per PMD), then every rule created. Publication still comes
+        // before creation for each of them (DESIGN §3).
+        let mut staged = std::mem::take(&mut self.staged);
         let mut done = 0;
         while done < budget {
             let Some(key) = self.pending.pop_front() else {
                 break;
             };
             done += 1;
-            self.offer(key, now, out);
+            if let Some((mark, rule)) = self.prepare(key, now, out) {
+                staged.push((key, mark, rule));
+            }
         }
+        if !staged.is_empty() {
+            out.flush();
+        }
+        for (key, mark, rule) in staged.drain(..) {
+            self.create(key, mark, rule, now, out);
+        }
+        self.staged = staged;
         done
     }
 
-    /// Put, device side: translate → validate → mark → publish → create.
-    fn offer(&mut self, key: OffloadKey, now: Instant, out: &mut dyn UpdateSink) {
-        let Some(e) = self.flows.get_mut(&key) else {
-            return;
-        };
+    /// Put, device side, first half: translate → validate → mark →
+    /// publish. Returns the rule to create, its mark filled in.
+    fn prepare(
+        &mut self,
+        key: OffloadKey,
+        now: Instant,
+        out: &mut dyn UpdateSink,
+    ) -> Option<(Mark, Rule)> {
+        let e = self.flows.get_mut(&key)?;
         e.queued = false;
-        if e.state != OffloadState::Pending {
-            return;
+        if e.state != OffloadState::Pending || e.staged {
+            return None;
         }
         let Some(port) = self.ports.get_mut(&key.port) else {
             e.state = OffloadState::Software;
-            return;
+            return None;
         };
         let caps = *port.device.capabilities();
         let mut translation = match translate(&e.r#match, &caps, 1, port.n_rxq) {
@@ -803,7 +830,7 @@ impl OffloadEngine {
                         reason: RejectReason::Translate(r),
                     },
                 );
-                return;
+                return None;
             }
         };
         if translation.port != key.port {
@@ -812,11 +839,11 @@ impl OffloadEngine {
                 rule_port: translation.port,
             };
             refuse(e, port, key, OffloadState::Rejected { reason });
-            return;
+            return None;
         }
         if let Err(err) = port.device.validate(&translation.rule) {
             refuse(e, port, key, refusal(err));
-            return;
+            return None;
         }
         let mark = match self.marks.assign(key, now) {
             Ok(m) => m,
@@ -826,14 +853,34 @@ impl OffloadEngine {
                 };
                 refuse(e, port, key, state);
                 self.waiting_for_marks.push_back(key);
-                return;
+                return None;
             }
         };
         translation.set_mark(mark.get());
         for (pmd, handle) in e.refs.iter() {
             out.send(pmd, PmdUpdate::Publish { mark, handle });
         }
-        match port.device.create(&translation.rule) {
+        e.staged = true;
+        Some((mark, translation.rule))
+    }
+
+    /// Put, device side, second half: create the published rule; a
+    /// refusal unpublishes and releases the mark.
+    fn create(
+        &mut self,
+        key: OffloadKey,
+        mark: Mark,
+        rule: Rule,
+        now: Instant,
+        out: &mut dyn UpdateSink,
+    ) {
+        let (Some(e), Some(port)) = (self.flows.get_mut(&key), self.ports.get_mut(&key.port))
+        else {
+            // Cannot happen: nothing runs between the halves.
+            return;
+        };
+        e.staged = false;
+        match port.device.create_owned(rule) {
             Ok(rule) => {
                 e.state = OffloadState::Offloaded {
                     port: key.port,

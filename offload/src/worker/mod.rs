@@ -246,6 +246,12 @@ pub enum EngineError {
 /// Receives the table updates meant for each PMD.
 pub trait UpdateSink {
     fn send(&mut self, pmd: PmdId, update: PmdUpdate);
+
+    /// Hands what was sent so far on to the PMDs. A sink may hold updates
+    /// back until then (one message per PMD per batch); the engine flushes
+    /// between a batch's publications and its rule creations, and the
+    /// caller flushes after every engine call.
+    fn flush(&mut self) {}
 }
 
 /// Collects updates in order (tests, or a caller that forwards them).

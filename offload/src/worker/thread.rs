@@ -75,7 +75,7 @@ struct Shared {
 enum Control {
     AddPmd {
         pmd: PmdId,
-        updates: Sender<PmdUpdate>,
+        updates: Sender<Vec<PmdUpdate>>,
         seen: Arc<AtomicU64>,
         reply: Sender<()>,
     },
@@ -319,7 +319,7 @@ impl PmdRequests {
 /// A PMD's receiving side: the worker's [`PmdUpdate`]s and the PMD's
 /// quiescence report.
 pub struct PmdUpdates {
-    updates: Receiver<PmdUpdate>,
+    updates: Receiver<Vec<PmdUpdate>>,
     shared: Arc<Shared>,
     seen: Arc<AtomicU64>,
 }
@@ -333,9 +333,9 @@ impl PmdUpdates {
         // worker stored this epoch is applied by the time we report it.
         let epoch = self.shared.epoch.load(Ordering::Acquire);
         let mut n = 0;
-        while let Ok(update) = self.updates.try_recv() {
-            apply(update);
-            n += 1;
+        while let Ok(batch) = self.updates.try_recv() {
+            n += batch.len();
+            batch.into_iter().for_each(&mut apply);
         }
         self.seen.store(epoch, Ordering::Release);
         n
@@ -448,23 +448,42 @@ impl PmdOffload {
     }
 }
 
-/// The per-PMD update channels and quiescence reports.
+/// The per-PMD update channels and quiescence reports. Updates are held
+/// back until [`UpdateSink::flush`] and then sent as one message per PMD.
 #[derive(Default)]
 struct PmdChannels {
-    senders: HashMap<PmdId, Sender<PmdUpdate>>,
+    senders: HashMap<PmdId, PmdChannel>,
     seen: HashMap<PmdId, Arc<AtomicU64>>,
     /// PMDs whose end was dropped without `remove_pmd`.
     vanished: Vec<PmdId>,
 }
 
+struct PmdChannel {
+    tx: Sender<Vec<PmdUpdate>>,
+    held: Vec<PmdUpdate>,
+}
+
 impl UpdateSink for PmdChannels {
     fn send(&mut self, pmd: PmdId, update: PmdUpdate) {
-        if let Some(tx) = self.senders.get(&pmd) {
-            // Unbounded: never waits. An error means the PMD's end is gone.
-            if tx.send(update).is_err() {
-                self.senders.remove(&pmd);
-                self.vanished.push(pmd);
+        if let Some(c) = self.senders.get_mut(&pmd) {
+            c.held.push(update);
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut gone = Vec::new();
+        for (pmd, c) in &mut self.senders {
+            if c.held.is_empty() {
+                continue;
             }
+            // Unbounded: never waits. An error means the PMD's end is gone.
+            if c.tx.send(std::mem::take(&mut c.held)).is_err() {
+                gone.push(*pmd);
+            }
+        }
+        for pmd in gone {
+            self.senders.remove(&pmd);
+            self.vanished.push(pmd);
         }
     }
 }
@@ -567,6 +586,7 @@ impl WorkerThread {
     /// Publishes the epoch once the updates of the last call are sent, and
     /// forgets PMDs that vanished.
     fn after_updates(&mut self) {
+        self.pmds.flush();
         for pmd in std::mem::take(&mut self.pmds.vanished) {
             self.pmds.seen.remove(&pmd);
             self.engine.remove_pmd(pmd, Instant::now(), &mut NoUpdates);
@@ -588,7 +608,13 @@ impl WorkerThread {
             } => {
                 self.engine.add_pmd(pmd);
                 seen.store(self.engine.epoch().0, Ordering::Release);
-                self.pmds.senders.insert(pmd, updates);
+                self.pmds.senders.insert(
+                    pmd,
+                    PmdChannel {
+                        tx: updates,
+                        held: Vec::new(),
+                    },
+                );
                 self.pmds.seen.insert(pmd, seen);
                 let _ = reply.send(());
             }
