@@ -39,7 +39,11 @@ pub(crate) struct InstalledRule {
     pub handle: u64,
     pub priority: u32,
     pub rule: Rule,
-    pub items: Vec<ItemFields>,
+    /// The rule's masked values where its masks are non-zero, item after
+    /// item: the subtable key, kept compact (the masks are the subtable's).
+    key: Box<[u128]>,
+    /// Some item has a range (`last`): matched by scan, not by hash.
+    ranged: bool,
     pub mark: Option<u32>,
     pub fate: Fate,
     /// COUNT: hits and bytes (updated by the NIC thread).
@@ -80,10 +84,24 @@ impl InstalledRule {
                 Action::Count => counter = Some(AtomicCount::default()),
             }
         }
+        let mut key = Vec::new();
+        let mut ranged = false;
+        for item in &rule.pattern {
+            let i = ItemFields::of(item);
+            ranged |= i.has_range();
+            key.extend(
+                i.spec
+                    .iter()
+                    .zip(i.mask.iter())
+                    .filter(|(_, m)| **m != 0)
+                    .map(|(v, m)| v & m),
+            );
+        }
         InstalledRule {
             handle,
             priority: rule.attr.priority,
-            items: rule.pattern.iter().map(ItemFields::of).collect(),
+            key: key.into_boxed_slice(),
+            ranged,
             rule,
             mark,
             fate,
@@ -97,15 +115,20 @@ impl InstalledRule {
     }
 
     fn has_range(&self) -> bool {
-        self.items.iter().any(ItemFields::has_range)
+        self.ranged
+    }
+
+    /// The rule's items, decoded (for matching by scan and for shapes; the
+    /// hashed path needs only the key).
+    fn items(&self) -> impl Iterator<Item = ItemFields> + '_ {
+        self.rule.pattern.iter().map(ItemFields::of)
     }
 
     /// The rule's items have exactly this shape (kinds and masks).
     fn has_shape(&self, shape: &[(ItemKind, Fields)]) -> bool {
-        self.items.len() == shape.len()
+        self.rule.pattern.len() == shape.len()
             && self
-                .items
-                .iter()
+                .items()
                 .zip(shape)
                 .all(|(i, (kind, mask))| i.kind == *kind && i.mask == *mask)
     }
@@ -113,20 +136,13 @@ impl InstalledRule {
     /// The masked key, value by value, of the slots the masks cover (the
     /// same sequence a packet's values under the subtable's shape give).
     fn key(&self) -> impl Iterator<Item = u128> + '_ {
-        self.items.iter().flat_map(|i| {
-            i.spec
-                .iter()
-                .zip(i.mask.iter())
-                .filter(|(_, m)| **m != 0)
-                .map(|(v, m)| v & m)
-        })
+        self.key.iter().copied()
     }
 
     pub fn matches(&self, h: &Headers) -> bool {
-        !self.items.is_empty()
+        !self.rule.pattern.is_empty()
             && self
-                .items
-                .iter()
+                .items()
                 .all(|i| h.fields(i.kind).is_some_and(|v| i.matches(&v)))
     }
 }
@@ -223,7 +239,7 @@ impl RuleTable {
             Some(i) => i,
             None => {
                 self.subtables.push(Subtable {
-                    shape: r.items.iter().map(|i| (i.kind, i.mask)).collect(),
+                    shape: r.items().map(|i| (i.kind, i.mask)).collect(),
                     buckets: HashTable::new(),
                 });
                 self.subtables.len() - 1
