@@ -27,6 +27,10 @@ pub struct EngineConfig {
     pub min_quarantine: Duration,
     /// Insert latencies kept per port for the p99.
     pub latency_window: usize,
+    /// This engine is offload shard `shard` of `shards` ([`shard_of`]):
+    /// it owns the ports that shard to it and that shard's marks.
+    pub shard: u32,
+    pub shards: u32,
 }
 
 impl Default for EngineConfig {
@@ -35,6 +39,8 @@ impl Default for EngineConfig {
             max_marks: crate::device::Capabilities::MAX_MARK,
             min_quarantine: Duration::from_millis(100),
             latency_window: 4096,
+            shard: 0,
+            shards: 1,
         }
     }
 }
@@ -272,6 +278,56 @@ pub struct OffloadStatus {
     pub counters: EngineCounters,
 }
 
+impl EngineCounters {
+    /// Adds another shard's counters.
+    pub fn merge(&mut self, o: EngineCounters) {
+        let EngineCounters {
+            unknown_pmd,
+            ufid_collisions,
+            unknown_deletes,
+            modified_in_place,
+            retries,
+        } = o;
+        self.unknown_pmd += unknown_pmd;
+        self.ufid_collisions += ufid_collisions;
+        self.unknown_deletes += unknown_deletes;
+        self.modified_in_place += modified_in_place;
+        self.retries += retries;
+    }
+}
+
+impl StateCounts {
+    /// Adds another shard's counts.
+    pub fn merge(&mut self, o: StateCounts) {
+        self.software += o.software;
+        self.pending += o.pending;
+        self.offloaded += o.offloaded;
+        self.rejected += o.rejected;
+        self.failed += o.failed;
+        self.removing += o.removing;
+    }
+}
+
+impl OffloadStatus {
+    /// Adds another shard's status (its ports are its own: shards own
+    /// disjoint ports).
+    pub fn merge(&mut self, o: OffloadStatus) {
+        self.ports.extend(o.ports);
+        self.states.merge(o.states);
+        for (k, n) in o.rejected {
+            *self.rejected.entry(k).or_insert(0) += n;
+        }
+        for (k, n) in o.failed {
+            *self.failed.entry(k).or_insert(0) += n;
+        }
+        self.marks_in_use += o.marks_in_use;
+        self.marks_quarantined += o.marks_quarantined;
+        self.offload_queue_full = self.offload_queue_full.max(o.offload_queue_full);
+        self.request_queue_len += o.request_queue_len;
+        self.counters.merge(o.counters);
+    }
+}
+
 fn ser_display<T: fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
@@ -308,7 +364,12 @@ pub struct OffloadEngine {
 impl OffloadEngine {
     pub fn new(config: EngineConfig) -> Result<OffloadEngine, EngineError> {
         Ok(OffloadEngine {
-            marks: MarkRegistry::new(config.max_marks, config.min_quarantine)?,
+            marks: MarkRegistry::sharded(
+                config.max_marks,
+                config.min_quarantine,
+                config.shard,
+                config.shards,
+            )?,
             config,
             ports: BTreeMap::new(),
             flows: HashMap::new(),
@@ -751,7 +812,7 @@ impl OffloadEngine {
     pub fn process(&mut self, now: Instant, budget: usize, out: &mut dyn UpdateSink) -> usize {
         self.marks.reclaim(now);
         let pool = self.marks.pool();
-        let mut available = (pool.max() as usize)
+        let mut available = (pool.capacity() as usize)
             .saturating_sub(pool.in_use())
             .saturating_sub(pool.quarantined());
         while available > 0 {
