@@ -19,6 +19,9 @@ use super::rss::{HashTypes, Reta};
 use crate::matcher::{Fields, Headers, ItemFields, ItemKind};
 use crate::sink::AtomicCount;
 
+/// Key slots gathered without allocating (4 items of 8 fields).
+const KEY_ON_STACK: usize = 32;
+
 /// Where a matched packet goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Fate {
@@ -53,12 +56,18 @@ pub(crate) struct InstalledRule {
 impl InstalledRule {
     #[cfg(test)]
     pub fn new(handle: u64, rule: Rule) -> InstalledRule {
-        InstalledRule::with_retas(handle, rule, &mut Vec::new())
+        InstalledRule::build(handle, rule, &mut Vec::new(), &mut Vec::new())
     }
 
     /// Builds the installed form of `rule` (moved in, not copied); RSS
-    /// redirection tables come from `retas`, one per distinct queue list.
-    fn with_retas(handle: u64, rule: Rule, retas: &mut Vec<(Vec<u16>, Arc<Reta>)>) -> InstalledRule {
+    /// redirection tables come from `retas`, one per distinct queue list;
+    /// `shape` is filled with the rule's item kinds and masks.
+    fn build(
+        handle: u64,
+        rule: Rule,
+        retas: &mut Vec<(Vec<u16>, Arc<Reta>)>,
+        shape: &mut Vec<(ItemKind, Fields)>,
+    ) -> InstalledRule {
         let mut mark = None;
         let mut fate = Fate::Default;
         let mut counter = None;
@@ -84,23 +93,36 @@ impl InstalledRule {
                 Action::Count => counter = Some(AtomicCount::default()),
             }
         }
-        let mut key = Vec::new();
+        // The key is gathered on the stack (4 items of 8 slots cover every
+        // pattern translate makes) and allocated once, at its exact size.
+        let mut buf = [0u128; KEY_ON_STACK];
+        let mut n = 0;
+        let mut spill = Vec::new();
         let mut ranged = false;
+        shape.clear();
         for item in &rule.pattern {
             let i = ItemFields::of(item);
             ranged |= i.has_range();
-            key.extend(
-                i.spec
-                    .iter()
-                    .zip(i.mask.iter())
-                    .filter(|(_, m)| **m != 0)
-                    .map(|(v, m)| v & m),
-            );
+            for (v, m) in i.spec.iter().zip(i.mask.iter()).filter(|(_, m)| **m != 0) {
+                match buf.get_mut(n) {
+                    Some(slot) => {
+                        *slot = v & m;
+                        n += 1;
+                    }
+                    None => spill.push(v & m),
+                }
+            }
+            shape.push((i.kind, i.mask));
         }
+        let key: Box<[u128]> = if spill.is_empty() {
+            Box::from(&buf[..n])
+        } else {
+            buf[..n].iter().chain(&spill).copied().collect()
+        };
         InstalledRule {
             handle,
             priority: rule.attr.priority,
-            key: key.into_boxed_slice(),
+            key,
             ranged,
             rule,
             mark,
@@ -212,6 +234,8 @@ pub(crate) struct RuleTable {
     /// Redirection tables in use, one per distinct RSS queue list.
     retas: Vec<(Vec<u16>, Arc<Reta>)>,
     hasher: DefaultHashBuilder,
+    /// The shape of the rule being inserted (kept for its allocation).
+    shape: Vec<(ItemKind, Fields)>,
     next_handle: u64,
 }
 
@@ -228,18 +252,23 @@ impl RuleTable {
         // Redirection tables no rule uses any more are dropped here, so
         // the list stays as short as the queue lists in use.
         self.retas.retain(|(_, r)| Arc::strong_count(r) > 1);
-        let r = Arc::new(InstalledRule::with_retas(handle, rule, &mut self.retas));
+        let r = Arc::new(InstalledRule::build(
+            handle,
+            rule,
+            &mut self.retas,
+            &mut self.shape,
+        ));
         self.by_handle.insert(handle, Arc::clone(&r));
         if r.has_range() {
             let at = self.ranged.partition_point(|x| x.order() < r.order());
             self.ranged.insert(at, r);
             return handle;
         }
-        let i = match self.subtables.iter().position(|s| r.has_shape(&s.shape)) {
+        let i = match self.subtables.iter().position(|s| s.shape == self.shape) {
             Some(i) => i,
             None => {
                 self.subtables.push(Subtable {
-                    shape: r.items().map(|i| (i.kind, i.mask)).collect(),
+                    shape: self.shape.clone(),
                     buckets: HashTable::new(),
                 });
                 self.subtables.len() - 1
