@@ -374,8 +374,11 @@ fn offload_rig(flows: u32, threads: usize) -> Result<OffloadRig, CliError> {
     .map_err(|e| fail(e.to_string()))?;
     let mut nics = Vec::new();
     for port in 1..=threads as u32 {
-        let nic = testbed::Nic::start(testbed::NicConfig::new(&format!("bench{port}")), pool.clone())
-            .map_err(|e| fail(e.to_string()))?;
+        let nic = testbed::Nic::start(
+            testbed::NicConfig::new(format!("bench{port}")),
+            pool.clone(),
+        )
+        .map_err(|e| fail(e.to_string()))?;
         let device: Arc<dyn offload::device::FlowDevice> = nic.flow_device().clone();
         worker
             .add_port(port, device, nic.port().n_rxq())
@@ -456,7 +459,11 @@ fn offload_case(flows: u32, threads: usize) -> Result<serde_json::Value, CliErro
     Ok(case)
 }
 
-fn offload_run(rig: &OffloadRig, flows: u32, threads: usize) -> Result<serde_json::Value, CliError> {
+fn offload_run(
+    rig: &OffloadRig,
+    flows: u32,
+    threads: usize,
+) -> Result<serde_json::Value, CliError> {
     let fail = |e: String| CliError::Bench(e);
     let mut published = 0usize;
     let start = Instant::now();

@@ -749,7 +749,6 @@ impl World {
                 .collect();
             assert_eq!(dev.rules(), expected, "rules on port {port}");
         }
-
     }
 
     /// The PMDs' copies and MarkTables against every shard.
@@ -816,7 +815,9 @@ fn run(seed: u64, ops: &[Op], shards: u32) {
             w.check();
         }));
         if let Err(e) = r {
-            eprintln!("seed {seed:#x}, {shards} shard(s): invariant broken at operation {i}: {op:?}");
+            eprintln!(
+                "seed {seed:#x}, {shards} shard(s): invariant broken at operation {i}: {op:?}"
+            );
             std::panic::resume_unwind(e);
         }
     }

@@ -339,7 +339,10 @@ fn two_offload_threads_share_nothing_but_the_pmds() {
     })
     .expect("spawn");
     assert_eq!(worker.threads(), 2);
-    let devs = [SlowDevice::new(Duration::ZERO), SlowDevice::new(Duration::ZERO)];
+    let devs = [
+        SlowDevice::new(Duration::ZERO),
+        SlowDevice::new(Duration::ZERO),
+    ];
     worker.add_port(1, devs[0].clone(), 2).expect("add port 1");
     worker.add_port(2, devs[1].clone(), 2).expect("add port 2");
     let mut pmd = worker.add_pmd(PmdId(0)).expect("add pmd");

@@ -253,17 +253,22 @@ impl OffloadWorker {
         device: Arc<dyn FlowDevice>,
         n_rxq: u16,
     ) -> Result<(), WorkerError> {
-        Ok(Self::call_shard(self.shard(port), |reply| Control::AddPort {
-            port,
-            device,
-            n_rxq,
-            reply,
+        Ok(Self::call_shard(self.shard(port), |reply| {
+            Control::AddPort {
+                port,
+                device,
+                n_rxq,
+                reply,
+            }
         })??)
     }
 
     /// Returns once the port's rules are destroyed and its marks released.
     pub fn remove_port(&self, port: PortId) -> Result<(), WorkerError> {
-        Self::call_shard(self.shard(port), |reply| Control::RemovePort { port, reply })
+        Self::call_shard(self.shard(port), |reply| Control::RemovePort {
+            port,
+            reply,
+        })
     }
 
     /// The port's NIC was reset (all its rules lost).
@@ -273,7 +278,9 @@ impl OffloadWorker {
 
     /// Every shard's status, merged.
     pub fn status(&self) -> Result<OffloadStatus, WorkerError> {
-        let mut all = self.call_all(|reply| Control::Status { reply })?.into_iter();
+        let mut all = self
+            .call_all(|reply| Control::Status { reply })?
+            .into_iter();
         let Some(mut s) = all.next() else {
             return Err(WorkerError::Stopped);
         };
