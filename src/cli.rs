@@ -139,6 +139,13 @@ pub enum PortCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Takes the frames a testbed port transmitted since the last capture
+    /// (up to 1024 are kept): one hex line each, oldest first.
+    Capture {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The OpenFlow rule commands that need the daemon (`flow parse` is offline).
@@ -363,6 +370,12 @@ pub fn control(socket: Option<PathBuf>, cmd: ControlCommand) -> Result<()> {
             }),
             PortCommand::List { json } => (Request::PortList, json, port_list_text),
             PortCommand::Stats { json } => (Request::PortStats, json, port_stats_text),
+            PortCommand::Capture { name, json } => (Request::PortCapture { name }, json, |v| {
+                v["frames"]
+                    .as_array()
+                    .map(|a| a.iter().map(|f| format!("{}\n", s(f))).collect())
+                    .unwrap_or_default()
+            }),
             PortCommand::Inject {
                 name,
                 pcap,

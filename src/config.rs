@@ -274,6 +274,9 @@ pub struct OpenFlowSection {
     /// Active connection to a controller, e.g. `tcp:127.0.0.1:6653` or
     /// `ssl:ctl.example.net:6653`.
     pub controller: Option<String>,
+    /// The datapath id FEATURES_REPLY reports (a TOML integer, `0x1` too);
+    /// default 0xf10e000000000001.
+    pub datapath_id: Option<u64>,
     /// TLS (`pssl:`/`ssl:`): the switch's private key (PEM).
     pub private_key: Option<PathBuf>,
     /// TLS: the switch's certificate (PEM), for that key.
@@ -769,9 +772,11 @@ type = "testbed-vm"
 
 [openflow]
 listen = "ptcp:6653"
+datapath_id = 0x2a
 "#,
         )
         .unwrap();
+        assert_eq!(c.openflow.datapath_id, Some(42));
         let ports = c.ports.as_ref().unwrap();
         assert_eq!(ports.len(), 2);
         assert_eq!(ports[0].profile, Some(Profile::Xl710));

@@ -25,6 +25,7 @@ pub const COMMANDS: &[&str] = &[
     "port_list",
     "port_stats",
     "port_inject",
+    "port_capture",
     "flow_add",
     "flow_del",
     "flow_mod",
@@ -125,6 +126,11 @@ pub enum Request {
     Trace {
         packet: String,
     },
+    /// The frames a testbed port transmitted since the last capture
+    /// (`{name, frames: [HEX]}`, oldest first).
+    PortCapture {
+        name: String,
+    },
     /// Fault injection: the testbed NIC loses every rule.
     NicReset {
         name: String,
@@ -151,6 +157,7 @@ impl Request {
             Request::PmdRxqs => "pmd_rxqs",
             Request::Trace { .. } => "trace",
             Request::NicReset { .. } => "nic_reset",
+            Request::PortCapture { .. } => "port_capture",
             Request::Version => "version",
         }
     }

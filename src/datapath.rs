@@ -123,9 +123,48 @@ pub struct Punt {
     pub in_port: u32,
     pub table: u8,
     pub cookie: u64,
-    /// The frame, cut to the action's `max_len` (0xffff: whole).
+    /// A table-miss rule punted it (PACKET_IN reason NO_MATCH; each
+    /// connection cuts the frame to its `miss_send_len`), else ACTION.
+    pub miss: bool,
+    /// The frame: cut to the action's `max_len` (0xffff: whole) for
+    /// ACTION, whole for NO_MATCH.
     pub frame: Vec<u8>,
+    /// The frame's length before any cut.
+    pub total_len: usize,
 }
+
+impl Punt {
+    /// A punt of `data`, cut as [`Punt::frame`] says.
+    pub fn new(
+        in_port: u32,
+        table: u8,
+        cookie: u64,
+        max_len: u16,
+        miss: bool,
+        data: &[u8],
+    ) -> Self {
+        let n = if miss || max_len == 0xffff {
+            data.len()
+        } else {
+            data.len().min(usize::from(max_len))
+        };
+        Punt {
+            in_port,
+            table,
+            cookie,
+            miss,
+            frame: data[..n].to_vec(),
+            total_len: data.len(),
+        }
+    }
+}
+
+/// A frame the control side sends on a port (an OpenFlow PACKET_OUT's
+/// output): the port's own buffer, or why it has none (counted as a tx drop).
+pub type OutFrame<B> = Result<B, TxDropReason>;
+
+/// Frames one packet-out queue holds before the control side refuses more.
+pub const PACKET_OUT_QUEUE: usize = 1024;
 
 /// A port as one PMD sees it.
 pub struct PmdPort<B> {
@@ -140,6 +179,9 @@ pub struct PmdPort<B> {
     /// Largest frame the port sends (MTU + L2 header and one tag), read
     /// once: not a virtual call per packet.
     max_frame: usize,
+    /// Frames the control side sends on this port; the PMD that polls the
+    /// port's rx queue 0 drains it.
+    outq: Option<crossbeam_channel::Receiver<OutFrame<B>>>,
 }
 
 /// Per-PMD counters (`pmd stats`).
@@ -280,6 +322,18 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
 
     /// Adds a port (every PMD knows every port: any may transmit on it).
     pub fn add_port(&mut self, ofport: u32, port: Arc<dyn Port<Buf = B>>, offload: bool) {
+        self.add_port_with_queue(ofport, port, offload, None);
+    }
+
+    /// [`PmdCore::add_port`] with the port's packet-out queue (drained when
+    /// this PMD polls the port's rx queue 0).
+    pub fn add_port_with_queue(
+        &mut self,
+        ofport: u32,
+        port: Arc<dyn Port<Buf = B>>,
+        offload: bool,
+        outq: Option<crossbeam_channel::Receiver<OutFrame<B>>>,
+    ) {
         self.del_port(ofport);
         let txq = (self.id % port.n_txq().max(1) as u32) as u16;
         let max_frame = port.mtu() + L2_OVERHEAD;
@@ -291,6 +345,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             tx: Burst::new(),
             txq,
             max_frame,
+            outq,
         });
         self.reindex();
     }
@@ -604,8 +659,12 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             return 0;
         };
         let port = Arc::clone(&p.port);
+        let sent_out = queue == 0 && self.drain_packet_outs(port_idx);
         let n = port.rx_burst(queue, &mut self.rx);
         if n == 0 {
+            if sent_out {
+                self.flush_tx();
+            }
             return 0;
         }
         let mut rx = std::mem::replace(&mut self.rx, Burst::unallocated());
@@ -623,6 +682,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         for pkt in rx.drain() {
             self.counters.packets += 1;
             self.ports[port_idx].stats.rx += 1;
+            self.ports[port_idx].stats.rx_bytes += pkt.len() as u64;
             if !pkt.is_contiguous() {
                 self.ports[port_idx]
                     .stats
@@ -911,13 +971,60 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         batch.clear();
     }
 
+    /// Queues the control side's frames for this port (its packet-out
+    /// queue) on the port's tx burst, counted like any transmit. True when
+    /// there were any.
+    fn drain_packet_outs(&mut self, port_idx: usize) -> bool {
+        let Some(port) = self.ports.get_mut(port_idx) else {
+            return false;
+        };
+        if port.outq.as_ref().is_none_or(|q| q.is_empty()) {
+            return false;
+        }
+        let Some(q) = port.outq.take() else {
+            return false;
+        };
+        let mut any = false;
+        while let Ok(frame) = q.try_recv() {
+            any = true;
+            port.stats.tx_attempted += 1;
+            let pkt = match frame {
+                Ok(pkt) => pkt,
+                Err(reason) => {
+                    port.stats.count_tx_drop(reason, 1);
+                    continue;
+                }
+            };
+            if pkt.len() > port.max_frame {
+                port.stats.count_tx_drop(TxDropReason::TooBig, 1);
+                continue;
+            }
+            if port.tx.is_full() {
+                Self::flush_port(port);
+            }
+            if let Err(_pkt) = port.tx.push(pkt) {
+                port.stats.count_tx_drop(TxDropReason::RingFull, 1);
+            }
+        }
+        port.outq = Some(q);
+        any
+    }
+
     fn flush_port(port: &mut PmdPort<B>) {
         if port.tx.is_empty() {
             return;
         }
         let queued = port.tx.len() as u64;
+        let mut lens = [0u32; BURST];
+        for (l, p) in lens.iter_mut().zip(port.tx.iter()) {
+            *l = p.len() as u32;
+        }
         let sent = port.port.tx_burst(port.txq, &mut port.tx) as u64;
         port.stats.tx += sent;
+        port.stats.tx_bytes += lens[..(sent as usize).min(BURST)]
+            .iter()
+            .map(|&l| u64::from(l))
+            .sum::<u64>();
         let refused = queued - sent;
         if refused > 0 {
             let reason = if port.port.is_down() {
@@ -958,24 +1065,20 @@ impl<B: PacketBuf + Clone + Send + 'static> Emitter<'_, B> {
                 table,
                 cookie,
                 max_len,
+                miss,
             } => {
                 self.counters.controller_punts += 1;
                 let sent = match (&self.punts, &res) {
-                    (Some(tx), Ok(pkt)) => {
-                        let data = pkt.data();
-                        let n = if max_len == 0xffff {
-                            data.len()
-                        } else {
-                            data.len().min(max_len as usize)
-                        };
-                        tx.try_send(Punt {
-                            in_port: self.in_port,
+                    (Some(tx), Ok(pkt)) => tx
+                        .try_send(Punt::new(
+                            self.in_port,
                             table,
                             cookie,
-                            frame: data[..n].to_vec(),
-                        })
-                        .is_ok()
-                    }
+                            max_len,
+                            miss,
+                            pkt.data(),
+                        ))
+                        .is_ok(),
                     _ => false,
                 };
                 if !sent {

@@ -179,12 +179,24 @@ pub fn encode(s: &Scrape) -> Result<String, MetricsError> {
         "Packets not sent, by reason (tx_attempted = tx + dropped).",
         COUNTER,
     );
+    let mut rx_bytes = Family::new(
+        "flowmark_port_rx_bytes_total",
+        "Bytes received on the port (frames without FCS).",
+        COUNTER,
+    );
+    let mut tx_bytes = Family::new(
+        "flowmark_port_tx_bytes_total",
+        "Bytes sent on the port (frames without FCS).",
+        COUNTER,
+    );
     for p in &s.ports {
         let port = [("port", p.name.as_str())];
         rx.counter(&port, p.stats.rx);
         fwd.counter(&port, p.stats.forwarded);
         tx_att.counter(&port, p.stats.tx_attempted);
         tx.counter(&port, p.stats.tx);
+        rx_bytes.counter(&port, p.stats.rx_bytes);
+        tx_bytes.counter(&port, p.stats.tx_bytes);
         for (reason, n) in p.stats.rx_dropped.iter() {
             rx_drop.counter(&[("port", &p.name), ("reason", reason.name())], n);
         }
@@ -192,7 +204,7 @@ pub fn encode(s: &Scrape) -> Result<String, MetricsError> {
             tx_drop.counter(&[("port", &p.name), ("reason", reason.name())], n);
         }
     }
-    out.extend([rx, fwd, rx_drop, tx_att, tx, tx_drop]);
+    out.extend([rx, fwd, rx_drop, tx_att, tx, tx_drop, rx_bytes, tx_bytes]);
 
     // PMDs: packets by path, cycles per packet.
     let mut pmd_packets = Family::new(
@@ -215,6 +227,11 @@ pub fn encode(s: &Scrape) -> Result<String, MetricsError> {
         "TSC cycles per packet on polls that received packets.",
         GAUGE,
     );
+    let mut longest = Family::new(
+        "flowmark_pmd_max_iteration_seconds",
+        "The PMD's longest poll-loop iteration since start or a counter clear (control work included, idle naps not).",
+        GAUGE,
+    );
     let mut pmd_megaflows = Family::new(
         "flowmark_pmd_megaflows",
         "Megaflows in the PMD's datapath cache.",
@@ -235,9 +252,10 @@ pub fn encode(s: &Scrape) -> Result<String, MetricsError> {
         }
         lost.counter(&pmd, c.lost);
         cycles.gauge(&pmd, p.cycles_per_packet);
+        longest.gauge(&pmd, p.max_iteration_us / 1e6);
         pmd_megaflows.gauge(&pmd, p.megaflows as f64);
     }
-    out.extend([pmd_packets, path, lost, cycles, pmd_megaflows]);
+    out.extend([pmd_packets, path, lost, cycles, longest, pmd_megaflows]);
 
     // Offload.
     let doc: OffloadDoc = if s.offload.get("ports").is_some() {

@@ -3,7 +3,7 @@
 //! point), and polls. Nothing here takes a lock per packet.
 
 use crate::datapath::{MegaflowInfo, OffloadClient, PmdCore, PmdCounters};
-use crate::dpdk::tsc::rdtsc;
+use crate::dpdk::tsc::{rdtsc, tsc_per_us};
 use crossbeam_channel::{Receiver, Sender};
 use fallback::cache::FlowHandle;
 use fallback::megaflow::{Megaflow, Ufid};
@@ -52,6 +52,11 @@ pub struct PmdSnapshot {
     /// TSC cycles spent on polls that received packets.
     pub busy_cycles: u64,
     pub cycles_per_packet: f64,
+    /// The longest poll-loop iteration since start or `--clear` (control
+    /// messages such as a new pipeline and its revalidation included, idle
+    /// naps excluded), in TSC cycles and in microseconds.
+    pub max_iteration_cycles: u64,
+    pub max_iteration_us: f64,
     pub subtables: usize,
     pub subtables_per_dpcls_hit: f64,
     #[serde(skip)]
@@ -64,6 +69,8 @@ pub enum PmdCommand<B> {
         ofport: u32,
         port: Arc<dyn Port<Buf = B>>,
         offload: bool,
+        /// The port's packet-out queue.
+        outq: Option<Receiver<crate::datapath::OutFrame<B>>>,
     },
     DelPort {
         ofport: u32,
@@ -140,6 +147,7 @@ pub fn spawn<B: PacketBuf + Clone + Send + 'static>(
                 settings,
                 busy_cycles: 0,
                 busy_packets: 0,
+                max_iteration: 0,
             }
             .run()
         })?;
@@ -173,6 +181,8 @@ struct PmdLoop<B> {
     settings: PmdSettings,
     busy_cycles: u64,
     busy_packets: u64,
+    /// Cycles of the longest loop iteration (see [`PmdSnapshot`]).
+    max_iteration: u64,
 }
 
 impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
@@ -185,6 +195,9 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
         let mut idle_polls = 0u32;
         let mut sleep = Duration::from_micros(10);
         loop {
+            let iteration = rdtsc();
+            // Cycles spent waiting for work (not counted as the loop's own).
+            let mut napped = 0;
             if !self.control() {
                 break;
             }
@@ -207,7 +220,10 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
                 idle_polls = idle_polls.saturating_add(1);
                 if idle_polls > IDLE_SPINS {
                     // Wake on a control message or after a short nap.
-                    if let Ok(cmd) = self.commands.recv_timeout(sleep) {
+                    let nap = rdtsc();
+                    let woke = self.commands.recv_timeout(sleep);
+                    napped = rdtsc().wrapping_sub(nap);
+                    if let Ok(cmd) = woke {
                         if !self.command(cmd) {
                             break;
                         }
@@ -226,6 +242,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
                 last_mac_refresh = Instant::now();
                 self.core.refresh_macs();
             }
+            let took = rdtsc().wrapping_sub(iteration).saturating_sub(napped);
+            self.max_iteration = self.max_iteration.max(took);
         }
         // Shutdown: every megaflow goes, and with it every NIC rule.
         self.core.flush_megaflows();
@@ -248,7 +266,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
                 ofport,
                 port,
                 offload,
-            } => self.core.add_port(ofport, port, offload),
+                outq,
+            } => self.core.add_port_with_queue(ofport, port, offload, outq),
             PmdCommand::DelPort { ofport, reply } => {
                 self.rxqs.retain(|(p, _)| *p != ofport);
                 let _ = reply.send(self.core.del_port(ofport));
@@ -269,6 +288,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
                 self.core.clear_counters();
                 self.busy_cycles = 0;
                 self.busy_packets = 0;
+                self.max_iteration = 0;
             }
             PmdCommand::FlushMegaflows(reply) => {
                 self.core.flush_megaflows();
@@ -294,6 +314,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
             } else {
                 self.busy_cycles as f64 / self.busy_packets as f64
             },
+            max_iteration_cycles: self.max_iteration,
+            max_iteration_us: self.max_iteration as f64 / tsc_per_us(),
             subtables,
             subtables_per_dpcls_hit: per_hit,
             ports: self.core.port_stats(),

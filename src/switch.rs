@@ -3,12 +3,15 @@
 //! demo need. Generic over the packet buffer (testbed `HeapPacket`s, DPDK
 //! mbufs).
 
-use crate::datapath::{BridgeState, MegaflowInfo, NoOffload, OffloadClient, PmdCore};
+use crate::datapath::{
+    BridgeState, MegaflowInfo, NoOffload, OffloadClient, OutFrame, PmdCore, PACKET_OUT_QUEUE,
+};
 use crate::pmd::{self, PmdCommand, PmdSettings, PmdSnapshot, PmdThread, WorkerClient};
 use crate::sync::Recover;
+use fallback::actions::DpAction;
 use fallback::ofproto::table::{Added, Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
-use fallback::port::{BufferSource, PacketBuf, Port, PortStats};
+use fallback::port::{BufferSource, PacketBuf, Port, PortStats, TxDropReason};
 use hashbrown::HashMap;
 use offload::device::FlowDevice;
 use offload::marks::PmdId;
@@ -37,6 +40,8 @@ pub enum SwitchError {
     PmdTimeout(u32),
     #[error("at least one PMD thread is needed (pmd_cores is empty)")]
     NoPmds,
+    #[error("the packet-out queue of port {0:?} is full ({1} frames): wait for it to drain (a barrier) and send again")]
+    PacketOutQueueFull(String, usize),
 }
 
 /// Why a flow add was refused (OpenFlow's OFPFMFC_OVERLAP / TABLE_FULL).
@@ -128,6 +133,21 @@ pub struct SwitchPort<B> {
     pub kind: String,
     pub port: Arc<dyn Port<Buf = B>>,
     pub flow_device: Option<Arc<dyn FlowDevice>>,
+    /// Frames the control side sends on the port (OpenFlow PACKET_OUT);
+    /// the PMD polling the port's rx queue 0 transmits them.
+    packet_outs: crossbeam_channel::Sender<OutFrame<B>>,
+}
+
+/// What a packet-out did (DESIGN §4: its frames reach the ports through
+/// their packet-out queues and are counted there as transmits).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PacketOutReport {
+    /// Frames queued, per OpenFlow port, in order.
+    pub outputs: Vec<u32>,
+    /// Copies sent to the controller (PACKET_INs).
+    pub punts: usize,
+    /// Why nothing was sent, when nothing was.
+    pub drop: Option<fallback::ofproto::xlate::XlateDrop>,
 }
 
 /// `port list` row.
@@ -167,6 +187,8 @@ pub struct Switch<B> {
     worker: Option<OffloadWorker>,
     /// Packets punted by `controller` actions, from every PMD.
     punts: crossbeam_channel::Receiver<crate::datapath::Punt>,
+    /// Where a packet-out's `controller` actions punt.
+    punt_tx: crossbeam_channel::Sender<crate::datapath::Punt>,
 }
 
 /// Punts waiting for the controller side before PMDs start dropping them.
@@ -178,6 +200,8 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         if config.pmd_cores.is_empty() {
             return Err(SwitchError::NoPmds);
         }
+        // Calibrated here, once, so that no PMD waits for it in a snapshot.
+        crate::dpdk::tsc::tsc_per_us();
         let pipeline = Pipeline::new();
         let bridge = Arc::new(BridgeState::new(config.mac_aging_ms));
         let worker = if config.offload {
@@ -228,6 +252,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
             pmds,
             worker,
             punts,
+            punt_tx,
         })
     }
 
@@ -282,11 +307,13 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         if let (Some(w), Some(dev)) = (&self.worker, &flow_device) {
             w.add_port(ofport, Arc::clone(dev), port.n_rxq())?;
         }
+        let (packet_outs, outq) = crossbeam_channel::bounded(PACKET_OUT_QUEUE);
         for pmd in &self.pmds {
             let _ = pmd.commands.send(PmdCommand::AddPort {
                 ofport,
                 port: Arc::clone(&port),
                 offload,
+                outq: Some(outq.clone()),
             });
         }
         self.ports.push(SwitchPort {
@@ -295,6 +322,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
             kind: kind.to_string(),
             port,
             flow_device,
+            packet_outs,
         });
         self.assign_rxqs();
         self.publish_pipeline();
@@ -432,6 +460,103 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
             self.publish_pipeline();
         }
         ids
+    }
+
+    /// An OpenFlow PACKET_OUT: `actions` run on `frame` as if it arrived on
+    /// `in_port` (a port or [`fallback::ofproto::ofport::CONTROLLER`]);
+    /// output to TABLE runs the pipeline. The resulting frames go to their
+    /// ports' packet-out queues (the owning PMD transmits and counts them),
+    /// `controller` copies to the PACKET_IN channel. All or nothing: when
+    /// a port's queue has no room for its frames, nothing is sent.
+    pub fn packet_out(
+        &self,
+        in_port: u32,
+        actions: &[OfAction],
+        frame: &[u8],
+    ) -> Result<PacketOutReport, SwitchError> {
+        let mut key = fallback::key::FlowKey::ZERO;
+        let info = fallback::packet::parse(frame, in_port, &mut key);
+        let ofports: Vec<u32> = {
+            let mut v: Vec<u32> = self.ports.iter().map(|p| p.ofport).collect();
+            v.sort_unstable();
+            v
+        };
+        let x = {
+            let macs = self.bridge.macs.read().recover();
+            fallback::ofproto::xlate::xlate_actions(
+                fallback::ofproto::xlate::Bridge {
+                    pipeline: &self.pipeline,
+                    macs: &macs,
+                    ports: &ofports,
+                },
+                &key,
+                actions,
+            )
+        };
+        let mut report = PacketOutReport {
+            drop: x.drop,
+            ..PacketOutReport::default()
+        };
+        // Room first (this thread is the queues' only producer, so room
+        // seen now is room at send time).
+        for p in &self.ports {
+            let n = x
+                .actions
+                .iter()
+                .filter(|a| matches!(a, DpAction::Output(o) if *o == p.ofport))
+                .count();
+            if n > 0 && PACKET_OUT_QUEUE - p.packet_outs.len() < n {
+                return Err(SwitchError::PacketOutQueueFull(
+                    p.name.clone(),
+                    PACKET_OUT_QUEUE,
+                ));
+            }
+        }
+        let mut sinks = Vec::new();
+        fallback::exec::execute(
+            &x.actions,
+            fallback::port::HeapPacket::from_bytes(frame),
+            info,
+            |sink, res| sinks.push((sink, res)),
+        );
+        for (sink, res) in sinks {
+            match sink {
+                fallback::exec::Sink::Port(o) => {
+                    let Some(p) = self.ports.iter().find(|p| p.ofport == o) else {
+                        continue;
+                    };
+                    let out = match res {
+                        Ok(pkt) => p.port.frame_buf(pkt.data()).ok_or(TxDropReason::NoBuffer),
+                        Err(fallback::exec::ExecError::NoHeadroom { .. }) => {
+                            Err(TxDropReason::NoHeadroom)
+                        }
+                    };
+                    if p.packet_outs.try_send(out).is_ok() {
+                        report.outputs.push(o);
+                    }
+                }
+                fallback::exec::Sink::Controller {
+                    table,
+                    cookie,
+                    max_len,
+                    miss,
+                } => {
+                    let Ok(pkt) = res else { continue };
+                    let punt = crate::datapath::Punt::new(
+                        in_port,
+                        table,
+                        cookie,
+                        max_len,
+                        miss,
+                        pkt.data(),
+                    );
+                    if self.punt_tx.try_send(punt).is_ok() {
+                        report.punts += 1;
+                    }
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// Replaces the whole pipeline (e.g. a controller's full sync).

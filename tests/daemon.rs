@@ -290,6 +290,14 @@ fn idle_megaflows_and_their_nic_rules_expire() {
     let removed: u64 = pmds.iter().map(|p| u(&p["megaflows_removed"])).sum();
     assert!(installed > 0);
     assert_eq!(removed, installed, "{pmds:?}");
+    // The longest poll-loop iteration is reported (it ran upcalls).
+    for p in &pmds {
+        assert!(u(&p["max_iteration_cycles"]) > 0, "{p}");
+        let us = p["max_iteration_us"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("max_iteration_us: {p}"));
+        assert!(us > 0.0, "{p}");
+    }
     let status = d.json(&["offload", "status"]);
     for n in ["nic0", "nic1"] {
         let p = offload_port(&status, n);

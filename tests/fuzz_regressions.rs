@@ -4,6 +4,8 @@
 
 #[path = "../fuzz/src/checks.rs"]
 mod checks;
+#[path = "support/pipeline_switch.rs"]
+mod pipeline_switch;
 
 use std::path::Path;
 

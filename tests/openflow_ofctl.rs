@@ -5,10 +5,13 @@
 //! show. Skipped when ovs-ofctl is missing, unless FLOWMARK_REQUIRE_ORACLES
 //! is set.
 
+#[path = "support/pipeline_switch.rs"]
+mod pipeline_switch;
 use fallback::ofproto::syntax::{format_flow, parse_flow};
 use fallback::ofproto::Rule;
 use flowmark::openflow::net::{Endpoint, EventHub, LogFn};
-use flowmark::openflow::switch::{OpenFlowSwitch, PipelineSwitch, PortCounters, PortInfo};
+use flowmark::openflow::switch::{OpenFlowSwitch, PortCounters, PortInfo};
+use pipeline_switch::PipelineSwitch;
 use std::process::Command;
 use std::sync::Arc;
 

@@ -6,6 +6,8 @@
 //! address is refused at start. Skipped without openssl/ovs-ofctl unless
 //! FLOWMARK_REQUIRE_ORACLES=1.
 
+#[path = "support/pipeline_switch.rs"]
+mod pipeline_switch;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -293,8 +295,9 @@ fn wait_for_line(lines: &std::sync::Mutex<Vec<String>>, what: &str) {
 /// certificate another CA signed is refused.
 #[test]
 fn ssl_controller_connection_verifies_the_controller() {
+    use crate::pipeline_switch::PipelineSwitch;
     use flowmark::openflow::net::{Endpoint, EndpointConfig, EventHub};
-    use flowmark::openflow::switch::{OpenFlowSwitch, PipelineSwitch};
+    use flowmark::openflow::switch::OpenFlowSwitch;
     use flowmark::openflow::tls::TlsFiles;
     use std::sync::Arc;
     if !test_env::oracle("openssl", "version", "openssl") {

@@ -165,6 +165,14 @@ fn metrics_lint_and_equal_the_cli_documents_at_quiescence() {
             sample(&m, &format!("flowmark_port_tx_packets_total{l}")),
             u(&p["tx"])
         );
+        assert_eq!(
+            sample(&m, &format!("flowmark_port_rx_bytes_total{l}")),
+            u(&p["rx_bytes"])
+        );
+        assert_eq!(
+            sample(&m, &format!("flowmark_port_tx_bytes_total{l}")),
+            u(&p["tx_bytes"])
+        );
         for (side, key) in [("rx", "rx_dropped"), ("tx", "tx_dropped")] {
             let reasons = p[key].as_object().expect("reasons");
             assert!(!reasons.is_empty());

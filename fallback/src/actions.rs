@@ -25,6 +25,9 @@ pub enum DpAction {
         table: u8,
         cookie: u64,
         max_len: u16,
+        /// The rule is a table-miss rule (priority 0, matching everything):
+        /// OpenFlow's PACKET_IN reason NO_MATCH instead of ACTION.
+        miss: bool,
     },
 }
 

@@ -27,11 +27,13 @@ const VLAN_TAG_LEN: usize = 4;
 pub enum Sink {
     /// Transmit on this OpenFlow port.
     Port(u32),
-    /// Punt to the controller: the rule's table and cookie, the bytes to send.
+    /// Punt to the controller: the rule's table and cookie, the bytes to
+    /// send, and whether the rule is a table-miss rule (reason NO_MATCH).
     Controller {
         table: u8,
         cookie: u64,
         max_len: u16,
+        miss: bool,
     },
 }
 
@@ -64,10 +66,12 @@ fn sink_of(a: &DpAction) -> Option<Sink> {
             table,
             cookie,
             max_len,
+            miss,
         } => Some(Sink::Controller {
             table,
             cookie,
             max_len,
+            miss,
         }),
         DpAction::Set(..) | DpAction::PushVlan(_) | DpAction::PopVlan => None,
     }
@@ -751,6 +755,7 @@ mod tests {
                     table: 0,
                     cookie: 0,
                     max_len: 0xffff,
+                    miss: false,
                 },
                 DpAction::Set(Field::TpDst, 99),
                 DpAction::Output(3),
@@ -766,7 +771,8 @@ mod tests {
                 Sink::Controller {
                     table: 0,
                     cookie: 0,
-                    max_len: 0xffff
+                    max_len: 0xffff,
+                    miss: false,
                 },
                 Sink::Port(3)
             ]

@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// Number of 64-bit words in a key.
-pub const KEY_WORDS: usize = 11;
+pub const KEY_WORDS: usize = 12;
 
 /// EtherTypes the parser and the flow syntax know.
 pub mod ethertype {
@@ -65,6 +65,10 @@ pub enum Field {
     Ipv6Dst,
     ArpSha,
     ArpTha,
+    /// OpenFlow 1.3's 64-bit pipeline metadata (`write_metadata`): zero
+    /// when a packet enters, never part of a megaflow (xlate wildcards
+    /// it), and not in [`Field::ALL`] (the packet fields).
+    Metadata,
 }
 
 /// Where a field lives: word index, bit shift inside the word, width in bits.
@@ -118,6 +122,7 @@ impl Field {
             Field::Ipv6Dst => (7, 0, 128),
             Field::ArpSha => (9, 0, 48),
             Field::ArpTha => (10, 0, 48),
+            Field::Metadata => (11, 0, 64),
         };
         Layout { word, shift, bits }
     }
@@ -158,6 +163,7 @@ impl Field {
             Field::Ipv6Dst => "ipv6_dst",
             Field::ArpSha => "arp_sha",
             Field::ArpTha => "arp_tha",
+            Field::Metadata => "metadata",
         }
     }
 }
@@ -186,7 +192,7 @@ impl FlowKey {
         if l.bits == 128 {
             ((self.words[l.word] as u128) << 64) | self.words[l.word + 1] as u128
         } else {
-            ((self.words[l.word] >> l.shift) & ((1u64 << l.bits) - 1)) as u128
+            ((self.words[l.word] >> l.shift) & (u64::MAX >> (64 - l.bits))) as u128
         }
     }
 
@@ -198,7 +204,7 @@ impl FlowKey {
             self.words[l.word] = (v >> 64) as u64;
             self.words[l.word + 1] = v as u64;
         } else {
-            let m = ((1u64 << l.bits) - 1) << l.shift;
+            let m = (u64::MAX >> (64 - l.bits)) << l.shift;
             self.words[l.word] = (self.words[l.word] & !m) | (((v as u64) << l.shift) & m);
         }
     }
@@ -275,6 +281,7 @@ impl FlowKey {
             0xbf58_476d_1ce4_e5b9,
             0xd6e8_feb8_6659_fd93,
             0xa076_1d64_78bd_642f,
+            0xe703_7ed1_a0b4_28db,
         ];
         let mut h: u64 = 0;
         for (i, (w, k)) in self.words.iter().zip(K).enumerate() {

@@ -388,6 +388,14 @@ pub trait Port: Send + Sync {
         false
     }
 
+    /// A buffer of this port's kind holding a copy of `frame`, for frames
+    /// the control side sends (OpenFlow PACKET_OUT): `None` when the port
+    /// cannot make one (no buffer free, or a port without the means), and
+    /// the frame is dropped as [`TxDropReason::NoBuffer`].
+    fn frame_buf(&self, _frame: &[u8]) -> Option<Self::Buf> {
+        None
+    }
+
     /// The counters the port keeps itself (e.g. packets it received and
     /// sent). The datapath keeps the rest (why packets were dropped) in its
     /// own [`PortStats`] per PMD; [`PortStats::merge`] adds them up.
@@ -464,6 +472,8 @@ pub enum TxDropReason {
     NoHeadroom,
     /// The output port does not exist.
     NoSuchPort,
+    /// A frame from the control side found no buffer on the port.
+    NoBuffer,
 }
 
 impl DropReason for TxDropReason {
@@ -473,6 +483,7 @@ impl DropReason for TxDropReason {
         TxDropReason::PortDown,
         TxDropReason::NoHeadroom,
         TxDropReason::NoSuchPort,
+        TxDropReason::NoBuffer,
     ];
 
     fn index(self) -> usize {
@@ -486,6 +497,7 @@ impl DropReason for TxDropReason {
             TxDropReason::PortDown => "port_down",
             TxDropReason::NoHeadroom => "no_headroom",
             TxDropReason::NoSuchPort => "no_such_port",
+            TxDropReason::NoBuffer => "no_buffer",
         }
     }
 }
@@ -555,12 +567,16 @@ impl<R: DropReason> Serialize for DropCounts<R> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PortStats {
     pub rx: u64,
+    /// Bytes of the received packets.
+    pub rx_bytes: u64,
     /// Received packets sent on to at least one output or the controller.
     pub forwarded: u64,
     pub rx_dropped: DropCounts<RxDropReason>,
     /// Packets the datapath tried to send on this port (copies included).
     pub tx_attempted: u64,
     pub tx: u64,
+    /// Bytes of the transmitted packets.
+    pub tx_bytes: u64,
     pub tx_dropped: DropCounts<TxDropReason>,
 }
 
@@ -597,10 +613,12 @@ impl PortStats {
     /// Adds another set of counters (another PMD's, or the port's own).
     pub fn merge(&mut self, other: &PortStats) {
         self.rx += other.rx;
+        self.rx_bytes += other.rx_bytes;
         self.forwarded += other.forwarded;
         self.rx_dropped.merge(&other.rx_dropped);
         self.tx_attempted += other.tx_attempted;
         self.tx += other.tx;
+        self.tx_bytes += other.tx_bytes;
         self.tx_dropped.merge(&other.tx_dropped);
     }
 

@@ -385,6 +385,12 @@ impl Reference<'_> {
                     self.run_table(t.unwrap_or(table), pkt, depth + 1);
                     pkt.set(Field::InPort, saved as u128);
                 }
+                OfAction::Write(_)
+                | OfAction::ClearActions
+                | OfAction::GotoTable(_)
+                | OfAction::WriteMetadata { .. } => {
+                    panic!("the rule generator makes no OpenFlow 1.3 instructions")
+                }
             }
         }
     }

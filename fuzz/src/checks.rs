@@ -569,8 +569,9 @@ pub fn config(data: &[u8]) {
 /// a session that got a HELLO, fed the bytes in two pieces, answers only
 /// with messages its own decoder reads.
 pub fn openflow(data: &[u8]) {
+    use crate::pipeline_switch::PipelineSwitch;
     use flowmark::openflow::session::Session;
-    use flowmark::openflow::switch::{PipelineSwitch, PortInfo};
+    use flowmark::openflow::switch::PortInfo;
     use flowmark::openflow::{decode, encode, Message};
     use std::time::Instant;
 

@@ -4,3 +4,6 @@
 
 #[path = "checks.rs"]
 pub mod checks;
+/// The tests' in-memory OpenFlow switch (the openflow check drives a session over it).
+#[path = "../../tests/support/pipeline_switch.rs"]
+mod pipeline_switch;

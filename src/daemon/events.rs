@@ -381,6 +381,9 @@ mod tests {
         fn reset_nic(&self, o: u32) -> Result<(), PortError> {
             self.inner.reset_nic(o)
         }
+        fn take_captured(&self, o: u32) -> Result<Vec<Vec<u8>>, PortError> {
+            self.inner.take_captured(o)
+        }
         fn poll_events(&mut self) -> Vec<PortEvent> {
             std::mem::take(&mut self.events)
         }

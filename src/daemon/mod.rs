@@ -111,6 +111,7 @@ enum Op {
         rule: Rule,
         check_overlap: bool,
         max_flows: usize,
+        send_flow_rem: bool,
     },
     DelRules {
         table: Option<u8>,
@@ -128,6 +129,7 @@ enum Op {
     PortStats,
     PacketOut {
         in_port: u32,
+        actions: Vec<fallback::ofproto::OfAction>,
         frame: Vec<u8>,
     },
     /// What a `/metrics` scrape reads.
@@ -145,8 +147,8 @@ enum Reply {
     Flows(Vec<FlowEntry>),
     Ports(Vec<PortInfo>),
     PortStats(Vec<NamedPortStats>),
+    PacketOut(crate::switch::PacketOutReport),
     Metrics(Box<crate::metrics::Scrape>),
-    Done,
 }
 
 type ReplyTo = Sender<Result<Reply, DaemonError>>;
@@ -196,11 +198,13 @@ impl DaemonHandle {
         rule: Rule,
         check_overlap: bool,
         max_flows: usize,
+        send_flow_rem: bool,
     ) -> Result<Result<RuleId, AddRefused>, DaemonError> {
         match self.call(Op::AddRuleChecked {
             rule,
             check_overlap,
             max_flows,
+            send_flow_rem,
         })? {
             Reply::Added(r) => Ok(r),
             _ => Err(DaemonError::Stopped),
@@ -288,11 +292,23 @@ impl DaemonHandle {
         }
     }
 
-    /// OFPT_PACKET_OUT with `actions=output:TABLE`: the frame goes through
-    /// the pipeline as if received on `in_port` (testbed ports: injected at
-    /// the port's ingress).
-    pub fn packet_out(&self, in_port: u32, frame: Vec<u8>) -> Result<(), DaemonError> {
-        self.call(Op::PacketOut { in_port, frame }).map(|_| ())
+    /// OFPT_PACKET_OUT: `actions` run on `frame` as if it arrived on
+    /// `in_port` (a port or CONTROLLER); its frames leave through the
+    /// ports' packet-out queues ([`crate::switch::Switch::packet_out`]).
+    pub fn packet_out(
+        &self,
+        in_port: u32,
+        actions: Vec<fallback::ofproto::OfAction>,
+        frame: Vec<u8>,
+    ) -> Result<crate::switch::PacketOutReport, DaemonError> {
+        match self.call(Op::PacketOut {
+            in_port,
+            actions,
+            frame,
+        })? {
+            Reply::PacketOut(r) => Ok(r),
+            _ => Ok(crate::switch::PacketOutReport::default()),
+        }
     }
 }
 
@@ -303,6 +319,8 @@ pub struct StartContext {
     pub log: Logger,
     /// Packets the PMDs punt to the controller (`controller` actions).
     pub punts: crossbeam_channel::Receiver<crate::datapath::Punt>,
+    /// Rules added with `send_flow_rem` that went (FLOW_REMOVED).
+    pub removed: Receiver<RemovedFlow>,
 }
 
 /// Called once the daemon serves requests (e.g. to start the OpenFlow
@@ -352,6 +370,7 @@ where
                 openflow: opts.config.openflow.clone(),
                 log: log.clone(),
                 punts: daemon.switch.punts(),
+                removed: daemon.removed_rx.clone(),
             })
             .map_err(DaemonError::BadArgument)?;
         }
@@ -372,7 +391,35 @@ struct RuleClock {
     added: Instant,
     last_packets: u64,
     last_active: Instant,
+    /// Added with OFPFF_SEND_FLOW_REM: its removal is announced.
+    send_flow_rem: bool,
 }
+
+/// Why a rule went (OpenFlow's `ofp_flow_removed_reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemovalReason {
+    IdleTimeout = 0,
+    HardTimeout = 1,
+    Delete = 2,
+}
+
+/// A rule added with `send_flow_rem` that went, with its counts (mark-path
+/// packets included: they are counted on the megaflows) and age.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemovedFlow {
+    pub rule: Rule,
+    pub reason: RemovalReason,
+    pub age: Duration,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The pipeline and each rule's (packets, bytes) just before a removal.
+type BeforeRemoval = (Pipeline, HashMap<RuleId, (u64, u64)>);
+
+/// Removals waiting for the OpenFlow side before they are dropped (counted
+/// in the log).
+const REMOVED_QUEUE: usize = 4096;
 
 /// The main loop's state.
 struct Daemon<B, F> {
@@ -382,6 +429,10 @@ struct Daemon<B, F> {
     /// The daemon's clock origin (the PMDs' `used` times are close to it).
     started: Instant,
     rules: HashMap<RuleId, RuleClock>,
+    /// Rules in `rules` with `send_flow_rem` (0: removals cost nothing).
+    flagged: usize,
+    removed_tx: Sender<RemovedFlow>,
+    removed_rx: Receiver<RemovedFlow>,
     requests: Receiver<Envelope>,
     stop: Arc<AtomicBool>,
     bad_requests: log::RateLimit,
@@ -403,12 +454,16 @@ where
         let started = Instant::now();
         let switch = Switch::start(config.switch_config())?;
         switch.set_buffer_sources(|| factory.buffer_source());
+        let (removed_tx, removed_rx) = crossbeam_channel::bounded(REMOVED_QUEUE);
         let mut d = Daemon {
             log,
             switch,
             factory,
             started,
             rules: HashMap::new(),
+            flagged: 0,
+            removed_tx,
+            removed_rx,
             requests,
             stop,
             bad_requests: log::RateLimit::new(10),
@@ -501,8 +556,27 @@ where
             Op::AddRules(rules) => Ok(Reply::Rules(self.add_rules(rules))),
             Op::Transaction(change) => {
                 let copy = self.switch.pipeline().clone();
+                let before = self.before_removal();
                 let done = match change(copy) {
                     Some(new) => {
+                        if let Some(before) = &before {
+                            // Rules the bundle deleted (not those an add
+                            // replaced: same table, priority and match).
+                            let gone: Vec<(RuleId, RemovalReason)> = before
+                                .0
+                                .entries()
+                                .filter(|e| new.get(e.id).is_none())
+                                .filter(|e| {
+                                    new.classifier(e.rule.table)
+                                        .and_then(|c| {
+                                            c.find_exact(&e.rule.r#match, e.rule.priority)
+                                        })
+                                        .is_none()
+                                })
+                                .map(|e| (e.id, RemovalReason::Delete))
+                                .collect();
+                            self.announce_removed(before, &gone);
+                        }
                         self.switch.set_pipeline(new);
                         self.sync_rule_clocks();
                         info!(self.log, "bundle committed"; "rules" => self.switch.pipeline().len());
@@ -516,10 +590,12 @@ where
                 rule,
                 check_overlap,
                 max_flows,
+                send_flow_rem,
             } => Ok(Reply::Added(self.add_rule_checked(
                 rule,
                 check_overlap,
                 max_flows,
+                send_flow_rem,
             ))),
             Op::DelRules {
                 table,
@@ -548,9 +624,15 @@ where
                 .port_stats()
                 .map(Reply::PortStats)
                 .map_err(Into::into),
-            Op::PacketOut { in_port, frame } => {
-                self.packet_out(in_port, frame).map(|_| Reply::Done)
-            }
+            Op::PacketOut {
+                in_port,
+                actions,
+                frame,
+            } => self
+                .switch
+                .packet_out(in_port, &actions, &frame)
+                .map(Reply::PacketOut)
+                .map_err(Into::into),
             Op::Metrics => self.scrape().map(|s| Reply::Metrics(Box::new(s))),
         };
         if let Err(e) = &result {
@@ -713,6 +795,20 @@ where
             }
             Request::PmdRxqs => Ok(serde_json::to_value(self.switch.rxqs()).unwrap_or(Value::Null)),
             Request::Trace { packet } => views::trace(&self.switch, &packet),
+            Request::PortCapture { name } => {
+                let ofport = self
+                    .switch
+                    .port_by_name(&name)
+                    .map(|p| p.ofport)
+                    .ok_or_else(|| SwitchError::NoSuchPort(name.clone()))?;
+                let frames: Vec<String> = self
+                    .factory
+                    .take_captured(ofport)?
+                    .iter()
+                    .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
+                    .collect();
+                Ok(json!({"name": name, "frames": frames}))
+            }
             Request::NicReset { name } => {
                 let ofport = self
                     .switch
@@ -835,12 +931,6 @@ where
         Ok(())
     }
 
-    fn packet_out(&mut self, in_port: u32, frame: Vec<u8>) -> Result<(), DaemonError> {
-        let into = self.factory.injector(in_port)?;
-        into.inject(&frame)
-            .map_err(|e| DaemonError::Inject(inject::InjectError::Port(e)))
-    }
-
     // ---- OpenFlow rules ----
 
     /// Keeps the per-rule clocks in step with the pipeline.
@@ -853,7 +943,50 @@ where
                 added: now,
                 last_packets: 0,
                 last_active: now,
+                send_flow_rem: false,
             });
+        }
+        self.flagged = self.rules.values().filter(|c| c.send_flow_rem).count();
+    }
+
+    /// The pipeline and per-rule counts before a removal, when a rule that
+    /// asked for FLOW_REMOVED may be among the removed (else `None`: the
+    /// removal costs no PMD round trip).
+    fn before_removal(&self) -> Option<BeforeRemoval> {
+        if self.flagged == 0 {
+            return None;
+        }
+        let stats = match self.switch.rule_stats() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(self.log, "flow removal counts unknown"; "error" => e.to_string());
+                HashMap::new()
+            }
+        };
+        Some((self.switch.pipeline().clone(), stats))
+    }
+
+    /// Announces the removed rules that asked for it (FLOW_REMOVED).
+    fn announce_removed(&self, before: &BeforeRemoval, removed: &[(RuleId, RemovalReason)]) {
+        let now = Instant::now();
+        for (id, reason) in removed {
+            let Some(clock) = self.rules.get(id).filter(|c| c.send_flow_rem) else {
+                continue;
+            };
+            let Some(entry) = before.0.get(*id) else {
+                continue;
+            };
+            let (packets, bytes) = before.1.get(id).copied().unwrap_or((0, 0));
+            let gone = RemovedFlow {
+                rule: entry.rule.clone(),
+                reason: *reason,
+                age: now.duration_since(clock.added),
+                packets,
+                bytes,
+            };
+            if self.removed_tx.try_send(gone).is_err() {
+                warn!(self.log, "FLOW_REMOVED dropped: the OpenFlow side is behind"; "rule" => id.0);
+            }
         }
     }
 
@@ -869,21 +1002,26 @@ where
         rule: Rule,
         check_overlap: bool,
         max_flows: usize,
+        send_flow_rem: bool,
     ) -> Result<RuleId, AddRefused> {
         check_add(self.switch.pipeline(), &rule, check_overlap, max_flows)?;
         let added = self.switch.flow_add(rule);
         // O(1) bookkeeping: a full resync per OpenFlow add would make a
         // controller's table load quadratic.
         if let Some(old) = added.replaced {
-            self.rules.remove(&old);
+            if self.rules.remove(&old).is_some_and(|c| c.send_flow_rem) {
+                self.flagged -= 1;
+            }
         }
         let now = Instant::now();
+        self.flagged += usize::from(send_flow_rem);
         self.rules.insert(
             added.id,
             RuleClock {
                 added: now,
                 last_packets: 0,
                 last_active: now,
+                send_flow_rem,
             },
         );
         debug!(self.log, "flow added"; "id" => added.id.0);
@@ -891,7 +1029,12 @@ where
     }
 
     fn del_rules(&mut self, table: Option<u8>, sel: &Match, strict: Option<u16>) -> Vec<RuleId> {
+        let before = self.before_removal();
         let ids = self.switch.flow_del(table, sel, strict);
+        if let Some(before) = &before {
+            let removed: Vec<_> = ids.iter().map(|id| (*id, RemovalReason::Delete)).collect();
+            self.announce_removed(before, &removed);
+        }
         self.sync_rule_clocks();
         info!(self.log, "flows deleted"; "count" => ids.len());
         ids
@@ -945,7 +1088,7 @@ where
             return;
         }
         self.sync_rule_clocks();
-        let stats = if timed.iter().any(|(_, idle, _)| *idle > 0) {
+        let stats = if self.flagged > 0 || timed.iter().any(|(_, idle, _)| *idle > 0) {
             match self.switch.rule_stats() {
                 Ok(s) => s,
                 Err(e) => {
@@ -963,7 +1106,7 @@ where
                 continue;
             };
             if hard > 0 && now.duration_since(clock.added) >= Duration::from_secs(hard.into()) {
-                doomed.push(id);
+                doomed.push((id, RemovalReason::HardTimeout));
                 continue;
             }
             if idle > 0 {
@@ -973,15 +1116,19 @@ where
                     clock.last_active = now;
                 } else if now.duration_since(clock.last_active) >= Duration::from_secs(idle.into())
                 {
-                    doomed.push(id);
+                    doomed.push((id, RemovalReason::IdleTimeout));
                 }
             }
         }
         if doomed.is_empty() {
             return;
         }
+        if self.flagged > 0 {
+            self.announce_removed(&(self.switch.pipeline().clone(), stats), &doomed);
+        }
+        let ids: Vec<RuleId> = doomed.iter().map(|d| d.0).collect();
         let mut pipeline = self.switch.pipeline().clone();
-        pipeline.remove_ids(&doomed);
+        pipeline.remove_ids(&ids);
         self.switch.set_pipeline(pipeline);
         self.sync_rule_clocks();
         info!(self.log, "flows timed out"; "count" => doomed.len());

@@ -611,6 +611,10 @@ impl Port for EthPort {
         EthPort::is_down(self)
     }
 
+    fn frame_buf(&self, frame: &[u8]) -> Option<Self::Buf> {
+        self.pool.mbuf_from(frame)
+    }
+
     /// `rx` (packets taken by rx bursts) and `tx` (accepted by tx bursts);
     /// the datapath keeps the rest.
     fn stats(&self) -> PortStats {

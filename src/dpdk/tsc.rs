@@ -20,6 +20,20 @@ pub fn rdtsc() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// Counter ticks per microsecond, measured once (over 20 ms, the first
+/// time it is asked: `Switch::start` asks, so that no PMD ever waits).
+pub fn tsc_per_us() -> f64 {
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+    static RATE: OnceLock<f64> = OnceLock::new();
+    *RATE.get_or_init(|| {
+        let (t0, c0) = (Instant::now(), rdtsc());
+        std::thread::sleep(Duration::from_millis(20));
+        let us = t0.elapsed().as_secs_f64() * 1e6;
+        (rdtsc().wrapping_sub(c0) as f64 / us).max(1e-3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

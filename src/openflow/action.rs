@@ -4,16 +4,17 @@
 //! the Nicira NXAST_RESUBMIT_TABLE experimenter action.
 //!
 //! flowmark rules hold one action list, so instructions are folded into it:
-//! apply-actions first, then write-actions (the action set runs when the
-//! pipeline ends), then goto-table as `resubmit(,T)`. A rule read back
-//! prints its actions as one apply-actions instruction.
+//! apply-actions first, then `clear_actions`, then each written action as
+//! [`OfAction::Write`] (the action set runs when the pipeline ends), then
+//! [`OfAction::GotoTable`]. A rule read back is encoded as the same
+//! instructions.
 
 use super::error::{BadActionCode as Bac, BadInstructionCode as Bic, OfpError};
 use super::oxm::{put_oxm, read_oxm, OxmField};
 use super::port::*;
 use super::wire::{Put, Reader};
 use fallback::key::{ethertype, ipproto, Field, VLAN_CFI};
-use fallback::ofproto::{ofport, Match, OfAction};
+use fallback::ofproto::{ofport, Match, OfAction, SetAction};
 
 /// `OFPAT_*`.
 mod at {
@@ -135,6 +136,11 @@ pub fn encode_action(a: &OfAction, ctx: &ActionContext, out: &mut Vec<u8>) {
             port.unwrap_or(ofport::IN_PORT) as u16,
             table.unwrap_or(0xff),
         ),
+        // Instructions, not actions: `encode_instructions` writes them.
+        OfAction::Write(_)
+        | OfAction::ClearActions
+        | OfAction::GotoTable(_)
+        | OfAction::WriteMetadata { .. } => {}
         OfAction::Mod(f, v) | OfAction::SetField(f, v) => {
             let l4 = |tcp: OxmField, udp: OxmField, sctp: OxmField| match ctx.nw_proto {
                 Some(ipproto::UDP) => udp,
@@ -181,19 +187,70 @@ pub fn encode_actions(actions: &[OfAction], ctx: &ActionContext, out: &mut Vec<u
     }
 }
 
-/// Writes a rule's actions as instructions: one apply-actions, or none for
-/// `drop` (as ovs-ofctl sends it).
+/// Writes a rule's actions as instructions, in the specification's order:
+/// apply-actions (the plain actions; none for `drop`, as ovs-ofctl sends
+/// it), clear-actions, write-actions, goto-table.
 pub fn encode_instructions(actions: &[OfAction], ctx: &ActionContext, out: &mut Vec<u8>) {
-    if actions.is_empty() {
-        return;
+    let is_instruction = |a: &OfAction| {
+        matches!(
+            a,
+            OfAction::Write(_)
+                | OfAction::ClearActions
+                | OfAction::GotoTable(_)
+                | OfAction::WriteMetadata { .. }
+        )
+    };
+    let apply: Vec<OfAction> = actions
+        .iter()
+        .filter(|a| !is_instruction(a))
+        .copied()
+        .collect();
+    let written: Vec<OfAction> = actions
+        .iter()
+        .filter_map(|a| match a {
+            OfAction::Write(w) => Some(w.action()),
+            _ => None,
+        })
+        .collect();
+    let actions_instruction = |ty: u16, list: &[OfAction], out: &mut Vec<u8>| {
+        let start = out.len();
+        out.put_u16(ty);
+        out.put_u16(0);
+        out.put_zeros(4);
+        encode_actions(list, ctx, out);
+        let len = out.len() - start;
+        out.set_u16(start + 2, len as u16);
+    };
+    if !apply.is_empty() {
+        actions_instruction(it::APPLY_ACTIONS, &apply, out);
     }
-    let start = out.len();
-    out.put_u16(it::APPLY_ACTIONS);
-    out.put_u16(0);
-    out.put_zeros(4);
-    encode_actions(actions, ctx, out);
-    let len = out.len() - start;
-    out.set_u16(start + 2, len as u16);
+    if actions.contains(&OfAction::ClearActions) {
+        out.put_u16(it::CLEAR_ACTIONS);
+        out.put_u16(8);
+        out.put_zeros(4);
+    }
+    if !written.is_empty() {
+        actions_instruction(it::WRITE_ACTIONS, &written, out);
+    }
+    if let Some((value, mask)) = actions.iter().find_map(|a| match a {
+        OfAction::WriteMetadata { value, mask } => Some((*value, *mask)),
+        _ => None,
+    }) {
+        out.put_u16(it::WRITE_METADATA);
+        out.put_u16(24);
+        out.put_zeros(4);
+        out.put_u64(value);
+        out.put_u64(mask);
+    }
+    if let Some(t) = actions.iter().find_map(|a| match a {
+        OfAction::GotoTable(t) => Some(*t),
+        _ => None,
+    }) {
+        out.put_u16(it::GOTO_TABLE);
+        out.put_u16(8);
+        out.put_u8(t);
+        out.put_zeros(3);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -214,6 +271,12 @@ fn output_action(port: u32, max_len: u16, use_: ActionUse) -> Result<OfAction, O
         OFPP_ALL => OfAction::All,
         OFPP_NORMAL => OfAction::Normal,
         OFPP_CONTROLLER => OfAction::Controller { max_len },
+        OFPP_LOCAL if use_ == ActionUse::PacketOut => {
+            return Err(OfpError::bad_action(
+                Bac::BadOutPort,
+                "output to LOCAL: flowmark has no local port",
+            ))
+        }
         OFPP_LOCAL => OfAction::Output(ofport::LOCAL),
         // A packet-out sent "to the table" runs the pipeline from table 0.
         OFPP_TABLE if use_ == ActionUse::PacketOut => OfAction::Resubmit {
@@ -283,7 +346,10 @@ fn set_field_action(r: &mut Reader<'_>, ctx: &ActionContext) -> Result<OfAction,
         O::NxIpTtl => (Field::NwTtl, t.value),
         O::TcpSrc | O::UdpSrc | O::SctpSrc => (Field::TpSrc, t.value),
         O::TcpDst | O::UdpDst | O::SctpDst => (Field::TpDst, t.value),
-        O::VlanVid if t.value <= 0x1fff => (Field::VlanTci, t.value & 0x0fff),
+        // OFPVID_PRESENT must be set (Open vSwitch refuses a bare VID too).
+        O::VlanVid if t.value <= 0x1fff && t.value & 0x1000 != 0 => {
+            (Field::VlanTci, t.value & 0x0fff)
+        }
         O::IpDscp | O::VlanVid => {
             return Err(OfpError::bad_action(
                 Bac::BadSetArgument,
@@ -440,6 +506,7 @@ pub fn decode_instructions(
     let mut write: Option<Vec<OfAction>> = None;
     let mut goto: Option<u8> = None;
     let mut clear = false;
+    let mut metadata: Option<(u64, u64)> = None;
     while !r.is_empty() {
         let bad_len = |d: &str| OfpError::bad_instruction(Bic::BadLen, d.to_string());
         let ty = r
@@ -494,10 +561,14 @@ pub fn decode_instructions(
                 clear = true;
             }
             it::WRITE_METADATA => {
-                return Err(OfpError::bad_instruction(
-                    Bic::UnsupMetadata,
-                    "flowmark has no metadata field",
-                ))
+                dup(metadata.is_some())?;
+                if len != 24 {
+                    return Err(bad_len("write_metadata is 24 bytes"));
+                }
+                b.skip(4).map_err(|_| bad_len("write_metadata"))?;
+                let value = b.u64().map_err(|_| bad_len("write_metadata"))?;
+                let mask = b.u64().map_err(|_| bad_len("write_metadata"))?;
+                metadata = Some((value, mask));
             }
             it::METER => {
                 return Err(OfpError::bad_instruction(
@@ -520,12 +591,23 @@ pub fn decode_instructions(
         }
     }
     let mut actions = apply.unwrap_or_default();
-    actions.extend(write.unwrap_or_default());
+    if clear {
+        actions.push(OfAction::ClearActions);
+    }
+    for a in write.unwrap_or_default() {
+        let w = SetAction::from_action(a).ok_or_else(|| {
+            OfpError::bad_action(
+                Bac::BadType,
+                format!("{a:?} cannot be in an action set (write-actions)"),
+            )
+        })?;
+        actions.push(OfAction::Write(w));
+    }
+    if let Some((value, mask)) = metadata {
+        actions.push(OfAction::WriteMetadata { value, mask });
+    }
     if let Some(t) = goto {
-        actions.push(OfAction::Resubmit {
-            port: None,
-            table: Some(t),
-        });
+        actions.push(OfAction::GotoTable(t));
     }
     Ok(actions)
 }

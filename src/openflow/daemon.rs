@@ -4,15 +4,19 @@
 //! megaflows, NIC offloads); [`start_hook`] starts the endpoint from the
 //! `[openflow]` config section.
 
-use super::error::{BadActionCode, BadRequestCode, FlowModFailedCode, OfpError};
+use super::error::{BadRequestCode, FlowModFailedCode, OfpError};
 use super::message::FlowMod;
 use super::net::{Endpoint, EndpointConfig, EventHub, LogFn};
 use super::switch::{FlowInfo, OpenFlowSwitch, PortCounters, PortInfo, SwitchEvent};
 use super::tls::TlsFiles;
 use crate::daemon::{DaemonError, DaemonHandle, StartHook};
 use fallback::ofproto::{Match, OfAction, Rule};
+use fallback::port::RxDropReason;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The datapath id without `[openflow] datapath_id`.
+pub const DEFAULT_DATAPATH_ID: u64 = 0xf10e_0000_0000_0001;
 
 /// How often the port list is compared to send PORT_STATUS.
 const PORT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -99,9 +103,14 @@ impl OpenFlowSwitch for DaemonSwitch {
         }))
     }
 
-    fn add_flow_checked(&self, rule: Rule, check_overlap: bool) -> Result<(), OfpError> {
+    fn add_flow_checked(
+        &self,
+        rule: Rule,
+        check_overlap: bool,
+        send_flow_rem: bool,
+    ) -> Result<(), OfpError> {
         self.handle
-            .flow_add_checked(rule, check_overlap, self.max_flows())
+            .flow_add_checked(rule, check_overlap, self.max_flows(), send_flow_rem)
             .map_err(|e| OfpError::flow_mod_failed(FlowModFailedCode::Unknown, e.to_string()))?
             .map(|_| ())
             .map_err(super::flow_table::add_refused)
@@ -184,15 +193,18 @@ impl OpenFlowSwitch for DaemonSwitch {
             .into_iter()
             .filter_map(|s| {
                 let ofport = ports.iter().find(|p| p.name == s.name)?.ofport;
+                let d = &s.stats.rx_dropped;
+                let rx_errors = d.get(RxDropReason::ParseError) + d.get(RxDropReason::NotLinear);
                 Some((
                     ofport,
                     PortCounters {
                         rx_packets: s.stats.rx,
                         tx_packets: s.stats.tx,
-                        rx_bytes: 0,
-                        tx_bytes: 0,
-                        rx_dropped: s.stats.rx_dropped.total(),
+                        rx_bytes: s.stats.rx_bytes,
+                        tx_bytes: s.stats.tx_bytes,
+                        rx_dropped: d.total() - rx_errors,
                         tx_dropped: s.stats.tx_dropped.total(),
+                        rx_errors,
                     },
                 ))
             })
@@ -200,20 +212,9 @@ impl OpenFlowSwitch for DaemonSwitch {
     }
 
     fn packet_out(&self, in_port: u32, actions: &[OfAction], frame: &[u8]) -> Result<(), OfpError> {
-        // The daemon injects frames at a port's ingress: the pipeline
-        // decides, which is what output:TABLE asks for.
-        let to_table = [OfAction::Resubmit {
-            port: None,
-            table: Some(0),
-        }];
-        if actions != to_table {
-            return Err(OfpError::bad_action(
-                BadActionCode::Eperm,
-                "flowmark runs packet-outs through the pipeline only (actions=output:TABLE)",
-            ));
-        }
         self.handle
-            .packet_out(in_port, frame.to_vec())
+            .packet_out(in_port, actions.to_vec(), frame.to_vec())
+            .map(|_| ())
             .map_err(refused)
     }
 }
@@ -245,7 +246,10 @@ pub fn start_hook() -> StartHook {
         if section.listen.is_none() && section.controller.is_none() {
             return Ok(());
         }
-        let sw = Arc::new(DaemonSwitch::new(ctx.handle, 0xf10e_0000_0000_0001));
+        let sw = Arc::new(DaemonSwitch::new(
+            ctx.handle,
+            section.datapath_id.unwrap_or(DEFAULT_DATAPATH_ID),
+        ));
         let hub = EventHub::default();
         let log = ctx.log.clone();
         let log_fn: LogFn = Arc::new(move |line: &str| slog::info!(log, "{}", line));
@@ -271,6 +275,8 @@ pub fn start_hook() -> StartHook {
         .map_err(|e| e.to_string())?;
         let punt_hub = hub.clone();
         let punts = ctx.punts;
+        let removed_hub = hub.clone();
+        let removed = ctx.removed;
         std::thread::Builder::new()
             .name("of-ports".into())
             .spawn(move || watch_ports(sw, hub))
@@ -284,11 +290,28 @@ pub fn start_hook() -> StartHook {
                         in_port: p.in_port,
                         table: p.table,
                         cookie: p.cookie,
+                        miss: p.miss,
+                        total_len: p.total_len,
                         frame: p.frame,
                     });
                 }
             })
             .map_err(|e| format!("cannot start the OpenFlow packet-in relay: {e}"))?;
+        // Rules added with send_flow_rem that went: FLOW_REMOVED.
+        std::thread::Builder::new()
+            .name("of-flow-removed".into())
+            .spawn(move || {
+                for r in removed.iter() {
+                    removed_hub.publish(SwitchEvent::FlowRemoved {
+                        rule: Box::new(r.rule),
+                        reason: r.reason as u8,
+                        age: r.age,
+                        packets: r.packets,
+                        bytes: r.bytes,
+                    });
+                }
+            })
+            .map_err(|e| format!("cannot start the OpenFlow flow-removed relay: {e}"))?;
         if let Ok(mut slot) = ENDPOINT.lock() {
             *slot = Some(ep);
         }

@@ -1,5 +1,5 @@
 //! Flow mods and flow/aggregate/table stats with OpenFlow 1.3 semantics,
-//! over an [`OpenFlowSwitch`]: table ids with `OFPTT_ALL`, cookie masks,
+//! over an [`OpenFlowSwitch`] (or, for flow mods, a [`PipelineTable`]): table ids with `OFPTT_ALL`, cookie masks,
 //! the out_port filter, strict and loose selection.
 
 use super::error::{BadRequestCode as Brc, FlowModFailedCode as Fmfc, OfpError};
@@ -9,8 +9,10 @@ use super::message::{
 };
 use super::port::{ofport_from_of13, OFPP_ANY};
 use super::switch::{FlowInfo, OpenFlowSwitch};
-use fallback::ofproto::table::loose_selects;
-use fallback::ofproto::{ofport, OfAction, Rule, N_TABLES};
+use fallback::ofproto::table::{loose_selects, Pipeline, RuleId};
+use fallback::ofproto::{ofport, Match, OfAction, Rule, N_TABLES};
+use std::cell::RefCell;
+use std::time::Duration;
 
 /// True when one of `actions` outputs to `port` (flowmark numbering), as
 /// OVS's out_port filter counts outputs.
@@ -69,8 +71,191 @@ fn out_port_filter(p: u32) -> Result<Option<u32>, OfpError> {
         .ok_or_else(|| OfpError::bad_request(Brc::BadPort, format!("out_port {p:#x}")))
 }
 
+/// The flow operations a flow mod needs: every [`OpenFlowSwitch`], and a
+/// [`PipelineTable`] (a bundle's scratch copy).
+pub trait FlowTable {
+    fn flows(&self) -> Result<Vec<FlowInfo>, OfpError>;
+    fn add_flow_checked(
+        &self,
+        rule: Rule,
+        check_overlap: bool,
+        send_flow_rem: bool,
+    ) -> Result<(), OfpError>;
+    fn delete_flows(
+        &self,
+        table: Option<u8>,
+        selector: &Match,
+        strict_priority: Option<u16>,
+    ) -> Result<usize, OfpError>;
+    fn modify_flows(
+        &self,
+        table: Option<u8>,
+        selector: &Match,
+        strict_priority: Option<u16>,
+        actions: &[OfAction],
+    ) -> Result<usize, OfpError>;
+}
+
+impl<T: OpenFlowSwitch + ?Sized> FlowTable for T {
+    fn flows(&self) -> Result<Vec<FlowInfo>, OfpError> {
+        OpenFlowSwitch::flows(self)
+    }
+    fn add_flow_checked(
+        &self,
+        rule: Rule,
+        check_overlap: bool,
+        send_flow_rem: bool,
+    ) -> Result<(), OfpError> {
+        OpenFlowSwitch::add_flow_checked(self, rule, check_overlap, send_flow_rem)
+    }
+    fn delete_flows(
+        &self,
+        table: Option<u8>,
+        selector: &Match,
+        strict_priority: Option<u16>,
+    ) -> Result<usize, OfpError> {
+        OpenFlowSwitch::delete_flows(self, table, selector, strict_priority)
+    }
+    fn modify_flows(
+        &self,
+        table: Option<u8>,
+        selector: &Match,
+        strict_priority: Option<u16>,
+        actions: &[OfAction],
+    ) -> Result<usize, OfpError> {
+        OpenFlowSwitch::modify_flows(self, table, selector, strict_priority, actions)
+    }
+}
+
+/// A [`Pipeline`] that flow mods apply to directly, with OVS's semantics
+/// (as [`OpenFlowSwitch`] states them): a bundle's scratch copy, and the
+/// flow table of the tests' in-memory switch. Rules have no counters here.
+pub struct PipelineTable {
+    pipeline: RefCell<Pipeline>,
+    max_flows: usize,
+}
+
+impl PipelineTable {
+    pub fn new(pipeline: Pipeline, max_flows: usize) -> Self {
+        PipelineTable {
+            pipeline: RefCell::new(pipeline),
+            max_flows,
+        }
+    }
+
+    pub fn pipeline(&self) -> std::cell::Ref<'_, Pipeline> {
+        self.pipeline.borrow()
+    }
+
+    pub fn into_pipeline(self) -> Pipeline {
+        self.pipeline.into_inner()
+    }
+
+    pub fn max_flows(&self) -> usize {
+        self.max_flows
+    }
+
+    /// One OFPFC_ADD (see [`OpenFlowSwitch::add_flow_checked`]).
+    pub fn add(&self, rule: Rule, check_overlap: bool) -> Result<RuleId, OfpError> {
+        let mut p = self.pipeline.borrow_mut();
+        crate::switch::check_add(&p, &rule, check_overlap, self.max_flows).map_err(add_refused)?;
+        Ok(p.add(rule).id)
+    }
+
+    /// Many adds as one version (see [`OpenFlowSwitch::add_flows`]).
+    pub fn add_all(&self, rules: Vec<Rule>) -> Result<Vec<RuleId>, OfpError> {
+        let mut p = self.pipeline.borrow_mut();
+        if p.len() + rules.len() > self.max_flows {
+            return Err(OfpError::flow_mod_failed(
+                Fmfc::TableFull,
+                format!("the switch holds at most {} flows", self.max_flows),
+            ));
+        }
+        Ok(p.batch(|p| rules.into_iter().map(|r| p.add(r).id).collect()))
+    }
+
+    /// The deleted rules' ids.
+    pub fn delete(
+        &self,
+        table: Option<u8>,
+        selector: &Match,
+        strict_priority: Option<u16>,
+    ) -> Vec<RuleId> {
+        let mut p = self.pipeline.borrow_mut();
+        match (strict_priority, table) {
+            (Some(prio), Some(t)) => p.delete_strict(t, selector, prio),
+            (Some(prio), None) => (0..=254u8)
+                .flat_map(|t| p.delete_strict(t, selector, prio))
+                .collect(),
+            (None, t) => p.delete(t, selector),
+        }
+    }
+
+    /// How many rules got `actions`.
+    pub fn modify(
+        &self,
+        table: Option<u8>,
+        selector: &Match,
+        strict_priority: Option<u16>,
+        actions: &[OfAction],
+    ) -> usize {
+        let mut p = self.pipeline.borrow_mut();
+        match (strict_priority, table) {
+            (Some(prio), None) => (0..=254u8)
+                .map(|t| {
+                    p.modify_actions(Some(t), selector, Some(prio), actions)
+                        .len()
+                })
+                .sum(),
+            (strict, t) => p.modify_actions(t, selector, strict, actions).len(),
+        }
+    }
+}
+
+impl FlowTable for PipelineTable {
+    fn flows(&self) -> Result<Vec<FlowInfo>, OfpError> {
+        Ok(self
+            .pipeline
+            .borrow()
+            .rules()
+            .map(|e| FlowInfo {
+                id: e.id,
+                rule: e.rule.clone(),
+                n_packets: 0,
+                n_bytes: 0,
+                age: Duration::ZERO,
+            })
+            .collect())
+    }
+    fn add_flow_checked(
+        &self,
+        rule: Rule,
+        check_overlap: bool,
+        _send_flow_rem: bool,
+    ) -> Result<(), OfpError> {
+        self.add(rule, check_overlap).map(|_| ())
+    }
+    fn delete_flows(
+        &self,
+        table: Option<u8>,
+        selector: &Match,
+        strict_priority: Option<u16>,
+    ) -> Result<usize, OfpError> {
+        Ok(self.delete(table, selector, strict_priority).len())
+    }
+    fn modify_flows(
+        &self,
+        table: Option<u8>,
+        selector: &Match,
+        strict_priority: Option<u16>,
+        actions: &[OfAction],
+    ) -> Result<usize, OfpError> {
+        Ok(self.modify(table, selector, strict_priority, actions))
+    }
+}
+
 /// Applies a flow mod.
-pub fn apply_flow_mod(sw: &dyn OpenFlowSwitch, fm: &FlowMod) -> Result<(), OfpError> {
+pub fn apply_flow_mod<T: FlowTable + ?Sized>(sw: &T, fm: &FlowMod) -> Result<(), OfpError> {
     if fm.buffer_id != OFP_NO_BUFFER && matches!(fm.command, FlowModCommand::Add) {
         return Err(OfpError::bad_request(
             Brc::BufferUnknown,
@@ -148,7 +333,11 @@ pub fn apply_flow_mod(sw: &dyn OpenFlowSwitch, fm: &FlowMod) -> Result<(), OfpEr
                 idle_timeout: fm.idle_timeout,
                 hard_timeout: fm.hard_timeout,
             };
-            sw.add_flow_checked(rule, fm.flags & flow_flags::CHECK_OVERLAP != 0)
+            sw.add_flow_checked(
+                rule,
+                fm.flags & flow_flags::CHECK_OVERLAP != 0,
+                fm.flags & flow_flags::SEND_FLOW_REM != 0,
+            )
         }
         FlowModCommand::Modify => modify(false),
         FlowModCommand::ModifyStrict => modify(true),
@@ -165,7 +354,7 @@ pub fn apply_flow_mods_to(
     mods: &[FlowMod],
     max_flows: usize,
 ) -> Result<fallback::ofproto::table::Pipeline, (usize, OfpError)> {
-    let scratch = super::switch::PipelineSwitch::from_pipeline(0, pipeline, max_flows);
+    let scratch = PipelineTable::new(pipeline, max_flows);
     for (i, fm) in mods.iter().enumerate() {
         apply_flow_mod(&scratch, fm).map_err(|e| (i, e))?;
     }

@@ -51,6 +51,9 @@ pub mod msg_type {
     pub const BARRIER_REPLY: u8 = 21;
     pub const ROLE_REQUEST: u8 = 24;
     pub const ROLE_REPLY: u8 = 25;
+    pub const GET_ASYNC_REQUEST: u8 = 26;
+    pub const GET_ASYNC_REPLY: u8 = 27;
+    pub const SET_ASYNC: u8 = 28;
     pub const METER_MOD: u8 = 29;
 }
 
@@ -279,6 +282,49 @@ pub mod packet_in_reason {
     pub const ACTION: u8 = 1;
 }
 
+/// `ofp_flow_removed_reason`.
+pub mod flow_removed_reason {
+    pub const IDLE_TIMEOUT: u8 = 0;
+    pub const HARD_TIMEOUT: u8 = 1;
+    pub const DELETE: u8 = 2;
+}
+
+/// OFPT_FLOW_REMOVED.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowRemoved {
+    pub cookie: u64,
+    pub priority: u16,
+    pub reason: u8,
+    pub table_id: u8,
+    pub duration_sec: u32,
+    pub duration_nsec: u32,
+    pub idle_timeout: u16,
+    pub hard_timeout: u16,
+    pub packet_count: u64,
+    pub byte_count: u64,
+    pub r#match: Match,
+}
+
+/// `ofp_async_config`: which asynchronous messages a connection gets, by
+/// reason bit; index 0 for the master/equal role, 1 for slave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsyncConfig {
+    pub packet_in: [u32; 2],
+    pub port_status: [u32; 2],
+    pub flow_removed: [u32; 2],
+}
+
+impl AsyncConfig {
+    /// OpenFlow 1.3's defaults (section 6.1.1): a master or equal gets
+    /// PACKET_IN for NO_MATCH and ACTION, every PORT_STATUS and every
+    /// FLOW_REMOVED; a slave gets PORT_STATUS only.
+    pub const OF13_DEFAULT: AsyncConfig = AsyncConfig {
+        packet_in: [0b011, 0],
+        port_status: [0b111, 0b111],
+        flow_removed: [0b1111, 0],
+    };
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PacketIn {
     pub buffer_id: u32,
@@ -348,6 +394,10 @@ pub enum Message {
         role: u32,
         generation_id: u64,
     },
+    FlowRemoved(FlowRemoved),
+    GetAsyncRequest,
+    GetAsyncReply(AsyncConfig),
+    SetAsync(AsyncConfig),
     /// ONFT13_BUNDLE_CONTROL (the ONF bundle extension to OpenFlow 1.3 that
     /// `ovs-ofctl -O OpenFlow13 --bundle` uses).
     BundleControl(BundleControl),
@@ -577,6 +627,53 @@ fn decode_body(h: &Header, body: &[u8]) -> Result<Message, OfpError> {
                     generation_id,
                 }
             }
+        }
+        t::GET_ASYNC_REQUEST => {
+            expect_empty(&r, "get async request")?;
+            Message::GetAsyncRequest
+        }
+        t::GET_ASYNC_REPLY | t::SET_ASYNC => {
+            let mut w = [0u32; 6];
+            for v in &mut w {
+                *v = get!(r, u32, "async config");
+            }
+            expect_empty(&r, "async config")?;
+            let c = AsyncConfig {
+                packet_in: [w[0], w[1]],
+                port_status: [w[2], w[3]],
+                flow_removed: [w[4], w[5]],
+            };
+            if h.msg_type == t::SET_ASYNC {
+                Message::SetAsync(c)
+            } else {
+                Message::GetAsyncReply(c)
+            }
+        }
+        t::FLOW_REMOVED => {
+            let cookie = get!(r, u64, "flow removed");
+            let priority = get!(r, u16, "flow removed");
+            let reason = get!(r, u8, "flow removed");
+            let table_id = get!(r, u8, "flow removed");
+            let duration_sec = get!(r, u32, "flow removed");
+            let duration_nsec = get!(r, u32, "flow removed");
+            let idle_timeout = get!(r, u16, "flow removed");
+            let hard_timeout = get!(r, u16, "flow removed");
+            let packet_count = get!(r, u64, "flow removed");
+            let byte_count = get!(r, u64, "flow removed");
+            let m = decode_match(&mut r)?;
+            Message::FlowRemoved(FlowRemoved {
+                cookie,
+                priority,
+                reason,
+                table_id,
+                duration_sec,
+                duration_nsec,
+                idle_timeout,
+                hard_timeout,
+                packet_count,
+                byte_count,
+                r#match: m,
+            })
         }
         t::FLOW_MOD => Message::FlowMod(decode_flow_mod(&mut r)?),
         t::PACKET_OUT => {
@@ -983,6 +1080,10 @@ fn msg_type_of(m: &Message) -> u8 {
         Message::BarrierReply => t::BARRIER_REPLY,
         Message::RoleRequest { .. } => t::ROLE_REQUEST,
         Message::RoleReply { .. } => t::ROLE_REPLY,
+        Message::FlowRemoved(_) => t::FLOW_REMOVED,
+        Message::GetAsyncRequest => t::GET_ASYNC_REQUEST,
+        Message::GetAsyncReply(_) => t::GET_ASYNC_REPLY,
+        Message::SetAsync(_) => t::SET_ASYNC,
         Message::BundleControl(_) | Message::BundleAdd { .. } => t::EXPERIMENTER,
     }
 }
@@ -1223,8 +1324,32 @@ fn encode_body(msg: &Message, out: &mut Vec<u8>) {
         }
         Message::FeaturesRequest
         | Message::GetConfigRequest
+        | Message::GetAsyncRequest
         | Message::BarrierRequest
         | Message::BarrierReply => {}
+        Message::GetAsyncReply(c) | Message::SetAsync(c) => {
+            for v in c
+                .packet_in
+                .iter()
+                .chain(&c.port_status)
+                .chain(&c.flow_removed)
+            {
+                out.put_u32(*v);
+            }
+        }
+        Message::FlowRemoved(f) => {
+            out.put_u64(f.cookie);
+            out.put_u16(f.priority);
+            out.put_u8(f.reason);
+            out.put_u8(f.table_id);
+            out.put_u32(f.duration_sec);
+            out.put_u32(f.duration_nsec);
+            out.put_u16(f.idle_timeout);
+            out.put_u16(f.hard_timeout);
+            out.put_u64(f.packet_count);
+            out.put_u64(f.byte_count);
+            encode_match(&f.r#match, out);
+        }
         Message::FeaturesReply(f) => {
             out.put_u64(f.datapath_id);
             out.put_u32(f.n_buffers);
@@ -1344,3 +1469,7 @@ fn encode_body(msg: &Message, out: &mut Vec<u8>) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "message_tests.rs"]
+mod tests;

@@ -6,8 +6,8 @@
 //! * [`flow_table`]: flow mods and stats requests applied to a
 //!   [`fallback::ofproto::table::Pipeline`] with OVS semantics.
 //! * [`session`]: the per-connection state machine (bytes in, bytes out).
-//! * [`switch`]: the [`switch::OpenFlowSwitch`] trait the sessions drive,
-//!   and [`switch::PipelineSwitch`], an in-memory implementation.
+//! * [`switch`]: the [`switch::OpenFlowSwitch`] trait the sessions drive
+//!   (the tests have an in-memory implementation).
 //! * [`net`]: the thin socket layer — a passive listener and an active
 //!   connection to a controller with back-off, over TCP or [`tls`].
 

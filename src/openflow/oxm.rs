@@ -32,6 +32,8 @@ const TCP_FLAGS_EXACT: u128 = 0x0fff;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OxmField {
     InPort,
+    /// `OXM_OF_METADATA`: the pipeline's 64-bit metadata.
+    Metadata,
     EthDst,
     EthSrc,
     EthType,
@@ -77,6 +79,7 @@ impl OxmField {
         use OxmField as F;
         match self {
             F::InPort => (OFPXMC_BASIC, 0, 4, false),
+            F::Metadata => (OFPXMC_BASIC, 2, 8, true),
             F::EthDst => (OFPXMC_BASIC, 3, 6, true),
             F::EthSrc => (OFPXMC_BASIC, 4, 6, true),
             F::EthType => (OFPXMC_BASIC, 5, 2, false),
@@ -114,10 +117,11 @@ impl OxmField {
         }
     }
 
-    const ALL: [OxmField; 35] = {
+    const ALL: [OxmField; 36] = {
         use OxmField as F;
         [
             F::InPort,
+            F::Metadata,
             F::EthDst,
             F::EthSrc,
             F::EthType,
@@ -275,6 +279,7 @@ pub fn encode_oxms(m: &Match, out: &mut Vec<u8>) {
             None,
         );
     }
+    put_masked(out, OxmField::Metadata, Field::Metadata);
     put_masked(out, OxmField::EthSrc, Field::DlSrc);
     put_masked(out, OxmField::EthDst, Field::DlDst);
     let dl_type = exact(m, Field::DlType).map(|t| t as u16);
@@ -464,7 +469,13 @@ pub fn match_from_tlvs(tlvs: &[Tlv]) -> Result<Match, OfpError> {
         };
         let mask = t.mask.unwrap_or(full);
         let prereq = match t.field {
-            O::InPort | O::EthDst | O::EthSrc | O::EthType | O::VlanVid | O::NxVlanTci => true,
+            O::InPort
+            | O::Metadata
+            | O::EthDst
+            | O::EthSrc
+            | O::EthType
+            | O::VlanVid
+            | O::NxVlanTci => true,
             O::VlanPcp => get(O::VlanVid).is_some_and(|v| v.value as u16 & OFPVID_PRESENT != 0),
             O::IpDscp
             | O::IpEcn
@@ -503,6 +514,7 @@ pub fn match_from_tlvs(tlvs: &[Tlv]) -> Result<Match, OfpError> {
                     .ok_or_else(|| bad_value("in_port is not a port a packet can come from"))?;
                 or(Field::InPort, u128::from(p), Field::InPort.full_mask());
             }
+            O::Metadata => or(Field::Metadata, t.value, mask),
             O::EthDst => or(Field::DlDst, t.value, mask),
             O::EthSrc => or(Field::DlSrc, t.value, mask),
             O::EthType => {

@@ -6,9 +6,9 @@ use super::error::{BadRequestCode as Brc, DecodeError, HelloFailedCode, OfpError
 use super::flow_table::{apply_flow_mod, flow_stats, select_flows, table_stats};
 use super::message::{
     self, capabilities, decode, encode, encode_multipart_reply, packet_in_reason, parse_header,
-    BundleControl, Desc, Features, FlowMod, Message, MultipartReplyBody, MultipartRequest,
-    PacketIn, PortDesc, PortReason, PortStats, PortStatus, SwitchConfig, TableFeatures, HEADER_LEN,
-    OFP13_VERSION, OFPPS_LIVE, OFP_NO_BUFFER,
+    AsyncConfig, BundleControl, Desc, Features, FlowMod, FlowRemoved, Message, MultipartReplyBody,
+    MultipartRequest, PacketIn, PortDesc, PortReason, PortStats, PortStatus, SwitchConfig,
+    TableFeatures, HEADER_LEN, OFP13_VERSION, OFPPS_LIVE, OFP_NO_BUFFER,
 };
 use super::port::{ofport_from_of13, ofport_to_of13, OFPP_ANY, OFPP_CONTROLLER};
 use super::switch::{OpenFlowSwitch, PortInfo, SwitchEvent};
@@ -26,6 +26,7 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(15);
 /// `OFPCR_ROLE_NOCHANGE` / `OFPCR_ROLE_EQUAL`.
 const ROLE_NOCHANGE: u32 = 0;
 const ROLE_EQUAL: u32 = 1;
+const ROLE_SLAVE: u32 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -73,6 +74,10 @@ pub struct Session {
     end: Option<SessionEnd>,
     /// Open bundles (ONF bundle extension), discarded with the session.
     bundles: BTreeMap<u32, Bundle>,
+    /// Which asynchronous messages this connection gets (SET_ASYNC).
+    async_config: AsyncConfig,
+    /// OFPCR_ROLE_EQUAL, _MASTER or _SLAVE.
+    role: u32,
 }
 
 /// Bundles one connection may keep open at once (more: OUT_OF_BUNDLES).
@@ -103,6 +108,8 @@ impl Session {
             notes: Vec::new(),
             end: None,
             bundles: BTreeMap::new(),
+            async_config: AsyncConfig::OF13_DEFAULT,
+            role: ROLE_EQUAL,
         };
         let hello = Message::Hello {
             versions: 1 << OFP13_VERSION,
@@ -291,11 +298,10 @@ impl Session {
                 role,
                 generation_id,
             } => {
-                let role = if role == ROLE_NOCHANGE {
-                    ROLE_EQUAL
-                } else {
-                    role
-                };
+                if role != ROLE_NOCHANGE && role <= ROLE_SLAVE {
+                    self.role = role;
+                }
+                let role = self.role;
                 self.send(
                     xid,
                     &Message::RoleReply {
@@ -304,6 +310,8 @@ impl Session {
                     },
                 );
             }
+            Message::GetAsyncRequest => self.send(xid, &Message::GetAsyncReply(self.async_config)),
+            Message::SetAsync(c) => self.async_config = c,
             Message::FlowMod(fm) => apply_flow_mod(sw, &fm)?,
             Message::BundleControl(bc) => self.bundle_control(xid, bc, sw)?,
             Message::BundleAdd {
@@ -336,6 +344,8 @@ impl Session {
             | Message::PortStatus(_)
             | Message::MultipartReply(_)
             | Message::BarrierReply
+            | Message::FlowRemoved(_)
+            | Message::GetAsyncReply(_)
             | Message::RoleReply { .. } => {
                 return Err(OfpError::bad_request(
                     Brc::BadType,
@@ -556,6 +566,7 @@ impl Session {
                         tx_bytes: c.tx_bytes,
                         rx_dropped: c.rx_dropped,
                         tx_dropped: c.tx_dropped,
+                        rx_errors: c.rx_errors,
                         ..PortStats::default()
                     })
                     .collect();
@@ -586,38 +597,96 @@ impl Session {
         Ok(())
     }
 
-    /// Tells the peer about a switch event (once negotiated).
+    /// True when this connection's async configuration asks for `reason`
+    /// of a message kind (`masks`: master/equal, slave).
+    fn wants(&self, masks: [u32; 2], reason: u8) -> bool {
+        let m = masks[usize::from(self.role == ROLE_SLAVE)];
+        reason < 32 && m & (1 << reason) != 0
+    }
+
+    /// Tells the peer about a switch event (once negotiated), as its async
+    /// configuration (SET_ASYNC, OpenFlow 1.3 defaults) asks.
     pub fn event(&mut self, ev: &SwitchEvent) {
         if !self.is_ready() {
             return;
         }
+        let a = self.async_config;
         let msg = match ev {
-            SwitchEvent::PortAdded(p) => Message::PortStatus(PortStatus {
-                reason: PortReason::Add,
-                desc: port_desc(p),
-            }),
-            SwitchEvent::PortDeleted(p) => Message::PortStatus(PortStatus {
-                reason: PortReason::Delete,
-                desc: port_desc(p),
-            }),
+            SwitchEvent::PortAdded(p) => {
+                if !self.wants(a.port_status, PortReason::Add as u8) {
+                    return;
+                }
+                Message::PortStatus(PortStatus {
+                    reason: PortReason::Add,
+                    desc: port_desc(p),
+                })
+            }
+            SwitchEvent::PortDeleted(p) => {
+                if !self.wants(a.port_status, PortReason::Delete as u8) {
+                    return;
+                }
+                Message::PortStatus(PortStatus {
+                    reason: PortReason::Delete,
+                    desc: port_desc(p),
+                })
+            }
             SwitchEvent::PacketIn {
                 in_port,
                 table,
                 cookie,
+                miss,
+                total_len,
                 frame,
             } => {
+                let reason = if *miss {
+                    packet_in_reason::NO_MATCH
+                } else {
+                    packet_in_reason::ACTION
+                };
+                if !self.wants(a.packet_in, reason) {
+                    return;
+                }
                 let mut m = Match::ANY;
                 m.set_exact(Field::InPort, u128::from(*in_port));
-                // Buffer-less (OFP_NO_BUFFER): the whole frame travels.
-                let keep = frame.len().min(0xffff - 64);
+                // Buffer-less (OFP_NO_BUFFER): a table miss sends
+                // miss_send_len bytes (OFPCML_NO_BUFFER: all), an action
+                // its max_len (the datapath cut the frame to it already).
+                let mut keep = frame.len().min(0xffff - 64);
+                if *miss && self.config.miss_send_len != 0xffff {
+                    keep = keep.min(usize::from(self.config.miss_send_len));
+                }
                 Message::PacketIn(PacketIn {
                     buffer_id: OFP_NO_BUFFER,
-                    total_len: frame.len().min(0xffff) as u16,
-                    reason: packet_in_reason::ACTION,
+                    total_len: (*total_len).min(0xffff) as u16,
+                    reason,
                     table_id: *table,
                     cookie: *cookie,
                     r#match: m,
                     data: frame[..keep].to_vec(),
+                })
+            }
+            SwitchEvent::FlowRemoved {
+                rule,
+                reason,
+                age,
+                packets,
+                bytes,
+            } => {
+                if !self.wants(a.flow_removed, *reason) {
+                    return;
+                }
+                Message::FlowRemoved(FlowRemoved {
+                    cookie: rule.cookie,
+                    priority: rule.priority,
+                    reason: *reason,
+                    table_id: rule.table,
+                    duration_sec: age.as_secs().min(u64::from(u32::MAX)) as u32,
+                    duration_nsec: age.subsec_nanos(),
+                    idle_timeout: rule.idle_timeout,
+                    hard_timeout: rule.hard_timeout,
+                    packet_count: *packets,
+                    byte_count: *bytes,
+                    r#match: rule.r#match,
                 })
             }
         };

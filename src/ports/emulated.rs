@@ -7,6 +7,11 @@ use crossbeam_channel::Receiver;
 use fallback::port::{BufferSource, HeapPacket};
 use std::collections::BTreeMap;
 use testbed::{Inject, Testbed, TestbedConfig};
+
+/// Transmitted frames a testbed port keeps for `port capture` (later ones
+/// are counted, not kept, until a capture takes them).
+pub const TX_CAPTURE: usize = 1024;
+
 /// The emulated testbed's ports (`testbed-nic`, `testbed-vm`).
 pub struct TestbedFactory {
     bed: Testbed,
@@ -22,6 +27,7 @@ impl TestbedFactory {
         TestbedFactory {
             bed: Testbed::empty(TestbedConfig {
                 backpressure: true,
+                keep_tx: TX_CAPTURE,
                 ..TestbedConfig::default()
             }),
             names: BTreeMap::new(),
@@ -131,6 +137,13 @@ impl PortFactory<HeapPacket> for TestbedFactory {
             return Ok(Box::new(vm.guest().clone()));
         }
         Err(PortError::NoSuchOfport(ofport))
+    }
+
+    fn take_captured(&self, ofport: u32) -> Result<Vec<Vec<u8>>, PortError> {
+        self.bed
+            .port(ofport)
+            .map(|p| p.take_transmitted())
+            .ok_or(PortError::NoSuchOfport(ofport))
     }
 
     fn reset_nic(&self, ofport: u32) -> Result<(), PortError> {

@@ -65,6 +65,11 @@ pub trait PortFactory<B>: Send {
     fn injector(&self, ofport: u32) -> Result<Box<dyn Inject>, PortError>;
     /// Fault injection: the port's NIC loses every rule.
     fn reset_nic(&self, ofport: u32) -> Result<(), PortError>;
+    /// Takes the frames the port transmitted and kept since the last call
+    /// (testbed ports keep up to 1024, oldest first).
+    fn take_captured(&self, ofport: u32) -> Result<Vec<Vec<u8>>, PortError> {
+        Err(PortError::NoSuchOfport(ofport))
+    }
     /// What happened to the ports' devices since the last call: rules
     /// lost (an emulated NIC's reset), a reset needed, the device gone
     /// (DESIGN §3; the daemon acts on them with [`super::events::plan`]).

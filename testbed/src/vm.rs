@@ -221,6 +221,10 @@ impl Port for VmPort {
         self.sink.transmit(queue, pkts)
     }
 
+    fn frame_buf(&self, frame: &[u8]) -> Option<Self::Buf> {
+        Some(HeapPacket::from_bytes(frame))
+    }
+
     fn stats(&self) -> PortStats {
         PortStats {
             rx: self.rx_count().packets,

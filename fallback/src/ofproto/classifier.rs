@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 /// The lookup stages, in the order they are hashed.
 const STAGES: [&[Field]; 4] = [
-    &[Field::InPort],
+    &[Field::InPort, Field::Metadata],
     &[Field::DlType, Field::VlanTci, Field::DlSrc, Field::DlDst],
     &[
         Field::NwProto,

@@ -95,6 +95,92 @@ pub enum OfAction {
         port: Option<u32>,
         table: Option<u8>,
     },
+    /// OpenFlow 1.3 `write_actions`: one action written to the packet's
+    /// action set, which runs when the pipeline ends.
+    Write(SetAction),
+    /// OpenFlow 1.3 `clear_actions`: empties the action set.
+    ClearActions,
+    /// OpenFlow 1.3 `goto_table:N` (always the last of a rule's actions).
+    GotoTable(u8),
+    /// OpenFlow 1.3 `write_metadata:VALUE/MASK`: the masked bits of the
+    /// pipeline metadata take `value`'s (before a `GotoTable`).
+    WriteMetadata { value: u64, mask: u64 },
+}
+
+/// An action of the OpenFlow 1.3 action set (`write_actions`). The set
+/// holds one action per kind (one output, one set per field, ...), and
+/// runs in the specification's order: pop VLAN, push VLAN, decrement TTL,
+/// set-fields, output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SetAction {
+    Output(u32),
+    InPort,
+    Flood,
+    All,
+    Normal,
+    Controller { max_len: u16 },
+    Mod(Field, u128),
+    DecTtl,
+    StripVlan,
+    PushVlan(u16),
+}
+
+impl SetAction {
+    /// The action-set form of `a`, if it can be in an action set.
+    pub fn from_action(a: OfAction) -> Option<SetAction> {
+        Some(match a {
+            OfAction::Output(p) => SetAction::Output(p),
+            OfAction::InPort => SetAction::InPort,
+            OfAction::Flood => SetAction::Flood,
+            OfAction::All => SetAction::All,
+            OfAction::Normal => SetAction::Normal,
+            OfAction::Controller { max_len } => SetAction::Controller { max_len },
+            OfAction::Mod(f, v) | OfAction::SetField(f, v) => SetAction::Mod(f, v),
+            OfAction::DecTtl => SetAction::DecTtl,
+            OfAction::StripVlan => SetAction::StripVlan,
+            OfAction::PushVlan(t) => SetAction::PushVlan(t),
+            _ => return None,
+        })
+    }
+
+    /// The action it runs as.
+    pub fn action(self) -> OfAction {
+        match self {
+            SetAction::Output(p) => OfAction::Output(p),
+            SetAction::InPort => OfAction::InPort,
+            SetAction::Flood => OfAction::Flood,
+            SetAction::All => OfAction::All,
+            SetAction::Normal => OfAction::Normal,
+            SetAction::Controller { max_len } => OfAction::Controller { max_len },
+            SetAction::Mod(f, v) => OfAction::SetField(f, v),
+            SetAction::DecTtl => OfAction::DecTtl,
+            SetAction::StripVlan => OfAction::StripVlan,
+            SetAction::PushVlan(t) => OfAction::PushVlan(t),
+        }
+    }
+
+    /// Its place in the execution order; actions of one kind replace each
+    /// other (set-fields per field).
+    fn order(self) -> (u8, Option<Field>) {
+        match self {
+            SetAction::StripVlan => (0, None),
+            SetAction::PushVlan(_) => (1, None),
+            SetAction::DecTtl => (2, None),
+            SetAction::Mod(f, _) => (3, Some(f)),
+            _ => (4, None),
+        }
+    }
+
+    /// Writes `a` into `set`: it replaces the action of its kind.
+    pub fn write(set: &mut Vec<SetAction>, a: SetAction) {
+        let key = a.order();
+        set.retain(|s| s.order() != key);
+        let at = set
+            .iter()
+            .position(|s| s.order() > key)
+            .unwrap_or(set.len());
+        set.insert(at, a);
+    }
 }
 
 /// An OpenFlow rule.

@@ -17,7 +17,7 @@
 
 use super::mac::{MacLearn, MacTable};
 use super::table::{Pipeline, RuleId};
-use super::{ofport, OfAction};
+use super::{ofport, OfAction, SetAction};
 use crate::actions::DpAction;
 use crate::key::{ethertype, frag, ipproto, Field, FlowKey, VLAN_CFI, VLAN_VID_MASK};
 
@@ -125,6 +125,13 @@ struct Ctx<'a> {
     resubmits: usize,
     error: Option<XlateDrop>,
     hint: Option<FlowKey>,
+    /// The actions running are a table-miss rule's (priority 0, matching
+    /// everything): its `controller` punts say NO_MATCH.
+    in_miss_rule: bool,
+    /// The OpenFlow 1.3 action set (`write_actions`), run when the
+    /// pipeline ends, with the table and cookie of the rule that wrote last.
+    action_set: Vec<SetAction>,
+    set_origin: (u8, u64),
 }
 
 /// Translates `key` through the bridge's pipeline, starting at table 0.
@@ -150,6 +157,9 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
         resubmits: 0,
         error: None,
         hint: hint.copied(),
+        in_miss_rule: false,
+        action_set: Vec::new(),
+        set_origin: (0, 0),
     };
     ctx.wc.set_exact(Field::InPort);
     ctx.wc.set_exact(Field::DlType);
@@ -158,6 +168,10 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
     }
 
     let matched = ctx.table_lookup(0);
+    ctx.run_action_set();
+    // Metadata is zero when a packet enters and every write to it follows
+    // from bits the mask already holds: not part of the megaflow.
+    ctx.wc.set(Field::Metadata, 0);
     let mut wc = ctx.wc;
     if wc.get(Field::VlanTci) != 0 {
         wc.or_field(Field::VlanTci, VLAN_CFI as u128);
@@ -208,6 +222,57 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
     }
 }
 
+/// Translates a packet-out: `actions` run on `key` (whose `in_port` is the
+/// packet-out's, possibly [`ofport::CONTROLLER`]) as a rule's actions would,
+/// with output to TABLE (`resubmit(,0)`) running the pipeline from table 0.
+/// `controller` actions punt with table [`PACKET_OUT_TABLE`] and cookie
+/// [`PACKET_OUT_COOKIE`], as Open vSwitch reports them. No megaflow is made
+/// of it (the mask is not needed), and MAC learning by NORMAL is left to
+/// the caller (`learn`).
+pub fn xlate_actions(bridge: Bridge<'_>, key: &FlowKey, actions: &[OfAction]) -> Xlation {
+    let mut ctx = Ctx {
+        bridge,
+        flow: *key,
+        wc: FlowKey::ZERO,
+        dirty: 0,
+        actions: Vec::new(),
+        rules: Vec::new(),
+        trace: Vec::new(),
+        learn: None,
+        depth: 0,
+        resubmits: 0,
+        error: None,
+        hint: None,
+        in_miss_rule: false,
+        action_set: Vec::new(),
+        set_origin: (0, 0),
+    };
+    ctx.do_actions(actions, PACKET_OUT_TABLE, PACKET_OUT_COOKIE);
+    // Output to TABLE ran a pipeline: its action set runs at its end.
+    ctx.run_action_set();
+    let sends = ctx
+        .actions
+        .iter()
+        .any(|a| matches!(a, DpAction::Output(_) | DpAction::Controller { .. }));
+    let (actions, drop) = match ctx.error {
+        Some(e) => (Vec::new(), Some(e)),
+        None if !sends => (Vec::new(), Some(XlateDrop::DropAction)),
+        None => (ctx.actions, None),
+    };
+    Xlation {
+        actions,
+        mask: ctx.wc,
+        rules: ctx.rules,
+        trace: ctx.trace,
+        learn: ctx.learn,
+        drop,
+    }
+}
+
+/// The table and cookie a packet-out's own `controller` action reports.
+pub const PACKET_OUT_TABLE: u8 = 0xff;
+pub const PACKET_OUT_COOKIE: u64 = u64::MAX;
+
 impl Ctx<'_> {
     fn note(&mut self, text: &'static str) {
         self.trace.push(TraceStep::Note {
@@ -230,7 +295,10 @@ impl Ctx<'_> {
         match entry {
             Some(e) => {
                 self.rules.push(e.id);
+                let outer = self.in_miss_rule;
+                self.in_miss_rule = e.rule.priority == 0 && e.rule.r#match.mask == FlowKey::ZERO;
                 self.do_actions(&e.rule.actions, table, e.rule.cookie);
+                self.in_miss_rule = outer;
                 true
             }
             None => false,
@@ -256,6 +324,7 @@ impl Ctx<'_> {
                         table,
                         cookie,
                         max_len,
+                        miss: self.in_miss_rule,
                     });
                 }
                 OfAction::Mod(f, v) => self.set_field(f, v, true),
@@ -291,8 +360,33 @@ impl Ctx<'_> {
                     self.flow.set(Field::VlanTci, VLAN_CFI as u128);
                 }
                 OfAction::Resubmit { port, table: t } => self.resubmit(port, t.unwrap_or(table)),
+                OfAction::Write(a) => {
+                    SetAction::write(&mut self.action_set, a);
+                    self.set_origin = (table, cookie);
+                }
+                OfAction::ClearActions => self.action_set.clear(),
+                OfAction::WriteMetadata { value, mask } => {
+                    let cur = self.flow.get(Field::Metadata) as u64;
+                    let new = (cur & !mask) | (value & mask);
+                    self.flow.set(Field::Metadata, u128::from(new));
+                }
+                // The pipeline goes on in a later table (a miss there ends it).
+                OfAction::GotoTable(t) => self.resubmit(None, t),
             }
         }
+    }
+
+    /// The end of the pipeline: the action set runs, in its order.
+    fn run_action_set(&mut self) {
+        if self.action_set.is_empty() || self.error.is_some() {
+            return;
+        }
+        let set: Vec<OfAction> = std::mem::take(&mut self.action_set)
+            .into_iter()
+            .map(SetAction::action)
+            .collect();
+        let (table, cookie) = self.set_origin;
+        self.do_actions(&set, table, cookie);
     }
 
     fn resubmit(&mut self, port: Option<u32>, table: u8) {
@@ -426,6 +520,7 @@ impl Ctx<'_> {
                     table,
                     cookie,
                     max_len: 0xffff,
+                    miss: self.in_miss_rule,
                 });
             }
             _ if p == self.flow.in_port() => {
@@ -640,6 +735,166 @@ mod tests {
             run(&p, &udp_key(1, 1, 2, 3, 4)).drop,
             Some(XlateDrop::DropAction)
         );
+    }
+
+    fn run_actions(p: &Pipeline, k: &FlowKey, actions: &[OfAction]) -> Xlation {
+        let macs = MacTable::default();
+        xlate_actions(
+            Bridge {
+                pipeline: p,
+                macs: &macs,
+                ports: &PORTS,
+            },
+            k,
+            actions,
+        )
+    }
+
+    #[test]
+    fn the_action_set_runs_at_the_end_of_the_pipeline() {
+        use crate::ofproto::SetAction;
+        let mut p = Pipeline::new();
+        p.add(rule(
+            0,
+            1,
+            udp_match(),
+            vec![
+                OfAction::Write(SetAction::Output(3)),
+                OfAction::Write(SetAction::Mod(Field::NwTtl, 7)),
+                OfAction::GotoTable(1),
+            ],
+        ));
+        let mut m = udp_match();
+        m.set_exact(Field::TpDst, 4);
+        // Apply output:1 now; the set's output becomes 2 (replaced), and
+        // the TTL set runs before it (set-fields before output).
+        p.add(rule(
+            1,
+            1,
+            m,
+            vec![OfAction::Output(1), OfAction::Write(SetAction::Output(2))],
+        ));
+        let mut m = udp_match();
+        m.set_exact(Field::TpDst, 5);
+        p.add(rule(
+            1,
+            1,
+            m,
+            vec![OfAction::Output(1), OfAction::ClearActions],
+        ));
+        let x = run(&p, &udp_key(3, 1, 2, 3, 4));
+        assert_eq!(
+            x.actions,
+            vec![
+                DpAction::Output(1),
+                DpAction::Set(Field::NwTtl, 7),
+                DpAction::Output(2)
+            ]
+        );
+        let x = run(&p, &udp_key(3, 1, 2, 3, 5));
+        assert_eq!(x.actions, vec![DpAction::Output(1)], "cleared");
+        // A miss in table 1: the set written so far still runs.
+        let x = run(&p, &udp_key(2, 1, 2, 3, 6));
+        assert_eq!(
+            x.actions,
+            vec![DpAction::Set(Field::NwTtl, 7), DpAction::Output(3)]
+        );
+    }
+
+    #[test]
+    fn metadata_steers_later_tables_and_stays_out_of_the_megaflow() {
+        let mut p = Pipeline::new();
+        p.add(rule(
+            0,
+            1,
+            udp_match(),
+            vec![
+                OfAction::WriteMetadata {
+                    value: 0x50,
+                    mask: 0xf0,
+                },
+                OfAction::GotoTable(1),
+            ],
+        ));
+        let mut m = Match::ANY;
+        m.set_masked(Field::Metadata, 0x50, 0xf0);
+        p.add(rule(1, 5, m, vec![OfAction::Output(2)]));
+        let mut m = Match::ANY;
+        m.set_masked(Field::Metadata, 0x60, 0xf0);
+        p.add(rule(1, 9, m, vec![OfAction::Output(3)]));
+        let x = run(&p, &udp_key(1, 1, 2, 3, 4));
+        assert_eq!(x.actions, vec![DpAction::Output(2)]);
+        assert_eq!(
+            x.mask.get(Field::Metadata),
+            0,
+            "metadata is not in the megaflow"
+        );
+        // A packet that never had metadata written misses both.
+        let mut arp = FlowKey::ZERO;
+        arp.set(Field::InPort, 1);
+        arp.set(Field::DlType, 0x0806);
+        assert!(run(&p, &arp).actions.is_empty());
+    }
+
+    #[test]
+    fn packet_out_actions_translate_as_a_rules_would() {
+        let mut p = Pipeline::new();
+        p.add(rule(0, 1, udp_match(), vec![OfAction::Output(3)]));
+        let from_controller = udp_key(ofport::CONTROLLER, 1, 2, 3, 4);
+        // FLOOD from CONTROLLER: every port; output:TABLE runs table 0.
+        let x = run_actions(
+            &p,
+            &from_controller,
+            &[
+                OfAction::Flood,
+                OfAction::Mod(Field::NwTtl, 9),
+                OfAction::Resubmit {
+                    port: None,
+                    table: Some(0),
+                },
+            ],
+        );
+        assert_eq!(
+            x.actions,
+            vec![
+                DpAction::Output(1),
+                DpAction::Output(2),
+                DpAction::Output(3),
+                DpAction::Set(Field::NwTtl, 9),
+                DpAction::Output(3),
+            ]
+        );
+        assert_eq!(x.drop, None);
+        // From port 2: output to the input port is skipped, IN_PORT sends.
+        let from_2 = udp_key(2, 1, 2, 3, 4);
+        let x = run_actions(
+            &p,
+            &from_2,
+            &[OfAction::Output(2), OfAction::Flood, OfAction::InPort],
+        );
+        assert_eq!(
+            x.actions,
+            vec![
+                DpAction::Output(1),
+                DpAction::Output(3),
+                DpAction::Output(2)
+            ]
+        );
+        // A controller action punts with the packet-out's table and cookie.
+        let x = run_actions(&p, &from_2, &[OfAction::Controller { max_len: 64 }]);
+        assert_eq!(
+            x.actions,
+            vec![DpAction::Controller {
+                table: PACKET_OUT_TABLE,
+                cookie: PACKET_OUT_COOKIE,
+                max_len: 64,
+                miss: false,
+            }]
+        );
+        // No output: a drop, with its reason.
+        let x = run_actions(&p, &from_2, &[OfAction::Output(7)]);
+        assert!(x.actions.is_empty());
+        assert_eq!(x.drop, Some(XlateDrop::DropAction));
     }
 
     #[test]

@@ -789,6 +789,10 @@ impl WorkerThread {
     }
 }
 
+/// What woke the worker: a value on its stack, moved once; boxing the
+/// large request (a megaflow's match is two flow keys) would cost an
+/// allocation per request instead.
+#[allow(clippy::large_enum_variant)]
 enum Wake {
     Request(OffloadRequest),
     Control(Control),

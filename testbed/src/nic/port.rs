@@ -84,6 +84,10 @@ impl Port for NicPort {
         self.sink.transmit(queue, pkts)
     }
 
+    fn frame_buf(&self, frame: &[u8]) -> Option<Self::Buf> {
+        Some(HeapPacket::from_bytes(frame))
+    }
+
     /// `rx` (packets taken by rx bursts) and `tx` (packets accepted by tx
     /// bursts); the datapath keeps `forwarded`, `tx_attempted` and the
     /// drops.
