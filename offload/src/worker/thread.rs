@@ -601,7 +601,13 @@ impl UpdateSink for PmdChannels {
                 continue;
             }
             // Unbounded: never waits. An error means the PMD's end is gone.
-            if c.tx.send(std::mem::take(&mut c.held)).is_err() {
+            // The next batch starts with this one's room: one allocation
+            // per batch, not one per doubling.
+            let room = c.held.capacity();
+            if c.tx
+                .send(std::mem::replace(&mut c.held, Vec::with_capacity(room)))
+                .is_err()
+            {
                 gone.push(*pmd);
             }
         }
