@@ -1092,7 +1092,8 @@ impl<B: PacketBuf + Clone + Send + 'static> Emitter<'_, B> {
     }
 
     /// Queues a packet (or counts its failure) on the port at `idx`.
-    #[inline]
+    /// Always inlined: it is the per-packet step of every output.
+    #[inline(always)]
     fn send(&mut self, idx: Option<usize>, res: Result<B, ExecError>) {
         let Some(idx) = idx else {
             self.counters.tx_no_such_port += 1;

@@ -7,7 +7,7 @@
 use super::error::{BadRequestCode, FlowModFailedCode, OfpError};
 use super::message::FlowMod;
 use super::net::{Endpoint, EndpointConfig, EventHub, LogFn};
-use super::switch::{FlowInfo, OpenFlowSwitch, PortCounters, PortInfo, SwitchEvent};
+use super::switch::{FlowInfo, FlowTable, OpenFlowSwitch, PortCounters, PortInfo, SwitchEvent};
 use super::tls::TlsFiles;
 use crate::daemon::{DaemonError, DaemonHandle, StartHook};
 use fallback::ofproto::{Match, OfAction, Rule};
@@ -42,11 +42,7 @@ fn refused(e: DaemonError) -> OfpError {
     OfpError::bad_request(BadRequestCode::Eperm, e.to_string())
 }
 
-impl OpenFlowSwitch for DaemonSwitch {
-    fn datapath_id(&self) -> u64 {
-        self.datapath_id
-    }
-
+impl FlowTable for DaemonSwitch {
     fn flows(&self) -> Result<Vec<FlowInfo>, OfpError> {
         Ok(self
             .handle
@@ -61,6 +57,79 @@ impl OpenFlowSwitch for DaemonSwitch {
                 rule: f.rule,
             })
             .collect())
+    }
+    fn add_flow_checked(
+        &self,
+        rule: Rule,
+        check_overlap: bool,
+        send_flow_rem: bool,
+    ) -> Result<(), OfpError> {
+        self.handle
+            .flow_add_checked(rule, check_overlap, self.max_flows(), send_flow_rem)
+            .map_err(|e| OfpError::flow_mod_failed(FlowModFailedCode::Unknown, e.to_string()))?
+            .map(|_| ())
+            .map_err(super::flow_table::add_refused)
+    }
+    fn delete_flows(
+        &self,
+        table: Option<u8>,
+        selector: &Match,
+        strict_priority: Option<u16>,
+    ) -> Result<usize, OfpError> {
+        // The daemon's strict delete names one table; OFPTT_ALL means each.
+        if let (Some(prio), None) = (strict_priority, table) {
+            let tables: Vec<u8> = {
+                let mut t: Vec<u8> = self.flows()?.iter().map(|f| f.rule.table).collect();
+                t.sort_unstable();
+                t.dedup();
+                t
+            };
+            let mut n = 0;
+            for t in tables {
+                n += self
+                    .handle
+                    .flow_del(Some(t), *selector, Some(prio))
+                    .map_err(refused)?
+                    .len();
+            }
+            return Ok(n);
+        }
+        self.handle
+            .flow_del(table, *selector, strict_priority)
+            .map(|ids| ids.len())
+            .map_err(refused)
+    }
+    fn modify_flows(
+        &self,
+        table: Option<u8>,
+        selector: &Match,
+        strict_priority: Option<u16>,
+        actions: &[OfAction],
+    ) -> Result<usize, OfpError> {
+        if let (Some(prio), None) = (strict_priority, table) {
+            let mut tables: Vec<u8> = self.flows()?.iter().map(|f| f.rule.table).collect();
+            tables.sort_unstable();
+            tables.dedup();
+            let mut n = 0;
+            for t in tables {
+                n += self
+                    .handle
+                    .flow_mod(Some(t), *selector, Some(prio), actions.to_vec())
+                    .map_err(refused)?
+                    .len();
+            }
+            return Ok(n);
+        }
+        self.handle
+            .flow_mod(table, *selector, strict_priority, actions.to_vec())
+            .map(|ids| ids.len())
+            .map_err(refused)
+    }
+}
+
+impl OpenFlowSwitch for DaemonSwitch {
+    fn datapath_id(&self) -> u64 {
+        self.datapath_id
     }
 
     fn add_flows(&self, rules: Vec<Rule>) -> Result<(), OfpError> {
@@ -101,76 +170,6 @@ impl OpenFlowSwitch for DaemonSwitch {
                 OfpError::flow_mod_failed(FlowModFailedCode::Unknown, "the commit failed"),
             )
         }))
-    }
-
-    fn add_flow_checked(
-        &self,
-        rule: Rule,
-        check_overlap: bool,
-        send_flow_rem: bool,
-    ) -> Result<(), OfpError> {
-        self.handle
-            .flow_add_checked(rule, check_overlap, self.max_flows(), send_flow_rem)
-            .map_err(|e| OfpError::flow_mod_failed(FlowModFailedCode::Unknown, e.to_string()))?
-            .map(|_| ())
-            .map_err(super::flow_table::add_refused)
-    }
-
-    fn delete_flows(
-        &self,
-        table: Option<u8>,
-        selector: &Match,
-        strict_priority: Option<u16>,
-    ) -> Result<usize, OfpError> {
-        // The daemon's strict delete names one table; OFPTT_ALL means each.
-        if let (Some(prio), None) = (strict_priority, table) {
-            let tables: Vec<u8> = {
-                let mut t: Vec<u8> = self.flows()?.iter().map(|f| f.rule.table).collect();
-                t.sort_unstable();
-                t.dedup();
-                t
-            };
-            let mut n = 0;
-            for t in tables {
-                n += self
-                    .handle
-                    .flow_del(Some(t), *selector, Some(prio))
-                    .map_err(refused)?
-                    .len();
-            }
-            return Ok(n);
-        }
-        self.handle
-            .flow_del(table, *selector, strict_priority)
-            .map(|ids| ids.len())
-            .map_err(refused)
-    }
-
-    fn modify_flows(
-        &self,
-        table: Option<u8>,
-        selector: &Match,
-        strict_priority: Option<u16>,
-        actions: &[OfAction],
-    ) -> Result<usize, OfpError> {
-        if let (Some(prio), None) = (strict_priority, table) {
-            let mut tables: Vec<u8> = self.flows()?.iter().map(|f| f.rule.table).collect();
-            tables.sort_unstable();
-            tables.dedup();
-            let mut n = 0;
-            for t in tables {
-                n += self
-                    .handle
-                    .flow_mod(Some(t), *selector, Some(prio), actions.to_vec())
-                    .map_err(refused)?
-                    .len();
-            }
-            return Ok(n);
-        }
-        self.handle
-            .flow_mod(table, *selector, strict_priority, actions.to_vec())
-            .map(|ids| ids.len())
-            .map_err(refused)
     }
 
     fn ports(&self) -> Result<Vec<PortInfo>, OfpError> {

@@ -8,7 +8,7 @@ use super::message::{
     OFPTT_ALL, OFP_NO_BUFFER,
 };
 use super::port::{ofport_from_of13, OFPP_ANY};
-use super::switch::{FlowInfo, OpenFlowSwitch};
+use super::switch::{FlowInfo, FlowTable, OpenFlowSwitch};
 use fallback::ofproto::table::{loose_selects, Pipeline, RuleId};
 use fallback::ofproto::{ofport, Match, OfAction, Rule, N_TABLES};
 use std::cell::RefCell;
@@ -69,62 +69,6 @@ fn out_port_filter(p: u32) -> Result<Option<u32>, OfpError> {
     ofport_from_of13(p)
         .map(Some)
         .ok_or_else(|| OfpError::bad_request(Brc::BadPort, format!("out_port {p:#x}")))
-}
-
-/// The flow operations a flow mod needs: every [`OpenFlowSwitch`], and a
-/// [`PipelineTable`] (a bundle's scratch copy).
-pub trait FlowTable {
-    fn flows(&self) -> Result<Vec<FlowInfo>, OfpError>;
-    fn add_flow_checked(
-        &self,
-        rule: Rule,
-        check_overlap: bool,
-        send_flow_rem: bool,
-    ) -> Result<(), OfpError>;
-    fn delete_flows(
-        &self,
-        table: Option<u8>,
-        selector: &Match,
-        strict_priority: Option<u16>,
-    ) -> Result<usize, OfpError>;
-    fn modify_flows(
-        &self,
-        table: Option<u8>,
-        selector: &Match,
-        strict_priority: Option<u16>,
-        actions: &[OfAction],
-    ) -> Result<usize, OfpError>;
-}
-
-impl<T: OpenFlowSwitch + ?Sized> FlowTable for T {
-    fn flows(&self) -> Result<Vec<FlowInfo>, OfpError> {
-        OpenFlowSwitch::flows(self)
-    }
-    fn add_flow_checked(
-        &self,
-        rule: Rule,
-        check_overlap: bool,
-        send_flow_rem: bool,
-    ) -> Result<(), OfpError> {
-        OpenFlowSwitch::add_flow_checked(self, rule, check_overlap, send_flow_rem)
-    }
-    fn delete_flows(
-        &self,
-        table: Option<u8>,
-        selector: &Match,
-        strict_priority: Option<u16>,
-    ) -> Result<usize, OfpError> {
-        OpenFlowSwitch::delete_flows(self, table, selector, strict_priority)
-    }
-    fn modify_flows(
-        &self,
-        table: Option<u8>,
-        selector: &Match,
-        strict_priority: Option<u16>,
-        actions: &[OfAction],
-    ) -> Result<usize, OfpError> {
-        OpenFlowSwitch::modify_flows(self, table, selector, strict_priority, actions)
-    }
 }
 
 /// A [`Pipeline`] that flow mods apply to directly, with OVS's semantics

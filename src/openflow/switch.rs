@@ -67,15 +67,11 @@ pub enum SwitchEvent {
     },
 }
 
-/// The switch operations OpenFlow needs, with OVS semantics: `add_flows`
-/// replaces a rule with the same table, priority and match; deletes and
-/// modifies select loosely (every rule at least as specific as `selector`)
-/// or, with `strict_priority`, exactly; `table` None means every table.
-/// Errors are the OpenFlow error to report.
-pub trait OpenFlowSwitch: Send + Sync {
-    fn datapath_id(&self) -> u64;
+/// The flow operations a flow mod needs, with the semantics above: every
+/// [`OpenFlowSwitch`] has them, and so does a bare pipeline
+/// ([`super::flow_table::PipelineTable`], a bundle's scratch copy).
+pub trait FlowTable {
     fn flows(&self) -> Result<Vec<FlowInfo>, OfpError>;
-    fn add_flows(&self, rules: Vec<Rule>) -> Result<(), OfpError>;
     /// One OFPFC_ADD: refused with OFPFMFC_OVERLAP (with `check_overlap`)
     /// or OFPFMFC_TABLE_FULL, checked where the rules are (no dump). With
     /// `send_flow_rem`, its removal is announced (FLOW_REMOVED).
@@ -98,6 +94,16 @@ pub trait OpenFlowSwitch: Send + Sync {
         strict_priority: Option<u16>,
         actions: &[OfAction],
     ) -> Result<usize, OfpError>;
+}
+
+/// The switch operations OpenFlow needs, with OVS semantics: `add_flows`
+/// replaces a rule with the same table, priority and match; deletes and
+/// modifies select loosely (every rule at least as specific as `selector`)
+/// or, with `strict_priority`, exactly; `table` None means every table.
+/// Errors are the OpenFlow error to report.
+pub trait OpenFlowSwitch: FlowTable + Send + Sync {
+    fn datapath_id(&self) -> u64;
+    fn add_flows(&self, rules: Vec<Rule>) -> Result<(), OfpError>;
     fn ports(&self) -> Result<Vec<PortInfo>, OfpError>;
     fn port_counters(&self) -> Result<Vec<(u32, PortCounters)>, OfpError>;
     /// Runs `actions` on `frame` as if it arrived on `in_port`.

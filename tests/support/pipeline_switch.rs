@@ -7,7 +7,7 @@ use fallback::ofproto::{Match, OfAction, Rule};
 use flowmark::openflow::error::{BadRequestCode, OfpError};
 use flowmark::openflow::flow_table::{apply_flow_mods_to, PipelineTable};
 use flowmark::openflow::message::FlowMod;
-use flowmark::openflow::switch::{FlowInfo, OpenFlowSwitch, PortCounters, PortInfo};
+use flowmark::openflow::switch::{FlowInfo, FlowTable, OpenFlowSwitch, PortCounters, PortInfo};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -112,11 +112,7 @@ impl PipelineSwitch {
     }
 }
 
-impl OpenFlowSwitch for PipelineSwitch {
-    fn datapath_id(&self) -> u64 {
-        self.datapath_id
-    }
-
+impl FlowTable for PipelineSwitch {
     fn flows(&self) -> Result<Vec<FlowInfo>, OfpError> {
         let s = self.lock()?;
         let now = Instant::now();
@@ -143,6 +139,47 @@ impl OpenFlowSwitch for PipelineSwitch {
             })
             .collect())
     }
+    fn add_flow_checked(
+        &self,
+        rule: Rule,
+        check_overlap: bool,
+        _send_flow_rem: bool,
+    ) -> Result<(), OfpError> {
+        let mut s = self.lock()?;
+        let id = s.table.add(rule, check_overlap)?;
+        s.added.push((id, Instant::now()));
+        Ok(())
+    }
+    fn delete_flows(
+        &self,
+        table: Option<u8>,
+        selector: &Match,
+        strict_priority: Option<u16>,
+    ) -> Result<usize, OfpError> {
+        let mut s = self.lock()?;
+        let ids = s.table.delete(table, selector, strict_priority);
+        s.added.retain(|a| !ids.contains(&a.0));
+        s.counters.retain(|c| !ids.contains(&c.0));
+        Ok(ids.len())
+    }
+    fn modify_flows(
+        &self,
+        table: Option<u8>,
+        selector: &Match,
+        strict_priority: Option<u16>,
+        actions: &[OfAction],
+    ) -> Result<usize, OfpError> {
+        Ok(self
+            .lock()?
+            .table
+            .modify(table, selector, strict_priority, actions))
+    }
+}
+
+impl OpenFlowSwitch for PipelineSwitch {
+    fn datapath_id(&self) -> u64 {
+        self.datapath_id
+    }
 
     fn commit_flow_mods(&self, mods: &[FlowMod]) -> Result<(), (usize, OfpError)> {
         let mut s = self.lock().map_err(|e| (0, e))?;
@@ -161,50 +198,12 @@ impl OpenFlowSwitch for PipelineSwitch {
         Ok(())
     }
 
-    fn add_flow_checked(
-        &self,
-        rule: Rule,
-        check_overlap: bool,
-        _send_flow_rem: bool,
-    ) -> Result<(), OfpError> {
-        let mut s = self.lock()?;
-        let id = s.table.add(rule, check_overlap)?;
-        s.added.push((id, Instant::now()));
-        Ok(())
-    }
-
     fn add_flows(&self, rules: Vec<Rule>) -> Result<(), OfpError> {
         let mut s = self.lock()?;
         let ids = s.table.add_all(rules)?;
         let now = Instant::now();
         s.added.extend(ids.into_iter().map(|id| (id, now)));
         Ok(())
-    }
-
-    fn delete_flows(
-        &self,
-        table: Option<u8>,
-        selector: &Match,
-        strict_priority: Option<u16>,
-    ) -> Result<usize, OfpError> {
-        let mut s = self.lock()?;
-        let ids = s.table.delete(table, selector, strict_priority);
-        s.added.retain(|a| !ids.contains(&a.0));
-        s.counters.retain(|c| !ids.contains(&c.0));
-        Ok(ids.len())
-    }
-
-    fn modify_flows(
-        &self,
-        table: Option<u8>,
-        selector: &Match,
-        strict_priority: Option<u16>,
-        actions: &[OfAction],
-    ) -> Result<usize, OfpError> {
-        Ok(self
-            .lock()?
-            .table
-            .modify(table, selector, strict_priority, actions))
     }
 
     fn ports(&self) -> Result<Vec<PortInfo>, OfpError> {
