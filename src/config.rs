@@ -747,6 +747,23 @@ mod tests {
         Config::parse(s, Path::new("test.toml"))
     }
 
+    /// More than one offload thread is run, not warned about; the switch
+    /// gets the count; zero and more than the maximum are refused.
+    #[test]
+    fn offload_threads() {
+        let c = parse("offload_threads = 2\n").expect("2 offload threads");
+        assert_eq!(c.offload_threads, 2);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.switch_config().offload_threads, 2);
+        assert_eq!(
+            parse("").expect("defaults").switch_config().offload_threads,
+            1
+        );
+        assert!(parse("offload_threads = 0\n").is_err());
+        let over = format!("offload_threads = {}\n", MAX_OFFLOAD_THREADS + 1);
+        assert!(parse(&over).is_err());
+    }
+
     #[test]
     fn full_config() {
         let c = parse(
