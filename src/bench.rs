@@ -329,27 +329,62 @@ priority=1,udp,actions=output:2";
 /// The emulated NIC behind an offload worker with one PMD, and `flows`
 /// megaflows (5-tuple masks) installed in a flow cache, ready to offer.
 struct OffloadRig {
-    _nic: testbed::Nic,
+    _nics: Vec<testbed::Nic>,
     worker: OffloadWorker,
     requests: offload::worker::PmdRequests,
     updates: offload::worker::PmdUpdates,
     flows: Vec<(Megaflow, fallback::cache::FlowHandle)>,
 }
 
-fn offload_rig(flows: u32) -> Result<OffloadRig, CliError> {
+/// The issue-13 layout on a machine with at least 2 CPUs: the offload
+/// threads (and the emulated NICs' threads) on CPU 0 with the control side,
+/// the PMD (here the bench thread, which offers and drains) on CPU 1.
+/// Threads inherit the affinity of the thread that spawns them, so the
+/// bench pins itself to CPU 0 while the rig starts, then moves to CPU 1.
+/// Returns the affinity to restore afterwards, or `None` (unpinned).
+fn pin_for_offload_rig() -> Option<rustix::thread::CpuSet> {
+    let before = rustix::thread::sched_getaffinity(None).ok()?;
+    if before.count() < 2 || !before.is_set(0) || !before.is_set(1) {
+        return None;
+    }
+    let mut core0 = rustix::thread::CpuSet::new();
+    core0.set(0);
+    rustix::thread::sched_setaffinity(None, &core0).ok()?;
+    Some(before)
+}
+
+fn pin_bench_thread_to_cpu1() {
+    let mut core1 = rustix::thread::CpuSet::new();
+    core1.set(1);
+    let _ = rustix::thread::sched_setaffinity(None, &core1);
+}
+
+/// `threads` offload threads and as many emulated NIC ports (ports
+/// `1..=threads`: megaflows are sharded by ingress port, so each thread
+/// gets one port's megaflows); flows go round-robin over the ports.
+fn offload_rig(flows: u32, threads: usize) -> Result<OffloadRig, CliError> {
     let fail = |e: String| CliError::Bench(e);
+    let threads = threads.max(1);
     let pool = testbed::PacketPool::new(1024);
-    let nic = testbed::Nic::start(testbed::NicConfig::new("bench0"), pool)
-        .map_err(|e| fail(e.to_string()))?;
     let worker = OffloadWorker::spawn(WorkerConfig {
         queue_capacity: 65_536,
+        threads,
         ..WorkerConfig::default()
     })
     .map_err(|e| fail(e.to_string()))?;
-    let device: Arc<dyn offload::device::FlowDevice> = nic.flow_device().clone();
-    worker
-        .add_port(1, device, nic.port().n_rxq())
+    let mut nics = Vec::new();
+    for port in 1..=threads as u32 {
+        let nic = testbed::Nic::start(
+            testbed::NicConfig::new(format!("bench{port}")),
+            pool.clone(),
+        )
         .map_err(|e| fail(e.to_string()))?;
+        let device: Arc<dyn offload::device::FlowDevice> = nic.flow_device().clone();
+        worker
+            .add_port(port, device, nic.port().n_rxq())
+            .map_err(|e| fail(e.to_string()))?;
+        nics.push(nic);
+    }
     let (requests, updates) = worker
         .add_pmd(PmdId(0))
         .map_err(|e| fail(e.to_string()))?
@@ -370,7 +405,9 @@ fn offload_rig(flows: u32) -> Result<OffloadRig, CliError> {
     mask.set(Field::NwFrag, 3);
     let flows = (0..flows)
         .map(|i| {
-            let mf = Megaflow::new(&key_of(&frame(i)), &mask, vec![DpAction::Output(2)], vec![]);
+            let mut key = key_of(&frame(i));
+            key.set(Field::InPort, u128::from(1 + i % threads as u32));
+            let mf = Megaflow::new(&key, &mask, vec![DpAction::Output(2)], vec![]);
             let h = cache
                 .install(mf.clone())
                 .expect("distinct matches: no ufid collision");
@@ -378,7 +415,7 @@ fn offload_rig(flows: u32) -> Result<OffloadRig, CliError> {
         })
         .collect();
     Ok(OffloadRig {
-        _nic: nic,
+        _nics: nics,
         worker,
         requests,
         updates,
@@ -403,14 +440,37 @@ fn drain_publishes(updates: &offload::worker::PmdUpdates) -> usize {
 /// Completion is watched through the marks published to the PMD, not by
 /// polling the worker's status, whose O(flows) walk would steal the
 /// worker's time.
-fn offload_case(flows: u32) -> Result<serde_json::Value, CliError> {
+fn offload_case(flows: u32, threads: usize) -> Result<serde_json::Value, CliError> {
+    let restore = pin_for_offload_rig();
+    let rig = offload_rig(flows, threads);
+    if restore.is_some() {
+        pin_bench_thread_to_cpu1();
+    }
+    let result = rig.and_then(|rig| offload_run(&rig, flows, threads));
+    if let Some(set) = restore {
+        let _ = rustix::thread::sched_setaffinity(None, &set);
+    }
+    let mut case = result?;
+    case["layout"] = json!(if restore.is_some() {
+        "bench (PMD) on cpu 1; offload and NIC threads on cpu 0"
+    } else {
+        "unpinned"
+    });
+    Ok(case)
+}
+
+fn offload_run(
+    rig: &OffloadRig,
+    flows: u32,
+    threads: usize,
+) -> Result<serde_json::Value, CliError> {
     let fail = |e: String| CliError::Bench(e);
-    let rig = offload_rig(flows)?;
     let mut published = 0usize;
     let start = Instant::now();
     for (mf, h) in &rig.flows {
+        let port = mf.r#match.value.get(Field::InPort) as u32;
         loop {
-            match rig.requests.put(1, mf, *h) {
+            match rig.requests.put(port, mf, *h) {
                 Offer::Queued => break,
                 Offer::QueueFull => {
                     published += drain_publishes(&rig.updates);
@@ -444,6 +504,7 @@ fn offload_case(flows: u32) -> Result<serde_json::Value, CliError> {
     Ok(json!({
         "path": "offload-insert",
         "flows": flows,
+        "offload_threads": threads,
         "subtables": 1,
         "offloaded": status.states.offloaded,
         "inserts_per_s": status.states.offloaded as f64 / elapsed,
@@ -457,7 +518,7 @@ fn offload_case(flows: u32) -> Result<serde_json::Value, CliError> {
 /// practice: each put waits until the previous megaflow's mark is published.
 fn offload_latency_case(flows: u32) -> Result<serde_json::Value, CliError> {
     let fail = |e: String| CliError::Bench(e);
-    let rig = offload_rig(flows)?;
+    let rig = offload_rig(flows, 1)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     for (mf, h) in &rig.flows {
         if rig.requests.put(1, mf, *h) != Offer::Queued {
@@ -574,8 +635,9 @@ fn print(case: &serde_json::Value, json: bool) {
     let path = case["path"].as_str().unwrap_or("?");
     match path {
         "offload-insert" => println!(
-            "{path:<15} flows={:<7} {:>10.0} inserts/s   (all queued at once: latency avg {:.0} us  p99 {} us)",
+            "{path:<15} flows={:<7} threads={} {:>10.0} inserts/s   (all queued at once: latency avg {:.0} us  p99 {} us)",
             case["flows"],
+            case["offload_threads"],
             f("inserts_per_s"),
             f("latency_us_avg_burst"),
             case["latency_us_p99_burst"]
@@ -631,7 +693,12 @@ pub fn run(quick: bool, json: bool) -> Result<(), CliError> {
         print(&upcall_case(if quick { 20_000 } else { 100_000 }), json);
     }
     if selected("offload-insert") {
-        print(&offload_case(if quick { 20_000 } else { 100_000 })?, json);
+        for threads in [1, 2] {
+            print(
+                &offload_case(if quick { 20_000 } else { 100_000 }, threads)?,
+                json,
+            );
+        }
     }
     if selected("offload-latency") {
         print(

@@ -50,6 +50,9 @@ pub const DEFAULT_MAC_AGING_S: u64 = 300;
 
 /// The most rx queues a port may ask for.
 pub const MAX_RXQS: u16 = 64;
+/// Offload worker threads at most (shards by ingress port; see
+/// `offload::worker::shard_of`).
+pub const MAX_OFFLOAD_THREADS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -411,7 +414,7 @@ impl Config {
             at(span, &key, message)
         })?;
 
-        let mut warnings = Vec::new();
+        let warnings = Vec::new();
         let offload_threads = match raw.offload_threads {
             Some(n) if *n.get_ref() == 0 => {
                 return Err(at(
@@ -420,15 +423,19 @@ impl Config {
                     "give at least 1 offload thread".into(),
                 ))
             }
-            Some(n) => {
-                if *n.get_ref() > 1 {
-                    warnings.push(format!(
-                        "offload_threads = {}: this build runs one offload worker thread",
+            Some(n) if *n.get_ref() > MAX_OFFLOAD_THREADS => {
+                return Err(at(
+                    n.span(),
+                    "offload_threads",
+                    format!(
+                        "{} offload threads is more than the {MAX_OFFLOAD_THREADS} this build \
+                         runs (megaflows are sharded by ingress port: more threads than NIC \
+                         ports only idle)",
                         n.get_ref()
-                    ));
-                }
-                *n.get_ref()
+                    ),
+                ))
             }
+            Some(n) => *n.get_ref(),
             None => 1,
         };
         if let Some(m) = &raw.max_marks {
@@ -660,6 +667,7 @@ impl Config {
     pub fn switch_config(&self) -> crate::switch::SwitchConfig {
         let mut c = crate::switch::SwitchConfig {
             offload: self.offload,
+            offload_threads: self.offload_threads,
             max_idle_ms: self.max_idle_ms,
             mac_aging_ms: self.mac_aging_s * 1000,
             ..crate::switch::SwitchConfig::default()
@@ -737,6 +745,23 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("test.toml"))
+    }
+
+    /// More than one offload thread is run, not warned about; the switch
+    /// gets the count; zero and more than the maximum are refused.
+    #[test]
+    fn offload_threads() {
+        let c = parse("offload_threads = 2\n").expect("2 offload threads");
+        assert_eq!(c.offload_threads, 2);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.switch_config().offload_threads, 2);
+        assert_eq!(
+            parse("").expect("defaults").switch_config().offload_threads,
+            1
+        );
+        assert!(parse("offload_threads = 0\n").is_err());
+        let over = format!("offload_threads = {}\n", MAX_OFFLOAD_THREADS + 1);
+        assert!(parse(&over).is_err());
     }
 
     #[test]

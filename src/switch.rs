@@ -106,6 +106,8 @@ pub struct SwitchConfig {
     pub upcall_budget: usize,
     pub emc_insert_inv_prob: u32,
     pub offload_queue: usize,
+    /// Offload worker threads (megaflows sharded by ingress port).
+    pub offload_threads: usize,
 }
 
 impl Default for SwitchConfig {
@@ -119,6 +121,7 @@ impl Default for SwitchConfig {
             upcall_budget: crate::datapath::DEFAULT_UPCALL_BUDGET,
             emc_insert_inv_prob: fallback::emc::DEFAULT_INSERT_INV_PROB,
             offload_queue: 65_536,
+            offload_threads: 1,
         }
     }
 }
@@ -204,6 +207,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         let worker = if config.offload {
             let mut wc = WorkerConfig {
                 queue_capacity: config.offload_queue,
+                threads: config.offload_threads,
                 ..WorkerConfig::default()
             };
             wc.engine = EngineConfig {

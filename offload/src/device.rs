@@ -363,6 +363,13 @@ pub trait FlowDevice: Send + Sync {
     /// Installs the rule. `NoSpace` when the table is full.
     fn create(&self, rule: &Rule) -> Result<RuleHandle, FlowError>;
 
+    /// [`FlowDevice::create`] for a rule the caller no longer needs: a
+    /// device that keeps the rule takes it as it is instead of copying it
+    /// (the offload worker's insertion path builds each rule once).
+    fn create_owned(&self, rule: Rule) -> Result<RuleHandle, FlowError> {
+        self.create(&rule)
+    }
+
     /// Removes one rule. An unknown handle is `Invalid`.
     fn destroy(&self, handle: RuleHandle) -> Result<(), FlowError>;
 

@@ -104,6 +104,11 @@ pub enum MarkError {
     Exhausted { max: u32 },
     #[error("max marks {max} is out of range: use 1..={}", Capabilities::MAX_MARK)]
     BadMax { max: u32 },
+    #[error(
+        "mark shard {shard} of {shards} does not exist for {max} marks: use fewer offload \
+         threads than marks, and a shard below the thread count"
+    )]
+    BadShard { shard: u32, shards: u32, max: u32 },
     #[error("{mark:?} is not in use and cannot be released; this is a flowmark bug, report it")]
     NotInUse { mark: Mark },
 }
@@ -129,25 +134,48 @@ struct Quarantined {
 /// Never-used ids are handed out lazily (`next_fresh`), so the per-mark
 /// status vector and every PMD's [`MarkTable`] only grow as far as the
 /// highest id actually used. Freed ids are reused first, oldest first.
+///
+/// With offload shards ([`MarkPool::sharded`]) the ids are dealt out
+/// round-robin: shard `s` of `n` owns `s + 1`, `s + 1 + n`, ... so that no
+/// two shards can ever hand out the same mark, and every PMD's table still
+/// grows only as far as the marks in use.
 #[derive(Debug)]
 pub struct MarkPool {
     max: u32,
+    /// This pool's ids are `shard + 1 + k * shards` up to `max`.
+    shard: u32,
+    shards: u32,
+    /// How many ids this pool owns.
+    capacity: u32,
+    /// The next never-used id, as an index `1..=capacity` into this pool's ids.
     next_fresh: u32,
     free: VecDeque<Mark>,
     /// In release order, so epochs and times are non-decreasing.
     quarantine: VecDeque<Quarantined>,
-    /// Indexed by id; ids at or above `next_fresh` are implicitly free.
+    /// Indexed by the pool's own index; indexes at or above `next_fresh`
+    /// are implicitly free.
     status: Vec<MarkStatus>,
     in_use: usize,
 }
 
 impl MarkPool {
     pub fn new(max: u32) -> Result<MarkPool, MarkError> {
+        MarkPool::sharded(max, 0, 1)
+    }
+
+    /// Shard `shard` of `shards` of the ids `1..=max`.
+    pub fn sharded(max: u32, shard: u32, shards: u32) -> Result<MarkPool, MarkError> {
         if max == 0 || max > Capabilities::MAX_MARK {
             return Err(MarkError::BadMax { max });
         }
+        if shards == 0 || shard >= shards || shard >= max {
+            return Err(MarkError::BadShard { shard, shards, max });
+        }
         Ok(MarkPool {
             max,
+            shard,
+            shards,
+            capacity: (max - shard - 1) / shards + 1,
             next_fresh: 1,
             free: VecDeque::new(),
             quarantine: VecDeque::new(),
@@ -156,8 +184,20 @@ impl MarkPool {
         })
     }
 
+    /// The highest mark id of the whole range (every shard's).
     pub fn max(&self) -> u32 {
         self.max
+    }
+
+    /// How many ids this pool owns (`max` unsharded).
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// The pool index of an id this pool owns.
+    fn index(&self, mark: Mark) -> Option<usize> {
+        let k = mark.get() - 1;
+        (k % self.shards == self.shard).then(|| (k / self.shards) as usize + 1)
     }
 
     pub fn in_use(&self) -> usize {
@@ -169,8 +209,8 @@ impl MarkPool {
     }
 
     pub fn status(&self, mark: Mark) -> MarkStatus {
-        self.status
-            .get(mark.get() as usize)
+        self.index(mark)
+            .and_then(|i| self.status.get(i))
             .copied()
             .unwrap_or(MarkStatus::Free)
     }
@@ -179,13 +219,14 @@ impl MarkPool {
     pub fn alloc(&mut self) -> Result<Mark, MarkError> {
         let mark = match self.free.pop_front() {
             Some(m) => m,
-            None if self.next_fresh <= self.max => {
-                let m = Mark::new(self.next_fresh).ok_or(MarkError::Exhausted { max: self.max })?;
+            None if self.next_fresh <= self.capacity => {
+                let id = (self.next_fresh - 1) * self.shards + self.shard + 1;
+                let m = Mark::new(id).ok_or(MarkError::Exhausted { max: self.capacity })?;
                 self.next_fresh += 1;
                 self.status.push(MarkStatus::Free);
                 m
             }
-            None => return Err(MarkError::Exhausted { max: self.max }),
+            None => return Err(MarkError::Exhausted { max: self.capacity }),
         };
         self.set_status(mark, MarkStatus::InUse);
         self.in_use += 1;
@@ -245,7 +286,7 @@ impl MarkPool {
     }
 
     fn set_status(&mut self, mark: Mark, status: MarkStatus) {
-        if let Some(s) = self.status.get_mut(mark.get() as usize) {
+        if let Some(s) = self.index(mark).and_then(|i| self.status.get_mut(i)) {
             *s = status;
         }
     }
@@ -266,8 +307,19 @@ pub struct MarkRegistry {
 
 impl MarkRegistry {
     pub fn new(max_marks: u32, min_quarantine: Duration) -> Result<MarkRegistry, MarkError> {
+        MarkRegistry::sharded(max_marks, min_quarantine, 0, 1)
+    }
+
+    /// The registry of offload shard `shard` of `shards`: its marks are
+    /// that shard's of `1..=max_marks` ([`MarkPool::sharded`]).
+    pub fn sharded(
+        max_marks: u32,
+        min_quarantine: Duration,
+        shard: u32,
+        shards: u32,
+    ) -> Result<MarkRegistry, MarkError> {
         Ok(MarkRegistry {
-            pool: MarkPool::new(max_marks)?,
+            pool: MarkPool::sharded(max_marks, shard, shards)?,
             by_key: HashMap::new(),
             by_mark: HashMap::new(),
             epoch: Epoch(0),
@@ -547,6 +599,8 @@ mod tests {
         assert_eq!(p.alloc(), Err(MarkError::Exhausted { max: 3 }));
         assert_eq!(p.in_use(), 3);
         assert!(MarkPool::new(0).is_err());
+        assert!(MarkPool::sharded(4, 2, 2).is_err());
+        assert!(MarkPool::sharded(1, 1, 2).is_err());
         assert!(MarkPool::new(Capabilities::MAX_MARK + 1).is_err());
     }
 
@@ -664,5 +718,29 @@ mod tests {
         assert_eq!(t.lookup(5), None);
         assert!(t.is_empty());
         assert_eq!(t.unpublish(Mark::new(1000).unwrap()), None);
+    }
+
+    /// Two shards of 1..=5: disjoint ids, each pool exhausts on its own
+    /// share, and an id of the other shard is never "in use" here.
+    #[test]
+    fn sharded_pools_deal_disjoint_ids() {
+        let mut a = MarkPool::sharded(5, 0, 2).unwrap();
+        let mut b = MarkPool::sharded(5, 1, 2).unwrap();
+        assert_eq!((a.capacity(), b.capacity()), (3, 2));
+        let ids = |p: &mut MarkPool| {
+            let mut v = Vec::new();
+            while let Ok(m) = p.alloc() {
+                v.push(m.get());
+            }
+            v
+        };
+        assert_eq!(ids(&mut a), vec![1, 3, 5]);
+        assert_eq!(ids(&mut b), vec![2, 4]);
+        let two = Mark::new(2).unwrap();
+        assert_eq!(a.status(two), MarkStatus::Free);
+        assert!(a.release_now(two).is_err());
+        assert_eq!(b.status(two), MarkStatus::InUse);
+        b.release_now(two).unwrap();
+        assert_eq!(b.alloc().map(Mark::get), Ok(2));
     }
 }

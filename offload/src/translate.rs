@@ -299,7 +299,9 @@ pub fn translate(
         }
     }
 
-    let mut pattern = vec![Item::Eth(eth)];
+    // ETH, VLAN, IP, L4 at most: one allocation.
+    let mut pattern = Vec::with_capacity(4);
+    pattern.push(Item::Eth(eth));
     if let Some(v) = vlan_item {
         pattern.push(Item::Vlan(v));
     }
@@ -311,15 +313,17 @@ pub fn translate(
     }
 
     // Anything still masked has no item.
-    if let Some(f) = Field::ALL.into_iter().find(|f| fields.left.get(*f) != 0) {
+    if fields.left == fallback::FlowKey::ZERO {
+        // Everything expressed (the common case: no per-field walk).
+    } else if let Some(f) = Field::ALL.into_iter().find(|f| fields.left.get(*f) != 0) {
         return Err(Rejected::field(f, "no rte_flow item expresses this field"));
     }
 
-    let rule = Rule {
+    let mut rule = Rule {
         attr: Attr::INGRESS,
         pattern,
         actions: vec![
-            Action::Mark { id: mark },
+            Action::Mark { id: mark.max(1) },
             Action::Rss {
                 queues: (0..n_rxq).collect(),
                 types: vec![],
@@ -327,11 +331,12 @@ pub fn translate(
         ],
     };
     // A translator bug must not reach a NIC: the rule fits the profile.
-    // (The placeholder mark 0 is checked with a valid id.)
-    let mut probe = rule.clone();
-    probe.set_mark(1);
-    if let Err(e) = caps.check(&probe) {
+    // (A placeholder mark 0 is checked with a valid id, then put back.)
+    if let Err(e) = caps.check(&rule) {
         return Err(Rejected::other(e.to_string()));
+    }
+    if mark == 0 {
+        rule.set_mark(0);
     }
     Ok(Translation { port, rule, exact })
 }

@@ -17,6 +17,15 @@
 //!   passed a quiescent point;
 //! - every Rejected/Failed megaflow has a reason;
 //! - after a port's removal none of its rules or marks remain.
+//!
+//! The same runs also go through a deterministic model of 2 offload
+//! threads: two engines, each shard of the marks
+//! (`EngineConfig::shard`/`shards`), requests routed by `shard_of(port)`,
+//! each `Process` working one shard (the shards progress independently),
+//! every PMD reporting its quiescence to each shard, and one update inbox
+//! per PMD shared by both (one channel, as with the real threads). On top
+//! of the checks above (per shard), across shards: no mark is held by both,
+//! each shard holds only its own ports' megaflows.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,7 +39,9 @@ use fallback::ofproto::Match;
 use offload::device::{Capabilities, Counters, FlowDevice, FlowError, Profile, RuleHandle};
 use offload::marks::{Mark, MarkStatus, MarkTable, OffloadKey, PmdId, PmdUpdate, PortId};
 use offload::rte::{Action, Rule};
-use offload::worker::{EngineConfig, OffloadEngine, OffloadRequest, OffloadState, PutRequest};
+use offload::worker::{
+    shard_of, EngineConfig, OffloadEngine, OffloadRequest, OffloadState, PutRequest,
+};
 use proptest::prelude::*;
 
 const N_PMDS: usize = 3;
@@ -357,7 +368,8 @@ struct Pmd {
 }
 
 struct World {
-    engine: OffloadEngine,
+    /// One engine per offload shard.
+    engines: Vec<OffloadEngine>,
     now: Instant,
     seed: u64,
     pmds: Vec<Pmd>,
@@ -372,18 +384,26 @@ struct World {
 }
 
 impl World {
-    fn new(seed: u64) -> World {
-        let config = EngineConfig {
-            max_marks: MAX_MARKS,
-            min_quarantine: Duration::from_millis(2),
-            latency_window: 64,
-        };
-        let mut engine = OffloadEngine::new(config).expect("valid engine config");
+    fn new(seed: u64, shards: u32) -> World {
+        let mut engines: Vec<OffloadEngine> = (0..shards)
+            .map(|shard| {
+                let config = EngineConfig {
+                    max_marks: MAX_MARKS,
+                    min_quarantine: Duration::from_millis(2),
+                    latency_window: 64,
+                    shard,
+                    shards,
+                };
+                OffloadEngine::new(config).expect("valid engine config")
+            })
+            .collect();
         let now = Instant::now();
         let mut pmds = Vec::new();
         for i in 0..N_PMDS {
             let id = PmdId(i as u32);
-            engine.add_pmd(id);
+            for engine in &mut engines {
+                engine.add_pmd(id);
+            }
             pmds.push(Pmd {
                 id,
                 alive: true,
@@ -393,7 +413,7 @@ impl World {
             });
         }
         let mut w = World {
-            engine,
+            engines,
             now,
             seed,
             pmds,
@@ -415,8 +435,10 @@ impl World {
             .wrapping_add(port.into());
         let dev = RandomDevice::new(self.seed, 8);
         let shared: Arc<dyn FlowDevice> = dev.clone();
-        self.engine
-            .add_port(port, shared, 2, self.now, &mut self.out)
+        let now = self.now;
+        let (engine, out) = self.shard(port);
+        engine
+            .add_port(port, shared, 2, now, out)
             .expect("device marks cover the pool");
         self.devices.insert(port, dev);
     }
@@ -441,6 +463,24 @@ impl World {
         }
     }
 
+    /// The engine (shard) that owns `port`, and the PMDs' outbox.
+    fn shard(&mut self, port: PortId) -> (&mut OffloadEngine, &mut Vec<(PmdId, PmdUpdate)>) {
+        let i = shard_of(port, self.engines.len());
+        (&mut self.engines[i], &mut self.out)
+    }
+
+    /// Routes a PMD's request to its port's shard.
+    fn handle(&mut self, req: OffloadRequest) {
+        let now = self.now;
+        let (engine, out) = self.shard(req.port());
+        engine.handle(req, now, out);
+    }
+
+    /// Every shard's megaflows.
+    fn flows(&self) -> impl Iterator<Item = (OffloadKey, &OffloadState)> + '_ {
+        self.engines.iter().flat_map(|e| e.flows())
+    }
+
     fn ufid(flow: usize) -> Ufid {
         Ufid::of(&flow_match(port_of(flow), flow % FLOWS_PER_PORT))
     }
@@ -451,8 +491,7 @@ impl World {
             Op::Put { pmd, flow } => {
                 if self.pmds[pmd].alive {
                     let put = self.install(pmd, flow);
-                    self.engine
-                        .handle(OffloadRequest::Put(put), now, &mut self.out);
+                    self.handle(OffloadRequest::Put(put));
                 }
             }
             Op::ModifyActions { pmd, flow } => {
@@ -470,7 +509,7 @@ impl World {
                         old: ufid,
                         new: put,
                     };
-                    self.engine.handle(req, now, &mut self.out);
+                    self.handle(req);
                 }
             }
             Op::ModifyMatch { pmd, flow, to } => {
@@ -481,7 +520,7 @@ impl World {
                     let to_flow = flow - flow % FLOWS_PER_PORT + to;
                     let put = self.install(pmd, to_flow);
                     let req = OffloadRequest::Modify { old, new: put };
-                    self.engine.handle(req, now, &mut self.out);
+                    self.handle(req);
                 }
             }
             Op::Delete { pmd, flow } => {
@@ -496,28 +535,34 @@ impl World {
                         port: port_of(flow),
                         ufid,
                     };
-                    self.engine.handle(req, now, &mut self.out);
+                    self.handle(req);
                 }
             }
             Op::Process { budget } => {
-                self.engine.process(now, budget, &mut self.out);
+                // One shard works at a time (threads progress independently).
+                let i = budget % self.engines.len();
+                self.engines[i].process(now, budget, &mut self.out);
             }
             Op::Quiesce { pmd } => {
                 self.route();
-                let epoch = self.engine.epoch();
+                // Every shard's epoch read before the inbox is drained.
+                let epochs: Vec<_> = self.engines.iter().map(|e| e.epoch()).collect();
                 let p = &mut self.pmds[pmd];
                 if p.alive {
                     for u in p.inbox.drain(..) {
                         p.table.apply(u);
                     }
-                    self.engine.pmd_quiescent(p.id, epoch);
+                    for (engine, epoch) in self.engines.iter_mut().zip(epochs) {
+                        engine.pmd_quiescent(p.id, epoch);
+                    }
                     for waiting in self.must_pass.values_mut() {
                         waiting.remove(&p.id);
                     }
                 }
             }
             Op::RemovePort { port } => {
-                self.engine.remove_port(port, now, &mut self.out);
+                let (engine, out) = self.shard(port);
+                engine.remove_port(port, now, out);
                 if let Some(dev) = self.devices.remove(&port) {
                     assert!(
                         dev.rules().is_empty(),
@@ -525,13 +570,15 @@ impl World {
                         dev.rules()
                     );
                 }
-                for (key, state) in self.engine.flows() {
+                for (key, state) in self.flows() {
                     if key.port == port {
                         assert_eq!(state, &OffloadState::Software, "{key:?} after port removal");
                     }
                 }
                 assert!(
-                    self.engine.marks().iter().all(|(k, _)| k.port != port),
+                    self.engines
+                        .iter()
+                        .all(|e| e.marks().iter().all(|(k, _)| k.port != port)),
                     "port {port} removed but it still holds marks"
                 );
             }
@@ -543,7 +590,8 @@ impl World {
             Op::Reset { port } => {
                 if let Some(dev) = self.devices.get(&port) {
                     dev.st().rules.clear();
-                    self.engine.device_reset(port, now, &mut self.out);
+                    let (engine, out) = self.shard(port);
+                    engine.device_reset(port, now, out);
                 }
             }
             Op::FailNextCreate { port, kind } => {
@@ -565,7 +613,9 @@ impl World {
                     p.table = MarkTable::new();
                     p.inbox.clear();
                     let id = p.id;
-                    self.engine.remove_pmd(id, now, &mut self.out);
+                    for engine in &mut self.engines {
+                        engine.remove_pmd(id, now, &mut self.out);
+                    }
                     for waiting in self.must_pass.values_mut() {
                         waiting.remove(&id);
                     }
@@ -575,7 +625,9 @@ impl World {
                 let p = &mut self.pmds[pmd];
                 if !p.alive {
                     p.alive = true;
-                    self.engine.add_pmd(p.id);
+                    for engine in &mut self.engines {
+                        engine.add_pmd(p.id);
+                    }
                 }
             }
             Op::Tick { ms } => self.now += Duration::from_millis(ms),
@@ -593,12 +645,26 @@ impl World {
     }
 
     fn check(&mut self) {
-        let engine = &self.engine;
-        let registry = engine.marks();
         let live: BTreeSet<PmdId> = self.pmds.iter().filter(|p| p.alive).map(|p| p.id).collect();
 
+        // Across shards: no mark held by two shards (nor by two keys).
+        let mut owners: HashMap<Mark, OffloadKey> = HashMap::new();
+        for (shard, engine) in self.engines.iter().enumerate() {
+            for (k, m) in engine.marks().iter() {
+                if let Some(other) = owners.insert(m, k) {
+                    panic!("{m:?} held by {other:?} and by {k:?} (shard {shard})");
+                }
+            }
+            for (key, _) in engine.flows() {
+                assert_eq!(
+                    shard_of(key.port, self.engines.len()),
+                    shard,
+                    "{key:?} in the wrong shard"
+                );
+            }
+        }
+
         // Marks handed out (again) only after their quarantine.
-        let owners: HashMap<Mark, OffloadKey> = registry.iter().map(|(k, m)| (m, k)).collect();
         for (mark, key) in &self.owners {
             if owners.get(mark) != Some(key) {
                 self.must_pass.insert(*mark, live.clone());
@@ -622,6 +688,22 @@ impl World {
         }
         self.owners = owners;
 
+        for shard in 0..self.engines.len() {
+            self.check_shard(shard);
+        }
+        self.check_pmds();
+    }
+
+    /// The engine of the shard that owns `mark` (shards deal marks
+    /// round-robin).
+    fn mark_shard(&self, mark: Mark) -> &OffloadEngine {
+        &self.engines[(mark.get() as usize - 1) % self.engines.len()]
+    }
+
+    /// One shard's invariants: its registry, its states, its devices.
+    fn check_shard(&self, shard: usize) {
+        let engine = &self.engines[shard];
+        let registry = engine.marks();
         // Marks in use == pairs with a rule on the NIC; both maps agree.
         let mut holding = 0;
         for (key, state) in engine.flows() {
@@ -657,6 +739,9 @@ impl World {
 
         // The devices hold exactly the rules the engine knows, with their marks.
         for (port, dev) in &self.devices {
+            if shard_of(*port, self.engines.len()) != shard {
+                continue;
+            }
             let expected: BTreeMap<u64, u32> = engine
                 .flows()
                 .filter(|(k, _)| k.port == *port)
@@ -664,14 +749,17 @@ impl World {
                 .collect();
             assert_eq!(dev.rules(), expected, "rules on port {port}");
         }
+    }
 
+    /// The PMDs' copies and MarkTables against every shard.
+    fn check_pmds(&self) {
         // Sharers == the PMDs' installed copies.
         let mut copies = 0;
         for p in self.pmds.iter().filter(|p| p.alive) {
             for (h, mf) in p.cache.iter() {
                 copies += 1;
                 let port = mf.r#match.value.get(Field::InPort) as PortId;
-                let refs = engine.sharers(port, mf.ufid);
+                let refs = self.engines[shard_of(port, self.engines.len())].sharers(port, mf.ufid);
                 assert_eq!(
                     refs.and_then(|r| r.get(p.id)),
                     Some(h),
@@ -682,8 +770,8 @@ impl World {
             }
         }
         let mut refs_total = 0;
-        for (key, state) in engine.flows() {
-            let refs = engine
+        for (key, state) in self.flows() {
+            let refs = self.engines[shard_of(key.port, self.engines.len())]
                 .sharers(key.port, key.ufid)
                 .map(|r| r.len())
                 .unwrap_or(0);
@@ -702,6 +790,7 @@ impl World {
         // quarantined mark.
         for p in self.pmds.iter().filter(|p| p.alive) {
             for (mark, h) in p.table.iter() {
+                let registry = self.mark_shard(mark).marks();
                 let status = registry.pool().status(mark);
                 assert_ne!(status, MarkStatus::Free, "{} maps free {mark:?}", p.id);
                 if let (Some(owner), Some(mf)) = (registry.owner(mark), p.cache.get(h)) {
@@ -717,8 +806,8 @@ impl World {
     }
 }
 
-fn run(seed: u64, ops: &[Op]) {
-    let mut w = World::new(seed);
+fn run(seed: u64, ops: &[Op], shards: u32) {
+    let mut w = World::new(seed, shards);
     w.check();
     for (i, op) in ops.iter().enumerate() {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -726,7 +815,9 @@ fn run(seed: u64, ops: &[Op]) {
             w.check();
         }));
         if let Err(e) = r {
-            eprintln!("seed {seed:#x}: invariant broken at operation {i}: {op:?}");
+            eprintln!(
+                "seed {seed:#x}, {shards} shard(s): invariant broken at operation {i}: {op:?}"
+            );
             std::panic::resume_unwind(e);
         }
     }
@@ -743,8 +834,9 @@ proptest! {
     fn invariants_hold_after_every_operation(
         seed in any::<u64>(),
         ops in prop::collection::vec(op(), 1..300),
+        shards in 1u32..=2,
     ) {
-        run(seed, &ops);
+        run(seed, &ops, shards);
     }
 }
 
@@ -754,7 +846,8 @@ proptest! {
     /// 10,000 operations per case from a seeded generator.
     #[test]
     fn invariants_hold_over_ten_thousand_operations(seed in any::<u64>()) {
-        run(seed, &seeded_ops(seed, 10_000));
+        run(seed, &seeded_ops(seed, 10_000), 1);
+        run(seed, &seeded_ops(seed, 10_000), 2);
     }
 }
 
@@ -762,8 +855,19 @@ proptest! {
 /// checks that the run exercised every state and the mark reuse path.
 #[test]
 fn fixed_seed_long_run_reaches_every_state() {
+    long_run_reaches_every_state(1);
+}
+
+/// The same with the 2-shard model: both shards reach every state and
+/// every mark of both shares is used and reused.
+#[test]
+fn fixed_seed_long_run_reaches_every_state_with_two_shards() {
+    long_run_reaches_every_state(2);
+}
+
+fn long_run_reaches_every_state(shards: u32) {
     let seed = 0x5eed_f10a_d000_0001;
-    let mut w = World::new(seed);
+    let mut w = World::new(seed, shards);
     let mut seen = BTreeSet::new();
     let mut ever: BTreeSet<Mark> = BTreeSet::new();
     let mut reused = 0;
@@ -776,7 +880,7 @@ fn fixed_seed_long_run_reaches_every_state() {
                 reused += 1;
             }
         }
-        for (_, s) in w.engine.flows() {
+        for (_, s) in w.flows() {
             seen.insert(s.name());
         }
     }
@@ -793,5 +897,7 @@ fn fixed_seed_long_run_reaches_every_state() {
     assert_eq!(seen, expected);
     assert_eq!(ever.len(), MAX_MARKS as usize, "every mark was used");
     assert!(reused > 100, "marks were reused only {reused} times");
-    assert!(w.engine.counters().retries > 0);
+    for (i, e) in w.engines.iter().enumerate() {
+        assert!(e.counters().retries > 0, "shard {i} never retried");
+    }
 }

@@ -115,6 +115,7 @@ fn config(queue_capacity: usize) -> WorkerConfig {
         queue_capacity,
         batch: 16,
         mark_wait_poll: Duration::from_millis(5),
+        threads: 1,
     }
 }
 
@@ -324,4 +325,58 @@ fn a_stopped_worker_says_so() {
         "nothing kept for a worker that is gone"
     );
     assert_eq!(pmd.quiesce(), 0);
+}
+
+/// Two offload threads, two ports (one per shard): every megaflow of both
+/// gets its rule on its own port's device and a mark no other megaflow
+/// holds; the status adds up both shards; removing one port leaves the
+/// other's offloads alone.
+#[test]
+fn two_offload_threads_share_nothing_but_the_pmds() {
+    let worker = OffloadWorker::spawn(WorkerConfig {
+        threads: 2,
+        ..config(1024)
+    })
+    .expect("spawn");
+    assert_eq!(worker.threads(), 2);
+    let devs = [
+        SlowDevice::new(Duration::ZERO),
+        SlowDevice::new(Duration::ZERO),
+    ];
+    worker.add_port(1, devs[0].clone(), 2).expect("add port 1");
+    worker.add_port(2, devs[1].clone(), 2).expect("add port 2");
+    let mut pmd = worker.add_pmd(PmdId(0)).expect("add pmd");
+    let mut cache = FlowCache::new(1);
+    let per_port = 50;
+    for port in [1, 2] {
+        for i in 0..per_port {
+            let mf = megaflow(port, i);
+            let h = cache.install(mf.clone()).expect("no ufid collision");
+            assert_eq!(pmd.offer_put(port, &mf, h), Offer::Queued);
+        }
+    }
+    let all = 2 * per_port as usize;
+    let status = poll_until(&worker, &mut pmd, |s, p| {
+        s.states.offloaded == all && p.marks().len() == all
+    });
+    assert_eq!(status.ports.len(), 2);
+    assert_eq!(status.marks_in_use, all);
+    assert_eq!(devs[0].rules().len(), per_port as usize);
+    assert_eq!(devs[1].rules().len(), per_port as usize);
+    let dump = worker.dump().expect("dump");
+    let marks: std::collections::BTreeSet<u32> = dump.iter().filter_map(|i| i.mark).collect();
+    assert_eq!(marks.len(), all, "a mark held twice: {dump:?}");
+    for i in &dump {
+        let m = i.mark.expect("offloaded");
+        // Port p's shard is p % 2; shard s deals marks s + 1, s + 3, ...
+        assert_eq!((m - 1) % 2, i.port % 2, "{i:?} has another shard's mark");
+    }
+
+    worker.remove_port(1).expect("remove port 1");
+    let status = poll_until(&worker, &mut pmd, |s, p| {
+        s.states.offloaded == per_port as usize && p.marks().len() == per_port as usize
+    });
+    assert!(devs[0].rules().is_empty());
+    assert_eq!(devs[1].rules().len(), per_port as usize);
+    assert_eq!(status.states.software, per_port as usize);
 }

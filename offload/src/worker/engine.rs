@@ -14,6 +14,7 @@ use serde::{Serialize, Serializer};
 
 use crate::device::{FlowDevice, FlowError, RuleHandle};
 use crate::marks::{Mark, MarkRegistry, OffloadKey, PmdRefs};
+use crate::rte::Rule;
 use crate::translate::translate;
 
 /// Engine settings.
@@ -26,6 +27,10 @@ pub struct EngineConfig {
     pub min_quarantine: Duration,
     /// Insert latencies kept per port for the p99.
     pub latency_window: usize,
+    /// This engine is offload shard `shard` of `shards` ([`shard_of`]):
+    /// it owns the ports that shard to it and that shard's marks.
+    pub shard: u32,
+    pub shards: u32,
 }
 
 impl Default for EngineConfig {
@@ -34,6 +39,8 @@ impl Default for EngineConfig {
             max_marks: crate::device::Capabilities::MAX_MARK,
             min_quarantine: Duration::from_millis(100),
             latency_window: 4096,
+            shard: 0,
+            shards: 1,
         }
     }
 }
@@ -176,6 +183,9 @@ struct FlowEntry {
     enqueued: Instant,
     /// In the pending queue (avoids duplicates there).
     queued: bool,
+    /// Published and waiting for its rule in the batch under way (a key
+    /// queued twice must not be prepared twice).
+    staged: bool,
 }
 
 /// Counters not tied to a port.
@@ -268,6 +278,56 @@ pub struct OffloadStatus {
     pub counters: EngineCounters,
 }
 
+impl EngineCounters {
+    /// Adds another shard's counters.
+    pub fn merge(&mut self, o: EngineCounters) {
+        let EngineCounters {
+            unknown_pmd,
+            ufid_collisions,
+            unknown_deletes,
+            modified_in_place,
+            retries,
+        } = o;
+        self.unknown_pmd += unknown_pmd;
+        self.ufid_collisions += ufid_collisions;
+        self.unknown_deletes += unknown_deletes;
+        self.modified_in_place += modified_in_place;
+        self.retries += retries;
+    }
+}
+
+impl StateCounts {
+    /// Adds another shard's counts.
+    pub fn merge(&mut self, o: StateCounts) {
+        self.software += o.software;
+        self.pending += o.pending;
+        self.offloaded += o.offloaded;
+        self.rejected += o.rejected;
+        self.failed += o.failed;
+        self.removing += o.removing;
+    }
+}
+
+impl OffloadStatus {
+    /// Adds another shard's status (its ports are its own: shards own
+    /// disjoint ports).
+    pub fn merge(&mut self, o: OffloadStatus) {
+        self.ports.extend(o.ports);
+        self.states.merge(o.states);
+        for (k, n) in o.rejected {
+            *self.rejected.entry(k).or_insert(0) += n;
+        }
+        for (k, n) in o.failed {
+            *self.failed.entry(k).or_insert(0) += n;
+        }
+        self.marks_in_use += o.marks_in_use;
+        self.marks_quarantined += o.marks_quarantined;
+        self.offload_queue_full = self.offload_queue_full.max(o.offload_queue_full);
+        self.request_queue_len += o.request_queue_len;
+        self.counters.merge(o.counters);
+    }
+}
+
 fn ser_display<T: fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
@@ -296,18 +356,27 @@ pub struct OffloadEngine {
     /// Failed for want of a mark, in failure order.
     waiting_for_marks: VecDeque<OffloadKey>,
     counters: EngineCounters,
+    /// A batch's rules between publication and creation (kept for its
+    /// allocation).
+    staged: Vec<(OffloadKey, Mark, Rule)>,
 }
 
 impl OffloadEngine {
     pub fn new(config: EngineConfig) -> Result<OffloadEngine, EngineError> {
         Ok(OffloadEngine {
-            marks: MarkRegistry::new(config.max_marks, config.min_quarantine)?,
+            marks: MarkRegistry::sharded(
+                config.max_marks,
+                config.min_quarantine,
+                config.shard,
+                config.shards,
+            )?,
             config,
             ports: BTreeMap::new(),
             flows: HashMap::new(),
             pending: VecDeque::new(),
             waiting_for_marks: VecDeque::new(),
             counters: EngineCounters::default(),
+            staged: Vec::new(),
         })
     }
 
@@ -560,6 +629,7 @@ impl OffloadEngine {
             refs: PmdRefs::default(),
             enqueued: put.enqueued,
             queued: false,
+            staged: false,
         });
         let previous = e.refs.insert(put.pmd, put.handle);
         if let OffloadState::Removing {
@@ -742,7 +812,7 @@ impl OffloadEngine {
     pub fn process(&mut self, now: Instant, budget: usize, out: &mut dyn UpdateSink) -> usize {
         self.marks.reclaim(now);
         let pool = self.marks.pool();
-        let mut available = (pool.max() as usize)
+        let mut available = (pool.capacity() as usize)
             .saturating_sub(pool.in_use())
             .saturating_sub(pool.quarantined());
         while available > 0 {
@@ -767,29 +837,47 @@ impl OffloadEngine {
                 }
             }
         }
+        // A batch: every megaflow translated, validated and given a mark,
+        // then every mark published (one flush of the sink: one message
+        // per PMD), then every rule created. Publication still comes
+        // before creation for each of them (DESIGN §3).
+        let mut staged = std::mem::take(&mut self.staged);
         let mut done = 0;
         while done < budget {
             let Some(key) = self.pending.pop_front() else {
                 break;
             };
             done += 1;
-            self.offer(key, now, out);
+            if let Some((mark, rule)) = self.prepare(key, now, out) {
+                staged.push((key, mark, rule));
+            }
         }
+        if !staged.is_empty() {
+            out.flush();
+        }
+        for (key, mark, rule) in staged.drain(..) {
+            self.create(key, mark, rule, now, out);
+        }
+        self.staged = staged;
         done
     }
 
-    /// Put, device side: translate → validate → mark → publish → create.
-    fn offer(&mut self, key: OffloadKey, now: Instant, out: &mut dyn UpdateSink) {
-        let Some(e) = self.flows.get_mut(&key) else {
-            return;
-        };
+    /// Put, device side, first half: translate → validate → mark →
+    /// publish. Returns the rule to create, its mark filled in.
+    fn prepare(
+        &mut self,
+        key: OffloadKey,
+        now: Instant,
+        out: &mut dyn UpdateSink,
+    ) -> Option<(Mark, Rule)> {
+        let e = self.flows.get_mut(&key)?;
         e.queued = false;
-        if e.state != OffloadState::Pending {
-            return;
+        if e.state != OffloadState::Pending || e.staged {
+            return None;
         }
         let Some(port) = self.ports.get_mut(&key.port) else {
             e.state = OffloadState::Software;
-            return;
+            return None;
         };
         let caps = *port.device.capabilities();
         let mut translation = match translate(&e.r#match, &caps, 1, port.n_rxq) {
@@ -803,7 +891,7 @@ impl OffloadEngine {
                         reason: RejectReason::Translate(r),
                     },
                 );
-                return;
+                return None;
             }
         };
         if translation.port != key.port {
@@ -812,11 +900,11 @@ impl OffloadEngine {
                 rule_port: translation.port,
             };
             refuse(e, port, key, OffloadState::Rejected { reason });
-            return;
+            return None;
         }
         if let Err(err) = port.device.validate(&translation.rule) {
             refuse(e, port, key, refusal(err));
-            return;
+            return None;
         }
         let mark = match self.marks.assign(key, now) {
             Ok(m) => m,
@@ -826,14 +914,34 @@ impl OffloadEngine {
                 };
                 refuse(e, port, key, state);
                 self.waiting_for_marks.push_back(key);
-                return;
+                return None;
             }
         };
         translation.set_mark(mark.get());
         for (pmd, handle) in e.refs.iter() {
             out.send(pmd, PmdUpdate::Publish { mark, handle });
         }
-        match port.device.create(&translation.rule) {
+        e.staged = true;
+        Some((mark, translation.rule))
+    }
+
+    /// Put, device side, second half: create the published rule; a
+    /// refusal unpublishes and releases the mark.
+    fn create(
+        &mut self,
+        key: OffloadKey,
+        mark: Mark,
+        rule: Rule,
+        now: Instant,
+        out: &mut dyn UpdateSink,
+    ) {
+        let (Some(e), Some(port)) = (self.flows.get_mut(&key), self.ports.get_mut(&key.port))
+        else {
+            // Cannot happen: nothing runs between the halves.
+            return;
+        };
+        e.staged = false;
+        match port.device.create_owned(rule) {
             Ok(rule) => {
                 e.state = OffloadState::Offloaded {
                     port: key.port,

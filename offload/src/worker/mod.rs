@@ -110,6 +110,17 @@ pub enum OffloadRequest {
     },
 }
 
+impl OffloadRequest {
+    /// The ingress port the request is about (it picks the shard).
+    pub fn port(&self) -> PortId {
+        match self {
+            OffloadRequest::Put(p) => p.port,
+            OffloadRequest::Modify { new, .. } => new.port,
+            OffloadRequest::Delete { port, .. } => *port,
+        }
+    }
+}
+
 /// Why a megaflow cannot be offloaded (permanent for that megaflow).
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum RejectReason {
@@ -246,11 +257,37 @@ pub enum EngineError {
 /// Receives the table updates meant for each PMD.
 pub trait UpdateSink {
     fn send(&mut self, pmd: PmdId, update: PmdUpdate);
+
+    /// Hands what was sent so far on to the PMDs. A sink may hold updates
+    /// back until then (one message per PMD per batch); the engine flushes
+    /// between a batch's publications and its rule creations, and the
+    /// caller flushes after every engine call.
+    fn flush(&mut self) {}
 }
 
 /// Collects updates in order (tests, or a caller that forwards them).
 impl UpdateSink for Vec<(PmdId, PmdUpdate)> {
     fn send(&mut self, pmd: PmdId, update: PmdUpdate) {
         self.push((pmd, update));
+    }
+}
+
+/// The offload shard (worker thread) that owns `port`'s megaflows, of
+/// `shards`.
+///
+/// Sharding is by ingress port: one port's megaflows, its device, its NIC
+/// rules, its retry queue, its resets and its removal all belong to one
+/// shard, so every DESIGN §3 rule holds within the shard exactly as with
+/// one worker (one rule per (port, ufid), break-before-make for a changed
+/// match, a freed rule retrying that port's failed megaflows). Marks are
+/// what ports share (one MarkTable per PMD): each shard allocates from its
+/// own residue class of `1..=max_marks` ([`crate::marks::MarkPool::sharded`]),
+/// so two shards never hand out the same mark. The price: one port's
+/// insertions run on one thread.
+pub fn shard_of(port: PortId, shards: usize) -> usize {
+    if shards <= 1 {
+        0
+    } else {
+        port as usize % shards
     }
 }

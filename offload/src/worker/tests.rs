@@ -160,6 +160,7 @@ impl Harness {
             max_marks,
             min_quarantine: Duration::ZERO,
             latency_window: 16,
+            ..EngineConfig::default()
         };
         let mut engine = OffloadEngine::new(config).unwrap();
         let pmds = (0..n_pmds)

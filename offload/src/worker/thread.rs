@@ -29,11 +29,17 @@ pub struct WorkerConfig {
     /// the PMDs' reports again (only then; otherwise the thread sleeps in
     /// a blocking receive).
     pub mark_wait_poll: Duration,
+    /// Offload threads: megaflows are sharded by ingress port
+    /// ([`shard_of`]), each shard with its own engine, request queue and
+    /// share of the marks. `engine.shard`/`engine.shards` are set per
+    /// thread from this.
+    pub threads: usize,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
+            threads: 1,
             engine: EngineConfig::default(),
             queue_capacity: 4096,
             batch: 64,
@@ -64,19 +70,23 @@ pub enum Offer {
     Stopped,
 }
 
-/// State shared between the worker thread and the PMDs (atomics only).
+/// State shared between the worker threads and the PMDs (atomics only).
 #[derive(Debug, Default)]
 struct Shared {
-    /// The engine's epoch, stored after the updates of that epoch were sent.
-    epoch: AtomicU64,
+    /// Each shard's engine epoch, stored after the updates of that epoch
+    /// were sent.
+    epochs: Vec<AtomicU64>,
     queue_full: AtomicU64,
 }
+
+/// What a PMD has seen of each shard's epochs (it stores, the shards read).
+type Seen = Arc<[AtomicU64]>;
 
 enum Control {
     AddPmd {
         pmd: PmdId,
-        updates: Sender<PmdUpdate>,
-        seen: Arc<AtomicU64>,
+        updates: Sender<Vec<PmdUpdate>>,
+        seen: Seen,
         reply: Sender<()>,
     },
     RemovePmd {
@@ -106,67 +116,118 @@ enum Control {
     Shutdown,
 }
 
-/// The daemon's handle on the offload thread.
-pub struct OffloadWorker {
+/// One offload thread: its request queue, its control queue, its thread.
+struct Shard {
     requests: Sender<OffloadRequest>,
     control: Sender<Control>,
-    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// The daemon's handle on the offload threads (one per shard).
+pub struct OffloadWorker {
+    shards: Vec<Shard>,
+    shared: Arc<Shared>,
 }
 
 impl OffloadWorker {
     pub fn spawn(config: WorkerConfig) -> Result<OffloadWorker, WorkerError> {
-        let engine = OffloadEngine::new(config.engine)?;
-        let (requests, request_rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
-        let (control, control_rx) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared::default());
-        let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("offload".to_string())
-            .spawn(move || {
-                WorkerThread {
-                    engine,
-                    config,
-                    requests: request_rx,
-                    control: control_rx,
-                    shared: thread_shared,
-                    pmds: PmdChannels::default(),
-                }
-                .run()
-            })
-            .map_err(WorkerError::Spawn)?;
-        Ok(OffloadWorker {
-            requests,
-            control,
+        let n = config.threads.max(1);
+        let shared = Arc::new(Shared {
+            epochs: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            queue_full: AtomicU64::new(0),
+        });
+        let mut worker = OffloadWorker {
+            shards: Vec::with_capacity(n),
             shared,
-            thread: Some(thread),
-        })
+        };
+        for index in 0..n {
+            let engine = OffloadEngine::new(EngineConfig {
+                shard: index as u32,
+                shards: n as u32,
+                ..config.engine
+            })?;
+            let (requests, request_rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
+            let (control, control_rx) = crossbeam_channel::unbounded();
+            let thread_shared = Arc::clone(&worker.shared);
+            let name = if n == 1 {
+                "offload".to_string()
+            } else {
+                format!("offload-{index}")
+            };
+            // On failure `worker` is dropped, which stops the shards
+            // already started.
+            let thread = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    WorkerThread {
+                        engine,
+                        config,
+                        index,
+                        requests: request_rx,
+                        control: control_rx,
+                        shared: thread_shared,
+                        pmds: PmdChannels::default(),
+                    }
+                    .run()
+                })
+                .map_err(WorkerError::Spawn)?;
+            worker.shards.push(Shard {
+                requests,
+                control,
+                thread: Some(thread),
+            });
+        }
+        Ok(worker)
     }
 
-    fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Control) -> Result<T, WorkerError> {
+    /// Offload threads.
+    pub fn threads(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn shard(&self, port: PortId) -> &Shard {
+        // `shards` is never empty (spawn makes at least one).
+        &self.shards[shard_of(port, self.shards.len())]
+    }
+
+    fn call_shard<T>(
+        shard: &Shard,
+        make: impl FnOnce(Sender<T>) -> Control,
+    ) -> Result<T, WorkerError> {
         let (reply, rx) = crossbeam_channel::bounded(1);
-        self.control
+        shard
+            .control
             .send(make(reply))
             .map_err(|_| WorkerError::Stopped)?;
         rx.recv().map_err(|_| WorkerError::Stopped)
     }
 
-    /// Registers a PMD and gives it its end (the daemon moves it into the
-    /// PMD thread).
+    /// Asks every shard (in order) and collects the answers.
+    fn call_all<T>(
+        &self,
+        mut make: impl FnMut(Sender<T>) -> Control,
+    ) -> Result<Vec<T>, WorkerError> {
+        self.shards
+            .iter()
+            .map(|s| Self::call_shard(s, &mut make))
+            .collect()
+    }
+
+    /// Registers a PMD with every shard and gives it its end (the daemon
+    /// moves it into the PMD thread).
     pub fn add_pmd(&self, pmd: PmdId) -> Result<PmdOffload, WorkerError> {
         let (updates, updates_rx) = crossbeam_channel::unbounded();
-        let seen = Arc::new(AtomicU64::new(0));
-        let seen_pmd = Arc::clone(&seen);
-        self.call(|reply| Control::AddPmd {
+        let seen: Seen = (0..self.shards.len()).map(|_| AtomicU64::new(0)).collect();
+        self.call_all(|reply| Control::AddPmd {
             pmd,
-            updates,
-            seen: seen_pmd,
+            updates: updates.clone(),
+            seen: Arc::clone(&seen),
             reply,
         })?;
         Ok(PmdOffload {
             requests: PmdRequests {
                 pmd,
-                requests: self.requests.clone(),
+                requests: self.shards.iter().map(|s| s.requests.clone()).collect(),
                 shared: Arc::clone(&self.shared),
             },
             updates: PmdUpdates {
@@ -182,7 +243,8 @@ impl OffloadWorker {
     /// The PMD stopped: its copies are dropped and its quiescence no
     /// longer awaited.
     pub fn remove_pmd(&self, pmd: PmdId) -> Result<(), WorkerError> {
-        self.call(|reply| Control::RemovePmd { pmd, reply })
+        self.call_all(|reply| Control::RemovePmd { pmd, reply })
+            .map(drop)
     }
 
     pub fn add_port(
@@ -191,59 +253,92 @@ impl OffloadWorker {
         device: Arc<dyn FlowDevice>,
         n_rxq: u16,
     ) -> Result<(), WorkerError> {
-        Ok(self.call(|reply| Control::AddPort {
-            port,
-            device,
-            n_rxq,
-            reply,
+        Ok(Self::call_shard(self.shard(port), |reply| {
+            Control::AddPort {
+                port,
+                device,
+                n_rxq,
+                reply,
+            }
         })??)
     }
 
     /// Returns once the port's rules are destroyed and its marks released.
     pub fn remove_port(&self, port: PortId) -> Result<(), WorkerError> {
-        self.call(|reply| Control::RemovePort { port, reply })
+        Self::call_shard(self.shard(port), |reply| Control::RemovePort {
+            port,
+            reply,
+        })
     }
 
     /// The port's NIC was reset (all its rules lost).
     pub fn device_reset(&self, port: PortId) -> Result<(), WorkerError> {
-        self.call(|reply| Control::Reset { port, reply })
+        Self::call_shard(self.shard(port), |reply| Control::Reset { port, reply })
     }
 
+    /// Every shard's status, merged.
     pub fn status(&self) -> Result<OffloadStatus, WorkerError> {
-        self.call(|reply| Control::Status { reply })
+        let mut all = self
+            .call_all(|reply| Control::Status { reply })?
+            .into_iter();
+        let Some(mut s) = all.next() else {
+            return Err(WorkerError::Stopped);
+        };
+        for o in all {
+            s.merge(o);
+        }
+        s.ports.sort_by_key(|p| p.port);
+        s.offload_queue_full = self.shared.queue_full.load(Ordering::Relaxed);
+        Ok(s)
     }
 
+    /// Every shard's megaflows, ordered by port and ufid.
     pub fn dump(&self) -> Result<Vec<FlowOffloadInfo>, WorkerError> {
-        self.call(|reply| Control::Dump { reply })
+        let mut v: Vec<FlowOffloadInfo> = self
+            .call_all(|reply| Control::Dump { reply })?
+            .into_iter()
+            .flatten()
+            .collect();
+        v.sort_by_key(|i| (i.port, i.ufid));
+        Ok(v)
     }
 
     /// For the main thread (it may wait): a request that must not be lost.
     pub fn request(&self, req: OffloadRequest) -> Result<(), WorkerError> {
-        self.requests.send(req).map_err(|_| WorkerError::Stopped)
+        self.shard(req.port())
+            .requests
+            .send(req)
+            .map_err(|_| WorkerError::Stopped)
     }
 
     /// For a revalidation sweep's re-offers: never waits.
     pub fn offer(&self, req: OffloadRequest) -> Offer {
-        try_send(&self.requests, &self.shared, req)
+        try_send(&self.shard(req.port()).requests, &self.shared, req)
     }
 
-    /// Requests waiting in the channel.
+    /// Requests waiting in the channels.
     pub fn queue_len(&self) -> usize {
-        self.requests.len()
+        self.shards.iter().map(|s| s.requests.len()).sum()
     }
 
-    /// Stops the thread after the requests already queued.
+    /// Stops the threads after the requests already queued.
     pub fn shutdown(mut self) -> Result<(), WorkerError> {
         self.stop()
     }
 
     fn stop(&mut self) -> Result<(), WorkerError> {
-        let Some(thread) = self.thread.take() else {
-            return Ok(());
-        };
-        // A send error means the thread is already gone; join says how.
-        let _ = self.control.send(Control::Shutdown);
-        thread.join().map_err(|_| WorkerError::Stopped)
+        let mut result = Ok(());
+        for shard in &mut self.shards {
+            let Some(thread) = shard.thread.take() else {
+                continue;
+            };
+            // A send error means the thread is already gone; join says how.
+            let _ = shard.control.send(Control::Shutdown);
+            if thread.join().is_err() {
+                result = Err(WorkerError::Stopped);
+            }
+        }
+        result
     }
 }
 
@@ -270,7 +365,8 @@ fn try_send(requests: &Sender<OffloadRequest>, shared: &Shared, req: OffloadRequ
 #[derive(Clone)]
 pub struct PmdRequests {
     pmd: PmdId,
-    requests: Sender<OffloadRequest>,
+    /// One queue per shard, indexed by [`shard_of`].
+    requests: Vec<Sender<OffloadRequest>>,
     shared: Arc<Shared>,
 }
 
@@ -301,7 +397,13 @@ impl PmdRequests {
 
     /// Sends a request as is (e.g. one kept back earlier).
     pub fn send(&self, req: OffloadRequest) -> Offer {
-        try_send(&self.requests, &self.shared, req)
+        try_send(self.queue(req.port()), &self.shared, req)
+    }
+
+    /// The queue of the shard that owns `port`.
+    fn queue(&self, port: PortId) -> &Sender<OffloadRequest> {
+        // Never empty: made from the worker's shards.
+        &self.requests[shard_of(port, self.requests.len())]
     }
 
     fn put_request(&self, port: PortId, mf: &Megaflow, handle: FlowHandle) -> PutRequest {
@@ -316,12 +418,15 @@ impl PmdRequests {
     }
 }
 
+/// Shards whose epochs a PMD reads without allocating.
+const MAX_SHARDS_ON_STACK: usize = 16;
+
 /// A PMD's receiving side: the worker's [`PmdUpdate`]s and the PMD's
 /// quiescence report.
 pub struct PmdUpdates {
-    updates: Receiver<PmdUpdate>,
+    updates: Receiver<Vec<PmdUpdate>>,
     shared: Arc<Shared>,
-    seen: Arc<AtomicU64>,
+    seen: Seen,
 }
 
 impl PmdUpdates {
@@ -329,15 +434,34 @@ impl PmdUpdates {
     /// `apply` (in order), then reports the quiescent point. Returns the
     /// number of updates.
     pub fn drain(&self, mut apply: impl FnMut(PmdUpdate)) -> usize {
-        // Read the epoch before draining: every update sent before the
-        // worker stored this epoch is applied by the time we report it.
-        let epoch = self.shared.epoch.load(Ordering::Acquire);
+        // Read the epochs before draining: every update a shard sent
+        // before it stored its epoch is applied by the time we report it.
+        // (Shards' marks are disjoint, so one channel for all of them
+        // keeps each mark's updates in order.)
+        let mut epochs = [0u64; MAX_SHARDS_ON_STACK];
+        let many: Vec<u64>;
+        let epochs: &[u64] = if self.shared.epochs.len() <= MAX_SHARDS_ON_STACK {
+            for (e, s) in epochs.iter_mut().zip(&self.shared.epochs) {
+                *e = s.load(Ordering::Acquire);
+            }
+            &epochs[..self.shared.epochs.len()]
+        } else {
+            many = self
+                .shared
+                .epochs
+                .iter()
+                .map(|e| e.load(Ordering::Acquire))
+                .collect();
+            &many
+        };
         let mut n = 0;
-        while let Ok(update) = self.updates.try_recv() {
-            apply(update);
-            n += 1;
+        while let Ok(batch) = self.updates.try_recv() {
+            n += batch.len();
+            batch.into_iter().for_each(&mut apply);
         }
-        self.seen.store(epoch, Ordering::Release);
+        for (seen, epoch) in self.seen.iter().zip(epochs) {
+            seen.store(*epoch, Ordering::Release);
+        }
         n
     }
 
@@ -425,14 +549,14 @@ impl PmdOffload {
             self.backlog.push_back(req);
             return;
         }
-        if let Err(TrySendError::Full(req)) = self.requests.requests.try_send(req) {
+        if let Err(TrySendError::Full(req)) = self.requests.queue(req.port()).try_send(req) {
             self.backlog.push_back(req);
         }
     }
 
     fn flush_backlog(&mut self) {
         while let Some(req) = self.backlog.pop_front() {
-            match self.requests.requests.try_send(req) {
+            match self.requests.queue(req.port()).try_send(req) {
                 Ok(()) => {}
                 Err(TrySendError::Full(req)) => {
                     self.backlog.push_front(req);
@@ -448,23 +572,48 @@ impl PmdOffload {
     }
 }
 
-/// The per-PMD update channels and quiescence reports.
+/// The per-PMD update channels and quiescence reports. Updates are held
+/// back until [`UpdateSink::flush`] and then sent as one message per PMD.
 #[derive(Default)]
 struct PmdChannels {
-    senders: HashMap<PmdId, Sender<PmdUpdate>>,
-    seen: HashMap<PmdId, Arc<AtomicU64>>,
+    senders: HashMap<PmdId, PmdChannel>,
+    seen: HashMap<PmdId, Seen>,
     /// PMDs whose end was dropped without `remove_pmd`.
     vanished: Vec<PmdId>,
 }
 
+struct PmdChannel {
+    tx: Sender<Vec<PmdUpdate>>,
+    held: Vec<PmdUpdate>,
+}
+
 impl UpdateSink for PmdChannels {
     fn send(&mut self, pmd: PmdId, update: PmdUpdate) {
-        if let Some(tx) = self.senders.get(&pmd) {
-            // Unbounded: never waits. An error means the PMD's end is gone.
-            if tx.send(update).is_err() {
-                self.senders.remove(&pmd);
-                self.vanished.push(pmd);
+        if let Some(c) = self.senders.get_mut(&pmd) {
+            c.held.push(update);
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut gone = Vec::new();
+        for (pmd, c) in &mut self.senders {
+            if c.held.is_empty() {
+                continue;
             }
+            // Unbounded: never waits. An error means the PMD's end is gone.
+            // The next batch starts with this one's room: one allocation
+            // per batch, not one per doubling.
+            let room = c.held.capacity();
+            if c.tx
+                .send(std::mem::replace(&mut c.held, Vec::with_capacity(room)))
+                .is_err()
+            {
+                gone.push(*pmd);
+            }
+        }
+        for pmd in gone {
+            self.senders.remove(&pmd);
+            self.vanished.push(pmd);
         }
     }
 }
@@ -472,6 +621,8 @@ impl UpdateSink for PmdChannels {
 struct WorkerThread {
     engine: OffloadEngine,
     config: WorkerConfig,
+    /// This thread's shard.
+    index: usize,
     requests: Receiver<OffloadRequest>,
     control: Receiver<Control>,
     shared: Arc<Shared>,
@@ -559,21 +710,24 @@ impl WorkerThread {
 
     fn read_quiescence(&mut self) {
         for (pmd, seen) in &self.pmds.seen {
-            self.engine
-                .pmd_quiescent(*pmd, Epoch(seen.load(Ordering::Acquire)));
+            if let Some(seen) = seen.get(self.index) {
+                self.engine
+                    .pmd_quiescent(*pmd, Epoch(seen.load(Ordering::Acquire)));
+            }
         }
     }
 
     /// Publishes the epoch once the updates of the last call are sent, and
     /// forgets PMDs that vanished.
     fn after_updates(&mut self) {
+        self.pmds.flush();
         for pmd in std::mem::take(&mut self.pmds.vanished) {
             self.pmds.seen.remove(&pmd);
             self.engine.remove_pmd(pmd, Instant::now(), &mut NoUpdates);
         }
-        self.shared
-            .epoch
-            .store(self.engine.epoch().0, Ordering::Release);
+        if let Some(e) = self.shared.epochs.get(self.index) {
+            e.store(self.engine.epoch().0, Ordering::Release);
+        }
     }
 
     fn control(&mut self, c: Control) -> Flow {
@@ -587,8 +741,16 @@ impl WorkerThread {
                 reply,
             } => {
                 self.engine.add_pmd(pmd);
-                seen.store(self.engine.epoch().0, Ordering::Release);
-                self.pmds.senders.insert(pmd, updates);
+                if let Some(seen) = seen.get(self.index) {
+                    seen.store(self.engine.epoch().0, Ordering::Release);
+                }
+                self.pmds.senders.insert(
+                    pmd,
+                    PmdChannel {
+                        tx: updates,
+                        held: Vec::new(),
+                    },
+                );
                 self.pmds.seen.insert(pmd, seen);
                 let _ = reply.send(());
             }

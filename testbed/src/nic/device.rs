@@ -129,6 +129,10 @@ impl FlowDevice for NicFlowDevice {
     }
 
     fn create(&self, rule: &Rule) -> Result<RuleHandle, FlowError> {
+        self.create_owned(rule.clone())
+    }
+
+    fn create_owned(&self, rule: Rule) -> Result<RuleHandle, FlowError> {
         let refuse_as_full = {
             let mut f = self.shared.lock_faults();
             f.creates += 1;
@@ -141,7 +145,7 @@ impl FlowDevice for NicFlowDevice {
             }
             f.refuse_as_full
         };
-        self.validate(rule)?;
+        self.validate(&rule)?;
         let mut table = self.shared.write_table();
         if refuse_as_full || table.len() >= self.shared.caps.max_rules {
             return Err(FlowError::NoSpace);

@@ -8,7 +8,9 @@
 
 // hashbrown with its default (foldhash) hasher: the emulated NIC hashes
 // every packet once per subtable, and SipHash was most of its lookup cost.
-use hashbrown::HashMap;
+use hashbrown::DefaultHashBuilder;
+use hashbrown::{HashMap, HashTable};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use offload::rte::{Action, Rule};
@@ -16,6 +18,9 @@ use offload::rte::{Action, Rule};
 use super::rss::{HashTypes, Reta};
 use crate::matcher::{Fields, Headers, ItemFields, ItemKind};
 use crate::sink::AtomicCount;
+
+/// Key slots gathered without allocating (4 items of 8 fields).
+const KEY_ON_STACK: usize = 32;
 
 /// Where a matched packet goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +31,8 @@ pub(crate) enum Fate {
     Drop,
     Rss {
         types: HashTypes,
-        reta: Box<Reta>,
+        /// Shared by every rule of the table with the same queue list.
+        reta: Arc<Reta>,
     },
 }
 
@@ -36,7 +42,11 @@ pub(crate) struct InstalledRule {
     pub handle: u64,
     pub priority: u32,
     pub rule: Rule,
-    pub items: Vec<ItemFields>,
+    /// The rule's masked values where its masks are non-zero, item after
+    /// item: the subtable key, kept compact (the masks are the subtable's).
+    key: Box<[u128]>,
+    /// Some item has a range (`last`): matched by scan, not by hash.
+    ranged: bool,
     pub mark: Option<u32>,
     pub fate: Fate,
     /// COUNT: hits and bytes (updated by the NIC thread).
@@ -44,7 +54,20 @@ pub(crate) struct InstalledRule {
 }
 
 impl InstalledRule {
-    pub fn new(handle: u64, rule: &Rule) -> InstalledRule {
+    #[cfg(test)]
+    pub fn new(handle: u64, rule: Rule) -> InstalledRule {
+        InstalledRule::build(handle, rule, &mut Vec::new(), &mut Vec::new())
+    }
+
+    /// Builds the installed form of `rule` (moved in, not copied); RSS
+    /// redirection tables come from `retas`, one per distinct queue list;
+    /// `shape` is filled with the rule's item kinds and masks.
+    fn build(
+        handle: u64,
+        rule: Rule,
+        retas: &mut Vec<(Vec<u16>, Arc<Reta>)>,
+        shape: &mut Vec<(ItemKind, Fields)>,
+    ) -> InstalledRule {
         let mut mark = None;
         let mut fate = Fate::Default;
         let mut counter = None;
@@ -52,9 +75,17 @@ impl InstalledRule {
             match a {
                 Action::Mark { id } => mark = Some(*id),
                 Action::Rss { queues, types } => {
+                    let reta = match retas.iter().find(|(q, _)| q == queues) {
+                        Some((_, r)) => Arc::clone(r),
+                        None => {
+                            let r = Arc::new(Reta::spread(queues));
+                            retas.push((queues.clone(), Arc::clone(&r)));
+                            r
+                        }
+                    };
                     fate = Fate::Rss {
                         types: HashTypes::of_action(types),
-                        reta: Box::new(Reta::spread(queues)),
+                        reta,
                     }
                 }
                 Action::Queue { index } => fate = Fate::Queue(*index),
@@ -62,11 +93,38 @@ impl InstalledRule {
                 Action::Count => counter = Some(AtomicCount::default()),
             }
         }
+        // The key is gathered on the stack (4 items of 8 slots cover every
+        // pattern translate makes) and allocated once, at its exact size.
+        let mut buf = [0u128; KEY_ON_STACK];
+        let mut n = 0;
+        let mut spill = Vec::new();
+        let mut ranged = false;
+        shape.clear();
+        for item in &rule.pattern {
+            let i = ItemFields::of(item);
+            ranged |= i.has_range();
+            for (v, m) in i.spec.iter().zip(i.mask.iter()).filter(|(_, m)| **m != 0) {
+                match buf.get_mut(n) {
+                    Some(slot) => {
+                        *slot = v & m;
+                        n += 1;
+                    }
+                    None => spill.push(v & m),
+                }
+            }
+            shape.push((i.kind, i.mask));
+        }
+        let key: Box<[u128]> = if spill.is_empty() {
+            Box::from(&buf[..n])
+        } else {
+            buf[..n].iter().chain(&spill).copied().collect()
+        };
         InstalledRule {
             handle,
             priority: rule.attr.priority,
-            rule: rule.clone(),
-            items: rule.pattern.iter().map(ItemFields::of).collect(),
+            key,
+            ranged,
+            rule,
             mark,
             fate,
             counter,
@@ -79,31 +137,91 @@ impl InstalledRule {
     }
 
     fn has_range(&self) -> bool {
-        self.items.iter().any(ItemFields::has_range)
+        self.ranged
     }
 
-    fn shape(&self) -> Vec<(ItemKind, Fields)> {
-        self.items.iter().map(|i| (i.kind, i.mask)).collect()
+    /// The rule's items, decoded (for matching by scan and for shapes; the
+    /// hashed path needs only the key).
+    fn items(&self) -> impl Iterator<Item = ItemFields> + '_ {
+        self.rule.pattern.iter().map(ItemFields::of)
     }
 
-    fn key(&self) -> Vec<u128> {
-        self.items.iter().flat_map(|i| i.masked_spec()).collect()
+    /// The rule's items have exactly this shape (kinds and masks).
+    fn has_shape(&self, shape: &[(ItemKind, Fields)]) -> bool {
+        self.rule.pattern.len() == shape.len()
+            && self
+                .items()
+                .zip(shape)
+                .all(|(i, (kind, mask))| i.kind == *kind && i.mask == *mask)
+    }
+
+    /// The masked key, value by value, of the slots the masks cover (the
+    /// same sequence a packet's values under the subtable's shape give).
+    fn key(&self) -> impl Iterator<Item = u128> + '_ {
+        self.key.iter().copied()
     }
 
     pub fn matches(&self, h: &Headers) -> bool {
-        !self.items.is_empty()
+        !self.rule.pattern.is_empty()
             && self
-                .items
-                .iter()
+                .items()
                 .all(|i| h.fields(i.kind).is_some_and(|v| i.matches(&v)))
+    }
+}
+
+/// Rules with one masked key, best first (the first inline: most keys
+/// have one rule, which then costs no allocation of its own).
+#[derive(Debug)]
+struct Bucket {
+    hash: u64,
+    first: Arc<InstalledRule>,
+    rest: Vec<Arc<InstalledRule>>,
+}
+
+impl Bucket {
+    fn best(&self) -> &Arc<InstalledRule> {
+        &self.first
+    }
+
+    fn insert(&mut self, r: Arc<InstalledRule>) {
+        if r.order() < self.first.order() {
+            let old = std::mem::replace(&mut self.first, r);
+            self.rest.insert(0, old);
+        } else {
+            let at = self.rest.partition_point(|x| x.order() < r.order());
+            self.rest.insert(at, r);
+        }
+    }
+
+    /// Removes the rule; false when the bucket is left empty.
+    fn remove(&mut self, handle: u64) -> bool {
+        if self.first.handle == handle {
+            if self.rest.is_empty() {
+                return false;
+            }
+            self.first = self.rest.remove(0);
+        } else {
+            self.rest.retain(|x| x.handle != handle);
+        }
+        true
     }
 }
 
 #[derive(Debug)]
 struct Subtable {
     shape: Vec<(ItemKind, Fields)>,
-    /// Masked key → rules with that key, best first.
-    buckets: HashMap<Vec<u128>, Vec<Arc<InstalledRule>>>,
+    /// Masked key → its bucket. The key is not stored: a bucket's rules
+    /// carry it, so an entry is compared through its first rule.
+    buckets: HashTable<Bucket>,
+}
+
+/// The hash of a masked key given value by value.
+fn key_hash(state: &DefaultHashBuilder, values: impl Iterator<Item = u128>) -> u64 {
+    let mut h = state.build_hasher();
+    for v in values {
+        h.write_u128(v);
+    }
+    h.finish()
 }
 
 /// Every rule of one port.
@@ -113,6 +231,11 @@ pub(crate) struct RuleTable {
     subtables: Vec<Subtable>,
     /// Rules with ranges, best first.
     ranged: Vec<Arc<InstalledRule>>,
+    /// Redirection tables in use, one per distinct RSS queue list.
+    retas: Vec<(Vec<u16>, Arc<Reta>)>,
+    hasher: DefaultHashBuilder,
+    /// The shape of the rule being inserted (kept for its allocation).
+    shape: Vec<(ItemKind, Fields)>,
     next_handle: u64,
 }
 
@@ -121,30 +244,55 @@ impl RuleTable {
         self.by_handle.len()
     }
 
-    pub fn insert(&mut self, rule: &Rule) -> u64 {
+    /// Installs `rule` (moved in: nothing of it is copied) and returns its
+    /// handle.
+    pub fn insert(&mut self, rule: Rule) -> u64 {
         self.next_handle += 1;
         let handle = self.next_handle;
-        let r = Arc::new(InstalledRule::new(handle, rule));
+        // Redirection tables no rule uses any more are dropped here, so
+        // the list stays as short as the queue lists in use.
+        self.retas.retain(|(_, r)| Arc::strong_count(r) > 1);
+        let r = Arc::new(InstalledRule::build(
+            handle,
+            rule,
+            &mut self.retas,
+            &mut self.shape,
+        ));
         self.by_handle.insert(handle, Arc::clone(&r));
         if r.has_range() {
             let at = self.ranged.partition_point(|x| x.order() < r.order());
             self.ranged.insert(at, r);
             return handle;
         }
-        let shape = r.shape();
-        let i = match self.subtables.iter().position(|s| s.shape == shape) {
+        let i = match self.subtables.iter().position(|s| s.shape == self.shape) {
             Some(i) => i,
             None => {
                 self.subtables.push(Subtable {
-                    shape,
-                    buckets: HashMap::new(),
+                    shape: self.shape.clone(),
+                    buckets: HashTable::new(),
                 });
                 self.subtables.len() - 1
             }
         };
-        let bucket = self.subtables[i].buckets.entry(r.key()).or_default();
-        let at = bucket.partition_point(|x| x.order() < r.order());
-        bucket.insert(at, r);
+        let hash = key_hash(&self.hasher, r.key());
+        let st = &mut self.subtables[i];
+        match st
+            .buckets
+            .find_mut(hash, |b| b.hash == hash && b.first.key().eq(r.key()))
+        {
+            Some(bucket) => bucket.insert(r),
+            None => {
+                st.buckets.insert_unique(
+                    hash,
+                    Bucket {
+                        hash,
+                        first: r,
+                        rest: Vec::new(),
+                    },
+                    |b| b.hash,
+                );
+            }
+        }
         handle
     }
 
@@ -158,14 +306,15 @@ impl RuleTable {
             self.ranged.retain(|x| x.handle != handle);
             return Some(r);
         }
-        let shape = r.shape();
-        if let Some(i) = self.subtables.iter().position(|s| s.shape == shape) {
+        if let Some(i) = self.subtables.iter().position(|s| r.has_shape(&s.shape)) {
+            let hash = key_hash(&self.hasher, r.key());
             let st = &mut self.subtables[i];
-            let key = r.key();
-            if let Some(bucket) = st.buckets.get_mut(&key) {
-                bucket.retain(|x| x.handle != handle);
-                if bucket.is_empty() {
-                    st.buckets.remove(&key);
+            if let Ok(mut entry) = st
+                .buckets
+                .find_entry(hash, |b| b.hash == hash && b.first.key().eq(r.key()))
+            {
+                if !entry.get_mut().remove(handle) {
+                    entry.remove();
                 }
             }
             if st.buckets.is_empty() {
@@ -179,6 +328,7 @@ impl RuleTable {
         self.by_handle.clear();
         self.subtables.clear();
         self.ranged.clear();
+        self.retas.clear();
     }
 
     /// Every rule, oldest first.
@@ -198,9 +348,19 @@ impl RuleTable {
                 let Some(values) = h.fields(*kind) else {
                     continue 'subtables;
                 };
-                scratch.extend(values.iter().zip(mask.iter()).map(|(v, m)| v & m));
+                scratch.extend(
+                    values
+                        .iter()
+                        .zip(mask.iter())
+                        .filter(|(_, m)| **m != 0)
+                        .map(|(v, m)| v & m),
+                );
             }
-            if let Some(r) = st.buckets.get(scratch.as_slice()).and_then(|b| b.first()) {
+            let hash = key_hash(&self.hasher, scratch.iter().copied());
+            let found = st.buckets.find(hash, |b| {
+                b.hash == hash && b.first.key().eq(scratch.iter().copied())
+            });
+            if let Some(r) = found.map(Bucket::best) {
                 if best.is_none_or(|b| r.order() < b.order()) {
                     best = Some(r);
                 }
@@ -289,25 +449,25 @@ mod tests {
         let mut t = RuleTable::default();
         let mut s = Vec::new();
         assert!(t.lookup(&h, &mut s).is_none());
-        let host = t.insert(&rule(
+        let host = t.insert(rule(
             1,
             vec![ip_eth(), dst(gw, !0)],
             vec![Action::Mark { id: 1 }],
         ));
-        let net = t.insert(&rule(
+        let net = t.insert(rule(
             1,
             vec![ip_eth(), dst(gw, 0xffff_ff00)],
             vec![Action::Mark { id: 2 }],
         ));
         // Equal priority: the older rule wins.
         assert_eq!(t.lookup(&h, &mut s).map(|r| r.handle), Some(host));
-        let ranged = t.insert(&rule(
+        let ranged = t.insert(rule(
             0,
             vec![ip_eth(), dst(gw, 0xffff_ff00), sport_range(2000, 2200)],
             vec![Action::Drop],
         ));
         assert_eq!(t.lookup(&h, &mut s).map(|r| r.handle), Some(ranged));
-        let better = t.insert(&rule(0, vec![ip_eth()], vec![Action::Count]));
+        let better = t.insert(rule(0, vec![ip_eth()], vec![Action::Count]));
         assert_eq!(
             t.lookup(&h, &mut s).map(|r| r.handle),
             Some(ranged),
@@ -337,7 +497,7 @@ mod tests {
     fn actions_decoded() {
         let r = InstalledRule::new(
             7,
-            &rule(
+            rule(
                 0,
                 vec![ip_eth()],
                 vec![
@@ -388,7 +548,7 @@ mod tests {
                     ))),
                     _ => pattern.push(sport_range(1 + r.below(2) as u16, 2 + r.below(2) as u16)),
                 }
-                let h = t.insert(&rule(r.below(3) as u32, pattern, vec![Action::Drop]));
+                let h = t.insert(rule(r.below(3) as u32, pattern, vec![Action::Drop]));
                 installed.push(h);
             }
             // Remove a few to exercise bucket and subtable clean-up.
