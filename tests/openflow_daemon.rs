@@ -8,7 +8,7 @@ mod harness;
 #[path = "support/test_env.rs"]
 mod test_env;
 
-use harness::{Daemon, KillOnDrop};
+use harness::{lines_of, Daemon, KillOnDrop};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -162,28 +162,7 @@ fn controller_action_sends_packet_in() {
             .spawn()
             .expect("ovs-ofctl monitor starts"),
     );
-    // ovs-ofctl prints what it receives on one stream or the other
-    // depending on its build: read both.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = monitor.0.stdout.take().expect("piped");
-    let stderr = monitor.0.stderr.take().expect("piped");
-    for stream in [
-        Box::new(stdout) as Box<dyn std::io::Read + Send>,
-        Box::new(stderr),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stream)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    let rx = lines_of(&mut monitor.0);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     let mut packet_ins = 0;

@@ -501,26 +501,7 @@ impl Monitor {
                 .spawn()
                 .expect("ovs-ofctl monitor starts"),
         );
-        let (tx, lines) = std::sync::mpsc::channel();
-        let stdout = child.0.stdout.take().expect("piped");
-        let stderr = child.0.stderr.take().expect("piped");
-        for stream in [
-            Box::new(stdout) as Box<dyn std::io::Read + Send>,
-            Box::new(stderr),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stream)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        let lines = daemon::lines_of(&mut child.0);
         Monitor {
             _child: child,
             lines,
