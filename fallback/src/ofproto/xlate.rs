@@ -144,23 +144,7 @@ pub fn xlate(bridge: Bridge<'_>, key: &FlowKey) -> Xlation {
 /// the hint where possible, so an unchanged decision gives a mask inside the
 /// old one (and the megaflow, with its NIC rule, stays).
 pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -> Xlation {
-    let mut ctx = Ctx {
-        bridge,
-        flow: *key,
-        wc: FlowKey::ZERO,
-        dirty: 0,
-        actions: Vec::new(),
-        rules: Vec::new(),
-        trace: Vec::new(),
-        learn: None,
-        depth: 0,
-        resubmits: 0,
-        error: None,
-        hint: hint.copied(),
-        in_miss_rule: false,
-        action_set: Vec::new(),
-        set_origin: (0, 0),
-    };
+    let mut ctx = Ctx::new(bridge, key, hint.copied());
     ctx.wc.set_exact(Field::InPort);
     ctx.wc.set_exact(Field::DlType);
     if key.is_ip() {
@@ -230,23 +214,7 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
 /// of it (the mask is not needed), and MAC learning by NORMAL is left to
 /// the caller (`learn`).
 pub fn xlate_actions(bridge: Bridge<'_>, key: &FlowKey, actions: &[OfAction]) -> Xlation {
-    let mut ctx = Ctx {
-        bridge,
-        flow: *key,
-        wc: FlowKey::ZERO,
-        dirty: 0,
-        actions: Vec::new(),
-        rules: Vec::new(),
-        trace: Vec::new(),
-        learn: None,
-        depth: 0,
-        resubmits: 0,
-        error: None,
-        hint: None,
-        in_miss_rule: false,
-        action_set: Vec::new(),
-        set_origin: (0, 0),
-    };
+    let mut ctx = Ctx::new(bridge, key, None);
     ctx.do_actions(actions, PACKET_OUT_TABLE, PACKET_OUT_COOKIE);
     // Output to TABLE ran a pipeline: its action set runs at its end.
     ctx.run_action_set();
@@ -272,6 +240,29 @@ pub fn xlate_actions(bridge: Bridge<'_>, key: &FlowKey, actions: &[OfAction]) ->
 /// The table and cookie a packet-out's own `controller` action reports.
 pub const PACKET_OUT_TABLE: u8 = 0xff;
 pub const PACKET_OUT_COOKIE: u64 = u64::MAX;
+
+impl<'a> Ctx<'a> {
+    /// A translation of `key` that has consulted nothing yet.
+    fn new(bridge: Bridge<'a>, key: &FlowKey, hint: Option<FlowKey>) -> Self {
+        Ctx {
+            bridge,
+            flow: *key,
+            wc: FlowKey::ZERO,
+            dirty: 0,
+            actions: Vec::new(),
+            rules: Vec::new(),
+            trace: Vec::new(),
+            learn: None,
+            depth: 0,
+            resubmits: 0,
+            error: None,
+            hint,
+            in_miss_rule: false,
+            action_set: Vec::new(),
+            set_origin: (0, 0),
+        }
+    }
+}
 
 impl Ctx<'_> {
     fn note(&mut self, text: &'static str) {
