@@ -16,7 +16,7 @@
 //! field is written once per output with its final value.
 
 use super::mac::{MacLearn, MacTable};
-use super::table::{Pipeline, RuleId};
+use super::table::{Pipeline, RuleId, TableSet};
 use super::{ofport, OfAction, SetAction};
 use crate::actions::DpAction;
 use crate::key::{ethertype, frag, ipproto, Field, FlowKey, VLAN_CFI, VLAN_VID_MASK};
@@ -82,6 +82,47 @@ pub struct Xlation {
     pub learn: Option<MacLearn>,
     /// Set when `actions` is empty: why.
     pub drop: Option<XlateDrop>,
+    /// What the translation consulted: which changes can alter it.
+    pub deps: XlateDeps,
+}
+
+/// What a translation depended on beyond its megaflow's own bits, so that
+/// revalidation re-translates only the megaflows a change can affect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XlateDeps {
+    /// Tables looked up with the packet as it arrived: a rule added there
+    /// matters only if it overlaps the megaflow.
+    pub tables: TableSet,
+    /// Tables looked up after actions changed the packet (set-field,
+    /// resubmit to another port, metadata): any rule added there matters.
+    pub tables_rewritten: TableSet,
+    /// NORMAL's MAC table lookup (destination, VLAN), if it made exactly one.
+    pub mac: Option<(u64, u16)>,
+    /// NORMAL looked up more than one destination.
+    pub mac_any: bool,
+    /// The bridge's port list mattered (flooding, or an output skipped
+    /// because the port does not exist).
+    pub ports: bool,
+}
+
+impl XlateDeps {
+    /// Depends on everything (a megaflow whose dependencies are unknown).
+    pub const ALL: XlateDeps = XlateDeps {
+        tables: TableSet::ALL,
+        tables_rewritten: TableSet::ALL,
+        mac: None,
+        mac_any: true,
+        ports: true,
+    };
+
+    /// True when the MAC table's answer for `(mac, vlan)` can matter.
+    pub fn uses_mac(&self, mac: u64, vlan: u16) -> bool {
+        self.mac_any || self.mac == Some((mac, vlan))
+    }
+
+    pub fn uses_macs(&self) -> bool {
+        self.mac_any || self.mac.is_some()
+    }
 }
 
 /// What xlate needs to know about the bridge.
@@ -132,6 +173,9 @@ struct Ctx<'a> {
     /// pipeline ends, with the table and cookie of the rule that wrote last.
     action_set: Vec<SetAction>,
     set_origin: (u8, u64),
+    /// The packet as it arrived (lookups on anything else are "rewritten").
+    arrived: FlowKey,
+    deps: XlateDeps,
 }
 
 /// Translates `key` through the bridge's pipeline, starting at table 0.
@@ -203,6 +247,7 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
         trace: ctx.trace,
         learn: ctx.learn,
         drop,
+        deps: ctx.deps,
     }
 }
 
@@ -234,6 +279,7 @@ pub fn xlate_actions(bridge: Bridge<'_>, key: &FlowKey, actions: &[OfAction]) ->
         trace: ctx.trace,
         learn: ctx.learn,
         drop,
+        deps: ctx.deps,
     }
 }
 
@@ -260,6 +306,8 @@ impl<'a> Ctx<'a> {
             in_miss_rule: false,
             action_set: Vec::new(),
             set_origin: (0, 0),
+            arrived: *key,
+            deps: XlateDeps::default(),
         }
     }
 }
@@ -276,6 +324,11 @@ impl Ctx<'_> {
     /// Returns whether a rule matched.
     fn table_lookup(&mut self, table: u8) -> bool {
         let pipeline = self.bridge.pipeline;
+        if self.flow == self.arrived {
+            self.deps.tables.insert(table);
+        } else {
+            self.deps.tables_rewritten.insert(table);
+        }
         let entry = pipeline.lookup_hinted(table, &self.flow, &mut self.wc, self.hint.as_ref());
         self.trace.push(TraceStep::Lookup {
             depth: self.depth,
@@ -523,6 +576,7 @@ impl Ctx<'_> {
 
     fn emit_output(&mut self, p: u32) {
         if self.bridge.ports.binary_search(&p).is_err() {
+            self.deps.ports = true;
             self.note("output to a port the bridge does not have: skipped");
             return;
         }
@@ -531,6 +585,7 @@ impl Ctx<'_> {
     }
 
     fn flood(&mut self) {
+        self.deps.ports = true;
         let in_port = self.flow.in_port();
         for &p in self.bridge.ports {
             if p != in_port {
@@ -569,6 +624,11 @@ impl Ctx<'_> {
         if is_multicast(dst) {
             self.flood();
             return;
+        }
+        match self.deps.mac {
+            None if !self.deps.mac_any => self.deps.mac = Some((dst, vlan)),
+            Some(m) if m == (dst, vlan) => {}
+            _ => self.deps.mac_any = true,
         }
         match self.bridge.macs.lookup(dst, vlan) {
             Some(p) if p == in_port => {
