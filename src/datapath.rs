@@ -33,6 +33,9 @@ use std::time::Instant;
 /// `upcall_limit`). An upcall costs about ten cache hits, so 8 keeps a
 /// storming port's burst within about three bursts' worth of hit work.
 pub const DEFAULT_UPCALL_BUDGET: usize = 8;
+/// Revalidation verdicts a PMD applies per loop iteration (each costs
+/// about a microsecond at most: a dpcls removal or an action swap).
+const REVAL_OPS_PER_ITERATION: usize = 256;
 /// Ethernet header plus one VLAN tag, on top of the IP MTU.
 const L2_OVERHEAD: usize = 18;
 
@@ -308,6 +311,8 @@ pub struct PmdCore<B> {
     prune_retired: bool,
     /// Inline verdicts reached mid-burst, applied at housekeeping.
     deferred_ops: Vec<RevalOp>,
+    /// The revalidator's verdicts not applied yet, last first.
+    reval_backlog: Vec<RevalOp>,
     mac_version_seen: u64,
     /// Megaflows used after this time refresh their MAC entry at the next
     /// [`PmdCore::refresh_macs`].
@@ -359,6 +364,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             ports_digest: ports_digest(&[]),
             prune_retired: false,
             deferred_ops: Vec::new(),
+            reval_backlog: Vec::new(),
             mac_version_seen,
             macs_refreshed_ms: 0,
             learn_scratch: Vec::new(),
@@ -760,11 +766,22 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 }
             }
             Revalidation::Thread { ops, .. } => {
-                // Collecting nothing allocates nothing (the common case).
-                let batches: Vec<Vec<RevalOp>> = ops.try_iter().collect();
-                for batch in batches {
-                    self.counters.revalidations += 1;
-                    self.apply_reval_ops(batch);
+                // A big verdict (a bundle's worth of megaflows) is applied
+                // a slice per loop iteration, so that no iteration is long.
+                if self.reval_backlog.is_empty() {
+                    if let Ok(batch) = ops.try_recv() {
+                        self.counters.revalidations += 1;
+                        self.reval_backlog = batch;
+                        self.reval_backlog.reverse();
+                    }
+                }
+                if !self.reval_backlog.is_empty() {
+                    let n = self
+                        .reval_backlog
+                        .len()
+                        .saturating_sub(REVAL_OPS_PER_ITERATION);
+                    let slice: Vec<RevalOp> = self.reval_backlog.drain(n..).rev().collect();
+                    self.apply_reval_ops(slice);
                 }
             }
         }

@@ -622,7 +622,10 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         let mut snaps = self.ask(PmdCommand::Snapshot)?;
         if let Some(reval) = self.revalidator_stats() {
             for s in &mut snaps {
-                s.revalidator = reval.iter().find(|(p, _)| *p == s.pmd).map(|(_, r)| r.clone());
+                s.revalidator = reval
+                    .iter()
+                    .find(|(p, _)| *p == s.pmd)
+                    .map(|(_, r)| r.clone());
             }
         }
         Ok(snaps)

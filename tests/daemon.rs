@@ -153,14 +153,16 @@ fn deleting_a_rule_revalidates_megaflows_and_nic_rules() {
     // Revalidation runs on the revalidator thread, and only for the
     // megaflows the change can affect (A and B went through the rule).
     let reval = |d: &Daemon| -> (u64, u64, u64) {
-        arr(&d.json(&["pmd", "stats"])).iter().fold((0, 0, 0), |acc, p| {
-            let r = &p["revalidator"];
-            (
-                acc.0 + u(&r["translated"]),
-                acc.1 + u(&r["skipped"]),
-                acc.2 + u(&r["megaflows"]),
-            )
-        })
+        arr(&d.json(&["pmd", "stats"]))
+            .iter()
+            .fold((0, 0, 0), |acc, p| {
+                let r = &p["revalidator"];
+                (
+                    acc.0 + u(&r["translated"]),
+                    acc.1 + u(&r["skipped"]),
+                    acc.2 + u(&r["megaflows"]),
+                )
+            })
     };
     let (translated, skipped, known) = reval(&d);
     assert_eq!(known, 3, "the revalidator knows every megaflow");
