@@ -302,6 +302,9 @@ pub struct PmdCore<B> {
     by_ofport: Vec<u16>,
     /// The sorted ofports of the bridge (FLOOD/NORMAL targets).
     ofports: Vec<u32>,
+    /// The sorted ofports whose megaflows go to a NIC (their megaflows
+    /// widen L4 port masks, see `Bridge::widen_l4`).
+    offload_ofports: Vec<u32>,
     pipeline: Arc<Pipeline>,
     bridge: Arc<BridgeState>,
     reval: Revalidation,
@@ -349,6 +352,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             Arc::clone(&pipeline),
             bridge.mac_snapshot(),
             Vec::new(),
+            Some(Vec::new()),
         )));
         PmdCore {
             id,
@@ -358,10 +362,11 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             ports: Vec::new(),
             by_ofport: Vec::new(),
             ofports: Vec::new(),
+            offload_ofports: Vec::new(),
             pipeline,
             bridge,
             reval,
-            ports_digest: ports_digest(&[]),
+            ports_digest: ports_digest(&[], Some(&[])),
             prune_retired: false,
             deferred_ops: Vec::new(),
             reval_backlog: Vec::new(),
@@ -492,6 +497,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     fn reindex(&mut self) {
         self.by_ofport.clear();
         self.ofports.clear();
+        self.offload_ofports.clear();
         for (i, p) in self.ports.iter().enumerate() {
             let o = p.ofport as usize;
             if o >= self.by_ofport.len() {
@@ -499,14 +505,22 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             }
             self.by_ofport[o] = i as u16;
             self.ofports.push(p.ofport);
+            if p.offload {
+                self.offload_ofports.push(p.ofport);
+            }
         }
         self.ofports.sort_unstable();
-        self.ports_digest = ports_digest(&self.ofports);
+        self.offload_ofports.sort_unstable();
+        self.ports_digest = ports_digest(&self.ofports, Some(&self.offload_ofports));
         // Flooding megaflows follow the port list (the thread's engine
         // hears of it from the switch).
         if let Revalidation::Inline(engine) = &mut self.reval {
             let mut ops = Vec::new();
-            engine.set_ports(self.ofports.clone(), &mut ops);
+            engine.set_ports(
+                self.ofports.clone(),
+                Some(self.offload_ofports.clone()),
+                &mut ops,
+            );
             self.apply_reval_ops(ops);
         }
     }
@@ -926,6 +940,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     pipeline: &self.pipeline,
                     macs: &macs,
                     ports: &self.ofports,
+                    widen_l4: Some(&self.offload_ofports),
                 },
                 key,
             );

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 pub enum RevalCommand {
     /// A new pipeline version (its journal says what changed).
     Pipeline(Arc<Pipeline>),
-    /// The bridge's sorted port list.
-    Ports(Vec<u32>),
+    /// The bridge's sorted port list, and which of them offload.
+    Ports(Vec<u32>, Vec<u32>),
     /// Answered once everything sent before it is processed and its
     /// verdicts are on their way to the PMDs.
     Sync(Sender<()>),
@@ -67,7 +67,14 @@ impl RevalidatorThread {
                 let macs = bridge.mac_snapshot();
                 let engines = pmds
                     .iter()
-                    .map(|_| Revalidator::new(Arc::clone(&pipeline), macs.clone(), Vec::new()))
+                    .map(|_| {
+                        Revalidator::new(
+                            Arc::clone(&pipeline),
+                            macs.clone(),
+                            Vec::new(),
+                            Some(Vec::new()),
+                        )
+                    })
                     .collect();
                 Loop {
                     ops: pmds.iter().map(|_| Vec::new()).collect(),
@@ -134,7 +141,9 @@ impl Loop {
             select! {
                 recv(commands) -> cmd => match cmd {
                     Ok(RevalCommand::Pipeline(p)) => self.pass(|e, out| e.set_pipeline(Arc::clone(&p), out)),
-                    Ok(RevalCommand::Ports(ports)) => self.pass(|e, out| e.set_ports(ports.clone(), out)),
+                    Ok(RevalCommand::Ports(ports, offload)) => {
+                        self.pass(|e, out| e.set_ports(ports.clone(), Some(offload.clone()), out))
+                    }
                     Ok(RevalCommand::Sync(reply)) => {
                         // Installs reported before the sync are part of it.
                         self.drain_events(&events);

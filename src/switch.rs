@@ -453,7 +453,20 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
     fn publish_ports(&self) {
         let mut ports: Vec<u32> = self.ports.iter().map(|p| p.ofport).collect();
         ports.sort_unstable();
-        self.revalidator.send(RevalCommand::Ports(ports));
+        self.revalidator
+            .send(RevalCommand::Ports(ports, self.offload_ofports()));
+    }
+
+    /// The sorted ports whose megaflows go to a NIC (`Bridge::widen_l4`).
+    pub fn offload_ofports(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .ports
+            .iter()
+            .filter(|p| self.worker.is_some() && p.flow_device.is_some())
+            .map(|p| p.ofport)
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     pub fn flow_add(&mut self, rule: Rule) -> Added {
@@ -523,6 +536,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
                     pipeline: &self.pipeline,
                     macs: &macs,
                     ports: &ofports,
+                    widen_l4: None,
                 },
                 &key,
                 actions,

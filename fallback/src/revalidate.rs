@@ -102,17 +102,23 @@ pub struct RevalStats {
 
 /// A digest of the bridge's sorted port list (FLOOD and output-skipping
 /// translations depend on it).
-pub fn ports_digest(ports: &[u32]) -> u64 {
-    // FNV-1a: tiny, stable, and collisions only cost a missed shortcut
-    // in one direction (a port change always re-translates flooders).
+pub fn ports_digest(ports: &[u32], widen_l4: Option<&[u32]>) -> u64 {
+    // FNV-1a: tiny and stable; a collision only skips the re-translation
+    // at install of a megaflow made while a port change was under way
+    // (the change itself re-translates everything it can affect).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in ports {
+    let widen = widen_l4.map_or(&[u32::MAX][..], |w| w);
+    for p in ports.iter().chain([&0]).chain(widen) {
         for b in p.to_le_bytes() {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
     }
     h ^ ports.len() as u64
+}
+
+fn widens(widen_l4: Option<&[u32]>, port: u32) -> bool {
+    widen_l4.is_none_or(|w| w.binary_search(&port).is_ok())
 }
 
 /// True when some packet of the megaflow `mf` can match `rule`: on the bits
@@ -131,6 +137,8 @@ pub struct Revalidator {
     pipeline: Arc<Pipeline>,
     macs: MacTable,
     ports: Vec<u32>,
+    /// [`Bridge::widen_l4`].
+    widen_l4: Option<Vec<u32>>,
     ports_digest: u64,
     flows: HashMap<FlowHandle, FlowRecord>,
     pub stats: RevalStats,
@@ -191,12 +199,20 @@ impl Affects {
 }
 
 impl Revalidator {
-    pub fn new(pipeline: Arc<Pipeline>, macs: MacTable, ports: Vec<u32>) -> Self {
-        let ports_digest = ports_digest(&ports);
+    /// An engine for a bridge with these (sorted) ports, of which
+    /// `widen_l4` offload (see [`Bridge::widen_l4`]).
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        macs: MacTable,
+        ports: Vec<u32>,
+        widen_l4: Option<Vec<u32>>,
+    ) -> Self {
+        let ports_digest = ports_digest(&ports, widen_l4.as_deref());
         Revalidator {
             pipeline,
             macs,
             ports,
+            widen_l4,
             ports_digest,
             flows: HashMap::new(),
             stats: RevalStats::default(),
@@ -229,7 +245,7 @@ impl Revalidator {
         let pipeline_ahead = rec.pipeline.0 == lineage && rec.pipeline.1 > version;
         let stale = (rec.pipeline != (lineage, version) && !pipeline_ahead)
             || (rec.deps.uses_macs() && rec.mac_version < self.macs.version())
-            || (rec.deps.ports && rec.ports != self.ports_digest);
+            || rec.ports != self.ports_digest;
         self.flows.insert(handle, rec);
         if stale {
             self.revalidate_one(handle, out);
@@ -290,11 +306,18 @@ impl Revalidator {
         }
     }
 
-    /// A new port list (sorted): re-translates the megaflows that flooded,
-    /// skipped an output because of it, or output to a port that went.
-    pub fn set_ports(&mut self, ports: Vec<u32>, out: &mut Vec<RevalOp>) {
-        let digest = ports_digest(&ports);
-        if digest == self.ports_digest && ports == self.ports {
+    /// A new port list (sorted) and set of offloading ports: re-translates
+    /// the megaflows that flooded, skipped an output because of the list,
+    /// output to a port that went, or entered on a port that started or
+    /// stopped offloading (its megaflows' L4 masks change).
+    pub fn set_ports(
+        &mut self,
+        ports: Vec<u32>,
+        widen_l4: Option<Vec<u32>>,
+        out: &mut Vec<RevalOp>,
+    ) {
+        let digest = ports_digest(&ports, widen_l4.as_deref());
+        if digest == self.ports_digest && ports == self.ports && widen_l4 == self.widen_l4 {
             return;
         }
         let gone: Vec<u32> = self
@@ -303,13 +326,20 @@ impl Revalidator {
             .copied()
             .filter(|p| ports.binary_search(p).is_err())
             .collect();
+        let rewidened: Vec<u32> = self
+            .ports
+            .iter()
+            .chain(ports.iter())
+            .copied()
+            .filter(|p| widens(self.widen_l4.as_deref(), *p) != widens(widen_l4.as_deref(), *p))
+            .collect();
         self.ports = ports;
+        self.widen_l4 = widen_l4;
         self.ports_digest = digest;
         self.stats.passes += 1;
-        // Flooders and skipped outputs follow the list; outputs to a port
-        // that went are skipped now.
         self.revalidate_where(out, |r| {
             r.deps.ports
+                || rewidened.contains(&r.r#match.value.in_port())
                 || (!gone.is_empty()
                     && r.actions
                         .iter()
@@ -341,6 +371,7 @@ impl Revalidator {
             pipeline: &self.pipeline,
             macs: &self.macs,
             ports: &self.ports,
+            widen_l4: self.widen_l4.as_deref(),
         };
         // The masked key is a packet of the megaflow.
         xlate_hinted(bridge, &r.r#match.value, Some(&r.r#match.mask))

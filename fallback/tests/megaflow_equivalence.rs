@@ -252,6 +252,7 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
         pipeline: &pipeline,
         macs: &macs,
         ports: &PORTS,
+        widen_l4: None,
     };
     let mut cache = FlowCache::new(1);
     let table0: Vec<&Rule> = rules.iter().filter(|r| r.table == 0).collect();

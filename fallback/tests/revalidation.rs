@@ -29,6 +29,8 @@ struct World {
     pipeline: Pipeline,
     macs: MacTable,
     ports: Vec<u32>,
+    /// The offloading ports (their megaflows widen L4 port masks).
+    widen: Vec<u32>,
     cache: FlowCache,
     engine: Revalidator,
 }
@@ -39,6 +41,7 @@ impl World {
             pipeline: p,
             macs: &self.macs,
             ports: &self.ports,
+            widen_l4: Some(&self.widen),
         }
     }
 
@@ -62,7 +65,7 @@ impl World {
             deps,
             published.stamp(),
             self.macs.version(),
-            ports_digest(&self.ports),
+            ports_digest(&self.ports, Some(&self.widen)),
         );
         let mut ops = Vec::new();
         self.engine.installed(h, rec, &mut ops);
@@ -171,12 +174,19 @@ fn check_seed(seed: u64) -> RevalStats {
         );
     }
     let ports = PORTS[..3].to_vec();
+    let widen = vec![PORTS[0], PORTS[2]];
     let mut published = pipeline.publish();
     let mut w = World {
-        engine: Revalidator::new(Arc::new(published.clone()), macs.clone(), ports.clone()),
+        engine: Revalidator::new(
+            Arc::new(published.clone()),
+            macs.clone(),
+            ports.clone(),
+            Some(widen.clone()),
+        ),
         pipeline,
         macs,
         ports,
+        widen,
         cache: FlowCache::new(1),
     };
     let sources: Vec<Match> = rules.iter().map(|r| r.r#match).collect();
@@ -185,7 +195,7 @@ fn check_seed(seed: u64) -> RevalStats {
         let k = packet_from(&mut r, &src);
         w.packet(&k, &published);
     }
-    for step in 0..25 {
+    for step in 0..20 {
         let mut ops = Vec::new();
         let what = match r.below(10) {
             0..=2 => {
@@ -245,12 +255,24 @@ fn check_seed(seed: u64) -> RevalStats {
                 "MACs flushed"
             }
             _ => {
-                if w.ports.len() == PORTS.len() {
-                    w.ports.pop();
+                if r.chance(50) {
+                    if w.ports.len() == PORTS.len() {
+                        w.ports.pop();
+                    } else {
+                        w.ports = PORTS.to_vec();
+                    }
                 } else {
-                    w.ports = PORTS.to_vec();
+                    // A port starts or stops offloading.
+                    let p = r.pick(&PORTS);
+                    match w.widen.binary_search(&p) {
+                        Ok(i) => {
+                            w.widen.remove(i);
+                        }
+                        Err(i) => w.widen.insert(i, p),
+                    }
                 }
-                w.engine.set_ports(w.ports.clone(), &mut ops);
+                w.engine
+                    .set_ports(w.ports.clone(), Some(w.widen.clone()), &mut ops);
                 "a port change"
             }
         };
@@ -284,7 +306,7 @@ fn check_seed(seed: u64) -> RevalStats {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: test_env::cases(16), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: test_env::cases(8), ..ProptestConfig::default() })]
 
     #[test]
     fn targeted_revalidation_equals_full_revalidation(seed in any::<u64>()) {

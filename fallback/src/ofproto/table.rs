@@ -740,6 +740,7 @@ mod tests {
                 pipeline: &p,
                 macs: &macs,
                 ports: &[1, 2, 3],
+                widen_l4: None,
             };
             let t = Instant::now();
             for k in &probes {

@@ -26,7 +26,8 @@ pub const MAX_DEPTH: usize = 64;
 pub const MAX_RESUBMITS: usize = MAX_DEPTH * MAX_DEPTH;
 /// Bound on datapath actions per packet (a runaway flood/resubmit mix).
 pub const MAX_ACTIONS: usize = 1024;
-/// Widen partial L4 port masks in megaflows to full ones (see `xlate_hinted`).
+/// Widen partial L4 port masks in megaflows of offloading ports to full
+/// ones (see `xlate_hinted` and [`Bridge::widen_l4`]).
 pub const OFFLOADABLE_PORT_MASKS: bool = true;
 
 /// Why a translation ended in a drop.
@@ -134,6 +135,10 @@ pub struct Bridge<'a> {
     /// these; outputs to other numbers are skipped as OVS skips outputs to
     /// nonexistent ports).
     pub ports: &'a [u32],
+    /// The ingress ports (sorted) whose megaflows go to a NIC, which takes
+    /// L4 ports with a full mask only: their megaflows widen partial port
+    /// masks to full ones. `None`: every port's do.
+    pub widen_l4: Option<&'a [u32]>,
 }
 
 /// Fields a set action may write, in the order they are committed.
@@ -213,7 +218,12 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
     // a port prefix (a rule's, or the bits a port trie needed to prove a
     // miss) is widened to the whole port, a narrower and still sound
     // megaflow that can be offloaded.
-    if OFFLOADABLE_PORT_MASKS {
+    // Megaflows of a port without NIC offload (a VM port, a NIC without
+    // rte_flow) keep the minimal mask, as in OVS: fewer megaflows.
+    let offloaded = bridge
+        .widen_l4
+        .is_none_or(|ports| ports.binary_search(&key.in_port()).is_ok());
+    if OFFLOADABLE_PORT_MASKS && offloaded {
         for f in [Field::TpSrc, Field::TpDst] {
             if wc.get(f) != 0 {
                 wc.set_exact(f);
@@ -690,6 +700,7 @@ mod tests {
                 pipeline: p,
                 macs: &macs,
                 ports: &PORTS,
+                widen_l4: None,
             },
             k,
         )
@@ -795,6 +806,7 @@ mod tests {
                 pipeline: p,
                 macs: &macs,
                 ports: &PORTS,
+                widen_l4: None,
             },
             k,
             actions,
@@ -1107,6 +1119,7 @@ mod tests {
                 pipeline: &p,
                 macs: &macs,
                 ports: &[1, 2, 3],
+                widen_l4: None,
             },
             &udp_key(1, 1, 2, 3, 4),
         );
@@ -1117,6 +1130,7 @@ mod tests {
                 pipeline: &p,
                 macs: &macs,
                 ports: &[1, 2, 3],
+                widen_l4: None,
             },
             &udp_key(2, 1, 2, 3, 4),
         );
@@ -1144,6 +1158,7 @@ mod tests {
                     pipeline: &p,
                     macs,
                     ports: &PORTS,
+                    widen_l4: None,
                 },
                 k,
             )
@@ -1160,5 +1175,40 @@ mod tests {
         let x = b(&macs, &r);
         assert_eq!(x.actions, vec![DpAction::Output(1)]);
         assert_eq!(x.mask.get(Field::DlDst), 0xffff_ffff_ffff);
+    }
+
+    #[test]
+    fn only_offloading_ports_widen_l4_port_masks() {
+        // A rule on a port prefix: a packet outside it needs only the
+        // prefix bits to prove the miss.
+        let mut p = Pipeline::new();
+        let mut m = udp_match();
+        m.set_masked(Field::TpDst, 0x1000, 0xff00);
+        p.add(rule(0, 10, m, vec![OfAction::Output(2)]));
+        p.add(rule(0, 0, Match::ANY, vec![OfAction::Output(3)]));
+        let macs = MacTable::default();
+        let k = udp_key(1, 0x0a00_0001, 0x0a00_0002, 1000, 0x2001);
+        let with = |widen: Option<&[u32]>| {
+            xlate(
+                Bridge {
+                    pipeline: &p,
+                    macs: &macs,
+                    ports: &PORTS,
+                    widen_l4: widen,
+                },
+                &k,
+            )
+        };
+        // Port 1 offloads: its megaflow matches the whole port (a NIC
+        // takes full L4 masks only).
+        let offloaded = with(Some(&[1]));
+        assert_eq!(offloaded.mask.get(Field::TpDst), 0xffff);
+        assert_eq!(with(None).mask, offloaded.mask);
+        // Port 1 does not: the minimal mask, as OVS makes it.
+        let software = with(Some(&[2]));
+        assert_ne!(software.mask.get(Field::TpDst), 0xffff);
+        assert_ne!(software.mask.get(Field::TpDst), 0);
+        assert!(software.mask.is_subset_of(&offloaded.mask));
+        assert_eq!(software.actions, offloaded.actions);
     }
 }
