@@ -316,6 +316,12 @@ pub struct PmdCore<B> {
     deferred_ops: Vec<RevalOp>,
     /// The revalidator's verdicts not applied yet, last first.
     reval_backlog: Vec<RevalOp>,
+    /// The slot where the periodic sweep goes on ([`PmdCore::sweep_slice`]).
+    sweep_cursor: usize,
+    /// The newest use the MAC refresh of the sweep under way saw.
+    sweep_newest_use: u64,
+    sweep_idle: Vec<FlowHandle>,
+    sweep_offer: Vec<FlowHandle>,
     mac_version_seen: u64,
     /// Megaflows used after this time refresh their MAC entry at the next
     /// [`PmdCore::refresh_macs`].
@@ -370,6 +376,10 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             prune_retired: false,
             deferred_ops: Vec::new(),
             reval_backlog: Vec::new(),
+            sweep_cursor: 0,
+            sweep_newest_use: 0,
+            sweep_idle: Vec::new(),
+            sweep_offer: Vec::new(),
             mac_version_seen,
             macs_refreshed_ms: 0,
             learn_scratch: Vec::new(),
@@ -718,6 +728,90 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             self.remove_megaflow(h);
         }
         n
+    }
+
+    /// One slice of the periodic sweep, `budget` cache slots from where the
+    /// last slice stopped: megaflows idle for longer than `max_idle_ms` go,
+    /// ones whose offload put found the worker's queue full are offered
+    /// again, and with `refresh` the MAC entries of megaflows used since the
+    /// last refresh are refreshed (as [`PmdCore::refresh_macs`]). A slice at
+    /// a time, so that no PMD loop iteration walks every megaflow. Returns
+    /// true when the sweep reached the last slot (the next slice starts over).
+    pub fn sweep_slice(
+        &mut self,
+        now_ms: u64,
+        max_idle_ms: u64,
+        refresh: bool,
+        budget: usize,
+    ) -> bool {
+        if self.sweep_cursor == 0 {
+            self.prune_retired_stats();
+            self.sweep_newest_use = self.macs_refreshed_ms;
+        }
+        let start = self.sweep_cursor;
+        let end = start.saturating_add(budget).min(self.cache.slots());
+        let since = self.macs_refreshed_ms;
+        let mut idle = std::mem::take(&mut self.sweep_idle);
+        let mut offer = std::mem::take(&mut self.sweep_offer);
+        let mut learns = std::mem::take(&mut self.learn_scratch);
+        idle.clear();
+        offer.clear();
+        learns.clear();
+        for (h, mf) in self.cache.iter_slots(start..end) {
+            if now_ms.saturating_sub(mf.stats.used) > max_idle_ms {
+                idle.push(h);
+                continue;
+            }
+            if refresh && mf.stats.used > since {
+                if let Some(l) = mf.learn {
+                    learns.push((l, mf.stats.used));
+                    self.sweep_newest_use = self.sweep_newest_use.max(mf.stats.used);
+                }
+            }
+            if self.meta.get(&h).is_some_and(|m| {
+                !m.offered
+                    && self
+                        .port_index(m.ingress)
+                        .is_some_and(|i| self.ports[i].offload)
+            }) {
+                offer.push(h);
+            }
+        }
+        for &h in &idle {
+            self.remove_megaflow(h);
+        }
+        if !learns.is_empty() {
+            self.bridge.learn_macs(learns.drain(..));
+        }
+        // Puts wait behind refused deletes (see `upcall`).
+        if self.pending_deletes.is_empty() {
+            for &h in &offer {
+                let (Some(mf), Some(meta)) = (self.cache.get(h), self.meta.get(&h).copied()) else {
+                    continue;
+                };
+                if self.offload.put(self.id, meta.ingress, mf, h) {
+                    if let Some(m) = self.meta.get_mut(&h) {
+                        m.offered = true;
+                    }
+                } else {
+                    self.counters.offload_queue_full += 1;
+                    break;
+                }
+            }
+        }
+        self.sweep_idle = idle;
+        self.sweep_offer = offer;
+        self.learn_scratch = learns;
+        if end >= self.cache.slots() {
+            self.sweep_cursor = 0;
+            if refresh {
+                self.macs_refreshed_ms = self.sweep_newest_use;
+            }
+            true
+        } else {
+            self.sweep_cursor = end;
+            false
+        }
     }
 
     /// Megaflows whose offload put found the worker's queue full, offered
