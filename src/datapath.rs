@@ -36,6 +36,9 @@ pub const DEFAULT_UPCALL_BUDGET: usize = 8;
 /// Revalidation verdicts a PMD applies per loop iteration (each costs
 /// about a microsecond at most: a dpcls removal or an action swap).
 const REVAL_OPS_PER_ITERATION: usize = 256;
+/// Idle megaflows one sweep slice removes, and refused ones it offers
+/// again, at most (about 1 µs each).
+const SWEEP_REMOVALS_PER_SLICE: usize = 256;
 /// Mark table updates a PMD applies per loop iteration (about 30 ns each).
 const MARK_UPDATES_PER_ITERATION: usize = 4096;
 /// Ethernet header plus one VLAN tag, on top of the IP MTU.
@@ -385,7 +388,7 @@ pub struct PmdCore<B> {
     learn_scratch: Vec<(MacLearn, u64)>,
     offload: Box<dyn OffloadClient>,
     /// Deletes the worker's queue had no room for, retried each iteration.
-    pending_deletes: Vec<(u32, Ufid)>,
+    pending_deletes: std::collections::VecDeque<(u32, Ufid)>,
     pub counters: PmdCounters,
     /// Packets and bytes of removed megaflows, per OpenFlow rule.
     retired_rule_stats: RetiredStats,
@@ -440,7 +443,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             macs_refreshed_ms: 0,
             learn_scratch: Vec::new(),
             offload,
-            pending_deletes: Vec::new(),
+            pending_deletes: std::collections::VecDeque::new(),
             counters: PmdCounters::default(),
             retired_rule_stats: RetiredStats::default(),
             upcall_budget: DEFAULT_UPCALL_BUDGET,
@@ -760,7 +763,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         }
         if let Some(meta) = self.meta.remove(&h).filter(|m| m.offered) {
             if !self.offload.delete(self.id, meta.ingress, mf.ufid) {
-                self.pending_deletes.push((meta.ingress, mf.ufid));
+                self.pending_deletes.push_back((meta.ingress, mf.ufid));
             }
         }
     }
@@ -808,7 +811,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         }
         self.prune_retired_stats(budget);
         let start = self.sweep_cursor;
-        let end = start.saturating_add(budget).min(self.cache.slots());
+        let mut end = start.saturating_add(budget).min(self.cache.slots());
         let since = self.macs_refreshed_ms;
         let mut idle = std::mem::take(&mut self.sweep_idle);
         let mut offer = std::mem::take(&mut self.sweep_offer);
@@ -819,6 +822,13 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         for (h, mf) in self.cache.iter_slots(start..end) {
             if now_ms.saturating_sub(mf.stats.used) > max_idle_ms {
                 idle.push(h);
+                // A removal costs far more than a look (dpcls, the NIC
+                // rule's delete, the revalidator's note): the slice ends
+                // after a bounded number of them.
+                if idle.len() >= SWEEP_REMOVALS_PER_SLICE {
+                    end = h.index() as usize + 1;
+                    break;
+                }
                 continue;
             }
             if refresh && mf.stats.used > since {
@@ -834,6 +844,11 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                         .is_some_and(|i| self.ports[i].offload)
             }) {
                 offer.push(h);
+                // A put builds the worker's request: bounded like removals.
+                if offer.len() >= SWEEP_REMOVALS_PER_SLICE {
+                    end = h.index() as usize + 1;
+                    break;
+                }
             }
         }
         for &h in &idle {
@@ -909,13 +924,14 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     /// Work to do at the top of the poll loop: retry deletes, revalidate
     /// after a MAC-learning change.
     pub fn housekeeping(&mut self) {
-        if !self.pending_deletes.is_empty() {
-            let pending = std::mem::take(&mut self.pending_deletes);
-            for (port, ufid) in pending {
-                if !self.offload.delete(self.id, port, ufid) {
-                    self.pending_deletes.push((port, ufid));
-                }
+        // In order, and only until the worker's queue refuses one: with a
+        // bundle's worth of deletes waiting, retrying them all every
+        // iteration would cost milliseconds per iteration.
+        while let Some(&(port, ufid)) = self.pending_deletes.front() {
+            if !self.offload.delete(self.id, port, ufid) {
+                break;
             }
+            self.pending_deletes.pop_front();
         }
         if !self.deferred_ops.is_empty() {
             let ops = std::mem::take(&mut self.deferred_ops);
@@ -976,7 +992,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
 
     /// Applies the offload worker's updates to the mark table; this is the
     /// PMD's quiescent point.
-    pub fn apply_offload_updates(&mut self, updates: &offload::worker::PmdUpdates) -> usize {
+    pub fn apply_offload_updates(&mut self, updates: &mut offload::worker::PmdUpdates) -> usize {
         updates.apply_at_most(&mut self.marks, MARK_UPDATES_PER_ITERATION)
     }
 

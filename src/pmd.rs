@@ -60,6 +60,10 @@ pub struct PmdSnapshot {
     /// naps excluded), in TSC cycles and in microseconds.
     pub max_iteration_cycles: u64,
     pub max_iteration_us: f64,
+    /// Where that iteration spent most of its time: control (commands such
+    /// as a new pipeline), mark_updates, revalidation_verdicts, poll
+    /// (packets, upcalls included) or sweep.
+    pub max_iteration_part: &'static str,
     pub subtables: usize,
     pub subtables_per_dpcls_hit: f64,
     /// The revalidator thread's work on this PMD's megaflows.
@@ -154,6 +158,7 @@ pub fn spawn<B: PacketBuf + Clone + Send + 'static>(
                 busy_cycles: 0,
                 busy_packets: 0,
                 max_iteration: 0,
+                max_iteration_part: "",
             }
             .run()
         })?;
@@ -164,6 +169,27 @@ pub fn spawn<B: PacketBuf + Clone + Send + 'static>(
         rxqs: Vec::new(),
         thread: Some(thread),
     })
+}
+
+/// Moves the calling thread (and so every thread it starts from now on:
+/// the offload workers, the revalidator, the emulated NICs, the control
+/// side) off the CPUs PMDs are pinned to, as OVS keeps its non-PMD threads
+/// on other cores: a PMD then has its core to itself. Best effort; nothing
+/// changes when no PMD is pinned or no other CPU is usable.
+pub fn keep_off_pmd_cores(pmd_cores: &[Option<usize>]) {
+    let Ok(mut set) = rustix::thread::sched_getaffinity(None) else {
+        return;
+    };
+    let mut changed = false;
+    for cpu in pmd_cores.iter().flatten() {
+        if *cpu < rustix::thread::CpuSet::MAX_CPU && set.is_set(*cpu) {
+            set.unset(*cpu);
+            changed = true;
+        }
+    }
+    if changed && set.count() > 0 {
+        let _ = rustix::thread::sched_setaffinity(None, &set);
+    }
 }
 
 /// Pins the calling thread to one CPU (sched_setaffinity through rustix's
@@ -189,6 +215,7 @@ struct PmdLoop<B> {
     busy_packets: u64,
     /// Cycles of the longest loop iteration (see [`PmdSnapshot`]).
     max_iteration: u64,
+    max_iteration_part: &'static str,
 }
 
 impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
@@ -208,9 +235,11 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
             if !self.control() {
                 break;
             }
-            if let Some(u) = &self.updates {
+            let t_marks = rdtsc();
+            if let Some(u) = &mut self.updates {
                 self.core.apply_offload_updates(u);
             }
+            let t_house = rdtsc();
             self.core.housekeeping();
             let now_ms = start.elapsed().as_millis() as u64;
             let t0 = rdtsc();
@@ -218,8 +247,9 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
             for &(ofport, q) in &self.rxqs {
                 got += self.core.poll_ofport(ofport, q, now_ms);
             }
+            let t_polled = rdtsc();
             if got > 0 {
-                self.busy_cycles += rdtsc().wrapping_sub(t0);
+                self.busy_cycles += t_polled.wrapping_sub(t0);
                 self.busy_packets += got as u64;
                 idle_polls = 0;
                 sleep = Duration::from_micros(10);
@@ -257,8 +287,20 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
             {
                 sweeping = false;
             }
-            let took = rdtsc().wrapping_sub(iteration).saturating_sub(napped);
-            self.max_iteration = self.max_iteration.max(took);
+            let end = rdtsc();
+            let took = end.wrapping_sub(iteration).saturating_sub(napped);
+            if took > self.max_iteration {
+                self.max_iteration = took;
+                // Which part of the loop the longest iteration spent most in.
+                let parts = [
+                    ("control", t_marks.wrapping_sub(iteration)),
+                    ("mark_updates", t_house.wrapping_sub(t_marks)),
+                    ("revalidation_verdicts", t0.wrapping_sub(t_house)),
+                    ("poll", t_polled.wrapping_sub(t0)),
+                    ("sweep", end.wrapping_sub(t_polled).saturating_sub(napped)),
+                ];
+                self.max_iteration_part = parts.iter().max_by_key(|p| p.1).map_or("", |p| p.0);
+            }
         }
         // Shutdown: every megaflow goes, and with it every NIC rule.
         self.core.flush_megaflows();
@@ -304,6 +346,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
                 self.busy_cycles = 0;
                 self.busy_packets = 0;
                 self.max_iteration = 0;
+                self.max_iteration_part = "";
             }
             PmdCommand::FlushMegaflows(reply) => {
                 self.core.flush_megaflows();
@@ -331,6 +374,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
             },
             max_iteration_cycles: self.max_iteration,
             max_iteration_us: self.max_iteration as f64 / tsc_per_us(),
+            max_iteration_part: self.max_iteration_part,
             subtables,
             subtables_per_dpcls_hit: per_hit,
             revalidator: None,

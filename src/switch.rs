@@ -203,6 +203,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         }
         // Calibrated here, once, so that no PMD waits for it in a snapshot.
         crate::dpdk::tsc::tsc_per_us();
+        pmd::keep_off_pmd_cores(&config.pmd_cores);
         let pipeline = Pipeline::new();
         let bridge = Arc::new(BridgeState::new(config.mac_aging_ms));
         let worker = if config.offload {

@@ -15,6 +15,13 @@ pub struct FlowHandle {
     gen: u32,
 }
 
+impl FlowHandle {
+    /// The slot (see [`FlowCache::iter_slots`]).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}
+
 /// Two different megaflows hashed to one ufid; the second is not installed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is taken by a megaflow with another match (a ufid hash collision); the packet is dropped as xlate_error and the flow stays uncached")]

@@ -380,3 +380,45 @@ fn two_offload_threads_share_nothing_but_the_pmds() {
     assert_eq!(devs[1].rules().len(), per_port as usize);
     assert_eq!(status.states.software, per_port as usize);
 }
+
+#[test]
+fn a_bounded_drain_spreads_a_flood_of_updates_and_loses_none() {
+    let worker = OffloadWorker::spawn(WorkerConfig {
+        batch: 256,
+        ..config(1024)
+    })
+    .expect("spawn");
+    let dev = SlowDevice::new(Duration::ZERO);
+    worker.add_port(1, dev.clone(), 1).expect("add port");
+    let (requests, mut updates) = worker.add_pmd(PmdId(0)).expect("add pmd").into_parts();
+    let mut cache = FlowCache::new(1);
+    for i in 0..300 {
+        let mf = megaflow(1, i);
+        let h = cache.install(mf.clone()).expect("distinct matches");
+        assert_eq!(requests.put(1, &mf, h), Offer::Queued);
+    }
+    let mut table = offload::marks::MarkTable::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut calls = 0;
+    while table.len() < 300 {
+        let n = updates.apply_at_most(&mut table, 7);
+        assert!(n <= 7, "at most the bound per call: {n}");
+        calls += 1;
+        assert!(
+            Instant::now() < deadline,
+            "gave up at {} marks",
+            table.len()
+        );
+        if n == 0 {
+            sleep(Duration::from_millis(1));
+        }
+    }
+    assert!(calls >= 300 / 7, "{calls} calls");
+    // Every published mark leads to its megaflow.
+    for (h, _) in cache.iter() {
+        assert!(
+            (1..=300u32).any(|m| table.lookup(m) == Some(h)),
+            "{h:?} has no mark"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! channels ([`PmdOffload`], [`PmdRequests`], [`PmdUpdates`]).
 
 use super::*;
+use fallback::sync::Recover;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -231,6 +232,7 @@ impl OffloadWorker {
                 shared: Arc::clone(&self.shared),
             },
             updates: PmdUpdates {
+                leftover: std::sync::Mutex::new(Vec::new()),
                 updates: updates_rx,
                 shared: Arc::clone(&self.shared),
                 seen,
@@ -425,6 +427,8 @@ const MAX_SHARDS_ON_STACK: usize = 16;
 /// quiescence report.
 pub struct PmdUpdates {
     updates: Receiver<Vec<PmdUpdate>>,
+    /// What a bounded [`PmdUpdates::apply_at_most`] left, last first.
+    leftover: std::sync::Mutex<Vec<PmdUpdate>>,
     shared: Arc<Shared>,
     seen: Seen,
 }
@@ -433,15 +437,7 @@ impl PmdUpdates {
     /// Call at the top of every poll loop: hands every pending update to
     /// `apply` (in order), then reports the quiescent point. Returns the
     /// number of updates.
-    pub fn drain(&self, apply: impl FnMut(PmdUpdate)) -> usize {
-        self.drain_at_most(usize::MAX, apply)
-    }
-
-    /// [`PmdUpdates::drain`], stopping once `max` updates are applied (whole
-    /// batches: a few more may be), so that a flood of updates (a bundle's
-    /// worth of deletes) spreads over several loop iterations; the
-    /// quiescent point is reported only when nothing was left.
-    pub fn drain_at_most(&self, max: usize, mut apply: impl FnMut(PmdUpdate)) -> usize {
+    pub fn drain(&self, mut apply: impl FnMut(PmdUpdate)) -> usize {
         // Read the epochs before draining: every update a shard sent
         // before it stored its epoch is applied by the time we report it.
         // (Shards' marks are disjoint, so one channel for all of them
@@ -463,16 +459,68 @@ impl PmdUpdates {
             &many
         };
         let mut n = 0;
-        while n < max {
-            let Ok(batch) = self.updates.try_recv() else {
-                break;
-            };
+        // Updates a bounded call left over come first, in order.
+        {
+            let mut left = self.leftover.lock().recover();
+            n += left.len();
+            left.drain(..).rev().for_each(&mut apply);
+        }
+        while let Ok(batch) = self.updates.try_recv() {
             n += batch.len();
             batch.into_iter().for_each(&mut apply);
         }
-        // Stopped with updates left: not quiescent for those epochs yet
-        // (the worker waits for a later call to report them).
-        if n < max || self.updates.is_empty() {
+        for (seen, epoch) in self.seen.iter().zip(epochs) {
+            seen.store(*epoch, Ordering::Release);
+        }
+        n
+    }
+
+    /// [`PmdUpdates::apply_to`] that stops after `max` updates, so that a
+    /// flood of them (a bundle's worth of deletes in one batch) spreads
+    /// over several loop iterations; the quiescent point is reported only
+    /// by a call that leaves nothing behind.
+    pub fn apply_at_most(&mut self, table: &mut MarkTable, max: usize) -> usize {
+        let mut epochs = [0u64; MAX_SHARDS_ON_STACK];
+        let many: Vec<u64>;
+        let epochs: &[u64] = if self.shared.epochs.len() <= MAX_SHARDS_ON_STACK {
+            for (e, s) in epochs.iter_mut().zip(&self.shared.epochs) {
+                *e = s.load(Ordering::Acquire);
+            }
+            &epochs[..self.shared.epochs.len()]
+        } else {
+            many = self
+                .shared
+                .epochs
+                .iter()
+                .map(|e| e.load(Ordering::Acquire))
+                .collect();
+            &many
+        };
+        // Never poisoned in practice (only this thread takes it); the lock
+        // exists so that `drain(&self)` can share the leftovers.
+        let left = self.leftover.get_mut().recover();
+        let mut n = 0;
+        loop {
+            while n < max {
+                let Some(u) = left.pop() else {
+                    break;
+                };
+                table.apply(u);
+                n += 1;
+            }
+            if n >= max {
+                break;
+            }
+            match self.updates.try_recv() {
+                Ok(mut batch) => {
+                    // Kept last first, to pop in order.
+                    batch.reverse();
+                    *left = batch;
+                }
+                Err(_) => break,
+            }
+        }
+        if left.is_empty() && self.updates.is_empty() {
             for (seen, epoch) in self.seen.iter().zip(epochs) {
                 seen.store(*epoch, Ordering::Release);
             }
@@ -483,11 +531,6 @@ impl PmdUpdates {
     /// [`PmdUpdates::drain`] into a [`MarkTable`].
     pub fn apply_to(&self, table: &mut MarkTable) -> usize {
         self.drain(|u| table.apply(u))
-    }
-
-    /// [`PmdUpdates::apply_to`], at most about `max` updates.
-    pub fn apply_at_most(&self, table: &mut MarkTable, max: usize) -> usize {
-        self.drain_at_most(max, |u| table.apply(u))
     }
 }
 
