@@ -120,8 +120,10 @@ type StageCount = (u64, u32);
 #[derive(Clone, Debug)]
 pub struct Subtable {
     mask: FlowKey,
-    /// Non-empty stages only; at least one unless the mask is empty.
-    stages: Vec<Stage>,
+    /// Non-empty stages only; at least one unless the mask is empty. Shared:
+    /// they never change, and a copy-on-write clone of the subtable (the
+    /// first change after each snapshot) should not reallocate them.
+    stages: Arc<[Stage]>,
     /// Partial hashes of every stage but the last.
     stage_hashes: Vec<CowTable<StageCount>>,
     /// Rules by the hash of their masked key (all stages).
@@ -168,7 +170,7 @@ impl Subtable {
         let n_partial = stages.len().saturating_sub(1);
         Subtable {
             mask,
-            stages,
+            stages: stages.into(),
             stage_hashes: vec![CowTable::default(); n_partial],
             rules: CowTable::default(),
             max_priority: 0,

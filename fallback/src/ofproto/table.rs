@@ -73,6 +73,8 @@ impl HeapBytes {
 /// share one mutable structure between the writer and those readers.
 #[derive(Clone)]
 pub struct Pipeline {
+    /// Tables up to the highest one that ever held a rule (a snapshot
+    /// copies one pointer per table here, not 255).
     tables: Vec<Arc<Classifier>>,
     /// Every rule by id (`get` without a scan).
     by_id: CowTable<Arc<RuleEntry>>,
@@ -118,11 +120,8 @@ fn lookup_order(a: &Arc<RuleEntry>, b: &Arc<RuleEntry>) -> std::cmp::Ordering {
 
 impl Pipeline {
     pub fn new() -> Self {
-        // Every table starts as the same empty classifier; the first
-        // change to a table gives it its own (copy on write).
-        let empty = Arc::new(Classifier::default());
         Pipeline {
-            tables: (0..N_TABLES).map(|_| Arc::clone(&empty)).collect(),
+            tables: Vec::new(),
             by_id: CowTable::default(),
             next_id: 1,
             version: 0,
@@ -156,7 +155,8 @@ impl Pipeline {
         r
     }
 
-    /// The classifier of a table (`None` for a table that does not exist).
+    /// The classifier of a table (`None` for a table that never held a
+    /// rule, or does not exist).
     pub fn classifier(&self, table: u8) -> Option<&Classifier> {
         self.tables.get(table as usize).map(|c| &**c)
     }
@@ -175,7 +175,7 @@ impl Pipeline {
     /// Every rule, table by table, in lookup order.
     pub fn rules(&self) -> impl Iterator<Item = &Arc<RuleEntry>> {
         (0..N_TABLES as u16)
-            .filter(|t| !self.tables[*t as usize].is_empty())
+            .filter(|t| self.classifier(*t as u8).is_some_and(|c| !c.is_empty()))
             .flat_map(|t| self.table(t as u8))
     }
 
@@ -208,8 +208,9 @@ impl Pipeline {
         let id = RuleId(self.next_id);
         self.next_id += 1;
         let table = rule.table as usize;
-        let replaced = self.tables[table]
-            .find_exact(&rule.r#match, rule.priority)
+        let replaced = self
+            .classifier(rule.table)
+            .and_then(|c| c.find_exact(&rule.r#match, rule.priority))
             .map(|e| e.id);
         if let Some(old) = replaced {
             self.remove_one(old);
@@ -221,6 +222,9 @@ impl Pipeline {
         });
         self.by_id
             .insert(id_hash(id), Arc::clone(&entry), |e| id_hash(e.id));
+        if self.tables.len() <= table {
+            self.tables.resize_with(table + 1, Default::default);
+        }
         Arc::make_mut(&mut self.tables[table]).insert(entry);
         self.changed();
         Added { id, replaced }
