@@ -14,11 +14,12 @@ use fallback::key::FlowKey;
 use fallback::megaflow::{Megaflow, Ufid};
 use fallback::ofproto::mac::{MacLearn, MacTable};
 use fallback::ofproto::table::{Pipeline, RuleId};
-use fallback::ofproto::xlate::{xlate, xlate_hinted, Bridge, XlateDrop};
+use fallback::ofproto::xlate::{xlate, Bridge, XlateDrop};
 use fallback::packet::{self, ParseInfo};
 use fallback::port::{
     BufferSource, Burst, PacketBuf, Port, PortStats, RxDropReason, TxDropReason, BURST,
 };
+use fallback::revalidate::{ports_digest, FlowRecord, RevalOp, Revalidator};
 use fallback::sync::Recover;
 use hashbrown::HashMap;
 use offload::marks::{MarkTable, PmdUpdate};
@@ -32,6 +33,9 @@ use std::time::Instant;
 /// `upcall_limit`). An upcall costs about ten cache hits, so 8 keeps a
 /// storming port's burst within about three bursts' worth of hit work.
 pub const DEFAULT_UPCALL_BUDGET: usize = 8;
+/// Revalidation verdicts a PMD applies per loop iteration (each costs
+/// about a microsecond at most: a dpcls removal or an action swap).
+const REVAL_OPS_PER_ITERATION: usize = 256;
 /// Ethernet header plus one VLAN tag, on top of the IP MTU.
 const L2_OVERHEAD: usize = 18;
 
@@ -40,6 +44,12 @@ pub struct BridgeState {
     pub macs: RwLock<MacTable>,
     /// Bumped when the MAC table's answers change (for revalidation).
     pub mac_version: AtomicU64,
+    /// Rung (without blocking) when `mac_version` moves: the revalidator
+    /// thread waits on it.
+    mac_changed: (
+        crossbeam_channel::Sender<()>,
+        crossbeam_channel::Receiver<()>,
+    ),
     /// The clock MAC entries are learned, refreshed and aged on (one for
     /// every PMD and the aging sweep).
     epoch: Instant,
@@ -59,6 +69,7 @@ impl BridgeState {
                 mac_aging_ms,
             )),
             mac_version: AtomicU64::new(0),
+            mac_changed: crossbeam_channel::bounded(1),
             epoch: Instant::now(),
         }
     }
@@ -76,6 +87,22 @@ impl BridgeState {
         self.macs.write().recover()
     }
 
+    /// Rings once per change (a full bell means one is pending already).
+    fn mac_moved(&self) {
+        self.mac_version.fetch_add(1, Ordering::AcqRel);
+        let _ = self.mac_changed.0.try_send(());
+    }
+
+    /// What rings when the MAC table's answers change.
+    pub fn mac_changes(&self) -> crossbeam_channel::Receiver<()> {
+        self.mac_changed.1.clone()
+    }
+
+    /// A copy of the MAC table (for revalidation, off the PMDs).
+    pub fn mac_snapshot(&self) -> MacTable {
+        self.macs.read().recover().clone()
+    }
+
     /// Learns or refreshes MAC entries (upcalls, the refresh sweep); PMDs
     /// revalidate when an answer changed.
     pub fn learn_macs(&self, learns: impl IntoIterator<Item = (MacLearn, u64)>) {
@@ -85,14 +112,20 @@ impl BridgeState {
             changed |= macs.learn(l, at_ms);
         }
         if changed {
-            self.mac_version.fetch_add(1, Ordering::AcqRel);
+            self.mac_moved();
         }
+    }
+
+    /// Forgets the entries learned on a port (the port is gone).
+    pub fn flush_port_macs(&self, ofport: u32) {
+        self.macs_mut().flush_port(ofport);
+        self.mac_moved();
     }
 
     /// Forgets entries unused for the aging time; PMDs revalidate when any went.
     pub fn age_macs(&self, now_ms: u64) {
         if self.macs_mut().expire(now_ms) {
-            self.mac_version.fetch_add(1, Ordering::AcqRel);
+            self.mac_moved();
         }
     }
 }
@@ -219,6 +252,36 @@ struct FlowMeta {
     offered: bool,
 }
 
+/// A PMD's report to its revalidator about one megaflow.
+#[derive(Debug)]
+pub enum FlowEvent {
+    Installed {
+        pmd: u32,
+        handle: FlowHandle,
+        /// Boxed: a record is ~400 bytes, the channel's slots stay small.
+        record: Box<FlowRecord>,
+    },
+    Removed {
+        pmd: u32,
+        handle: FlowHandle,
+        ufid: Ufid,
+    },
+}
+
+/// Where a PMD's megaflows are revalidated.
+pub enum Revalidation {
+    /// Here, by the same engine, when a change reaches the PMD (tests,
+    /// benchmarks, `flowmark bench`: deterministic, one thread).
+    Inline(Box<Revalidator>),
+    /// On the revalidator thread (the daemon): installs and removals go to
+    /// it, and only its verdicts (modify, delete) come back; the PMD never
+    /// translates for revalidation.
+    Thread {
+        events: crossbeam_channel::Sender<FlowEvent>,
+        ops: crossbeam_channel::Receiver<Vec<RevalOp>>,
+    },
+}
+
 /// Per-megaflow information for `megaflow dump`.
 #[derive(Clone, Debug)]
 pub struct MegaflowInfo {
@@ -239,8 +302,20 @@ pub struct PmdCore<B> {
     by_ofport: Vec<u16>,
     /// The sorted ofports of the bridge (FLOOD/NORMAL targets).
     ofports: Vec<u32>,
+    /// The sorted ofports whose megaflows go to a NIC (their megaflows
+    /// widen L4 port masks, see `Bridge::widen_l4`).
+    offload_ofports: Vec<u32>,
     pipeline: Arc<Pipeline>,
     bridge: Arc<BridgeState>,
+    reval: Revalidation,
+    /// [`ports_digest`] of `ofports` (megaflow records carry it).
+    ports_digest: u64,
+    /// The pipeline changed since removed rules' counts were last pruned.
+    prune_retired: bool,
+    /// Inline verdicts reached mid-burst, applied at housekeeping.
+    deferred_ops: Vec<RevalOp>,
+    /// The revalidator's verdicts not applied yet, last first.
+    reval_backlog: Vec<RevalOp>,
     mac_version_seen: u64,
     /// Megaflows used after this time refresh their MAC entry at the next
     /// [`PmdCore::refresh_macs`].
@@ -273,6 +348,12 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         emc_insert_inv_prob: u32,
     ) -> Self {
         let mac_version_seen = bridge.mac_version.load(Ordering::Acquire);
+        let reval = Revalidation::Inline(Box::new(Revalidator::new(
+            Arc::clone(&pipeline),
+            bridge.mac_snapshot(),
+            Vec::new(),
+            Some(Vec::new()),
+        )));
         PmdCore {
             id,
             cache: FlowCache::new(emc_insert_inv_prob),
@@ -281,8 +362,14 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             ports: Vec::new(),
             by_ofport: Vec::new(),
             ofports: Vec::new(),
+            offload_ofports: Vec::new(),
             pipeline,
             bridge,
+            reval,
+            ports_digest: ports_digest(&[], Some(&[])),
+            prune_retired: false,
+            deferred_ops: Vec::new(),
+            reval_backlog: Vec::new(),
             mac_version_seen,
             macs_refreshed_ms: 0,
             learn_scratch: Vec::new(),
@@ -296,6 +383,37 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             copies: None,
             batch: Vec::with_capacity(BURST),
         }
+    }
+
+    /// Hands revalidation to the revalidator thread: this PMD reports its
+    /// installs and removals on `events` and applies the verdicts from `ops`.
+    /// Megaflows installed so far are reported now.
+    pub fn set_revalidator(
+        &mut self,
+        events: crossbeam_channel::Sender<FlowEvent>,
+        ops: crossbeam_channel::Receiver<Vec<RevalOp>>,
+    ) {
+        let stamp = self.pipeline.stamp();
+        let mac_version = self.bridge.macs.read().recover().version();
+        if let Revalidation::Inline(engine) = &self.reval {
+            // Records the inline engine has carry their dependencies.
+            for (h, mf) in self.cache.iter() {
+                let _ = events.send(FlowEvent::Installed {
+                    pmd: self.id,
+                    handle: h,
+                    record: Box::new(FlowRecord::new(
+                        mf,
+                        engine
+                            .deps_of(h)
+                            .unwrap_or(fallback::ofproto::xlate::XlateDeps::ALL),
+                        stamp,
+                        mac_version,
+                        self.ports_digest,
+                    )),
+                });
+            }
+        }
+        self.reval = Revalidation::Thread { events, ops };
     }
 
     /// The bridge clock (MAC learning, refresh and aging run on it).
@@ -356,7 +474,6 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         let idx = self.ports.iter().position(|p| p.ofport == ofport)?;
         let mut p = self.ports.remove(idx);
         p.tx.clear();
-        self.reindex();
         let doomed: Vec<FlowHandle> = self
             .cache
             .iter()
@@ -371,12 +488,16 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         for h in doomed {
             self.remove_megaflow(h);
         }
+        // After the removals: revalidating flooders against the new port
+        // list must not turn the removed outputs into kept drops first.
+        self.reindex();
         Some(p.stats)
     }
 
     fn reindex(&mut self) {
         self.by_ofport.clear();
         self.ofports.clear();
+        self.offload_ofports.clear();
         for (i, p) in self.ports.iter().enumerate() {
             let o = p.ofport as usize;
             if o >= self.by_ofport.len() {
@@ -384,8 +505,24 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             }
             self.by_ofport[o] = i as u16;
             self.ofports.push(p.ofport);
+            if p.offload {
+                self.offload_ofports.push(p.ofport);
+            }
         }
         self.ofports.sort_unstable();
+        self.offload_ofports.sort_unstable();
+        self.ports_digest = ports_digest(&self.ofports, Some(&self.offload_ofports));
+        // Flooding megaflows follow the port list (the thread's engine
+        // hears of it from the switch).
+        if let Revalidation::Inline(engine) = &mut self.reval {
+            let mut ops = Vec::new();
+            engine.set_ports(
+                self.ofports.clone(),
+                Some(self.offload_ofports.clone()),
+                &mut ops,
+            );
+            self.apply_reval_ops(ops);
+        }
     }
 
     #[inline]
@@ -399,12 +536,63 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
 
     // ---- control ----
 
-    /// A new pipeline: revalidate every megaflow against it, and forget the
-    /// counts of rules it no longer has (rule churn must not grow memory).
+    /// A new pipeline for upcalls. Inline, the megaflows its changes can
+    /// affect are revalidated here and now; with a revalidator thread that
+    /// thread does it and sends the verdicts. Counts of rules it no longer
+    /// has are forgotten at the next sweep (rule churn must not grow memory).
     pub fn set_pipeline(&mut self, pipeline: Arc<Pipeline>) {
         self.pipeline = pipeline;
-        self.revalidate();
-        if !self.retired_rule_stats.is_empty() {
+        self.prune_retired = true;
+        if let Revalidation::Inline(engine) = &mut self.reval {
+            let mut ops = Vec::new();
+            engine.set_pipeline(Arc::clone(&self.pipeline), &mut ops);
+            self.counters.revalidations += 1;
+            self.apply_reval_ops(ops);
+        }
+    }
+
+    /// Applies revalidation verdicts. Each names the megaflow by handle
+    /// (slot and generation) and ufid: one removed meanwhile is skipped.
+    pub fn apply_reval_ops(&mut self, ops: impl IntoIterator<Item = RevalOp>) {
+        for op in ops {
+            match op {
+                RevalOp::Delete { handle, ufid } => {
+                    if self.cache.get(handle).is_some_and(|m| m.ufid == ufid) {
+                        self.remove_megaflow(handle);
+                    }
+                }
+                RevalOp::Modify {
+                    handle,
+                    ufid,
+                    actions,
+                    rules,
+                    drop,
+                    learn,
+                } => {
+                    let Some(mf) = self.cache.get_mut(handle).filter(|m| m.ufid == ufid) else {
+                        continue;
+                    };
+                    // Counts so far belong to the old rules.
+                    for r in mf.rules.iter() {
+                        let e = self.retired_rule_stats.entry(*r).or_insert((0, 0));
+                        e.0 += mf.stats.packets;
+                        e.1 += mf.stats.bytes;
+                    }
+                    mf.stats.packets = 0;
+                    mf.stats.bytes = 0;
+                    mf.actions = actions;
+                    mf.rules = rules;
+                    mf.drop = drop;
+                    mf.learn = learn;
+                }
+            }
+        }
+    }
+
+    /// Forgets the counts of removed megaflows' rules that the pipeline no
+    /// longer has (at the sweep, not on every flow mod).
+    fn prune_retired_stats(&mut self) {
+        if std::mem::take(&mut self.prune_retired) && !self.retired_rule_stats.is_empty() {
             let pipeline = &self.pipeline;
             self.retired_rule_stats
                 .retain(|id, _| pipeline.get(*id).is_some());
@@ -491,6 +679,16 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             e.1 += mf.stats.bytes;
         }
         self.counters.megaflows_removed += 1;
+        match &mut self.reval {
+            Revalidation::Inline(engine) => engine.removed(h, mf.ufid),
+            Revalidation::Thread { events, .. } => {
+                let _ = events.send(FlowEvent::Removed {
+                    pmd: self.id,
+                    handle: h,
+                    ufid: mf.ufid,
+                });
+            }
+        }
         if let Some(meta) = self.meta.remove(&h).filter(|m| m.offered) {
             if !self.offload.delete(self.id, meta.ingress, mf.ufid) {
                 self.pending_deletes.push((meta.ingress, mf.ufid));
@@ -508,6 +706,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
 
     /// Removes megaflows idle for longer than `max_idle_ms`; returns how many.
     pub fn expire(&mut self, now_ms: u64, max_idle_ms: u64) -> usize {
+        self.prune_retired_stats();
         let idle: Vec<FlowHandle> = self
             .cache
             .iter()
@@ -519,51 +718,6 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             self.remove_megaflow(h);
         }
         n
-    }
-
-    /// Re-translates every megaflow (DESIGN §4): same mask-or-narrower and
-    /// same actions: kept; new actions: swapped in place (mark kept); a mask
-    /// the old megaflow does not cover: removed (the next packet makes the
-    /// new one).
-    pub fn revalidate(&mut self) {
-        self.counters.revalidations += 1;
-        self.mac_version_seen = self.bridge.mac_version.load(Ordering::Acquire);
-        let macs = self.bridge.macs.read().recover().clone();
-        let bridge = Bridge {
-            pipeline: &self.pipeline,
-            macs: &macs,
-            ports: &self.ofports,
-        };
-        let mut doomed = Vec::new();
-        let mut changed = Vec::new();
-        for (h, mf) in self.cache.iter() {
-            // The masked key is a packet of the megaflow.
-            let x = xlate_hinted(bridge, &mf.r#match.value, Some(&mf.r#match.mask));
-            if !x.mask.is_subset_of(&mf.r#match.mask) {
-                doomed.push(h);
-            } else if *x.actions != *mf.actions || *x.rules != *mf.rules || x.drop != mf.drop {
-                changed.push((h, x));
-            }
-        }
-        for h in doomed {
-            self.remove_megaflow(h);
-        }
-        for (h, x) in changed {
-            if let Some(mf) = self.cache.get_mut(h) {
-                // Counts so far belong to the old rules.
-                for r in mf.rules.iter() {
-                    let e = self.retired_rule_stats.entry(*r).or_insert((0, 0));
-                    e.0 += mf.stats.packets;
-                    e.1 += mf.stats.bytes;
-                }
-                mf.stats.packets = 0;
-                mf.stats.bytes = 0;
-                mf.actions = x.actions.into();
-                mf.rules = x.rules.into();
-                mf.drop = x.drop;
-                mf.learn = x.learn;
-            }
-        }
     }
 
     /// Megaflows whose offload put found the worker's queue full, offered
@@ -610,8 +764,40 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 }
             }
         }
-        if self.bridge.mac_version.load(Ordering::Acquire) != self.mac_version_seen {
-            self.revalidate();
+        if !self.deferred_ops.is_empty() {
+            let ops = std::mem::take(&mut self.deferred_ops);
+            self.apply_reval_ops(ops);
+        }
+        match &mut self.reval {
+            Revalidation::Inline(engine) => {
+                let v = self.bridge.mac_version.load(Ordering::Acquire);
+                if v != self.mac_version_seen {
+                    self.mac_version_seen = v;
+                    let mut ops = Vec::new();
+                    engine.set_macs(self.bridge.mac_snapshot(), &mut ops);
+                    self.counters.revalidations += 1;
+                    self.apply_reval_ops(ops);
+                }
+            }
+            Revalidation::Thread { ops, .. } => {
+                // A big verdict (a bundle's worth of megaflows) is applied
+                // a slice per loop iteration, so that no iteration is long.
+                if self.reval_backlog.is_empty() {
+                    if let Ok(batch) = ops.try_recv() {
+                        self.counters.revalidations += 1;
+                        self.reval_backlog = batch;
+                        self.reval_backlog.reverse();
+                    }
+                }
+                if !self.reval_backlog.is_empty() {
+                    let n = self
+                        .reval_backlog
+                        .len()
+                        .saturating_sub(REVAL_OPS_PER_ITERATION);
+                    let slice: Vec<RevalOp> = self.reval_backlog.drain(n..).rev().collect();
+                    self.apply_reval_ops(slice);
+                }
+            }
         }
     }
 
@@ -747,13 +933,14 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     /// and the packet is the caller's to drop (counted).
     fn upcall(&mut self, port_idx: usize, key: &FlowKey, now_ms: u64) -> Option<FlowHandle> {
         self.counters.upcalls += 1;
-        let (x, learn) = {
+        let (x, learn, mac_version) = {
             let macs = self.bridge.macs.read().recover();
             let x = xlate(
                 Bridge {
                     pipeline: &self.pipeline,
                     macs: &macs,
                     ports: &self.ofports,
+                    widen_l4: Some(&self.offload_ofports),
                 },
                 key,
             );
@@ -762,11 +949,12 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             let learn = x
                 .learn
                 .filter(|l| macs.lookup(l.mac, l.vlan) != Some(l.port));
-            (x, learn)
+            (x, learn, macs.version())
         };
         if let Some(l) = learn {
             self.bridge.learn_macs([(l, now_ms)]);
         }
+        let deps = x.deps;
         let mut mf = Megaflow::from_xlation(key, x);
         mf.stats.used = now_ms;
         let ufid = mf.ufid;
@@ -780,6 +968,28 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         };
         if existed.is_none() {
             self.counters.megaflows_installed += 1;
+            if let Some(mf) = self.cache.get(h) {
+                let record = FlowRecord::new(
+                    mf,
+                    deps,
+                    self.pipeline.stamp(),
+                    mac_version,
+                    self.ports_digest,
+                );
+                match &mut self.reval {
+                    // Verdicts wait for housekeeping: the burst holds handles.
+                    Revalidation::Inline(engine) => {
+                        engine.installed(h, record, &mut self.deferred_ops)
+                    }
+                    Revalidation::Thread { events, .. } => {
+                        let _ = events.send(FlowEvent::Installed {
+                            pmd: self.id,
+                            handle: h,
+                            record: Box::new(record),
+                        });
+                    }
+                }
+            }
             let port = &self.ports[port_idx];
             let ingress = port.ofport;
             let mut meta = FlowMeta {

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openflow;
 pub mod pmd;
 pub mod ports;
+pub mod revalidator;
 pub mod soak;
 pub mod switch;
 pub mod trace;

@@ -80,6 +80,7 @@ pub fn trace(
             pipeline: &pipeline,
             macs: &macs,
             ports: &ports,
+            widen_l4: None,
         },
         &key,
     );

@@ -59,6 +59,9 @@ pub struct PmdSnapshot {
     pub max_iteration_us: f64,
     pub subtables: usize,
     pub subtables_per_dpcls_hit: f64,
+    /// The revalidator thread's work on this PMD's megaflows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revalidator: Option<crate::revalidator::RevalidatorSnapshot>,
     #[serde(skip)]
     pub ports: Vec<(u32, PortStats)>,
 }
@@ -318,6 +321,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
             max_iteration_us: self.max_iteration as f64 / tsc_per_us(),
             subtables,
             subtables_per_dpcls_hit: per_hit,
+            revalidator: None,
             ports: self.core.port_stats(),
         }
     }

@@ -7,6 +7,7 @@ use crate::datapath::{
     BridgeState, MegaflowInfo, NoOffload, OffloadClient, OutFrame, PmdCore, PACKET_OUT_QUEUE,
 };
 use crate::pmd::{self, PmdCommand, PmdSettings, PmdSnapshot, PmdThread, WorkerClient};
+use crate::revalidator::{PmdLink, RevalCommand, RevalidatorSnapshot, RevalidatorThread};
 use fallback::actions::DpAction;
 use fallback::ofproto::table::{Added, Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
@@ -17,7 +18,6 @@ use offload::device::FlowDevice;
 use offload::marks::PmdId;
 use offload::worker::{EngineConfig, FlowOffloadInfo, OffloadStatus, OffloadWorker, WorkerConfig};
 use serde::Serialize;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -189,6 +189,7 @@ pub struct Switch<B> {
     punts: crossbeam_channel::Receiver<crate::datapath::Punt>,
     /// Where a packet-out's `controller` actions punt.
     punt_tx: crossbeam_channel::Sender<crate::datapath::Punt>,
+    revalidator: RevalidatorThread,
 }
 
 /// Punts waiting for the controller side before PMDs start dropping them.
@@ -224,6 +225,8 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
             emc_insert_inv_prob: config.emc_insert_inv_prob,
         };
         let (punt_tx, punts) = crossbeam_channel::bounded(PUNT_QUEUE);
+        let (flow_events, events) = crossbeam_channel::unbounded();
+        let mut links = Vec::new();
         let mut pmds = Vec::new();
         for (i, cpu) in config.pmd_cores.iter().enumerate() {
             let id = i as u32;
@@ -242,8 +245,20 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
                 settings.emc_insert_inv_prob,
             );
             core.set_punt_channel(punt_tx.clone());
+            let (ops_tx, ops) = crossbeam_channel::unbounded();
+            core.set_revalidator(flow_events.clone(), ops);
+            links.push(PmdLink {
+                pmd: id,
+                ops: ops_tx,
+            });
             pmds.push(pmd::spawn(core, *cpu, updates, settings)?);
         }
+        let revalidator = RevalidatorThread::spawn(
+            Arc::new(pipeline.clone()),
+            Arc::clone(&bridge),
+            links,
+            events,
+        )?;
         Ok(Switch {
             config,
             pipeline,
@@ -253,6 +268,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
             worker,
             punts,
             punt_tx,
+            revalidator,
         })
     }
 
@@ -325,7 +341,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
             packet_outs,
         });
         self.assign_rxqs();
-        self.publish_pipeline();
+        self.publish_ports();
         Ok(ofport)
     }
 
@@ -348,13 +364,10 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
                 w.remove_port(ofport)?;
             }
         }
-        if let Ok(mut macs) = self.bridge.macs.write() {
-            macs.flush_port(ofport);
-        }
-        self.bridge.mac_version.fetch_add(1, Ordering::AcqRel);
+        self.bridge.flush_port_macs(ofport);
         let removed = self.ports.remove(idx);
         self.assign_rxqs();
-        self.publish_pipeline();
+        self.publish_ports();
         Ok(removed)
     }
 
@@ -412,13 +425,48 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
 
     /// Sends the PMDs a snapshot of the pipeline (cheap: the classifier is
     /// copy-on-write, so this shares every table with the owner's copy).
-    fn publish_pipeline(&self) {
-        let snapshot = Arc::new(self.pipeline.clone());
+    fn publish_pipeline(&mut self) {
+        let snapshot = Arc::new(self.pipeline.publish());
         for pmd in &self.pmds {
             let _ = pmd
                 .commands
                 .send(PmdCommand::SetPipeline(Arc::clone(&snapshot)));
         }
+        self.revalidator.send(RevalCommand::Pipeline(snapshot));
+    }
+
+    /// Waits until the revalidator has judged every change made so far and
+    /// sent its verdicts (PMDs apply them before their next poll). The
+    /// CLI's flow commands wait for this; OpenFlow barriers do not (as in
+    /// OVS, a barrier covers the classifier, revalidation follows).
+    pub fn settle(&self) -> bool {
+        self.revalidator.sync(PMD_REPLY_TIMEOUT)
+    }
+
+    /// The revalidator thread's figures.
+    pub fn revalidator_stats(&self) -> Option<Vec<(u32, RevalidatorSnapshot)>> {
+        self.revalidator.snapshot(PMD_REPLY_TIMEOUT)
+    }
+
+    /// Tells the revalidator the bridge's port list (flooding megaflows
+    /// depend on it).
+    fn publish_ports(&self) {
+        let mut ports: Vec<u32> = self.ports.iter().map(|p| p.ofport).collect();
+        ports.sort_unstable();
+        self.revalidator
+            .send(RevalCommand::Ports(ports, self.offload_ofports()));
+    }
+
+    /// The sorted ports whose megaflows go to a NIC (`Bridge::widen_l4`).
+    pub fn offload_ofports(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .ports
+            .iter()
+            .filter(|p| self.worker.is_some() && p.flow_device.is_some())
+            .map(|p| p.ofport)
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     pub fn flow_add(&mut self, rule: Rule) -> Added {
@@ -488,6 +536,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
                     pipeline: &self.pipeline,
                     macs: &macs,
                     ports: &ofports,
+                    widen_l4: None,
                 },
                 &key,
                 actions,
@@ -584,7 +633,16 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
     }
 
     pub fn pmd_snapshots(&self) -> Result<Vec<PmdSnapshot>, SwitchError> {
-        self.ask(PmdCommand::Snapshot)
+        let mut snaps = self.ask(PmdCommand::Snapshot)?;
+        if let Some(reval) = self.revalidator_stats() {
+            for s in &mut snaps {
+                s.revalidator = reval
+                    .iter()
+                    .find(|(p, _)| *p == s.pmd)
+                    .map(|(_, r)| r.clone());
+            }
+        }
+        Ok(snaps)
     }
 
     /// Gives every PMD a source of buffers for multi-output copies (a
@@ -700,6 +758,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
         for pmd in &mut self.pmds {
             pmd.stop();
         }
+        self.revalidator.stop();
         if let Some(w) = self.worker.take() {
             for p in &self.ports {
                 if p.flow_device.is_some() {

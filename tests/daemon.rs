@@ -150,6 +150,22 @@ fn deleting_a_rule_revalidates_megaflows_and_nic_rules() {
     assert_eq!(mf_a["actions"], serde_json::json!(["output:3"]));
     assert_eq!(mf_b["actions"], serde_json::json!(["output:3"]));
 
+    // Revalidation runs on the revalidator thread, and only for the
+    // megaflows the change can affect (A and B went through the rule).
+    let reval = |d: &Daemon| -> (u64, u64, u64) {
+        arr(&d.json(&["pmd", "stats"]))
+            .iter()
+            .fold((0, 0, 0), |acc, p| {
+                let r = &p["revalidator"];
+                (
+                    acc.0 + u(&r["translated"]),
+                    acc.1 + u(&r["skipped"]),
+                    acc.2 + u(&r["megaflows"]),
+                )
+            })
+    };
+    let (translated, skipped, known) = reval(&d);
+    assert_eq!(known, 3, "the revalidator knows every megaflow");
     let del = d.json(&[
         "flow",
         "del",
@@ -157,6 +173,11 @@ fn deleting_a_rule_revalidates_megaflows_and_nic_rules() {
         "priority=100,ip,nw_dst=10.0.0.0/8",
     ]);
     assert_eq!(del["deleted"], 1, "{del}");
+    // The CLI returns once the revalidator has judged the change.
+    let (translated2, skipped2, known2) = reval(&d);
+    assert_eq!(translated2 - translated, 2, "A and B re-translated");
+    assert_eq!(skipped2 - skipped, 1, "C not: it never used the rule");
+    assert_eq!(known2, 2, "B removed");
     d.wait_for("the megaflows to be revalidated", |d| {
         d.megaflows()
             .iter()

@@ -16,6 +16,7 @@ pub mod megaflow;
 pub mod ofproto;
 pub mod packet;
 pub mod port;
+pub mod revalidate;
 /// The one shared helper for the crates above: taking a lock whose holder
 /// panicked (fallback itself holds no locks).
 pub mod sync;

@@ -16,236 +16,17 @@
 
 use fallback::actions::DpAction;
 use fallback::cache::{CacheHit, FlowCache};
-use fallback::key::{ethertype, frag, ipproto, Field, FlowKey, VLAN_CFI, VLAN_VID_MASK};
+use fallback::key::{ethertype, ipproto, Field, FlowKey, VLAN_CFI, VLAN_VID_MASK};
 use fallback::megaflow::Megaflow;
 use fallback::ofproto::mac::{MacLearn, MacTable};
 use fallback::ofproto::table::Pipeline;
 use fallback::ofproto::xlate::{xlate, xlate_hinted, Bridge};
-use fallback::ofproto::{Match, OfAction, Rule};
+use fallback::ofproto::{OfAction, Rule};
 use proptest::prelude::*;
 use testbed::traffic::Rng;
 
-const PORTS: [u32; 4] = [1, 2, 3, 4];
-const TABLES: [u8; 3] = [0, 1, 5];
-
-const MACS: [u64; 4] = [
-    0x0200_0000_0001,
-    0x0200_0000_0002,
-    0x0200_0000_0003,
-    0xffff_ffff_ffff,
-];
-const NETS: [u32; 4] = [0x0a00_0000, 0x0a01_0000, 0xc0a8_c800, 0xc0a8_c803];
-
-fn random_match(r: &mut Rng) -> Match {
-    let mut m = Match::ANY;
-    if r.chance(30) {
-        m.set_exact(Field::InPort, r.pick(&PORTS) as u128);
-    }
-    if r.chance(15) {
-        m.set_exact(Field::DlDst, r.pick(&MACS) as u128);
-    }
-    if r.chance(10) {
-        m.set_masked(
-            Field::VlanTci,
-            (VLAN_CFI | r.below(3) as u16) as u128,
-            (VLAN_CFI | VLAN_VID_MASK) as u128,
-        );
-    }
-    match r.below(10) {
-        0..=6 => {
-            m.set_exact(Field::DlType, ethertype::IPV4 as u128);
-            if r.chance(60) {
-                let prefix = r.pick(&[8u32, 12, 16, 20, 24, 28, 30, 32]);
-                let mask = u32::MAX << (32 - prefix);
-                let f = if r.chance(50) {
-                    Field::NwSrc
-                } else {
-                    Field::NwDst
-                };
-                m.set_masked(f, r.pick(&NETS) as u128, mask as u128);
-            }
-            if r.chance(20) {
-                m.set_masked(Field::NwTos, r.pick(&[0u128, 0x10, 0xb8]), 0xfc);
-            }
-            if r.chance(10) {
-                m.set_masked(Field::NwFrag, r.pick(&[0u128, 1, 3]), frag::MASK as u128);
-            }
-            if r.chance(60) {
-                let proto = r.pick(&[ipproto::UDP, ipproto::TCP, ipproto::ICMP]);
-                m.set_exact(Field::NwProto, proto as u128);
-                if proto != ipproto::ICMP && r.chance(70) {
-                    let f = if r.chance(50) {
-                        Field::TpSrc
-                    } else {
-                        Field::TpDst
-                    };
-                    let port = r.pick(&[2152u128, 2123, 80, 0x1000]);
-                    let mask = match r.below(10) {
-                        0 | 1 => 0xff00,
-                        2 => 0xfff0,
-                        _ => 0xffff,
-                    };
-                    m.set_masked(f, port, mask);
-                }
-                if proto == ipproto::TCP && r.chance(15) {
-                    m.set_masked(Field::TcpFlags, 0x002, 0x012);
-                }
-            }
-        }
-        7 => {
-            m.set_exact(Field::DlType, ethertype::ARP as u128);
-            if r.chance(50) {
-                m.set_exact(Field::NwDst, r.pick(&NETS) as u128);
-            }
-        }
-        8 => {
-            m.set_exact(Field::DlType, ethertype::IPV6 as u128);
-            if r.chance(50) {
-                m.set_masked(Field::Ipv6Dst, 0x2001_0db8 << 96, u128::MAX << 96);
-            }
-            if r.chance(40) {
-                let prefix = r.pick(&[16u32, 48, 64, 128]);
-                let v = r.pick(&[
-                    0x2001_0db8u128 << 96,
-                    (0x2001_0db8 << 96) | 1,
-                    0xfe80 << 112,
-                ]);
-                m.set_masked(Field::Ipv6Src, v, u128::MAX << (128 - prefix));
-            }
-        }
-        _ => {}
-    }
-    m
-}
-
-fn random_actions(r: &mut Rng, table: u8) -> Vec<OfAction> {
-    let mut acts = Vec::new();
-    for _ in 0..r.below(4) {
-        let a = match r.below(16) {
-            0..=4 => OfAction::Output(r.pick(&PORTS)),
-            5 => OfAction::Flood,
-            6 => OfAction::Normal,
-            7 => OfAction::Mod(Field::NwSrc, 0xc0a8_c8bc),
-            8 => OfAction::Mod(Field::DlDst, 0x5254_0000_0005),
-            9 => OfAction::DecTtl,
-            10 => OfAction::Mod(Field::TpDst, 4000),
-            11 => OfAction::Mod(Field::VlanTci, 7),
-            12 => OfAction::StripVlan,
-            13 => OfAction::InPort,
-            _ => {
-                let later: Vec<u8> = TABLES.iter().copied().filter(|t| *t > table).collect();
-                if later.is_empty() || r.chance(10) {
-                    // Occasionally a resubmit to the same table (a loop the
-                    // depth limit must stop) or with a changed in_port.
-                    OfAction::Resubmit {
-                        port: Some(r.pick(&PORTS)),
-                        table: Some(table),
-                    }
-                } else {
-                    OfAction::Resubmit {
-                        port: None,
-                        table: Some(r.pick(&later)),
-                    }
-                }
-            }
-        };
-        acts.push(a);
-    }
-    acts
-}
-
-fn random_rules(r: &mut Rng) -> Vec<Rule> {
-    let mut rules = Vec::new();
-    let n_tables = 2 + r.below(2) as usize;
-    for &table in &TABLES[..n_tables] {
-        let n = 3 + r.below(12) as usize;
-        // Distinct priorities within a table.
-        let mut prios: Vec<u16> = Vec::new();
-        while prios.len() < n {
-            let p = 1 + r.below(1000) as u16;
-            if !prios.contains(&p) {
-                prios.push(p);
-            }
-        }
-        for p in prios {
-            rules.push(Rule {
-                table,
-                priority: p,
-                r#match: random_match(r),
-                actions: random_actions(r, table),
-                cookie: 0,
-                idle_timeout: 0,
-                hard_timeout: 0,
-            });
-        }
-        if r.chance(50) {
-            rules.push(Rule {
-                table,
-                priority: 0,
-                r#match: Match::ANY,
-                actions: if r.chance(50) {
-                    vec![]
-                } else {
-                    vec![OfAction::Normal]
-                },
-                cookie: 0,
-                idle_timeout: 0,
-                hard_timeout: 0,
-            });
-        }
-    }
-    rules
-}
-
-/// A packet inside `m`: wildcarded bits random, then maybe one field mutated.
-fn packet_from(r: &mut Rng, m: &Match) -> FlowKey {
-    let mut k = FlowKey::ZERO;
-    k.set(Field::InPort, r.pick(&PORTS) as u128);
-    k.set(Field::DlSrc, r.pick(&MACS[..3]) as u128);
-    k.set(Field::DlDst, r.pick(&MACS) as u128);
-    match r.below(4) {
-        0 => k.set(Field::DlType, ethertype::ARP as u128),
-        1 => k.set(Field::DlType, ethertype::IPV6 as u128),
-        _ => k.set(Field::DlType, ethertype::IPV4 as u128),
-    }
-    if r.chance(20) {
-        k.set(Field::VlanTci, (VLAN_CFI | r.below(3) as u16) as u128);
-    }
-    k.set(Field::NwSrc, (r.pick(&NETS) | r.below(4) as u32) as u128);
-    k.set(Field::NwDst, (r.pick(&NETS) | r.below(4) as u32) as u128);
-    k.set(
-        Field::NwProto,
-        r.pick(&[ipproto::UDP, ipproto::TCP, ipproto::ICMP]) as u128,
-    );
-    k.set(Field::NwTos, r.pick(&[0u128, 0x10, 0xb9]));
-    k.set(Field::NwTtl, r.pick(&[1u128, 2, 64]));
-    k.set(Field::NwFrag, r.pick(&[0u128, 0, 0, 1, 3]));
-    k.set(Field::TpSrc, r.pick(&[2152u128, 2123, 80, 0x10ab, 9]));
-    k.set(Field::TpDst, r.pick(&[2152u128, 2123, 80, 0x10ab, 9]));
-    k.set(Field::TcpFlags, r.pick(&[0u128, 0x002, 0x012, 0x010]));
-    k.set(
-        Field::Ipv6Dst,
-        r.pick(&[0x2001_0db8u128 << 96, 0xfe80 << 112]) | 1,
-    );
-    k.set(
-        Field::Ipv6Src,
-        r.pick(&[0x2001_0db8u128 << 96, 0xfe80 << 112]) | r.below(2) as u128,
-    );
-    // Inside the match.
-    for i in 0..k.words.len() {
-        k.words[i] = (k.words[i] & !m.mask.words[i]) | m.value.words[i];
-    }
-    if r.chance(50) {
-        let f = r.pick(&Field::ALL);
-        let bits = r.next_u64() as u128 | ((r.next_u64() as u128) << 64);
-        k.set(f, (k.get(f) ^ (bits & f.full_mask())) | 1);
-    }
-    // A parsed packet has a TCI only with the VLAN-present bit.
-    if k.vlan_tci() & VLAN_CFI == 0 {
-        k.set(Field::VlanTci, 0);
-    }
-    k
-}
+mod common;
+use common::*;
 
 // ---- the reference: a plain linear walk of the rules ----
 
@@ -471,6 +252,7 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
         pipeline: &pipeline,
         macs: &macs,
         ports: &PORTS,
+        widen_l4: None,
     };
     let mut cache = FlowCache::new(1);
     let table0: Vec<&Rule> = rules.iter().filter(|r| r.table == 0).collect();

@@ -447,6 +447,7 @@ pub fn xlate(data: &[u8]) {
         pipeline: &pipeline,
         macs: &macs,
         ports: &PORTS,
+        widen_l4: None,
     };
     let x = ofxlate::xlate(bridge, &key);
     for f in [Field::InPort, Field::DlType] {
@@ -482,6 +483,7 @@ pub fn xlate(data: &[u8]) {
             pipeline: &pipeline,
             macs: &macs,
             ports: &PORTS,
+            widen_l4: None,
         },
         &other,
     );

@@ -552,7 +552,23 @@ where
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
-            Op::Control(req) => self.control(req).map(Reply::Json),
+            Op::Control(req) => {
+                // The CLI's changes take effect before it returns: the
+                // revalidator's verdicts are with the PMDs by then.
+                let settle = matches!(
+                    req,
+                    Request::FlowAdd { .. }
+                        | Request::FlowDel { .. }
+                        | Request::FlowMod { .. }
+                        | Request::PortAdd { .. }
+                        | Request::PortDel { .. }
+                );
+                let r = self.control(req).map(Reply::Json);
+                if settle && !self.switch.settle() {
+                    warn!(self.log, "revalidator did not settle in time");
+                }
+                r
+            }
             Op::AddRules(rules) => Ok(Reply::Rules(self.add_rules(rules))),
             Op::Transaction(change) => {
                 let copy = self.switch.pipeline().clone();

@@ -262,11 +262,13 @@ pub fn trace<B: PacketBuf + Clone + Send + 'static>(
     ofports.sort_unstable();
     let macs = sw.mac_table();
     let pipeline = sw.pipeline();
+    let offloading = sw.offload_ofports();
     let x = xlate(
         Bridge {
             pipeline,
             macs: &macs,
             ports: &ofports,
+            widen_l4: Some(&offloading),
         },
         &key,
     );

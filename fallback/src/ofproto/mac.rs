@@ -55,6 +55,25 @@ impl MacTable {
         self.entries.get(&(mac, vlan)).map(|e| e.port)
     }
 
+    /// The (MAC, VLAN) pairs whose [`MacTable::lookup`] answer differs
+    /// between `self` and `newer` (learned, moved or aged out), for
+    /// revalidating only the megaflows that asked for them.
+    pub fn changed_answers(&self, newer: &MacTable) -> Vec<(u64, u16)> {
+        let mut out: Vec<(u64, u16)> = newer
+            .entries
+            .iter()
+            .filter(|(k, e)| self.entries.get(*k).map(|o| o.port) != Some(e.port))
+            .map(|(k, _)| *k)
+            .collect();
+        out.extend(
+            self.entries
+                .keys()
+                .filter(|k| !newer.entries.contains_key(*k))
+                .copied(),
+        );
+        out
+    }
+
     /// Learns (or refreshes) an entry; returns true when the table's answer
     /// changed (new entry or moved port), which calls for revalidation.
     pub fn learn(&mut self, l: MacLearn, now_ms: u64) -> bool {

@@ -73,8 +73,14 @@ impl HeapBytes {
 /// share one mutable structure between the writer and those readers.
 #[derive(Clone)]
 pub struct Pipeline {
-    /// Tables up to the highest one that ever held a rule (a snapshot
-    /// copies one pointer per table here, not 255).
+    /// Pipelines that descend (by clone) from one `Pipeline::new` share
+    /// it: a journal applies only within its lineage.
+    lineage: u64,
+    /// What changed since version `journal_base` (see [`Pipeline::publish`]).
+    journal: Vec<RuleChange>,
+    journal_base: u64,
+    /// Tables the journal lost entries of (it keeps at most [`JOURNAL_MAX`]).
+    journal_overflow: TableSet,
     tables: Vec<Arc<Classifier>>,
     /// Every rule by id (`get` without a scan).
     by_id: CowTable<Arc<RuleEntry>>,
@@ -84,6 +90,81 @@ pub struct Pipeline {
     in_batch: bool,
     batch_changed: bool,
 }
+
+/// A set of OpenFlow table numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TableSet([u64; 4]);
+
+impl TableSet {
+    pub const ALL: TableSet = TableSet([u64::MAX; 4]);
+
+    pub fn insert(&mut self, t: u8) {
+        self.0[t as usize / 64] |= 1 << (t % 64);
+    }
+
+    pub fn contains(&self, t: u8) -> bool {
+        self.0[t as usize / 64] & (1 << (t % 64)) != 0
+    }
+
+    pub fn intersects(&self, other: &TableSet) -> bool {
+        self.0.iter().zip(other.0.iter()).any(|(a, b)| a & b != 0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
+}
+
+/// One rule change, as revalidation needs to know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleChange {
+    /// A new rule: megaflows that looked `table` up and overlap `r#match`
+    /// may now hit it.
+    Added {
+        table: u8,
+        r#match: Match,
+    },
+    /// A rule went or changed its actions: megaflows translated through it.
+    Removed {
+        table: u8,
+        id: RuleId,
+    },
+    Modified {
+        table: u8,
+        id: RuleId,
+    },
+}
+
+impl RuleChange {
+    pub fn table(&self) -> u8 {
+        match *self {
+            RuleChange::Added { table, .. }
+            | RuleChange::Removed { table, .. }
+            | RuleChange::Modified { table, .. } => table,
+        }
+    }
+}
+
+/// The changes between two versions of a pipeline.
+#[derive(Clone, Copy, Debug)]
+pub enum Changes<'a> {
+    /// Exactly these rule changes.
+    Rules(&'a [RuleChange]),
+    /// These, plus unrecorded changes in `overflow`'s tables.
+    Tables {
+        rules: &'a [RuleChange],
+        overflow: TableSet,
+    },
+    /// Unknown (another lineage, or versions the journal does not span).
+    All,
+}
+
+/// Rule changes a pipeline remembers between publications; past this a
+/// change is remembered by its table only (a big bundle revalidates the
+/// megaflows that consulted its tables, not rule by rule).
+pub const JOURNAL_MAX: usize = 256;
+
+static LINEAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -121,6 +202,10 @@ fn lookup_order(a: &Arc<RuleEntry>, b: &Arc<RuleEntry>) -> std::cmp::Ordering {
 impl Pipeline {
     pub fn new() -> Self {
         Pipeline {
+            lineage: LINEAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            journal: Vec::new(),
+            journal_base: 0,
+            journal_overflow: TableSet::default(),
             tables: Vec::new(),
             by_id: CowTable::default(),
             next_id: 1,
@@ -132,6 +217,45 @@ impl Pipeline {
 
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Which pipeline this is: its lineage and version (two snapshots with
+    /// one stamp hold the same rules).
+    pub fn stamp(&self) -> (u64, u64) {
+        (self.lineage, self.version)
+    }
+
+    fn record(&mut self, c: RuleChange) {
+        if self.journal.len() < JOURNAL_MAX {
+            self.journal.push(c);
+        } else {
+            self.journal_overflow.insert(c.table());
+        }
+    }
+
+    /// A snapshot to hand to readers; the journal starts afresh from this
+    /// version, so the next snapshot says what changed since this one.
+    pub fn publish(&mut self) -> Pipeline {
+        let snapshot = self.clone();
+        self.journal.clear();
+        self.journal_overflow = TableSet::default();
+        self.journal_base = self.version;
+        snapshot
+    }
+
+    /// What changed since `older` (a version of a pipeline, for example
+    /// the one a revalidator last saw).
+    pub fn changes_since(&self, older: &Pipeline) -> Changes<'_> {
+        if older.lineage != self.lineage || older.version != self.journal_base {
+            Changes::All
+        } else if self.journal_overflow.is_empty() {
+            Changes::Rules(&self.journal)
+        } else {
+            Changes::Tables {
+                rules: &self.journal,
+                overflow: self.journal_overflow,
+            }
+        }
     }
 
     fn changed(&mut self) {
@@ -215,6 +339,10 @@ impl Pipeline {
         if let Some(old) = replaced {
             self.remove_one(old);
         }
+        self.record(RuleChange::Added {
+            table: rule.table,
+            r#match: rule.r#match,
+        });
         let entry = Arc::new(RuleEntry {
             id,
             seq: id.0,
@@ -234,8 +362,9 @@ impl Pipeline {
         let Some(entry) = self.by_id.remove(id_hash(id), |e| e.id == id) else {
             return false;
         };
-        let table = entry.rule.table as usize;
-        Arc::make_mut(&mut self.tables[table]).remove(&entry);
+        let table = entry.rule.table;
+        Arc::make_mut(&mut self.tables[table as usize]).remove(&entry);
+        self.record(RuleChange::Removed { table, id });
         true
     }
 
@@ -310,8 +439,9 @@ impl Pipeline {
             entry.rule.actions = actions.to_vec();
             let entry = Arc::new(entry);
             *slot = Arc::clone(&entry);
-            let table = entry.rule.table as usize;
-            Arc::make_mut(&mut self.tables[table]).replace(entry);
+            let table = entry.rule.table;
+            Arc::make_mut(&mut self.tables[table as usize]).replace(entry);
+            self.record(RuleChange::Modified { table, id });
         }
         if !ids.is_empty() {
             self.changed();
@@ -612,6 +742,7 @@ mod tests {
                 pipeline: &p,
                 macs: &macs,
                 ports: &[1, 2, 3],
+                widen_l4: None,
             };
             let t = Instant::now();
             for k in &probes {

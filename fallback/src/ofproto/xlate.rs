@@ -16,7 +16,7 @@
 //! field is written once per output with its final value.
 
 use super::mac::{MacLearn, MacTable};
-use super::table::{Pipeline, RuleId};
+use super::table::{Pipeline, RuleId, TableSet};
 use super::{ofport, OfAction, SetAction};
 use crate::actions::DpAction;
 use crate::key::{ethertype, frag, ipproto, Field, FlowKey, VLAN_CFI, VLAN_VID_MASK};
@@ -26,7 +26,8 @@ pub const MAX_DEPTH: usize = 64;
 pub const MAX_RESUBMITS: usize = MAX_DEPTH * MAX_DEPTH;
 /// Bound on datapath actions per packet (a runaway flood/resubmit mix).
 pub const MAX_ACTIONS: usize = 1024;
-/// Widen partial L4 port masks in megaflows to full ones (see `xlate_hinted`).
+/// Widen partial L4 port masks in megaflows of offloading ports to full
+/// ones (see `xlate_hinted` and [`Bridge::widen_l4`]).
 pub const OFFLOADABLE_PORT_MASKS: bool = true;
 
 /// Why a translation ended in a drop.
@@ -82,6 +83,47 @@ pub struct Xlation {
     pub learn: Option<MacLearn>,
     /// Set when `actions` is empty: why.
     pub drop: Option<XlateDrop>,
+    /// What the translation consulted: which changes can alter it.
+    pub deps: XlateDeps,
+}
+
+/// What a translation depended on beyond its megaflow's own bits, so that
+/// revalidation re-translates only the megaflows a change can affect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XlateDeps {
+    /// Tables looked up with the packet as it arrived: a rule added there
+    /// matters only if it overlaps the megaflow.
+    pub tables: TableSet,
+    /// Tables looked up after actions changed the packet (set-field,
+    /// resubmit to another port, metadata): any rule added there matters.
+    pub tables_rewritten: TableSet,
+    /// NORMAL's MAC table lookup (destination, VLAN), if it made exactly one.
+    pub mac: Option<(u64, u16)>,
+    /// NORMAL looked up more than one destination.
+    pub mac_any: bool,
+    /// The bridge's port list mattered (flooding, or an output skipped
+    /// because the port does not exist).
+    pub ports: bool,
+}
+
+impl XlateDeps {
+    /// Depends on everything (a megaflow whose dependencies are unknown).
+    pub const ALL: XlateDeps = XlateDeps {
+        tables: TableSet::ALL,
+        tables_rewritten: TableSet::ALL,
+        mac: None,
+        mac_any: true,
+        ports: true,
+    };
+
+    /// True when the MAC table's answer for `(mac, vlan)` can matter.
+    pub fn uses_mac(&self, mac: u64, vlan: u16) -> bool {
+        self.mac_any || self.mac == Some((mac, vlan))
+    }
+
+    pub fn uses_macs(&self) -> bool {
+        self.mac_any || self.mac.is_some()
+    }
 }
 
 /// What xlate needs to know about the bridge.
@@ -93,6 +135,10 @@ pub struct Bridge<'a> {
     /// these; outputs to other numbers are skipped as OVS skips outputs to
     /// nonexistent ports).
     pub ports: &'a [u32],
+    /// The ingress ports (sorted) whose megaflows go to a NIC, which takes
+    /// L4 ports with a full mask only: their megaflows widen partial port
+    /// masks to full ones. `None`: every port's do.
+    pub widen_l4: Option<&'a [u32]>,
 }
 
 /// Fields a set action may write, in the order they are committed.
@@ -132,6 +178,9 @@ struct Ctx<'a> {
     /// pipeline ends, with the table and cookie of the rule that wrote last.
     action_set: Vec<SetAction>,
     set_origin: (u8, u64),
+    /// The packet as it arrived (lookups on anything else are "rewritten").
+    arrived: FlowKey,
+    deps: XlateDeps,
 }
 
 /// Translates `key` through the bridge's pipeline, starting at table 0.
@@ -169,7 +218,12 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
     // a port prefix (a rule's, or the bits a port trie needed to prove a
     // miss) is widened to the whole port, a narrower and still sound
     // megaflow that can be offloaded.
-    if OFFLOADABLE_PORT_MASKS {
+    // Megaflows of a port without NIC offload (a VM port, a NIC without
+    // rte_flow) keep the minimal mask, as in OVS: fewer megaflows.
+    let offloaded = bridge
+        .widen_l4
+        .is_none_or(|ports| ports.binary_search(&key.in_port()).is_ok());
+    if OFFLOADABLE_PORT_MASKS && offloaded {
         for f in [Field::TpSrc, Field::TpDst] {
             if wc.get(f) != 0 {
                 wc.set_exact(f);
@@ -203,6 +257,7 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
         trace: ctx.trace,
         learn: ctx.learn,
         drop,
+        deps: ctx.deps,
     }
 }
 
@@ -234,6 +289,7 @@ pub fn xlate_actions(bridge: Bridge<'_>, key: &FlowKey, actions: &[OfAction]) ->
         trace: ctx.trace,
         learn: ctx.learn,
         drop,
+        deps: ctx.deps,
     }
 }
 
@@ -260,6 +316,8 @@ impl<'a> Ctx<'a> {
             in_miss_rule: false,
             action_set: Vec::new(),
             set_origin: (0, 0),
+            arrived: *key,
+            deps: XlateDeps::default(),
         }
     }
 }
@@ -276,6 +334,11 @@ impl Ctx<'_> {
     /// Returns whether a rule matched.
     fn table_lookup(&mut self, table: u8) -> bool {
         let pipeline = self.bridge.pipeline;
+        if self.flow == self.arrived {
+            self.deps.tables.insert(table);
+        } else {
+            self.deps.tables_rewritten.insert(table);
+        }
         let entry = pipeline.lookup_hinted(table, &self.flow, &mut self.wc, self.hint.as_ref());
         self.trace.push(TraceStep::Lookup {
             depth: self.depth,
@@ -523,6 +586,7 @@ impl Ctx<'_> {
 
     fn emit_output(&mut self, p: u32) {
         if self.bridge.ports.binary_search(&p).is_err() {
+            self.deps.ports = true;
             self.note("output to a port the bridge does not have: skipped");
             return;
         }
@@ -531,6 +595,7 @@ impl Ctx<'_> {
     }
 
     fn flood(&mut self) {
+        self.deps.ports = true;
         let in_port = self.flow.in_port();
         for &p in self.bridge.ports {
             if p != in_port {
@@ -569,6 +634,11 @@ impl Ctx<'_> {
         if is_multicast(dst) {
             self.flood();
             return;
+        }
+        match self.deps.mac {
+            None if !self.deps.mac_any => self.deps.mac = Some((dst, vlan)),
+            Some(m) if m == (dst, vlan) => {}
+            _ => self.deps.mac_any = true,
         }
         match self.bridge.macs.lookup(dst, vlan) {
             Some(p) if p == in_port => {
@@ -630,6 +700,7 @@ mod tests {
                 pipeline: p,
                 macs: &macs,
                 ports: &PORTS,
+                widen_l4: None,
             },
             k,
         )
@@ -735,6 +806,7 @@ mod tests {
                 pipeline: p,
                 macs: &macs,
                 ports: &PORTS,
+                widen_l4: None,
             },
             k,
             actions,
@@ -1047,6 +1119,7 @@ mod tests {
                 pipeline: &p,
                 macs: &macs,
                 ports: &[1, 2, 3],
+                widen_l4: None,
             },
             &udp_key(1, 1, 2, 3, 4),
         );
@@ -1057,6 +1130,7 @@ mod tests {
                 pipeline: &p,
                 macs: &macs,
                 ports: &[1, 2, 3],
+                widen_l4: None,
             },
             &udp_key(2, 1, 2, 3, 4),
         );
@@ -1084,6 +1158,7 @@ mod tests {
                     pipeline: &p,
                     macs,
                     ports: &PORTS,
+                    widen_l4: None,
                 },
                 k,
             )
@@ -1100,5 +1175,40 @@ mod tests {
         let x = b(&macs, &r);
         assert_eq!(x.actions, vec![DpAction::Output(1)]);
         assert_eq!(x.mask.get(Field::DlDst), 0xffff_ffff_ffff);
+    }
+
+    #[test]
+    fn only_offloading_ports_widen_l4_port_masks() {
+        // A rule on a port prefix: a packet outside it needs only the
+        // prefix bits to prove the miss.
+        let mut p = Pipeline::new();
+        let mut m = udp_match();
+        m.set_masked(Field::TpDst, 0x1000, 0xff00);
+        p.add(rule(0, 10, m, vec![OfAction::Output(2)]));
+        p.add(rule(0, 0, Match::ANY, vec![OfAction::Output(3)]));
+        let macs = MacTable::default();
+        let k = udp_key(1, 0x0a00_0001, 0x0a00_0002, 1000, 0x2001);
+        let with = |widen: Option<&[u32]>| {
+            xlate(
+                Bridge {
+                    pipeline: &p,
+                    macs: &macs,
+                    ports: &PORTS,
+                    widen_l4: widen,
+                },
+                &k,
+            )
+        };
+        // Port 1 offloads: its megaflow matches the whole port (a NIC
+        // takes full L4 masks only).
+        let offloaded = with(Some(&[1]));
+        assert_eq!(offloaded.mask.get(Field::TpDst), 0xffff);
+        assert_eq!(with(None).mask, offloaded.mask);
+        // Port 1 does not: the minimal mask, as OVS makes it.
+        let software = with(Some(&[2]));
+        assert_ne!(software.mask.get(Field::TpDst), 0xffff);
+        assert_ne!(software.mask.get(Field::TpDst), 0);
+        assert!(software.mask.is_subset_of(&offloaded.mask));
+        assert_eq!(software.actions, offloaded.actions);
     }
 }
