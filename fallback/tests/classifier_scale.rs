@@ -15,8 +15,14 @@ use std::time::Instant;
 fn bench_rule(i: u32) -> Rule {
     let (k, hi, lo, b) = (i % 4, (i >> 8) & 255, i & 255, 10 + (i >> 16));
     let text = match k {
-        0 => format!("priority={},ip,nw_dst={b}.{hi}.{lo}.1,actions=output:2", 100 + i % 50),
-        1 => format!("priority={},ip,nw_src={b}.{hi}.{lo}.0/24,actions=output:3", 50 + i % 20),
+        0 => format!(
+            "priority={},ip,nw_dst={b}.{hi}.{lo}.1,actions=output:2",
+            100 + i % 50
+        ),
+        1 => format!(
+            "priority={},ip,nw_src={b}.{hi}.{lo}.0/24,actions=output:3",
+            50 + i % 20
+        ),
         2 => format!(
             "priority={},tcp,nw_dst={b}.{hi}.{lo}.2,tp_dst={},actions=output:2",
             200 + i % 30,

@@ -222,7 +222,10 @@ mod tests {
             assert_eq!(s.len() as u64, upto + 1);
             assert_eq!(s.iter().count() as u64, upto + 1);
             for x in 0..=*upto {
-                assert!(s.find(h(x), |v| *v == x).is_some(), "{x} in snapshot {upto}");
+                assert!(
+                    s.find(h(x), |v| *v == x).is_some(),
+                    "{x} in snapshot {upto}"
+                );
             }
         }
         assert!(t.find(h(1), |v| *v == 1_000_001).is_some());
