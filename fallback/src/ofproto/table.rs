@@ -24,10 +24,9 @@ impl fmt::Display for RuleId {
 /// A rule in a table.
 #[derive(Clone, Debug)]
 pub struct RuleEntry {
+    /// Also the insertion order, for the equal-priority tie-break (ids
+    /// are handed out in order).
     pub id: RuleId,
-    /// Insertion order, for the equal-priority tie-break (equal to the id:
-    /// ids are handed out in order).
-    pub seq: u64,
     pub rule: Rule,
 }
 
@@ -343,11 +342,7 @@ impl Pipeline {
             table: rule.table,
             r#match: rule.r#match,
         });
-        let entry = Arc::new(RuleEntry {
-            id,
-            seq: id.0,
-            rule,
-        });
+        let entry = Arc::new(RuleEntry { id, rule });
         self.by_id
             .insert(id_hash(id), Arc::clone(&entry), |e| id_hash(e.id));
         if self.tables.len() <= table {
