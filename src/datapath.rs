@@ -36,6 +36,8 @@ pub const DEFAULT_UPCALL_BUDGET: usize = 8;
 /// Revalidation verdicts a PMD applies per loop iteration (each costs
 /// about a microsecond at most: a dpcls removal or an action swap).
 const REVAL_OPS_PER_ITERATION: usize = 256;
+/// Mark table updates a PMD applies per loop iteration (about 30 ns each).
+const MARK_UPDATES_PER_ITERATION: usize = 4096;
 /// Ethernet header plus one VLAN tag, on top of the IP MTU.
 const L2_OVERHEAD: usize = 18;
 
@@ -282,6 +284,60 @@ pub enum Revalidation {
     },
 }
 
+/// Packets and bytes of removed megaflows per OpenFlow rule, in a vector
+/// so that pruning the rules the pipeline lost can go a slice at a time.
+#[derive(Default)]
+struct RetiredStats {
+    index: HashMap<RuleId, usize>,
+    entries: Vec<(RuleId, u64, u64)>,
+    cursor: usize,
+}
+
+impl RetiredStats {
+    fn add(&mut self, id: RuleId, packets: u64, bytes: u64) {
+        match self.index.get(&id) {
+            Some(&i) => {
+                self.entries[i].1 += packets;
+                self.entries[i].2 += bytes;
+            }
+            None => {
+                self.index.insert(id, self.entries.len());
+                self.entries.push((id, packets, bytes));
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (RuleId, (u64, u64))> + '_ {
+        self.entries.iter().map(|&(id, p, b)| (id, (p, b)))
+    }
+
+    /// Checks up to `budget` entries from where the last call stopped,
+    /// dropping those `keep` refuses; true once the end is reached.
+    fn prune_slice(&mut self, keep: impl Fn(RuleId) -> bool, budget: usize) -> bool {
+        let mut checked = 0;
+        while self.cursor < self.entries.len() && checked < budget {
+            checked += 1;
+            let id = self.entries[self.cursor].0;
+            if keep(id) {
+                self.cursor += 1;
+                continue;
+            }
+            // The last entry (not checked yet) moves here and is checked next.
+            self.index.remove(&id);
+            self.entries.swap_remove(self.cursor);
+            if let Some(&(moved, _, _)) = self.entries.get(self.cursor) {
+                self.index.insert(moved, self.cursor);
+            }
+        }
+        if self.cursor >= self.entries.len() {
+            self.cursor = 0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Per-megaflow information for `megaflow dump`.
 #[derive(Clone, Debug)]
 pub struct MegaflowInfo {
@@ -316,6 +372,12 @@ pub struct PmdCore<B> {
     deferred_ops: Vec<RevalOp>,
     /// The revalidator's verdicts not applied yet, last first.
     reval_backlog: Vec<RevalOp>,
+    /// The slot where the periodic sweep goes on ([`PmdCore::sweep_slice`]).
+    sweep_cursor: usize,
+    /// The newest use the MAC refresh of the sweep under way saw.
+    sweep_newest_use: u64,
+    sweep_idle: Vec<FlowHandle>,
+    sweep_offer: Vec<FlowHandle>,
     mac_version_seen: u64,
     /// Megaflows used after this time refresh their MAC entry at the next
     /// [`PmdCore::refresh_macs`].
@@ -326,7 +388,7 @@ pub struct PmdCore<B> {
     pending_deletes: Vec<(u32, Ufid)>,
     pub counters: PmdCounters,
     /// Packets and bytes of removed megaflows, per OpenFlow rule.
-    retired_rule_stats: HashMap<RuleId, (u64, u64)>,
+    retired_rule_stats: RetiredStats,
     upcall_budget: usize,
     /// Where punted packets go (the daemon's OpenFlow side), if anywhere.
     punts: Option<crossbeam_channel::Sender<Punt>>,
@@ -370,13 +432,17 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             prune_retired: false,
             deferred_ops: Vec::new(),
             reval_backlog: Vec::new(),
+            sweep_cursor: 0,
+            sweep_newest_use: 0,
+            sweep_idle: Vec::new(),
+            sweep_offer: Vec::new(),
             mac_version_seen,
             macs_refreshed_ms: 0,
             learn_scratch: Vec::new(),
             offload,
             pending_deletes: Vec::new(),
             counters: PmdCounters::default(),
-            retired_rule_stats: HashMap::new(),
+            retired_rule_stats: RetiredStats::default(),
             upcall_budget: DEFAULT_UPCALL_BUDGET,
             punts: None,
             rx: Burst::new(),
@@ -574,9 +640,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     };
                     // Counts so far belong to the old rules.
                     for r in mf.rules.iter() {
-                        let e = self.retired_rule_stats.entry(*r).or_insert((0, 0));
-                        e.0 += mf.stats.packets;
-                        e.1 += mf.stats.bytes;
+                        self.retired_rule_stats
+                            .add(*r, mf.stats.packets, mf.stats.bytes);
                     }
                     mf.stats.packets = 0;
                     mf.stats.bytes = 0;
@@ -590,12 +655,17 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     }
 
     /// Forgets the counts of removed megaflows' rules that the pipeline no
-    /// longer has (at the sweep, not on every flow mod).
-    fn prune_retired_stats(&mut self) {
-        if std::mem::take(&mut self.prune_retired) && !self.retired_rule_stats.is_empty() {
+    /// longer has, `budget` entries at a time (at the sweep, not on every
+    /// flow mod, and never all at once).
+    fn prune_retired_stats(&mut self, budget: usize) {
+        if self.prune_retired {
             let pipeline = &self.pipeline;
-            self.retired_rule_stats
-                .retain(|id, _| pipeline.get(*id).is_some());
+            if self
+                .retired_rule_stats
+                .prune_slice(|id| pipeline.get(id).is_some(), budget)
+            {
+                self.prune_retired = false;
+            }
         }
     }
 
@@ -652,7 +722,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
 
     /// Packets and bytes per OpenFlow rule: live megaflows plus removed ones.
     pub fn rule_stats(&self) -> HashMap<RuleId, (u64, u64)> {
-        let mut out = self.retired_rule_stats.clone();
+        let mut out: HashMap<RuleId, (u64, u64)> = self.retired_rule_stats.iter().collect();
         for (_, mf) in self.cache.iter() {
             for r in mf.rules.iter() {
                 let e = out.entry(*r).or_insert((0, 0));
@@ -674,9 +744,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             return;
         };
         for r in mf.rules.iter() {
-            let e = self.retired_rule_stats.entry(*r).or_insert((0, 0));
-            e.0 += mf.stats.packets;
-            e.1 += mf.stats.bytes;
+            self.retired_rule_stats
+                .add(*r, mf.stats.packets, mf.stats.bytes);
         }
         self.counters.megaflows_removed += 1;
         match &mut self.reval {
@@ -706,7 +775,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
 
     /// Removes megaflows idle for longer than `max_idle_ms`; returns how many.
     pub fn expire(&mut self, now_ms: u64, max_idle_ms: u64) -> usize {
-        self.prune_retired_stats();
+        self.prune_retired_stats(usize::MAX);
         let idle: Vec<FlowHandle> = self
             .cache
             .iter()
@@ -718,6 +787,90 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             self.remove_megaflow(h);
         }
         n
+    }
+
+    /// One slice of the periodic sweep, `budget` cache slots from where the
+    /// last slice stopped: megaflows idle for longer than `max_idle_ms` go,
+    /// ones whose offload put found the worker's queue full are offered
+    /// again, and with `refresh` the MAC entries of megaflows used since the
+    /// last refresh are refreshed (as [`PmdCore::refresh_macs`]). A slice at
+    /// a time, so that no PMD loop iteration walks every megaflow. Returns
+    /// true when the sweep reached the last slot (the next slice starts over).
+    pub fn sweep_slice(
+        &mut self,
+        now_ms: u64,
+        max_idle_ms: u64,
+        refresh: bool,
+        budget: usize,
+    ) -> bool {
+        if self.sweep_cursor == 0 {
+            self.sweep_newest_use = self.macs_refreshed_ms;
+        }
+        self.prune_retired_stats(budget);
+        let start = self.sweep_cursor;
+        let end = start.saturating_add(budget).min(self.cache.slots());
+        let since = self.macs_refreshed_ms;
+        let mut idle = std::mem::take(&mut self.sweep_idle);
+        let mut offer = std::mem::take(&mut self.sweep_offer);
+        let mut learns = std::mem::take(&mut self.learn_scratch);
+        idle.clear();
+        offer.clear();
+        learns.clear();
+        for (h, mf) in self.cache.iter_slots(start..end) {
+            if now_ms.saturating_sub(mf.stats.used) > max_idle_ms {
+                idle.push(h);
+                continue;
+            }
+            if refresh && mf.stats.used > since {
+                if let Some(l) = mf.learn {
+                    learns.push((l, mf.stats.used));
+                    self.sweep_newest_use = self.sweep_newest_use.max(mf.stats.used);
+                }
+            }
+            if self.meta.get(&h).is_some_and(|m| {
+                !m.offered
+                    && self
+                        .port_index(m.ingress)
+                        .is_some_and(|i| self.ports[i].offload)
+            }) {
+                offer.push(h);
+            }
+        }
+        for &h in &idle {
+            self.remove_megaflow(h);
+        }
+        if !learns.is_empty() {
+            self.bridge.learn_macs(learns.drain(..));
+        }
+        // Puts wait behind refused deletes (see `upcall`).
+        if self.pending_deletes.is_empty() {
+            for &h in &offer {
+                let (Some(mf), Some(meta)) = (self.cache.get(h), self.meta.get(&h).copied()) else {
+                    continue;
+                };
+                if self.offload.put(self.id, meta.ingress, mf, h) {
+                    if let Some(m) = self.meta.get_mut(&h) {
+                        m.offered = true;
+                    }
+                } else {
+                    self.counters.offload_queue_full += 1;
+                    break;
+                }
+            }
+        }
+        self.sweep_idle = idle;
+        self.sweep_offer = offer;
+        self.learn_scratch = learns;
+        if end >= self.cache.slots() {
+            self.sweep_cursor = 0;
+            if refresh {
+                self.macs_refreshed_ms = self.sweep_newest_use;
+            }
+            true
+        } else {
+            self.sweep_cursor = end;
+            false
+        }
     }
 
     /// Megaflows whose offload put found the worker's queue full, offered
@@ -824,7 +977,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     /// Applies the offload worker's updates to the mark table; this is the
     /// PMD's quiescent point.
     pub fn apply_offload_updates(&mut self, updates: &offload::worker::PmdUpdates) -> usize {
-        updates.apply_to(&mut self.marks)
+        updates.apply_at_most(&mut self.marks, MARK_UPDATES_PER_ITERATION)
     }
 
     // ---- the fast path ----
@@ -1335,5 +1488,37 @@ fn port_index(by_ofport: &[u16], ofport: u32) -> Option<usize> {
     match by_ofport.get(ofport as usize) {
         Some(&i) if i != u16::MAX => Some(i as usize),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retired_stats_prune_a_slice_at_a_time_and_keep_the_rest_exact() {
+        let mut r = RetiredStats::default();
+        for i in 0..100u64 {
+            r.add(RuleId(i), i, 10 * i);
+        }
+        r.add(RuleId(7), 1, 1);
+        // Keep the even rules, three entries per slice.
+        let keep = |id: RuleId| id.0 % 2 == 0;
+        let mut slices = 1;
+        while !r.prune_slice(keep, 3) {
+            slices += 1;
+        }
+        assert!(slices >= 100 / 3, "{slices}");
+        let mut left: Vec<(RuleId, (u64, u64))> = r.iter().collect();
+        left.sort();
+        let want: Vec<(RuleId, (u64, u64))> = (0..100u64)
+            .filter(|i| i % 2 == 0)
+            .map(|i| (RuleId(i), (i, 10 * i)))
+            .collect();
+        assert_eq!(left, want);
+        // The index follows the moves: adding to a kept rule finds it.
+        r.add(RuleId(98), 2, 2);
+        assert!(r.iter().any(|e| e == (RuleId(98), (100, 982))));
+        assert_eq!(r.iter().count(), 50);
     }
 }

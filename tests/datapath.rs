@@ -361,6 +361,36 @@ fn tx_ring_full_is_counted() {
 }
 
 #[test]
+fn the_sweep_expires_idle_megaflows_a_slice_at_a_time() {
+    let mut r = rig(GTP);
+    for i in 0..5u8 {
+        r.ports[0].inject(&gtp_u([10, 1, 0, i], 4000 + u16::from(i)), None);
+        r.pmd.poll(0, 0, u64::from(i) * 1000);
+    }
+    let n = r.pmd.megaflow_count();
+    assert!(n >= 1);
+    // At 4.5 s with 2 s of idle allowed, the megaflows used at 0..=2 s go.
+    let mut slices = 1;
+    while !r.pmd.sweep_slice(4_500, 2_000, false, 1) {
+        slices += 1;
+    }
+    assert!(
+        slices >= n,
+        "one slot per slice: {slices} slices for {n} megaflows"
+    );
+    let left = r.pmd.megaflow_count();
+    while !r.pmd.sweep_slice(60_000, 2_000, false, 2) {}
+    assert_eq!(r.pmd.megaflow_count(), 0, "a later sweep expires the rest");
+    assert!(left <= n);
+    assert_eq!(
+        r.offload.deletes.lock().unwrap().len(),
+        n,
+        "their NIC rules go too"
+    );
+    r.check_accounting();
+}
+
+#[test]
 fn port_removal_removes_its_megaflows() {
     let mut r = rig(GTP);
     r.ports[0].inject(&gtp_u([10, 1, 0, 1], 4000), None);
@@ -432,7 +462,8 @@ fn traffic_keeps_mac_entries_alive_and_idle_ones_age_out() {
         t += 5_000;
         r.ports[0].inject(&l2(b, a), Some(5));
         r.pmd.poll(0, 0, t);
-        r.pmd.refresh_macs();
+        // The PMD loop's sweep, one slot per slice, refreshing.
+        while !r.pmd.sweep_slice(t, u64::MAX, true, 1) {}
         bridge.age_macs(t);
         r.pmd.housekeeping();
     }

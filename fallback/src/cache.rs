@@ -171,6 +171,34 @@ impl FlowCache {
         })
     }
 
+    /// Slots (live or free): the bound of [`FlowCache::iter_slots`].
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The megaflows in slots `range` (a sweep a slice at a time).
+    pub fn iter_slots(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (FlowHandle, &Megaflow)> {
+        let start = range.start.min(self.slots.len());
+        let end = range.end.min(self.slots.len());
+        self.slots[start..end]
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, s)| {
+                s.flow.as_ref().map(|f| {
+                    (
+                        FlowHandle {
+                            index: (start + i) as u32,
+                            gen: s.gen,
+                        },
+                        f,
+                    )
+                })
+            })
+    }
+
     /// Removes every megaflow.
     pub fn clear(&mut self) {
         let handles: Vec<FlowHandle> = self.iter().map(|(h, _)| h).collect();

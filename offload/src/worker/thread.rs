@@ -433,7 +433,15 @@ impl PmdUpdates {
     /// Call at the top of every poll loop: hands every pending update to
     /// `apply` (in order), then reports the quiescent point. Returns the
     /// number of updates.
-    pub fn drain(&self, mut apply: impl FnMut(PmdUpdate)) -> usize {
+    pub fn drain(&self, apply: impl FnMut(PmdUpdate)) -> usize {
+        self.drain_at_most(usize::MAX, apply)
+    }
+
+    /// [`PmdUpdates::drain`], stopping once `max` updates are applied (whole
+    /// batches: a few more may be), so that a flood of updates (a bundle's
+    /// worth of deletes) spreads over several loop iterations; the
+    /// quiescent point is reported only when nothing was left.
+    pub fn drain_at_most(&self, max: usize, mut apply: impl FnMut(PmdUpdate)) -> usize {
         // Read the epochs before draining: every update a shard sent
         // before it stored its epoch is applied by the time we report it.
         // (Shards' marks are disjoint, so one channel for all of them
@@ -455,12 +463,19 @@ impl PmdUpdates {
             &many
         };
         let mut n = 0;
-        while let Ok(batch) = self.updates.try_recv() {
+        while n < max {
+            let Ok(batch) = self.updates.try_recv() else {
+                break;
+            };
             n += batch.len();
             batch.into_iter().for_each(&mut apply);
         }
-        for (seen, epoch) in self.seen.iter().zip(epochs) {
-            seen.store(*epoch, Ordering::Release);
+        // Stopped with updates left: not quiescent for those epochs yet
+        // (the worker waits for a later call to report them).
+        if n < max || self.updates.is_empty() {
+            for (seen, epoch) in self.seen.iter().zip(epochs) {
+                seen.store(*epoch, Ordering::Release);
+            }
         }
         n
     }
@@ -468,6 +483,11 @@ impl PmdUpdates {
     /// [`PmdUpdates::drain`] into a [`MarkTable`].
     pub fn apply_to(&self, table: &mut MarkTable) -> usize {
         self.drain(|u| table.apply(u))
+    }
+
+    /// [`PmdUpdates::apply_to`], at most about `max` updates.
+    pub fn apply_at_most(&self, table: &mut MarkTable, max: usize) -> usize {
+        self.drain_at_most(max, |u| table.apply(u))
     }
 }
 
