@@ -429,9 +429,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
     fn publish_pipeline(&mut self) {
         let snapshot = Arc::new(self.pipeline.publish());
         for pmd in &self.pmds {
-            let _ = pmd
-                .commands
-                .send(PmdCommand::SetPipeline(Arc::clone(&snapshot)));
+            pmd.publish(Arc::clone(&snapshot));
         }
         self.revalidator.send(RevalCommand::Pipeline(snapshot));
     }

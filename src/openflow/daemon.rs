@@ -139,10 +139,9 @@ impl OpenFlowSwitch for DaemonSwitch {
             .map_err(|e| OfpError::flow_mod_failed(FlowModFailedCode::Unknown, e.to_string()))
     }
 
-    fn commit_flow_mods(&self, mods: &[FlowMod]) -> Result<(), (usize, OfpError)> {
+    fn commit_flow_mods(&self, mods: Vec<FlowMod>) -> Result<(), (usize, OfpError)> {
         let failure: Arc<Mutex<Option<(usize, OfpError)>>> = Arc::new(Mutex::new(None));
         let seen = Arc::clone(&failure);
-        let mods = mods.to_vec();
         let max_flows = self.max_flows();
         let committed = self
             .handle

@@ -83,12 +83,14 @@ pub struct Session {
 /// Bundles one connection may keep open at once (more: OUT_OF_BUNDLES).
 const MAX_BUNDLES: usize = 64;
 
-/// A bundle being filled: its flow mods, in order, with the raw bytes of
-/// each (a failing one's error quotes it).
+/// A bundle being filled: its flow mods, in order, with the xid and the
+/// first [`ERROR_DATA_LEN`] bytes of each (a failing one's error quotes
+/// them; a whole copy of every message is not needed for that).
 struct Bundle {
     flags: u16,
     closed: bool,
-    mods: Vec<(u32, FlowMod, Vec<u8>)>,
+    mods: Vec<FlowMod>,
+    quotes: Vec<(u32, Vec<u8>)>,
 }
 
 impl Session {
@@ -181,9 +183,12 @@ impl Session {
         self.last_heard = now;
         self.echo_sent = false;
         self.inbuf.extend_from_slice(bytes);
+        // Taken out while its messages are handled in place (no copy of
+        // each message), and put back with what is left of it.
+        let inbuf = std::mem::take(&mut self.inbuf);
         let mut at = 0;
         while !self.is_closed() {
-            let rest = &self.inbuf[at..];
+            let rest = &inbuf[at..];
             if rest.len() < HEADER_LEN {
                 break;
             }
@@ -202,10 +207,10 @@ impl Session {
             if rest.len() < len {
                 break;
             }
-            let msg = rest[..len].to_vec();
             at += len;
-            self.handle(&msg, sw);
+            self.handle(&rest[..len], sw);
         }
+        self.inbuf = inbuf;
         self.inbuf.drain(..at.min(self.inbuf.len()));
     }
 
@@ -404,9 +409,8 @@ impl Session {
                         ),
                     ));
                 }
-                let mods: Vec<FlowMod> = b.mods.iter().map(|(_, fm, _)| fm.clone()).collect();
-                if let Err((i, err)) = sw.commit_flow_mods(&mods) {
-                    if let Some((mxid, _, raw)) = b.mods.get(i) {
+                if let Err((i, err)) = sw.commit_flow_mods(b.mods) {
+                    if let Some((mxid, raw)) = b.quotes.get(i) {
                         self.send_error(*mxid, &err, raw);
                     }
                     return Err(OfpError::bundle_failed(
@@ -496,9 +500,10 @@ impl Session {
         if !self.bundles.contains_key(&id) {
             self.open_bundle(id, flags)?;
         }
-        self.bundle_checked(id, flags)?
-            .mods
-            .push((xid, fm, message));
+        let b = self.bundle_checked(id, flags)?;
+        b.mods.push(fm);
+        b.quotes
+            .push((xid, message[..message.len().min(ERROR_DATA_LEN)].to_vec()));
         Ok(())
     }
 
@@ -516,6 +521,7 @@ impl Session {
                 flags,
                 closed: false,
                 mods: Vec::new(),
+                quotes: Vec::new(),
             },
         );
         Ok(())

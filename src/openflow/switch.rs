@@ -114,5 +114,6 @@ pub trait OpenFlowSwitch: FlowTable + Send + Sync {
     }
     /// A bundle's commit: every flow mod in order, as one new version, or
     /// (the index and error of the first that fails) no change at all.
-    fn commit_flow_mods(&self, mods: &[FlowMod]) -> Result<(), (usize, OfpError)>;
+    /// Takes the mods by value: a 100,000-mod bundle is not copied again.
+    fn commit_flow_mods(&self, mods: Vec<FlowMod>) -> Result<(), (usize, OfpError)>;
 }

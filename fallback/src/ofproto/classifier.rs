@@ -120,18 +120,26 @@ type StageCount = (u64, u32);
 #[derive(Clone, Debug)]
 pub struct Subtable {
     mask: FlowKey,
-    /// Non-empty stages only; at least one unless the mask is empty.
-    stages: Vec<Stage>,
+    /// Non-empty stages only; at least one unless the mask is empty. Shared:
+    /// they never change, and a copy-on-write clone of the subtable (the
+    /// first change after each snapshot) should not reallocate them.
+    stages: Arc<[Stage]>,
     /// Partial hashes of every stage but the last.
     stage_hashes: Vec<CowTable<StageCount>>,
     /// Rules by the hash of their masked key (all stages).
     rules: CowTable<Arc<RuleEntry>>,
+    /// At least the highest priority of a rule here (exact unless
+    /// `max_count` is 0: see `remove`).
     max_priority: u16,
     /// Rules at `max_priority`.
     max_count: u32,
-    /// The first added rule at `max_priority`: a match of equal priority
-    /// found earlier beats this subtable if it was added before this one.
+    /// At most the id of the first added rule at `max_priority`: a match of
+    /// equal priority found earlier beats this subtable if it was added
+    /// before that. (Bounds, not exact values, keep lookups exact: a
+    /// subtable is only ever visited needlessly, never skipped wrongly.)
     max_first: RuleId,
+    /// Removals since `max_priority` went stale (see `remove`).
+    stale_removals: u32,
     /// The prefix length on each trie field (0: not a prefix field here).
     trie_plen: [u8; N_TRIES],
 }
@@ -168,12 +176,13 @@ impl Subtable {
         let n_partial = stages.len().saturating_sub(1);
         Subtable {
             mask,
-            stages,
+            stages: stages.into(),
             stage_hashes: vec![CowTable::default(); n_partial],
             rules: CowTable::default(),
             max_priority: 0,
             max_count: 0,
             max_first: RuleId(0),
+            stale_removals: 0,
             trie_plen,
         }
     }
@@ -195,6 +204,7 @@ impl Subtable {
             self.max_priority = prio;
             self.max_count = 1;
             self.max_first = e.id;
+            self.stale_removals = 0;
         } else if prio == self.max_priority {
             self.max_count += 1;
             self.max_first = self.max_first.min(e.id);
@@ -242,27 +252,40 @@ impl Subtable {
         let removed = self.rules.remove(h, |r| r.id == e.id)?;
         self.count_partials(&value, false);
         if removed.rule.priority == self.max_priority {
-            self.max_count -= 1;
-            if self.max_count == 0 || removed.id == self.max_first {
-                // A scan, only when the last rule at the subtable's top
-                // priority, or the first added of them, leaves.
-                self.max_priority = self
-                    .rules
-                    .iter()
-                    .map(|r| r.rule.priority)
-                    .max()
-                    .unwrap_or(0);
-                let top = self
-                    .rules
-                    .iter()
-                    .filter(|r| r.rule.priority == self.max_priority);
-                let (count, first) =
-                    top.fold((0u32, RuleId(u64::MAX)), |(n, f), r| (n + 1, f.min(r.id)));
-                self.max_count = count;
-                self.max_first = first;
+            self.max_count = self.max_count.saturating_sub(1);
+        }
+        // When the first added rule at the top priority leaves, `max_first`
+        // stays a lower bound; when the last one leaves, `max_priority`
+        // stays an upper bound. Rescanning the subtable for exact values at
+        // every such removal made deleting a large subtable quadratic (a
+        // million-rule del-flows did not finish in ten minutes); a rescan
+        // once a quarter of the subtable has gone since the bounds went
+        // stale costs O(1) per removal, amortised.
+        if self.max_count == 0 && self.len() > 0 {
+            self.stale_removals += 1;
+            if self.stale_removals as usize * 4 >= self.len() {
+                self.rescan_max();
             }
         }
         Some(removed)
+    }
+
+    /// Exact `max_priority`, `max_count` and `max_first` (one scan).
+    fn rescan_max(&mut self) {
+        self.max_priority = self
+            .rules
+            .iter()
+            .map(|r| r.rule.priority)
+            .max()
+            .unwrap_or(0);
+        let top = self
+            .rules
+            .iter()
+            .filter(|r| r.rule.priority == self.max_priority);
+        let (count, first) = top.fold((0u32, RuleId(u64::MAX)), |(n, f), r| (n + 1, f.min(r.id)));
+        self.max_count = count;
+        self.max_first = first;
+        self.stale_removals = 0;
     }
 
     /// Swaps the entry with `new`'s id for `new` (same match and priority).

@@ -24,10 +24,9 @@ impl fmt::Display for RuleId {
 /// A rule in a table.
 #[derive(Clone, Debug)]
 pub struct RuleEntry {
+    /// Also the insertion order, for the equal-priority tie-break (ids
+    /// are handed out in order).
     pub id: RuleId,
-    /// Insertion order, for the equal-priority tie-break (equal to the id:
-    /// ids are handed out in order).
-    pub seq: u64,
     pub rule: Rule,
 }
 
@@ -201,15 +200,12 @@ fn lookup_order(a: &Arc<RuleEntry>, b: &Arc<RuleEntry>) -> std::cmp::Ordering {
 
 impl Pipeline {
     pub fn new() -> Self {
-        // Every table starts as the same empty classifier; the first
-        // change to a table gives it its own (copy on write).
-        let empty = Arc::new(Classifier::default());
         Pipeline {
             lineage: LINEAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             journal: Vec::new(),
             journal_base: 0,
             journal_overflow: TableSet::default(),
-            tables: (0..N_TABLES).map(|_| Arc::clone(&empty)).collect(),
+            tables: Vec::new(),
             by_id: CowTable::default(),
             next_id: 1,
             version: 0,
@@ -282,7 +278,8 @@ impl Pipeline {
         r
     }
 
-    /// The classifier of a table (`None` for a table that does not exist).
+    /// The classifier of a table (`None` for a table that never held a
+    /// rule, or does not exist).
     pub fn classifier(&self, table: u8) -> Option<&Classifier> {
         self.tables.get(table as usize).map(|c| &**c)
     }
@@ -301,7 +298,7 @@ impl Pipeline {
     /// Every rule, table by table, in lookup order.
     pub fn rules(&self) -> impl Iterator<Item = &Arc<RuleEntry>> {
         (0..N_TABLES as u16)
-            .filter(|t| !self.tables[*t as usize].is_empty())
+            .filter(|t| self.classifier(*t as u8).is_some_and(|c| !c.is_empty()))
             .flat_map(|t| self.table(t as u8))
     }
 
@@ -334,8 +331,9 @@ impl Pipeline {
         let id = RuleId(self.next_id);
         self.next_id += 1;
         let table = rule.table as usize;
-        let replaced = self.tables[table]
-            .find_exact(&rule.r#match, rule.priority)
+        let replaced = self
+            .classifier(rule.table)
+            .and_then(|c| c.find_exact(&rule.r#match, rule.priority))
             .map(|e| e.id);
         if let Some(old) = replaced {
             self.remove_one(old);
@@ -344,13 +342,12 @@ impl Pipeline {
             table: rule.table,
             r#match: rule.r#match,
         });
-        let entry = Arc::new(RuleEntry {
-            id,
-            seq: id.0,
-            rule,
-        });
+        let entry = Arc::new(RuleEntry { id, rule });
         self.by_id
             .insert(id_hash(id), Arc::clone(&entry), |e| id_hash(e.id));
+        if self.tables.len() <= table {
+            self.tables.resize_with(table + 1, Default::default);
+        }
         Arc::make_mut(&mut self.tables[table]).insert(entry);
         self.changed();
         Added { id, replaced }
