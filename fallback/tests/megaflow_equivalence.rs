@@ -18,8 +18,7 @@ use fallback::actions::DpAction;
 use fallback::cache::{CacheHit, FlowCache};
 use fallback::key::{ethertype, ipproto, Field, FlowKey, VLAN_CFI, VLAN_VID_MASK};
 use fallback::megaflow::Megaflow;
-use fallback::ofproto::mac::{MacLearn, MacTable};
-use fallback::ofproto::table::Pipeline;
+use fallback::ofproto::mac::MacTable;
 use fallback::ofproto::xlate::{xlate, xlate_hinted, Bridge};
 use fallback::ofproto::{OfAction, Rule};
 use proptest::prelude::*;
@@ -233,21 +232,7 @@ struct Tally {
 fn check_rule_set(seed: u64, tally: &mut Tally) {
     let mut r = Rng::new(seed);
     let rules = random_rules(&mut r);
-    let mut pipeline = Pipeline::new();
-    for rule in &rules {
-        pipeline.add(rule.clone());
-    }
-    let mut macs = MacTable::default();
-    for (i, mac) in MACS[..3].iter().enumerate() {
-        macs.learn(
-            MacLearn {
-                mac: *mac,
-                vlan: 0,
-                port: PORTS[i],
-            },
-            0,
-        );
-    }
+    let (pipeline, macs) = pipeline_and_macs(&rules, 3);
     let bridge = Bridge {
         pipeline: &pipeline,
         macs: &macs,

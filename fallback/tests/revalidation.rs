@@ -158,21 +158,7 @@ fn random_rule(r: &mut Rng, p: &Pipeline) -> Rule {
 fn check_seed(seed: u64) -> RevalStats {
     let mut r = Rng::new(seed);
     let rules = random_rules(&mut r);
-    let mut pipeline = Pipeline::new();
-    for rule in &rules {
-        pipeline.add(rule.clone());
-    }
-    let mut macs = MacTable::default();
-    for (i, mac) in MACS[..2].iter().enumerate() {
-        macs.learn(
-            MacLearn {
-                mac: *mac,
-                vlan: 0,
-                port: PORTS[i],
-            },
-            0,
-        );
-    }
+    let (mut pipeline, macs) = pipeline_and_macs(&rules, 2);
     let ports = PORTS[..3].to_vec();
     let widen = vec![PORTS[0], PORTS[2]];
     let mut published = pipeline.publish();

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 use fallback::key::{ethertype, frag, ipproto, Field, FlowKey, VLAN_CFI, VLAN_VID_MASK};
+use fallback::ofproto::mac::{MacLearn, MacTable};
+use fallback::ofproto::table::Pipeline;
 use fallback::ofproto::{Match, OfAction, Rule};
 use testbed::traffic::Rng;
 
@@ -227,4 +229,25 @@ pub fn packet_from(r: &mut Rng, m: &Match) -> FlowKey {
         k.set(Field::VlanTci, 0);
     }
     k
+}
+
+/// A pipeline of `rules`, and a MAC table that knows the first `known` of
+/// [`MACS`] on the matching [`PORTS`].
+pub fn pipeline_and_macs(rules: &[Rule], known: usize) -> (Pipeline, MacTable) {
+    let mut pipeline = Pipeline::new();
+    for rule in rules {
+        pipeline.add(rule.clone());
+    }
+    let mut macs = MacTable::default();
+    for (i, mac) in MACS[..known].iter().enumerate() {
+        macs.learn(
+            MacLearn {
+                mac: *mac,
+                vlan: 0,
+                port: PORTS[i],
+            },
+            0,
+        );
+    }
+    (pipeline, macs)
 }

@@ -423,6 +423,45 @@ impl PmdRequests {
 /// Shards whose epochs a PMD reads without allocating.
 const MAX_SHARDS_ON_STACK: usize = 16;
 
+/// The shards' epochs as read before draining (on the stack for up to
+/// [`MAX_SHARDS_ON_STACK`] shards): every update a shard sent before it
+/// stored its epoch is applied by the time the drain reports them.
+struct EpochsSeen {
+    stack: [u64; MAX_SHARDS_ON_STACK],
+    many: Vec<u64>,
+    len: usize,
+}
+
+impl EpochsSeen {
+    fn read(epochs: &[AtomicU64]) -> Self {
+        let mut e = EpochsSeen {
+            stack: [0; MAX_SHARDS_ON_STACK],
+            many: Vec::new(),
+            len: epochs.len(),
+        };
+        if epochs.len() <= MAX_SHARDS_ON_STACK {
+            for (v, s) in e.stack.iter_mut().zip(epochs) {
+                *v = s.load(Ordering::Acquire);
+            }
+        } else {
+            e.many = epochs.iter().map(|s| s.load(Ordering::Acquire)).collect();
+        }
+        e
+    }
+
+    /// Stores them as this PMD's quiescent point.
+    fn report(&self, seen: &[AtomicU64]) {
+        let epochs = if self.len <= MAX_SHARDS_ON_STACK {
+            &self.stack[..self.len]
+        } else {
+            &self.many[..]
+        };
+        for (s, epoch) in seen.iter().zip(epochs) {
+            s.store(*epoch, Ordering::Release);
+        }
+    }
+}
+
 /// A PMD's receiving side: the worker's [`PmdUpdate`]s and the PMD's
 /// quiescence report.
 pub struct PmdUpdates {
@@ -442,22 +481,7 @@ impl PmdUpdates {
         // before it stored its epoch is applied by the time we report it.
         // (Shards' marks are disjoint, so one channel for all of them
         // keeps each mark's updates in order.)
-        let mut epochs = [0u64; MAX_SHARDS_ON_STACK];
-        let many: Vec<u64>;
-        let epochs: &[u64] = if self.shared.epochs.len() <= MAX_SHARDS_ON_STACK {
-            for (e, s) in epochs.iter_mut().zip(&self.shared.epochs) {
-                *e = s.load(Ordering::Acquire);
-            }
-            &epochs[..self.shared.epochs.len()]
-        } else {
-            many = self
-                .shared
-                .epochs
-                .iter()
-                .map(|e| e.load(Ordering::Acquire))
-                .collect();
-            &many
-        };
+        let epochs = EpochsSeen::read(&self.shared.epochs);
         let mut n = 0;
         // Updates a bounded call left over come first, in order.
         {
@@ -469,9 +493,7 @@ impl PmdUpdates {
             n += batch.len();
             batch.into_iter().for_each(&mut apply);
         }
-        for (seen, epoch) in self.seen.iter().zip(epochs) {
-            seen.store(*epoch, Ordering::Release);
-        }
+        epochs.report(&self.seen);
         n
     }
 
@@ -480,22 +502,7 @@ impl PmdUpdates {
     /// over several loop iterations; the quiescent point is reported only
     /// by a call that leaves nothing behind.
     pub fn apply_at_most(&mut self, table: &mut MarkTable, max: usize) -> usize {
-        let mut epochs = [0u64; MAX_SHARDS_ON_STACK];
-        let many: Vec<u64>;
-        let epochs: &[u64] = if self.shared.epochs.len() <= MAX_SHARDS_ON_STACK {
-            for (e, s) in epochs.iter_mut().zip(&self.shared.epochs) {
-                *e = s.load(Ordering::Acquire);
-            }
-            &epochs[..self.shared.epochs.len()]
-        } else {
-            many = self
-                .shared
-                .epochs
-                .iter()
-                .map(|e| e.load(Ordering::Acquire))
-                .collect();
-            &many
-        };
+        let epochs = EpochsSeen::read(&self.shared.epochs);
         // Never poisoned in practice (only this thread takes it); the lock
         // exists so that `drain(&self)` can share the leftovers.
         let left = self.leftover.get_mut().recover();
@@ -521,9 +528,7 @@ impl PmdUpdates {
             }
         }
         if left.is_empty() && self.updates.is_empty() {
-            for (seen, epoch) in self.seen.iter().zip(epochs) {
-                seen.store(*epoch, Ordering::Release);
-            }
+            epochs.report(&self.seen);
         }
         n
     }
