@@ -283,7 +283,7 @@ pub enum Revalidation {
     /// translates for revalidation.
     Thread {
         events: crossbeam_channel::Sender<FlowEvent>,
-        ops: crossbeam_channel::Receiver<Vec<RevalOp>>,
+        ops: Arc<fallback::sync::TryQueue<Vec<RevalOp>>>,
     },
 }
 
@@ -460,7 +460,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     pub fn set_revalidator(
         &mut self,
         events: crossbeam_channel::Sender<FlowEvent>,
-        ops: crossbeam_channel::Receiver<Vec<RevalOp>>,
+        ops: Arc<fallback::sync::TryQueue<Vec<RevalOp>>>,
     ) {
         let stamp = self.pipeline.stamp();
         let mac_version = self.bridge.macs.read().recover().version();
@@ -952,7 +952,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 // A big verdict (a bundle's worth of megaflows) is applied
                 // a slice per loop iteration, so that no iteration is long.
                 if self.reval_backlog.is_empty() {
-                    if let Ok(batch) = ops.try_recv() {
+                    if let Ok(Some(batch)) = ops.try_pop() {
                         self.counters.revalidations += 1;
                         self.reval_backlog = batch;
                         self.reval_backlog.reverse();

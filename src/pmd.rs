@@ -239,6 +239,17 @@ pub fn keep_off_pmd_cores(pmd_cores: &[Option<usize>]) {
     }
     if changed && set.count() > 0 {
         let _ = rustix::thread::sched_setaffinity(None, &set);
+        // Threads started before (a logger, the control socket) too: one
+        // left free to run on a PMD core takes it whenever the others are
+        // busy.
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for t in tasks.flatten() {
+                let tid = t.file_name().to_str().and_then(|n| n.parse::<i32>().ok());
+                if let Some(pid) = tid.and_then(rustix::thread::Pid::from_raw) {
+                    let _ = rustix::thread::sched_setaffinity(Some(pid), &set);
+                }
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use crate::datapath::{BridgeState, FlowEvent};
 use crossbeam_channel::{select, Receiver, Sender};
 use fallback::ofproto::table::Pipeline;
 use fallback::revalidate::{RevalOp, RevalStats, Revalidator};
+use fallback::sync::TryQueue;
 use serde::Serialize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -49,7 +50,8 @@ pub struct RevalidatorThread {
 /// One PMD as the revalidator sees it.
 pub struct PmdLink {
     pub pmd: u32,
-    pub ops: Sender<Vec<RevalOp>>,
+    /// Verdicts to the PMD (which never waits to take them).
+    pub ops: Arc<TryQueue<Vec<RevalOp>>>,
 }
 
 impl RevalidatorThread {
@@ -210,7 +212,7 @@ impl Loop {
     fn flush(&mut self) {
         for (link, out) in self.pmds.iter().zip(self.ops.iter_mut()) {
             if !out.is_empty() {
-                let _ = link.ops.send(std::mem::take(out));
+                link.ops.push(std::mem::take(out));
             }
         }
     }

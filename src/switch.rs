@@ -246,12 +246,9 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
                 settings.emc_insert_inv_prob,
             );
             core.set_punt_channel(punt_tx.clone());
-            let (ops_tx, ops) = crossbeam_channel::unbounded();
-            core.set_revalidator(flow_events.clone(), ops);
-            links.push(PmdLink {
-                pmd: id,
-                ops: ops_tx,
-            });
+            let ops = Arc::new(fallback::sync::TryQueue::default());
+            core.set_revalidator(flow_events.clone(), Arc::clone(&ops));
+            links.push(PmdLink { pmd: id, ops });
             pmds.push(pmd::spawn(core, *cpu, updates, settings)?);
         }
         let revalidator = RevalidatorThread::spawn(

@@ -18,7 +18,8 @@ pub mod packet;
 pub mod port;
 pub mod revalidate;
 /// The one shared helper for the crates above: taking a lock whose holder
-/// panicked (fallback itself holds no locks).
+/// panicked (fallback itself holds no locks), and the queue a PMD takes
+/// from without waiting.
 pub mod sync;
 
 pub use key::{Field, FlowKey};

@@ -2,7 +2,7 @@
 //! channels ([`PmdOffload`], [`PmdRequests`], [`PmdUpdates`]).
 
 use super::*;
-use fallback::sync::Recover;
+use fallback::sync::{Busy, Recover, TryQueue};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -86,7 +86,7 @@ type Seen = Arc<[AtomicU64]>;
 enum Control {
     AddPmd {
         pmd: PmdId,
-        updates: Sender<Vec<PmdUpdate>>,
+        updates: Arc<TryQueue<Vec<PmdUpdate>>>,
         seen: Seen,
         reply: Sender<()>,
     },
@@ -217,11 +217,11 @@ impl OffloadWorker {
     /// Registers a PMD with every shard and gives it its end (the daemon
     /// moves it into the PMD thread).
     pub fn add_pmd(&self, pmd: PmdId) -> Result<PmdOffload, WorkerError> {
-        let (updates, updates_rx) = crossbeam_channel::unbounded();
+        let updates: Arc<TryQueue<Vec<PmdUpdate>>> = Arc::new(TryQueue::default());
         let seen: Seen = (0..self.shards.len()).map(|_| AtomicU64::new(0)).collect();
         self.call_all(|reply| Control::AddPmd {
             pmd,
-            updates: updates.clone(),
+            updates: Arc::clone(&updates),
             seen: Arc::clone(&seen),
             reply,
         })?;
@@ -233,7 +233,7 @@ impl OffloadWorker {
             },
             updates: PmdUpdates {
                 leftover: std::sync::Mutex::new(Vec::new()),
-                updates: updates_rx,
+                updates,
                 shared: Arc::clone(&self.shared),
                 seen,
             },
@@ -465,7 +465,9 @@ impl EpochsSeen {
 /// A PMD's receiving side: the worker's [`PmdUpdate`]s and the PMD's
 /// quiescence report.
 pub struct PmdUpdates {
-    updates: Receiver<Vec<PmdUpdate>>,
+    /// Worker → PMD (a [`TryQueue`]: the PMD never waits for a worker
+    /// that a busy control core preempted in mid-send).
+    updates: Arc<TryQueue<Vec<PmdUpdate>>>,
     /// What a bounded [`PmdUpdates::apply_at_most`] left, last first.
     leftover: std::sync::Mutex<Vec<PmdUpdate>>,
     shared: Arc<Shared>,
@@ -489,7 +491,7 @@ impl PmdUpdates {
             n += left.len();
             left.drain(..).rev().for_each(&mut apply);
         }
-        while let Ok(batch) = self.updates.try_recv() {
+        while let Some(batch) = self.updates.pop() {
             n += batch.len();
             batch.into_iter().for_each(&mut apply);
         }
@@ -507,6 +509,8 @@ impl PmdUpdates {
         // exists so that `drain(&self)` can share the leftovers.
         let left = self.leftover.get_mut().recover();
         let mut n = 0;
+        // Seen empty under the lock: only then may the epochs be reported.
+        let mut drained = false;
         loop {
             while n < max {
                 let Some(u) = left.pop() else {
@@ -518,16 +522,20 @@ impl PmdUpdates {
             if n >= max {
                 break;
             }
-            match self.updates.try_recv() {
-                Ok(mut batch) => {
+            match self.updates.try_pop() {
+                Ok(Some(mut batch)) => {
                     // Kept last first, to pop in order.
                     batch.reverse();
                     *left = batch;
                 }
-                Err(_) => break,
+                Ok(None) => {
+                    drained = true;
+                    break;
+                }
+                Err(Busy) => break,
             }
         }
-        if left.is_empty() && self.updates.is_empty() {
+        if drained && left.is_empty() {
             epochs.report(&self.seen);
         }
         n
@@ -651,7 +659,7 @@ struct PmdChannels {
 }
 
 struct PmdChannel {
-    tx: Sender<Vec<PmdUpdate>>,
+    tx: Arc<TryQueue<Vec<PmdUpdate>>>,
     held: Vec<PmdUpdate>,
 }
 
@@ -668,16 +676,15 @@ impl UpdateSink for PmdChannels {
             if c.held.is_empty() {
                 continue;
             }
-            // Unbounded: never waits. An error means the PMD's end is gone.
+            // Unbounded: never waits. Closed means the PMD's end is gone.
             // The next batch starts with this one's room: one allocation
             // per batch, not one per doubling.
-            let room = c.held.capacity();
-            if c.tx
-                .send(std::mem::replace(&mut c.held, Vec::with_capacity(room)))
-                .is_err()
-            {
+            if c.tx.is_closed() {
                 gone.push(*pmd);
+                continue;
             }
+            let room = c.held.capacity();
+            c.tx.push(std::mem::replace(&mut c.held, Vec::with_capacity(room)));
         }
         for pmd in gone {
             self.senders.remove(&pmd);
@@ -880,4 +887,11 @@ struct NoUpdates;
 
 impl UpdateSink for NoUpdates {
     fn send(&mut self, _pmd: PmdId, _update: PmdUpdate) {}
+}
+
+impl Drop for PmdUpdates {
+    /// The worker forgets a PMD whose end is gone.
+    fn drop(&mut self) {
+        self.updates.close();
+    }
 }
