@@ -7,8 +7,7 @@
 use crate::datapath::{BridgeState, FlowEvent};
 use crossbeam_channel::{select, Receiver, Sender};
 use fallback::ofproto::table::Pipeline;
-use fallback::revalidate::{RevalOp, RevalStats, Revalidator};
-use fallback::sync::TryQueue;
+use fallback::revalidate::{RevalOp, RevalStats, Revalidator, VerdictQueues};
 use serde::Serialize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -51,7 +50,7 @@ pub struct RevalidatorThread {
 pub struct PmdLink {
     pub pmd: u32,
     /// Verdicts to the PMD (which never waits to take them).
-    pub ops: Arc<TryQueue<Vec<RevalOp>>>,
+    pub ops: Arc<VerdictQueues>,
 }
 
 impl RevalidatorThread {
@@ -212,7 +211,9 @@ impl Loop {
     fn flush(&mut self) {
         for (link, out) in self.pmds.iter().zip(self.ops.iter_mut()) {
             if !out.is_empty() {
-                link.ops.push(std::mem::take(out));
+                // A batch the PMD gave back, else a new one on first push.
+                let next = link.ops.returned.pop().unwrap_or_default();
+                link.ops.to_pmd.push(std::mem::replace(out, next));
             }
         }
     }

@@ -246,7 +246,7 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
                 settings.emc_insert_inv_prob,
             );
             core.set_punt_channel(punt_tx.clone());
-            let ops = Arc::new(fallback::sync::TryQueue::default());
+            let ops = Arc::new(fallback::revalidate::VerdictQueues::default());
             core.set_revalidator(flow_events.clone(), Arc::clone(&ops));
             links.push(PmdLink { pmd: id, ops });
             pmds.push(pmd::spawn(core, *cpu, updates, settings)?);

@@ -22,6 +22,7 @@ use crate::ofproto::mac::{MacLearn, MacTable};
 use crate::ofproto::table::{Changes, Pipeline, RuleChange, RuleId, TableSet};
 use crate::ofproto::xlate::{xlate_hinted, Bridge, XlateDeps, XlateDrop, Xlation};
 use crate::ofproto::Match;
+use crate::sync::TryQueue;
 use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -84,6 +85,17 @@ pub enum RevalOp {
     },
     /// The megaflow is too wide now: remove it (and its NIC rule).
     Delete { handle: FlowHandle, ufid: Ufid },
+}
+
+/// The revalidator's verdicts to one PMD, and the emptied batches coming
+/// back: the PMD neither waits for a preempted revalidator ([`TryQueue`])
+/// nor frees the revalidator's allocations (glibc's free of another
+/// thread's chunk takes that thread's arena lock, which a preempted
+/// revalidator may hold).
+#[derive(Default)]
+pub struct VerdictQueues {
+    pub to_pmd: TryQueue<Vec<RevalOp>>,
+    pub returned: TryQueue<Vec<RevalOp>>,
 }
 
 /// Counters of one engine.

@@ -45,6 +45,21 @@ impl<T> TryQueue<T> {
         self.q.lock().recover().push_back(v);
     }
 
+    /// Pushes without waiting; a producer at work gives the item back.
+    pub fn try_push(&self, v: T) -> Result<(), T> {
+        match self.q.try_lock() {
+            Ok(mut q) => {
+                q.push_back(v);
+                Ok(())
+            }
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                p.into_inner().push_back(v);
+                Ok(())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => Err(v),
+        }
+    }
+
     /// The oldest item (`Ok(None)`: empty), without waiting.
     pub fn try_pop(&self) -> Result<Option<T>, Busy> {
         match self.q.try_lock() {

@@ -86,7 +86,7 @@ type Seen = Arc<[AtomicU64]>;
 enum Control {
     AddPmd {
         pmd: PmdId,
-        updates: Arc<TryQueue<Vec<PmdUpdate>>>,
+        updates: Arc<UpdateQueues>,
         seen: Seen,
         reply: Sender<()>,
     },
@@ -217,7 +217,7 @@ impl OffloadWorker {
     /// Registers a PMD with every shard and gives it its end (the daemon
     /// moves it into the PMD thread).
     pub fn add_pmd(&self, pmd: PmdId) -> Result<PmdOffload, WorkerError> {
-        let updates: Arc<TryQueue<Vec<PmdUpdate>>> = Arc::new(TryQueue::default());
+        let updates = Arc::new(UpdateQueues::default());
         let seen: Seen = (0..self.shards.len()).map(|_| AtomicU64::new(0)).collect();
         self.call_all(|reply| Control::AddPmd {
             pmd,
@@ -233,6 +233,7 @@ impl OffloadWorker {
             },
             updates: PmdUpdates {
                 leftover: std::sync::Mutex::new(Vec::new()),
+                spare: Vec::new(),
                 updates,
                 shared: Arc::clone(&self.shared),
                 seen,
@@ -465,9 +466,10 @@ impl EpochsSeen {
 /// A PMD's receiving side: the worker's [`PmdUpdate`]s and the PMD's
 /// quiescence report.
 pub struct PmdUpdates {
-    /// Worker → PMD (a [`TryQueue`]: the PMD never waits for a worker
-    /// that a busy control core preempted in mid-send).
-    updates: Arc<TryQueue<Vec<PmdUpdate>>>,
+    /// Worker → PMD and back (see [`UpdateQueues`]).
+    updates: Arc<UpdateQueues>,
+    /// Emptied batches the return queue was busy for (tried again later).
+    spare: Vec<Vec<PmdUpdate>>,
     /// What a bounded [`PmdUpdates::apply_at_most`] left, last first.
     leftover: std::sync::Mutex<Vec<PmdUpdate>>,
     shared: Arc<Shared>,
@@ -491,7 +493,7 @@ impl PmdUpdates {
             n += left.len();
             left.drain(..).rev().for_each(&mut apply);
         }
-        while let Some(batch) = self.updates.pop() {
+        while let Some(batch) = self.updates.to_pmd.pop() {
             n += batch.len();
             batch.into_iter().for_each(&mut apply);
         }
@@ -522,11 +524,17 @@ impl PmdUpdates {
             if n >= max {
                 break;
             }
-            match self.updates.try_pop() {
+            match self.updates.to_pmd.try_pop() {
                 Ok(Some(mut batch)) => {
-                    // Kept last first, to pop in order.
+                    // Kept last first, to pop in order. The emptied one
+                    // goes back to the worker, which allocated it: freeing
+                    // it here would take the worker's malloc arena lock,
+                    // which a preempted worker may hold.
                     batch.reverse();
-                    *left = batch;
+                    let empty = std::mem::replace(left, batch);
+                    if empty.capacity() > 0 {
+                        self.spare.push(empty);
+                    }
                 }
                 Ok(None) => {
                     drained = true;
@@ -537,6 +545,12 @@ impl PmdUpdates {
         }
         if drained && left.is_empty() {
             epochs.report(&self.seen);
+        }
+        while let Some(v) = self.spare.pop() {
+            if let Err(v) = self.updates.returned.try_push(v) {
+                self.spare.push(v);
+                break;
+            }
         }
         n
     }
@@ -659,7 +673,7 @@ struct PmdChannels {
 }
 
 struct PmdChannel {
-    tx: Arc<TryQueue<Vec<PmdUpdate>>>,
+    tx: Arc<UpdateQueues>,
     held: Vec<PmdUpdate>,
 }
 
@@ -679,12 +693,19 @@ impl UpdateSink for PmdChannels {
             // Unbounded: never waits. Closed means the PMD's end is gone.
             // The next batch starts with this one's room: one allocation
             // per batch, not one per doubling.
-            if c.tx.is_closed() {
+            if c.tx.to_pmd.is_closed() {
                 gone.push(*pmd);
                 continue;
             }
-            let room = c.held.capacity();
-            c.tx.push(std::mem::replace(&mut c.held, Vec::with_capacity(room)));
+            // A batch the PMD emptied and gave back, else a new one.
+            let next = match c.tx.returned.pop() {
+                Some(mut v) => {
+                    v.clear();
+                    v
+                }
+                None => Vec::with_capacity(c.held.capacity()),
+            };
+            c.tx.to_pmd.push(std::mem::replace(&mut c.held, next));
         }
         for pmd in gone {
             self.senders.remove(&pmd);
@@ -892,6 +913,15 @@ impl UpdateSink for NoUpdates {
 impl Drop for PmdUpdates {
     /// The worker forgets a PMD whose end is gone.
     fn drop(&mut self) {
-        self.updates.close();
+        self.updates.to_pmd.close();
     }
+}
+
+/// The worker's updates to one PMD, and the emptied batches coming back.
+/// [`TryQueue`]s: the PMD never waits for a worker that a busy control
+/// core preempted in mid-push.
+#[derive(Default)]
+pub struct UpdateQueues {
+    to_pmd: TryQueue<Vec<PmdUpdate>>,
+    returned: TryQueue<Vec<PmdUpdate>>,
 }
