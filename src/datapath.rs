@@ -984,6 +984,23 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         }
     }
 
+    /// Applies every revalidation verdict the revalidator has sent (the
+    /// backlog included) at once: for a caller that waits for a change to
+    /// be in the datapath, not for the loop's per-iteration share.
+    pub fn apply_all_verdicts(&mut self) {
+        let Revalidation::Thread { ops, .. } = &self.reval else {
+            return;
+        };
+        let ops = Arc::clone(ops);
+        let mut backlog = std::mem::take(&mut self.reval_backlog);
+        backlog.reverse();
+        self.apply_reval_ops(backlog);
+        while let Some(batch) = ops.to_pmd.pop() {
+            self.counters.revalidations += 1;
+            self.apply_reval_ops(batch);
+        }
+    }
+
     pub fn pending_deletes(&self) -> usize {
         self.pending_deletes.len()
     }

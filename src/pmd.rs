@@ -97,6 +97,9 @@ pub enum PmdCommand<B> {
     ClearCounters,
     /// Removes every megaflow (their NIC rules go too).
     FlushMegaflows(Sender<()>),
+    /// Applies every revalidation verdict received so far, then replies
+    /// (`Switch::settle`: a change is in the datapath when it returns).
+    ApplyVerdicts(Sender<()>),
     /// Stops the thread after flushing its megaflows.
     Quit,
 }
@@ -422,6 +425,10 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
             }
             PmdCommand::FlushMegaflows(reply) => {
                 self.core.flush_megaflows();
+                let _ = reply.send(());
+            }
+            PmdCommand::ApplyVerdicts(reply) => {
+                self.core.apply_all_verdicts();
                 let _ = reply.send(());
             }
             PmdCommand::Quit => return false,

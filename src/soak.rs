@@ -806,6 +806,8 @@ fn install_all(sw: &mut Switch<HeapPacket>, rules: &RuleSet) -> Result<(), SoakE
         .map(to_rule)
         .collect::<Result<Vec<_>, _>>()?;
     sw.flow_add_all(parsed);
+    // The reference expects a change in the datapath once made.
+    sw.settle();
     Ok(())
 }
 
@@ -835,6 +837,7 @@ fn apply_changes(
             }
         }
     }
+    sw.settle();
     Ok(())
 }
 
@@ -939,6 +942,7 @@ fn detach(
     std::thread::sleep(Duration::from_millis(2));
     let _ = tp.injector().sync();
     sw.del_port(tp.name())?;
+    sw.settle();
     let port = tp.port();
     let mut burst = fallback::port::Burst::new();
     for q in 0..port.n_rxq() {
@@ -967,6 +971,7 @@ fn reattach(
         tp.port(),
         tp.flow_device(),
     )?;
+    sw.settle();
     if let Some(a) = shared.attached.get(ofport as usize) {
         a.store(true, Ordering::Release);
     }

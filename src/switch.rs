@@ -432,11 +432,16 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
     }
 
     /// Waits until the revalidator has judged every change made so far and
-    /// sent its verdicts (PMDs apply them before their next poll). The
-    /// CLI's flow commands wait for this; OpenFlow barriers do not (as in
-    /// OVS, a barrier covers the classifier, revalidation follows).
+    /// every PMD has applied its verdicts: the change is in the datapath.
+    /// The CLI's flow and port commands wait for this; OpenFlow barriers do
+    /// not (as in OVS, a barrier covers the classifier, revalidation follows).
     pub fn settle(&self) -> bool {
-        self.revalidator.sync(PMD_REPLY_TIMEOUT)
+        if !self.revalidator.sync(PMD_REPLY_TIMEOUT) {
+            return false;
+        }
+        // And every PMD has applied them (a big verdict is otherwise
+        // applied a share per loop iteration).
+        self.ask(PmdCommand::ApplyVerdicts).is_ok()
     }
 
     /// The revalidator thread's figures.
