@@ -780,22 +780,6 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         }
     }
 
-    /// Removes megaflows idle for longer than `max_idle_ms`; returns how many.
-    pub fn expire(&mut self, now_ms: u64, max_idle_ms: u64) -> usize {
-        self.prune_retired_stats(usize::MAX);
-        let idle: Vec<FlowHandle> = self
-            .cache
-            .iter()
-            .filter(|(_, mf)| now_ms.saturating_sub(mf.stats.used) > max_idle_ms)
-            .map(|(h, _)| h)
-            .collect();
-        let n = idle.len();
-        for h in idle {
-            self.remove_megaflow(h);
-        }
-        n
-    }
-
     /// One slice of the periodic sweep, `budget` cache slots from where the
     /// last slice stopped: megaflows idle for longer than `max_idle_ms` go,
     /// ones whose offload put found the worker's queue full are offered
