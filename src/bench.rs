@@ -141,6 +141,8 @@ fn prefix(len: u32) -> u32 {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Path {
     Mark,
+    /// One `in_port`-only megaflow for all flows (simple match).
+    Simple,
     Emc,
     Dpcls,
 }
@@ -149,6 +151,7 @@ impl Path {
     fn name(self) -> &'static str {
         match self {
             Path::Mark => "mark",
+            Path::Simple => "simple",
             Path::Emc => "emc",
             Path::Dpcls => "dpcls",
         }
@@ -233,7 +236,15 @@ fn hit_case(path: Path, flows: u32, subtables: usize, secs: f64) -> serde_json::
     let inv_prob = if path == Path::Emc { 1 } else { u32::MAX };
     let mut core = pmd(inv_prob, "");
     let shared = loop_ports(&mut core, false);
-    let masks = masks(subtables);
+    let masks = if path == Path::Simple {
+        let mut m = FlowKey::ZERO;
+        m.set_exact(Field::InPort);
+        m.set_exact(Field::DlType);
+        m.set(Field::NwFrag, 3);
+        vec![m]
+    } else {
+        masks(subtables)
+    };
     // At least LOOP_PACKETS buffers circulate, flows round-robin.
     let in_flight = (flows as usize).max(LOOP_PACKETS);
     let mut q = VecDeque::with_capacity(in_flight);
@@ -242,6 +253,10 @@ fn hit_case(path: Path, flows: u32, subtables: usize, secs: f64) -> serde_json::
         let f = frame(i);
         let key = key_of(&f);
         let mask = masks[i as usize % masks.len()];
+        frames.push(f);
+        if path == Path::Simple && i > 0 {
+            continue;
+        }
         let mf = Megaflow::new(&key, &mask, vec![DpAction::Output(2)], vec![]);
         let h = core
             .preinstall(1, mf)
@@ -251,7 +266,6 @@ fn hit_case(path: Path, flows: u32, subtables: usize, secs: f64) -> serde_json::
                 core.publish_mark(mark, h);
             }
         }
-        frames.push(f);
     }
     for n in 0..in_flight {
         let i = n % flows.max(1) as usize;
@@ -279,6 +293,7 @@ fn hit_case(path: Path, flows: u32, subtables: usize, secs: f64) -> serde_json::
         "packets": packets,
         "warmup_packets": warmup_packets,
         "mark_hits": c.mark_hits,
+        "simple_hits": c.simple_hits,
         "emc_hits": c.emc_hits,
         "dpcls_hits": c.dpcls_hits,
         "upcalls": c.upcalls,
@@ -676,7 +691,7 @@ pub fn run(quick: bool, json: bool) -> Result<(), CliError> {
     } else {
         &[1, 1_000, 10_000, 100_000]
     };
-    for &path in &[Path::Mark, Path::Emc, Path::Dpcls] {
+    for &path in &[Path::Mark, Path::Simple, Path::Emc, Path::Dpcls] {
         for &flows in flow_counts {
             if hit_selected(path, flows, 1) {
                 print(&hit_case(path, flows, 1, secs), json);
