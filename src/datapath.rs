@@ -973,20 +973,16 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         }
     }
 
-    /// Applies every revalidation verdict the revalidator has sent (the
-    /// backlog included) at once: for a caller that waits for a change to
-    /// be in the datapath, not for the loop's per-iteration share.
-    pub fn apply_all_verdicts(&mut self) {
-        let Revalidation::Thread { ops, .. } = &self.reval else {
-            return;
-        };
-        let ops = Arc::clone(ops);
-        let mut backlog = std::mem::take(&mut self.reval_backlog);
-        backlog.reverse();
-        self.apply_reval_ops(backlog);
-        while let Some(batch) = ops.to_pmd.pop() {
-            self.counters.revalidations += 1;
-            self.apply_reval_ops(batch);
+    /// Every verdict the revalidator has sent is applied (inline
+    /// revalidation applies them as they come).
+    pub fn verdicts_applied(&self) -> bool {
+        match &self.reval {
+            Revalidation::Inline(_) => true,
+            Revalidation::Thread { ops, .. } => {
+                self.reval_backlog.is_empty()
+                    && self.deferred_ops.is_empty()
+                    && ops.to_pmd.try_is_empty() == Ok(true)
+            }
         }
     }
 
