@@ -16,7 +16,7 @@
 // every packet once per subtable, and SipHash was most of its lookup cost.
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashTable;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use offload::rte::{Action, Rule};
@@ -323,13 +323,12 @@ impl Slab {
     }
 
     fn clear(&mut self) {
-        let mut slot = 0u32;
-        for s in self.chunks.iter_mut().flatten() {
+        for (slot, s) in self.chunks.iter_mut().flatten().enumerate() {
             if s.rule.take().is_some() {
                 s.generation = s.generation.wrapping_add(1).max(1);
-                self.free.push(slot);
+                // Slots are u32 (see `vacant`).
+                self.free.push(slot as u32);
             }
-            slot += 1;
         }
         self.len = 0;
     }
@@ -393,9 +392,7 @@ fn key_hash(state: &DefaultHashBuilder, values: impl Iterator<Item = u128>) -> u
 }
 
 fn shape_hash(state: &DefaultHashBuilder, shape: &[(ItemKind, Fields)]) -> u64 {
-    let mut h = state.build_hasher();
-    shape.hash(&mut h);
-    h.finish()
+    state.hash_one(shape)
 }
 
 /// Every rule of one port.
