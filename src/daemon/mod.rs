@@ -590,10 +590,8 @@ where
                                 .entries()
                                 .filter(|e| new.get(e.id).is_none())
                                 .filter(|e| {
-                                    new.classifier(e.rule.table)
-                                        .and_then(|c| {
-                                            c.find_exact(&e.rule.r#match, e.rule.priority)
-                                        })
+                                    new.classifier(e.table())
+                                        .and_then(|c| c.find_exact(&e.r#match(), e.priority()))
                                         .is_none()
                                 })
                                 .map(|e| (e.id, RemovalReason::Delete))
@@ -669,7 +667,7 @@ where
     fn scrape(&mut self) -> Result<crate::metrics::Scrape, DaemonError> {
         let mut rules_per_table = std::collections::BTreeMap::new();
         for e in self.switch.pipeline().rules() {
-            *rules_per_table.entry(e.rule.table).or_insert(0) += 1;
+            *rules_per_table.entry(e.table()).or_insert(0) += 1;
         }
         Ok(crate::metrics::Scrape {
             ports: self.switch.port_stats()?,
@@ -967,7 +965,7 @@ where
                 last_packets: 0,
                 last_active: now,
                 send_flow_rem: false,
-                timed: e.rule.idle_timeout > 0 || e.rule.hard_timeout > 0,
+                timed: e.idle_timeout() > 0 || e.hard_timeout() > 0,
             });
         }
         self.flagged = self.rules.values().filter(|c| c.send_flow_rem).count();
@@ -1003,7 +1001,7 @@ where
             };
             let (packets, bytes) = before.1.get(id).copied().unwrap_or((0, 0));
             let gone = RemovedFlow {
-                rule: entry.rule.clone(),
+                rule: entry.to_rule(),
                 reason: *reason,
                 age: now.duration_since(clock.added),
                 packets,
@@ -1089,14 +1087,14 @@ where
             .switch
             .pipeline()
             .rules()
-            .filter(|e| table.is_none_or(|t| e.rule.table == t))
+            .filter(|e| table.is_none_or(|t| e.table() == t))
             .map(|e| {
                 let (packets, bytes) = stats.get(&e.id).copied().unwrap_or((0, 0));
                 let age = self
                     .rules
                     .get(&e.id)
                     .map_or(Duration::ZERO, |c| now.duration_since(c.added));
-                FlowEntry::new(e.id, &e.rule, packets, bytes, age)
+                FlowEntry::new(e.id, &e.to_rule(), packets, bytes, age)
             })
             .collect())
     }
@@ -1111,8 +1109,8 @@ where
             .switch
             .pipeline()
             .entries()
-            .filter(|e| e.rule.idle_timeout > 0 || e.rule.hard_timeout > 0)
-            .map(|e| (e.id, e.rule.idle_timeout, e.rule.hard_timeout))
+            .filter(|e| e.idle_timeout() > 0 || e.hard_timeout() > 0)
+            .map(|e| (e.id, e.idle_timeout(), e.hard_timeout()))
             .collect();
         if timed.is_empty() {
             return;
