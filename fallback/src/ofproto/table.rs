@@ -844,6 +844,67 @@ mod tests {
     }
 
     #[test]
+    fn entries_give_back_their_rule_whatever_words_the_mask_covers() {
+        // Two words (inline) and seven (on the heap: past the inline four).
+        let narrow = with(&[(Field::InPort, 3, 0xffff_ffff)], 9);
+        let wide = with(
+            &[
+                (Field::DlType, 0x86dd, 0xffff),
+                (Field::DlDst, 0x0200_0000_0001, 0xffff_ffff_ffff),
+                (Field::NwProto, 6, 0xff),
+                (Field::TpDst, 443, 0xffff),
+                (Field::Ipv6Src, 0x2001_0db8 << 96, u128::MAX << 64),
+                (Field::Ipv6Dst, 7, u128::MAX),
+                (Field::Metadata, 0x55, 0xff),
+            ],
+            9,
+        );
+        let mut p = Pipeline::new();
+        for r in [&narrow, &wide] {
+            let id = p.add(r.clone()).id;
+            let e = p.get(id).map(|e| e.to_rule());
+            assert_eq!(e.as_ref(), Some(r));
+            let mut key = r.r#match.value;
+            let mut wc = FlowKey::ZERO;
+            assert_eq!(p.lookup(0, &key, &mut wc).map(|e| e.id), Some(id));
+            // Differing in the last word the mask covers: no match.
+            let last = covered_words(&r.r#match.mask).last().unwrap_or(0);
+            key.words[last] ^=
+                r.r#match.mask.words[last] & r.r#match.mask.words[last].wrapping_neg();
+            assert!(!p.get(id).is_some_and(|e| e.matches(&key)));
+            let mut wc = FlowKey::ZERO;
+            assert_ne!(p.lookup(0, &key, &mut wc).map(|e| e.id), Some(id));
+        }
+    }
+
+    #[test]
+    fn equal_action_lists_are_shared() {
+        let mut p = Pipeline::new();
+        let ids: Vec<RuleId> = [1u32, 2, 1, 3, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, &port)| {
+                let mut r = rule(0, 5, Some((i as u32, u32::MAX)));
+                r.actions = vec![OfAction::Output(port)];
+                p.add(r).id
+            })
+            .collect();
+        let list = |p: &Pipeline, i: usize| p.get(ids[i]).map(|e| e.actions().as_ptr());
+        assert_eq!(list(&p, 0), list(&p, 2));
+        assert_eq!(list(&p, 0), list(&p, 4));
+        assert_ne!(list(&p, 0), list(&p, 1));
+        // The new list is rule 1's (added recently).
+        let output_2 = list(&p, 1);
+        let changed = p.modify_actions(None, &Match::ANY, None, &[OfAction::Output(2)]);
+        assert_eq!(changed.len(), 5);
+        assert!((0..5).all(|i| list(&p, i) == output_2));
+        assert_eq!(
+            p.get(ids[0]).map(|e| e.actions().to_vec()),
+            Some(vec![OfAction::Output(2)])
+        );
+    }
+
+    #[test]
     fn snapshot_sees_one_version_and_a_batch_is_one_version() {
         let mut p = Pipeline::new();
         let a = p.add(rule(0, 5, Some((0x0a00_0000, 0xff00_0000)))).id;
