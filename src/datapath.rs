@@ -230,6 +230,8 @@ pub struct PmdCounters {
     pub mark_hits: u64,
     /// A mark with no live megaflow behind it: the packet took the software path.
     pub stale_marks: u64,
+    /// Found by simple match (see `fallback::simple`): no key, no EMC.
+    pub simple_hits: u64,
     pub emc_hits: u64,
     pub dpcls_hits: u64,
     pub upcalls: u64,
@@ -404,7 +406,9 @@ pub struct PmdCore<B> {
     /// The burst's packets with their megaflow; the parse info is `None`
     /// for mark-path packets, which are parsed (lightly) only when their
     /// megaflow's actions need header offsets.
-    batch: Vec<(FlowHandle, Option<B>, Option<ParseInfo>)>,
+    batch: Vec<(FlowHandle, Option<B>, Headers)>,
+    /// The keys of a burst's packets that go to the EMC and dpcls.
+    keys: Box<[FlowKey; BURST]>,
 }
 
 impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
@@ -455,6 +459,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             rx: Burst::new(),
             copies: None,
             batch: Vec::with_capacity(BURST),
+            keys: Box::new([FlowKey::ZERO; BURST]),
         }
     }
 
@@ -1044,15 +1049,33 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         n
     }
 
-    /// Classifies and executes a burst received on `port_idx`.
+    /// Classifies and executes a burst received on `port_idx`, in stages
+    /// over the whole burst (as OVS's `dfc_processing`): the mark path and
+    /// simple match first; the other packets' keys are extracted and hashed
+    /// together, their EMC slots read back to back (the cache misses of a
+    /// burst overlap instead of following each other), then looked up in
+    /// order: EMC, dpcls, upcall. Packets keep their order in the batch.
     pub fn process_burst(&mut self, port_idx: usize, rx: &mut Burst<B>, now_ms: u64) {
+        // BURST packets at a time: the stages' arrays are that long.
+        while !rx.is_empty() {
+            self.process_chunk(port_idx, rx, now_ms);
+        }
+    }
+
+    /// [`PmdCore::process_burst`] of the first (at most) BURST packets.
+    fn process_chunk(&mut self, port_idx: usize, rx: &mut Burst<B>, now_ms: u64) {
         let ofport = self.ports[port_idx].ofport;
-        let mut upcalls = 0usize;
         let mut batch = std::mem::take(&mut self.batch);
-        for pkt in rx.drain() {
-            self.counters.packets += 1;
-            self.ports[port_idx].stats.rx += 1;
-            self.ports[port_idx].stats.rx_bytes += pkt.len() as u64;
+        // Copied once per burst: the port's megaflows change between bursts.
+        let simple = self.cache.simple_table(ofport);
+        // Packets that need the caches: their place in the batch, key, hash.
+        let mut pending = [0u8; BURST];
+        let mut hashes = [0u32; BURST];
+        let mut n_pending = 0;
+        let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
+        for pkt in rx.drain_front(BURST) {
+            rx_packets += 1;
+            rx_bytes += pkt.len() as u64;
             if !pkt.is_contiguous() {
                 self.ports[port_idx]
                     .stats
@@ -1065,15 +1088,25 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     if let Some(mf) = self.cache.get(h) {
                         if mf.r#match.value.in_port() == ofport {
                             self.counters.mark_hits += 1;
-                            batch.push((h, Some(pkt), None));
+                            batch.push((h, Some(pkt), Headers::Unread));
                             continue;
                         }
                     }
                 }
                 self.counters.stale_marks += 1;
             }
-            let mut key = FlowKey::ZERO;
-            let info = packet::parse(pkt.data(), ofport, &mut key);
+            // Simple match: a few L2 fields against the port's megaflows.
+            if let Some(table) = &simple {
+                if let Some(f) = packet::l2_fields(pkt.data()) {
+                    if let Some(h) = table.lookup(ofport, &f) {
+                        self.counters.simple_hits += 1;
+                        batch.push((h, Some(pkt), Headers::TcpFlags(f.tcp_flags)));
+                        continue;
+                    }
+                }
+            }
+            let key = &mut self.keys[n_pending];
+            let info = packet::parse(pkt.data(), ofport, key);
             if info.l3_ofs.is_none() && pkt.len() < 14 {
                 // Not even an Ethernet header: nothing to classify.
                 self.ports[port_idx]
@@ -1081,31 +1114,62 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     .count_rx_drop(RxDropReason::ParseError, 1);
                 continue;
             }
-            let hash = pkt.rss_hash().unwrap_or_else(|| key.hash64() as u32);
-            match self.cache.lookup(&key, hash) {
-                Some((h, how)) => {
-                    match how {
-                        CacheHit::Emc => self.counters.emc_hits += 1,
-                        CacheHit::Dpcls => self.counters.dpcls_hits += 1,
+            hashes[n_pending] = pkt.rss_hash().unwrap_or_else(|| key.hash64() as u32);
+            pending[n_pending] = batch.len() as u8;
+            n_pending += 1;
+            batch.push((FlowHandle::NONE, Some(pkt), Headers::Parsed(info)));
+        }
+        self.counters.packets += rx_packets;
+        self.ports[port_idx].stats.rx += rx_packets;
+        self.ports[port_idx].stats.rx_bytes += rx_bytes;
+
+        if n_pending > 0 {
+            let mut touched = 0u32;
+            for &hash in &hashes[..n_pending] {
+                touched ^= self.cache.touch(hash);
+            }
+            std::hint::black_box(touched);
+            let mut upcalls = 0usize;
+            let mut dropped = false;
+            for j in 0..n_pending {
+                let at = pending[j] as usize;
+                let found = match self.cache.lookup(&self.keys[j], hashes[j]) {
+                    Some((h, how)) => {
+                        match how {
+                            CacheHit::Emc => self.counters.emc_hits += 1,
+                            CacheHit::Dpcls => self.counters.dpcls_hits += 1,
+                        }
+                        Some(h)
                     }
-                    batch.push((h, Some(pkt), Some(info)));
-                }
-                None => {
-                    if upcalls >= self.upcall_budget {
+                    None if upcalls >= self.upcall_budget => {
                         self.counters.lost += 1;
                         self.ports[port_idx]
                             .stats
                             .count_rx_drop(RxDropReason::UpcallLimit, 1);
-                        continue;
+                        None
                     }
-                    upcalls += 1;
-                    match self.upcall(port_idx, &key, now_ms) {
-                        Some(h) => batch.push((h, Some(pkt), Some(info))),
-                        None => self.ports[port_idx]
-                            .stats
-                            .count_rx_drop(RxDropReason::XlateError, 1),
+                    None => {
+                        upcalls += 1;
+                        let key = self.keys[j];
+                        let h = self.upcall(port_idx, &key, now_ms);
+                        if h.is_none() {
+                            self.ports[port_idx]
+                                .stats
+                                .count_rx_drop(RxDropReason::XlateError, 1);
+                        }
+                        h
+                    }
+                };
+                match found {
+                    Some(h) => batch[at].0 = h,
+                    None => {
+                        batch[at].1 = None;
+                        dropped = true;
                     }
                 }
+            }
+            if dropped {
+                batch.retain(|(_, pkt, _)| pkt.is_some());
             }
         }
         self.execute_batch(port_idx, &mut batch, now_ms);
@@ -1230,7 +1294,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     fn execute_batch(
         &mut self,
         port_idx: usize,
-        batch: &mut Vec<(FlowHandle, Option<B>, Option<ParseInfo>)>,
+        batch: &mut Vec<(FlowHandle, Option<B>, Headers)>,
         now_ms: u64,
     ) {
         let n = batch.len().min(BURST);
@@ -1299,16 +1363,22 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 .any(|a| !matches!(a, DpAction::Output(_) | DpAction::Controller { .. }));
             let maybe_tcp = mf.r#match.mask.nw_proto() != 0xff
                 || mf.r#match.value.nw_proto() == fallback::key::ipproto::TCP;
-            let need_parse = modifies || maybe_tcp;
             // The group's statistics in one update.
             let (mut packets, mut bytes, mut flags) = (0u64, 0usize, 0u16);
             for &i in members {
-                let (_, pkt, info) = &mut batch[i as usize];
+                let (_, pkt, headers) = &mut batch[i as usize];
                 let Some(pkt) = pkt else { continue };
-                if info.is_none() && need_parse {
-                    *info = Some(packet::parse_offsets(pkt.data()));
-                }
-                flags |= info.map_or(0, |i| i.tcp_flags);
+                flags |= match *headers {
+                    Headers::Parsed(info) => info.tcp_flags,
+                    _ if modifies => {
+                        let info = packet::parse_offsets(pkt.data());
+                        *headers = Headers::Parsed(info);
+                        info.tcp_flags
+                    }
+                    Headers::TcpFlags(f) => f,
+                    Headers::Unread if maybe_tcp => packet::tcp_flags(pkt.data()),
+                    Headers::Unread => 0,
+                };
                 packets += 1;
                 bytes += pkt.len();
             }
@@ -1348,10 +1418,14 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 continue;
             }
             for &i in members {
-                let (_, pkt, info) = &mut batch[i as usize];
+                let (_, pkt, headers) = &mut batch[i as usize];
                 let Some(pkt) = pkt.take() else { continue };
                 out.ports[port_idx].stats.forwarded += 1;
-                let info = info.unwrap_or(ParseInfo::NONE);
+                // Parsed above whenever an action needs the offsets.
+                let info = match *headers {
+                    Headers::Parsed(info) => info,
+                    _ => ParseInfo::NONE,
+                };
                 let copy = |p: &B| match copies.as_mut().and_then(|c| c.take()) {
                     Some(mut b) => {
                         b.clone_from(p);
@@ -1437,6 +1511,15 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             Self::flush_port(port);
         }
     }
+}
+
+/// What the receive side read of a packet's headers before its megaflow
+/// was found: the mark path reads nothing, simple match only the TCP flags.
+#[derive(Clone, Copy, Debug)]
+enum Headers {
+    Unread,
+    TcpFlags(u16),
+    Parsed(ParseInfo),
 }
 
 /// Where a batch's packets go: the PMD's ports, counters and punt queue,

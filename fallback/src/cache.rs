@@ -6,6 +6,7 @@ use crate::dpcls::Dpcls;
 use crate::emc::Emc;
 use crate::key::FlowKey;
 use crate::megaflow::{Megaflow, Ufid};
+use crate::simple::{SimplePorts, SimpleTable};
 use hashbrown::HashMap;
 
 /// A megaflow's handle in one [`FlowCache`]: slot index and generation.
@@ -16,6 +17,13 @@ pub struct FlowHandle {
 }
 
 impl FlowHandle {
+    /// No megaflow's handle (a placeholder: [`FlowCache::get`] of it is
+    /// `None`).
+    pub const NONE: FlowHandle = FlowHandle {
+        index: u32::MAX,
+        gen: u32::MAX,
+    };
+
     /// The slot (see [`FlowCache::iter_slots`]).
     pub fn index(&self) -> u32 {
         self.index
@@ -46,6 +54,7 @@ pub struct FlowCache {
     by_ufid: HashMap<Ufid, FlowHandle>,
     dpcls: Dpcls<FlowHandle>,
     emc: Emc<FlowHandle>,
+    simple: SimplePorts<FlowHandle>,
 }
 
 impl FlowCache {
@@ -58,6 +67,7 @@ impl FlowCache {
             by_ufid: HashMap::new(),
             dpcls: Dpcls::new(),
             emc: Emc::new(emc_insert_inv_prob),
+            simple: SimplePorts::default(),
         }
     }
 
@@ -87,6 +97,24 @@ impl FlowCache {
         let h = self.dpcls.lookup(key)?;
         self.emc.offer(key, hash, h);
         Some((h, CacheHit::Dpcls))
+    }
+
+    /// Reads the EMC slots a lookup of `hash` will compare (see
+    /// [`Emc::touch`]).
+    #[inline]
+    pub fn touch(&self, hash: u32) -> u32 {
+        if self.emc.enabled() {
+            self.emc.touch(hash)
+        } else {
+            0
+        }
+    }
+
+    /// The simple-match table of packets received on `in_port`, when every
+    /// megaflow of that port is simple (see [`crate::simple`]).
+    #[inline]
+    pub fn simple_table(&self, in_port: u32) -> Option<SimpleTable<FlowHandle>> {
+        self.simple.table(in_port)
     }
 
     /// The megaflow behind a handle, if it is still installed.
@@ -144,6 +172,7 @@ impl FlowCache {
         let inserted = self.dpcls.insert(&mf.r#match.mask, &mf.r#match.value, h);
         debug_assert!(inserted.is_ok());
         self.by_ufid.insert(mf.ufid, h);
+        self.simple.insert(&mf.r#match, h);
         slot.flow = Some(mf);
         Ok(h)
     }
@@ -160,6 +189,7 @@ impl FlowCache {
         self.free.push(h.index);
         self.by_ufid.remove(&mf.ufid);
         self.dpcls.remove(&mf.r#match.mask, &mf.r#match.value);
+        self.simple.remove(&mf.r#match, h);
         Some(mf)
     }
 
