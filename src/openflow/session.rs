@@ -90,33 +90,7 @@ struct Bundle {
     flags: u16,
     closed: bool,
     mods: Vec<FlowMod>,
-    quotes: Vec<Quote>,
-}
-
-/// The xid and first bytes of a bundled message, inline: a million-message
-/// bundle is then one allocation that goes back to the system at commit,
-/// not a million small ones left as holes in the heap.
-struct Quote {
-    xid: u32,
-    len: u8,
-    bytes: [u8; ERROR_DATA_LEN],
-}
-
-impl Quote {
-    fn of(xid: u32, message: &[u8]) -> Quote {
-        let len = message.len().min(ERROR_DATA_LEN);
-        let mut bytes = [0u8; ERROR_DATA_LEN];
-        bytes[..len].copy_from_slice(&message[..len]);
-        Quote {
-            xid,
-            len: len as u8,
-            bytes,
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
+    quotes: Vec<(u32, Vec<u8>)>,
 }
 
 impl Session {
@@ -436,8 +410,8 @@ impl Session {
                     ));
                 }
                 if let Err((i, err)) = sw.commit_flow_mods(b.mods) {
-                    if let Some(q) = b.quotes.get(i) {
-                        self.send_error(q.xid, &err, q.bytes());
+                    if let Some((mxid, raw)) = b.quotes.get(i) {
+                        self.send_error(*mxid, &err, raw);
                     }
                     return Err(OfpError::bundle_failed(
                         Bfc::MsgFailed,
@@ -528,7 +502,8 @@ impl Session {
         }
         let b = self.bundle_checked(id, flags)?;
         b.mods.push(fm);
-        b.quotes.push(Quote::of(xid, &message));
+        b.quotes
+            .push((xid, message[..message.len().min(ERROR_DATA_LEN)].to_vec()));
         Ok(())
     }
 
