@@ -7,6 +7,8 @@
 //! takes no lock. The pipeline snapshot and the MAC table are consulted only
 //! on upcalls.
 
+use crate::cycle_histogram::CycleHistogram;
+use crate::dpdk::tsc::rdtsc;
 use fallback::actions::DpAction;
 use fallback::cache::{CacheHit, FlowCache, FlowHandle};
 use fallback::exec::{self, ExecError, Sink};
@@ -393,6 +395,8 @@ pub struct PmdCore<B> {
     /// Deletes the worker's queue had no room for, retried each iteration.
     pending_deletes: std::collections::VecDeque<(u32, Ufid)>,
     pub counters: PmdCounters,
+    /// TSC cycles of each upcall (translation, install, offload offer).
+    upcall_cycles: Box<CycleHistogram>,
     /// Packets and bytes of removed megaflows, per OpenFlow rule.
     retired_rule_stats: RetiredStats,
     upcall_budget: usize,
@@ -449,6 +453,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             offload,
             pending_deletes: std::collections::VecDeque::new(),
             counters: PmdCounters::default(),
+            upcall_cycles: Box::default(),
             retired_rule_stats: RetiredStats::default(),
             upcall_budget: DEFAULT_UPCALL_BUDGET,
             punts: None,
@@ -743,6 +748,12 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     /// Zeroes the PMD counters (`pmd stats --clear`).
     pub fn clear_counters(&mut self) {
         self.counters = PmdCounters::default();
+        self.upcall_cycles.clear();
+    }
+
+    /// The cycles each upcall took since start or the last clear.
+    pub fn upcall_cycles(&self) -> &CycleHistogram {
+        &self.upcall_cycles
     }
 
     /// Removes one megaflow and asks the worker to remove its NIC rule.
@@ -1099,7 +1110,10 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                         continue;
                     }
                     upcalls += 1;
-                    match self.upcall(port_idx, &key, now_ms) {
+                    let t0 = rdtsc();
+                    let handle = self.upcall(port_idx, &key, now_ms);
+                    self.upcall_cycles.record(rdtsc().wrapping_sub(t0));
+                    match handle {
                         Some(h) => batch.push((h, Some(pkt), Some(info))),
                         None => self.ports[port_idx]
                             .stats
