@@ -23,7 +23,7 @@ upcalled without a megaflow installed (OVS's flow limit), set up nothing.
 One JSON line per case (stdout and $OUT/results.jsonl).
 Knobs (environment): RULES="100000 1000000" N=100000 REPS=1
 FM_BUDGETS="8 32" (flowmark's upcall_budget per case: 8 is the default, 32
-a whole rx burst) OVS_FLOW_LIMIT=2000000 (upcall/set-flow-limit; 0 keeps
+a whole rx burst) DO_OVS=1 WARMUP=50000 OVS_FLOW_LIMIT=2000000 (upcall/set-flow-limit; 0 keeps
 OVS's dynamic limit, which starts at 10,000) POLL_MS=10 PMD_CORE=1
 CTL_CORE=0 OUT=/tmp/flowmark-bench-setup
 """
@@ -51,6 +51,7 @@ FM_BUDGETS = [int(x) for x in os.environ.get("FM_BUDGETS", "8 32").split()]
 OVS_FLOW_LIMIT = int(os.environ.get("OVS_FLOW_LIMIT", "2000000"))
 POLL_S = float(os.environ.get("POLL_MS", "10")) / 1000
 WARMUP = int(os.environ.get("WARMUP", "50000"))
+DO_OVS = os.environ.get("DO_OVS", "1") == "1"
 # The playback ends when the counter stays put this long (the pcap is done).
 SETTLE_S = 1.0
 TARGET_RATIO = 2.0
@@ -506,7 +507,7 @@ def main():
         for rep in range(REPS):
             recs = []
             # Alternate which switch goes first per repetition.
-            order = ["ovs"] + ["fm%d" % b for b in FM_BUDGETS]
+            order = (["ovs"] if DO_OVS else []) + ["fm%d" % b for b in FM_BUDGETS]
             if rep % 2:
                 order.reverse()
             for who in order:
