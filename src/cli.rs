@@ -652,6 +652,7 @@ fn pmd_stats_text(v: &Value) -> String {
             ("packets received", "packets"),
             ("mark hits", "mark_hits"),
             ("stale marks", "stale_marks"),
+            ("simple match hits", "simple_hits"),
             ("emc hits", "emc_hits"),
             ("dpcls hits", "dpcls_hits"),
             ("upcalls", "upcalls"),

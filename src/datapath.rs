@@ -232,6 +232,8 @@ pub struct PmdCounters {
     pub mark_hits: u64,
     /// A mark with no live megaflow behind it: the packet took the software path.
     pub stale_marks: u64,
+    /// Found by simple match (see `fallback::simple`): no key, no EMC.
+    pub simple_hits: u64,
     pub emc_hits: u64,
     pub dpcls_hits: u64,
     pub upcalls: u64,
@@ -413,7 +415,7 @@ pub struct PmdCore<B> {
     /// The burst's packets with their megaflow; the parse info is `None`
     /// for mark-path packets, which are parsed (lightly) only when their
     /// megaflow's actions need header offsets.
-    batch: Vec<(FlowHandle, Option<B>, Option<ParseInfo>)>,
+    batch: Vec<(FlowHandle, Option<B>, Headers)>,
 }
 
 impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
@@ -1070,6 +1072,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         let ofport = self.ports[port_idx].ofport;
         let mut upcalls = 0usize;
         let mut batch = std::mem::take(&mut self.batch);
+        // Copied once per burst: the port's megaflows change between bursts.
+        let simple = self.cache.simple_table(ofport);
         for pkt in rx.drain() {
             self.counters.packets += 1;
             self.ports[port_idx].stats.rx += 1;
@@ -1086,12 +1090,22 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     if let Some(mf) = self.cache.get(h) {
                         if mf.r#match.value.in_port() == ofport {
                             self.counters.mark_hits += 1;
-                            batch.push((h, Some(pkt), None));
+                            batch.push((h, Some(pkt), Headers::Unread));
                             continue;
                         }
                     }
                 }
                 self.counters.stale_marks += 1;
+            }
+            // Simple match: a few L2 fields against the port's megaflows.
+            if let Some(table) = &simple {
+                if let Some(f) = packet::l2_fields(pkt.data()) {
+                    if let Some(h) = table.lookup(ofport, &f) {
+                        self.counters.simple_hits += 1;
+                        batch.push((h, Some(pkt), Headers::TcpFlags(f.tcp_flags)));
+                        continue;
+                    }
+                }
             }
             let mut key = FlowKey::ZERO;
             let info = packet::parse(pkt.data(), ofport, &mut key);
@@ -1109,7 +1123,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                         CacheHit::Emc => self.counters.emc_hits += 1,
                         CacheHit::Dpcls => self.counters.dpcls_hits += 1,
                     }
-                    batch.push((h, Some(pkt), Some(info)));
+                    batch.push((h, Some(pkt), Headers::Parsed(info)));
                 }
                 None => {
                     if upcalls >= self.upcall_budget {
@@ -1124,7 +1138,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     let handle = self.upcall(port_idx, &key, now_ms);
                     self.upcall_cycles.record(rdtsc().wrapping_sub(t0));
                     match handle {
-                        Some(h) => batch.push((h, Some(pkt), Some(info))),
+                        Some(h) => batch.push((h, Some(pkt), Headers::Parsed(info))),
                         None => self.ports[port_idx]
                             .stats
                             .count_rx_drop(RxDropReason::XlateError, 1),
@@ -1259,7 +1273,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     fn execute_batch(
         &mut self,
         port_idx: usize,
-        batch: &mut Vec<(FlowHandle, Option<B>, Option<ParseInfo>)>,
+        batch: &mut Vec<(FlowHandle, Option<B>, Headers)>,
         now_ms: u64,
     ) {
         let n = batch.len().min(BURST);
@@ -1328,16 +1342,22 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 .any(|a| !matches!(a, DpAction::Output(_) | DpAction::Controller { .. }));
             let maybe_tcp = mf.r#match.mask.nw_proto() != 0xff
                 || mf.r#match.value.nw_proto() == fallback::key::ipproto::TCP;
-            let need_parse = modifies || maybe_tcp;
             // The group's statistics in one update.
             let (mut packets, mut bytes, mut flags) = (0u64, 0usize, 0u16);
             for &i in members {
-                let (_, pkt, info) = &mut batch[i as usize];
+                let (_, pkt, headers) = &mut batch[i as usize];
                 let Some(pkt) = pkt else { continue };
-                if info.is_none() && need_parse {
-                    *info = Some(packet::parse_offsets(pkt.data()));
-                }
-                flags |= info.map_or(0, |i| i.tcp_flags);
+                flags |= match *headers {
+                    Headers::Parsed(info) => info.tcp_flags,
+                    _ if modifies => {
+                        let info = packet::parse_offsets(pkt.data());
+                        *headers = Headers::Parsed(info);
+                        info.tcp_flags
+                    }
+                    Headers::TcpFlags(f) => f,
+                    Headers::Unread if maybe_tcp => packet::tcp_flags(pkt.data()),
+                    Headers::Unread => 0,
+                };
                 packets += 1;
                 bytes += pkt.len();
             }
@@ -1377,10 +1397,14 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 continue;
             }
             for &i in members {
-                let (_, pkt, info) = &mut batch[i as usize];
+                let (_, pkt, headers) = &mut batch[i as usize];
                 let Some(pkt) = pkt.take() else { continue };
                 out.ports[port_idx].stats.forwarded += 1;
-                let info = info.unwrap_or(ParseInfo::NONE);
+                // Parsed above whenever an action needs the offsets.
+                let info = match *headers {
+                    Headers::Parsed(info) => info,
+                    _ => ParseInfo::NONE,
+                };
                 let copy = |p: &B| match copies.as_mut().and_then(|c| c.take()) {
                     Some(mut b) => {
                         b.clone_from(p);
@@ -1466,6 +1490,15 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             Self::flush_port(port);
         }
     }
+}
+
+/// What the receive side read of a packet's headers before its megaflow
+/// was found: the mark path reads nothing, simple match only the TCP flags.
+#[derive(Clone, Copy, Debug)]
+enum Headers {
+    Unread,
+    TcpFlags(u16),
+    Parsed(ParseInfo),
 }
 
 /// Where a batch's packets go: the PMD's ports, counters and punt queue,

@@ -80,6 +80,7 @@ impl Default for DemoOptions {
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Paths {
     pub mark: u64,
+    pub simple: u64,
     pub emc: u64,
     pub dpcls: u64,
     pub upcall: u64,
@@ -148,6 +149,7 @@ fn paths_of(snaps: &[crate::pmd::PmdSnapshot]) -> (u64, Paths) {
     for s in snaps {
         total += s.counters.packets;
         p.mark += s.counters.mark_hits;
+        p.simple += s.counters.simple_hits;
         p.emc += s.counters.emc_hits;
         p.dpcls += s.counters.dpcls_hits;
         p.upcall += s.counters.upcalls;
@@ -334,6 +336,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
                 nic_packets: d(nic_rx, last.2),
                 paths: Paths {
                     mark: d(paths.mark, last.1.mark),
+                    simple: d(paths.simple, last.1.simple),
                     emc: d(paths.emc, last.1.emc),
                     dpcls: d(paths.dpcls, last.1.dpcls),
                     upcall: d(paths.upcall, last.1.upcall),
@@ -346,10 +349,11 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
                 let pct = |x: u64| 100.0 * x as f64 / sample.packets.max(1) as f64;
                 writeln!(
                     out,
-                    "{:>3}s  {:>6.2} Mpps   mark {:>5.1}%  emc {:>5.1}%  dpcls {:>5.1}%  upcall {:>5.1}%   megaflows {:>6}  offloaded {:>6}",
+                    "{:>3}s  {:>6.2} Mpps   mark {:>5.1}%  simple {:>5.1}%  emc {:>5.1}%  dpcls {:>5.1}%  upcall {:>5.1}%   megaflows {:>6}  offloaded {:>6}",
                     sample.second,
                     sample.mpps,
                     pct(sample.paths.mark),
+                    pct(sample.paths.simple),
                     pct(sample.paths.emc),
                     pct(sample.paths.dpcls),
                     pct(sample.paths.upcall),
@@ -441,13 +445,15 @@ pub fn print_report(r: &DemoReport, out: &mut dyn Write) -> std::io::Result<()> 
         "profile {}  flows {}  packets sent {}",
         r.profile, r.flows, r.packets_sent
     )?;
-    let total = r.paths.mark + r.paths.emc + r.paths.dpcls + r.paths.upcall;
+    let total = r.paths.mark + r.paths.simple + r.paths.emc + r.paths.dpcls + r.paths.upcall;
     let pct = |x: u64| 100.0 * x as f64 / total.max(1) as f64;
     writeln!(
         out,
-        "paths: mark {} ({:.1}%)  emc {} ({:.1}%)  dpcls {} ({:.1}%)  upcall {} ({:.1}%)",
+        "paths: mark {} ({:.1}%)  simple {} ({:.1}%)  emc {} ({:.1}%)  dpcls {} ({:.1}%)  upcall {} ({:.1}%)",
         r.paths.mark,
         pct(r.paths.mark),
+        r.paths.simple,
+        pct(r.paths.simple),
         r.paths.emc,
         pct(r.paths.emc),
         r.paths.dpcls,

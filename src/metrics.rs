@@ -244,6 +244,7 @@ pub fn encode(s: &Scrape) -> Result<String, MetricsError> {
         pmd_packets.counter(&pmd, c.packets);
         for (name, n) in [
             ("mark", c.mark_hits),
+            ("simple", c.simple_hits),
             ("emc", c.emc_hits),
             ("dpcls", c.dpcls_hits),
             ("upcall", c.upcalls),

@@ -629,6 +629,7 @@ pub fn run(
     let mut paths = crate::demo::Paths::default();
     for snap in sw.pmd_snapshots()? {
         paths.mark += snap.counters.mark_hits;
+        paths.simple += snap.counters.simple_hits;
         paths.emc += snap.counters.emc_hits;
         paths.dpcls += snap.counters.dpcls_hits;
         paths.upcall += snap.counters.upcalls;
@@ -782,8 +783,8 @@ fn print_report(r: &SoakReport) {
         r.rss_kib_after_warmup, r.rss_kib_end, r.rss_growth_percent
     );
     println!(
-        "paths                 mark {}  emc {}  dpcls {}  upcall {}  (offloaded peak {})",
-        r.paths.mark, r.paths.emc, r.paths.dpcls, r.paths.upcall, r.offloaded_peak
+        "paths                 mark {}  simple {}  emc {}  dpcls {}  upcall {}  (offloaded peak {})",
+        r.paths.mark, r.paths.simple, r.paths.emc, r.paths.dpcls, r.paths.upcall, r.offloaded_peak
     );
     println!("faults                {:?}", r.faults);
     for e in &r.examples {

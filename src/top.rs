@@ -98,6 +98,7 @@ pub struct PortRow {
 #[derive(Debug, Default, Serialize)]
 pub struct Shares {
     pub mark: f64,
+    pub simple: f64,
     pub emc: f64,
     pub dpcls: f64,
     pub upcall: f64,
@@ -166,18 +167,20 @@ fn view(prev: &Sample, cur: &Sample) -> View {
         .collect();
 
     let mut paths = Shares::default();
-    let (mut mark, mut emc, mut dpcls, mut upcall) = (0u64, 0u64, 0u64, 0u64);
+    let (mut mark, mut simple, mut emc, mut dpcls, mut upcall) = (0u64, 0u64, 0u64, 0u64, 0u64);
     for p in items(&cur.pmds) {
         mark += u(&p["mark_hits"]);
+        simple += u(&p["simple_hits"]);
         emc += u(&p["emc_hits"]);
         dpcls += u(&p["dpcls_hits"]);
         upcall += u(&p["upcalls"]);
     }
-    let total = mark + emc + dpcls + upcall;
+    let total = mark + simple + emc + dpcls + upcall;
     if total > 0 {
         let pct = |n: u64| (n as f64 * 1000.0 / total as f64).round() / 10.0;
         paths = Shares {
             mark: pct(mark),
+            simple: pct(simple),
             emc: pct(emc),
             dpcls: pct(dpcls),
             upcall: pct(upcall),
@@ -347,8 +350,8 @@ fn render(f: &mut Frame, socket: &Path, v: &View) {
     f.render_widget(
         Paragraph::new(vec![
             Line::from(format!(
-                "paths (cumulative)  mark {:5.1}%  emc {:5.1}%  dpcls {:5.1}%  upcall {:5.1}%   of {} packets",
-                s.mark, s.emc, s.dpcls, s.upcall, s.packets
+                "paths (cumulative)  mark {:5.1}%  simple {:5.1}%  emc {:5.1}%  dpcls {:5.1}%  upcall {:5.1}%   of {} packets",
+                s.mark, s.simple, s.emc, s.dpcls, s.upcall, s.packets
             )),
             Line::from(format!(
                 "megaflows {}: {}   failures: {}",

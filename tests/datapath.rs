@@ -208,6 +208,55 @@ fn every_path_forwards_and_rewrites() {
     r.check_accounting();
 }
 
+/// Simple match: while every megaflow of a port matches only in_port,
+/// dl_type, VLAN and fragment bits, its packets skip the key, the EMC and
+/// dpcls; a port that gains another megaflow goes back to them; TCP flags
+/// still reach the megaflow's stats.
+#[test]
+fn simple_match_serves_in_port_only_megaflows() {
+    let mut r = rig("
+table=0,priority=10,in_port=1,actions=output:2
+table=0,priority=10,in_port=3,udp,tp_dst=53,actions=output:2
+table=0,priority=1,in_port=3,actions=drop
+");
+    let udp = gtp_u([10, 1, 0, 1], 4000);
+    let tcp = build::tcp4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 1, 2);
+    let tagged = build::push_tag(&udp, 0x8100, 0x0005);
+    for _ in 0..3 {
+        for f in [&udp, &tcp, &tagged] {
+            r.ports[0].inject(f, None);
+        }
+        r.poll_all();
+    }
+    let c = r.pmd.counters;
+    // One megaflow for IPv4 (untagged and tagged alike: the rule ignores
+    // the VLAN); the rest of the first burst finds it in dpcls (a port's
+    // table is read once per burst), later bursts by simple match.
+    assert_eq!(c.upcalls, 1, "{c:?}");
+    assert_eq!(c.emc_hits + c.dpcls_hits, 2, "{c:?}");
+    assert_eq!(c.simple_hits, 6, "{c:?}");
+    assert_eq!(r.ports[1].sent().len(), 9);
+    let flags: u16 = r
+        .pmd
+        .megaflows()
+        .iter()
+        .map(|m| m.megaflow.stats.tcp_flags)
+        .fold(0, |a, b| a | b);
+    let mut k = FlowKey::ZERO;
+    assert_eq!(flags, packet::parse(&tcp, 1, &mut k).tcp_flags);
+
+    // Port 3's megaflows match tp_dst: not simple, EMC and dpcls as before.
+    for _ in 0..3 {
+        r.ports[2].inject(&udp, None);
+        r.ports[2].inject(&tcp, None);
+    }
+    r.poll_all();
+    let c = r.pmd.counters;
+    assert_eq!(c.simple_hits, 6, "{c:?}");
+    assert!(c.emc_hits + c.dpcls_hits >= 6, "{c:?}");
+    r.check_accounting();
+}
+
 #[test]
 fn mark_path_and_stale_marks() {
     let mut r = rig(GTP);

@@ -23,7 +23,7 @@ fn check_accounting(r: &DemoReport) {
             .unwrap_or_else(|e| panic!("{}: {e}", p.name));
     }
     let rx: u64 = r.ports.iter().map(|p| p.stats.rx).sum();
-    let paths = r.paths.mark + r.paths.emc + r.paths.dpcls + r.paths.upcall;
+    let paths = r.paths.mark + r.paths.simple + r.paths.emc + r.paths.dpcls + r.paths.upcall;
     let dropped_before_paths: u64 = r
         .ports
         .iter()

@@ -216,6 +216,7 @@ fn metrics_lint_and_equal_the_cli_documents_at_quiescence() {
         );
         for (path, key) in [
             ("mark", "mark_hits"),
+            ("simple", "simple_hits"),
             ("emc", "emc_hits"),
             ("dpcls", "dpcls_hits"),
             ("upcall", "upcalls"),
@@ -355,18 +356,20 @@ fn top_once_shows_ports_shares_and_top_megaflows() {
 
     // Shares: the cumulative ones pmd stats gives.
     let sum = |k: &str| arr(&pmds).iter().map(|p| u(&p[k])).sum::<u64>();
-    let (mark, emc, dpcls, upcall) = (
+    let (mark, simple, emc, dpcls, upcall) = (
         sum("mark_hits"),
+        sum("simple_hits"),
         sum("emc_hits"),
         sum("dpcls_hits"),
         sum("upcalls"),
     );
-    let total = mark + emc + dpcls + upcall;
+    let total = mark + simple + emc + dpcls + upcall;
     assert_eq!(total, 5300);
     let pct = |n: u64| (n as f64 * 1000.0 / total as f64).round() / 10.0;
     let shares = format!(
-        "mark {:5.1}%  emc {:5.1}%  dpcls {:5.1}%  upcall {:5.1}%   of {total} packets",
+        "mark {:5.1}%  simple {:5.1}%  emc {:5.1}%  dpcls {:5.1}%  upcall {:5.1}%   of {total} packets",
         pct(mark),
+        pct(simple),
         pct(emc),
         pct(dpcls),
         pct(upcall)

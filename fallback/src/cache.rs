@@ -6,6 +6,7 @@ use crate::dpcls::Dpcls;
 use crate::emc::Emc;
 use crate::key::FlowKey;
 use crate::megaflow::{Megaflow, Ufid};
+use crate::simple::{SimplePorts, SimpleTable};
 use hashbrown::HashMap;
 
 /// A megaflow's handle in one [`FlowCache`]: slot index and generation.
@@ -46,6 +47,7 @@ pub struct FlowCache {
     by_ufid: HashMap<Ufid, FlowHandle>,
     dpcls: Dpcls<FlowHandle>,
     emc: Emc<FlowHandle>,
+    simple: SimplePorts<FlowHandle>,
 }
 
 impl FlowCache {
@@ -58,6 +60,7 @@ impl FlowCache {
             by_ufid: HashMap::new(),
             dpcls: Dpcls::new(),
             emc: Emc::new(emc_insert_inv_prob),
+            simple: SimplePorts::default(),
         }
     }
 
@@ -87,6 +90,13 @@ impl FlowCache {
         let h = self.dpcls.lookup(key)?;
         self.emc.offer(key, hash, h);
         Some((h, CacheHit::Dpcls))
+    }
+
+    /// The simple-match table of packets received on `in_port`, when every
+    /// megaflow of that port is simple (see [`crate::simple`]).
+    #[inline]
+    pub fn simple_table(&self, in_port: u32) -> Option<SimpleTable<FlowHandle>> {
+        self.simple.table(in_port)
     }
 
     /// The megaflow behind a handle, if it is still installed.
@@ -144,6 +154,7 @@ impl FlowCache {
         let inserted = self.dpcls.insert(&mf.r#match.mask, &mf.r#match.value, h);
         debug_assert!(inserted.is_ok());
         self.by_ufid.insert(mf.ufid, h);
+        self.simple.insert(&mf.r#match, h);
         slot.flow = Some(mf);
         Ok(h)
     }
@@ -160,6 +171,7 @@ impl FlowCache {
         self.free.push(h.index);
         self.by_ufid.remove(&mf.ufid);
         self.dpcls.remove(&mf.r#match.mask, &mf.r#match.value);
+        self.simple.remove(&mf.r#match, h);
         Some(mf)
     }
 

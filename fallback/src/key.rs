@@ -127,6 +127,13 @@ impl Field {
         Layout { word, shift, bits }
     }
 
+    /// Where the field sits: its key word and the bit shift inside it
+    /// (128-bit fields: the word of the high half, shift 0).
+    pub const fn position(self) -> (usize, u32) {
+        let l = self.layout();
+        (l.word, l.shift)
+    }
+
     /// Width of the field in bits.
     pub const fn bits(self) -> u32 {
         self.layout().bits

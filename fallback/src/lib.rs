@@ -17,6 +17,7 @@ pub mod ofproto;
 pub mod packet;
 pub mod port;
 pub mod revalidate;
+pub mod simple;
 /// The one shared helper for the crates above: taking a lock whose holder
 /// panicked (fallback itself holds no locks), and the queue a PMD takes
 /// from without waiting.

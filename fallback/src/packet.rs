@@ -168,6 +168,14 @@ impl Default for ParseInfo {
 /// Parses `pkt` into `key` (fully overwritten: fields not present are zero;
 /// `in_port` is set) and returns the header offsets.
 pub fn parse(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> ParseInfo {
+    if let Some(info) = parse_common(pkt, in_port, key) {
+        return info;
+    }
+    parse_general(pkt, in_port, key)
+}
+
+/// Every packet, header by header through [`Field`] (see [`parse`]).
+fn parse_general(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> ParseInfo {
     *key = FlowKey::ZERO;
     key.set(Field::InPort, u128::from(in_port));
     let mut info = ParseInfo::NONE;
@@ -180,6 +188,201 @@ pub fn parse(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> ParseInfo {
 pub fn parse_offsets(pkt: &[u8]) -> ParseInfo {
     let mut scratch = FlowKey::ZERO;
     parse(pkt, 0, &mut scratch)
+}
+
+// Where [`parse_common`] writes: the key words of the fields it fills.
+const W_L2: usize = Field::InPort.position().0;
+const W_DST: usize = Field::DlDst.position().0;
+const W_SRC: usize = Field::DlSrc.position().0;
+const W_NW: usize = Field::NwSrc.position().0;
+const W_TP: usize = Field::TpSrc.position().0;
+const _: () = {
+    assert!(Field::InPort.position().1 == 0 && Field::DlDst.position().1 == 0);
+    assert!(Field::DlSrc.position().1 == 0 && Field::NwSrc.position().1 == 0);
+    assert!(Field::TpSrc.position().1 == 0);
+    assert!(Field::DlType.position().0 == W_L2 && Field::VlanTci.position().0 == W_L2);
+    assert!(Field::NwProto.position().0 == W_DST && Field::NwTos.position().0 == W_DST);
+    assert!(Field::NwTtl.position().0 == W_SRC && Field::NwFrag.position().0 == W_SRC);
+    assert!(Field::NwDst.position().0 == W_NW);
+    assert!(Field::TpDst.position().0 == W_TP && Field::TcpFlags.position().0 == W_TP);
+};
+
+#[inline]
+fn mac_word(b: &[u8; 14], at: usize) -> u64 {
+    u64::from_be_bytes([
+        0,
+        0,
+        b[at],
+        b[at + 1],
+        b[at + 2],
+        b[at + 3],
+        b[at + 4],
+        b[at + 5],
+    ])
+}
+
+/// The common case — Ethernet, at most one VLAN tag, a complete and valid
+/// IPv4 datagram carrying TCP or UDP (or a later fragment) — written into
+/// the key's words at once. `None` for every other packet, which
+/// [`parse_general`] takes; both give the same key and offsets (tested).
+#[inline]
+fn parse_common(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> Option<ParseInfo> {
+    let eth: &[u8; ETH_HLEN] = header(pkt, 0)?;
+    let mut dl_type = be16(eth[12], eth[13]);
+    let (mut ofs, mut tci, mut vlan_ofs) = (ETH_HLEN, 0u16, None);
+    if is_vlan_tpid(dl_type) {
+        let tag: &[u8; 4] = header(pkt, ETH_HLEN)?;
+        tci = be16(tag[0], tag[1]) | VLAN_CFI;
+        dl_type = be16(tag[2], tag[3]);
+        ofs += 4;
+        vlan_ofs = Some(VLAN_TAG_OFS as u16);
+    }
+    if dl_type != ethertype::IPV4 {
+        return None;
+    }
+    let h: &[u8; IPV4_MIN_HLEN] = header(pkt, ofs)?;
+    let hlen = usize::from(h[0] & 0x0f) * 4;
+    let end = ofs + usize::from(be16(h[2], h[3]));
+    // Complete: no truncation to report, the datagram ends inside the bytes.
+    if h[0] >> 4 != 4 || hlen < IPV4_MIN_HLEN || end < ofs + hlen || end > pkt.len() {
+        return None;
+    }
+    let ip_end = u16::try_from(end).ok()?;
+    let frag_word = be16(h[6], h[7]);
+    let nw_frag = match (frag_word & 0x1fff != 0, frag_word & 0x2000 != 0) {
+        (true, _) => frag::ANY | frag::LATER,
+        (false, true) => frag::ANY,
+        (false, false) => 0,
+    };
+    let proto = h[9];
+    let l4 = ofs + hlen;
+    let datagram = &pkt[..end];
+    let (ports, tcp_flags, l4_ofs) = if nw_frag & frag::LATER != 0 {
+        (0u64, 0u16, None)
+    } else {
+        match proto {
+            ipproto::TCP => {
+                let t: &[u8; TCP_MIN_HLEN] = header(datagram, l4)?;
+                let data_offset = usize::from(t[12] >> 4) * 4;
+                if data_offset < TCP_MIN_HLEN || l4 + data_offset > end {
+                    return None;
+                }
+                let ports = u64::from(u32::from_le_bytes([t[1], t[0], t[3], t[2]]));
+                (ports, be16(t[12], t[13]) & 0x0fff, Some(l4 as u16))
+            }
+            ipproto::UDP => {
+                let u: &[u8; UDP_HLEN] = header(datagram, l4)?;
+                let ports = u64::from(u32::from_le_bytes([u[1], u[0], u[3], u[2]]));
+                (ports, 0, Some(l4 as u16))
+            }
+            _ => return None,
+        }
+    };
+    *key = FlowKey::ZERO;
+    key.words[W_L2] = u64::from(in_port)
+        | u64::from(dl_type) << Field::DlType.position().1
+        | u64::from(tci) << Field::VlanTci.position().1;
+    key.words[W_DST] = mac_word(eth, 0)
+        | u64::from(proto) << Field::NwProto.position().1
+        | u64::from(h[1]) << Field::NwTos.position().1;
+    key.words[W_SRC] = mac_word(eth, 6)
+        | u64::from(h[8]) << Field::NwTtl.position().1
+        | u64::from(nw_frag) << Field::NwFrag.position().1;
+    key.words[W_NW] = u64::from(u32::from_be_bytes([h[12], h[13], h[14], h[15]]))
+        | u64::from(u32::from_be_bytes([h[16], h[17], h[18], h[19]])) << Field::NwDst.position().1;
+    key.words[W_TP] = ports | u64::from(tcp_flags) << Field::TcpFlags.position().1;
+    Some(ParseInfo {
+        vlan_ofs,
+        l3_ofs: Some(ofs as u16),
+        l4_ofs,
+        ip_end,
+        dl_type,
+        nw_proto: proto,
+        nw_frag,
+        tcp_flags,
+        error: None,
+    })
+}
+
+/// The fields simple match reads (see [`crate::simple`]), each equal to
+/// what [`parse`] would put in the key, read without extracting the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L2Fields {
+    pub dl_type: u16,
+    pub vlan_tci: u16,
+    pub nw_frag: u8,
+    pub tcp_flags: u16,
+}
+
+/// The fields of [`L2Fields`] for the packets whose parse is short: `None`
+/// for a frame under 14 bytes and for IPv6 (whose fragment bits need the
+/// extension-header walk), which take [`parse`].
+#[inline]
+pub fn l2_fields(pkt: &[u8]) -> Option<L2Fields> {
+    let eth: &[u8; ETH_HLEN] = header(pkt, 0)?;
+    let mut f = L2Fields {
+        dl_type: be16(eth[12], eth[13]),
+        vlan_tci: 0,
+        nw_frag: 0,
+        tcp_flags: 0,
+    };
+    let mut ofs = ETH_HLEN;
+    if is_vlan_tpid(f.dl_type) {
+        // Cut short, the frame keeps the TPID as its dl_type (as parse).
+        let Some(tag) = header::<4>(pkt, ETH_HLEN) else {
+            return Some(f);
+        };
+        f.vlan_tci = be16(tag[0], tag[1]) | VLAN_CFI;
+        f.dl_type = be16(tag[2], tag[3]);
+        ofs += 4;
+    }
+    if f.dl_type < ETH_TYPE_MIN {
+        f.dl_type = DL_TYPE_NONE;
+    }
+    match f.dl_type {
+        ethertype::IPV4 => {}
+        ethertype::IPV6 => return None,
+        _ => return Some(f),
+    }
+    // IPv4: nw_frag and the TCP flags only for a header parse accepts.
+    let Some(h) = header::<IPV4_MIN_HLEN>(pkt, ofs) else {
+        return Some(f);
+    };
+    let hlen = usize::from(h[0] & 0x0f) * 4;
+    let total_len = usize::from(be16(h[2], h[3]));
+    if h[0] >> 4 != 4 || hlen < IPV4_MIN_HLEN || pkt.len() < ofs + hlen || total_len < hlen {
+        return Some(f);
+    }
+    let end = ofs + (pkt.len() - ofs).min(total_len);
+    if end > usize::from(u16::MAX) {
+        return None;
+    }
+    let frag_word = be16(h[6], h[7]);
+    f.nw_frag = match (frag_word & 0x1fff != 0, frag_word & 0x2000 != 0) {
+        (true, _) => frag::ANY | frag::LATER,
+        (false, true) => frag::ANY,
+        (false, false) => 0,
+    };
+    if h[9] == ipproto::TCP && f.nw_frag & frag::LATER == 0 {
+        let l4 = ofs + hlen;
+        if let Some(t) = header::<TCP_MIN_HLEN>(&pkt[..end], l4) {
+            let data_offset = usize::from(t[12] >> 4) * 4;
+            if data_offset >= TCP_MIN_HLEN && l4 + data_offset <= end {
+                f.tcp_flags = be16(t[12], t[13]) & 0x0fff;
+            }
+        }
+    }
+    Some(f)
+}
+
+/// The TCP flags [`parse`] would report (0 for other packets), through
+/// [`l2_fields`] where it can.
+#[inline]
+pub fn tcp_flags(pkt: &[u8]) -> u16 {
+    match l2_fields(pkt) {
+        Some(f) => f.tcp_flags,
+        None => parse_offsets(pkt).tcp_flags,
+    }
 }
 
 /// `N` bytes at `ofs` as an array, if present.
@@ -1214,6 +1417,45 @@ mod tests {
         assert_eq!(checksum::fold(checksum::sum(&data, 0)), 0xddf2);
     }
 
+    /// The common-case parse takes the packets it is for (the property
+    /// below only compares where it answers).
+    #[test]
+    fn the_common_case_parse_takes_tcp_udp_and_later_fragments() {
+        for c in cases() {
+            let common = [
+                "tcp4+options",
+                "udp4",
+                "ipv4 first fragment",
+                "ipv4 later fragment",
+                "vlan udp4",
+            ];
+            let mut key = FlowKey::ZERO;
+            let mut general = FlowKey::ZERO;
+            let got = parse_common(&c.pkt, 1, &mut key);
+            let tagged = testbed::build::push_tag(&c.pkt, ethertype::VLAN, 0x2005);
+            let mut scratch = FlowKey::ZERO;
+            let got_tagged = parse_common(&tagged, 1, &mut scratch);
+            if common.contains(&c.name) {
+                assert_eq!(
+                    got,
+                    Some(parse_general(&c.pkt, 1, &mut general)),
+                    "{}",
+                    c.name
+                );
+                assert_eq!(key, general, "{}", c.name);
+                // A second tag is not looked into (QinQ): general parse.
+                assert_eq!(
+                    got_tagged.is_some(),
+                    c.name != "vlan udp4",
+                    "{} tagged",
+                    c.name
+                );
+            } else {
+                assert_eq!(got, None, "{}", c.name);
+            }
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::test_env::cases(256)))]
         #[test]
@@ -1222,6 +1464,60 @@ mod tests {
             let info = parse(&bytes, 1, &mut key);
             for ofs in [info.vlan_ofs, info.l3_ofs, info.l4_ofs].into_iter().flatten() {
                 proptest::prop_assert!(usize::from(ofs) < bytes.len());
+            }
+        }
+
+        #[test]
+        fn the_common_case_parse_equals_the_general_one(
+            which in 0usize..18,
+            flips in proptest::collection::vec((0usize..64, proptest::num::u8::ANY), 0..4),
+            cut in 0usize..200,
+            tag in proptest::option::of(proptest::num::u16::ANY),
+        ) {
+            let all = cases();
+            let mut pkt = all[which % all.len()].pkt.clone();
+            if let Some(tci) = tag {
+                pkt = testbed::build::push_tag(&pkt, ethertype::VLAN, tci);
+            }
+            for (at, v) in flips {
+                let n = pkt.len();
+                pkt[at % n] = v;
+            }
+            pkt.truncate(cut.max(1));
+            let mut general = FlowKey::ZERO;
+            let want = parse_general(&pkt, 3, &mut general);
+            let mut common = FlowKey::ZERO;
+            if let Some(info) = parse_common(&pkt, 3, &mut common) {
+                proptest::prop_assert_eq!(info, want);
+                proptest::prop_assert_eq!(common, general);
+            }
+        }
+
+        #[test]
+        fn l2_fields_agree_with_parse(
+            which in 0usize..18,
+            flips in proptest::collection::vec((0usize..64, proptest::num::u8::ANY), 0..4),
+            cut in 0usize..200,
+        ) {
+            let all = cases();
+            let mut pkt = all[which % all.len()].pkt.clone();
+            for (at, v) in flips {
+                let n = pkt.len();
+                pkt[at % n] = v;
+            }
+            pkt.truncate(cut.max(1));
+            let mut key = FlowKey::ZERO;
+            let info = parse(&pkt, 1, &mut key);
+            match l2_fields(&pkt) {
+                Some(f) => {
+                    proptest::prop_assert_eq!(u128::from(f.dl_type), key.get(Field::DlType));
+                    proptest::prop_assert_eq!(u128::from(f.vlan_tci), key.get(Field::VlanTci));
+                    proptest::prop_assert_eq!(u128::from(f.nw_frag), key.get(Field::NwFrag));
+                    proptest::prop_assert_eq!(f.tcp_flags, info.tcp_flags);
+                }
+                None => proptest::prop_assert!(
+                    pkt.len() < 14 || key.get(Field::DlType) == u128::from(ethertype::IPV6)
+                ),
             }
         }
 

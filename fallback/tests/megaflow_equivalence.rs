@@ -21,6 +21,7 @@ use fallback::megaflow::Megaflow;
 use fallback::ofproto::mac::MacTable;
 use fallback::ofproto::xlate::{xlate, xlate_hinted, Bridge};
 use fallback::ofproto::{OfAction, Rule};
+use fallback::packet::L2Fields;
 use proptest::prelude::*;
 use testbed::traffic::Rng;
 
@@ -227,6 +228,7 @@ struct Tally {
     emc: usize,
     dpcls: usize,
     upcalls: usize,
+    simple: usize,
 }
 
 fn check_rule_set(seed: u64, tally: &mut Tally) {
@@ -251,6 +253,26 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
         }
         let hash = k.hash64() as u32;
         let full = xlate(bridge, &k);
+        // Simple match, where the packet's port has a table: any megaflow
+        // it returns holds the packet and gives the full translation.
+        let in_port = k.in_port();
+        if let Some(t) = cache.simple_table(in_port) {
+            let fields = L2Fields {
+                dl_type: k.get(Field::DlType) as u16,
+                vlan_tci: k.get(Field::VlanTci) as u16,
+                nw_frag: k.get(Field::NwFrag) as u8,
+                tcp_flags: 0,
+            };
+            if let Some(h) = t.lookup(in_port, &fields) {
+                tally.simple += 1;
+                let mf = cache.get(h).expect("a live handle");
+                assert!(
+                    mf.matches(&k),
+                    "simple match returned a megaflow that does not match"
+                );
+                assert_eq!(*mf.actions, *full.actions, "seed {seed}: simple match");
+            }
+        }
         if full
             .rules
             .first()
@@ -341,7 +363,7 @@ proptest! {
 
     #[test]
     fn megaflow_dpcls_emc_equal_linear_lookup(seed in any::<u64>()) {
-        let mut tally = Tally { trie_narrowed: 0, packets: 0, rule_hits: 0, emc: 0, dpcls: 0, upcalls: 0 };
+        let mut tally = Tally { trie_narrowed: 0, packets: 0, rule_hits: 0, emc: 0, dpcls: 0, upcalls: 0, simple: 0 };
         check_rule_set(seed, &mut tally);
         prop_assert_eq!(tally.packets, 1000);
         // Every stage was exercised on this rule set.
@@ -358,6 +380,7 @@ fn fixed_seeds_exercise_every_path() {
         emc: 0,
         dpcls: 0,
         upcalls: 0,
+        simple: 0,
     };
     for seed in 1..=20u64 {
         check_rule_set(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), &mut tally);
@@ -365,6 +388,8 @@ fn fixed_seeds_exercise_every_path() {
     assert_eq!(tally.packets, 20_000);
     assert!(tally.rule_hits >= 6_000);
     assert!(tally.emc > 1000 && tally.dpcls > 100 && tally.upcalls > 100);
+    // Some ports had only simple megaflows, and simple match answered.
+    assert!(tally.simple > 0);
     // The classifier's prefix tries shaped some of those megaflows.
     assert!(
         tally.trie_narrowed > 20,

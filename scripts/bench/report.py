@@ -95,7 +95,7 @@ def main():
              "less than 95 % of its core, or a foreign process was busy) or a shared core.\n")
     o.append("| flows | rules | flowmark Mpps | OVS Mpps | **flowmark/OVS** | testpmd ceiling | flowmark cyc/pkt "
              "| OVS cyc/pkt | flowmark runs | OVS runs |")
-    o.append("|---:|---|---:|---:|---:|---:|---:|---:|---|---|")
+    o.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for f, rs in cases:
         a = pcap.get(("flowmark", f, rs))
         b = pcap.get(("ovs", f, rs))
@@ -120,14 +120,14 @@ def main():
                      fmt(t and t.get("vm_cpu_pct_avg"), 0)))
     # path counters
     o.append("\nflowmark's path counters per window (median): ")
-    o.append("| flows | rules | emc_hits | dpcls_hits | upcalls | megaflows | subtables | subtables/dpcls hit | "
+    o.append("| flows | rules | simple_hits | emc_hits | dpcls_hits | upcalls | megaflows | subtables | subtables/dpcls hit | "
              "OVS emc / megaflow / simple hits | OVS dp_flows / masks |")
-    o.append("|---:|---|---:|---:|---:|---:|---:|---:|---|---|")
+    o.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for f, rs in cases:
         a = pcap.get(("flowmark", f, rs)) or {}
         b = pcap.get(("ovs", f, rs)) or {}
-        o.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s / %s / %s | %s / %s |" % (
-            "{:,}".format(f), rs, fmt(a.get("emc_hits"), 0), fmt(a.get("dpcls_hits"), 0), fmt(a.get("upcalls"), 0),
+        o.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s / %s | %s / %s |" % (
+            "{:,}".format(f), rs, fmt(a.get("simple_hits"), 0), fmt(a.get("emc_hits"), 0), fmt(a.get("dpcls_hits"), 0), fmt(a.get("upcalls"), 0),
             a.get("megaflows", "–"), a.get("subtables", "–"), fmt(a.get("subtables_per_dpcls_hit")),
             fmt(b.get("emc_hits"), 0), fmt(b.get("megaflow_hits"), 0), fmt(b.get("simple_hits"), 0),
             fmt(b.get("dp_flows"), 0), fmt(b.get("masks"), 0)))

@@ -348,7 +348,7 @@ def flowmark_pcap_case(flows, pcap, rs, nrules, busy):
 
         def finish():
             s = fm_pmd(fm)
-            hits = {k: s.get(k, 0) for k in ("emc_hits", "dpcls_hits", "mark_hits", "upcalls", "lost")}
+            hits = {k: s.get(k, 0) for k in ("simple_hits", "emc_hits", "dpcls_hits", "mark_hits", "upcalls", "lost")}
             return dict(cycles_per_packet=s.get("cycles_per_packet"),
                         subtables_per_dpcls_hit=s.get("subtables_per_dpcls_hit"), **hits)
 
@@ -358,7 +358,7 @@ def flowmark_pcap_case(flows, pcap, rs, nrules, busy):
         out = {"switch": "flowmark", "case": "pcap", "flows": flows, "rules": rs, "n_rules": nrules,
                "mpps": rec["mpps"], "cycles_per_packet": med(extra, "cycles_per_packet"),
                "runs": rec["runs"]}
-        for k in ("emc_hits", "dpcls_hits", "mark_hits", "upcalls", "lost"):
+        for k in ("simple_hits", "emc_hits", "dpcls_hits", "mark_hits", "upcalls", "lost"):
             out[k] = med(extra, k, 0)
         out["subtables_per_dpcls_hit"] = med(extra, "subtables_per_dpcls_hit", 2)
         out["megaflows"] = s.get("megaflows")

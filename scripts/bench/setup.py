@@ -237,7 +237,7 @@ def flowmark_case(rules, n, pcap, rule_file, budget):
         warm_tx = fm.tx("warm")
         hz = tsc_hz_of_flowmark(s)
         up = s.get("upcall_cycles", {})
-        hits = s.get("emc_hits", 0) + s.get("dpcls_hits", 0)
+        hits = sum(s.get(k, 0) for k in ("mark_hits", "simple_hits", "emc_hits", "dpcls_hits"))
         created = s.get("megaflows_installed", 0)
         return {
             "switch": "flowmark", "upcall_budget": budget, "rule_load_s": round(load_s, 2),
