@@ -156,7 +156,11 @@ mod tests {
                 assert!(v > bucket_upper(b - 1), "{v} fits bucket {}", b - 1);
             }
             // Within 12.5 % of the bound.
-            assert!(bucket_upper(b) - v <= v / 8, "{v}: bound {}", bucket_upper(b));
+            assert!(
+                bucket_upper(b) - v <= v / 8,
+                "{v}: bound {}",
+                bucket_upper(b)
+            );
         }
     }
 
@@ -190,7 +194,11 @@ mod tests {
             h.record(100);
         }
         h.record(1_000_000);
-        assert!((100..=112).contains(&h.quantile(0.99)), "{}", h.quantile(0.99));
+        assert!(
+            (100..=112).contains(&h.quantile(0.99)),
+            "{}",
+            h.quantile(0.99)
+        );
         assert_eq!(h.quantile(1.0), 1_000_000);
         for _ in 0..20 {
             h.record(1_000_000);
