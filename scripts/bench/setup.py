@@ -253,6 +253,7 @@ def flowmark_case(rules, n, pcap, rule_file, budget):
             "upcall_cycles_p50": up.get("p50_cycles"), "upcall_cycles_p99": up.get("p99_cycles"),
             "upcall_us_p50": round(up.get("p50_us", 0), 2), "upcall_us_p99": round(up.get("p99_us", 0), 2),
             "upcall_us_max": round(up.get("max_us", 0), 1), "subtables": s.get("subtables"),
+            "upcall_histogram_cycles": up.get("buckets", []),
         }
     finally:
         fm.close()
