@@ -416,6 +416,8 @@ pub struct PmdCore<B> {
     /// for mark-path packets, which are parsed (lightly) only when their
     /// megaflow's actions need header offsets.
     batch: Vec<(FlowHandle, Option<B>, Headers)>,
+    /// The keys of a burst's packets that go to the EMC and dpcls.
+    keys: Box<[FlowKey; BURST]>,
 }
 
 impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
@@ -468,6 +470,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             rx: Burst::new(),
             copies: None,
             batch: Vec::with_capacity(BURST),
+            keys: Box::new([FlowKey::ZERO; BURST]),
         }
     }
 
@@ -991,20 +994,16 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         }
     }
 
-    /// Applies every revalidation verdict the revalidator has sent (the
-    /// backlog included) at once: for a caller that waits for a change to
-    /// be in the datapath, not for the loop's per-iteration share.
-    pub fn apply_all_verdicts(&mut self) {
-        let Revalidation::Thread { ops, .. } = &self.reval else {
-            return;
-        };
-        let ops = Arc::clone(ops);
-        let mut backlog = std::mem::take(&mut self.reval_backlog);
-        backlog.reverse();
-        self.apply_reval_ops(backlog);
-        while let Some(batch) = ops.to_pmd.pop() {
-            self.counters.revalidations += 1;
-            self.apply_reval_ops(batch);
+    /// Every verdict the revalidator has sent is applied (inline
+    /// revalidation applies them as they come).
+    pub fn verdicts_applied(&self) -> bool {
+        match &self.reval {
+            Revalidation::Inline(_) => true,
+            Revalidation::Thread { ops, .. } => {
+                self.reval_backlog.is_empty()
+                    && self.deferred_ops.is_empty()
+                    && ops.to_pmd.try_is_empty() == Ok(true)
+            }
         }
     }
 
@@ -1067,17 +1066,33 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         n
     }
 
-    /// Classifies and executes a burst received on `port_idx`.
+    /// Classifies and executes a burst received on `port_idx`, in stages
+    /// over the whole burst (as OVS's `dfc_processing`): the mark path and
+    /// simple match first; the other packets' keys are extracted and hashed
+    /// together, their EMC slots read back to back (the cache misses of a
+    /// burst overlap instead of following each other), then looked up in
+    /// order: EMC, dpcls, upcall. Packets keep their order in the batch.
     pub fn process_burst(&mut self, port_idx: usize, rx: &mut Burst<B>, now_ms: u64) {
+        // BURST packets at a time: the stages' arrays are that long.
+        while !rx.is_empty() {
+            self.process_chunk(port_idx, rx, now_ms);
+        }
+    }
+
+    /// [`PmdCore::process_burst`] of the first (at most) BURST packets.
+    fn process_chunk(&mut self, port_idx: usize, rx: &mut Burst<B>, now_ms: u64) {
         let ofport = self.ports[port_idx].ofport;
-        let mut upcalls = 0usize;
         let mut batch = std::mem::take(&mut self.batch);
         // Copied once per burst: the port's megaflows change between bursts.
         let simple = self.cache.simple_table(ofport);
-        for pkt in rx.drain() {
-            self.counters.packets += 1;
-            self.ports[port_idx].stats.rx += 1;
-            self.ports[port_idx].stats.rx_bytes += pkt.len() as u64;
+        // Packets that need the caches: their place in the batch, key, hash.
+        let mut pending = [0u8; BURST];
+        let mut hashes = [0u32; BURST];
+        let mut n_pending = 0;
+        let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
+        for pkt in rx.drain_front(BURST) {
+            rx_packets += 1;
+            rx_bytes += pkt.len() as u64;
             if !pkt.is_contiguous() {
                 self.ports[port_idx]
                     .stats
@@ -1107,8 +1122,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     }
                 }
             }
-            let mut key = FlowKey::ZERO;
-            let info = packet::parse(pkt.data(), ofport, &mut key);
+            let key = &mut self.keys[n_pending];
+            let info = packet::parse(pkt.data(), ofport, key);
             if info.l3_ofs.is_none() && pkt.len() < 14 {
                 // Not even an Ethernet header: nothing to classify.
                 self.ports[port_idx]
@@ -1116,34 +1131,64 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     .count_rx_drop(RxDropReason::ParseError, 1);
                 continue;
             }
-            let hash = pkt.rss_hash().unwrap_or_else(|| key.hash64() as u32);
-            match self.cache.lookup(&key, hash) {
-                Some((h, how)) => {
-                    match how {
-                        CacheHit::Emc => self.counters.emc_hits += 1,
-                        CacheHit::Dpcls => self.counters.dpcls_hits += 1,
+            hashes[n_pending] = pkt.rss_hash().unwrap_or_else(|| key.hash64() as u32);
+            pending[n_pending] = batch.len() as u8;
+            n_pending += 1;
+            batch.push((FlowHandle::NONE, Some(pkt), Headers::Parsed(info)));
+        }
+        self.counters.packets += rx_packets;
+        self.ports[port_idx].stats.rx += rx_packets;
+        self.ports[port_idx].stats.rx_bytes += rx_bytes;
+
+        if n_pending > 0 {
+            let mut touched = 0u32;
+            for &hash in &hashes[..n_pending] {
+                touched ^= self.cache.touch(hash);
+            }
+            std::hint::black_box(touched);
+            let mut upcalls = 0usize;
+            let mut dropped = false;
+            for j in 0..n_pending {
+                let at = pending[j] as usize;
+                let found = match self.cache.lookup(&self.keys[j], hashes[j]) {
+                    Some((h, how)) => {
+                        match how {
+                            CacheHit::Emc => self.counters.emc_hits += 1,
+                            CacheHit::Dpcls => self.counters.dpcls_hits += 1,
+                        }
+                        Some(h)
                     }
-                    batch.push((h, Some(pkt), Headers::Parsed(info)));
-                }
-                None => {
-                    if upcalls >= self.upcall_budget {
+                    None if upcalls >= self.upcall_budget => {
                         self.counters.lost += 1;
                         self.ports[port_idx]
                             .stats
                             .count_rx_drop(RxDropReason::UpcallLimit, 1);
-                        continue;
+                        None
                     }
-                    upcalls += 1;
-                    let t0 = rdtsc();
-                    let handle = self.upcall(port_idx, &key, now_ms);
-                    self.upcall_cycles.record(rdtsc().wrapping_sub(t0));
-                    match handle {
-                        Some(h) => batch.push((h, Some(pkt), Headers::Parsed(info))),
-                        None => self.ports[port_idx]
-                            .stats
-                            .count_rx_drop(RxDropReason::XlateError, 1),
+                    None => {
+                        upcalls += 1;
+                        let key = self.keys[j];
+                        let t0 = rdtsc();
+                        let h = self.upcall(port_idx, &key, now_ms);
+                        self.upcall_cycles.record(rdtsc().wrapping_sub(t0));
+                        if h.is_none() {
+                            self.ports[port_idx]
+                                .stats
+                                .count_rx_drop(RxDropReason::XlateError, 1);
+                        }
+                        h
+                    }
+                };
+                match found {
+                    Some(h) => batch[at].0 = h,
+                    None => {
+                        batch[at].1 = None;
+                        dropped = true;
                     }
                 }
+            }
+            if dropped {
+                batch.retain(|(_, pkt, _)| pkt.is_some());
             }
         }
         self.execute_batch(port_idx, &mut batch, now_ms);

@@ -17,6 +17,13 @@ pub struct FlowHandle {
 }
 
 impl FlowHandle {
+    /// No megaflow's handle (a placeholder: [`FlowCache::get`] of it is
+    /// `None`).
+    pub const NONE: FlowHandle = FlowHandle {
+        index: u32::MAX,
+        gen: u32::MAX,
+    };
+
     /// The slot (see [`FlowCache::iter_slots`]).
     pub fn index(&self) -> u32 {
         self.index
@@ -138,6 +145,17 @@ impl FlowCache {
         let h = self.dpcls.lookup(key)?;
         self.emc.offer(key, hash, h);
         Some((h, CacheHit::Dpcls))
+    }
+
+    /// Reads the EMC slots a lookup of `hash` will compare (see
+    /// [`Emc::touch`]).
+    #[inline]
+    pub fn touch(&self, hash: u32) -> u32 {
+        if self.emc.enabled() {
+            self.emc.touch(hash)
+        } else {
+            0
+        }
     }
 
     /// The simple-match table of packets received on `in_port`, when every

@@ -62,6 +62,16 @@ impl<V: Copy> Emc<V> {
         self.insert_inv_prob != 0
     }
 
+    /// Reads the stored hashes of `hash`'s candidate slots and returns
+    /// them combined, for the caller to pass to `black_box`: done for a
+    /// whole burst before its lookups, the slots' cache misses overlap (a
+    /// prefetch without `unsafe`).
+    #[inline]
+    pub fn touch(&self, hash: u32) -> u32 {
+        let [a, b] = Self::candidates(hash);
+        self.slots[a].hash ^ self.slots[b].hash
+    }
+
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, hash: u32) -> Option<V> {
         for i in Self::candidates(hash) {

@@ -69,6 +69,15 @@ impl<T> TryQueue<T> {
         }
     }
 
+    /// Whether the queue is empty, without waiting.
+    pub fn try_is_empty(&self) -> Result<bool, Busy> {
+        match self.q.try_lock() {
+            Ok(q) => Ok(q.is_empty()),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner().is_empty()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(Busy),
+        }
+    }
+
     /// The oldest item, waiting for a producer that holds the lock.
     pub fn pop(&self) -> Option<T> {
         self.q.lock().recover().pop_front()
