@@ -13,6 +13,16 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+// mimalloc, not glibc's malloc: a free from another thread than the
+// allocating one (PMD ↔ offload worker ↔ revalidator batches) takes no lock
+// there, where glibc takes the owning arena's lock, which a preempted thread
+// can hold for milliseconds; and its thread-local heaps grow without the
+// arena's `mprotect` per extension (BENCHMARKS.md, "Offload insertion").
+// `--features system-alloc` keeps glibc's (valgrind's memcheck).
+#[cfg(not(feature = "system-alloc"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "flowmark",

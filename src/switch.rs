@@ -77,10 +77,10 @@ pub fn check_add(
         if check_overlap
             && table
                 .iter()
-                .filter(|e| e.rule.priority == rule.priority)
+                .filter(|e| e.priority() == rule.priority)
                 .any(|e| {
-                    let both = e.rule.r#match.mask.masked(&m.mask);
-                    e.rule.r#match.value.masked(&both) == masked.value.masked(&both)
+                    let both = e.mask().masked(&m.mask);
+                    e.match_value().masked(&both) == masked.value.masked(&both)
                 })
         {
             return Err(AddRefused::Overlap);

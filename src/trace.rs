@@ -12,7 +12,7 @@ use serde_json::json;
 pub fn rule_text(pipeline: &Pipeline, id: RuleId) -> String {
     pipeline
         .get(id)
-        .map(|e| format_flow(&e.rule))
+        .map(|e| format_flow(&e.to_rule()))
         .unwrap_or_else(|| format!("{id} (gone)"))
 }
 

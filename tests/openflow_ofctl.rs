@@ -124,11 +124,14 @@ fn gtp_flows_round_trip_through_ovs_ofctl() {
     for f in &flows {
         expected.add(parse_flow(f).expect("example flow parses"));
     }
-    let want: Vec<String> = expected.rules().map(|e| format_flow(&e.rule)).collect();
+    let want: Vec<String> = expected
+        .rules()
+        .map(|e| format_flow(&e.to_rule()))
+        .collect();
     let got: Vec<String> = sw
         .pipeline()
         .rules()
-        .map(|e| format_flow(&e.rule))
+        .map(|e| format_flow(&e.to_rule()))
         .collect();
     assert_eq!(got, want, "the switch holds what ovs-ofctl sent");
 
@@ -162,7 +165,7 @@ fn gtp_flows_round_trip_through_ovs_ofctl() {
     assert!(gone > 0);
     assert!(after
         .rules()
-        .all(|e| !(e.rule.table == 0 && format_flow(&e.rule).contains("nw_dst=192.168.200.3"))));
+        .all(|e| !(e.table() == 0 && format_flow(&e.to_rule()).contains("nw_dst=192.168.200.3"))));
     ofctl_with(&target, &["--strict"], &["del-flows", "table=8,priority=0"]);
     assert_eq!(sw.pipeline().len(), after.len() - 1);
     ofctl(&target, &["del-flows"]);
@@ -238,9 +241,12 @@ fn bundles_commit_whole_or_not_at_all() {
     let before: Vec<String> = sw
         .pipeline()
         .rules()
-        .map(|e| format_flow(&e.rule))
+        .map(|e| format_flow(&e.to_rule()))
         .collect();
-    let want: Vec<String> = expected.rules().map(|e| format_flow(&e.rule)).collect();
+    let want: Vec<String> = expected
+        .rules()
+        .map(|e| format_flow(&e.to_rule()))
+        .collect();
     assert_eq!(before, want);
 
     let failing = write(
@@ -262,7 +268,7 @@ fn bundles_commit_whole_or_not_at_all() {
     let after: Vec<String> = sw
         .pipeline()
         .rules()
-        .map(|e| format_flow(&e.rule))
+        .map(|e| format_flow(&e.to_rule()))
         .collect();
     assert_eq!(after, before, "a failed commit changes nothing");
 
@@ -276,7 +282,7 @@ fn bundles_commit_whole_or_not_at_all() {
     let now: Vec<String> = sw
         .pipeline()
         .rules()
-        .map(|e| format_flow(&e.rule))
+        .map(|e| format_flow(&e.to_rule()))
         .collect();
     assert_eq!(now, vec!["priority=3 actions=drop".to_string()]);
 }

@@ -388,10 +388,7 @@ impl World {
                             pa.2 = actions.clone();
                         }
                     }
-                    assert_eq!(
-                        self.p.get(id).map(|e| e.rule.actions.clone()),
-                        Some(actions)
-                    );
+                    assert_eq!(self.p.get(id).map(|e| e.actions().to_vec()), Some(actions));
                 }
             }
         }
@@ -414,7 +411,7 @@ impl World {
                 .p
                 .get(id)
                 .expect("the returned rule is in the pipeline");
-            assert!(e.rule.r#match.mask.is_subset_of(&wc), "winner's mask in wc");
+            assert!(e.mask().is_subset_of(&wc), "winner's mask in wc");
             self.hits += 1;
         }
         // Packets inside the megaflow: wildcarded bits random, or taken from

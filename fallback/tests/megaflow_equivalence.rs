@@ -276,7 +276,7 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
         if full
             .rules
             .first()
-            .is_some_and(|id| pipeline.get(*id).is_some_and(|e| e.rule.priority > 0))
+            .is_some_and(|id| pipeline.get(*id).is_some_and(|e| e.priority() > 0))
         {
             hits_here += 1;
         }

@@ -136,7 +136,7 @@ impl World {
 fn unused_priority(r: &mut Rng, p: &Pipeline, table: u8) -> u16 {
     loop {
         let prio = 1 + r.below(1000) as u16;
-        if p.table(table).iter().all(|e| e.rule.priority != prio) {
+        if p.table(table).iter().all(|e| e.priority() != prio) {
             return prio;
         }
     }
@@ -202,11 +202,11 @@ fn check_seed(seed: u64) -> RevalStats {
                     .then(|| r.pick(&ids))
                     .and_then(|id| w.pipeline.get(id).cloned())
                 {
-                    let actions: Vec<OfAction> = random_actions(&mut r, e.rule.table);
+                    let actions: Vec<OfAction> = random_actions(&mut r, e.table());
                     w.pipeline.modify_actions(
-                        Some(e.rule.table),
-                        &e.rule.r#match,
-                        Some(e.rule.priority),
+                        Some(e.table()),
+                        &e.r#match(),
+                        Some(e.priority()),
                         &actions,
                     );
                 }

@@ -370,6 +370,17 @@ pub trait FlowDevice: Send + Sync {
         self.create(&rule)
     }
 
+    /// [`FlowDevice::create_owned`] for a rule this device's
+    /// [`FlowDevice::validate`] has just accepted (the offload worker
+    /// validates every rule before creating it; neither the rule nor what
+    /// the device can do changes in between): a device may skip checking
+    /// again what validate checked, so that an insert is validated once.
+    /// Capacity and device failures are still the create's. By default, a
+    /// plain create.
+    fn create_validated(&self, rule: Rule) -> Result<RuleHandle, FlowError> {
+        self.create_owned(rule)
+    }
+
     /// Removes one rule. An unknown handle is `Invalid`.
     fn destroy(&self, handle: RuleHandle) -> Result<(), FlowError>;
 

@@ -195,7 +195,7 @@ impl MarkPool {
     }
 
     /// The pool index of an id this pool owns.
-    fn index(&self, mark: Mark) -> Option<usize> {
+    pub(crate) fn index(&self, mark: Mark) -> Option<usize> {
         let k = mark.get() - 1;
         (k % self.shards == self.shard).then(|| (k / self.shards) as usize + 1)
     }
@@ -297,7 +297,9 @@ impl MarkPool {
 pub struct MarkRegistry {
     pool: MarkPool,
     by_key: HashMap<OffloadKey, Mark>,
-    by_mark: HashMap<Mark, OffloadKey>,
+    /// The owner of each of the pool's marks, by pool index (a mark's
+    /// owner is a vector read; it grows as far as the pool's fresh ids).
+    by_mark: Vec<Option<OffloadKey>>,
     epoch: Epoch,
     pmd_seen: HashMap<PmdId, Epoch>,
     /// Extra time a mark stays quarantined after every PMD has passed a
@@ -321,7 +323,7 @@ impl MarkRegistry {
         Ok(MarkRegistry {
             pool: MarkPool::sharded(max_marks, shard, shards)?,
             by_key: HashMap::new(),
-            by_mark: HashMap::new(),
+            by_mark: Vec::new(),
             epoch: Epoch(0),
             pmd_seen: HashMap::new(),
             min_quarantine,
@@ -348,7 +350,8 @@ impl MarkRegistry {
     }
 
     pub fn owner(&self, mark: Mark) -> Option<OffloadKey> {
-        self.by_mark.get(&mark).copied()
+        let i = self.pool.index(mark)?;
+        self.by_mark.get(i).copied().flatten()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (OffloadKey, Mark)> + '_ {
@@ -369,7 +372,12 @@ impl MarkRegistry {
             }
         };
         self.by_key.insert(key, mark);
-        self.by_mark.insert(mark, key);
+        if let Some(i) = self.pool.index(mark) {
+            if self.by_mark.len() <= i {
+                self.by_mark.resize(i + 1, None);
+            }
+            self.by_mark[i] = Some(key);
+        }
         Ok(mark)
     }
 
@@ -395,7 +403,9 @@ impl MarkRegistry {
 
     fn unlink(&mut self, key: &OffloadKey) -> Option<Mark> {
         let mark = self.by_key.remove(key)?;
-        self.by_mark.remove(&mark);
+        if let Some(slot) = self.pool.index(mark).and_then(|i| self.by_mark.get_mut(i)) {
+            *slot = None;
+        }
         Some(mark)
     }
 
@@ -442,47 +452,61 @@ impl MarkRegistry {
 }
 
 /// The PMDs holding a copy of one megaflow, each with its own handle.
-/// Usually one or two entries: a Vec beats a map.
+/// Usually one: the first is kept inline (no allocation per megaflow), the
+/// others in a Vec.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PmdRefs {
-    refs: Vec<(PmdId, FlowHandle)>,
+    first: Option<(PmdId, FlowHandle)>,
+    rest: Vec<(PmdId, FlowHandle)>,
 }
 
 impl PmdRefs {
     /// Adds or updates `pmd`'s copy; returns its previous handle.
     pub fn insert(&mut self, pmd: PmdId, handle: FlowHandle) -> Option<FlowHandle> {
-        match self.refs.iter_mut().find(|(p, _)| *p == pmd) {
-            Some((_, h)) => Some(std::mem::replace(h, handle)),
-            None => {
-                self.refs.push((pmd, handle));
-                None
-            }
+        if let Some((_, h)) = self.all_mut().find(|(p, _)| *p == pmd) {
+            return Some(std::mem::replace(h, handle));
         }
+        if self.first.is_none() {
+            self.first = Some((pmd, handle));
+        } else {
+            self.rest.push((pmd, handle));
+        }
+        None
     }
 
     pub fn remove(&mut self, pmd: PmdId) -> Option<FlowHandle> {
-        let i = self.refs.iter().position(|(p, _)| *p == pmd)?;
-        Some(self.refs.swap_remove(i).1)
+        if let Some((p, h)) = self.first {
+            if p == pmd {
+                self.first = self.rest.pop();
+                return Some(h);
+            }
+        }
+        let i = self.rest.iter().position(|(p, _)| *p == pmd)?;
+        Some(self.rest.swap_remove(i).1)
     }
 
     pub fn get(&self, pmd: PmdId) -> Option<FlowHandle> {
-        self.refs.iter().find(|(p, _)| *p == pmd).map(|(_, h)| *h)
+        self.iter().find(|(p, _)| *p == pmd).map(|(_, h)| h)
     }
 
     pub fn len(&self) -> usize {
-        self.refs.len()
+        usize::from(self.first.is_some()) + self.rest.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.refs.is_empty()
+        self.first.is_none()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (PmdId, FlowHandle)> + '_ {
-        self.refs.iter().copied()
+        self.first.iter().chain(self.rest.iter()).copied()
+    }
+
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut (PmdId, FlowHandle)> + '_ {
+        self.first.iter_mut().chain(self.rest.iter_mut())
     }
 
     pub fn pmds(&self) -> impl Iterator<Item = PmdId> + '_ {
-        self.refs.iter().map(|(p, _)| *p)
+        self.iter().map(|(p, _)| p)
     }
 }
 
@@ -562,6 +586,49 @@ mod tests {
     use fallback::key::Field;
     use fallback::megaflow::Megaflow;
     use fallback::FlowKey;
+
+    #[test]
+    fn pmd_refs_first_inline_then_the_rest() {
+        let h = handles(3);
+        let mut r = PmdRefs::default();
+        assert!(r.is_empty());
+        assert_eq!(r.insert(PmdId(1), h[0]), None);
+        assert_eq!(r.insert(PmdId(2), h[1]), None);
+        assert_eq!(r.insert(PmdId(3), h[2]), None);
+        assert_eq!(r.insert(PmdId(2), h[0]), Some(h[1]));
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.remove(PmdId(1)), Some(h[0]));
+        assert_eq!(r.get(PmdId(1)), None);
+        assert_eq!(r.get(PmdId(2)), Some(h[0]));
+        assert_eq!(r.get(PmdId(3)), Some(h[2]));
+        let mut pmds: Vec<u32> = r.pmds().map(|p| p.0).collect();
+        pmds.sort_unstable();
+        assert_eq!(pmds, [2, 3]);
+        assert_eq!(r.remove(PmdId(1)), None);
+        assert_eq!(r.remove(PmdId(3)), Some(h[2]));
+        assert_eq!(r.remove(PmdId(2)), Some(h[0]));
+        assert!(r.is_empty());
+        assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn owner_follows_assign_and_unassign() {
+        let t0 = Instant::now();
+        let mut reg = MarkRegistry::sharded(10, Duration::ZERO, 1, 2).unwrap();
+        let key = |u: u128| OffloadKey {
+            port: 1,
+            ufid: Ufid(u),
+        };
+        let a = reg.assign(key(1), t0).unwrap();
+        let b = reg.assign(key(2), t0).unwrap();
+        assert_eq!(reg.owner(a), Some(key(1)));
+        assert_eq!(reg.owner(b), Some(key(2)));
+        // A mark of the other shard has no owner here.
+        assert_eq!(reg.owner(Mark::new(1).unwrap()), None);
+        reg.unassign(&key(1), t0).unwrap();
+        assert_eq!(reg.owner(a), None);
+        assert_eq!(reg.owner(b), Some(key(2)));
+    }
 
     fn handles(n: u32) -> Vec<FlowHandle> {
         let mut cache = FlowCache::new(1);

@@ -153,6 +153,30 @@ pub fn translate(
     mark: u32,
     n_rxq: u16,
 ) -> Result<Translation, Rejected> {
+    translate_rule(m, caps, mark, n_rxq, true)
+}
+
+/// [`translate`] without its last step, the check of the rule against
+/// `caps` ([`Capabilities::check`]), for a caller that hands the rule to
+/// [`FlowDevice::validate`](crate::device::FlowDevice::validate) next (the
+/// offload engine): the device's validate makes that check, and an insert
+/// then makes it once.
+pub fn translate_unchecked(
+    m: &Match,
+    caps: &Capabilities,
+    mark: u32,
+    n_rxq: u16,
+) -> Result<Translation, Rejected> {
+    translate_rule(m, caps, mark, n_rxq, false)
+}
+
+fn translate_rule(
+    m: &Match,
+    caps: &Capabilities,
+    mark: u32,
+    n_rxq: u16,
+    check: bool,
+) -> Result<Translation, Rejected> {
     if !caps.mark {
         return Err(Rejected::other(format!(
             "MARK unsupported by this NIC (profile {})",
@@ -332,8 +356,10 @@ pub fn translate(
     };
     // A translator bug must not reach a NIC: the rule fits the profile.
     // (A placeholder mark 0 is checked with a valid id, then put back.)
-    if let Err(e) = caps.check(&rule) {
-        return Err(Rejected::other(e.to_string()));
+    if check {
+        if let Err(e) = caps.check(&rule) {
+            return Err(Rejected::other(e.to_string()));
+        }
     }
     if mark == 0 {
         rule.set_mark(0);
@@ -805,5 +831,23 @@ mod tests {
         assert_eq!(t.rule.mark(), Some(0));
         t.set_mark(42);
         assert_eq!(t.rule.mark(), Some(42));
+    }
+
+    /// The engine's unchecked translation is the same rule; only the final
+    /// profile check is left to the device's validate.
+    #[test]
+    fn unchecked_translation_is_the_same_rule() {
+        let mut m = Match::ANY;
+        m.set_exact(Field::InPort, 3);
+        m.set_exact(Field::DlType, ethertype::IPV4.into());
+        m.set_exact(Field::NwSrc, 0x0a00_0001);
+        for p in [Profile::Generic, Profile::Xl710, Profile::NoMark] {
+            let caps = p.capabilities();
+            assert_eq!(
+                translate_unchecked(&m, &caps, 7, 2),
+                translate(&m, &caps, 7, 2),
+                "{p}"
+            );
+        }
     }
 }

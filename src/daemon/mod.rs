@@ -9,12 +9,14 @@
 //! [`views`] (the JSON and table documents), [`server`] (the socket),
 //! [`log`] (slog setup and rate limits).
 
+mod clocks;
 pub mod events;
 pub mod inject;
 pub mod log;
 pub mod server;
 pub mod views;
 
+use self::clocks::RuleClocks;
 use crate::config::{Config, PortFamily, PortSpec, PortType, VhostMode};
 use crate::control::Request;
 use crate::ports::{PortError, PortFactory, TestbedFactory};
@@ -385,18 +387,6 @@ where
     result
 }
 
-/// Per-rule bookkeeping for timeouts and `duration`.
-#[derive(Clone, Copy, Debug)]
-struct RuleClock {
-    added: Instant,
-    last_packets: u64,
-    last_active: Instant,
-    /// Added with OFPFF_SEND_FLOW_REM: its removal is announced.
-    send_flow_rem: bool,
-    /// Has an idle or hard timeout (a rule's timeouts never change).
-    timed: bool,
-}
-
 /// Why a rule went (OpenFlow's `ofp_flow_removed_reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RemovalReason {
@@ -430,13 +420,10 @@ struct Daemon<B, F> {
     factory: F,
     /// The daemon's clock origin (the PMDs' `used` times are close to it).
     started: Instant,
-    rules: HashMap<RuleId, RuleClock>,
-    /// Rules in `rules` with `send_flow_rem` (0: removals cost nothing).
-    flagged: usize,
-    /// Rules in `rules` with a timeout (0: the timeout check scans nothing;
-    /// a scan of a million rules four times a second took a third of this
-    /// thread while a controller loaded them).
-    timed: usize,
+    /// Per-rule times and flags (a timeout check scans nothing while no
+    /// rule has a timeout: a scan of a million rules four times a second
+    /// took a third of this thread while a controller loaded them).
+    clocks: RuleClocks,
     removed_tx: Sender<RemovedFlow>,
     removed_rx: Receiver<RemovedFlow>,
     requests: Receiver<Envelope>,
@@ -466,9 +453,7 @@ where
             switch,
             factory,
             started,
-            rules: HashMap::new(),
-            flagged: 0,
-            timed: 0,
+            clocks: RuleClocks::default(),
             removed_tx,
             removed_rx,
             requests,
@@ -590,10 +575,8 @@ where
                                 .entries()
                                 .filter(|e| new.get(e.id).is_none())
                                 .filter(|e| {
-                                    new.classifier(e.rule.table)
-                                        .and_then(|c| {
-                                            c.find_exact(&e.rule.r#match, e.rule.priority)
-                                        })
+                                    new.classifier(e.table())
+                                        .and_then(|c| c.find_exact(&e.r#match(), e.priority()))
                                         .is_none()
                                 })
                                 .map(|e| (e.id, RemovalReason::Delete))
@@ -669,7 +652,7 @@ where
     fn scrape(&mut self) -> Result<crate::metrics::Scrape, DaemonError> {
         let mut rules_per_table = std::collections::BTreeMap::new();
         for e in self.switch.pipeline().rules() {
-            *rules_per_table.entry(e.rule.table).or_insert(0) += 1;
+            *rules_per_table.entry(e.table()).or_insert(0) += 1;
         }
         Ok(crate::metrics::Scrape {
             ports: self.switch.port_stats()?,
@@ -958,27 +941,14 @@ where
 
     /// Keeps the per-rule clocks in step with the pipeline.
     fn sync_rule_clocks(&mut self) {
-        let now = Instant::now();
-        let pipeline = self.switch.pipeline();
-        self.rules.retain(|id, _| pipeline.get(*id).is_some());
-        for e in pipeline.entries() {
-            self.rules.entry(e.id).or_insert(RuleClock {
-                added: now,
-                last_packets: 0,
-                last_active: now,
-                send_flow_rem: false,
-                timed: e.rule.idle_timeout > 0 || e.rule.hard_timeout > 0,
-            });
-        }
-        self.flagged = self.rules.values().filter(|c| c.send_flow_rem).count();
-        self.timed = self.rules.values().filter(|c| c.timed).count();
+        self.clocks.sync(self.switch.pipeline(), Instant::now());
     }
 
     /// The pipeline and per-rule counts before a removal, when a rule that
     /// asked for FLOW_REMOVED may be among the removed (else `None`: the
     /// removal costs no PMD round trip).
     fn before_removal(&self) -> Option<BeforeRemoval> {
-        if self.flagged == 0 {
+        if self.clocks.n_flagged() == 0 {
             return None;
         }
         let stats = match self.switch.rule_stats() {
@@ -995,17 +965,20 @@ where
     fn announce_removed(&self, before: &BeforeRemoval, removed: &[(RuleId, RemovalReason)]) {
         let now = Instant::now();
         for (id, reason) in removed {
-            let Some(clock) = self.rules.get(id).filter(|c| c.send_flow_rem) else {
+            if !self.clocks.is_flagged(*id) {
                 continue;
-            };
+            }
             let Some(entry) = before.0.get(*id) else {
                 continue;
             };
             let (packets, bytes) = before.1.get(id).copied().unwrap_or((0, 0));
             let gone = RemovedFlow {
-                rule: entry.rule.clone(),
+                rule: entry.to_rule(),
                 reason: *reason,
-                age: now.duration_since(clock.added),
+                age: self
+                    .clocks
+                    .added(*id)
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
                 packets,
                 bytes,
             };
@@ -1034,22 +1007,13 @@ where
         let added = self.switch.flow_add(rule);
         // O(1) bookkeeping: a full resync per OpenFlow add would make a
         // controller's table load quadratic.
-        if let Some(old) = added.replaced.and_then(|old| self.rules.remove(&old)) {
-            self.flagged -= usize::from(old.send_flow_rem);
-            self.timed -= usize::from(old.timed);
-        }
-        let now = Instant::now();
-        self.flagged += usize::from(send_flow_rem);
-        self.timed += usize::from(timed);
-        self.rules.insert(
+        self.clocks.add(
+            self.switch.pipeline(),
             added.id,
-            RuleClock {
-                added: now,
-                last_packets: 0,
-                last_active: now,
-                send_flow_rem,
-                timed,
-            },
+            added.replaced,
+            timed,
+            send_flow_rem,
+            Instant::now(),
         );
         debug!(self.log, "flow added"; "id" => added.id.0);
         Ok(added.id)
@@ -1089,14 +1053,14 @@ where
             .switch
             .pipeline()
             .rules()
-            .filter(|e| table.is_none_or(|t| e.rule.table == t))
+            .filter(|e| table.is_none_or(|t| e.table() == t))
             .map(|e| {
                 let (packets, bytes) = stats.get(&e.id).copied().unwrap_or((0, 0));
                 let age = self
-                    .rules
-                    .get(&e.id)
-                    .map_or(Duration::ZERO, |c| now.duration_since(c.added));
-                FlowEntry::new(e.id, &e.rule, packets, bytes, age)
+                    .clocks
+                    .added(e.id)
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                FlowEntry::new(e.id, &e.to_rule(), packets, bytes, age)
             })
             .collect())
     }
@@ -1104,21 +1068,21 @@ where
     /// Deletes rules past their hard timeout, or whose packet count has not
     /// grown for their idle timeout.
     fn expire_rules(&mut self) {
-        if self.timed == 0 {
+        if self.clocks.n_timed() == 0 {
             return;
         }
         let timed: Vec<(RuleId, u16, u16)> = self
             .switch
             .pipeline()
             .entries()
-            .filter(|e| e.rule.idle_timeout > 0 || e.rule.hard_timeout > 0)
-            .map(|e| (e.id, e.rule.idle_timeout, e.rule.hard_timeout))
+            .filter(|e| e.idle_timeout() > 0 || e.hard_timeout() > 0)
+            .map(|e| (e.id, e.idle_timeout(), e.hard_timeout()))
             .collect();
         if timed.is_empty() {
             return;
         }
         self.sync_rule_clocks();
-        let stats = if self.flagged > 0 || timed.iter().any(|(_, idle, _)| *idle > 0) {
+        let stats = if self.clocks.n_flagged() > 0 || timed.iter().any(|(_, idle, _)| *idle > 0) {
             match self.switch.rule_stats() {
                 Ok(s) => s,
                 Err(e) => {
@@ -1132,10 +1096,12 @@ where
         let now = Instant::now();
         let mut doomed = Vec::new();
         for (id, idle, hard) in timed {
-            let Some(clock) = self.rules.get_mut(&id) else {
+            let added = self.clocks.added(id);
+            let Some(clock) = self.clocks.activity_mut(id) else {
                 continue;
             };
-            if hard > 0 && now.duration_since(clock.added) >= Duration::from_secs(hard.into()) {
+            let age = added.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+            if hard > 0 && age >= Duration::from_secs(hard.into()) {
                 doomed.push((id, RemovalReason::HardTimeout));
                 continue;
             }
@@ -1153,7 +1119,7 @@ where
         if doomed.is_empty() {
             return;
         }
-        if self.flagged > 0 {
+        if self.clocks.n_flagged() > 0 {
             self.announce_removed(&(self.switch.pipeline().clone(), stats), &doomed);
         }
         let ids: Vec<RuleId> = doomed.iter().map(|d| d.0).collect();

@@ -164,7 +164,7 @@ impl FlowTable for PipelineTable {
             .rules()
             .map(|e| FlowInfo {
                 id: e.id,
-                rule: e.rule.clone(),
+                rule: e.to_rule(),
                 n_packets: 0,
                 n_bytes: 0,
                 age: Duration::ZERO,

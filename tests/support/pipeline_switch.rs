@@ -2,7 +2,7 @@
 //! with settable counters, and a record of packet-outs (no datapath).
 #![allow(dead_code)]
 
-use fallback::ofproto::table::{loose_selects, Pipeline, RuleId};
+use fallback::ofproto::table::{Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
 use flowmark::openflow::error::{BadRequestCode, OfpError};
 use flowmark::openflow::flow_table::{apply_flow_mods_to, PipelineTable};
@@ -82,7 +82,7 @@ impl PipelineSwitch {
                 .table
                 .pipeline()
                 .entries()
-                .filter(|e| loose_selects(sel, &e.rule.r#match))
+                .filter(|e| e.loosely_selected_by(sel))
                 .map(|e| e.id)
                 .collect();
             for id in ids {
@@ -131,7 +131,7 @@ impl FlowTable for PipelineSwitch {
                     .map_or(Duration::ZERO, |a| now.duration_since(a.1));
                 FlowInfo {
                     id: e.id,
-                    rule: e.rule.clone(),
+                    rule: e.to_rule(),
                     n_packets: p,
                     n_bytes: b,
                     age,

@@ -20,9 +20,9 @@
 //! clone is a snapshot costing pointer copies, never a copy of the rules.
 
 use super::cow::CowTable;
-use super::table::{RuleEntry, RuleId};
+use super::table::{covered_words, RuleEntry, RuleId};
 use super::trie::{top_bits, Trie, TrieMatch};
-use super::Match;
+use super::{Match, OfAction, Rule};
 use crate::key::{Field, FlowKey, KEY_WORDS};
 use std::sync::Arc;
 
@@ -119,7 +119,12 @@ type StageCount = (u64, u32);
 /// The rules that share one mask.
 #[derive(Clone, Debug)]
 pub struct Subtable {
-    mask: FlowKey,
+    /// Shared with every rule here (a rule keeps only the value words the
+    /// mask covers).
+    mask: Arc<FlowKey>,
+    /// The words the mask covers, (index, mask word), ascending: how a
+    /// rule's packed value lines up with a key.
+    covered: Arc<[(u8, u64)]>,
     /// Non-empty stages only; at least one unless the mask is empty. Shared:
     /// they never change, and a copy-on-write clone of the subtable (the
     /// first change after each snapshot) should not reallocate them.
@@ -175,7 +180,10 @@ impl Subtable {
         }
         let n_partial = stages.len().saturating_sub(1);
         Subtable {
-            mask,
+            covered: covered_words(&mask)
+                .map(|w| (w as u8, mask.words[w]))
+                .collect(),
+            mask: Arc::new(mask),
             stages: stages.into(),
             stage_hashes: vec![CowTable::default(); n_partial],
             rules: CowTable::default(),
@@ -196,10 +204,19 @@ impl Subtable {
         finish(h)
     }
 
+    /// True when `key` matches the rule `r` of this subtable.
+    #[inline]
+    fn matches(&self, key: &FlowKey, r: &RuleEntry) -> bool {
+        self.covered
+            .iter()
+            .zip(r.packed_value())
+            .all(|(&(w, m), &v)| key.words[w as usize] & m == v)
+    }
+
     fn insert(&mut self, e: Arc<RuleEntry>) {
-        let value = e.rule.r#match.value;
+        let value = e.match_value();
         self.count_partials(&value, true);
-        let prio = e.rule.priority;
+        let prio = e.priority();
         if self.len() == 0 || prio > self.max_priority {
             self.max_priority = prio;
             self.max_count = 1;
@@ -212,11 +229,8 @@ impl Subtable {
         let h = self.full_hash(&value);
         let stages = &self.stages;
         self.rules.insert(h, e, |r| {
-            finish(
-                stages
-                    .iter()
-                    .fold(0u64, |h, s| s.hash(h, &r.rule.r#match.value)),
-            )
+            let value = r.match_value();
+            finish(stages.iter().fold(0u64, |h, s| s.hash(h, &value)))
         });
     }
 
@@ -247,11 +261,11 @@ impl Subtable {
     }
 
     fn remove(&mut self, e: &RuleEntry) -> Option<Arc<RuleEntry>> {
-        let value = e.rule.r#match.value;
+        let value = e.match_value();
         let h = self.full_hash(&value);
         let removed = self.rules.remove(h, |r| r.id == e.id)?;
         self.count_partials(&value, false);
-        if removed.rule.priority == self.max_priority {
+        if removed.priority() == self.max_priority {
             self.max_count = self.max_count.saturating_sub(1);
         }
         // When the first added rule at the top priority leaves, `max_first`
@@ -272,16 +286,11 @@ impl Subtable {
 
     /// Exact `max_priority`, `max_count` and `max_first` (one scan).
     fn rescan_max(&mut self) {
-        self.max_priority = self
-            .rules
-            .iter()
-            .map(|r| r.rule.priority)
-            .max()
-            .unwrap_or(0);
+        self.max_priority = self.rules.iter().map(|r| r.priority()).max().unwrap_or(0);
         let top = self
             .rules
             .iter()
-            .filter(|r| r.rule.priority == self.max_priority);
+            .filter(|r| r.priority() == self.max_priority);
         let (count, first) = top.fold((0u32, RuleId(u64::MAX)), |(n, f), r| (n + 1, f.min(r.id)));
         self.max_count = count;
         self.max_first = first;
@@ -290,7 +299,7 @@ impl Subtable {
 
     /// Swaps the entry with `new`'s id for `new` (same match and priority).
     fn replace(&mut self, new: Arc<RuleEntry>) -> bool {
-        let h = self.full_hash(&new.rule.r#match.value);
+        let h = self.full_hash(&new.match_value());
         match self.rules.find_mut(h, |r| r.id == new.id) {
             Some(slot) => {
                 *slot = new;
@@ -303,9 +312,14 @@ impl Subtable {
     /// The rule with exactly this masked value and priority.
     fn find_exact(&self, value: &FlowKey, priority: u16) -> Option<&Arc<RuleEntry>> {
         let h = self.full_hash(value);
-        self.rules
-            .iter_hash(h)
-            .find(|r| r.rule.priority == priority && r.rule.r#match.value == *value)
+        self.rules.iter_hash(h).find(|r| {
+            r.priority() == priority
+                && self
+                    .covered
+                    .iter()
+                    .zip(r.packed_value())
+                    .all(|(&(w, _), &v)| value.words[w as usize] == v)
+        })
     }
 }
 
@@ -336,7 +350,7 @@ impl OrderKey {
     /// True when a match `best` found earlier beats every rule here.
     #[inline]
     fn beaten_by(&self, best: &RuleEntry) -> bool {
-        let p = best.rule.priority;
+        let p = best.priority();
         p > self.max_priority || (p == self.max_priority && best.id < self.max_first)
     }
 }
@@ -416,21 +430,24 @@ impl Classifier {
         }
     }
 
-    /// Adds a rule (its match value already masked). Rules with the same
-    /// match and priority are the caller's business (see `Pipeline::add`).
-    pub fn insert(&mut self, e: Arc<RuleEntry>) {
-        let mask = e.rule.r#match.mask;
+    /// Adds a rule (its match value already masked) as the entry `id` with
+    /// `actions` (`rule.actions` is not read); returns the entry. Rules
+    /// with the same match and priority are the caller's business (see
+    /// `Pipeline::add`).
+    pub fn insert(
+        &mut self,
+        id: RuleId,
+        rule: &Rule,
+        actions: Arc<Vec<OfAction>>,
+    ) -> Arc<RuleEntry> {
+        let mask = rule.r#match.mask;
         let slot = match self.by_mask.get(&mask) {
             Some(&s) => s,
             None => {
-                let st = Some(Arc::new(Subtable::new(mask)));
                 let s = match self.free_slots.pop() {
-                    Some(s) => {
-                        self.subtables[s as usize] = st;
-                        s
-                    }
+                    Some(s) => s,
                     None => {
-                        self.subtables.push(st);
+                        self.subtables.push(None);
                         (self.subtables.len() - 1) as u32
                     }
                 };
@@ -438,27 +455,28 @@ impl Classifier {
                 s
             }
         };
-        let Some(Some(arc)) = self.subtables.get_mut(slot as usize) else {
-            return;
-        };
+        let arc =
+            self.subtables[slot as usize].get_or_insert_with(|| Arc::new(Subtable::new(mask)));
         let st = Arc::make_mut(arc);
+        let e = Arc::new(RuleEntry::new(id, rule, Arc::clone(&st.mask), actions));
         let old = (st.len() > 0).then(|| OrderKey::of(st, slot));
-        let value = e.rule.r#match.value;
-        st.insert(e);
+        st.insert(Arc::clone(&e));
         let new = OrderKey::of(st, slot);
         let plens = st.trie_plen;
         self.set_order(old, Some(new));
+        let value = &rule.r#match.value;
         for (j, &(f, _)) in TRIE_FIELDS.iter().enumerate() {
             if plens[j] > 0 {
-                self.tries[j].insert(left_aligned(&value, f), plens[j] as u32);
+                self.tries[j].insert(left_aligned(value, f), plens[j] as u32);
             }
         }
         self.n_rules += 1;
+        e
     }
 
     /// Removes the rule with `e`'s id; returns it.
     pub fn remove(&mut self, e: &RuleEntry) -> Option<Arc<RuleEntry>> {
-        let slot = *self.by_mask.get(&e.rule.r#match.mask)?;
+        let slot = *self.by_mask.get(e.mask())?;
         let arc = self.subtables.get_mut(slot as usize)?.as_mut()?;
         let st = Arc::make_mut(arc);
         let old = OrderKey::of(st, slot);
@@ -467,12 +485,12 @@ impl Classifier {
         if left == 0 {
             self.subtables[slot as usize] = None;
             self.free_slots.push(slot);
-            self.by_mask.remove(&e.rule.r#match.mask);
+            self.by_mask.remove(e.mask());
             self.set_order(Some(old), None);
         } else {
             self.set_order(Some(old), Some(new));
         }
-        let value = removed.rule.r#match.value;
+        let value = removed.match_value();
         for (j, &(f, _)) in TRIE_FIELDS.iter().enumerate() {
             if plens[j] > 0 {
                 self.tries[j].remove(left_aligned(&value, f), plens[j] as u32);
@@ -485,7 +503,7 @@ impl Classifier {
     /// Replaces a rule by a new entry with the same id, match and priority
     /// (new actions).
     pub fn replace(&mut self, new: Arc<RuleEntry>) -> bool {
-        let Some(&slot) = self.by_mask.get(&new.rule.r#match.mask) else {
+        let Some(&slot) = self.by_mask.get(new.mask()) else {
             return false;
         };
         match self.subtables.get_mut(slot as usize) {
@@ -519,8 +537,7 @@ impl Classifier {
                 let better = match best {
                     None => true,
                     Some(b) => {
-                        r.rule.priority > b.rule.priority
-                            || (r.rule.priority == b.rule.priority && r.id < b.id)
+                        r.priority() > b.priority() || (r.priority() == b.priority() && r.id < b.id)
                     }
                 };
                 if better {
@@ -593,8 +610,8 @@ impl Classifier {
         let h = finish(h);
         st.rules
             .iter_hash(h)
-            .filter(|r| key.matches(&r.rule.r#match.value, &st.mask))
-            .min_by_key(|r| (std::cmp::Reverse(r.rule.priority), r.id))
+            .filter(|r| st.matches(key, r))
+            .min_by_key(|r| (std::cmp::Reverse(r.priority()), r.id))
     }
 
     /// Approximate heap bytes of the index (not the rules themselves):
@@ -607,6 +624,10 @@ impl Classifier {
             .map(|s| {
                 std::mem::size_of::<Subtable>()
                     + 16
+                    + 16
+                    + std::mem::size_of::<FlowKey>()
+                    + 16
+                    + s.covered.len() * 16
                     + s.rules.heap_bytes()
                     + s.stage_hashes.iter().map(|t| t.heap_bytes()).sum::<usize>()
                     + s.stages

@@ -6,7 +6,7 @@
 use super::classifier::Classifier;
 use super::cow::CowTable;
 use super::{Match, OfAction, Rule, N_TABLES};
-use crate::key::FlowKey;
+use crate::key::{FlowKey, KEY_WORDS};
 use std::fmt;
 use std::sync::Arc;
 
@@ -21,14 +21,191 @@ impl fmt::Display for RuleId {
     }
 }
 
-/// A rule in a table.
+/// Match value words kept inline in a [`RuleEntry`]; a mask covering more
+/// words puts the value on the heap.
+const INLINE_WORDS: usize = 4;
+
+/// A rule's match value, packed: only the key words its mask covers, in
+/// word order (the mask itself is shared by every rule of its subtable).
+/// Controller rules rarely cover more than four of the twelve words.
+#[derive(Clone, Debug)]
+enum PackedValue {
+    /// The covered words, then zeros.
+    Inline([u64; INLINE_WORDS]),
+    Heap(Box<[u64]>),
+}
+
+impl PackedValue {
+    fn pack(value: &FlowKey, mask: &FlowKey) -> PackedValue {
+        let words = covered_words(mask).map(|w| value.words[w]);
+        if covered_words(mask).count() <= INLINE_WORDS {
+            let mut inline = [0u64; INLINE_WORDS];
+            for (slot, v) in inline.iter_mut().zip(words) {
+                *slot = v;
+            }
+            PackedValue::Inline(inline)
+        } else {
+            PackedValue::Heap(words.collect())
+        }
+    }
+
+    #[inline]
+    fn words(&self) -> &[u64] {
+        match self {
+            PackedValue::Inline(w) => w,
+            PackedValue::Heap(w) => w,
+        }
+    }
+}
+
+/// The indexes of the key words a mask covers (has any bit of), ascending.
+#[inline]
+pub fn covered_words(mask: &FlowKey) -> impl Iterator<Item = usize> + '_ {
+    (0..KEY_WORDS).filter(move |&w| mask.words[w] != 0)
+}
+
+/// A rule in a table, stored compactly (a controller installs millions):
+/// the match value as the words its mask covers, the mask and the action
+/// list shared (one mask per subtable; equal action lists added close
+/// together share one list). [`RuleEntry::to_rule`] gives the [`Rule`]
+/// back.
 #[derive(Clone, Debug)]
 pub struct RuleEntry {
     /// Also the insertion order, for the equal-priority tie-break (ids
     /// are handed out in order).
     pub id: RuleId,
-    pub rule: Rule,
+    cookie: u64,
+    mask: Arc<FlowKey>,
+    actions: Arc<Vec<OfAction>>,
+    value: PackedValue,
+    priority: u16,
+    idle_timeout: u16,
+    hard_timeout: u16,
+    table: u8,
 }
+
+impl RuleEntry {
+    /// `rule`'s entry, its match value already masked, with `mask` equal to
+    /// the rule's mask (shared) and `actions` equal to its actions (shared;
+    /// `rule.actions` is not read).
+    pub(crate) fn new(
+        id: RuleId,
+        rule: &Rule,
+        mask: Arc<FlowKey>,
+        actions: Arc<Vec<OfAction>>,
+    ) -> RuleEntry {
+        RuleEntry {
+            id,
+            cookie: rule.cookie,
+            value: PackedValue::pack(&rule.r#match.value, &mask),
+            mask,
+            actions,
+            priority: rule.priority,
+            idle_timeout: rule.idle_timeout,
+            hard_timeout: rule.hard_timeout,
+            table: rule.table,
+        }
+    }
+
+    pub fn table(&self) -> u8 {
+        self.table
+    }
+
+    #[inline]
+    pub fn priority(&self) -> u16 {
+        self.priority
+    }
+
+    pub fn cookie(&self) -> u64 {
+        self.cookie
+    }
+
+    pub fn idle_timeout(&self) -> u16 {
+        self.idle_timeout
+    }
+
+    pub fn hard_timeout(&self) -> u16 {
+        self.hard_timeout
+    }
+
+    /// An empty list is `drop`.
+    #[inline]
+    pub fn actions(&self) -> &[OfAction] {
+        &self.actions
+    }
+
+    #[inline]
+    pub fn mask(&self) -> &FlowKey {
+        &self.mask
+    }
+
+    /// The match value (masked), unpacked.
+    pub fn match_value(&self) -> FlowKey {
+        let mut v = FlowKey::ZERO;
+        for (w, &x) in covered_words(&self.mask).zip(self.value.words()) {
+            v.words[w] = x;
+        }
+        v
+    }
+
+    pub fn r#match(&self) -> Match {
+        Match {
+            value: self.match_value(),
+            mask: *self.mask,
+        }
+    }
+
+    /// The value words the mask covers, in word order (after them, in an
+    /// inline value, zeros).
+    #[inline]
+    pub(crate) fn packed_value(&self) -> &[u64] {
+        self.value.words()
+    }
+
+    /// True when the key matches.
+    pub fn matches(&self, key: &FlowKey) -> bool {
+        covered_words(&self.mask)
+            .zip(self.value.words())
+            .all(|(w, &v)| key.words[w] & self.mask.words[w] == v)
+    }
+
+    /// True when the loose match `sel` selects this rule (see
+    /// [`loose_selects`]).
+    pub fn loosely_selected_by(&self, sel: &Match) -> bool {
+        sel.mask.is_subset_of(&self.mask) && self.match_value().masked(&sel.mask) == sel.value
+    }
+
+    /// The rule as added (or as modified since).
+    pub fn to_rule(&self) -> Rule {
+        Rule {
+            table: self.table,
+            priority: self.priority,
+            r#match: self.r#match(),
+            actions: self.actions.to_vec(),
+            cookie: self.cookie,
+            idle_timeout: self.idle_timeout,
+            hard_timeout: self.hard_timeout,
+        }
+    }
+
+    /// Heap bytes this entry accounts for: itself and its spilled value,
+    /// and its share of its action list.
+    fn heap_bytes(&self) -> f64 {
+        let spilled = match &self.value {
+            PackedValue::Inline(_) => 0,
+            PackedValue::Heap(w) => w.len() * 8,
+        };
+        let actions = 16
+            + std::mem::size_of::<Vec<OfAction>>()
+            + self.actions.capacity() * std::mem::size_of::<OfAction>();
+        (std::mem::size_of::<RuleEntry>() + 16 + spilled) as f64
+            + actions as f64 / Arc::strong_count(&self.actions) as f64
+    }
+}
+
+/// Action lists kept for sharing with the next rules added (controllers
+/// install runs of rules with the same few action lists).
+const RECENT_ACTIONS: usize = 8;
 
 /// Result of [`Pipeline::add`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +218,8 @@ pub struct Added {
 /// Approximate heap bytes of a [`Pipeline`] (allocator overhead aside).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HeapBytes {
-    /// The rule entries (`Arc<RuleEntry>`) and their action lists.
+    /// The rule entries (`Arc<RuleEntry>`, spilled match values) and their
+    /// shares of the action lists.
     pub rules: usize,
     /// The id index behind `get`.
     pub id_index: usize,
@@ -84,6 +262,9 @@ pub struct Pipeline {
     /// Every rule by id (`get` without a scan).
     by_id: CowTable<Arc<RuleEntry>>,
     next_id: u64,
+    /// Recently added action lists, most recent first: an added rule with
+    /// an equal list shares it.
+    recent_actions: [Option<Arc<Vec<OfAction>>>; RECENT_ACTIONS],
     /// Bumped once per change, or once per [`Pipeline::batch`].
     version: u64,
     in_batch: bool,
@@ -195,7 +376,7 @@ fn id_hash(id: RuleId) -> u64 {
 
 /// Lookup order: priority descending, then first added.
 fn lookup_order(a: &Arc<RuleEntry>, b: &Arc<RuleEntry>) -> std::cmp::Ordering {
-    b.rule.priority.cmp(&a.rule.priority).then(a.id.cmp(&b.id))
+    b.priority().cmp(&a.priority()).then(a.id.cmp(&b.id))
 }
 
 impl Pipeline {
@@ -208,6 +389,7 @@ impl Pipeline {
             tables: Vec::new(),
             by_id: CowTable::default(),
             next_id: 1,
+            recent_actions: Default::default(),
             version: 0,
             in_batch: false,
             batch_changed: false,
@@ -342,22 +524,37 @@ impl Pipeline {
             table: rule.table,
             r#match: rule.r#match,
         });
-        let entry = Arc::new(RuleEntry { id, rule });
-        self.by_id
-            .insert(id_hash(id), Arc::clone(&entry), |e| id_hash(e.id));
+        let actions = self.shared_actions(std::mem::take(&mut rule.actions));
         if self.tables.len() <= table {
             self.tables.resize_with(table + 1, Default::default);
         }
-        Arc::make_mut(&mut self.tables[table]).insert(entry);
+        let entry = Arc::make_mut(&mut self.tables[table]).insert(id, &rule, actions);
+        self.by_id.insert(id_hash(id), entry, |e| id_hash(e.id));
         self.changed();
         Added { id, replaced }
+    }
+
+    /// `actions` as a shared list: a recently added equal one if any.
+    fn shared_actions(&mut self, actions: Vec<OfAction>) -> Arc<Vec<OfAction>> {
+        let recent = &mut self.recent_actions;
+        let hit = recent
+            .iter()
+            .position(|a| a.as_ref().is_some_and(|a| **a == actions));
+        match hit {
+            Some(i) => recent[..=i].rotate_right(1),
+            None => {
+                recent.rotate_right(1);
+                recent[0] = Some(Arc::new(actions));
+            }
+        }
+        recent[0].clone().unwrap_or_default()
     }
 
     fn remove_one(&mut self, id: RuleId) -> bool {
         let Some(entry) = self.by_id.remove(id_hash(id), |e| e.id == id) else {
             return false;
         };
-        let table = entry.rule.table;
+        let table = entry.table();
         Arc::make_mut(&mut self.tables[table as usize]).remove(&entry);
         self.record(RuleChange::Removed { table, id });
         true
@@ -376,7 +573,7 @@ impl Pipeline {
             match strict {
                 Some(prio) => ids.extend(cls.find_exact(sel, prio).map(|e| e.id)),
                 None => ids.extend(
-                    cls.select(&sel.mask, |e| loose_selects(sel, &e.rule.r#match))
+                    cls.select(&sel.mask, |e| e.loosely_selected_by(sel))
                         .map(|e| e.id),
                 ),
             }
@@ -425,22 +622,24 @@ impl Pipeline {
         let mut sel = *sel;
         sel.value = sel.value.masked(&sel.mask);
         let ids = self.selected(table, &sel, strict);
+        if ids.is_empty() {
+            return ids;
+        }
+        let actions = self.shared_actions(actions.to_vec());
         for &id in &ids {
             let h = id_hash(id);
             let Some(slot) = self.by_id.find_mut(h, |e| e.id == id) else {
                 continue;
             };
             let mut entry = RuleEntry::clone(slot);
-            entry.rule.actions = actions.to_vec();
+            entry.actions = Arc::clone(&actions);
             let entry = Arc::new(entry);
             *slot = Arc::clone(&entry);
-            let table = entry.rule.table;
+            let table = entry.table();
             Arc::make_mut(&mut self.tables[table as usize]).replace(entry);
             self.record(RuleChange::Modified { table, id });
         }
-        if !ids.is_empty() {
-            self.changed();
-        }
+        self.changed();
         ids
     }
 
@@ -467,17 +666,9 @@ impl Pipeline {
 
     /// Approximate heap bytes, part by part.
     pub fn heap_bytes(&self) -> HeapBytes {
-        let rules: usize = self
-            .by_id
-            .iter()
-            .map(|e| {
-                std::mem::size_of::<RuleEntry>()
-                    + 16
-                    + e.rule.actions.capacity() * std::mem::size_of::<OfAction>()
-            })
-            .sum();
+        let rules: f64 = self.by_id.iter().map(|e| e.heap_bytes()).sum();
         let mut b = HeapBytes {
-            rules,
+            rules: rules as usize,
             id_index: self.by_id.heap_bytes(),
             subtables: 0,
             tries: 0,
@@ -579,7 +770,7 @@ mod tests {
         let ids = p.modify_actions(None, &Match::ANY, None, &[OfAction::Normal]);
         assert_eq!(ids, vec![id]);
         assert_eq!(
-            p.get(id).map(|e| e.rule.actions.clone()),
+            p.get(id).map(|e| e.actions().to_vec()),
             Some(vec![OfAction::Normal])
         );
         assert!(p.version() > v);
@@ -653,6 +844,67 @@ mod tests {
     }
 
     #[test]
+    fn entries_give_back_their_rule_whatever_words_the_mask_covers() {
+        // Two words (inline) and seven (on the heap: past the inline four).
+        let narrow = with(&[(Field::InPort, 3, 0xffff_ffff)], 9);
+        let wide = with(
+            &[
+                (Field::DlType, 0x86dd, 0xffff),
+                (Field::DlDst, 0x0200_0000_0001, 0xffff_ffff_ffff),
+                (Field::NwProto, 6, 0xff),
+                (Field::TpDst, 443, 0xffff),
+                (Field::Ipv6Src, 0x2001_0db8 << 96, u128::MAX << 64),
+                (Field::Ipv6Dst, 7, u128::MAX),
+                (Field::Metadata, 0x55, 0xff),
+            ],
+            9,
+        );
+        let mut p = Pipeline::new();
+        for r in [&narrow, &wide] {
+            let id = p.add(r.clone()).id;
+            let e = p.get(id).map(|e| e.to_rule());
+            assert_eq!(e.as_ref(), Some(r));
+            let mut key = r.r#match.value;
+            let mut wc = FlowKey::ZERO;
+            assert_eq!(p.lookup(0, &key, &mut wc).map(|e| e.id), Some(id));
+            // Differing in the last word the mask covers: no match.
+            let last = covered_words(&r.r#match.mask).last().unwrap_or(0);
+            key.words[last] ^=
+                r.r#match.mask.words[last] & r.r#match.mask.words[last].wrapping_neg();
+            assert!(!p.get(id).is_some_and(|e| e.matches(&key)));
+            let mut wc = FlowKey::ZERO;
+            assert_ne!(p.lookup(0, &key, &mut wc).map(|e| e.id), Some(id));
+        }
+    }
+
+    #[test]
+    fn equal_action_lists_are_shared() {
+        let mut p = Pipeline::new();
+        let ids: Vec<RuleId> = [1u32, 2, 1, 3, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, &port)| {
+                let mut r = rule(0, 5, Some((i as u32, u32::MAX)));
+                r.actions = vec![OfAction::Output(port)];
+                p.add(r).id
+            })
+            .collect();
+        let list = |p: &Pipeline, i: usize| p.get(ids[i]).map(|e| e.actions().as_ptr());
+        assert_eq!(list(&p, 0), list(&p, 2));
+        assert_eq!(list(&p, 0), list(&p, 4));
+        assert_ne!(list(&p, 0), list(&p, 1));
+        // The new list is rule 1's (added recently).
+        let output_2 = list(&p, 1);
+        let changed = p.modify_actions(None, &Match::ANY, None, &[OfAction::Output(2)]);
+        assert_eq!(changed.len(), 5);
+        assert!((0..5).all(|i| list(&p, i) == output_2));
+        assert_eq!(
+            p.get(ids[0]).map(|e| e.actions().to_vec()),
+            Some(vec![OfAction::Output(2)])
+        );
+    }
+
+    #[test]
     fn snapshot_sees_one_version_and_a_batch_is_one_version() {
         let mut p = Pipeline::new();
         let a = p.add(rule(0, 5, Some((0x0a00_0000, 0xff00_0000)))).id;
@@ -670,7 +922,7 @@ mod tests {
         let old = snapshot.lookup(0, &ip(0x0a00_0001), &mut wc);
         assert_eq!(old.map(|e| e.id), Some(a));
         assert_eq!(
-            old.map(|e| e.rule.actions.clone()),
+            old.map(|e| e.actions().to_vec()),
             Some(vec![OfAction::Output(5)])
         );
         assert!(snapshot.get(b).is_none());
@@ -678,7 +930,7 @@ mod tests {
         let new = p.lookup(0, &ip(0x0a00_0001), &mut wc);
         assert_eq!(new.map(|e| e.id), Some(b));
         assert_eq!(
-            new.map(|e| e.rule.actions.clone()),
+            new.map(|e| e.actions().to_vec()),
             Some(vec![OfAction::Normal])
         );
         assert!(p.get(a).is_none());
@@ -747,9 +999,7 @@ mod tests {
             let entries: Vec<&Arc<RuleEntry>> = p.table(0);
             let t = Instant::now();
             for k in &probes[..2000] {
-                let m = entries
-                    .iter()
-                    .find(|e| k.matches(&e.rule.r#match.value, &e.rule.r#match.mask));
+                let m = entries.iter().find(|e| e.matches(k));
                 std::hint::black_box(m);
             }
             let linear_ns = t.elapsed().as_nanos() as f64 / 2000.0;

@@ -350,8 +350,8 @@ impl Ctx<'_> {
             Some(e) => {
                 self.rules.push(e.id);
                 let outer = self.in_miss_rule;
-                self.in_miss_rule = e.rule.priority == 0 && e.rule.r#match.mask == FlowKey::ZERO;
-                self.do_actions(&e.rule.actions, table, e.rule.cookie);
+                self.in_miss_rule = e.priority() == 0 && *e.mask() == FlowKey::ZERO;
+                self.do_actions(e.actions(), table, e.cookie());
                 self.in_miss_rule = outer;
                 true
             }

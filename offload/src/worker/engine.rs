@@ -15,7 +15,7 @@ use serde::{Serialize, Serializer};
 use crate::device::{FlowDevice, FlowError, RuleHandle};
 use crate::marks::{Mark, MarkRegistry, OffloadKey, PmdRefs};
 use crate::rte::Rule;
-use crate::translate::translate;
+use crate::translate::translate_unchecked;
 
 /// Engine settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -880,7 +880,9 @@ impl OffloadEngine {
             return None;
         };
         let caps = *port.device.capabilities();
-        let mut translation = match translate(&e.r#match, &caps, 1, port.n_rxq) {
+        // Unchecked: the device's validate below checks the rule against
+        // the capabilities, once.
+        let mut translation = match translate_unchecked(&e.r#match, &caps, 1, port.n_rxq) {
             Ok(t) => t,
             Err(r) => {
                 refuse(
@@ -941,7 +943,7 @@ impl OffloadEngine {
             return;
         };
         e.staged = false;
-        match port.device.create_owned(rule) {
+        match port.device.create_validated(rule) {
             Ok(rule) => {
                 e.state = OffloadState::Offloaded {
                     port: key.port,

@@ -86,6 +86,31 @@ impl NicFlowDevice {
         rx
     }
 
+    /// rte_flow_create: faults, the checks of validate (unless the caller's
+    /// validate just made them), capacity, the install.
+    fn install(&self, rule: Rule, validate: bool) -> Result<RuleHandle, FlowError> {
+        let refuse_as_full = {
+            let mut f = self.shared.lock_faults();
+            f.creates += 1;
+            if f.fail_create_at == Some(f.creates) {
+                f.fail_create_at = None;
+                return Err(FlowError::Device(format!(
+                    "injected fault: create call #{} failed as a PMD returning EIO would",
+                    f.creates
+                )));
+            }
+            f.refuse_as_full
+        };
+        if validate {
+            self.validate(&rule)?;
+        }
+        let mut table = self.shared.write_table();
+        if refuse_as_full || table.len() >= self.shared.caps.max_rules {
+            return Err(FlowError::NoSpace);
+        }
+        Ok(RuleHandle(table.insert(rule)))
+    }
+
     /// The NIC's own checks after the profile's: priorities and queues.
     fn check_port(&self, rule: &Rule) -> Result<(), FlowError> {
         if rule.attr.priority >= PRIORITY_LEVELS {
@@ -133,36 +158,24 @@ impl FlowDevice for NicFlowDevice {
     }
 
     fn create_owned(&self, rule: Rule) -> Result<RuleHandle, FlowError> {
-        let refuse_as_full = {
-            let mut f = self.shared.lock_faults();
-            f.creates += 1;
-            if f.fail_create_at == Some(f.creates) {
-                f.fail_create_at = None;
-                return Err(FlowError::Device(format!(
-                    "injected fault: create call #{} failed as a PMD returning EIO would",
-                    f.creates
-                )));
-            }
-            f.refuse_as_full
-        };
-        self.validate(&rule)?;
-        let mut table = self.shared.write_table();
-        if refuse_as_full || table.len() >= self.shared.caps.max_rules {
-            return Err(FlowError::NoSpace);
-        }
-        Ok(RuleHandle(table.insert(rule)))
+        self.install(rule, true)
+    }
+
+    fn create_validated(&self, rule: Rule) -> Result<RuleHandle, FlowError> {
+        self.install(rule, false)
     }
 
     fn destroy(&self, handle: RuleHandle) -> Result<(), FlowError> {
-        match self.shared.write_table().remove(handle.0) {
-            Some(_) => Ok(()),
-            None => Err(FlowError::invalid(
+        if self.shared.write_table().remove(handle.0) {
+            Ok(())
+        } else {
+            Err(FlowError::invalid(
                 format!("rule {handle}"),
                 format!(
                     "no such rule on port {} (already destroyed, or lost in a reset)",
                     self.shared.name
                 ),
-            )),
+            ))
         }
     }
 

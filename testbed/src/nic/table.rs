@@ -5,11 +5,17 @@
 //! the shape's masks are one hash lookup. Rules with ranges are scanned in
 //! order. The winner is the rule with the lowest priority number; among
 //! equal priorities (undefined in rte_flow) the oldest rule.
+//!
+//! Installed rules live in a slab: a handle is the slot and its
+//! generation (a destroyed rule's handle never names the slot's next rule),
+//! and subtables, buckets and the range list refer to slots. Inserting a
+//! rule allocates nothing of its own (its key is inline up to
+//! [`KEY_INLINE`] values) beyond the tables' amortised growth.
 
 // hashbrown with its default (foldhash) hasher: the emulated NIC hashes
 // every packet once per subtable, and SipHash was most of its lookup cost.
 use hashbrown::DefaultHashBuilder;
-use hashbrown::{HashMap, HashTable};
+use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
@@ -19,8 +25,10 @@ use super::rss::{HashTypes, Reta};
 use crate::matcher::{Fields, Headers, ItemFields, ItemKind};
 use crate::sink::AtomicCount;
 
-/// Key slots gathered without allocating (4 items of 8 fields).
-const KEY_ON_STACK: usize = 32;
+/// Masked values kept inline in an installed rule (ETH type, IPv4 proto,
+/// addresses and both L4 ports take 6; 5-tuple IPv6 the same): longer keys
+/// spill to the heap.
+const KEY_INLINE: usize = 8;
 
 /// Where a matched packet goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,15 +44,34 @@ pub(crate) enum Fate {
     },
 }
 
+/// A rule's masked values where its masks are non-zero, item after item:
+/// its subtable key (the masks are the subtable's).
+#[derive(Debug)]
+enum RuleKey {
+    Inline { len: u8, values: [u128; KEY_INLINE] },
+    Spilled(Box<[u128]>),
+}
+
+impl RuleKey {
+    fn values(&self) -> &[u128] {
+        match self {
+            RuleKey::Inline { len, values } => &values[..usize::from(*len)],
+            RuleKey::Spilled(v) => v,
+        }
+    }
+}
+
 /// A rule as installed.
 #[derive(Debug)]
 pub(crate) struct InstalledRule {
     pub handle: u64,
+    /// Insertion order: the tie-break among equal priorities (oldest wins).
+    seq: u64,
     pub priority: u32,
     pub rule: Rule,
-    /// The rule's masked values where its masks are non-zero, item after
-    /// item: the subtable key, kept compact (the masks are the subtable's).
-    key: Box<[u128]>,
+    key: RuleKey,
+    /// The hash of the rule's shape (item kinds and masks): which subtable.
+    shape_hash: u64,
     /// Some item has a range (`last`): matched by scan, not by hash.
     ranged: bool,
     pub mark: Option<u32>,
@@ -56,7 +83,14 @@ pub(crate) struct InstalledRule {
 impl InstalledRule {
     #[cfg(test)]
     pub fn new(handle: u64, rule: Rule) -> InstalledRule {
-        InstalledRule::build(handle, rule, &mut Vec::new(), &mut Vec::new())
+        InstalledRule::build(
+            handle,
+            handle,
+            rule,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &DefaultHashBuilder::default(),
+        )
     }
 
     /// Builds the installed form of `rule` (moved in, not copied); RSS
@@ -64,9 +98,11 @@ impl InstalledRule {
     /// `shape` is filled with the rule's item kinds and masks.
     fn build(
         handle: u64,
+        seq: u64,
         rule: Rule,
         retas: &mut Vec<(Vec<u16>, Arc<Reta>)>,
         shape: &mut Vec<(ItemKind, Fields)>,
+        hasher: &DefaultHashBuilder,
     ) -> InstalledRule {
         let mut mark = None;
         let mut fate = Fate::Default;
@@ -93,36 +129,42 @@ impl InstalledRule {
                 Action::Count => counter = Some(AtomicCount::default()),
             }
         }
-        // The key is gathered on the stack (4 items of 8 slots cover every
-        // pattern translate makes) and allocated once, at its exact size.
-        let mut buf = [0u128; KEY_ON_STACK];
+        let mut values = [0u128; KEY_INLINE];
         let mut n = 0;
-        let mut spill = Vec::new();
+        let mut spill: Vec<u128> = Vec::new();
         let mut ranged = false;
         shape.clear();
         for item in &rule.pattern {
             let i = ItemFields::of(item);
             ranged |= i.has_range();
             for (v, m) in i.spec.iter().zip(i.mask.iter()).filter(|(_, m)| **m != 0) {
-                match buf.get_mut(n) {
-                    Some(slot) => {
-                        *slot = v & m;
-                        n += 1;
-                    }
-                    None => spill.push(v & m),
+                if !spill.is_empty() {
+                    spill.push(v & m);
+                } else if let Some(slot) = values.get_mut(n) {
+                    *slot = v & m;
+                    n += 1;
+                } else {
+                    spill.extend_from_slice(&values);
+                    spill.push(v & m);
                 }
             }
             shape.push((i.kind, i.mask));
         }
-        let key: Box<[u128]> = if spill.is_empty() {
-            Box::from(&buf[..n])
+        let key = if spill.is_empty() {
+            RuleKey::Inline {
+                // n ≤ KEY_INLINE.
+                len: n as u8,
+                values,
+            }
         } else {
-            buf[..n].iter().chain(&spill).copied().collect()
+            RuleKey::Spilled(spill.into_boxed_slice())
         };
         InstalledRule {
             handle,
+            seq,
             priority: rule.attr.priority,
             key,
+            shape_hash: shape_hash(hasher, shape),
             ranged,
             rule,
             mark,
@@ -133,7 +175,7 @@ impl InstalledRule {
 
     /// Precedence: smaller wins.
     fn order(&self) -> (u32, u64) {
-        (self.priority, self.handle)
+        (self.priority, self.seq)
     }
 
     fn has_range(&self) -> bool {
@@ -157,8 +199,8 @@ impl InstalledRule {
 
     /// The masked key, value by value, of the slots the masks cover (the
     /// same sequence a packet's values under the subtable's shape give).
-    fn key(&self) -> impl Iterator<Item = u128> + '_ {
-        self.key.iter().copied()
+    fn key(&self) -> &[u128] {
+        self.key.values()
     }
 
     pub fn matches(&self, h: &Headers) -> bool {
@@ -169,39 +211,163 @@ impl InstalledRule {
     }
 }
 
+/// One slab slot: a rule or nothing, and the generation its handle carries.
+#[derive(Debug)]
+struct Slot {
+    generation: u32,
+    rule: Option<InstalledRule>,
+}
+
+/// Slots per slab chunk.
+const SLAB_CHUNK: usize = 1024;
+
+/// Installed rules by slot, in chunks of [`SLAB_CHUNK`] allocated as the
+/// table grows: a growing table never moves its rules (no reallocation and
+/// copy of the whole table), and an empty one reserves nothing however large
+/// the device's capacity.
+#[derive(Debug, Default)]
+struct Slab {
+    chunks: Vec<Vec<Slot>>,
+    /// Empty slots, reused last-freed first.
+    free: Vec<u32>,
+    /// Slots ever filled (the next fresh slot).
+    used: u32,
+    len: usize,
+}
+
+/// A handle is `generation << 32 | slot`; generations start at 1, so no
+/// handle is 0.
+fn handle_of(slot: u32, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(slot)
+}
+
+fn slot_of(handle: u64) -> (u32, u32) {
+    ((handle & 0xffff_ffff) as u32, (handle >> 32) as u32)
+}
+
+impl Slab {
+    fn slot(&self, slot: u32) -> Option<&Slot> {
+        let i = slot as usize;
+        self.chunks.get(i / SLAB_CHUNK)?.get(i % SLAB_CHUNK)
+    }
+
+    fn slot_mut(&mut self, slot: u32) -> Option<&mut Slot> {
+        let i = slot as usize;
+        self.chunks.get_mut(i / SLAB_CHUNK)?.get_mut(i % SLAB_CHUNK)
+    }
+
+    /// The next rule's slot and handle.
+    fn vacant(&self) -> (u32, u64) {
+        match self.free.last() {
+            Some(&slot) => {
+                let generation = self.slot(slot).map_or(1, |s| s.generation);
+                (slot, handle_of(slot, generation))
+            }
+            // Slots are u32 (the handle's low half); a NIC table is far smaller.
+            None => (self.used, handle_of(self.used, 1)),
+        }
+    }
+
+    /// Fills the slot [`Slab::vacant`] gave.
+    fn fill(&mut self, slot: u32, rule: InstalledRule) {
+        if self.free.last() == Some(&slot) {
+            self.free.pop();
+            if let Some(s) = self.slot_mut(slot) {
+                s.rule = Some(rule);
+            }
+        } else {
+            if self.chunks.last().is_none_or(|c| c.len() == SLAB_CHUNK) {
+                self.chunks.push(Vec::with_capacity(SLAB_CHUNK));
+            }
+            if let Some(c) = self.chunks.last_mut() {
+                c.push(Slot {
+                    generation: 1,
+                    rule: Some(rule),
+                });
+            }
+            self.used += 1;
+        }
+        self.len += 1;
+    }
+
+    /// The slot of a live handle.
+    fn find(&self, handle: u64) -> Option<u32> {
+        let (slot, generation) = slot_of(handle);
+        let s = self.slot(slot)?;
+        (s.generation == generation && s.rule.is_some()).then_some(slot)
+    }
+
+    /// The rule in a slot (the tables refer only to filled slots).
+    fn get(&self, slot: u32) -> Option<&InstalledRule> {
+        self.slot(slot).and_then(|s| s.rule.as_ref())
+    }
+
+    /// A slot's precedence (an empty slot, which no table refers to, last).
+    fn order(&self, slot: u32) -> (u32, u64) {
+        self.get(slot)
+            .map_or((u32::MAX, u64::MAX), InstalledRule::order)
+    }
+
+    /// The slot's rule has this key.
+    fn has_key(&self, slot: u32, key: &[u128]) -> bool {
+        self.get(slot).is_some_and(|r| r.key() == key)
+    }
+
+    fn take(&mut self, slot: u32) -> Option<InstalledRule> {
+        let s = self.slot_mut(slot)?;
+        let r = s.rule.take()?;
+        s.generation = s.generation.wrapping_add(1).max(1);
+        self.free.push(slot);
+        self.len -= 1;
+        Some(r)
+    }
+
+    fn clear(&mut self) {
+        for (slot, s) in self.chunks.iter_mut().flatten().enumerate() {
+            if s.rule.take().is_some() {
+                s.generation = s.generation.wrapping_add(1).max(1);
+                // Slots are u32 (see `vacant`).
+                self.free.push(slot as u32);
+            }
+        }
+        self.len = 0;
+    }
+
+    fn rules(&self) -> impl Iterator<Item = &InstalledRule> + '_ {
+        self.chunks.iter().flatten().filter_map(|s| s.rule.as_ref())
+    }
+}
+
 /// Rules with one masked key, best first (the first inline: most keys
 /// have one rule, which then costs no allocation of its own).
 #[derive(Debug)]
 struct Bucket {
     hash: u64,
-    first: Arc<InstalledRule>,
-    rest: Vec<Arc<InstalledRule>>,
+    first: u32,
+    rest: Vec<u32>,
 }
 
 impl Bucket {
-    fn best(&self) -> &Arc<InstalledRule> {
-        &self.first
-    }
-
-    fn insert(&mut self, r: Arc<InstalledRule>) {
-        if r.order() < self.first.order() {
-            let old = std::mem::replace(&mut self.first, r);
+    fn insert(&mut self, slab: &Slab, slot: u32) {
+        let order = slab.order(slot);
+        if order < slab.order(self.first) {
+            let old = std::mem::replace(&mut self.first, slot);
             self.rest.insert(0, old);
         } else {
-            let at = self.rest.partition_point(|x| x.order() < r.order());
-            self.rest.insert(at, r);
+            let at = self.rest.partition_point(|x| slab.order(*x) < order);
+            self.rest.insert(at, slot);
         }
     }
 
-    /// Removes the rule; false when the bucket is left empty.
-    fn remove(&mut self, handle: u64) -> bool {
-        if self.first.handle == handle {
+    /// Removes the slot; false when the bucket is left empty.
+    fn remove(&mut self, slot: u32) -> bool {
+        if self.first == slot {
             if self.rest.is_empty() {
                 return false;
             }
             self.first = self.rest.remove(0);
         } else {
-            self.rest.retain(|x| x.handle != handle);
+            self.rest.retain(|x| *x != slot);
         }
         true
     }
@@ -210,6 +376,7 @@ impl Bucket {
 #[derive(Debug)]
 struct Subtable {
     shape: Vec<(ItemKind, Fields)>,
+    shape_hash: u64,
     /// Masked key → its bucket. The key is not stored: a bucket's rules
     /// carry it, so an entry is compared through its first rule.
     buckets: HashTable<Bucket>,
@@ -224,69 +391,90 @@ fn key_hash(state: &DefaultHashBuilder, values: impl Iterator<Item = u128>) -> u
     h.finish()
 }
 
+fn shape_hash(state: &DefaultHashBuilder, shape: &[(ItemKind, Fields)]) -> u64 {
+    state.hash_one(shape)
+}
+
 /// Every rule of one port.
 #[derive(Debug, Default)]
 pub(crate) struct RuleTable {
-    by_handle: HashMap<u64, Arc<InstalledRule>>,
+    slab: Slab,
     subtables: Vec<Subtable>,
-    /// Rules with ranges, best first.
-    ranged: Vec<Arc<InstalledRule>>,
+    /// Slots of the rules with ranges, best first.
+    ranged: Vec<u32>,
     /// Redirection tables in use, one per distinct RSS queue list.
     retas: Vec<(Vec<u16>, Arc<Reta>)>,
     hasher: DefaultHashBuilder,
     /// The shape of the rule being inserted (kept for its allocation).
     shape: Vec<(ItemKind, Fields)>,
-    next_handle: u64,
+    next_seq: u64,
 }
 
 impl RuleTable {
     pub fn len(&self) -> usize {
-        self.by_handle.len()
+        self.slab.len
     }
 
     /// Installs `rule` (moved in: nothing of it is copied) and returns its
     /// handle.
     pub fn insert(&mut self, rule: Rule) -> u64 {
-        self.next_handle += 1;
-        let handle = self.next_handle;
+        self.next_seq += 1;
+        let (slot, handle) = self.slab.vacant();
         // Redirection tables no rule uses any more are dropped here, so
         // the list stays as short as the queue lists in use.
         self.retas.retain(|(_, r)| Arc::strong_count(r) > 1);
-        let r = Arc::new(InstalledRule::build(
+        let r = InstalledRule::build(
             handle,
+            self.next_seq,
             rule,
             &mut self.retas,
             &mut self.shape,
-        ));
-        self.by_handle.insert(handle, Arc::clone(&r));
-        if r.has_range() {
-            let at = self.ranged.partition_point(|x| x.order() < r.order());
-            self.ranged.insert(at, r);
+            &self.hasher,
+        );
+        let ranged = r.has_range();
+        let order = r.order();
+        let shape_hash = r.shape_hash;
+        let hash = key_hash(&self.hasher, r.key().iter().copied());
+        self.slab.fill(slot, r);
+        let Self {
+            slab,
+            subtables,
+            ranged: ranged_list,
+            shape,
+            ..
+        } = self;
+        if ranged {
+            let at = ranged_list.partition_point(|x| slab.order(*x) < order);
+            ranged_list.insert(at, slot);
             return handle;
         }
-        let i = match self.subtables.iter().position(|s| s.shape == self.shape) {
+        let i = match subtables
+            .iter()
+            .position(|s| s.shape_hash == shape_hash && s.shape == *shape)
+        {
             Some(i) => i,
             None => {
-                self.subtables.push(Subtable {
-                    shape: self.shape.clone(),
+                subtables.push(Subtable {
+                    shape: shape.clone(),
+                    shape_hash,
                     buckets: HashTable::new(),
                 });
-                self.subtables.len() - 1
+                subtables.len() - 1
             }
         };
-        let hash = key_hash(&self.hasher, r.key());
-        let st = &mut self.subtables[i];
+        let st = &mut subtables[i];
+        let key = slab.get(slot).map_or(&[][..], InstalledRule::key);
         match st
             .buckets
-            .find_mut(hash, |b| b.hash == hash && b.first.key().eq(r.key()))
+            .find_mut(hash, |b| b.hash == hash && slab.has_key(b.first, key))
         {
-            Some(bucket) => bucket.insert(r),
+            Some(bucket) => bucket.insert(slab, slot),
             None => {
                 st.buckets.insert_unique(
                     hash,
                     Bucket {
                         hash,
-                        first: r,
+                        first: slot,
                         rest: Vec::new(),
                     },
                     |b| b.hash,
@@ -296,24 +484,33 @@ impl RuleTable {
         handle
     }
 
-    pub fn get(&self, handle: u64) -> Option<&Arc<InstalledRule>> {
-        self.by_handle.get(&handle)
+    pub fn get(&self, handle: u64) -> Option<&InstalledRule> {
+        self.slab.find(handle).and_then(|s| self.slab.get(s))
     }
 
-    pub fn remove(&mut self, handle: u64) -> Option<Arc<InstalledRule>> {
-        let r = self.by_handle.remove(&handle)?;
+    /// Removes the rule; false when no rule has this handle.
+    pub fn remove(&mut self, handle: u64) -> bool {
+        let Some(slot) = self.slab.find(handle) else {
+            return false;
+        };
+        let Some(r) = self.slab.get(slot) else {
+            return false;
+        };
         if r.has_range() {
-            self.ranged.retain(|x| x.handle != handle);
-            return Some(r);
-        }
-        if let Some(i) = self.subtables.iter().position(|s| r.has_shape(&s.shape)) {
-            let hash = key_hash(&self.hasher, r.key());
+            self.ranged.retain(|x| *x != slot);
+        } else if let Some(i) = self
+            .subtables
+            .iter()
+            .position(|s| s.shape_hash == r.shape_hash && r.has_shape(&s.shape))
+        {
+            let hash = key_hash(&self.hasher, r.key().iter().copied());
+            let slab = &self.slab;
             let st = &mut self.subtables[i];
             if let Ok(mut entry) = st
                 .buckets
-                .find_entry(hash, |b| b.hash == hash && b.first.key().eq(r.key()))
+                .find_entry(hash, |b| b.hash == hash && slab.has_key(b.first, r.key()))
             {
-                if !entry.get_mut().remove(handle) {
+                if !entry.get_mut().remove(slot) {
                     entry.remove();
                 }
             }
@@ -321,27 +518,27 @@ impl RuleTable {
                 self.subtables.swap_remove(i);
             }
         }
-        Some(r)
+        self.slab.take(slot).is_some()
     }
 
     pub fn clear(&mut self) {
-        self.by_handle.clear();
+        self.slab.clear();
         self.subtables.clear();
         self.ranged.clear();
         self.retas.clear();
     }
 
     /// Every rule, oldest first.
-    pub fn rules(&self) -> Vec<Arc<InstalledRule>> {
-        let mut v: Vec<_> = self.by_handle.values().cloned().collect();
-        v.sort_by_key(|r| r.handle);
+    pub fn rules(&self) -> Vec<&InstalledRule> {
+        let mut v: Vec<&InstalledRule> = self.slab.rules().collect();
+        v.sort_by_key(|r| r.seq);
         v
     }
 
     /// The winning rule for a packet. `scratch` is reused between calls so
     /// that a lookup does not allocate.
-    pub fn lookup(&self, h: &Headers, scratch: &mut Vec<u128>) -> Option<&Arc<InstalledRule>> {
-        let mut best: Option<&Arc<InstalledRule>> = None;
+    pub fn lookup(&self, h: &Headers, scratch: &mut Vec<u128>) -> Option<&InstalledRule> {
+        let mut best: Option<&InstalledRule> = None;
         'subtables: for st in &self.subtables {
             scratch.clear();
             for (kind, mask) in &st.shape {
@@ -358,15 +555,15 @@ impl RuleTable {
             }
             let hash = key_hash(&self.hasher, scratch.iter().copied());
             let found = st.buckets.find(hash, |b| {
-                b.hash == hash && b.first.key().eq(scratch.iter().copied())
+                b.hash == hash && self.slab.has_key(b.first, scratch.as_slice())
             });
-            if let Some(r) = found.map(Bucket::best) {
+            if let Some(r) = found.and_then(|b| self.slab.get(b.first)) {
                 if best.is_none_or(|b| r.order() < b.order()) {
                     best = Some(r);
                 }
             }
         }
-        for r in &self.ranged {
+        for r in self.ranged.iter().filter_map(|s| self.slab.get(*s)) {
             if best.is_some_and(|b| b.order() < r.order()) {
                 break;
             }
@@ -487,10 +684,51 @@ mod tests {
         );
         assert!(t.lookup(&Headers::parse(&other), &mut s).is_none());
         assert_eq!(t.len(), 1);
-        assert!(t.remove(ranged).is_none());
+        assert!(!t.remove(ranged));
         t.clear();
         assert_eq!(t.len(), 0);
         assert!(t.lookup(&h, &mut s).is_none());
+    }
+
+    /// A slot reused after a destroy (or a reset) gets a new generation:
+    /// the old handle names no rule, never the slot's new one.
+    #[test]
+    fn stale_handles_name_no_rule() {
+        let gw = Ipv4Addr::new(192, 168, 200, 3);
+        let mut t = RuleTable::default();
+        let a = t.insert(rule(0, vec![ip_eth(), dst(gw, !0)], vec![Action::Drop]));
+        assert!(t.get(a).is_some());
+        assert!(t.remove(a));
+        assert!(t.get(a).is_none());
+        let b = t.insert(rule(0, vec![ip_eth(), dst(gw, !0)], vec![Action::Count]));
+        assert_ne!(a, b);
+        assert!(t.get(a).is_none());
+        assert!(!t.remove(a));
+        assert!(t.get(b).is_some_and(|r| r.counter.is_some()));
+        assert_eq!(t.len(), 1);
+        t.clear();
+        assert!(t.get(b).is_none());
+        let c = t.insert(rule(0, vec![ip_eth()], vec![Action::Drop]));
+        assert!(c != a && c != b);
+        assert!(!t.remove(b));
+        assert_eq!(t.len(), 1);
+        // Rules beyond one slab chunk keep their handles and order.
+        let handles: Vec<u64> = (0..SLAB_CHUNK as u32 + 10)
+            .map(|i| {
+                t.insert(rule(
+                    1,
+                    vec![ip_eth(), dst(Ipv4Addr::from(i), !0)],
+                    vec![Action::Drop],
+                ))
+            })
+            .collect();
+        assert_eq!(t.len(), SLAB_CHUNK + 11);
+        assert!(handles
+            .iter()
+            .all(|h| t.get(*h).is_some_and(|r| r.handle == *h)));
+        let order: Vec<u64> = t.rules().iter().map(|r| r.handle).collect();
+        assert_eq!(order[0], c);
+        assert_eq!(&order[1..], &handles[..]);
     }
 
     #[test]
