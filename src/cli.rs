@@ -668,6 +668,18 @@ fn pmd_stats_text(v: &Value) -> String {
             p["cycles_per_packet"].as_f64().unwrap_or(0.0),
             p["subtables_per_dpcls_hit"].as_f64().unwrap_or(0.0)
         );
+        let up = &p["upcall_cycles"];
+        let us = |k: &str| up[k].as_f64().unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "  upcall cycles p50/p99/max: {} / {} / {} ({:.1} / {:.1} / {:.1} us)",
+            u(&up["p50_cycles"]),
+            u(&up["p99_cycles"]),
+            u(&up["max_cycles"]),
+            us("p50_us"),
+            us("p99_us"),
+            us("max_us")
+        );
     }
     out
 }

@@ -7,6 +7,8 @@
 //! takes no lock. The pipeline snapshot and the MAC table are consulted only
 //! on upcalls.
 
+use crate::cycle_histogram::CycleHistogram;
+use crate::dpdk::tsc::rdtsc;
 use fallback::actions::DpAction;
 use fallback::cache::{CacheHit, FlowCache, FlowHandle};
 use fallback::exec::{self, ExecError, Sink};
@@ -395,6 +397,13 @@ pub struct PmdCore<B> {
     /// Deletes the worker's queue had no room for, retried each iteration.
     pending_deletes: std::collections::VecDeque<(u32, Ufid)>,
     pub counters: PmdCounters,
+    /// TSC cycles of each upcall (translation, install, offload offer).
+    upcall_cycles: Box<CycleHistogram>,
+    /// The burst's install reports to the revalidator thread, sent together
+    /// at the end of the burst: sent one by one, each woke the parked
+    /// revalidator (a futex wake per upcall, about a fifth of a flow's
+    /// setup); the first send of a run wakes it, the rest find it awake.
+    unsent_events: Vec<FlowEvent>,
     /// Packets and bytes of removed megaflows, per OpenFlow rule.
     retired_rule_stats: RetiredStats,
     upcall_budget: usize,
@@ -453,6 +462,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             offload,
             pending_deletes: std::collections::VecDeque::new(),
             counters: PmdCounters::default(),
+            upcall_cycles: Box::default(),
+            unsent_events: Vec::with_capacity(BURST),
             retired_rule_stats: RetiredStats::default(),
             upcall_budget: DEFAULT_UPCALL_BUDGET,
             punts: None,
@@ -748,6 +759,12 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     /// Zeroes the PMD counters (`pmd stats --clear`).
     pub fn clear_counters(&mut self) {
         self.counters = PmdCounters::default();
+        self.upcall_cycles.clear();
+    }
+
+    /// The cycles each upcall took since start or the last clear.
+    pub fn upcall_cycles(&self) -> &CycleHistogram {
+        &self.upcall_cycles
     }
 
     /// Removes one megaflow and asks the worker to remove its NIC rule.
@@ -763,6 +780,10 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         match &mut self.reval {
             Revalidation::Inline(engine) => engine.removed(h, mf.ufid),
             Revalidation::Thread { events, .. } => {
+                // After the installs reported before it.
+                for ev in self.unsent_events.drain(..) {
+                    let _ = events.send(ev);
+                }
                 let _ = events.send(FlowEvent::Removed {
                     pmd: self.id,
                     handle: h,
@@ -1147,7 +1168,9 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     None => {
                         upcalls += 1;
                         let key = self.keys[j];
+                        let t0 = rdtsc();
                         let h = self.upcall(port_idx, &key, now_ms);
+                        self.upcall_cycles.record(rdtsc().wrapping_sub(t0));
                         if h.is_none() {
                             self.ports[port_idx]
                                 .stats
@@ -1170,6 +1193,11 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         }
         self.execute_batch(port_idx, &mut batch, now_ms);
         self.batch = batch;
+        if let Revalidation::Thread { events, .. } = &self.reval {
+            for ev in self.unsent_events.drain(..) {
+                let _ = events.send(ev);
+            }
+        }
     }
 
     /// Translates a missed key, installs the megaflow and offers it to the
@@ -1225,8 +1253,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     Revalidation::Inline(engine) => {
                         engine.installed(h, record, &mut self.deferred_ops)
                     }
-                    Revalidation::Thread { events, .. } => {
-                        let _ = events.send(FlowEvent::Installed {
+                    Revalidation::Thread { .. } => {
+                        self.unsent_events.push(FlowEvent::Installed {
                             pmd: self.id,
                             handle: h,
                             record: Box::new(record),

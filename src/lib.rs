@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod config;
 pub mod control;
+pub mod cycle_histogram;
 pub mod daemon;
 pub mod datapath;
 pub mod demo;

@@ -68,6 +68,9 @@ pub struct PmdSnapshot {
     pub max_iteration_part: &'static str,
     pub subtables: usize,
     pub subtables_per_dpcls_hit: f64,
+    /// TSC cycles per upcall on this PMD (translation, megaflow install,
+    /// offload offer): count, mean, p50, p99, max and the histogram.
+    pub upcall_cycles: crate::cycle_histogram::CycleSummary,
     /// The revalidator thread's work on this PMD's megaflows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revalidator: Option<crate::revalidator::RevalidatorSnapshot>,
@@ -472,6 +475,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
             max_iteration_part: self.max_iteration_part,
             subtables,
             subtables_per_dpcls_hit: per_hit,
+            upcall_cycles: self.core.upcall_cycles().summary(tsc_per_us()),
             revalidator: None,
             ports: self.core.port_stats(),
         }

@@ -318,6 +318,18 @@ fn idle_megaflows_and_their_nic_rules_expire() {
             .as_f64()
             .unwrap_or_else(|| panic!("max_iteration_us: {p}"));
         assert!(us > 0.0, "{p}");
+        // Every upcall's cycles are in the histogram, its quantiles ordered.
+        let up = &p["upcall_cycles"];
+        assert_eq!(u(&up["count"]), u(&p["upcalls"]), "{p}");
+        assert!(u(&p["upcalls"]) > 0, "{p}");
+        let (p50, p99, max) = (
+            u(&up["p50_cycles"]),
+            u(&up["p99_cycles"]),
+            u(&up["max_cycles"]),
+        );
+        assert!(0 < p50 && p50 <= p99 && p99 <= max, "{up}");
+        let in_buckets: u64 = arr(&up["buckets"]).iter().map(|b| u(&b[1])).sum();
+        assert_eq!(in_buckets, u(&up["count"]), "{up}");
     }
     let status = d.json(&["offload", "status"]);
     for n in ["nic0", "nic1"] {

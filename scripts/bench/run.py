@@ -228,15 +228,16 @@ def npkts(pcap):
 
 # ------------------------------------------------------------ flowmark
 class Flowmark:
-    def __init__(self, ports, mbufs, tag):
+    def __init__(self, ports, mbufs, tag, extra=""):
+        """extra: more top-level config lines (e.g. "upcall_budget = 32\n")."""
         self.prefix = new_prefix("fm")
         self.sock = os.path.join(RUN, "fm.sock")
         cfg = os.path.join(RUN, "fm-%s.toml" % tag)
         eal = ["--no-huge", "-m", str(max(512, mbufs * 3 // 1024 + 256)), "--no-pci",
                "--no-telemetry", "--file-prefix", self.prefix, "-l", str(CTL_CORE)]
         with open(cfg, "w") as f:
-            f.write("pmd_cores = [%d]\noffload = false\n\n[dpdk]\neal_args = %s\nmbufs = %d\n"
-                    % (PMD_CORE, json.dumps(eal), mbufs))
+            f.write("pmd_cores = [%d]\noffload = false\n%s\n[dpdk]\neal_args = %s\nmbufs = %d\n"
+                    % (PMD_CORE, extra, json.dumps(eal), mbufs))
             for p in ports:
                 f.write("\n[[port]]\n" + "".join('%s = %s\n' % (k, json.dumps(v)) for k, v in p.items()))
         if os.path.exists(self.sock):
