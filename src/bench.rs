@@ -456,12 +456,22 @@ fn drain_publishes(updates: &offload::worker::PmdUpdates) -> usize {
 /// polling the worker's status, whose O(flows) walk would steal the
 /// worker's time.
 fn offload_case(flows: u32, threads: usize) -> Result<serde_json::Value, CliError> {
+    with_pinned_rig(flows, threads, |rig| offload_run(rig, flows, threads))
+}
+
+/// Runs `run` on an [`offload_rig`] in the pinned layout of
+/// [`pin_for_offload_rig`], restores the affinity and records the layout.
+fn with_pinned_rig(
+    flows: u32,
+    threads: usize,
+    run: impl FnOnce(&OffloadRig) -> Result<serde_json::Value, CliError>,
+) -> Result<serde_json::Value, CliError> {
     let restore = pin_for_offload_rig();
     let rig = offload_rig(flows, threads);
     if restore.is_some() {
         pin_bench_thread_to_cpu1();
     }
-    let result = rig.and_then(|rig| offload_run(&rig, flows, threads));
+    let result = rig.and_then(|rig| run(&rig));
     if let Some(set) = restore {
         let _ = rustix::thread::sched_setaffinity(None, &set);
     }
@@ -572,22 +582,9 @@ fn offload_latency_case(flows: u32) -> Result<serde_json::Value, CliError> {
 /// bench thread (the PMD) offers on schedule and drains the publications;
 /// the latency is the worker's own enqueue -> rule created, per port.
 fn offload_rate_case(flows: u32, threads: usize, rate: f64) -> Result<serde_json::Value, CliError> {
-    let restore = pin_for_offload_rig();
-    let rig = offload_rig(flows, threads);
-    if restore.is_some() {
-        pin_bench_thread_to_cpu1();
-    }
-    let result = rig.and_then(|rig| offload_rate_run(&rig, flows, threads, rate));
-    if let Some(set) = restore {
-        let _ = rustix::thread::sched_setaffinity(None, &set);
-    }
-    let mut case = result?;
-    case["layout"] = json!(if restore.is_some() {
-        "bench (PMD) on cpu 1; offload and NIC threads on cpu 0"
-    } else {
-        "unpinned"
-    });
-    Ok(case)
+    with_pinned_rig(flows, threads, |rig| {
+        offload_rate_run(rig, flows, threads, rate)
+    })
 }
 
 fn offload_rate_run(

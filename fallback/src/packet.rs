@@ -1456,6 +1456,22 @@ mod tests {
         }
     }
 
+    /// Case `which` (VLAN-tagged with `tag`), bytes overwritten at `flips`,
+    /// cut to `cut` bytes (at least one).
+    fn mutated(which: usize, tag: Option<u16>, flips: &[(usize, u8)], cut: usize) -> Vec<u8> {
+        let all = cases();
+        let mut pkt = all[which % all.len()].pkt.clone();
+        if let Some(tci) = tag {
+            pkt = testbed::build::push_tag(&pkt, ethertype::VLAN, tci);
+        }
+        for &(at, v) in flips {
+            let n = pkt.len();
+            pkt[at % n] = v;
+        }
+        pkt.truncate(cut.max(1));
+        pkt
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::test_env::cases(256)))]
         #[test]
@@ -1474,16 +1490,7 @@ mod tests {
             cut in 0usize..200,
             tag in proptest::option::of(proptest::num::u16::ANY),
         ) {
-            let all = cases();
-            let mut pkt = all[which % all.len()].pkt.clone();
-            if let Some(tci) = tag {
-                pkt = testbed::build::push_tag(&pkt, ethertype::VLAN, tci);
-            }
-            for (at, v) in flips {
-                let n = pkt.len();
-                pkt[at % n] = v;
-            }
-            pkt.truncate(cut.max(1));
+            let pkt = mutated(which, tag, &flips, cut);
             let mut general = FlowKey::ZERO;
             let want = parse_general(&pkt, 3, &mut general);
             let mut common = FlowKey::ZERO;
@@ -1499,13 +1506,7 @@ mod tests {
             flips in proptest::collection::vec((0usize..64, proptest::num::u8::ANY), 0..4),
             cut in 0usize..200,
         ) {
-            let all = cases();
-            let mut pkt = all[which % all.len()].pkt.clone();
-            for (at, v) in flips {
-                let n = pkt.len();
-                pkt[at % n] = v;
-            }
-            pkt.truncate(cut.max(1));
+            let pkt = mutated(which, None, &flips, cut);
             let mut key = FlowKey::ZERO;
             let info = parse(&pkt, 1, &mut key);
             match l2_fields(&pkt) {
@@ -1527,13 +1528,7 @@ mod tests {
             flips in proptest::collection::vec((0usize..200, proptest::num::u8::ANY), 0..6),
             cut in 0usize..200,
         ) {
-            let all = cases();
-            let mut pkt = all[which % all.len()].pkt.clone();
-            for (at, v) in flips {
-                let n = pkt.len();
-                pkt[at % n] = v;
-            }
-            pkt.truncate(cut.max(1));
+            let pkt = mutated(which, None, &flips, cut);
             let mut key = FlowKey::ZERO;
             let _ = parse(&pkt, 1, &mut key);
         }

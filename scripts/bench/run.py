@@ -101,6 +101,25 @@ def rm_prefix(prefix):
     shutil.rmtree("/var/run/dpdk/" + prefix, ignore_errors=True)
 
 
+def stop_ovs(run_dir, env, prefix, wait_s):
+    """ovs-vswitchd, then ovsdb-server: `exit` through their control sockets,
+    SIGKILL after wait_s seconds; then the DPDK files of their prefix."""
+    for name in ("ovs-vswitchd", "ovsdb-server"):
+        try:
+            pid = int(open(os.path.join(run_dir, name + ".pid")).read())
+        except (OSError, ValueError):
+            continue
+        subprocess.run(["ovs-appctl", "-t", os.path.join(run_dir, name + ".ctl"), "exit"],
+                       env=env, capture_output=True)
+        for _ in range(int(wait_s * 10)):
+            if not os.path.exists("/proc/%d" % pid):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    rm_prefix(prefix)
+
+
 def threads(pid):
     out = []
     try:
@@ -560,20 +579,7 @@ class Ovs:
         return None
 
     def close(self):
-        for name in ("ovs-vswitchd", "ovsdb-server"):
-            try:
-                pid = int(open(os.path.join(self.run, name + ".pid")).read())
-            except (OSError, ValueError):
-                continue
-            subprocess.run(["ovs-appctl", "-t", os.path.join(self.run, name + ".ctl"), "exit"],
-                           env=self.env, capture_output=True)
-            for _ in range(50):
-                if not os.path.exists("/proc/%d" % pid):
-                    break
-                time.sleep(0.1)
-            else:
-                os.kill(pid, signal.SIGKILL)
-        rm_prefix(self.prefix)
+        stop_ovs(self.run, self.env, self.prefix, wait_s=5)
         for d in ("run", "db", "etc"):
             shutil.rmtree(os.path.join(self.base, d), ignore_errors=True)
 

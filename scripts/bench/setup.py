@@ -42,7 +42,7 @@ os.environ.setdefault("OUT", "/tmp/flowmark-bench-setup")
 sys.path.insert(0, HERE)
 import run  # noqa: E402  (the helpers of scripts/bench-dpdk, reading the same environment)
 from run import (CLK_TCK, CTL_CORE, LOG, OUT, PMD_CORE, RESULTS, RUN, VSWITCHD, Flowmark,  # noqa: E402
-                 emit, new_prefix, note, rm_prefix, threads, ticks, wait_quiet)
+                 emit, new_prefix, note, threads, ticks, wait_quiet)
 
 RULES = [int(x) for x in os.environ.get("RULES", "100000 1000000").split()]
 N = int(os.environ.get("N", "100000"))
@@ -338,20 +338,7 @@ class OvsPcap:
         return None
 
     def close(self):
-        for name in ("ovs-vswitchd", "ovsdb-server"):
-            try:
-                pid = int(open(os.path.join(self.run, name + ".pid")).read())
-            except (OSError, ValueError):
-                continue
-            subprocess.run(["ovs-appctl", "-t", os.path.join(self.run, name + ".ctl"), "exit"],
-                           env=self.env, capture_output=True)
-            for _ in range(100):
-                if not os.path.exists("/proc/%d" % pid):
-                    break
-                time.sleep(0.1)
-            else:
-                os.kill(pid, signal.SIGKILL)
-        rm_prefix(self.prefix)
+        run.stop_ovs(self.run, self.env, self.prefix, wait_s=10)
 
 
 def pmd_stats(text):

@@ -327,7 +327,7 @@ mod tests {
             // Few distinct bits (a sparse pattern over all 128) so that
             // long prefixes share long paths and chains split and merge.
             let pattern: u128 = 0x8000_0000_0000_0001_0000_0000_8000_0001;
-            let mut value = |next: &mut dyn FnMut() -> u64| {
+            let value = |next: &mut dyn FnMut() -> u64| {
                 let r = ((next() as u128) << 64) | next() as u128;
                 (r & pattern) | 0x2001_0db8 << 96
             };
