@@ -449,6 +449,36 @@ fn drain_publishes(updates: &offload::worker::PmdUpdates) -> usize {
     n
 }
 
+/// Waits (at most 60 s) until `want` marks are published (`published` so
+/// far; a mark is published just before its rule is created), then until
+/// the worker has settled `want` megaflows; its status then.
+fn wait_for_rules(
+    rig: &OffloadRig,
+    mut published: usize,
+    want: usize,
+) -> Result<offload::worker::OffloadStatus, CliError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while published < want && Instant::now() < deadline {
+        let n = drain_publishes(&rig.updates);
+        published += n;
+        if n == 0 {
+            std::thread::yield_now();
+        }
+    }
+    loop {
+        let st = rig
+            .worker
+            .status()
+            .map_err(|e| CliError::Bench(e.to_string()))?;
+        if st.states.offloaded + st.states.failed + st.states.rejected >= want
+            || Instant::now() > deadline
+        {
+            return Ok(st);
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// Rule insertions per second into the emulated NIC through the offload
 /// worker, every megaflow offered at once (the latency figures of this case
 /// are mostly time spent queued behind the backlog: `latency_us_*_burst`).
@@ -505,25 +535,7 @@ fn offload_run(
             }
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // Every mark published (a mark is published just before its rule is
-    // created), then the status once the last creates are done.
-    while published < flows as usize && Instant::now() < deadline {
-        let n = drain_publishes(&rig.updates);
-        published += n;
-        if n == 0 {
-            std::thread::yield_now();
-        }
-    }
-    let status = loop {
-        let st = rig.worker.status().map_err(|e| fail(e.to_string()))?;
-        if st.states.offloaded + st.states.failed + st.states.rejected >= flows as usize
-            || Instant::now() > deadline
-        {
-            break st;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    };
+    let status = wait_for_rules(rig, published, flows as usize)?;
     let elapsed = start.elapsed().as_secs_f64();
     let port = status.ports.first();
     Ok(json!({
@@ -556,15 +568,7 @@ fn offload_latency_case(flows: u32) -> Result<serde_json::Value, CliError> {
             std::hint::spin_loop();
         }
     }
-    let status = loop {
-        let st = rig.worker.status().map_err(|e| fail(e.to_string()))?;
-        if st.states.offloaded + st.states.failed + st.states.rejected >= flows as usize
-            || Instant::now() > deadline
-        {
-            break st;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    };
+    let status = wait_for_rules(&rig, flows as usize, flows as usize)?;
     let port = status.ports.first();
     Ok(json!({
         "path": "offload-latency",
@@ -613,23 +617,7 @@ fn offload_rate_run(
     }
     let offered_for = start.elapsed().as_secs_f64();
     let want = flows as usize - refused as usize;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while published < want && Instant::now() < deadline {
-        let n = drain_publishes(&rig.updates);
-        published += n;
-        if n == 0 {
-            std::thread::yield_now();
-        }
-    }
-    let status = loop {
-        let st = rig.worker.status().map_err(|e| fail(e.to_string()))?;
-        if st.states.offloaded + st.states.failed + st.states.rejected >= want
-            || Instant::now() > deadline
-        {
-            break st;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    };
+    let status = wait_for_rules(rig, published, want)?;
     // Over every insert of the run: the histogram's bucket holding the
     // 99th percentile, ports merged (the summary's p99 covers only each
     // port's last 4,096).

@@ -511,7 +511,26 @@ def flowmark_vhost(busy):
         fm.close()
 
 
-class Ovs:
+class OvsControl:
+    """ovs-vsctl / ovs-appctl against a private OVS run directory (`self.run`,
+    `self.env`); `VSCTL_TIMEOUT` seconds for ovs-vsctl."""
+    VSCTL_TIMEOUT = 60
+
+    def sh(self, argv):
+        r = subprocess.run(argv, env=self.env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError("%s: %s" % (" ".join(argv[:3]), r.stderr.strip()[:300]))
+        return r.stdout
+
+    def vsctl(self, *a):
+        return self.sh(["ovs-vsctl", "--db=unix:%s/db.sock" % self.run,
+                        "--timeout=%d" % self.VSCTL_TIMEOUT] + list(a))
+
+    def appctl(self, *a):
+        return self.sh(["ovs-appctl", "-t", os.path.join(self.run, "ovs-vswitchd.ctl")] + list(a))
+
+
+class Ovs(OvsControl):
     """A private ovsdb-server + ovs-vswitchd-dpdk (the approach of
     ../shared/bench/ovs_baseline.sh), here with a dpdkvhostuser port."""
 
@@ -548,17 +567,6 @@ class Ovs:
         self.sock = os.path.join(self.run, "vhost0")
         self.vpid = int(open(os.path.join(self.run, "ovs-vswitchd.pid")).read())
 
-    def sh(self, argv):
-        r = subprocess.run(argv, env=self.env, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError("%s: %s" % (" ".join(argv[:3]), r.stderr.strip()[:300]))
-        return r.stdout
-
-    def vsctl(self, *a):
-        return self.sh(["ovs-vsctl", "--db=unix:%s/db.sock" % self.run, "--timeout=60"] + list(a))
-
-    def appctl(self, *a):
-        return self.sh(["ovs-appctl", "-t", os.path.join(self.run, "ovs-vswitchd.ctl")] + list(a))
 
     def tx_out(self):
         found = False

@@ -259,9 +259,10 @@ def flowmark_case(rules, n, pcap, rule_file, budget):
         fm.close()
 
 
-class OvsPcap:
+class OvsPcap(run.OvsControl):
     """A private ovsdb-server + ovs-vswitchd-dpdk (the layout of
     ../shared/bench/ovs_baseline.sh: pmd on PMD_CORE, the rest on CTL_CORE)."""
+    VSCTL_TIMEOUT = 120
 
     def __init__(self):
         self.base = os.path.join(OUT, "ovs")
@@ -307,17 +308,6 @@ class OvsPcap:
             # but install no megaflow.
             self.appctl("upcall/set-flow-limit", str(OVS_FLOW_LIMIT))
 
-    def sh(self, argv):
-        r = subprocess.run(argv, env=self.env, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError("%s: %s" % (" ".join(argv[:3]), r.stderr.strip()[:300]))
-        return r.stdout
-
-    def vsctl(self, *a):
-        return self.sh(["ovs-vsctl", "--db=unix:%s/db.sock" % self.run, "--timeout=120"] + list(a))
-
-    def appctl(self, *a):
-        return self.sh(["ovs-appctl", "-t", os.path.join(self.run, "ovs-vswitchd.ctl")] + list(a))
 
     def port_counter(self, port, what):
         found = False
