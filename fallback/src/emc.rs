@@ -65,7 +65,7 @@ impl<V: Copy> Emc<V> {
     /// Reads the stored hashes of `hash`'s candidate slots and returns
     /// them combined, for the caller to pass to `black_box`: done for a
     /// whole burst before its lookups, the slots' cache misses overlap (a
-    /// prefetch without `unsafe`).
+    /// prefetch in safe code).
     #[inline]
     pub fn touch(&self, hash: u32) -> u32 {
         let [a, b] = Self::candidates(hash);

@@ -207,6 +207,27 @@ const _: () = {
     assert!(Field::TpDst.position().0 == W_TP && Field::TcpFlags.position().0 == W_TP);
 };
 
+/// `nw_frag` of an IPv4 header, as OVS defines it.
+#[inline]
+fn ipv4_nw_frag(h: &[u8; IPV4_MIN_HLEN]) -> u8 {
+    let frag_word = be16(h[6], h[7]);
+    match (frag_word & 0x1fff != 0, frag_word & 0x2000 != 0) {
+        (true, _) => frag::ANY | frag::LATER,
+        (false, true) => frag::ANY,
+        (false, false) => 0,
+    }
+}
+
+/// The flags of the TCP header at `l4` of `datagram`, if the header
+/// (options included) is complete and valid: what [`parse`] keys on.
+#[inline]
+fn complete_tcp_flags(datagram: &[u8], l4: usize) -> Option<u16> {
+    let t: &[u8; TCP_MIN_HLEN] = header(datagram, l4)?;
+    let data_offset = usize::from(t[12] >> 4) * 4;
+    (data_offset >= TCP_MIN_HLEN && l4 + data_offset <= datagram.len())
+        .then(|| be16(t[12], t[13]) & 0x0fff)
+}
+
 #[inline]
 fn mac_word(b: &[u8; 14], at: usize) -> u64 {
     u64::from_be_bytes([
@@ -248,12 +269,7 @@ fn parse_common(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> Option<ParseInfo
         return None;
     }
     let ip_end = u16::try_from(end).ok()?;
-    let frag_word = be16(h[6], h[7]);
-    let nw_frag = match (frag_word & 0x1fff != 0, frag_word & 0x2000 != 0) {
-        (true, _) => frag::ANY | frag::LATER,
-        (false, true) => frag::ANY,
-        (false, false) => 0,
-    };
+    let nw_frag = ipv4_nw_frag(h);
     let proto = h[9];
     let l4 = ofs + hlen;
     let datagram = &pkt[..end];
@@ -262,13 +278,10 @@ fn parse_common(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> Option<ParseInfo
     } else {
         match proto {
             ipproto::TCP => {
-                let t: &[u8; TCP_MIN_HLEN] = header(datagram, l4)?;
-                let data_offset = usize::from(t[12] >> 4) * 4;
-                if data_offset < TCP_MIN_HLEN || l4 + data_offset > end {
-                    return None;
-                }
+                let flags = complete_tcp_flags(datagram, l4)?;
+                let t: &[u8; 4] = header(datagram, l4)?;
                 let ports = u64::from(u32::from_le_bytes([t[1], t[0], t[3], t[2]]));
-                (ports, be16(t[12], t[13]) & 0x0fff, Some(l4 as u16))
+                (ports, flags, Some(l4 as u16))
             }
             ipproto::UDP => {
                 let u: &[u8; UDP_HLEN] = header(datagram, l4)?;
@@ -357,20 +370,9 @@ pub fn l2_fields(pkt: &[u8]) -> Option<L2Fields> {
     if end > usize::from(u16::MAX) {
         return None;
     }
-    let frag_word = be16(h[6], h[7]);
-    f.nw_frag = match (frag_word & 0x1fff != 0, frag_word & 0x2000 != 0) {
-        (true, _) => frag::ANY | frag::LATER,
-        (false, true) => frag::ANY,
-        (false, false) => 0,
-    };
+    f.nw_frag = ipv4_nw_frag(h);
     if h[9] == ipproto::TCP && f.nw_frag & frag::LATER == 0 {
-        let l4 = ofs + hlen;
-        if let Some(t) = header::<TCP_MIN_HLEN>(&pkt[..end], l4) {
-            let data_offset = usize::from(t[12] >> 4) * 4;
-            if data_offset >= TCP_MIN_HLEN && l4 + data_offset <= end {
-                f.tcp_flags = be16(t[12], t[13]) & 0x0fff;
-            }
-        }
+        f.tcp_flags = complete_tcp_flags(&pkt[..end], ofs + hlen).unwrap_or(0);
     }
     Some(f)
 }
@@ -543,14 +545,7 @@ fn parse_ipv4(
     let ip_end = ofs16(end, Header::Ipv4)?;
 
     let proto = h[9];
-    let frag_word = be16(h[6], h[7]);
-    let more_fragments = frag_word & 0x2000 != 0;
-    let frag_offset = frag_word & 0x1fff;
-    let nw_frag = match (frag_offset != 0, more_fragments) {
-        (true, _) => frag::ANY | frag::LATER,
-        (false, true) => frag::ANY,
-        (false, false) => 0,
-    };
+    let nw_frag = ipv4_nw_frag(h);
     key.set(Field::NwSrc, be_uint(&h[12..16]));
     key.set(Field::NwDst, be_uint(&h[16..20]));
     key.set(Field::NwProto, u128::from(proto));
