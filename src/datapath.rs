@@ -1090,6 +1090,14 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         let mut hashes = [0u32; BURST];
         let mut n_pending = 0;
         let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
+        // While every packet so far took the mark path or simple match to a
+        // megaflow whose only action is one output, packets go straight to
+        // that port's tx queue (no batch, no grouping); a run of one
+        // megaflow's packets costs one stats update. The first other packet
+        // ends it: what follows goes through the batch, after the direct
+        // packets, so that each megaflow's packets keep their order.
+        let mut direct = true;
+        let mut run = DirectRun::NONE;
         for pkt in rx.drain_front(BURST) {
             rx_packets += 1;
             rx_bytes += pkt.len() as u64;
@@ -1101,10 +1109,37 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             }
             // Mark path: mark → megaflow, no key extraction, no EMC/dpcls.
             if let Some(mark) = pkt.mark() {
+                if direct && run.mark == Some(mark) {
+                    // The previous packet's mark: same megaflow, checked.
+                    self.counters.mark_hits += 1;
+                    let flags = if run.maybe_tcp {
+                        packet::tcp_flags(pkt.data())
+                    } else {
+                        0
+                    };
+                    run.count(&pkt, flags);
+                    queue_tx(&mut self.ports[run.to], pkt);
+                    continue;
+                }
                 if let Some(h) = self.marks.lookup(mark) {
                     if let Some(mf) = self.cache.get(h) {
                         if mf.r#match.value.in_port() == ofport {
                             self.counters.mark_hits += 1;
+                            if direct {
+                                if let Some((to, maybe_tcp)) = direct_output(mf, &self.by_ofport) {
+                                    run.finish(&mut self.cache, &mut self.ports[port_idx], now_ms);
+                                    run = DirectRun::new(Some(mark), h, to, maybe_tcp);
+                                    let flags = if maybe_tcp {
+                                        packet::tcp_flags(pkt.data())
+                                    } else {
+                                        0
+                                    };
+                                    run.count(&pkt, flags);
+                                    queue_tx(&mut self.ports[to], pkt);
+                                    continue;
+                                }
+                                direct = false;
+                            }
                             batch.push((h, Some(pkt), Headers::Unread));
                             continue;
                         }
@@ -1117,13 +1152,38 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 if let Some(f) = packet::l2_fields(pkt.data()) {
                     if let Some(h) = table.lookup(ofport, &f) {
                         self.counters.simple_hits += 1;
+                        if direct {
+                            if run.handle != h {
+                                let out = self
+                                    .cache
+                                    .get(h)
+                                    .and_then(|mf| direct_output(mf, &self.by_ofport));
+                                if let Some((to, maybe_tcp)) = out {
+                                    run.finish(&mut self.cache, &mut self.ports[port_idx], now_ms);
+                                    run = DirectRun::new(None, h, to, maybe_tcp);
+                                }
+                            }
+                            if run.handle == h {
+                                run.count(&pkt, f.tcp_flags);
+                                queue_tx(&mut self.ports[run.to], pkt);
+                                continue;
+                            }
+                            direct = false;
+                        }
                         batch.push((h, Some(pkt), Headers::TcpFlags(f.tcp_flags)));
                         continue;
                     }
                 }
             }
+            direct = false;
             let key = &mut self.keys[n_pending];
-            let info = packet::parse(pkt.data(), ofport, key);
+            let (info, hash) = match pkt.rss_hash() {
+                Some(hash) => (packet::parse(pkt.data(), ofport, key), hash),
+                None => {
+                    let (info, hash) = packet::parse_hashed(pkt.data(), ofport, key);
+                    (info, hash as u32)
+                }
+            };
             if info.l3_ofs.is_none() && pkt.len() < 14 {
                 // Not even an Ethernet header: nothing to classify.
                 self.ports[port_idx]
@@ -1131,11 +1191,12 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     .count_rx_drop(RxDropReason::ParseError, 1);
                 continue;
             }
-            hashes[n_pending] = pkt.rss_hash().unwrap_or_else(|| key.hash64() as u32);
+            hashes[n_pending] = hash;
             pending[n_pending] = batch.len() as u8;
             n_pending += 1;
             batch.push((FlowHandle::NONE, Some(pkt), Headers::Parsed(info)));
         }
+        run.finish(&mut self.cache, &mut self.ports[port_idx], now_ms);
         self.counters.packets += rx_packets;
         self.ports[port_idx].stats.rx += rx_packets;
         self.ports[port_idx].stats.rx_bytes += rx_bytes;
@@ -1312,53 +1373,18 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         n
     }
 
-    /// Executes the batch, megaflow by megaflow: each megaflow's stats and
-    /// action list are touched once per burst, not per packet. Packets of one
-    /// megaflow keep their order.
+    /// Executes the batch in arrival order, a run of consecutive packets of
+    /// one megaflow at a time: the megaflow's stats and action list are
+    /// touched once per run, not per packet. Runs rather than groups of a
+    /// megaflow across the burst: no grouping pass, and order kept; traffic
+    /// comes in runs of a flow, and packets of many flows interleaved make
+    /// runs of one, as groups of one would be.
     fn execute_batch(
         &mut self,
         port_idx: usize,
         batch: &mut Vec<(FlowHandle, Option<B>, Headers)>,
         now_ms: u64,
     ) {
-        let n = batch.len().min(BURST);
-        // Group the burst per megaflow, groups in order of first
-        // appearance: `order` lists the packets group by group (a counting
-        // sort), so each group's members are one slice and grouping costs
-        // O(packets) however many flows the burst holds.
-        let mut groups = [None::<FlowHandle>; BURST];
-        let mut group_of = [0u8; BURST];
-        let mut count = [0u8; BURST];
-        let mut n_groups = 0;
-        for (i, (h, _, _)) in batch.iter().enumerate().take(n) {
-            // Packets of one flow come in runs: try the previous one's group.
-            let prev = if i > 0 { group_of[i - 1] as usize } else { 0 };
-            let g = if n_groups > 0 && groups[prev] == Some(*h) {
-                prev
-            } else {
-                match groups[..n_groups].iter().position(|g| *g == Some(*h)) {
-                    Some(g) => g,
-                    None => {
-                        groups[n_groups] = Some(*h);
-                        n_groups += 1;
-                        n_groups - 1
-                    }
-                }
-            };
-            group_of[i] = g as u8;
-            count[g] += 1;
-        }
-        let mut start = [0u8; BURST + 1];
-        for g in 0..n_groups {
-            start[g + 1] = start[g] + count[g];
-        }
-        let mut order = [0u8; BURST];
-        let mut next = start;
-        for (i, g) in group_of[..n].iter().enumerate() {
-            let g = *g as usize;
-            order[next[g] as usize] = i as u8;
-            next[g] += 1;
-        }
         let mut out = Emitter {
             ports: &mut self.ports,
             by_ofport: &self.by_ofport,
@@ -1368,9 +1394,11 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         };
         out.in_port = out.ports[port_idx].ofport;
         let copies = &mut self.copies;
-        for (g, h) in groups[..n_groups].iter().enumerate() {
-            let Some(h) = *h else { continue };
-            let members = &order[start[g] as usize..start[g + 1] as usize];
+        let mut rest = &mut batch[..];
+        while let Some(&(h, _, _)) = rest.first() {
+            let len = rest.iter().take_while(|(x, _, _)| *x == h).count();
+            let (members, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            rest = tail;
             let Some(mf) = self.cache.get_mut(h) else {
                 // Cannot happen (handles are fresh within a burst); never
                 // lose the packets' count if it does.
@@ -1385,12 +1413,10 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 .actions
                 .iter()
                 .any(|a| !matches!(a, DpAction::Output(_) | DpAction::Controller { .. }));
-            let maybe_tcp = mf.r#match.mask.nw_proto() != 0xff
-                || mf.r#match.value.nw_proto() == fallback::key::ipproto::TCP;
-            // The group's statistics in one update.
+            let maybe_tcp = may_be_tcp(mf);
+            // The run's statistics in one update.
             let (mut packets, mut bytes, mut flags) = (0u64, 0usize, 0u16);
-            for &i in members {
-                let (_, pkt, headers) = &mut batch[i as usize];
+            for (_, pkt, headers) in members.iter_mut() {
                 let Some(pkt) = pkt else { continue };
                 flags |= match *headers {
                     Headers::Parsed(info) => info.tcp_flags,
@@ -1419,21 +1445,18 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     }
                     _ => RxDropReason::DropAction,
                 };
-                let dropped = members
-                    .iter()
-                    .filter(|&&i| batch[i as usize].1.take().is_some())
-                    .count();
+                let dropped = members.iter_mut().filter_map(|m| m.1.take()).count();
                 out.ports[port_idx]
                     .stats
                     .count_rx_drop(reason, dropped as u64);
                 continue;
             }
             // One output and nothing else (the common case): the port is
-            // looked up once for the group and no action runs.
+            // looked up once for the run and no action runs.
             if let [DpAction::Output(to)] = actions {
                 let to = port_index(out.by_ofport, *to);
-                for &i in members {
-                    let Some(pkt) = batch[i as usize].1.take() else {
+                for m in members.iter_mut() {
+                    let Some(pkt) = m.1.take() else {
                         continue;
                     };
                     out.ports[port_idx].stats.forwarded += 1;
@@ -1441,8 +1464,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 }
                 continue;
             }
-            for &i in members {
-                let (_, pkt, headers) = &mut batch[i as usize];
+            for (_, pkt, headers) in members.iter_mut() {
                 let Some(pkt) = pkt.take() else { continue };
                 out.ports[port_idx].stats.forwarded += 1;
                 // Parsed above whenever an action needs the offsets.
@@ -1609,16 +1631,105 @@ impl<B: PacketBuf + Clone + Send + 'static> Emitter<'_, B> {
                 return;
             }
         };
-        if pkt.len() > port.max_frame {
-            port.stats.count_tx_drop(TxDropReason::TooBig, 1);
+        queue_tx_counted(port, pkt);
+    }
+}
+
+/// Queues a packet on a port's tx burst (flushing a full one), counting the
+/// transmit attempt.
+#[inline(always)]
+fn queue_tx<B: PacketBuf + Clone + Send + 'static>(port: &mut PmdPort<B>, pkt: B) {
+    port.stats.tx_attempted += 1;
+    queue_tx_counted(port, pkt);
+}
+
+/// [`queue_tx`] of an attempt already counted.
+#[inline(always)]
+fn queue_tx_counted<B: PacketBuf + Clone + Send + 'static>(port: &mut PmdPort<B>, pkt: B) {
+    if pkt.len() > port.max_frame {
+        port.stats.count_tx_drop(TxDropReason::TooBig, 1);
+        return;
+    }
+    if port.tx.is_full() {
+        PmdCore::flush_port(port);
+    }
+    if let Err(_pkt) = port.tx.push(pkt) {
+        port.stats.count_tx_drop(TxDropReason::RingFull, 1);
+    }
+}
+
+/// The port index and "may be TCP" of a megaflow whose only action is one
+/// output to a port of this PMD: the megaflows the direct route serves.
+#[inline]
+fn direct_output(mf: &Megaflow, by_ofport: &[u16]) -> Option<(usize, bool)> {
+    let [DpAction::Output(to)] = &mf.actions[..] else {
+        return None;
+    };
+    let to = port_index(by_ofport, *to)?;
+    Some((to, may_be_tcp(mf)))
+}
+
+/// Whether a megaflow's packets may be TCP (their flags go into its stats).
+#[inline]
+fn may_be_tcp(mf: &Megaflow) -> bool {
+    mf.r#match.mask.nw_proto() != 0xff || mf.r#match.value.nw_proto() == fallback::key::ipproto::TCP
+}
+
+/// The open run of `process_chunk`'s direct route: consecutive packets of
+/// one megaflow, counted into its stats once when the run ends.
+struct DirectRun {
+    /// The mark the run's packets carry (mark-path runs).
+    mark: Option<u32>,
+    handle: FlowHandle,
+    /// The output port's index.
+    to: usize,
+    maybe_tcp: bool,
+    packets: u64,
+    bytes: u64,
+    tcp_flags: u16,
+}
+
+impl DirectRun {
+    const NONE: DirectRun = DirectRun::new(None, FlowHandle::NONE, 0, false);
+
+    const fn new(mark: Option<u32>, handle: FlowHandle, to: usize, maybe_tcp: bool) -> Self {
+        DirectRun {
+            mark,
+            handle,
+            to,
+            maybe_tcp,
+            packets: 0,
+            bytes: 0,
+            tcp_flags: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn count<B: PacketBuf>(&mut self, pkt: &B, tcp_flags: u16) {
+        self.packets += 1;
+        self.bytes += pkt.len() as u64;
+        self.tcp_flags |= tcp_flags;
+    }
+
+    /// Adds the run to its megaflow's stats and its packets to the ingress
+    /// port's forwarded count.
+    fn finish<B: PacketBuf>(
+        &mut self,
+        cache: &mut FlowCache,
+        ingress: &mut PmdPort<B>,
+        now_ms: u64,
+    ) {
+        if self.packets == 0 {
             return;
         }
-        if port.tx.is_full() {
-            PmdCore::flush_port(port);
+        ingress.stats.forwarded += self.packets;
+        if let Some(mf) = cache.get_mut(self.handle) {
+            mf.stats.packets += self.packets;
+            mf.stats.bytes += self.bytes;
+            mf.stats.used = now_ms;
+            mf.stats.tcp_flags |= self.tcp_flags;
         }
-        if let Err(_pkt) = port.tx.push(pkt) {
-            port.stats.count_tx_drop(TxDropReason::RingFull, 1);
-        }
+        *self = DirectRun::NONE;
     }
 }
 

@@ -315,6 +315,88 @@ fn a_mixed_burst_keeps_arrival_order() {
     r.check_accounting();
 }
 
+/// The direct route (mark path and simple match to a megaflow whose only
+/// action is one output): runs of one megaflow count exactly into its
+/// stats (packets, bytes, TCP flags), several megaflows interleave, and a
+/// marked packet after an unmarked one keeps its place behind it.
+#[test]
+fn the_direct_route_counts_runs_exactly_and_keeps_order() {
+    let mut r = rig("
+table=0,priority=10,in_port=1,tcp,actions=output:2
+table=0,priority=10,in_port=1,udp,actions=output:3
+");
+    let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+    // TCP with the given flags and the arrival index as payload (at 54).
+    let tcp = |flags: u16, i: u8| {
+        let h = build::Ipv4Header::new(a, b, 6);
+        let l4 = build::tcp(h.pseudo(), 1, 2, flags, &[], &[i; 4]);
+        build::ethernet(
+            build::MAC_DST,
+            build::MAC_SRC,
+            0x0800,
+            &build::ipv4(&h, &l4),
+        )
+    };
+    // UDP with the arrival index as payload (at 42).
+    let udp = |i: u8| build::udp4(a, b, 1, 2, &[i; 4]);
+    r.ports[0].inject(&tcp(0x002, 0), None);
+    r.ports[0].inject(&udp(1), None);
+    r.poll_all();
+    let puts = r.offload.puts.lock().unwrap().clone();
+    assert_eq!(puts.len(), 2);
+    for (n, (_, _, handle)) in puts.iter().enumerate() {
+        let mark = Mark::new(5 + n as u32).expect("non-zero");
+        r.pmd.apply_offload_update(PmdUpdate::Publish {
+            mark,
+            handle: *handle,
+        });
+    }
+    // Marks 5 (TCP) and 6 (UDP) interleaved, then an unmarked TCP packet
+    // and marked ones after it (those take the batch, behind it).
+    let burst: [(Vec<u8>, Option<u32>); 9] = [
+        (tcp(0x010, 2), Some(5)),
+        (tcp(0x010, 3), Some(5)),
+        (udp(4), Some(6)),
+        (tcp(0x001, 5), Some(5)),
+        (udp(6), Some(6)),
+        (udp(7), Some(6)),
+        (tcp(0x010, 8), None),
+        (tcp(0x004, 9), Some(5)),
+        (udp(10), Some(6)),
+    ];
+    for (f, m) in &burst {
+        r.ports[0].inject(f, *m);
+    }
+    r.poll_all();
+    let c = r.pmd.counters;
+    assert_eq!(c.mark_hits, 8, "{c:?}");
+    assert_eq!(c.stale_marks, 0, "{c:?}");
+    let tcp_order: Vec<u8> = r.ports[1].sent().iter().map(|f| f[54]).collect();
+    assert_eq!(tcp_order, [0, 2, 3, 5, 8, 9]);
+    let udp_order: Vec<u8> = r.ports[2].sent().iter().map(|f| f[42]).collect();
+    assert_eq!(udp_order, [1, 4, 6, 7, 10]);
+    let mut by_proto = r.pmd.megaflows();
+    by_proto.sort_by_key(|m| m.megaflow.r#match.value.nw_proto());
+    let [t, u] = &by_proto[..] else {
+        panic!("two megaflows: {}", by_proto.len())
+    };
+    let sum = |ix: &[usize]| ix.iter().map(|&i| burst[i].0.len() as u64).sum::<u64>();
+    assert_eq!(t.megaflow.stats.packets, 6);
+    assert_eq!(
+        t.megaflow.stats.bytes,
+        tcp(0x002, 0).len() as u64 + sum(&[0, 1, 3, 6, 7])
+    );
+    assert_eq!(t.megaflow.stats.tcp_flags, 0x002 | 0x010 | 0x001 | 0x004);
+    assert_eq!(u.megaflow.stats.packets, 5);
+    assert_eq!(
+        u.megaflow.stats.bytes,
+        udp(1).len() as u64 + sum(&[2, 4, 5, 8])
+    );
+    assert_eq!(u.megaflow.stats.tcp_flags, 0);
+    assert_eq!(r.pmd.ports()[0].stats.forwarded, 11);
+    r.check_accounting();
+}
+
 #[test]
 fn a_mark_from_another_ingress_port_is_not_trusted() {
     let mut r = rig(GTP);

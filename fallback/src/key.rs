@@ -10,6 +10,36 @@ use std::fmt;
 /// Number of 64-bit words in a key.
 pub const KEY_WORDS: usize = 12;
 
+/// [`FlowKey::hash64`]'s odd multipliers, one per word.
+const HASH_K: [u64; KEY_WORDS] = [
+    0x9e37_79b9_7f4a_7c15,
+    0xc2b2_ae3d_27d4_eb4f,
+    0x1656_67b1_9e37_79f9,
+    0x85eb_ca77_c2b2_ae63,
+    0x27d4_eb2f_1656_67c5,
+    0xff51_afd7_ed55_8ccd,
+    0xc4ce_b9fe_1a85_ec53,
+    0x94d0_49bb_1331_11eb,
+    0xbf58_476d_1ce4_e5b9,
+    0xd6e8_feb8_6659_fd93,
+    0xa076_1d64_78bd_642f,
+    0xe703_7ed1_a0b4_28db,
+];
+
+/// Word `i`'s term in [`FlowKey::hash64`]'s sum.
+#[inline(always)]
+const fn hash_term(i: usize, w: u64) -> u64 {
+    (w ^ i as u64).wrapping_mul(HASH_K[i]).rotate_left(23)
+}
+
+/// [`FlowKey::hash64`]'s final mix of the terms' sum.
+#[inline(always)]
+const fn hash_finish(mut h: u64) -> u64 {
+    h ^= h >> 31;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^ (h >> 29)
+}
+
 /// EtherTypes the parser and the flow syntax know.
 pub mod ethertype {
     pub const IPV4: u16 = 0x0800;
@@ -276,27 +306,47 @@ impl FlowKey {
     /// through eleven of them), then one final mix.
     #[inline]
     pub fn hash64(&self) -> u64 {
-        const K: [u64; KEY_WORDS] = [
-            0x9e37_79b9_7f4a_7c15,
-            0xc2b2_ae3d_27d4_eb4f,
-            0x1656_67b1_9e37_79f9,
-            0x85eb_ca77_c2b2_ae63,
-            0x27d4_eb2f_1656_67c5,
-            0xff51_afd7_ed55_8ccd,
-            0xc4ce_b9fe_1a85_ec53,
-            0x94d0_49bb_1331_11eb,
-            0xbf58_476d_1ce4_e5b9,
-            0xd6e8_feb8_6659_fd93,
-            0xa076_1d64_78bd_642f,
-            0xe703_7ed1_a0b4_28db,
-        ];
         let mut h: u64 = 0;
-        for (i, (w, k)) in self.words.iter().zip(K).enumerate() {
-            h = h.wrapping_add((w ^ i as u64).wrapping_mul(k).rotate_left(23));
+        for (i, w) in self.words.iter().enumerate() {
+            h = h.wrapping_add(hash_term(i, *w));
         }
-        h ^= h >> 31;
-        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        h ^ (h >> 29)
+        hash_finish(h)
+    }
+
+    /// [`FlowKey::hash64`] of a key whose words other than `words` are
+    /// zero, given `zero_terms` = [`FlowKey::hash_terms_of_zero_words`] of
+    /// the same `words`: a zero word's term is a constant, so only the
+    /// present words are multiplied (the common-case parse fills five of
+    /// twelve).
+    #[inline]
+    pub fn hash64_of_words(&self, words: &[usize], zero_terms: u64) -> u64 {
+        debug_assert_eq!(zero_terms, Self::hash_terms_of_zero_words(words));
+        debug_assert!((0..KEY_WORDS).all(|i| words.contains(&i) || self.words[i] == 0));
+        let mut h = zero_terms;
+        for &i in words {
+            h = h.wrapping_add(hash_term(i, self.words[i]));
+        }
+        hash_finish(h)
+    }
+
+    /// The sum of [`FlowKey::hash64`]'s terms for zero words at every
+    /// position but `words` (a constant for [`FlowKey::hash64_of_words`]).
+    pub const fn hash_terms_of_zero_words(words: &[usize]) -> u64 {
+        let mut h: u64 = 0;
+        let mut i = 0;
+        while i < KEY_WORDS {
+            let mut present = false;
+            let mut j = 0;
+            while j < words.len() {
+                present |= words[j] == i;
+                j += 1;
+            }
+            if !present {
+                h = h.wrapping_add(hash_term(i, 0));
+            }
+            i += 1;
+        }
+        h
     }
 
     /// Word-by-word equality without a `memcmp` call (the EMC's compare).

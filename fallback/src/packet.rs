@@ -174,6 +174,17 @@ pub fn parse(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> ParseInfo {
     parse_general(pkt, in_port, key)
 }
 
+/// [`parse`] and the key's [`FlowKey::hash64`] (for packets without a
+/// NIC hash): a common-case key hashes only the five words it fills.
+#[inline]
+pub fn parse_hashed(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> (ParseInfo, u64) {
+    if let Some(info) = parse_common(pkt, in_port, key) {
+        return (info, key.hash64_of_words(&COMMON_WORDS, COMMON_ZERO_TERMS));
+    }
+    let info = parse_general(pkt, in_port, key);
+    (info, key.hash64())
+}
+
 /// Every packet, header by header through [`Field`] (see [`parse`]).
 fn parse_general(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> ParseInfo {
     *key = FlowKey::ZERO;
@@ -196,6 +207,9 @@ const W_DST: usize = Field::DlDst.position().0;
 const W_SRC: usize = Field::DlSrc.position().0;
 const W_NW: usize = Field::NwSrc.position().0;
 const W_TP: usize = Field::TpSrc.position().0;
+/// The words [`parse_common`] writes; the others stay zero.
+const COMMON_WORDS: [usize; 5] = [W_L2, W_DST, W_SRC, W_NW, W_TP];
+const COMMON_ZERO_TERMS: u64 = FlowKey::hash_terms_of_zero_words(&COMMON_WORDS);
 const _: () = {
     assert!(Field::InPort.position().1 == 0 && Field::DlDst.position().1 == 0);
     assert!(Field::DlSrc.position().1 == 0 && Field::NwSrc.position().1 == 0);
@@ -1493,6 +1507,12 @@ mod tests {
                 proptest::prop_assert_eq!(info, want);
                 proptest::prop_assert_eq!(common, general);
             }
+            // Hashed: the same parse, and the whole key's hash.
+            let mut hashed = FlowKey::ZERO;
+            let (info, hash) = parse_hashed(&pkt, 3, &mut hashed);
+            proptest::prop_assert_eq!(info, want);
+            proptest::prop_assert_eq!(hashed, general);
+            proptest::prop_assert_eq!(hash, general.hash64());
         }
 
         #[test]
