@@ -176,7 +176,7 @@ pub fn parse(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> ParseInfo {
 
 /// [`parse`] and the key's [`FlowKey::hash64`] (for packets without a
 /// NIC hash): a common-case key hashes only the five words it fills.
-#[inline]
+#[inline(always)]
 pub fn parse_hashed(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> (ParseInfo, u64) {
     if let Some(info) = parse_common(pkt, in_port, key) {
         return (info, key.hash64_of_words(&COMMON_WORDS, COMMON_ZERO_TERMS));
@@ -185,7 +185,9 @@ pub fn parse_hashed(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> (ParseInfo, 
     (info, key.hash64())
 }
 
-/// Every packet, header by header through [`Field`] (see [`parse`]).
+/// Every packet, header by header through [`Field`] (see [`parse`]). Out
+/// of line: the callers inline the common case only.
+#[inline(never)]
 fn parse_general(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> ParseInfo {
     *key = FlowKey::ZERO;
     key.set(Field::InPort, u128::from(in_port));
@@ -260,7 +262,7 @@ fn mac_word(b: &[u8; 14], at: usize) -> u64 {
 /// IPv4 datagram carrying TCP or UDP (or a later fragment) — written into
 /// the key's words at once. `None` for every other packet, which
 /// [`parse_general`] takes; both give the same key and offsets (tested).
-#[inline]
+#[inline(always)]
 fn parse_common(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> Option<ParseInfo> {
     let eth: &[u8; ETH_HLEN] = header(pkt, 0)?;
     let mut dl_type = be16(eth[12], eth[13]);

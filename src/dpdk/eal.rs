@@ -75,12 +75,23 @@ impl Eal {
     }
 }
 
+/// The calling thread's EAL registration: unknown until the first
+/// [`register_thread`], then one of the states below (the check after that
+/// is one thread-local read).
+const UNKNOWN: u8 = 0;
+/// Registered by `register_thread`: unregistered when the thread exits.
+const REGISTERED_HERE: u8 = 1;
+/// An EAL thread already (the main lcore), or registration failed (no
+/// free lcore; mbufs still work, without the mempool's per-lcore cache):
+/// nothing to do, now or at exit.
+const SETTLED: u8 = 2;
+
 /// Unregisters the thread from the EAL when it exits.
-struct Registration(Cell<bool>);
+struct Registration(Cell<u8>);
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if self.0.get() && Eal::is_ready() {
+        if self.0.get() == REGISTERED_HERE && Eal::is_ready() {
             // SAFETY: this thread registered itself (flag set) and is
             // exiting; unregistering releases its lcore id.
             unsafe { sys::rte_thread_unregister() };
@@ -89,7 +100,7 @@ impl Drop for Registration {
 }
 
 thread_local! {
-    static REGISTERED: Registration = const { Registration(Cell::new(false)) };
+    static REGISTERED: Registration = const { Registration(Cell::new(UNKNOWN)) };
 }
 
 /// Gives the calling thread an EAL lcore id if it has none (first call on
@@ -98,20 +109,22 @@ thread_local! {
 #[inline]
 pub fn register_thread() {
     REGISTERED.with(|r| {
-        if r.0.get() || !Eal::is_ready() {
+        if r.0.get() != UNKNOWN || !Eal::is_ready() {
             return;
         }
         // SAFETY: reads a thread-local variable.
         let lcore = unsafe { sys::rte_lcore_id() };
         if lcore != u32::MAX {
-            // An EAL thread already (the main lcore): nothing to undo.
+            r.0.set(SETTLED);
             return;
         }
         // SAFETY: the EAL is initialised; registering a non-EAL thread has
-        // no other precondition. A failure (no free lcore) leaves the
-        // thread unregistered, which still works.
-        if unsafe { sys::rte_thread_register() } == 0 {
-            r.0.set(true);
-        }
+        // no other precondition.
+        let state = if unsafe { sys::rte_thread_register() } == 0 {
+            REGISTERED_HERE
+        } else {
+            SETTLED
+        };
+        r.0.set(state);
     });
 }

@@ -572,7 +572,9 @@ impl Port for EthPort {
             } else if !slice[i].is_contiguous() {
                 chained += 1;
             } else {
-                slice[valid..=i].rotate_right(1);
+                if valid != i {
+                    slice[valid..=i].rotate_right(1);
+                }
                 valid += 1;
             }
         }
