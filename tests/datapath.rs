@@ -451,14 +451,41 @@ fn upcall_budget_drops_and_counts() {
     assert_eq!(r.pmd.counters.upcalls, 1);
     assert_eq!(r.pmd.counters.lost, 0);
     // A rule on the exact source port: every packet needs its own megaflow.
-    let mut r = rig("priority=1,udp,tp_src=5000,actions=output:2\npriority=0,actions=output:3");
+    // Port 1 receives alone: nobody to starve, the whole burst upcalls.
+    let rules = "priority=1,udp,tp_src=5000,actions=output:2\npriority=0,actions=output:3";
+    let mut r = rig(rules);
     r.pmd.set_upcall_budget(4);
     for i in 0..32u16 {
         r.ports[0].inject(&gtp_u([10, 1, 0, 1], 4000 + i), None);
     }
     r.poll_all();
-    assert_eq!(r.pmd.counters.lost, 28);
-    assert_eq!(r.pmd.counters.upcalls, 4);
+    assert_eq!(r.pmd.counters.lost, 0);
+    assert_eq!(r.pmd.counters.upcalls, 32);
+    // Ports 1 and 2 both receive: each gets the budget per burst (both
+    // offload ports: their megaflows match the exact L4 port).
+    let mut r = rig(rules);
+    r.pmd.set_upcall_budget(4);
+    let sweep = |r: &mut Rig, now_ms: u64| (0..3).for_each(|i| _ = r.pmd.poll(i, 0, now_ms));
+    r.ports[1].inject(&gtp_u([10, 1, 0, 2], 3000), None);
+    sweep(&mut r, 10);
+    for i in 0..32u16 {
+        r.ports[0].inject(&gtp_u([10, 1, 0, 1], 4000 + i), None);
+        r.ports[1].inject(&gtp_u([10, 1, 0, 2], 4000 + i), None);
+    }
+    sweep(&mut r, 11);
+    assert_eq!(r.pmd.counters.upcalls, 1 + 4 + 4, "{:?}", r.pmd.counters);
+    assert_eq!(r.pmd.counters.lost, 28 + 28);
+    // Port 2 has received nothing for 2 ms: port 1 alone again.
+    for i in 0..32u16 {
+        r.ports[0].inject(&gtp_u([10, 1, 0, 3], 6000 + i), None);
+    }
+    sweep(&mut r, 13);
+    assert_eq!(
+        r.pmd.counters.upcalls,
+        1 + 4 + 4 + 32,
+        "{:?}",
+        r.pmd.counters
+    );
     r.check_accounting();
 }
 
