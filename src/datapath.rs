@@ -1531,16 +1531,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     continue;
                 }
             };
-            if pkt.len() > port.max_frame {
-                port.stats.count_tx_drop(TxDropReason::TooBig, 1);
-                continue;
-            }
-            if port.tx.is_full() {
-                Self::flush_port(port);
-            }
-            if let Err(_pkt) = port.tx.push(pkt) {
-                port.stats.count_tx_drop(TxDropReason::RingFull, 1);
-            }
+            queue_tx_counted(port, pkt);
         }
         port.outq = Some(q);
         any
