@@ -13,8 +13,8 @@ use fallback::sync::Recover;
 use hashbrown::HashMap;
 use offload::worker::{Offer, PmdRequests, PmdUpdates};
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -154,11 +154,63 @@ impl PublishedPipeline {
     }
 }
 
+/// An idle PMD's nap: it parks its thread (one futex wait) rather than
+/// blocking in the command channel's receive, whose spin-then-yield backoff
+/// made an idle PMD call `sched_yield` about 11,000 times a second, on a
+/// machine whose other core the control side, the client and the
+/// revalidator share. Senders of commands unpark it.
+#[derive(Default)]
+struct Nap {
+    napping: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+impl Nap {
+    fn wake(&self) {
+        // Pairs with the fence in `PmdLoop::nap`: either the PMD's check of
+        // the channel sees the command, or this sees it napping.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.napping.load(Ordering::SeqCst) {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+    }
+}
+
+/// The sending side of a PMD's command channel: sends and wakes a napping
+/// PMD.
+pub struct PmdCommands<B> {
+    tx: Sender<PmdCommand<B>>,
+    nap: Arc<Nap>,
+}
+
+impl<B> Clone for PmdCommands<B> {
+    fn clone(&self) -> Self {
+        PmdCommands {
+            tx: self.tx.clone(),
+            nap: Arc::clone(&self.nap),
+        }
+    }
+}
+
+impl<B> PmdCommands<B> {
+    /// Queues a command; fails only when the PMD has stopped.
+    pub fn send(
+        &self,
+        cmd: PmdCommand<B>,
+    ) -> Result<(), crossbeam_channel::SendError<PmdCommand<B>>> {
+        let sent = self.tx.send(cmd);
+        self.nap.wake();
+        sent
+    }
+}
+
 /// A running PMD thread.
 pub struct PmdThread<B> {
     pub id: u32,
     pub core: Option<usize>,
-    pub commands: Sender<PmdCommand<B>>,
+    pub commands: PmdCommands<B>,
     pub rxqs: Vec<(u32, u16)>,
     published: Arc<PublishedPipeline>,
     thread: Option<JoinHandle<()>>,
@@ -197,16 +249,20 @@ pub fn spawn<B: PacketBuf + Clone + Send + 'static>(
     let id = core.id;
     let published = Arc::new(PublishedPipeline::default());
     let seen = Arc::clone(&published);
+    let nap = Arc::new(Nap::default());
+    let own_nap = Arc::clone(&nap);
     let thread = std::thread::Builder::new()
         .name(format!("pmd{id}"))
         .spawn(move || {
             if let Some(cpu) = cpu {
                 pin_to_cpu(cpu);
             }
+            let _ = own_nap.thread.set(std::thread::current());
             PmdLoop {
                 core,
                 cpu,
                 commands: rx,
+                nap: own_nap,
                 published: seen,
                 seen_generation: 0,
                 updates,
@@ -223,7 +279,7 @@ pub fn spawn<B: PacketBuf + Clone + Send + 'static>(
     Ok(PmdThread {
         id,
         core: cpu,
-        commands: tx,
+        commands: PmdCommands { tx, nap },
         rxqs: Vec::new(),
         published,
         thread: Some(thread),
@@ -278,6 +334,7 @@ struct PmdLoop<B> {
     core: PmdCore<B>,
     cpu: Option<usize>,
     commands: Receiver<PmdCommand<B>>,
+    nap: Arc<Nap>,
     published: Arc<PublishedPipeline>,
     seen_generation: u64,
     updates: Option<PmdUpdates>,
@@ -345,7 +402,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
                 if idle_polls > IDLE_SPINS && self.settle_waiters.is_empty() {
                     // Wake on a control message or after a short nap.
                     let nap = rdtsc();
-                    let woke = self.commands.recv_timeout(sleep);
+                    let woke = self.nap(sleep);
                     napped = rdtsc().wrapping_sub(nap);
                     if let Ok(cmd) = woke {
                         self.adopt_published();
@@ -413,6 +470,23 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
         if let Some(p) = self.published.take_newer(&mut self.seen_generation) {
             self.core.set_pipeline(p);
         }
+    }
+
+    /// Sleeps up to `max` unless a command is (or arrives) queued; returns
+    /// the command if one woke it.
+    fn nap(&self, max: Duration) -> Result<PmdCommand<B>, crossbeam_channel::TryRecvError> {
+        self.nap.napping.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `Nap::wake` (see there).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let cmd = match self.commands.try_recv() {
+            Ok(cmd) => Ok(cmd),
+            Err(_) => {
+                std::thread::park_timeout(max);
+                self.commands.try_recv()
+            }
+        };
+        self.nap.napping.store(false, Ordering::SeqCst);
+        cmd
     }
 
     fn command(&mut self, cmd: PmdCommand<B>) -> bool {
