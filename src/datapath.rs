@@ -1132,13 +1132,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 if direct && run.mark == Some(mark) {
                     // The previous packet's mark: same megaflow, checked.
                     self.counters.mark_hits += 1;
-                    let flags = if run.maybe_tcp {
-                        packet::tcp_flags(pkt.data())
-                    } else {
-                        0
-                    };
-                    run.count(&pkt, flags);
-                    queue_tx(&mut self.ports[run.to], pkt);
+                    run.send_marked(pkt, &mut self.ports);
                     continue;
                 }
                 if let Some(h) = self.marks.lookup(mark) {
@@ -1149,13 +1143,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                                 if let Some((to, maybe_tcp)) = direct_output(mf, &self.by_ofport) {
                                     run.finish(&mut self.cache, &mut self.ports[port_idx], now_ms);
                                     run = DirectRun::new(Some(mark), h, to, maybe_tcp);
-                                    let flags = if maybe_tcp {
-                                        packet::tcp_flags(pkt.data())
-                                    } else {
-                                        0
-                                    };
-                                    run.count(&pkt, flags);
-                                    queue_tx(&mut self.ports[to], pkt);
+                                    run.send_marked(pkt, &mut self.ports);
                                     continue;
                                 }
                                 direct = false;
@@ -1722,6 +1710,23 @@ impl DirectRun {
         self.packets += 1;
         self.bytes += pkt.len() as u64;
         self.tcp_flags |= tcp_flags;
+    }
+
+    /// Counts a mark-path packet into the run (its TCP flags read only
+    /// where the megaflow may be TCP) and queues it on the run's port.
+    #[inline(always)]
+    fn send_marked<B: PacketBuf + Clone + Send + 'static>(
+        &mut self,
+        pkt: B,
+        ports: &mut [PmdPort<B>],
+    ) {
+        let flags = if self.maybe_tcp {
+            packet::tcp_flags(pkt.data())
+        } else {
+            0
+        };
+        self.count(&pkt, flags);
+        queue_tx(&mut ports[self.to], pkt);
     }
 
     /// Adds the run to its megaflow's stats and its packets to the ingress
