@@ -271,6 +271,49 @@ struct FlowMeta {
     offered: bool,
 }
 
+/// [`FlowMeta`] per megaflow, indexed by the handle's slot: no hashing, and
+/// growing is a vector's reallocation, not a rehash inside an upcall.
+#[derive(Default)]
+struct FlowMetas {
+    slots: Vec<Option<(FlowHandle, FlowMeta)>>,
+}
+
+impl FlowMetas {
+    fn get(&self, h: FlowHandle) -> Option<&FlowMeta> {
+        match self.slots.get(h.index() as usize)? {
+            Some((at, m)) if *at == h => Some(m),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, h: FlowHandle) -> Option<&mut FlowMeta> {
+        match self.slots.get_mut(h.index() as usize)? {
+            Some((at, m)) if *at == h => Some(m),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, h: FlowHandle, meta: FlowMeta) {
+        let i = h.index() as usize;
+        if i >= self.slots.len() {
+            self.slots.resize(i + 1, None);
+        }
+        self.slots[i] = Some((h, meta));
+    }
+
+    fn remove(&mut self, h: FlowHandle) -> Option<FlowMeta> {
+        let slot = self.slots.get_mut(h.index() as usize)?;
+        match slot {
+            Some((at, _)) if *at == h => slot.take().map(|(_, m)| m),
+            _ => None,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (FlowHandle, &FlowMeta)> {
+        self.slots.iter().flatten().map(|(h, m)| (*h, m))
+    }
+}
+
 /// A PMD's report to its revalidator about one megaflow.
 #[derive(Debug)]
 pub enum FlowEvent {
@@ -285,6 +328,18 @@ pub enum FlowEvent {
         handle: FlowHandle,
         ufid: Ufid,
     },
+    /// Hash tables the PMD's flow cache let go, for the revalidator thread
+    /// to free: unmapping tens of megabytes on the PMD stalled it for
+    /// milliseconds.
+    Retired(fallback::cache::RetiredTables),
+}
+
+/// Hands the tables `cache` let go to the revalidator thread to free.
+#[inline]
+fn send_retired(cache: &mut FlowCache, events: &crossbeam_channel::Sender<FlowEvent>) {
+    if let Some(tables) = cache.take_retired() {
+        let _ = events.send(FlowEvent::Retired(tables));
+    }
 }
 
 /// Where a PMD's megaflows are revalidated.
@@ -368,7 +423,7 @@ pub struct MegaflowInfo {
 pub struct PmdCore<B> {
     pub id: u32,
     cache: FlowCache,
-    meta: HashMap<FlowHandle, FlowMeta>,
+    meta: FlowMetas,
     marks: MarkTable,
     ports: Vec<PmdPort<B>>,
     /// ofport → index in `ports` (u16::MAX: none).
@@ -447,7 +502,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         PmdCore {
             id,
             cache: FlowCache::new(emc_insert_inv_prob),
-            meta: HashMap::new(),
+            meta: FlowMetas::default(),
             marks: MarkTable::new(),
             ports: Vec::new(),
             by_ofport: Vec::new(),
@@ -511,6 +566,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 });
             }
         }
+        self.cache.set_retire_tables(true);
         self.reval = Revalidation::Thread { events, ops };
     }
 
@@ -734,10 +790,15 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         mf: Megaflow,
     ) -> Result<FlowHandle, fallback::cache::UfidCollision> {
         let h = self.cache.install(mf)?;
-        self.meta.entry(h).or_insert(FlowMeta {
-            ingress,
-            offered: true,
-        });
+        if self.meta.get(h).is_none() {
+            self.meta.insert(
+                h,
+                FlowMeta {
+                    ingress,
+                    offered: true,
+                },
+            );
+        }
         Ok(h)
     }
 
@@ -752,7 +813,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         self.cache
             .iter()
             .map(|(h, mf)| {
-                let meta = self.meta.get(&h);
+                let meta = self.meta.get(h);
                 MegaflowInfo {
                     ufid: mf.ufid,
                     megaflow: mf.clone(),
@@ -809,9 +870,10 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     handle: h,
                     ufid: mf.ufid,
                 });
+                send_retired(&mut self.cache, events);
             }
         }
-        if let Some(meta) = self.meta.remove(&h).filter(|m| m.offered) {
+        if let Some(meta) = self.meta.remove(h).filter(|m| m.offered) {
             if !self.offload.delete(self.id, meta.ingress, mf.ufid) {
                 self.pending_deletes.push_back((meta.ingress, mf.ufid));
             }
@@ -871,7 +933,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     self.sweep_newest_use = self.sweep_newest_use.max(mf.stats.used);
                 }
             }
-            if self.meta.get(&h).is_some_and(|m| {
+            if self.meta.get(h).is_some_and(|m| {
                 !m.offered
                     && self
                         .port_index(m.ingress)
@@ -894,11 +956,11 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         // Puts wait behind refused deletes (see `upcall`).
         if self.pending_deletes.is_empty() {
             for &h in &offer {
-                let (Some(mf), Some(meta)) = (self.cache.get(h), self.meta.get(&h).copied()) else {
+                let (Some(mf), Some(meta)) = (self.cache.get(h), self.meta.get(h).copied()) else {
                     continue;
                 };
                 if self.offload.put(self.id, meta.ingress, mf, h) {
-                    if let Some(m) = self.meta.get_mut(&h) {
+                    if let Some(m) = self.meta.get_mut(h) {
                         m.offered = true;
                     }
                 } else {
@@ -936,15 +998,15 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             .meta
             .iter()
             .filter(|(_, m)| !m.offered && offloading.contains(&m.ingress))
-            .map(|(h, _)| *h)
+            .map(|(h, _)| h)
             .collect();
         for h in handles {
-            let (Some(mf), Some(meta)) = (self.cache.get(h), self.meta.get(&h).copied()) else {
+            let (Some(mf), Some(meta)) = (self.cache.get(h), self.meta.get(h).copied()) else {
                 continue;
             };
             if self.offload.put(self.id, meta.ingress, mf, h) {
                 offered += 1;
-                if let Some(m) = self.meta.get_mut(&h) {
+                if let Some(m) = self.meta.get_mut(h) {
                     m.offered = true;
                 }
             } else {
@@ -1268,6 +1330,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             for ev in self.unsent_events.drain(..) {
                 let _ = events.send(ev);
             }
+            send_retired(&mut self.cache, events);
         }
     }
 

@@ -189,6 +189,8 @@ impl Loop {
                     self.engines[i].removed(handle, ufid);
                 }
             }
+            // Freed here, off the PMD.
+            FlowEvent::Retired(tables) => drop(tables),
         }
     }
 

@@ -2,12 +2,12 @@
 //! its EMC, tied together by generation-checked handles so that a stale EMC
 //! entry or mark can never reach a removed (or reused) megaflow.
 
-use crate::dpcls::Dpcls;
+use crate::dpcls::{Dpcls, Retired};
 use crate::emc::Emc;
+use crate::growing::GrowingTable;
 use crate::key::FlowKey;
 use crate::megaflow::{Megaflow, Ufid};
 use crate::simple::{SimplePorts, SimpleTable};
-use hashbrown::HashMap;
 
 /// A megaflow's handle in one [`FlowCache`]: slot index and generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,11 +95,29 @@ impl Slots {
     }
 }
 
+/// Hash tables the cache no longer uses (see [`FlowCache::set_retire_tables`]);
+/// dropping this frees them.
+pub struct RetiredTables(Vec<Retired>);
+
+impl std::fmt::Debug for RetiredTables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RetiredTables({})", self.0.len())
+    }
+}
+
+/// A ufid is a keyed hash already; folding its halves is enough.
+#[inline]
+fn ufid_hash(u: &Ufid) -> u64 {
+    ((u.0 as u64) ^ ((u.0 >> 64) as u64)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 /// Megaflows + dpcls + EMC of one PMD.
 pub struct FlowCache {
     slots: Slots,
     free: Vec<u32>,
-    by_ufid: HashMap<Ufid, FlowHandle>,
+    /// Grows a little per install (see [`GrowingTable`]): installs are
+    /// upcalls on the PMD.
+    by_ufid: GrowingTable<(Ufid, FlowHandle)>,
     dpcls: Dpcls<FlowHandle>,
     emc: Emc<FlowHandle>,
     simple: SimplePorts<FlowHandle>,
@@ -112,7 +130,7 @@ impl FlowCache {
         FlowCache {
             slots: Slots::default(),
             free: Vec::new(),
-            by_ufid: HashMap::new(),
+            by_ufid: GrowingTable::new(),
             dpcls: Dpcls::new(),
             emc: Emc::new(emc_insert_inv_prob),
             simple: SimplePorts::default(),
@@ -125,6 +143,26 @@ impl FlowCache {
 
     pub fn is_empty(&self) -> bool {
         self.by_ufid.is_empty()
+    }
+
+    /// Whether the hash tables the cache lets go (a growing table's emptied
+    /// old half, an emptied subtable) wait for [`FlowCache::take_retired`]
+    /// instead of being freed by the call that let them go: unmapping tens
+    /// of megabytes stalls the PMD for milliseconds, so a PMD with a
+    /// revalidator thread hands them to that thread.
+    pub fn set_retire_tables(&mut self, retire: bool) {
+        self.by_ufid.set_retire(retire);
+        self.dpcls.set_retire(retire);
+    }
+
+    /// The tables let go since the last call, if any.
+    pub fn take_retired(&mut self) -> Option<RetiredTables> {
+        let mut tables = Vec::new();
+        if let Some(t) = self.by_ufid.take_retired() {
+            tables.push(Box::new(t) as Retired);
+        }
+        self.dpcls.take_retired(&mut tables);
+        (!tables.is_empty()).then_some(RetiredTables(tables))
     }
 
     pub fn dpcls(&self) -> &Dpcls<FlowHandle> {
@@ -187,7 +225,9 @@ impl FlowCache {
     }
 
     pub fn find(&self, ufid: &Ufid) -> Option<FlowHandle> {
-        self.by_ufid.get(ufid).copied()
+        self.by_ufid
+            .find(ufid_hash(ufid), |e| e.0 == *ufid)
+            .map(|e| e.1)
     }
 
     /// Installs a megaflow. If the same megaflow is there already (two
@@ -196,7 +236,7 @@ impl FlowCache {
     /// ufid (a hash collision) is refused: handing out the installed one's
     /// handle would give the packet another megaflow's actions.
     pub fn install(&mut self, mf: Megaflow) -> Result<FlowHandle, UfidCollision> {
-        if let Some(&h) = self.by_ufid.get(&mf.ufid) {
+        if let Some(h) = self.find(&mf.ufid) {
             return match self.get(h) {
                 Some(old) if old.r#match == mf.r#match => Ok(h),
                 _ => Err(UfidCollision(mf.ufid)),
@@ -213,7 +253,8 @@ impl FlowCache {
         // remove() took out of dpcls too).
         let inserted = self.dpcls.insert(&mf.r#match.mask, &mf.r#match.value, h);
         debug_assert!(inserted.is_ok());
-        self.by_ufid.insert(mf.ufid, h);
+        self.by_ufid
+            .insert_unique(ufid_hash(&mf.ufid), (mf.ufid, h), |e| ufid_hash(&e.0));
         self.simple.insert(&mf.r#match, h);
         if let Some(slot) = self.slots.get_mut(index as usize) {
             slot.flow = Some(mf);
@@ -231,7 +272,8 @@ impl FlowCache {
         let mf = slot.flow.take()?;
         slot.gen = slot.gen.wrapping_add(1);
         self.free.push(h.index);
-        self.by_ufid.remove(&mf.ufid);
+        self.by_ufid
+            .remove(ufid_hash(&mf.ufid), |e| e.0 == mf.ufid, |e| ufid_hash(&e.0));
         self.dpcls.remove(&mf.r#match.mask, &mf.r#match.value);
         self.simple.remove(&mf.r#match, h);
         Some(mf)

@@ -6,8 +6,8 @@
 //! [`RESORT_INTERVAL`] lookups) so that the busiest masks are tried first.
 //! Only the mask's non-zero words are hashed and compared.
 
+use crate::growing::GrowingTable;
 use crate::key::{FlowKey, KEY_WORDS};
-use hashbrown::HashTable;
 
 /// Lookups between two re-sorts of the subtables.
 pub const RESORT_INTERVAL: u32 = 1 << 16;
@@ -23,8 +23,7 @@ struct Entry<V> {
     value: FlowKey,
     data: V,
     /// The masked value's hash, kept so that growing the table moves
-    /// entries without hashing them again (a resize at 100,000 megaflows
-    /// rehashed every one inside one upcall: milliseconds on the PMD).
+    /// entries without hashing them again.
     hash: u64,
 }
 
@@ -34,7 +33,9 @@ pub struct Subtable<V> {
     /// Indices of the mask's non-zero words, then unused slots.
     words: [u8; KEY_WORDS],
     n_words: usize,
-    table: HashTable<Entry<V>>,
+    /// Grows a little per insert: an all-at-once resize at a few hundred
+    /// thousand megaflows stalled the PMD's upcall for 30–40 ms.
+    table: GrowingTable<Entry<V>>,
     hits: u64,
 }
 
@@ -52,7 +53,7 @@ impl<V: Copy> Subtable<V> {
             mask,
             words,
             n_words,
-            table: HashTable::new(),
+            table: GrowingTable::new(),
             hits: 0,
         }
     }
@@ -100,6 +101,10 @@ impl<V: Copy> Subtable<V> {
 /// The classifier. `V` is the caller's handle for a megaflow.
 pub struct Dpcls<V> {
     subtables: Vec<Subtable<V>>,
+    /// Emptied hash tables and dropped subtables, kept for the owner to free
+    /// on another thread ([`Dpcls::take_retired`]) when `retire` is set.
+    retire: bool,
+    retired: Vec<Retired>,
     lookups_since_sort: u32,
     len: usize,
     /// Subtables probed by successful lookups, for `subtables_per_dpcls_hit`.
@@ -107,16 +112,22 @@ pub struct Dpcls<V> {
     pub hits: u64,
 }
 
-impl<V: Copy> Default for Dpcls<V> {
+/// A table or subtable the classifier no longer uses, to be dropped where
+/// unmapping its memory stalls no one.
+pub type Retired = Box<dyn Send>;
+
+impl<V: Copy + Send + 'static> Default for Dpcls<V> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<V: Copy> Dpcls<V> {
+impl<V: Copy + Send + 'static> Dpcls<V> {
     pub fn new() -> Self {
         Dpcls {
             subtables: Vec::new(),
+            retire: false,
+            retired: Vec::new(),
             lookups_since_sort: 0,
             len: 0,
             probes_on_hit: 0,
@@ -137,13 +148,32 @@ impl<V: Copy> Dpcls<V> {
         &self.subtables
     }
 
+    /// Whether tables the classifier lets go wait for [`Dpcls::take_retired`]
+    /// (true) or are freed at once (false, the default).
+    pub fn set_retire(&mut self, retire: bool) {
+        self.retire = retire;
+        for st in &mut self.subtables {
+            st.table.set_retire(retire);
+        }
+        if !retire {
+            self.retired.clear();
+        }
+    }
+
+    /// Moves the tables let go since the last call into `out`.
+    pub fn take_retired(&mut self, out: &mut Vec<Retired>) {
+        out.append(&mut self.retired);
+    }
+
     /// Installs a megaflow given by `mask` and any key inside it.
     pub fn insert(&mut self, mask: &FlowKey, key: &FlowKey, data: V) -> Result<(), DpclsError> {
         let value = key.masked(mask);
         let idx = match self.subtables.iter().position(|s| s.mask == *mask) {
             Some(i) => i,
             None => {
-                self.subtables.push(Subtable::new(*mask));
+                let mut st = Subtable::new(*mask);
+                st.table.set_retire(self.retire);
+                self.subtables.push(st);
                 self.subtables.len() - 1
             }
         };
@@ -161,6 +191,9 @@ impl<V: Copy> Dpcls<V> {
             },
             |e| e.hash,
         );
+        if let Some(old) = st.table.take_retired() {
+            self.retired.push(Box::new(old));
+        }
         self.len += 1;
         Ok(())
     }
@@ -172,13 +205,17 @@ impl<V: Copy> Dpcls<V> {
         let idx = self.subtables.iter().position(|s| s.mask == *mask)?;
         let st = &mut self.subtables[idx];
         let h = st.hash_masked(&value);
-        let data = match st.table.find_entry(h, |e| e.value == value) {
-            Ok(entry) => entry.remove().0.data,
-            Err(_) => return None,
-        };
+        let data = st.table.remove(h, |e| e.value == value, |e| e.hash)?.data;
+        if let Some(old) = st.table.take_retired() {
+            self.retired.push(Box::new(old));
+        }
         self.len -= 1;
         if st.table.is_empty() {
-            self.subtables.remove(idx);
+            // An emptied table keeps its allocation (tables never shrink).
+            let st = self.subtables.remove(idx);
+            if self.retire {
+                self.retired.push(Box::new(st));
+            }
         }
         Some(data)
     }

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod dpcls;
 pub mod emc;
 pub mod exec;
+pub mod growing;
 pub mod key;
 pub mod megaflow;
 pub mod ofproto;

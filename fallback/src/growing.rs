@@ -1,0 +1,279 @@
+//! A hash table that grows a little at a time.
+//!
+//! A plain hash table grows all at once: the insert that fills it allocates
+//! a table twice the size and moves every entry. In the megaflow cache that
+//! insert is an upcall on a PMD thread, and at a few hundred thousand
+//! megaflows the move touches tens of megabytes of fresh pages: 30–40 ms of
+//! page faults during which the PMD forwards nothing. [`GrowingTable`]
+//! instead keeps the full table aside as `old`, inserts into a new one of
+//! twice the size, and moves [`MOVE_BATCH`] entries from `old` every
+//! [`MOVE_EVERY`] inserts or removes, so no single call does more than a
+//! bounded amount of work. Lookups probe the new table, then the old one
+//! while it still holds entries. (Redis grows its dictionaries the same way.)
+//!
+//! Each entry's hash must be computable cheaply from the entry (`hash_of`):
+//! moving an entry re-places it by that hash.
+//!
+//! Freeing the emptied old table is itself a stall (unmapping tens of
+//! megabytes: 1–3 ms), so with [`GrowingTable::set_retire`] the table is
+//! kept for the owner to take ([`GrowingTable::take_retired`]) and free on
+//! another thread.
+
+use hashbrown::HashTable;
+
+/// Entries moved from the old table per move step.
+pub const MOVE_BATCH: usize = 64;
+/// Inserts and removes between two move steps. With `MOVE_BATCH / MOVE_EVERY
+/// = 4` entries moved per insert, the old table (n entries) is empty after
+/// n / 4 inserts, long before the new one (room for 2n) fills.
+pub const MOVE_EVERY: u32 = 16;
+/// Smallest table allocated.
+const MIN_CAPACITY: usize = 16;
+
+pub struct GrowingTable<T> {
+    cur: HashTable<T>,
+    /// The table being emptied into `cur`; empty (and unallocated) otherwise.
+    old: HashTable<T>,
+    ops: u32,
+    /// Keep emptied old tables in `retired` instead of freeing them here.
+    retire: bool,
+    retired: Option<HashTable<T>>,
+}
+
+impl<T> Default for GrowingTable<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> GrowingTable<T> {
+    pub fn new() -> Self {
+        GrowingTable {
+            cur: HashTable::new(),
+            old: HashTable::new(),
+            ops: 0,
+            retire: false,
+            retired: None,
+        }
+    }
+
+    /// Whether emptied old tables wait for [`GrowingTable::take_retired`]
+    /// (true) or are freed at once (false, the default).
+    pub fn set_retire(&mut self, retire: bool) {
+        self.retire = retire;
+        if !retire {
+            self.retired = None;
+        }
+    }
+
+    /// The emptied old table, for the caller to free where a stall does
+    /// not matter.
+    #[inline]
+    pub fn take_retired(&mut self) -> Option<HashTable<T>> {
+        self.retired.take()
+    }
+
+    pub fn len(&self) -> usize {
+        self.cur.len() + self.old.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cur.is_empty() && self.old.is_empty()
+    }
+
+    /// Whether entries are still being moved out of an old table.
+    pub fn is_moving(&self) -> bool {
+        !self.old.is_empty()
+    }
+
+    #[inline]
+    pub fn find(&self, hash: u64, mut eq: impl FnMut(&T) -> bool) -> Option<&T> {
+        match self.cur.find(hash, &mut eq) {
+            Some(e) => Some(e),
+            None if !self.old.is_empty() => self.old.find(hash, eq),
+            None => None,
+        }
+    }
+
+    /// Inserts an entry the caller knows is not there yet.
+    pub fn insert_unique(&mut self, hash: u64, value: T, hash_of: impl Fn(&T) -> u64) {
+        // `capacity()` is what the table holds without reallocating; an
+        // insert into a full table would grow it all at once.
+        if self.cur.len() >= self.cur.capacity() {
+            self.start_growing(&hash_of);
+        }
+        self.cur.insert_unique(hash, value, &hash_of);
+        self.step(&hash_of);
+    }
+
+    /// Removes and returns the entry `eq` picks among those of `hash`.
+    pub fn remove(
+        &mut self,
+        hash: u64,
+        mut eq: impl FnMut(&T) -> bool,
+        hash_of: impl Fn(&T) -> u64,
+    ) -> Option<T> {
+        let removed = match self.cur.find_entry(hash, &mut eq) {
+            Ok(entry) => Some(entry.remove().0),
+            Err(_) if !self.old.is_empty() => match self.old.find_entry(hash, eq) {
+                Ok(entry) => Some(entry.remove().0),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        if removed.is_some() {
+            self.step(&hash_of);
+        }
+        removed
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.cur.iter().chain(self.old.iter())
+    }
+
+    /// Removes every entry and frees both tables.
+    pub fn clear(&mut self) {
+        self.cur = HashTable::new();
+        self.old = HashTable::new();
+        self.ops = 0;
+    }
+
+    /// Sets the full table aside and starts an empty one with room for
+    /// twice its entries (measured by entries, not the full table's size:
+    /// a table full of tombstones after many removes starts over smaller).
+    #[cold]
+    fn start_growing(&mut self, hash_of: &impl Fn(&T) -> u64) {
+        // The step rate empties the old table before the new one fills, so
+        // this is a fallback: finish the move (all at once) first.
+        if !self.old.is_empty() {
+            let old = std::mem::take(&mut self.old);
+            for e in old {
+                self.cur.insert_unique(hash_of(&e), e, hash_of);
+            }
+        }
+        let capacity = (2 * self.cur.len()).max(MIN_CAPACITY);
+        self.old = std::mem::replace(&mut self.cur, HashTable::with_capacity(capacity));
+        self.ops = 0;
+    }
+
+    /// Every [`MOVE_EVERY`] calls, moves up to [`MOVE_BATCH`] entries.
+    #[inline]
+    fn step(&mut self, hash_of: &impl Fn(&T) -> u64) {
+        if self.old.is_empty() {
+            return;
+        }
+        self.ops += 1;
+        if self.ops >= MOVE_EVERY {
+            self.ops = 0;
+            self.move_some(hash_of);
+        }
+    }
+
+    #[cold]
+    fn move_some(&mut self, hash_of: &impl Fn(&T) -> u64) {
+        // `extract_if` walks from the table's start each time, skipping the
+        // emptied groups 16 buckets per load: a few µs at the largest sizes,
+        // paid once per MOVE_BATCH entries.
+        let cur = &mut self.cur;
+        for e in self.old.extract_if(|_| true).take(MOVE_BATCH) {
+            cur.insert_unique(hash_of(&e), e, hash_of);
+        }
+        if self.old.is_empty() {
+            // Free the old allocation now, not at the next growth (or hand
+            // it over; one not taken since the last growth is freed here).
+            let old = std::mem::take(&mut self.old);
+            if self.retire {
+                self.retired = Some(old);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn h(k: u64) -> u64 {
+        k.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn hash_of(e: &(u64, u64)) -> u64 {
+        h(e.0)
+    }
+
+    #[test]
+    fn grows_without_losing_entries_and_finishes_moving() {
+        let mut t = GrowingTable::new();
+        let mut moves_seen = false;
+        for k in 0..100_000u64 {
+            t.insert_unique(h(k), (k, k * 3), hash_of);
+            moves_seen |= t.is_moving();
+            // The new table never fills while an old one is being emptied.
+            assert!(t.cur.len() <= t.cur.capacity());
+        }
+        assert!(moves_seen);
+        assert!(t.take_retired().is_none(), "retiring is off by default");
+        assert_eq!(t.len(), 100_000);
+        for k in 0..100_000u64 {
+            assert_eq!(t.find(h(k), |e| e.0 == k), Some(&(k, k * 3)));
+        }
+        assert_eq!(t.find(h(100_001), |e| e.0 == 100_001), None);
+        for k in (0..100_000u64).step_by(2) {
+            assert_eq!(t.remove(h(k), |e| e.0 == k, hash_of), Some((k, k * 3)));
+        }
+        assert_eq!(t.len(), 50_000);
+        assert_eq!(t.iter().count(), 50_000);
+    }
+
+    #[test]
+    fn retired_tables_wait_to_be_taken() {
+        let mut t = GrowingTable::new();
+        t.set_retire(true);
+        let mut retired = 0;
+        for k in 0..10_000u64 {
+            t.insert_unique(h(k), (k, k), hash_of);
+            if let Some(old) = t.take_retired() {
+                assert!(old.is_empty());
+                retired += 1;
+            }
+        }
+        assert!(retired >= 5, "{retired}");
+        assert_eq!(t.len(), 10_000);
+    }
+
+    proptest! {
+        /// Against a `HashMap` model, with keys from a small range so that
+        /// inserts, removes and growth interleave.
+        #[test]
+        fn behaves_like_a_map(ops in proptest::collection::vec((0u8..3, 0u64..2_000), 1..6_000)) {
+            let mut t = GrowingTable::new();
+            let mut model: HashMap<u64, u64> = HashMap::new();
+            for (i, (op, k)) in ops.into_iter().enumerate() {
+                let i = i as u64;
+                match op {
+                    0 => {
+                        if let std::collections::hash_map::Entry::Vacant(v) = model.entry(k) {
+                            v.insert(i);
+                            t.insert_unique(h(k), (k, i), hash_of);
+                        }
+                    }
+                    1 => {
+                        let got = t.remove(h(k), |e| e.0 == k, hash_of).map(|e| e.1);
+                        prop_assert_eq!(got, model.remove(&k));
+                    }
+                    _ => {
+                        prop_assert_eq!(t.find(h(k), |e| e.0 == k).map(|e| e.1), model.get(&k).copied());
+                    }
+                }
+                prop_assert_eq!(t.len(), model.len());
+            }
+            let mut all: Vec<_> = t.iter().copied().collect();
+            all.sort_unstable();
+            let mut want: Vec<_> = model.into_iter().collect();
+            want.sort_unstable();
+            prop_assert_eq!(all, want);
+        }
+    }
+}
