@@ -332,6 +332,11 @@ pub enum FlowEvent {
     /// to free: unmapping tens of megabytes on the PMD stalled it for
     /// milliseconds.
     Retired(fallback::cache::RetiredTables),
+    /// A pipeline version the PMD held last, for the revalidator thread to
+    /// free: after a large bundle, dropping the old version releases every
+    /// rule and table shard it did not share with the new one (3.7 ms on
+    /// the PMD after a 100,000-rule bundle).
+    OldPipeline(Arc<Pipeline>),
 }
 
 /// Hands the tables `cache` let go to the revalidator thread to free.
@@ -706,7 +711,14 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     /// thread does it and sends the verdicts. Counts of rules it no longer
     /// has are forgotten at the next sweep (rule churn must not grow memory).
     pub fn set_pipeline(&mut self, pipeline: Arc<Pipeline>) {
-        self.pipeline = pipeline;
+        let old = std::mem::replace(&mut self.pipeline, pipeline);
+        if let Revalidation::Thread { events, .. } = &self.reval {
+            // Only this PMD holds it: whoever else did has moved on, and
+            // nothing can take a new reference to an unpublished version.
+            if Arc::strong_count(&old) == 1 {
+                let _ = events.send(FlowEvent::OldPipeline(old));
+            }
+        }
         self.prune_retired = true;
         if let Revalidation::Inline(engine) = &mut self.reval {
             let mut ops = Vec::new();

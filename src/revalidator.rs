@@ -191,6 +191,7 @@ impl Loop {
             }
             // Freed here, off the PMD.
             FlowEvent::Retired(tables) => drop(tables),
+            FlowEvent::OldPipeline(pipeline) => drop(pipeline),
         }
     }
 
