@@ -5,7 +5,7 @@
 //! `[openflow]` config section.
 
 use super::error::{BadRequestCode, FlowModFailedCode, OfpError};
-use super::message::FlowMod;
+use super::message::BundledFlowMods;
 use super::net::{Endpoint, EndpointConfig, EventHub, LogFn};
 use super::switch::{FlowInfo, FlowTable, OpenFlowSwitch, PortCounters, PortInfo, SwitchEvent};
 use super::tls::TlsFiles;
@@ -139,7 +139,7 @@ impl OpenFlowSwitch for DaemonSwitch {
             .map_err(|e| OfpError::flow_mod_failed(FlowModFailedCode::Unknown, e.to_string()))
     }
 
-    fn commit_flow_mods(&self, mods: Vec<FlowMod>) -> Result<(), (usize, OfpError)> {
+    fn commit_flow_mods(&self, mods: Arc<BundledFlowMods>) -> Result<(), (usize, OfpError)> {
         let failure: Arc<Mutex<Option<(usize, OfpError)>>> = Arc::new(Mutex::new(None));
         let seen = Arc::clone(&failure);
         let max_flows = self.max_flows();
@@ -147,7 +147,9 @@ impl OpenFlowSwitch for DaemonSwitch {
             .handle
             .transaction(Box::new(
                 move |pipeline| match super::flow_table::apply_flow_mods_to(
-                    pipeline, &mods, max_flows,
+                    pipeline,
+                    mods.flow_mods(),
+                    max_flows,
                 ) {
                     Ok(p) => Some(p),
                     Err(e) => {

@@ -292,15 +292,16 @@ pub fn apply_flow_mod<T: FlowTable + ?Sized>(sw: &T, fm: &FlowMod) -> Result<(),
 
 /// Applies `mods` in order to `pipeline` (a copy: pipelines share their
 /// rules copy-on-write): all of them, or the index and error of the first
-/// that fails, with the copy dropped.
+/// that fails (or did not decode), with the copy dropped.
 pub fn apply_flow_mods_to(
     pipeline: fallback::ofproto::table::Pipeline,
-    mods: &[FlowMod],
+    mods: impl IntoIterator<Item = Result<FlowMod, OfpError>>,
     max_flows: usize,
 ) -> Result<fallback::ofproto::table::Pipeline, (usize, OfpError)> {
     let scratch = PipelineTable::new(pipeline, max_flows);
-    for (i, fm) in mods.iter().enumerate() {
-        apply_flow_mod(&scratch, fm).map_err(|e| (i, e))?;
+    for (i, fm) in mods.into_iter().enumerate() {
+        fm.and_then(|fm| apply_flow_mod(&scratch, &fm))
+            .map_err(|e| (i, e))?;
     }
     Ok(scratch.into_pipeline())
 }

@@ -410,6 +410,63 @@ pub enum Message {
     },
 }
 
+/// A bundle's flow mods as the controller sent them: the encapsulated
+/// messages back to back in one buffer, decoded again one at a time as the
+/// commit applies them. Keeping them decoded (a match, an action list and
+/// an error quote per message, several small heap blocks each) left a
+/// million-rule bundle's daemon with a fragmented heap after the commit;
+/// one buffer is one block, returned whole when the bundle goes.
+#[derive(Clone, Debug, Default)]
+pub struct BundledFlowMods {
+    raw: Vec<u8>,
+    /// Where each message ends in `raw`.
+    ends: Vec<u32>,
+}
+
+impl BundledFlowMods {
+    /// Appends a message that decoded as a flow mod (the session checked).
+    pub fn push(&mut self, message: &[u8]) {
+        self.raw.extend_from_slice(message);
+        self.ends.push(self.raw.len() as u32);
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Message `i` as received (header included).
+    pub fn message(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)? as usize;
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1] as usize,
+        };
+        self.raw.get(start..end)
+    }
+
+    /// The flow mods in order, each decoded as it is reached.
+    pub fn flow_mods(&self) -> impl Iterator<Item = Result<FlowMod, OfpError>> + '_ {
+        (0..self.len()).map(|i| {
+            let bytes = self.message(i).unwrap_or_default();
+            match decode(bytes) {
+                Ok(Envelope {
+                    msg: Message::FlowMod(fm),
+                    ..
+                }) => Ok(fm),
+                Ok(_) => Err(OfpError::bad_request(
+                    Brc::BadType,
+                    "a bundled message is not a flow mod",
+                )),
+                Err(e) => Err(e.ofp_error()),
+            }
+        })
+    }
+}
+
 /// The ONF experimenter id (`ONF_VENDOR_ID`).
 pub const ONF_EXPERIMENTER: u32 = 0x4f4e_4600;
 /// ONF experimenter message types of the bundle extension.

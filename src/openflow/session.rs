@@ -6,15 +6,16 @@ use super::error::{BadRequestCode as Brc, DecodeError, HelloFailedCode, OfpError
 use super::flow_table::{apply_flow_mod, flow_stats, select_flows, table_stats};
 use super::message::{
     self, capabilities, decode, encode, encode_multipart_reply, packet_in_reason, parse_header,
-    AsyncConfig, BundleControl, Desc, Features, FlowMod, FlowRemoved, Message, MultipartReplyBody,
-    MultipartRequest, PacketIn, PortDesc, PortReason, PortStats, PortStatus, SwitchConfig,
-    TableFeatures, HEADER_LEN, OFP13_VERSION, OFPPS_LIVE, OFP_NO_BUFFER,
+    AsyncConfig, BundleControl, BundledFlowMods, Desc, Features, FlowRemoved, Message,
+    MultipartReplyBody, MultipartRequest, PacketIn, PortDesc, PortReason, PortStats, PortStatus,
+    SwitchConfig, TableFeatures, HEADER_LEN, OFP13_VERSION, OFPPS_LIVE, OFP_NO_BUFFER,
 };
 use super::port::{ofport_from_of13, ofport_to_of13, OFPP_ANY, OFPP_CONTROLLER};
 use super::switch::{OpenFlowSwitch, PortInfo, SwitchEvent};
 use fallback::key::Field;
 use fallback::ofproto::{Match, N_TABLES};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bytes of an offending request echoed in an ERROR (the spec's minimum).
@@ -83,14 +84,12 @@ pub struct Session {
 /// Bundles one connection may keep open at once (more: OUT_OF_BUNDLES).
 const MAX_BUNDLES: usize = 64;
 
-/// A bundle being filled: its flow mods, in order, with the xid and the
-/// first [`ERROR_DATA_LEN`] bytes of each (a failing one's error quotes
-/// them; a whole copy of every message is not needed for that).
+/// A bundle being filled: its flow mods, in order, as received (a failing
+/// one's error quotes it).
 struct Bundle {
     flags: u16,
     closed: bool,
-    mods: Vec<FlowMod>,
-    quotes: Vec<(u32, Vec<u8>)>,
+    mods: BundledFlowMods,
 }
 
 impl Session {
@@ -409,9 +408,14 @@ impl Session {
                         ),
                     ));
                 }
-                if let Err((i, err)) = sw.commit_flow_mods(b.mods) {
-                    if let Some((mxid, raw)) = b.quotes.get(i) {
-                        self.send_error(*mxid, &err, raw);
+                let mods = Arc::new(b.mods);
+                if let Err((i, err)) = sw.commit_flow_mods(Arc::clone(&mods)) {
+                    if let Some(raw) = mods.message(i) {
+                        // The bundled message's own xid.
+                        let mxid = raw
+                            .get(4..8)
+                            .map_or(xid, |x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]));
+                        self.send_error(mxid, &err, raw);
                     }
                     return Err(OfpError::bundle_failed(
                         Bfc::MsgFailed,
@@ -491,7 +495,8 @@ impl Session {
                 format!("bundled message xid {:#x}, outer xid {xid:#x}", inner.xid),
             ));
         }
-        let Message::FlowMod(fm) = inner.msg else {
+        // Decoded now to refuse a bad one now; kept raw (see `Bundle`).
+        let Message::FlowMod(_) = inner.msg else {
             return Err(OfpError::bundle_failed(
                 Bfc::MsgUnsup,
                 "flowmark bundles flow mods only",
@@ -501,9 +506,7 @@ impl Session {
             self.open_bundle(id, flags)?;
         }
         let b = self.bundle_checked(id, flags)?;
-        b.mods.push(fm);
-        b.quotes
-            .push((xid, message[..message.len().min(ERROR_DATA_LEN)].to_vec()));
+        b.mods.push(&message);
         Ok(())
     }
 
@@ -520,8 +523,7 @@ impl Session {
             Bundle {
                 flags,
                 closed: false,
-                mods: Vec::new(),
-                quotes: Vec::new(),
+                mods: BundledFlowMods::default(),
             },
         );
         Ok(())

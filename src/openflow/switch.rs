@@ -3,9 +3,10 @@
 //! (`tests/support/pipeline_switch.rs`).
 
 use super::error::OfpError;
-use super::message::FlowMod;
+use super::message::BundledFlowMods;
 use fallback::ofproto::table::RuleId;
 use fallback::ofproto::{Match, OfAction, Rule};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A rule with its counters.
@@ -114,6 +115,6 @@ pub trait OpenFlowSwitch: FlowTable + Send + Sync {
     }
     /// A bundle's commit: every flow mod in order, as one new version, or
     /// (the index and error of the first that fails) no change at all.
-    /// Takes the mods by value: a 100,000-mod bundle is not copied again.
-    fn commit_flow_mods(&self, mods: Vec<FlowMod>) -> Result<(), (usize, OfpError)>;
+    /// Shared, not copied: the session keeps it to quote a failing message.
+    fn commit_flow_mods(&self, mods: Arc<BundledFlowMods>) -> Result<(), (usize, OfpError)>;
 }

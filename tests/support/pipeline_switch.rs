@@ -6,9 +6,9 @@ use fallback::ofproto::table::{Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
 use flowmark::openflow::error::{BadRequestCode, OfpError};
 use flowmark::openflow::flow_table::{apply_flow_mods_to, PipelineTable};
-use flowmark::openflow::message::FlowMod;
+use flowmark::openflow::message::BundledFlowMods;
 use flowmark::openflow::switch::{FlowInfo, FlowTable, OpenFlowSwitch, PortCounters, PortInfo};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A packet-out the [`PipelineSwitch`] received.
@@ -181,10 +181,10 @@ impl OpenFlowSwitch for PipelineSwitch {
         self.datapath_id
     }
 
-    fn commit_flow_mods(&self, mods: Vec<FlowMod>) -> Result<(), (usize, OfpError)> {
+    fn commit_flow_mods(&self, mods: Arc<BundledFlowMods>) -> Result<(), (usize, OfpError)> {
         let mut s = self.lock().map_err(|e| (0, e))?;
         let scratch = s.table.pipeline().clone();
-        let new = apply_flow_mods_to(scratch, &mods, self.max_flows)?;
+        let new = apply_flow_mods_to(scratch, mods.flow_mods(), self.max_flows)?;
         let now = Instant::now();
         let known: std::collections::HashSet<RuleId> =
             s.table.pipeline().rules().map(|e| e.id).collect();
