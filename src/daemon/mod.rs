@@ -100,6 +100,9 @@ pub enum DaemonError {
     Metrics(#[from] crate::metrics::MetricsError),
 }
 
+/// A predicate over the pipeline's rules, run on the main thread.
+pub type RuleFilter = Box<dyn Fn(&fallback::ofproto::table::RuleEntry) -> bool + Send>;
+
 /// What the OpenFlow endpoint and the control socket ask of the main loop.
 #[allow(clippy::large_enum_variant)]
 enum Op {
@@ -127,6 +130,8 @@ enum Op {
         actions: Vec<OfAction>,
     },
     DumpFlows,
+    /// Rules the predicate selects, counted in place (OFPMP_AGGREGATE).
+    AggregateFlows(RuleFilter),
     ListPorts,
     PortStats,
     PacketOut {
@@ -147,6 +152,7 @@ enum Reply {
     Rules(Vec<RuleId>),
     Added(Result<RuleId, AddRefused>),
     Flows(Vec<FlowEntry>),
+    Aggregate((u64, u64, u64)),
     Ports(Vec<PortInfo>),
     PortStats(Vec<NamedPortStats>),
     PacketOut(crate::switch::PacketOutReport),
@@ -261,6 +267,14 @@ impl DaemonHandle {
     }
 
     /// Every rule with its counters and age (OFPMP_FLOW_STATS).
+    /// Rules `select` picks: (count, packets, bytes), counted in place.
+    pub fn flow_aggregate(&self, select: RuleFilter) -> Result<(u64, u64, u64), DaemonError> {
+        match self.call(Op::AggregateFlows(select))? {
+            Reply::Aggregate(c) => Ok(c),
+            _ => Ok((0, 0, 0)),
+        }
+    }
+
     pub fn flow_dump(&self) -> Result<Vec<FlowEntry>, DaemonError> {
         match self.call(Op::DumpFlows)? {
             Reply::Flows(f) => Ok(f),
@@ -528,6 +542,7 @@ where
             Op::DelRules { .. } => "openflow flow_del",
             Op::ModRules { .. } => "openflow flow_mod",
             Op::DumpFlows => "openflow flow_dump",
+            Op::AggregateFlows(_) => "openflow flow_aggregate",
             Op::ListPorts => "openflow port_list",
             Op::PortStats => "openflow port_stats",
             Op::PacketOut { .. } => "openflow packet_out",
@@ -624,6 +639,7 @@ where
                 &actions,
             ))),
             Op::DumpFlows => self.flow_entries(None).map(Reply::Flows),
+            Op::AggregateFlows(select) => self.flow_aggregate(&select).map(Reply::Aggregate),
             Op::ListPorts => Ok(Reply::Ports(self.switch.port_list())),
             Op::PortStats => self
                 .switch
@@ -1043,6 +1059,16 @@ where
         let ids = self.switch.flow_mod(table, sel, strict, actions);
         info!(self.log, "flows modified"; "count" => ids.len());
         ids
+    }
+
+    fn flow_aggregate(&mut self, select: &RuleFilter) -> Result<(u64, u64, u64), DaemonError> {
+        let stats = self.switch.rule_stats()?;
+        let mut c = (0, 0, 0);
+        for e in self.switch.pipeline().rules().filter(|e| select(e)) {
+            let (packets, bytes) = stats.get(&e.id).copied().unwrap_or((0, 0));
+            c = (c.0 + 1, c.1 + packets, c.2 + bytes);
+        }
+        Ok(c)
     }
 
     fn flow_entries(&mut self, table: Option<u8>) -> Result<Vec<FlowEntry>, DaemonError> {

@@ -5,6 +5,7 @@
 //! `[openflow]` config section.
 
 use super::error::{BadRequestCode, FlowModFailedCode, OfpError};
+use super::flow_table::{AggregateCounts, RuleSelector};
 use super::message::BundledFlowMods;
 use super::net::{Endpoint, EndpointConfig, EventHub, LogFn};
 use super::switch::{FlowInfo, FlowTable, OpenFlowSwitch, PortCounters, PortInfo, SwitchEvent};
@@ -139,6 +140,17 @@ impl OpenFlowSwitch for DaemonSwitch {
             .map_err(|e| OfpError::flow_mod_failed(FlowModFailedCode::Unknown, e.to_string()))
     }
 
+    fn aggregate(&self, sel: RuleSelector) -> Result<AggregateCounts, OfpError> {
+        let (flows, packets, bytes) = self
+            .handle
+            .flow_aggregate(Box::new(move |e| sel.selects_entry(e)))
+            .map_err(refused)?;
+        Ok(AggregateCounts {
+            flows,
+            packets,
+            bytes,
+        })
+    }
     fn commit_flow_mods(&self, mods: Arc<BundledFlowMods>) -> Result<(), (usize, OfpError)> {
         let failure: Arc<Mutex<Option<(usize, OfpError)>>> = Arc::new(Mutex::new(None));
         let seen = Arc::clone(&failure);

@@ -3,7 +3,9 @@
 //! `now`), so that every exchange can be tested deterministically.
 
 use super::error::{BadRequestCode as Brc, DecodeError, HelloFailedCode, OfpError};
-use super::flow_table::{apply_flow_mod, flow_stats, select_flows, table_stats};
+use super::flow_table::{
+    apply_flow_mod, flow_stats, select_flows, table_stats, AggregateCounts, RuleSelector,
+};
 use super::message::{
     self, capabilities, decode, encode, encode_multipart_reply, packet_in_reason, parse_header,
     AsyncConfig, BundleControl, BundledFlowMods, Desc, Features, FlowRemoved, Message,
@@ -547,11 +549,14 @@ impl Session {
                 MultipartReplyBody::Flow(select_flows(sw, &f)?.iter().map(flow_stats).collect())
             }
             MultipartRequest::Aggregate(f) => {
-                let flows = select_flows(sw, &f)?;
+                let c = match RuleSelector::of_request(&f)? {
+                    Some(sel) => sw.aggregate(sel)?,
+                    None => AggregateCounts::default(),
+                };
                 MultipartReplyBody::Aggregate {
-                    packet_count: flows.iter().map(|f| f.n_packets).sum(),
-                    byte_count: flows.iter().map(|f| f.n_bytes).sum(),
-                    flow_count: flows.len() as u32,
+                    packet_count: c.packets,
+                    byte_count: c.bytes,
+                    flow_count: c.flows.min(u64::from(u32::MAX)) as u32,
                 }
             }
             MultipartRequest::Table => MultipartReplyBody::Table(table_stats(&sw.flows()?)),

@@ -3,6 +3,7 @@
 //! (`tests/support/pipeline_switch.rs`).
 
 use super::error::OfpError;
+use super::flow_table::{AggregateCounts, RuleSelector};
 use super::message::BundledFlowMods;
 use fallback::ofproto::table::RuleId;
 use fallback::ofproto::{Match, OfAction, Rule};
@@ -112,6 +113,17 @@ pub trait OpenFlowSwitch: FlowTable + Send + Sync {
     /// Most flows the switch holds (more: `OFPFMFC_TABLE_FULL`).
     fn max_flows(&self) -> usize {
         1_000_000
+    }
+    /// Counts of the rules `sel` selects (OFPMP_AGGREGATE). The default
+    /// goes through [`OpenFlowSwitch::flows`]; the daemon counts in place.
+    fn aggregate(&self, sel: RuleSelector) -> Result<AggregateCounts, OfpError> {
+        let mut c = AggregateCounts::default();
+        for f in self.flows()?.iter().filter(|f| sel.selects_rule(&f.rule)) {
+            c.flows += 1;
+            c.packets += f.n_packets;
+            c.bytes += f.n_bytes;
+        }
+        Ok(c)
     }
     /// A bundle's commit: every flow mod in order, as one new version, or
     /// (the index and error of the first that fails) no change at all.
