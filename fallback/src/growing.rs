@@ -20,6 +20,7 @@
 //! another thread.
 
 use hashbrown::HashTable;
+use std::hash::{BuildHasher, Hash};
 
 /// Entries moved from the old table per move step.
 pub const MOVE_BATCH: usize = 64;
@@ -38,6 +39,12 @@ pub struct GrowingTable<T> {
     /// Keep emptied old tables in `retired` instead of freeing them here.
     retire: bool,
     retired: Option<HashTable<T>>,
+}
+
+impl<T> std::fmt::Debug for GrowingTable<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GrowingTable({} entries)", self.len())
+    }
 }
 
 impl<T> Default for GrowingTable<T> {
@@ -95,6 +102,17 @@ impl<T> GrowingTable<T> {
         }
     }
 
+    #[inline]
+    pub fn find_mut(&mut self, hash: u64, mut eq: impl FnMut(&T) -> bool) -> Option<&mut T> {
+        if let Some(e) = self.cur.find_mut(hash, &mut eq) {
+            return Some(e);
+        }
+        if self.old.is_empty() {
+            return None;
+        }
+        self.old.find_mut(hash, eq)
+    }
+
     /// Inserts an entry the caller knows is not there yet.
     pub fn insert_unique(&mut self, hash: u64, value: T, hash_of: impl Fn(&T) -> u64) {
         // `capacity()` is what the table holds without reallocating; an
@@ -129,6 +147,10 @@ impl<T> GrowingTable<T> {
 
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.cur.iter().chain(self.old.iter())
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.cur.iter_mut().chain(self.old.iter_mut())
     }
 
     /// Removes every entry and frees both tables.
@@ -189,6 +211,102 @@ impl<T> GrowingTable<T> {
     }
 }
 
+/// A map over a [`GrowingTable`]: grows without an all-at-once rehash.
+/// Keys are hashed with hashbrown's default (randomly seeded) hasher.
+pub struct GrowingMap<K, V> {
+    table: GrowingTable<(K, V)>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl<K, V> std::fmt::Debug for GrowingMap<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GrowingMap({} entries)", self.table.len())
+    }
+}
+
+impl<K: Hash + Eq, V> Default for GrowingMap<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Hash + Eq, V> GrowingMap<K, V> {
+    pub fn new() -> Self {
+        GrowingMap {
+            table: GrowingTable::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+        }
+    }
+
+    #[inline]
+    fn hash(&self, k: &K) -> u64 {
+        self.hasher.hash_one(k)
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    pub fn contains_key(&self, k: &K) -> bool {
+        self.get(k).is_some()
+    }
+
+    #[inline]
+    pub fn get(&self, k: &K) -> Option<&V> {
+        self.table.find(self.hash(k), |e| e.0 == *k).map(|e| &e.1)
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        let h = self.hash(k);
+        self.table.find_mut(h, |e| e.0 == *k).map(|e| &mut e.1)
+    }
+
+    /// Inserts or replaces; returns the value replaced.
+    pub fn insert(&mut self, k: K, v: V) -> Option<V> {
+        let h = self.hash(&k);
+        if let Some(e) = self.table.find_mut(h, |e| e.0 == k) {
+            return Some(std::mem::replace(&mut e.1, v));
+        }
+        let hasher = &self.hasher;
+        self.table
+            .insert_unique(h, (k, v), |e| hasher.hash_one(&e.0));
+        None
+    }
+
+    pub fn remove(&mut self, k: &K) -> Option<V> {
+        let h = self.hash(k);
+        let hasher = &self.hasher;
+        self.table
+            .remove(h, |e| e.0 == *k, |e| hasher.hash_one(&e.0))
+            .map(|e| e.1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.table.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.table.iter_mut().map(|(k, v)| (&*k, v))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.table.iter().map(|e| &e.1)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.table.iter().map(|e| &e.0)
+    }
+
+    pub fn clear(&mut self) {
+        self.table.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +359,27 @@ mod tests {
         }
         assert!(retired >= 5, "{retired}");
         assert_eq!(t.len(), 10_000);
+    }
+
+    #[test]
+    fn map_inserts_replaces_and_removes_across_growth() {
+        let mut m = GrowingMap::new();
+        for k in 0..50_000u32 {
+            assert_eq!(m.insert(k, k), None);
+        }
+        for k in 0..50_000u32 {
+            assert_eq!(m.insert(k, k + 1), Some(k));
+        }
+        for k in (0..50_000u32).step_by(3) {
+            assert_eq!(m.remove(&k), Some(k + 1));
+        }
+        if let Some(v) = m.get_mut(&1) {
+            *v = 7;
+        }
+        assert_eq!(m.get(&1), Some(&7));
+        assert_eq!(m.get(&0), None);
+        assert_eq!(m.len(), 50_000 - 16_667);
+        assert_eq!(m.iter().count(), m.len());
     }
 
     proptest! {

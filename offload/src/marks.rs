@@ -23,6 +23,7 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use fallback::cache::FlowHandle;
+use fallback::growing::GrowingMap;
 use fallback::megaflow::Ufid;
 use hashbrown::HashMap;
 use thiserror::Error;
@@ -296,7 +297,8 @@ impl MarkPool {
 #[derive(Debug)]
 pub struct MarkRegistry {
     pool: MarkPool,
-    by_key: HashMap<OffloadKey, Mark>,
+    /// Grows a little per insert (no all-at-once rehash on the insert path).
+    by_key: GrowingMap<OffloadKey, Mark>,
     /// The owner of each of the pool's marks, by pool index (a mark's
     /// owner is a vector read; it grows as far as the pool's fresh ids).
     by_mark: Vec<Option<OffloadKey>>,
@@ -322,7 +324,7 @@ impl MarkRegistry {
     ) -> Result<MarkRegistry, MarkError> {
         Ok(MarkRegistry {
             pool: MarkPool::sharded(max_marks, shard, shards)?,
-            by_key: HashMap::new(),
+            by_key: GrowingMap::new(),
             by_mark: Vec::new(),
             epoch: Epoch(0),
             pmd_seen: HashMap::new(),

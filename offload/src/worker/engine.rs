@@ -7,9 +7,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fallback::growing::GrowingMap;
 use fallback::megaflow::Ufid;
 use fallback::ofproto::Match;
-use hashbrown::HashMap;
 use serde::{Serialize, Serializer};
 
 use crate::device::{FlowDevice, FlowError, RuleHandle};
@@ -351,7 +351,9 @@ pub struct OffloadEngine {
     config: EngineConfig,
     marks: MarkRegistry,
     ports: BTreeMap<PortId, PortEntry>,
-    flows: HashMap<OffloadKey, FlowEntry>,
+    /// Grows a little per insert: an all-at-once rehash of a large map
+    /// held every queued insert behind it for milliseconds.
+    flows: GrowingMap<OffloadKey, FlowEntry>,
     pending: VecDeque<OffloadKey>,
     /// Failed for want of a mark, in failure order.
     waiting_for_marks: VecDeque<OffloadKey>,
@@ -372,7 +374,7 @@ impl OffloadEngine {
             )?,
             config,
             ports: BTreeMap::new(),
-            flows: HashMap::new(),
+            flows: GrowingMap::new(),
             pending: VecDeque::new(),
             waiting_for_marks: VecDeque::new(),
             counters: EngineCounters::default(),
@@ -619,18 +621,26 @@ impl OffloadEngine {
             return;
         }
         let has_device = self.ports.contains_key(&put.port);
-        let e = self.flows.entry(key).or_insert_with(|| FlowEntry {
-            state: if has_device {
-                OffloadState::Pending
-            } else {
-                OffloadState::Software
-            },
-            r#match: put.r#match,
-            refs: PmdRefs::default(),
-            enqueued: put.enqueued,
-            queued: false,
-            staged: false,
-        });
+        if !self.flows.contains_key(&key) {
+            self.flows.insert(
+                key,
+                FlowEntry {
+                    state: if has_device {
+                        OffloadState::Pending
+                    } else {
+                        OffloadState::Software
+                    },
+                    r#match: put.r#match,
+                    refs: PmdRefs::default(),
+                    enqueued: put.enqueued,
+                    queued: false,
+                    staged: false,
+                },
+            );
+        }
+        let Some(e) = self.flows.get_mut(&key) else {
+            return;
+        };
         let previous = e.refs.insert(put.pmd, put.handle);
         if let OffloadState::Removing {
             port, mark, rule, ..
@@ -981,7 +991,7 @@ impl OffloadEngine {
         let mut states = StateCounts::default();
         let mut rejected = BTreeMap::new();
         let mut failed = BTreeMap::new();
-        for (key, e) in &self.flows {
+        for (key, e) in self.flows.iter() {
             states.add(&e.state);
             let slot = per_port.entry(key.port).or_default();
             match &e.state {

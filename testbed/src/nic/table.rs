@@ -14,8 +14,8 @@
 
 // hashbrown with its default (foldhash) hasher: the emulated NIC hashes
 // every packet once per subtable, and SipHash was most of its lookup cost.
+use fallback::growing::GrowingTable;
 use hashbrown::DefaultHashBuilder;
-use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
@@ -378,8 +378,9 @@ struct Subtable {
     shape: Vec<(ItemKind, Fields)>,
     shape_hash: u64,
     /// Masked key → its bucket. The key is not stored: a bucket's rules
-    /// carry it, so an entry is compared through its first rule.
-    buckets: HashTable<Bucket>,
+    /// carry it, so an entry is compared through its first rule. Grows a
+    /// little per insert, as a NIC's rule memory does not stall inserts.
+    buckets: GrowingTable<Bucket>,
 }
 
 /// The hash of a masked key given value by value.
@@ -457,7 +458,7 @@ impl RuleTable {
                 subtables.push(Subtable {
                     shape: shape.clone(),
                     shape_hash,
-                    buckets: HashTable::new(),
+                    buckets: GrowingTable::new(),
                 });
                 subtables.len() - 1
             }
@@ -506,13 +507,18 @@ impl RuleTable {
             let hash = key_hash(&self.hasher, r.key().iter().copied());
             let slab = &self.slab;
             let st = &mut self.subtables[i];
-            if let Ok(mut entry) = st
+            let same = |b: &Bucket| b.hash == hash && slab.has_key(b.first, r.key());
+            let emptied = st
                 .buckets
-                .find_entry(hash, |b| b.hash == hash && slab.has_key(b.first, r.key()))
-            {
-                if !entry.get_mut().remove(slot) {
-                    entry.remove();
-                }
+                .find_mut(hash, same)
+                .is_some_and(|b| !b.remove(slot));
+            if emptied {
+                // The emptied bucket still names the slot as its first.
+                st.buckets.remove(
+                    hash,
+                    |b| b.hash == hash && b.first == slot && b.rest.is_empty(),
+                    |b| b.hash,
+                );
             }
             if st.buckets.is_empty() {
                 self.subtables.swap_remove(i);
