@@ -181,7 +181,7 @@ impl Loop {
                 record,
             } => {
                 if let Some(i) = self.engine_index(pmd) {
-                    self.engines[i].installed(handle, *record, &mut self.ops[i]);
+                    self.engines[i].installed(handle, record, &mut self.ops[i]);
                 }
             }
             FlowEvent::Removed { pmd, handle, ufid } => {
