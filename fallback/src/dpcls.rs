@@ -67,10 +67,7 @@ impl<V: Copy> Subtable<V> {
     /// Equality of `key & mask` with an already masked value.
     #[inline]
     fn eq_masked(&self, key: &FlowKey, value: &FlowKey) -> bool {
-        self.words[..self.n_words].iter().all(|&i| {
-            let i = i as usize;
-            key.words[i] & self.mask.words[i] == value.words[i]
-        })
+        eq_masked_words(&self.mask, &self.words[..self.n_words], key, value)
     }
 
     #[inline]
@@ -78,6 +75,29 @@ impl<V: Copy> Subtable<V> {
         let h = self.hash_masked(key);
         self.table
             .find(h, |e| self.eq_masked(key, &e.value))
+            .map(|e| e.data)
+    }
+
+    /// [`Subtable::lookup`] when its table is not growing.
+    #[inline]
+    fn lookup_settled(&self, key: &FlowKey) -> Option<V> {
+        let h = self.hash_masked(key);
+        self.table
+            .find_settled(h, |e| self.eq_masked(key, &e.value))
+            .map(|e| e.data)
+    }
+
+    /// [`Subtable::lookup`] that also moves entries while the table grows.
+    #[inline]
+    fn lookup_moving(&mut self, key: &FlowKey) -> Option<V> {
+        let h = self.hash_masked(key);
+        let (mask, words) = (&self.mask, &self.words[..self.n_words]);
+        self.table
+            .find_moving(
+                h,
+                |e| eq_masked_words(mask, words, key, &e.value),
+                |e| e.hash,
+            )
             .map(|e| e.data)
     }
 
@@ -105,6 +125,10 @@ pub struct Dpcls<V> {
     /// on another thread ([`Dpcls::take_retired`]) when `retire` is set.
     retire: bool,
     retired: Vec<Retired>,
+    /// Some subtable may be growing (set by inserts, cleared by the lookup
+    /// that finds none): lookups then probe old tables too and help move
+    /// their entries; otherwise one probe per subtable, no check.
+    moving: bool,
     lookups_since_sort: u32,
     len: usize,
     /// Subtables probed by successful lookups, for `subtables_per_dpcls_hit`.
@@ -128,6 +152,7 @@ impl<V: Copy + Send + 'static> Dpcls<V> {
             subtables: Vec::new(),
             retire: false,
             retired: Vec::new(),
+            moving: false,
             lookups_since_sort: 0,
             len: 0,
             probes_on_hit: 0,
@@ -194,6 +219,7 @@ impl<V: Copy + Send + 'static> Dpcls<V> {
         if let Some(old) = st.table.take_retired() {
             self.retired.push(Box::new(old));
         }
+        self.moving |= st.table.is_moving();
         self.len += 1;
         Ok(())
     }
@@ -227,8 +253,11 @@ impl<V: Copy + Send + 'static> Dpcls<V> {
         if self.lookups_since_sort >= RESORT_INTERVAL {
             self.sort_subtables();
         }
+        if self.moving {
+            return self.lookup_while_moving(key);
+        }
         for (i, st) in self.subtables.iter_mut().enumerate() {
-            if let Some(v) = st.lookup(key) {
+            if let Some(v) = st.lookup_settled(key) {
                 st.hits += 1;
                 self.hits += 1;
                 self.probes_on_hit += i as u64 + 1;
@@ -236,6 +265,22 @@ impl<V: Copy + Send + 'static> Dpcls<V> {
             }
         }
         None
+    }
+
+    #[cold]
+    fn lookup_while_moving(&mut self, key: &FlowKey) -> Option<V> {
+        let mut found = None;
+        for (i, st) in self.subtables.iter_mut().enumerate() {
+            if let Some(v) = st.lookup_moving(key) {
+                st.hits += 1;
+                self.hits += 1;
+                self.probes_on_hit += i as u64 + 1;
+                found = Some(v);
+                break;
+            }
+        }
+        self.moving = self.subtables.iter().any(|st| st.table.is_moving());
+        found
     }
 
     /// Lookup without touching counters or order (for tests and control paths).
@@ -255,8 +300,18 @@ impl<V: Copy + Send + 'static> Dpcls<V> {
     /// Removes every megaflow.
     pub fn clear(&mut self) {
         self.subtables.clear();
+        self.moving = false;
         self.len = 0;
     }
+}
+
+/// Equality of `key & mask` with a masked `value` over the mask's `words`.
+#[inline]
+fn eq_masked_words(mask: &FlowKey, words: &[u8], key: &FlowKey, value: &FlowKey) -> bool {
+    words.iter().all(|&i| {
+        let i = i as usize;
+        key.words[i] & mask.words[i] == value.words[i]
+    })
 }
 
 #[inline]

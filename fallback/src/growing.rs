@@ -113,6 +113,35 @@ impl<T> GrowingTable<T> {
         self.old.find_mut(hash, eq)
     }
 
+    /// [`GrowingTable::find`] when the caller knows no old table is being
+    /// emptied ([`GrowingTable::is_moving`] is false): one probe, no check.
+    #[inline]
+    pub fn find_settled(&self, hash: u64, eq: impl FnMut(&T) -> bool) -> Option<&T> {
+        debug_assert!(self.old.is_empty());
+        self.cur.find(hash, eq)
+    }
+
+    /// [`GrowingTable::find`] for a table looked up far more often than it
+    /// changes: while an old table is being emptied, lookups move entries
+    /// too (a batch every [`MOVE_EVERY`] lookups), so a table that stops
+    /// growing does not probe two tables forever.
+    #[inline]
+    pub fn find_moving(
+        &mut self,
+        hash: u64,
+        mut eq: impl FnMut(&T) -> bool,
+        hash_of: impl Fn(&T) -> u64,
+    ) -> Option<&T> {
+        if !self.old.is_empty() {
+            self.step(&hash_of);
+        }
+        match self.cur.find(hash, &mut eq) {
+            Some(e) => Some(e),
+            None if !self.old.is_empty() => self.old.find(hash, eq),
+            None => None,
+        }
+    }
+
     /// Inserts an entry the caller knows is not there yet.
     pub fn insert_unique(&mut self, hash: u64, value: T, hash_of: impl Fn(&T) -> u64) {
         // `capacity()` is what the table holds without reallocating; an
@@ -343,6 +372,27 @@ mod tests {
         }
         assert_eq!(t.len(), 50_000);
         assert_eq!(t.iter().count(), 50_000);
+    }
+
+    #[test]
+    fn lookups_finish_a_move_that_inserts_left() {
+        let mut t = GrowingTable::new();
+        let mut k = 0u64;
+        while !t.is_moving() {
+            t.insert_unique(h(k), (k, k), hash_of);
+            k += 1;
+        }
+        for _ in 0..100_000 {
+            assert!(t.find_moving(h(0), |e| e.0 == 0, hash_of).is_some());
+            if !t.is_moving() {
+                break;
+            }
+        }
+        assert!(!t.is_moving());
+        assert_eq!(t.len(), k as usize);
+        for i in 0..k {
+            assert_eq!(t.find(h(i), |e| e.0 == i), Some(&(i, i)));
+        }
     }
 
     #[test]

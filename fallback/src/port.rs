@@ -178,18 +178,22 @@ impl Clone for HeapPacket {
 }
 
 impl PacketBuf for HeapPacket {
+    #[inline]
     fn data(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
 
+    #[inline]
     fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.start + self.len]
     }
 
+    #[inline]
     fn headroom(&self) -> usize {
         self.start
     }
 
+    #[inline]
     fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
         let start = self.start.checked_sub(n)?;
         self.start = start;
@@ -197,6 +201,7 @@ impl PacketBuf for HeapPacket {
         Some(&mut self.buf[start..start + n])
     }
 
+    #[inline]
     fn adj(&mut self, n: usize) -> bool {
         if n > self.len {
             return false;
@@ -206,6 +211,7 @@ impl PacketBuf for HeapPacket {
         true
     }
 
+    #[inline]
     fn trim(&mut self, n: usize) -> bool {
         if n > self.len {
             return false;
@@ -214,18 +220,22 @@ impl PacketBuf for HeapPacket {
         true
     }
 
+    #[inline]
     fn mark(&self) -> Option<u32> {
         self.mark
     }
 
+    #[inline]
     fn set_mark(&mut self, mark: Option<u32>) {
         self.mark = mark;
     }
 
+    #[inline]
     fn rss_hash(&self) -> Option<u32> {
         self.rss_hash
     }
 
+    #[inline]
     fn set_rss_hash(&mut self, hash: Option<u32>) {
         self.rss_hash = hash;
     }
