@@ -10,6 +10,7 @@ use super::tls::{Tls, TlsError, TlsFiles};
 use crossbeam_channel::{Receiver, Sender};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, OwnedFd};
 #[cfg(test)]
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,27 +113,60 @@ fn resolve(hostport: &str) -> Option<SocketAddr> {
 /// Fans switch events out to every live connection.
 #[derive(Clone, Default)]
 pub struct EventHub {
-    subscribers: Arc<Mutex<Vec<Sender<SwitchEvent>>>>,
+    subscribers: Arc<Mutex<Vec<Subscriber>>>,
+}
+
+/// A connection's event queue and its wake-up fd, on the hub's side.
+type Subscriber = (Sender<SwitchEvent>, Arc<OwnedFd>);
+
+/// One connection's events, and the eventfd that wakes its thread when one
+/// is sent (a connection waits on its socket and this fd together, so a
+/// PACKET_IN leaves at once instead of at the thread's next tick).
+pub struct Subscription {
+    pub events: Receiver<SwitchEvent>,
+    wake: Option<Arc<OwnedFd>>,
+}
+
+impl Subscription {
+    /// Takes the wake-up count (non-blocking).
+    fn clear_wake(&self) {
+        if let Some(fd) = &self.wake {
+            let mut b = [0u8; 8];
+            let _ = rustix::io::read(fd.as_fd(), &mut b);
+        }
+    }
 }
 
 impl EventHub {
-    pub fn subscribe(&self) -> Receiver<SwitchEvent> {
+    pub fn subscribe(&self) -> Subscription {
         let (tx, rx) = crossbeam_channel::bounded(1024);
-        if let Ok(mut s) = self.subscribers.lock() {
-            s.push(tx);
+        // Without an eventfd (none left) the connection still gets its
+        // events, at its tick.
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC,
+        )
+        .ok()
+        .map(Arc::new);
+        if let (Ok(mut s), Some(fd)) = (self.subscribers.lock(), &wake) {
+            s.push((tx, Arc::clone(fd)));
         }
-        rx
+        Subscription { events: rx, wake }
     }
 
     /// Sends `ev` to every connection; a full or gone one is skipped (a
     /// slow controller loses events rather than stalling the switch).
     pub fn publish(&self, ev: SwitchEvent) {
         if let Ok(mut s) = self.subscribers.lock() {
-            s.retain(|tx| {
-                !matches!(
-                    tx.try_send(ev.clone()),
-                    Err(crossbeam_channel::TrySendError::Disconnected(_))
-                )
+            s.retain(|(tx, wake)| {
+                match tx.try_send(ev.clone()) {
+                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => return false,
+                    Err(crossbeam_channel::TrySendError::Full(_)) => {}
+                    Ok(()) => {
+                        let _ = rustix::io::write(wake.as_fd(), &1u64.to_ne_bytes());
+                    }
+                }
+                true
             });
         }
     }
@@ -145,6 +179,11 @@ pub type LogFn = Arc<dyn Fn(&str) + Send + Sync>;
 pub trait Conn: Read + Write {
     /// The TCP socket underneath.
     fn tcp(&self) -> &TcpStream;
+    /// Input already taken off the socket and waiting to be read (TLS
+    /// records decrypted ahead): a wait on the socket would not see it.
+    fn buffered(&mut self) -> bool {
+        false
+    }
 }
 
 impl Conn for TcpStream {
@@ -161,13 +200,18 @@ where
     fn tcp(&self) -> &TcpStream {
         self.get_ref()
     }
+    fn buffered(&mut self) -> bool {
+        self.conn
+            .process_new_packets()
+            .is_ok_and(|io| io.plaintext_bytes_to_read() > 0)
+    }
 }
 
 /// Runs one connection until it ends or `stop` is set.
 pub fn serve_connection(
     mut stream: impl Conn,
     sw: &dyn OpenFlowSwitch,
-    events: &Receiver<SwitchEvent>,
+    sub: &Subscription,
     stop: &AtomicBool,
     log: &LogFn,
 ) -> bool {
@@ -209,20 +253,25 @@ pub fn serve_connection(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => session.receive(&buf[..n], sw, Instant::now()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
-            Err(e) => {
-                log(&format!("openflow {peer}: read failed: {e}"));
-                break;
+        // Input, an event to pass on, or the tick (keepalives, `stop`).
+        let readable = stream.buffered() || wait_input(stream.tcp(), sub, POLL);
+        if readable {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => session.receive(&buf[..n], sw, Instant::now()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    log(&format!("openflow {peer}: read failed: {e}"));
+                    break;
+                }
             }
         }
-        while let Ok(ev) = events.try_recv() {
+        sub.clear_wake();
+        while let Ok(ev) = sub.events.try_recv() {
             session.event(&ev);
         }
         session.tick(Instant::now());
@@ -402,6 +451,48 @@ impl Drop for Endpoint {
     }
 }
 
+/// Waits until the socket has input, an event's wake-up arrives, or `max`
+/// passes; true when the socket has input (a read will not block).
+fn wait_input(sock: &TcpStream, sub: &Subscription, max: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let timeout = timespec(max);
+    let got = match &sub.wake {
+        Some(wake) => {
+            let mut fds = [
+                PollFd::new(sock, PollFlags::IN),
+                PollFd::new(wake.as_ref(), PollFlags::IN),
+            ];
+            poll(&mut fds, Some(&timeout)).map(|_| !fds[0].revents().is_empty())
+        }
+        None => {
+            let mut fds = [PollFd::new(sock, PollFlags::IN)];
+            poll(&mut fds, Some(&timeout)).map(|_| !fds[0].revents().is_empty())
+        }
+    };
+    // An error: let the read (with its timeout) find out.
+    got.unwrap_or(true)
+}
+
+fn timespec(d: Duration) -> rustix::event::Timespec {
+    rustix::event::Timespec {
+        tv_sec: d.as_secs() as i64,
+        tv_nsec: i64::from(d.subsec_nanos()),
+    }
+}
+
+/// Waits until `fd` is readable (a connection to accept) or `max` passes:
+/// a connection is served at once, and `stop` is still checked every `max`.
+/// (Sleeping `max` between accepts delayed every new connection by up to
+/// 50 ms: `ovs-ofctl` opens two per command.)
+fn wait_readable(fd: &impl std::os::fd::AsFd, max: Duration) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let timeout = timespec(max);
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    if poll(&mut fds, Some(&timeout)).is_err() {
+        std::thread::sleep(max);
+    }
+}
+
 fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
@@ -448,7 +539,7 @@ fn accept_loop(
                 }
                 conns.retain(|t| !t.is_finished());
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(POLL),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => wait_readable(&listener, POLL),
             Err(e) => {
                 log(&format!("openflow: accept failed: {e}"));
                 std::thread::sleep(POLL);
