@@ -372,3 +372,37 @@ fn what_the_switch_sends_round_trips_and_ovs_reads_it() {
         &["OFPT_ROLE_REPLY", "role=primary"],
     );
 }
+
+/// A bundle's messages kept back to back: each is found again whole, in
+/// order, and decodes to the flow mod it was; a message that is not a flow
+/// mod decodes to an error, not a panic.
+#[test]
+fn bundled_flow_mods_keep_message_boundaries() {
+    // add-flow "priority=7,tcp,nw_dst=10.0.0.1,tp_dst=80,actions=output:2"
+    let add = hex("040e006800000006000000000000000000000000000000000000000000000007ffffffffffffffffffffffff000000000001001d80000a020800800018040a000001800014010680001c020050000000000400180000000000000010000000020000000000000000");
+    // del-flows "ip,nw_src=10.0.0.0/8"
+    let del = hex("040e00480000000600000000000000000000000000000000ff03000000008000ffffffffffffffffffffffff000000000001001680000a020800800017080a000000ff0000000000");
+    let mut b = BundledFlowMods::default();
+    assert!(b.is_empty());
+    b.push(&add);
+    b.push(&del);
+    assert_eq!(b.len(), 2);
+    assert_eq!(b.message(0), Some(&add[..]));
+    assert_eq!(b.message(1), Some(&del[..]));
+    assert_eq!(b.message(2), None);
+    let want: Vec<FlowMod> = [&add, &del]
+        .iter()
+        .map(|bytes| match decode(bytes) {
+            Ok(Envelope {
+                msg: Message::FlowMod(fm),
+                ..
+            }) => fm,
+            other => panic!("not a flow mod: {other:?}"),
+        })
+        .collect();
+    let got: Vec<FlowMod> = b.flow_mods().map(|r| r.expect("decodes")).collect();
+    assert_eq!(got, want);
+    // A barrier request where a flow mod should be.
+    b.push(&hex("0414000800000009"));
+    assert!(b.flow_mods().nth(2).is_some_and(|r| r.is_err()));
+}
