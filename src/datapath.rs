@@ -377,7 +377,10 @@ pub enum Revalidation {
 /// so that pruning the rules the pipeline lost can go a slice at a time.
 #[derive(Default)]
 struct RetiredStats {
-    index: HashMap<RuleId, usize>,
+    /// Grows a little per insert: a bundle's 100,000 megaflow deletes put as
+    /// many rules here, and an all-at-once rehash stalled the PMD's
+    /// iteration applying them.
+    index: fallback::growing::GrowingMap<RuleId, usize>,
     entries: Vec<(RuleId, u64, u64)>,
     cursor: usize,
 }
