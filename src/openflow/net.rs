@@ -617,6 +617,37 @@ fn controller_loop(
 mod tests {
     use super::*;
 
+    /// Whether `fd` is readable now (a zero-timeout poll).
+    fn readable_now(fd: &impl AsFd) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags};
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        let zero = timespec(Duration::ZERO);
+        poll(&mut fds, Some(&zero)).is_ok_and(|n| n == 1)
+    }
+
+    /// A published event makes its subscriber's wake-up fd readable (the
+    /// connection's poll returns at once), taking the event clears it, and
+    /// a connection that is gone is dropped from the hub.
+    #[test]
+    fn a_published_event_wakes_its_connection() {
+        let hub = EventHub::default();
+        let sub = hub.subscribe();
+        let wake = sub.wake.clone().expect("an eventfd");
+        assert!(!readable_now(wake.as_ref()), "no event yet");
+        let port = crate::openflow::switch::PortInfo {
+            ofport: 7,
+            name: "nic7".into(),
+        };
+        hub.publish(SwitchEvent::PortAdded(port.clone()));
+        assert!(readable_now(wake.as_ref()), "the event woke it");
+        sub.clear_wake();
+        assert!(!readable_now(wake.as_ref()), "taken");
+        assert!(matches!(sub.events.try_recv(), Ok(SwitchEvent::PortAdded(p)) if p == port));
+        drop(sub);
+        hub.publish(SwitchEvent::PortDeleted(port));
+        assert_eq!(hub.subscribers.lock().map(|s| s.len()).unwrap_or(1), 0);
+    }
+
     fn prepare(listen: Option<&str>, controller: Option<&str>, allow: bool) -> String {
         let c = EndpointConfig {
             listen: listen.map(str::to_string),
