@@ -28,36 +28,6 @@ fn outputs_to(actions: &[OfAction], port: u32) -> bool {
     })
 }
 
-/// The selection of a modify, delete or stats request.
-struct Selection<'a> {
-    table: Option<u8>,
-    strict_priority: Option<u16>,
-    r#match: &'a fallback::ofproto::Match,
-    cookie: u64,
-    cookie_mask: u64,
-    /// Flowmark numbering; `None`: no filter.
-    out_port: Option<u32>,
-}
-
-impl Selection<'_> {
-    fn selects(&self, f: &FlowInfo) -> bool {
-        let r = &f.rule;
-        self.table.is_none_or(|t| t == r.table)
-            && (r.cookie & self.cookie_mask) == (self.cookie & self.cookie_mask)
-            && self.out_port.is_none_or(|p| outputs_to(&r.actions, p))
-            && match self.strict_priority {
-                Some(prio) => r.priority == prio && r.r#match == *self.r#match,
-                None => loose_selects(self.r#match, &r.r#match),
-            }
-    }
-
-    /// True when the switch's own selection gives the same rules (no cookie
-    /// or out_port filter), so one bulk call does.
-    fn is_plain(&self) -> bool {
-        self.cookie_mask == 0 && self.out_port.is_none()
-    }
-}
-
 fn table_of(id: u8) -> Option<u8> {
     (id != OFPTT_ALL).then_some(id)
 }
@@ -219,29 +189,29 @@ pub fn apply_flow_mod<T: FlowTable + ?Sized>(sw: &T, fm: &FlowMod) -> Result<(),
         ));
     }
     let modify = |strict: bool| -> Result<(), OfpError> {
-        let sel = Selection {
+        let sel = RuleSelector {
             table: table_of(fm.table_id),
             strict_priority: strict.then_some(fm.priority),
-            r#match: &fm.r#match,
+            r#match: fm.r#match,
             cookie: fm.cookie,
             cookie_mask: fm.cookie_mask,
             out_port: None,
         };
         if sel.is_plain() {
-            sw.modify_flows(sel.table, sel.r#match, sel.strict_priority, &fm.actions)?;
+            sw.modify_flows(sel.table, &sel.r#match, sel.strict_priority, &fm.actions)?;
             return Ok(());
         }
-        for f in sw.flows()?.iter().filter(|f| sel.selects(f)) {
+        for f in sw.flows()?.iter().filter(|f| sel.selects_rule(&f.rule)) {
             let r = &f.rule;
             sw.modify_flows(Some(r.table), &r.r#match, Some(r.priority), &fm.actions)?;
         }
         Ok(())
     };
     let delete = |strict: bool| -> Result<(), OfpError> {
-        let sel = Selection {
+        let sel = RuleSelector {
             table: table_of(fm.table_id),
             strict_priority: strict.then_some(fm.priority),
-            r#match: &fm.r#match,
+            r#match: fm.r#match,
             cookie: fm.cookie,
             cookie_mask: fm.cookie_mask,
             out_port: out_port_filter(fm.out_port)?,
@@ -251,10 +221,10 @@ pub fn apply_flow_mod<T: FlowTable + ?Sized>(sw: &T, fm: &FlowMod) -> Result<(),
             return Ok(());
         }
         if sel.is_plain() {
-            sw.delete_flows(sel.table, sel.r#match, sel.strict_priority)?;
+            sw.delete_flows(sel.table, &sel.r#match, sel.strict_priority)?;
             return Ok(());
         }
-        for f in sw.flows()?.iter().filter(|f| sel.selects(f)) {
+        for f in sw.flows()?.iter().filter(|f| sel.selects_rule(&f.rule)) {
             let r = &f.rule;
             sw.delete_flows(Some(r.table), &r.r#match, Some(r.priority))?;
         }
@@ -315,28 +285,32 @@ pub fn add_refused(r: crate::switch::AddRefused) -> OfpError {
     }
 }
 
-/// What an aggregate stats request selects, owned so that it can run where
-/// the rules are (the daemon's main thread) over the rules in place: no copy
-/// of the table per request (at a million rules a copied dump was half a
-/// gigabyte of short-lived heap).
+/// The selection of a modify, delete or stats request, owned so that an
+/// aggregate can run where the rules are (the daemon's main thread) over
+/// the rules in place: no copy of the table per request (at a million
+/// rules a copied dump was half a gigabyte of short-lived heap).
 #[derive(Clone, Debug)]
 pub struct RuleSelector {
     table: Option<u8>,
+    /// Strict (modify/delete --strict): this priority and exactly the match.
+    strict_priority: Option<u16>,
     r#match: fallback::ofproto::Match,
     cookie: u64,
     cookie_mask: u64,
+    /// Flowmark numbering; `None`: no filter.
     out_port: Option<u32>,
 }
 
 impl RuleSelector {
-    /// The request's selector; `None`: it selects nothing (a group filter:
-    /// flowmark has no groups).
+    /// A stats request's selector; `None`: it selects nothing (a group
+    /// filter: flowmark has no groups).
     pub fn of_request(q: &FlowStatsRequest) -> Result<Option<RuleSelector>, OfpError> {
         if q.out_group != OFPG_ANY {
             return Ok(None);
         }
         Ok(Some(RuleSelector {
             table: table_of(q.table_id),
+            strict_priority: None,
             r#match: q.r#match,
             cookie: q.cookie,
             cookie_mask: q.cookie_mask,
@@ -352,12 +326,24 @@ impl RuleSelector {
 
     pub fn selects_entry(&self, e: &RuleEntry) -> bool {
         self.selects_parts(e.table(), e.cookie(), e.actions())
-            && e.loosely_selected_by(&self.r#match)
+            && match self.strict_priority {
+                Some(prio) => e.priority() == prio && e.r#match() == self.r#match,
+                None => e.loosely_selected_by(&self.r#match),
+            }
     }
 
     pub fn selects_rule(&self, r: &Rule) -> bool {
         self.selects_parts(r.table, r.cookie, &r.actions)
-            && loose_selects(&self.r#match, &r.r#match)
+            && match self.strict_priority {
+                Some(prio) => r.priority == prio && r.r#match == self.r#match,
+                None => loose_selects(&self.r#match, &r.r#match),
+            }
+    }
+
+    /// True when the switch's own selection gives the same rules (no cookie
+    /// or out_port filter), so one bulk call does.
+    fn is_plain(&self) -> bool {
+        self.cookie_mask == 0 && self.out_port.is_none()
     }
 }
 
@@ -374,18 +360,14 @@ pub fn select_flows(
     sw: &dyn OpenFlowSwitch,
     q: &FlowStatsRequest,
 ) -> Result<Vec<FlowInfo>, OfpError> {
-    if q.out_group != OFPG_ANY {
+    let Some(sel) = RuleSelector::of_request(q)? else {
         return Ok(Vec::new());
-    }
-    let sel = Selection {
-        table: table_of(q.table_id),
-        strict_priority: None,
-        r#match: &q.r#match,
-        cookie: q.cookie,
-        cookie_mask: q.cookie_mask,
-        out_port: out_port_filter(q.out_port)?,
     };
-    Ok(sw.flows()?.into_iter().filter(|f| sel.selects(f)).collect())
+    Ok(sw
+        .flows()?
+        .into_iter()
+        .filter(|f| sel.selects_rule(&f.rule))
+        .collect())
 }
 
 pub fn flow_stats(f: &FlowInfo) -> FlowStats {
