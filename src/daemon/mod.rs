@@ -3,7 +3,8 @@
 //! on a channel (from the control socket's connection threads, or from the
 //! OpenFlow endpoint through a [`DaemonHandle`]) and does the housekeeping:
 //! OpenFlow rule timeouts, NIC reset events, MAC aging and the shutdown on
-//! SIGINT/SIGTERM.
+//! SIGINT/SIGTERM. OpenFlow's flow-table requests are served in place, on
+//! the caller's thread under the daemon's lock (see [`DaemonHandle`]).
 //!
 //! Parts: [`crate::ports`] (where ports come from), [`inject`] (test traffic),
 //! [`views`] (the JSON and table documents), [`server`] (the socket),
@@ -31,7 +32,7 @@ use serde_json::{json, Value};
 use slog::{debug, info, warn, Logger};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 pub use views::FlowEntry;
 
@@ -166,15 +167,52 @@ struct Envelope {
     reply: ReplyTo,
 }
 
+impl Op {
+    /// OpenFlow's flow-table requests run on the caller's thread. `ovs-ofctl
+    /// add-flows` waits for a barrier reply after every FLOW_MOD, so the mod's
+    /// round trip decides its speed, and a hand-off to the main thread and
+    /// back (two thread wake-ups) was most of it. Everything else (the CLI's
+    /// requests, ports, packet-outs, metrics: device calls among them) stays
+    /// on the main thread.
+    fn served_in_place(&self) -> bool {
+        matches!(
+            self,
+            Op::AddRules(_)
+                | Op::Transaction(_)
+                | Op::AddRuleChecked { .. }
+                | Op::DelRules { .. }
+                | Op::ModRules { .. }
+                | Op::DumpFlows
+                | Op::AggregateFlows(_)
+        )
+    }
+}
+
+/// The daemon's state as a caller serving a request in place sees it.
+trait ServeInPlace: Send {
+    fn serve_in_place(&mut self, op: Op) -> Result<Reply, DaemonError>;
+}
+
 /// A handle on a running daemon, for the control socket and the OpenFlow
-/// endpoint. Cheap to clone; every call waits for the main loop's answer.
+/// endpoint. Cheap to clone; every call waits for its answer: requests that
+/// [`Op::served_in_place`] take the daemon's lock and run on the caller's
+/// thread, the others go to the main loop.
 #[derive(Clone)]
 pub struct DaemonHandle {
     tx: Sender<Envelope>,
+    /// Weak: a handle left in some thread must not keep the daemon (its
+    /// ports, its NIC rules) alive past `run_with`.
+    in_place: Weak<Mutex<dyn ServeInPlace>>,
 }
 
 impl DaemonHandle {
     fn call(&self, op: Op) -> Result<Reply, DaemonError> {
+        if op.served_in_place() {
+            let daemon = self.in_place.upgrade().ok_or(DaemonError::Stopped)?;
+            // Poisoned: a request panicked half-way; the main loop stops.
+            let mut daemon = daemon.lock().map_err(|_| DaemonError::Stopped)?;
+            return daemon.serve_in_place(op);
+        }
         let (reply, rx) = crossbeam_channel::bounded(1);
         self.tx
             .send(Envelope { op, reply })
@@ -357,7 +395,7 @@ pub struct DaemonOptions {
 pub fn run_with<B, F>(opts: DaemonOptions, factory: F) -> Result<(), DaemonError>
 where
     B: PacketBuf + Clone + Send + 'static,
-    F: PortFactory<B>,
+    F: PortFactory<B> + 'static,
 {
     let log = opts.log.clone();
     let stop = Arc::new(AtomicBool::new(false));
@@ -366,9 +404,27 @@ where
     }
     let listener = server::bind(&opts.socket)?;
     let (tx, rx) = crossbeam_channel::unbounded();
-    let handle = DaemonHandle { tx };
     let result = (|| {
-        let mut daemon = Daemon::start(&opts.config, factory, rx, Arc::clone(&stop), log.clone())?;
+        let daemon = Arc::new(Mutex::new(Daemon::start(
+            &opts.config,
+            factory,
+            log.clone(),
+        )?));
+        let in_place: Arc<Mutex<dyn ServeInPlace>> = daemon.clone();
+        let handle = DaemonHandle {
+            tx,
+            in_place: Arc::downgrade(&in_place),
+        };
+        drop(in_place);
+        let (ports, pmds, punts, removed) = {
+            let d = lock_daemon(&daemon);
+            (
+                d.switch.ports().len(),
+                d.switch.config().pmd_cores.len(),
+                d.switch.punts(),
+                d.removed_rx.clone(),
+            )
+        };
         server::spawn(listener, handle.clone(), log.clone()).map_err(DaemonError::Thread)?;
         // Dropped (server stopped) when the daemon returns.
         let _metrics = match opts.config.metrics.listen {
@@ -378,21 +434,21 @@ where
         info!(log, "flowmark running";
             "socket" => opts.socket.display().to_string(),
             "config" => opts.config_path.as_ref().map_or_else(|| "(default testbed)".to_string(), |p| p.display().to_string()),
-            "ports" => daemon.switch.ports().len(),
-            "pmds" => daemon.switch.config().pmd_cores.len());
+            "ports" => ports,
+            "pmds" => pmds);
         if let Some(hook) = opts.on_start {
             hook(StartContext {
                 handle: handle.clone(),
                 openflow: opts.config.openflow.clone(),
                 log: log.clone(),
-                punts: daemon.switch.punts(),
-                removed: daemon.removed_rx.clone(),
+                punts,
+                removed,
             })
             .map_err(DaemonError::BadArgument)?;
         }
-        daemon.run();
+        Daemon::run(&daemon, &rx, &stop);
         info!(log, "shutting down: stopping PMDs, removing NIC rules");
-        daemon.shutdown();
+        lock_daemon(&daemon).shutdown();
         Ok(())
     })();
     if let Err(e) = std::fs::remove_file(&opts.socket) {
@@ -440,10 +496,33 @@ struct Daemon<B, F> {
     clocks: RuleClocks,
     removed_tx: Sender<RemovedFlow>,
     removed_rx: Receiver<RemovedFlow>,
-    requests: Receiver<Envelope>,
-    stop: Arc<AtomicBool>,
+    /// Set by `shutdown`: in-place requests are refused from then on.
+    stopped: bool,
     bad_requests: log::RateLimit,
     events: events::PortEvents,
+}
+
+/// The daemon behind its lock, even when a request panicked holding it:
+/// the shutdown must still stop the PMDs and remove the NIC rules.
+fn lock_daemon<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<B, F> ServeInPlace for Daemon<B, F>
+where
+    B: PacketBuf + Clone + Send + 'static,
+    F: PortFactory<B>,
+{
+    fn serve_in_place(&mut self, op: Op) -> Result<Reply, DaemonError> {
+        if self.stopped {
+            return Err(DaemonError::Stopped);
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.serve(Envelope { op, reply });
+        answer.try_recv().map_err(|_| DaemonError::Stopped)?
+    }
 }
 
 impl<B, F> Daemon<B, F>
@@ -451,13 +530,7 @@ where
     B: PacketBuf + Clone + Send + 'static,
     F: PortFactory<B>,
 {
-    fn start(
-        config: &Config,
-        factory: F,
-        requests: Receiver<Envelope>,
-        stop: Arc<AtomicBool>,
-        log: Logger,
-    ) -> Result<Self, DaemonError> {
+    fn start(config: &Config, factory: F, log: Logger) -> Result<Self, DaemonError> {
         let started = Instant::now();
         let switch = Switch::start(config.switch_config())?;
         switch.set_buffer_sources(|| factory.buffer_source());
@@ -470,8 +543,7 @@ where
             clocks: RuleClocks::default(),
             removed_tx,
             removed_rx,
-            requests,
-            stop,
+            stopped: false,
             bad_requests: log::RateLimit::new(10),
             events: events::PortEvents::new(),
         };
@@ -485,34 +557,41 @@ where
         Ok(d)
     }
 
-    fn run(&mut self) {
+    /// The main loop: requests from `requests`, then housekeeping, each
+    /// under the lock, until `stop` (or a request panicked in place).
+    fn run(shared: &Mutex<Self>, requests: &Receiver<Envelope>, stop: &AtomicBool) {
         let mut last_rule_check = Instant::now();
         let mut last_aging = Instant::now();
-        while !self.stop.load(Ordering::Relaxed) {
-            match self.requests.recv_timeout(TICK) {
-                Ok(env) => {
-                    self.serve(env);
-                    // Serve what queued up before housekeeping.
-                    while let Ok(env) = self.requests.try_recv() {
-                        self.serve(env);
-                    }
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+        while !stop.load(Ordering::Relaxed) {
+            let first = match requests.recv_timeout(TICK) {
+                Ok(env) => Some(env),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            };
+            let Ok(mut daemon) = shared.lock() else {
+                break;
+            };
+            if let Some(env) = first {
+                daemon.serve(env);
+                // Serve what queued up before housekeeping.
+                while let Ok(env) = requests.try_recv() {
+                    daemon.serve(env);
+                }
             }
-            self.poll_resets();
+            daemon.poll_resets();
             if last_rule_check.elapsed() >= RULE_TIMEOUT_INTERVAL {
                 last_rule_check = Instant::now();
-                self.expire_rules();
+                daemon.expire_rules();
             }
             if last_aging.elapsed() >= MAC_AGING_INTERVAL {
                 last_aging = Instant::now();
-                self.switch.age_macs();
+                daemon.switch.age_macs();
             }
         }
     }
 
     fn shutdown(&mut self) {
+        self.stopped = true;
         let ofports: Vec<u32> = self.switch.ports().iter().map(|p| p.ofport).collect();
         self.switch.shutdown();
         let left: usize = ofports
