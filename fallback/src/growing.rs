@@ -153,6 +153,39 @@ impl<T> GrowingTable<T> {
         self.step(&hash_of);
     }
 
+    /// The entry `eq` picks among those of `hash`, inserted from `make`
+    /// when absent: one probe of each table, no second lookup. `eq` reads
+    /// what `make` consumes (`with`; a map's key).
+    pub fn find_or_insert_mut<W>(
+        &mut self,
+        hash: u64,
+        with: W,
+        eq: impl Fn(&W, &T) -> bool,
+        make: impl FnOnce(W) -> T,
+        hash_of: impl Fn(&T) -> u64,
+    ) -> &mut T {
+        // Growth and the move step first: where an entry lives is settled
+        // before it is looked for.
+        if self.cur.len() >= self.cur.capacity() {
+            self.start_growing(&hash_of);
+        }
+        self.step(&hash_of);
+        // An entry still in the old table moves over now.
+        if !self.old.is_empty() {
+            if let Ok(entry) = self.old.find_entry(hash, |e| eq(&with, e)) {
+                let (value, _) = entry.remove();
+                return self.cur.insert_unique(hash, value, &hash_of).into_mut();
+            }
+        }
+        match self.cur.find_entry(hash, |e| eq(&with, e)) {
+            Ok(entry) => entry.into_mut(),
+            Err(absent) => absent
+                .into_table()
+                .insert_unique(hash, make(with), &hash_of)
+                .into_mut(),
+        }
+    }
+
     /// Removes and returns the entry `eq` picks among those of `hash`.
     pub fn remove(
         &mut self,
@@ -307,6 +340,22 @@ impl<K: Hash + Eq, V> GrowingMap<K, V> {
         None
     }
 
+    /// The value of `k`, inserted from `make` when absent: one hash.
+    pub fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> &mut V {
+        let h = self.hash(&k);
+        let hasher = &self.hasher;
+        &mut self
+            .table
+            .find_or_insert_mut(
+                h,
+                k,
+                |k, e| e.0 == *k,
+                |k| (k, make()),
+                |e| hasher.hash_one(&e.0),
+            )
+            .1
+    }
+
     pub fn remove(&mut self, k: &K) -> Option<V> {
         let h = self.hash(k);
         let hasher = &self.hasher;
@@ -436,7 +485,7 @@ mod tests {
         /// Against a `HashMap` model, with keys from a small range so that
         /// inserts, removes and growth interleave.
         #[test]
-        fn behaves_like_a_map(ops in proptest::collection::vec((0u8..3, 0u64..2_000), 1..6_000)) {
+        fn behaves_like_a_map(ops in proptest::collection::vec((0u8..4, 0u64..2_000), 1..6_000)) {
             let mut t = GrowingTable::new();
             let mut model: HashMap<u64, u64> = HashMap::new();
             for (i, (op, k)) in ops.into_iter().enumerate() {
@@ -451,6 +500,14 @@ mod tests {
                     1 => {
                         let got = t.remove(h(k), |e| e.0 == k, hash_of).map(|e| e.1);
                         prop_assert_eq!(got, model.remove(&k));
+                    }
+                    2 => {
+                        // Found (in either table) or inserted, then changed
+                        // in place.
+                        let want = *model.entry(k).or_insert(i) + 1;
+                        let e = t.find_or_insert_mut(h(k), k, |k, e| e.0 == *k, |k| (k, i), hash_of);
+                        e.1 += 1;
+                        model.insert(k, want);
                     }
                     _ => {
                         prop_assert_eq!(t.find(h(k), |e| e.0 == k).map(|e| e.1), model.get(&k).copied());

@@ -609,38 +609,26 @@ impl OffloadEngine {
             port: put.port,
             ufid: put.ufid,
         };
-        if self
-            .flows
-            .get(&key)
-            .is_some_and(|e| e.r#match != put.r#match)
-        {
+        let has_device = self.ports.contains_key(&put.port);
+        let e = self.flows.get_or_insert_with(key, || FlowEntry {
+            state: if has_device {
+                OffloadState::Pending
+            } else {
+                OffloadState::Software
+            },
+            r#match: put.r#match,
+            refs: PmdRefs::default(),
+            enqueued: put.enqueued,
+            queued: false,
+            staged: false,
+        });
+        if e.r#match != put.r#match {
             // Another megaflow under this ufid (a hash collision): sharing
             // its rule and mark would give this PMD's packets the other
             // megaflow's match. This one stays in software.
             self.counters.ufid_collisions += 1;
             return;
         }
-        let has_device = self.ports.contains_key(&put.port);
-        if !self.flows.contains_key(&key) {
-            self.flows.insert(
-                key,
-                FlowEntry {
-                    state: if has_device {
-                        OffloadState::Pending
-                    } else {
-                        OffloadState::Software
-                    },
-                    r#match: put.r#match,
-                    refs: PmdRefs::default(),
-                    enqueued: put.enqueued,
-                    queued: false,
-                    staged: false,
-                },
-            );
-        }
-        let Some(e) = self.flows.get_mut(&key) else {
-            return;
-        };
         let previous = e.refs.insert(put.pmd, put.handle);
         if let OffloadState::Removing {
             port, mark, rule, ..
