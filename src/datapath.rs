@@ -657,7 +657,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             .iter()
             .filter(|(_, mf)| {
                 mf.r#match.value.in_port() == ofport
-                    || mf.actions.iter().any(
+                    || mf.actions().iter().any(
                         |a| matches!(a, fallback::actions::DpAction::Output(o) if *o == ofport),
                     )
             })
@@ -775,7 +775,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     }
                     mf.stats.packets = 0;
                     mf.stats.bytes = 0;
-                    mf.actions = actions;
+                    mf.set_actions(actions);
                     mf.rules = rules;
                     mf.drop = drop;
                     mf.learn = learn;
@@ -1259,7 +1259,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 }
                 if let Some(h) = self.marks.lookup(mark) {
                     if let Some(mf) = self.cache.get(h) {
-                        if mf.r#match.value.in_port() == ofport {
+                        if mf.hot().in_port == ofport {
                             self.counters.mark_hits += 1;
                             if direct {
                                 if let Some((to, maybe_tcp)) = direct_output(mf, &self.by_ofport) {
@@ -1538,10 +1538,10 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             // Header offsets are needed by modifying actions; TCP flags (for
             // the flow's stats) only where the megaflow may be TCP.
             let modifies = mf
-                .actions
+                .actions()
                 .iter()
                 .any(|a| !matches!(a, DpAction::Output(_) | DpAction::Controller { .. }));
-            let maybe_tcp = may_be_tcp(mf);
+            let maybe_tcp = mf.hot().maybe_tcp;
             // The run's statistics in one update.
             let (mut packets, mut bytes, mut flags) = (0u64, 0usize, 0u16);
             for (_, pkt, headers) in members.iter_mut() {
@@ -1564,7 +1564,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             mf.stats.bytes += bytes as u64;
             mf.stats.used = now_ms;
             mf.stats.tcp_flags |= flags;
-            let actions: &[DpAction] = &mf.actions;
+            let actions: &[DpAction] = mf.actions();
             if actions.is_empty() {
                 let reason = match mf.drop {
                     Some(XlateDrop::NoMatch) => RxDropReason::NoMatch,
@@ -1781,17 +1781,9 @@ fn queue_tx_counted<B: PacketBuf + Clone + Send + 'static>(port: &mut PmdPort<B>
 /// output to a port of this PMD: the megaflows the direct route serves.
 #[inline]
 fn direct_output(mf: &Megaflow, by_ofport: &[u16]) -> Option<(usize, bool)> {
-    let [DpAction::Output(to)] = &mf.actions[..] else {
-        return None;
-    };
-    let to = port_index(by_ofport, *to)?;
-    Some((to, may_be_tcp(mf)))
-}
-
-/// Whether a megaflow's packets may be TCP (their flags go into its stats).
-#[inline]
-fn may_be_tcp(mf: &Megaflow) -> bool {
-    mf.r#match.mask.nw_proto() != 0xff || mf.r#match.value.nw_proto() == fallback::key::ipproto::TCP
+    let hot = mf.hot();
+    let to = port_index(by_ofport, hot.single_output?)?;
+    Some((to, hot.maybe_tcp))
 }
 
 /// The open run of `process_chunk`'s direct route: consecutive packets of

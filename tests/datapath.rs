@@ -517,7 +517,7 @@ fn revalidation_modifies_in_place_or_removes() {
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].ufid, before[0].ufid);
     assert_eq!(
-        fallback::actions::action_strings(&after[0].megaflow.actions),
+        fallback::actions::action_strings(after[0].megaflow.actions()),
         ["mod_nw_src:192.168.200.188", "output:3"]
     );
     assert!(r.offload.deletes.lock().unwrap().is_empty());

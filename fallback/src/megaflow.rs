@@ -77,14 +77,50 @@ impl FlowStats {
     }
 }
 
-/// A datapath megaflow.
+/// What the direct route (mark path, simple match) reads of a megaflow,
+/// derived from its match and actions when they are set. With the stats
+/// and the slot's generation it takes the first 64 bytes of the megaflow's
+/// slot (see `FlowCache`): a marked packet reads nothing else of its
+/// megaflow. Before, it read the match's value and mask and the action list
+/// (another allocation): four or five cache lines per packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HotFields {
+    /// The match's `in_port` (a megaflow's match never changes).
+    pub in_port: u32,
+    /// The port of a megaflow whose only action is one output.
+    pub single_output: Option<u32>,
+    /// Whether its packets may be TCP (their flags go into its stats).
+    pub maybe_tcp: bool,
+}
+
+impl HotFields {
+    fn of(m: &Match, actions: &[DpAction]) -> Self {
+        HotFields {
+            in_port: m.value.in_port(),
+            single_output: match actions {
+                [DpAction::Output(port)] => Some(*port),
+                _ => None,
+            },
+            maybe_tcp: m.mask.nw_proto() != 0xff || m.value.nw_proto() == crate::key::ipproto::TCP,
+        }
+    }
+}
+
+/// A datapath megaflow. `repr(C)`: the fields the direct route reads come
+/// first, next to the slot's generation.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct Megaflow {
+    pub(crate) hot: HotFields,
+    pub stats: FlowStats,
     pub ufid: Ufid,
-    /// `value` is already masked.
+    /// `value` is already masked. Never changed once the megaflow exists
+    /// (its ufid and [`HotFields`] derive from it).
     pub r#match: Match,
-    /// Shared so that a modify can swap them without touching the match.
-    pub actions: Arc<[DpAction]>,
+    /// Shared so that a modify can swap them without touching the match;
+    /// set through [`Megaflow::set_actions`], which keeps [`HotFields`] in
+    /// step.
+    actions: Arc<[DpAction]>,
     /// The OpenFlow rules this megaflow was translated from.
     pub rules: Arc<[RuleId]>,
     /// Why the (empty) action list drops, for the rx drop counters.
@@ -93,7 +129,6 @@ pub struct Megaflow {
     /// keeps that entry alive (the refresh sweep re-learns it while the
     /// megaflow counts packets).
     pub learn: Option<MacLearn>,
-    pub stats: FlowStats,
 }
 
 impl Megaflow {
@@ -103,15 +138,33 @@ impl Megaflow {
             value: key.masked(mask),
             mask: *mask,
         };
+        let actions: Arc<[DpAction]> = actions.into();
         Megaflow {
+            hot: HotFields::of(&m, &actions),
+            stats: FlowStats::default(),
             ufid: Ufid::of(&m),
             r#match: m,
-            actions: actions.into(),
+            actions,
             rules: rules.into(),
             drop: None,
             learn: None,
-            stats: FlowStats::default(),
         }
+    }
+
+    #[inline]
+    pub fn hot(&self) -> &HotFields {
+        &self.hot
+    }
+
+    #[inline]
+    pub fn actions(&self) -> &Arc<[DpAction]> {
+        &self.actions
+    }
+
+    /// Replaces the actions (a revalidation's modify).
+    pub fn set_actions(&mut self, actions: Arc<[DpAction]>) {
+        self.hot = HotFields::of(&self.r#match, &actions);
+        self.actions = actions;
     }
 
     /// The megaflow of a translation made for `key`.

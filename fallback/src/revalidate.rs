@@ -59,7 +59,7 @@ impl FlowRecord {
         FlowRecord {
             ufid: mf.ufid,
             r#match: mf.r#match,
-            actions: Arc::clone(&mf.actions),
+            actions: Arc::clone(mf.actions()),
             rules: Arc::clone(&mf.rules),
             drop: mf.drop,
             learn: mf.learn,

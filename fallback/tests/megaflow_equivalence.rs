@@ -270,7 +270,7 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
                     mf.matches(&k),
                     "simple match returned a megaflow that does not match"
                 );
-                assert_eq!(*mf.actions, *full.actions, "seed {seed}: simple match");
+                assert_eq!(**mf.actions(), *full.actions, "seed {seed}: simple match");
             }
         }
         if full
@@ -291,7 +291,7 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
                     mf.matches(&k),
                     "cache returned a megaflow that does not match"
                 );
-                mf.actions.to_vec()
+                mf.actions().to_vec()
             }
             None => {
                 tally.upcalls += 1;
@@ -334,7 +334,8 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
     for mf in &flows {
         let x = xlate_hinted(bridge, &mf.r#match.value, Some(&mf.r#match.mask));
         assert_eq!(
-            x.actions, *mf.actions,
+            x.actions,
+            **mf.actions(),
             "seed {seed}: revalidation changed the actions of {mf:?}"
         );
         assert!(
@@ -347,7 +348,8 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
         for b in &flows[i + 1..] {
             if a.overlaps(b) {
                 assert_eq!(
-                    a.actions, b.actions,
+                    a.actions(),
+                    b.actions(),
                     "seed {seed}: overlapping megaflows with different actions"
                 );
             }

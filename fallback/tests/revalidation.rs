@@ -92,7 +92,7 @@ impl World {
                 } => {
                     let mf = self.cache.get_mut(handle).expect("a live megaflow");
                     assert_eq!(mf.ufid, ufid);
-                    mf.actions = actions;
+                    mf.set_actions(actions);
                     mf.rules = rules;
                     mf.drop = drop;
                     mf.learn = learn;
@@ -114,7 +114,7 @@ impl World {
             );
             assert_eq!(
                 (&x.actions[..], &x.rules[..], x.drop),
-                (&mf.actions[..], &mf.rules[..], mf.drop),
+                (&mf.actions()[..], &mf.rules[..], mf.drop),
                 "seed {seed}, after {what}: stale megaflow {mf:?}"
             );
             for _ in 0..4 {
@@ -125,7 +125,7 @@ impl World {
                 let x = xlate(self.bridge(published), &k);
                 assert_eq!(
                     (&x.actions[..], x.drop),
-                    (&mf.actions[..], mf.drop),
+                    (&mf.actions()[..], mf.drop),
                     "seed {seed}, after {what}: {k:?} inside {mf:?} translates otherwise"
                 );
             }
@@ -282,7 +282,7 @@ fn check_seed(seed: u64) -> RevalStats {
                 .expect("installed or cached");
             let full = xlate(w.bridge(&published), &k);
             assert_eq!(
-                w.cache.get(h).map(|m| m.actions.to_vec()),
+                w.cache.get(h).map(|m| m.actions().to_vec()),
                 Some(full.actions),
                 "seed {seed}, after {what}: a cached packet gets other actions than a translation"
             );

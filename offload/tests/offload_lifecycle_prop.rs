@@ -501,7 +501,7 @@ impl World {
                     self.actions_version += 1;
                     let actions = vec![DpAction::Output(self.actions_version)];
                     if let Some(mf) = self.pmds[pmd].cache.get_mut(h) {
-                        mf.actions = Arc::from(actions);
+                        mf.set_actions(Arc::from(actions));
                     }
                     // Same match: install finds the same copy.
                     let put = self.install(pmd, flow);

@@ -133,7 +133,7 @@ pub fn megaflows<B: PacketBuf + Clone + Send + 'static>(
                 MegaflowRow {
                     ufid: info.ufid.to_string(),
                     megaflow: format_megaflow(&mf.r#match),
-                    actions: action_strings(&mf.actions),
+                    actions: action_strings(mf.actions()),
                     packets: 0,
                     bytes: 0,
                     used_ms_ago: 0,
