@@ -1537,11 +1537,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             };
             // Header offsets are needed by modifying actions; TCP flags (for
             // the flow's stats) only where the megaflow may be TCP.
-            let modifies = mf
-                .actions()
-                .iter()
-                .any(|a| !matches!(a, DpAction::Output(_) | DpAction::Controller { .. }));
-            let maybe_tcp = mf.hot().maybe_tcp;
+            let (modifies, maybe_tcp) = (mf.hot().modifies, mf.hot().maybe_tcp);
             // The run's statistics in one update.
             let (mut packets, mut bytes, mut flags) = (0u64, 0usize, 0u16);
             for (_, pkt, headers) in members.iter_mut() {

@@ -378,8 +378,12 @@ mod tests {
     fn set_actions_keeps_the_hot_fields_in_step() {
         let mut m = mf(1, 0xffff_ffff, 2);
         assert_eq!(m.hot().single_output, Some(2));
+        assert!(!m.hot().modifies);
         m.set_actions(vec![DpAction::Output(2), DpAction::Output(3)].into());
         assert_eq!(m.hot().single_output, None);
+        assert!(!m.hot().modifies);
+        m.set_actions(vec![DpAction::PopVlan, DpAction::Output(3)].into());
+        assert!(m.hot().modifies);
         m.set_actions(vec![DpAction::Output(7)].into());
         assert_eq!(m.hot().single_output, Some(7));
         assert_eq!(m.hot().in_port, m.r#match.value.in_port());

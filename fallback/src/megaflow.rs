@@ -91,6 +91,9 @@ pub struct HotFields {
     pub single_output: Option<u32>,
     /// Whether its packets may be TCP (their flags go into its stats).
     pub maybe_tcp: bool,
+    /// Whether an action changes the packet (anything but outputs and
+    /// punts): its execution needs the header offsets.
+    pub modifies: bool,
 }
 
 impl HotFields {
@@ -102,6 +105,9 @@ impl HotFields {
                 _ => None,
             },
             maybe_tcp: m.mask.nw_proto() != 0xff || m.value.nw_proto() == crate::key::ipproto::TCP,
+            modifies: actions
+                .iter()
+                .any(|a| !matches!(a, DpAction::Output(_) | DpAction::Controller { .. })),
         }
     }
 }
