@@ -474,6 +474,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdLoop<B> {
         // Shutdown: every megaflow goes, and with it every NIC rule.
         self.core.flush_megaflows();
         self.core.housekeeping();
+        self.core.retry_pending_deletes(usize::MAX);
     }
 
     /// Applies a newer published pipeline and pending control messages.

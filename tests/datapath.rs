@@ -504,6 +504,47 @@ fn full_offload_queue_is_counted_and_reoffered() {
 }
 
 #[test]
+fn refused_nic_rule_deletes_are_retried_a_bounded_number_per_iteration() {
+    // 600 host rules, one megaflow each.
+    let mut rules = String::from("priority=0,actions=drop\n");
+    for i in 0..600u32 {
+        rules += &format!(
+            "priority=10,ip,nw_src=10.0.{}.{},actions=output:2\n",
+            i >> 8,
+            i & 255
+        );
+    }
+    let mut r = rig(&rules);
+    for i in 0..600u32 {
+        r.ports[0].inject(&gtp_u([10, 0, (i >> 8) as u8, i as u8], 4000), None);
+        if i % 32 == 31 {
+            r.poll_all();
+        }
+    }
+    r.poll_all();
+    assert_eq!(r.pmd.megaflow_count(), 600);
+    // The worker's queue refuses every delete: all wait, in order.
+    *r.offload.full.lock().unwrap() = true;
+    r.pmd.flush_megaflows();
+    assert_eq!(r.pmd.pending_deletes(), 600);
+    assert!(r.offload.deletes.lock().unwrap().is_empty());
+    // Room again: one loop iteration retries a bounded number (a queue's
+    // worth in one iteration cost milliseconds), the next ones the rest.
+    *r.offload.full.lock().unwrap() = false;
+    r.pmd.housekeeping();
+    let first = r.offload.deletes.lock().unwrap().len();
+    assert!(first > 0 && first < 600, "{first} retried in one iteration");
+    assert_eq!(r.pmd.pending_deletes(), 600 - first);
+    while r.pmd.pending_deletes() > 0 {
+        r.pmd.housekeeping();
+    }
+    let deletes = r.offload.deletes.lock().unwrap().clone();
+    assert_eq!(deletes.len(), 600);
+    let distinct: std::collections::HashSet<_> = deletes.iter().map(|d| d.1).collect();
+    assert_eq!(distinct.len(), 600, "each megaflow's NIC rule deleted once");
+}
+
+#[test]
 fn revalidation_modifies_in_place_or_removes() {
     let mut r = rig(GTP);
     r.ports[0].inject(&gtp_u([10, 1, 0, 1], 4000), None);
