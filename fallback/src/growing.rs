@@ -385,6 +385,84 @@ impl<K: Hash + Eq, V> GrowingMap<K, V> {
     }
 }
 
+/// Entries per [`ChunkedVec`] chunk.
+const CHUNK: usize = 1024;
+
+/// A vector in fixed chunks of [`CHUNK`] entries that never move: a push
+/// allocates at most one chunk, where a `Vec` at 65,536 entries copies them
+/// all into twice the memory (fresh pages: 1.3-1.5 ms on a PMD applying a
+/// bundle's verdicts). Order as a `Vec`'s; `swap_remove` as `Vec::swap_remove`.
+#[derive(Debug)]
+pub struct ChunkedVec<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for ChunkedVec<T> {
+    fn default() -> Self {
+        ChunkedVec {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> ChunkedVec<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, i: usize) -> Option<&T> {
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
+    }
+
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
+    }
+
+    pub fn push(&mut self, v: T) {
+        if self.len.is_multiple_of(CHUNK) && self.chunks.len() == self.len / CHUNK {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(chunk) = self.chunks.get_mut(self.len / CHUNK) {
+            chunk.push(v);
+            self.len += 1;
+        }
+    }
+
+    pub fn pop(&mut self) -> Option<T> {
+        let last = self.len.checked_sub(1)?;
+        let v = self.chunks.get_mut(last / CHUNK)?.pop()?;
+        self.len = last;
+        // Past the chunk the next push goes to, one emptied chunk stays as a
+        // spare (no allocate/free churn at a chunk boundary).
+        while self.chunks.len() > last / CHUNK + 2 {
+            self.chunks.pop();
+        }
+        Some(v)
+    }
+
+    /// Removes entry `i`; the last entry takes its place.
+    pub fn swap_remove(&mut self, i: usize) -> Option<T> {
+        if i >= self.len {
+            return None;
+        }
+        let last = self.pop()?;
+        if i == self.len {
+            return Some(last);
+        }
+        self.get_mut(i).map(|slot| std::mem::replace(slot, last))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +475,40 @@ mod tests {
 
     fn hash_of(e: &(u64, u64)) -> u64 {
         h(e.0)
+    }
+
+    #[test]
+    fn chunked_vec_behaves_as_a_vec() {
+        let mut c = ChunkedVec::default();
+        let mut v = Vec::new();
+        let mut x = 1u64;
+        for step in 0..20_000u64 {
+            // xorshift: pushes outnumber removals, across chunk boundaries.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 5 {
+                0 if !v.is_empty() => {
+                    let i = (x >> 8) as usize % v.len();
+                    assert_eq!(c.swap_remove(i), Some(v.swap_remove(i)));
+                }
+                1 => assert_eq!(c.pop(), v.pop()),
+                _ => {
+                    c.push(step);
+                    v.push(step);
+                }
+            }
+            assert_eq!(c.len(), v.len());
+            if let Some(i) = v.len().checked_sub(1) {
+                assert_eq!(c.get(i), v.get(i));
+            }
+        }
+        assert!(c.len() > 2 * CHUNK);
+        assert!(c.iter().eq(v.iter()));
+        assert_eq!(c.get(c.len()), None);
+        assert_eq!(c.swap_remove(c.len()), None);
+        while c.pop().is_some() {}
+        assert!(c.is_empty() && c.chunks.len() <= 2);
     }
 
     #[test]
