@@ -254,7 +254,11 @@ pub fn serve_connection(
             break;
         }
         // Input, an event to pass on, or the tick (keepalives, `stop`).
-        let readable = stream.buffered() || wait_input(stream.tcp(), sub, POLL);
+        let (readable, woken) = if stream.buffered() {
+            (true, false)
+        } else {
+            wait_input(stream.tcp(), sub, POLL)
+        };
         if readable {
             match stream.read(&mut buf) {
                 Ok(0) => break,
@@ -270,7 +274,12 @@ pub fn serve_connection(
                 }
             }
         }
-        sub.clear_wake();
+        // Only when poll saw it rung: a read every loop was one more system
+        // call per flow mod (`ovs-ofctl add-flows` makes a round trip per
+        // rule). Events are taken every loop either way.
+        if woken {
+            sub.clear_wake();
+        }
         while let Ok(ev) = sub.events.try_recv() {
             session.event(&ev);
         }
@@ -452,8 +461,9 @@ impl Drop for Endpoint {
 }
 
 /// Waits until the socket has input, an event's wake-up arrives, or `max`
-/// passes; true when the socket has input (a read will not block).
-fn wait_input(sock: &TcpStream, sub: &Subscription, max: Duration) -> bool {
+/// passes: (the socket has input, so a read will not block; the wake-up
+/// was rung).
+fn wait_input(sock: &TcpStream, sub: &Subscription, max: Duration) -> (bool, bool) {
     use rustix::event::{poll, PollFd, PollFlags};
     let timeout = timespec(max);
     let got = match &sub.wake {
@@ -462,15 +472,17 @@ fn wait_input(sock: &TcpStream, sub: &Subscription, max: Duration) -> bool {
                 PollFd::new(sock, PollFlags::IN),
                 PollFd::new(wake.as_ref(), PollFlags::IN),
             ];
-            poll(&mut fds, Some(&timeout)).map(|_| !fds[0].revents().is_empty())
+            poll(&mut fds, Some(&timeout))
+                .map(|_| (!fds[0].revents().is_empty(), !fds[1].revents().is_empty()))
         }
         None => {
             let mut fds = [PollFd::new(sock, PollFlags::IN)];
-            poll(&mut fds, Some(&timeout)).map(|_| !fds[0].revents().is_empty())
+            poll(&mut fds, Some(&timeout)).map(|_| (!fds[0].revents().is_empty(), false))
         }
     };
-    // An error: let the read (with its timeout) find out.
-    got.unwrap_or(true)
+    // An error: let the read (with its timeout) find out, and clear the
+    // wake-up in case it was rung.
+    got.unwrap_or((true, true))
 }
 
 fn timespec(d: Duration) -> rustix::event::Timespec {
