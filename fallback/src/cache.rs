@@ -4,7 +4,7 @@
 
 use crate::dpcls::{Dpcls, Retired};
 use crate::emc::Emc;
-use crate::growing::GrowingTable;
+use crate::growing::{ChunkedVec, GrowingTable};
 use crate::key::FlowKey;
 use crate::megaflow::{Megaflow, Ufid};
 use crate::simple::{SimplePorts, SimpleTable};
@@ -52,53 +52,13 @@ struct Slot {
     flow: Option<Megaflow>,
 }
 
-/// Slots per chunk of [`Slots`] (a chunk of ~100 KB stays under malloc's
-/// mmap threshold).
-const CHUNK_BITS: u32 = 8;
-const CHUNK: usize = 1 << CHUNK_BITS;
+/// Slots per chunk (a chunk of ~100 KB stays under malloc's mmap
+/// threshold). In chunks that never move: a growing `Vec<Slot>` moved every
+/// megaflow (hundreds of bytes each) on each doubling, an upcall of 12–15 ms
+/// on the PMD at 65,536 megaflows.
+const CHUNK: usize = 256;
 
-/// The slots in fixed-size chunks that never move: a growing `Vec<Slot>`
-/// moved every megaflow (hundreds of bytes each) on each doubling, an
-/// upcall of 12–15 ms on the PMD at 65,536 megaflows.
-#[derive(Default)]
-struct Slots {
-    chunks: Vec<Vec<Slot>>,
-    len: usize,
-}
-
-impl Slots {
-    #[inline]
-    fn get(&self, i: usize) -> Option<&Slot> {
-        self.chunks.get(i >> CHUNK_BITS)?.get(i & (CHUNK - 1))
-    }
-
-    #[inline]
-    fn get_mut(&mut self, i: usize) -> Option<&mut Slot> {
-        self.chunks
-            .get_mut(i >> CHUNK_BITS)?
-            .get_mut(i & (CHUNK - 1))
-    }
-
-    /// Appends an empty slot; returns its index.
-    fn push_empty(&mut self) -> usize {
-        if self.len.is_multiple_of(CHUNK) {
-            self.chunks.push(Vec::with_capacity(CHUNK));
-        }
-        if let Some(chunk) = self.chunks.last_mut() {
-            chunk.push(Slot { gen: 0, flow: None });
-        }
-        self.len += 1;
-        self.len - 1
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Slot> {
-        self.chunks.iter().flatten()
-    }
-}
+type Slots = ChunkedVec<Slot, CHUNK>;
 
 /// Hash tables the cache no longer uses (see [`FlowCache::set_retire_tables`]);
 /// dropping this frees them.
@@ -249,7 +209,10 @@ impl FlowCache {
         }
         let index = match self.free.pop() {
             Some(i) => i,
-            None => self.slots.push_empty() as u32,
+            None => {
+                self.slots.push(Slot { gen: 0, flow: None });
+                (self.slots.len() - 1) as u32
+            }
         };
         let gen = self.slots.get(index as usize).map_or(0, |s| s.gen);
         let h = FlowHandle { index, gen };
