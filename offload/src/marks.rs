@@ -23,7 +23,7 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use fallback::cache::FlowHandle;
-use fallback::growing::GrowingMap;
+use fallback::growing::{ChunkedVec, GrowingMap};
 use fallback::megaflow::Ufid;
 use hashbrown::HashMap;
 use thiserror::Error;
@@ -300,8 +300,9 @@ pub struct MarkRegistry {
     /// Grows a little per insert (no all-at-once rehash on the insert path).
     by_key: GrowingMap<OffloadKey, Mark>,
     /// The owner of each of the pool's marks, by pool index (a mark's
-    /// owner is a vector read; it grows as far as the pool's fresh ids).
-    by_mark: Vec<Option<OffloadKey>>,
+    /// owner is a vector read; it grows as far as the pool's fresh ids, a
+    /// chunk at a time: a `Vec` copied megabytes at each doubling).
+    by_mark: ChunkedVec<Option<OffloadKey>>,
     epoch: Epoch,
     pmd_seen: HashMap<PmdId, Epoch>,
     /// Extra time a mark stays quarantined after every PMD has passed a
@@ -325,7 +326,7 @@ impl MarkRegistry {
         Ok(MarkRegistry {
             pool: MarkPool::sharded(max_marks, shard, shards)?,
             by_key: GrowingMap::new(),
-            by_mark: Vec::new(),
+            by_mark: ChunkedVec::default(),
             epoch: Epoch(0),
             pmd_seen: HashMap::new(),
             min_quarantine,
@@ -375,10 +376,12 @@ impl MarkRegistry {
         };
         self.by_key.insert(key, mark);
         if let Some(i) = self.pool.index(mark) {
-            if self.by_mark.len() <= i {
-                self.by_mark.resize(i + 1, None);
+            while self.by_mark.len() <= i {
+                self.by_mark.push(None);
             }
-            self.by_mark[i] = Some(key);
+            if let Some(owner) = self.by_mark.get_mut(i) {
+                *owner = Some(key);
+            }
         }
         Ok(mark)
     }

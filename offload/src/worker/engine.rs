@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fallback::growing::GrowingMap;
+use fallback::growing::DenseMap;
 use fallback::megaflow::Ufid;
 use fallback::ofproto::Match;
 use serde::{Serialize, Serializer};
@@ -351,9 +351,10 @@ pub struct OffloadEngine {
     config: EngineConfig,
     marks: MarkRegistry,
     ports: BTreeMap<PortId, PortEntry>,
-    /// Grows a little per insert: an all-at-once rehash of a large map
-    /// held every queued insert behind it for milliseconds.
-    flows: GrowingMap<OffloadKey, FlowEntry>,
+    /// Entries written once, side by side; the index grows a little per
+    /// insert (an all-at-once rehash of a large map held every queued
+    /// insert behind it for milliseconds).
+    flows: DenseMap<OffloadKey, FlowEntry>,
     pending: VecDeque<OffloadKey>,
     /// Failed for want of a mark, in failure order.
     waiting_for_marks: VecDeque<OffloadKey>,
@@ -374,7 +375,7 @@ impl OffloadEngine {
             )?,
             config,
             ports: BTreeMap::new(),
-            flows: GrowingMap::new(),
+            flows: DenseMap::new(),
             pending: VecDeque::new(),
             waiting_for_marks: VecDeque::new(),
             counters: EngineCounters::default(),
