@@ -230,8 +230,9 @@ fn drive(core: &mut PmdCore<HeapPacket>, secs: f64, warmup: bool) -> (u64, f64, 
     )
 }
 
-/// A hit path (mark, EMC or dpcls) with `flows` flows over `subtables` masks.
-fn hit_case(path: Path, flows: u32, subtables: usize, secs: f64) -> serde_json::Value {
+/// A PMD over the loop ports with `flows` flows of `path` (mark, simple,
+/// EMC or dpcls) over `subtables` masks installed, packets in the loop.
+fn hit_rig(path: Path, flows: u32, subtables: usize) -> PmdCore<HeapPacket> {
     // EMC runs insert every dpcls hit; dpcls and mark runs keep the EMC out.
     let inv_prob = if path == Path::Emc { 1 } else { u32::MAX };
     let mut core = pmd(inv_prob, "");
@@ -278,6 +279,12 @@ fn hit_case(path: Path, flows: u32, subtables: usize, secs: f64) -> serde_json::
     if let Ok(mut queue) = shared.queue.lock() {
         *queue = q;
     }
+    core
+}
+
+/// A hit path (mark, EMC or dpcls) with `flows` flows over `subtables` masks.
+fn hit_case(path: Path, flows: u32, subtables: usize, secs: f64) -> serde_json::Value {
+    let mut core = hit_rig(path, flows, subtables);
     // Warm-up (fills the EMC, settles subtable ranking), then measure.
     let (warmup_packets, _, _) = drive(&mut core, secs, true);
     core.clear_counters();
@@ -454,15 +461,60 @@ fn drain_publishes(updates: &offload::worker::PmdUpdates) -> usize {
 /// the worker has settled `want` megaflows; its status then.
 fn wait_for_rules(
     rig: &OffloadRig,
+    published: usize,
+    want: usize,
+) -> Result<offload::worker::OffloadStatus, CliError> {
+    wait_for_rules_while(rig, published, want, &mut PmdLoad::Idle)
+}
+
+/// What the bench thread (the PMD of an offload rig) does between two
+/// drains of its offload updates.
+enum PmdLoad {
+    /// Nothing: it yields.
+    Idle,
+    /// Forwards a burst through a PMD of its own, as a PMD's poll loop
+    /// does between two top-of-loop drains.
+    Forwarding {
+        core: Box<PmdCore<HeapPacket>>,
+        packets: u64,
+    },
+}
+
+impl PmdLoad {
+    fn between_drains(&mut self) {
+        match self {
+            PmdLoad::Idle => std::thread::yield_now(),
+            PmdLoad::Forwarding { core, packets } => *packets += core.poll(0, 0, 0) as u64,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            PmdLoad::Idle => "idle",
+            PmdLoad::Forwarding { .. } => "forwarding",
+        }
+    }
+
+    fn packets(&self) -> u64 {
+        match self {
+            PmdLoad::Idle => 0,
+            PmdLoad::Forwarding { packets, .. } => *packets,
+        }
+    }
+}
+
+fn wait_for_rules_while(
+    rig: &OffloadRig,
     mut published: usize,
     want: usize,
+    load: &mut PmdLoad,
 ) -> Result<offload::worker::OffloadStatus, CliError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while published < want && Instant::now() < deadline {
         let n = drain_publishes(&rig.updates);
         published += n;
         if n == 0 {
-            std::thread::yield_now();
+            load.between_drains();
         }
     }
     loop {
@@ -485,8 +537,27 @@ fn wait_for_rules(
 /// Completion is watched through the marks published to the PMD, not by
 /// polling the worker's status, whose O(flows) walk would steal the
 /// worker's time.
-fn offload_case(flows: u32, threads: usize) -> Result<serde_json::Value, CliError> {
-    with_pinned_rig(flows, threads, |rig| offload_run(rig, flows, threads))
+///
+/// `forwarding`: meanwhile the PMD forwards the EMC path's 10,000 flows
+/// (issue 13 asks for the rate with the PMD idle and with it forwarding).
+fn offload_case(
+    flows: u32,
+    threads: usize,
+    forwarding: bool,
+) -> Result<serde_json::Value, CliError> {
+    with_pinned_rig(flows, threads, |rig| {
+        let mut load = if forwarding {
+            let mut core = Box::new(hit_rig(Path::Emc, 10_000, 1));
+            // Warm: the EMC and dpcls hold the flows before the clock starts.
+            for _ in 0..4096 {
+                core.poll(0, 0, 0);
+            }
+            PmdLoad::Forwarding { core, packets: 0 }
+        } else {
+            PmdLoad::Idle
+        };
+        offload_run(rig, flows, threads, &mut load)
+    })
 }
 
 /// Runs `run` on an [`offload_rig`] in the pinned layout of
@@ -518,6 +589,7 @@ fn offload_run(
     rig: &OffloadRig,
     flows: u32,
     threads: usize,
+    load: &mut PmdLoad,
 ) -> Result<serde_json::Value, CliError> {
     let fail = |e: String| CliError::Bench(e);
     let mut published = 0usize;
@@ -529,17 +601,19 @@ fn offload_run(
                 Offer::Queued => break,
                 Offer::QueueFull => {
                     published += drain_publishes(&rig.updates);
-                    std::thread::yield_now();
+                    load.between_drains();
                 }
                 Offer::Stopped => return Err(fail("the offload worker stopped".into())),
             }
         }
     }
-    let status = wait_for_rules(rig, published, flows as usize)?;
+    let status = wait_for_rules_while(rig, published, flows as usize, load)?;
     let elapsed = start.elapsed().as_secs_f64();
     let port = status.ports.first();
     Ok(json!({
         "path": "offload-insert",
+        "pmd": load.name(),
+        "pmd_mpps": load.packets() as f64 / elapsed / 1e6,
         "flows": flows,
         "offload_threads": threads,
         "subtables": 1,
@@ -746,10 +820,12 @@ fn print(case: &serde_json::Value, json: bool) {
     let path = case["path"].as_str().unwrap_or("?");
     match path {
         "offload-insert" => println!(
-            "{path:<15} flows={:<7} threads={} {:>10.0} inserts/s   (all queued at once: latency avg {:.0} us  p99 {} us)",
+            "{path:<15} flows={:<7} threads={} pmd {:<10} {:>10.0} inserts/s   (PMD {:.2} Mpps; all queued at once: latency avg {:.0} us  p99 {} us)",
             case["flows"],
             case["offload_threads"],
+            case["pmd"].as_str().unwrap_or("?"),
             f("inserts_per_s"),
+            f("pmd_mpps"),
             f("latency_us_avg_burst"),
             case["latency_us_p99_burst"]
         ),
@@ -815,11 +891,13 @@ pub fn run(quick: bool, json: bool) -> Result<(), CliError> {
         print(&upcall_case(if quick { 20_000 } else { 100_000 }), json);
     }
     if selected("offload-insert") {
-        for threads in [1, 2] {
-            print(
-                &offload_case(if quick { 20_000 } else { 100_000 }, threads)?,
-                json,
-            );
+        for forwarding in [false, true] {
+            for threads in [1, 2] {
+                print(
+                    &offload_case(if quick { 20_000 } else { 100_000 }, threads, forwarding)?,
+                    json,
+                );
+            }
         }
     }
     if selected("offload-latency") {

@@ -156,9 +156,12 @@ def main():
     for r in inproc:
         if r.get("path") == "offload-insert":
             ips = r.get("inserts_per_s")
-            o.append("| ≥ 1,000,000 rule insertions/s into the emulated NIC (`flowmark bench`, %s flows offered at once) | "
-                     "**%s/s** | %s |" % ("{:,}".format(r["flows"]), "{:,.0f}".format(ips),
-                                          "yes" if ips >= 1e6 else "**no**"))
+            pmd = r.get("pmd", "idle")
+            o.append("| ≥ 1,000,000 rule insertions/s into the emulated NIC (`flowmark bench`, %s flows offered at once, "
+                     "%s offload thread(s), PMD %s%s) | **%s/s** | %s |" % (
+                         "{:,}".format(r["flows"]), r.get("offload_threads", 1), pmd,
+                         " at %.2f Mpps" % r["pmd_mpps"] if pmd == "forwarding" and "pmd_mpps" in r else "",
+                         "{:,.0f}".format(ips), "yes" if ips >= 1e6 else "**no**"))
             b99 = r.get("latency_us_p99_burst", r.get("latency_us_p99"))
             if lat is None and b99 is not None:
                 o.append("| upcall-to-offloaded p99 < 1 ms (`flowmark bench`; all offered at once, so mostly queueing) "
