@@ -22,8 +22,17 @@ impl<G> Recover<G> for LockResult<G> {
 /// where a channel receive waits for a slot a sender has claimed but not
 /// yet written, that is, for as long as a preempted sender stays off its
 /// core. Producers lock for one push. The consumer closes it when it goes.
+///
+/// The length is also kept in an atomic, written under the lock: a
+/// consumer that finds it 0 returns without touching the lock, so a PMD
+/// polling an empty queue every loop iteration only reads a cache line the
+/// producer seldom writes (a `try_lock` per iteration writes the lock's
+/// line each time, and takes it from the producer that is about to push).
+/// Whoever sees a producer's later store (an epoch, with Release after the
+/// push) sees the push's length too.
 pub struct TryQueue<T> {
     q: std::sync::Mutex<std::collections::VecDeque<T>>,
+    len: std::sync::atomic::AtomicUsize,
     closed: std::sync::atomic::AtomicBool,
 }
 
@@ -35,52 +44,71 @@ impl<T> Default for TryQueue<T> {
     fn default() -> Self {
         TryQueue {
             q: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            len: std::sync::atomic::AtomicUsize::new(0),
             closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
 
 impl<T> TryQueue<T> {
+    /// Records the queue's length; called with the lock held.
+    fn set_len(&self, q: &std::collections::VecDeque<T>) {
+        self.len
+            .store(q.len(), std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_seen_empty(&self) -> bool {
+        self.len.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
+
     pub fn push(&self, v: T) {
-        self.q.lock().recover().push_back(v);
+        let mut q = self.q.lock().recover();
+        q.push_back(v);
+        self.set_len(&q);
     }
 
     /// Pushes without waiting; a producer at work gives the item back.
     pub fn try_push(&self, v: T) -> Result<(), T> {
-        match self.q.try_lock() {
-            Ok(mut q) => {
-                q.push_back(v);
-                Ok(())
-            }
-            Err(std::sync::TryLockError::Poisoned(p)) => {
-                p.into_inner().push_back(v);
-                Ok(())
-            }
-            Err(std::sync::TryLockError::WouldBlock) => Err(v),
-        }
+        let mut q = match self.q.try_lock() {
+            Ok(q) => q,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(v),
+        };
+        q.push_back(v);
+        self.set_len(&q);
+        Ok(())
     }
 
     /// The oldest item (`Ok(None)`: empty), without waiting.
     pub fn try_pop(&self) -> Result<Option<T>, Busy> {
-        match self.q.try_lock() {
-            Ok(mut q) => Ok(q.pop_front()),
-            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner().pop_front()),
-            Err(std::sync::TryLockError::WouldBlock) => Err(Busy),
+        if self.is_seen_empty() {
+            return Ok(None);
         }
+        let mut q = match self.q.try_lock() {
+            Ok(q) => q,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(Busy),
+        };
+        let v = q.pop_front();
+        self.set_len(&q);
+        Ok(v)
     }
 
-    /// Whether the queue is empty, without waiting.
+    /// Whether the queue is empty, without waiting (a push under way when
+    /// this reads counts once it is done).
     pub fn try_is_empty(&self) -> Result<bool, Busy> {
-        match self.q.try_lock() {
-            Ok(q) => Ok(q.is_empty()),
-            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner().is_empty()),
-            Err(std::sync::TryLockError::WouldBlock) => Err(Busy),
-        }
+        Ok(self.is_seen_empty())
     }
 
     /// The oldest item, waiting for a producer that holds the lock.
     pub fn pop(&self) -> Option<T> {
-        self.q.lock().recover().pop_front()
+        if self.is_seen_empty() {
+            return None;
+        }
+        let mut q = self.q.lock().recover();
+        let v = q.pop_front();
+        self.set_len(&q);
+        v
     }
 
     /// The consumer is gone: producers may stop.
@@ -97,6 +125,27 @@ impl<T> TryQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_queue_is_seen_empty_without_its_lock() {
+        let q: TryQueue<u32> = TryQueue::default();
+        {
+            let _held = q.q.lock().recover();
+            assert_eq!(q.try_pop(), Ok(None));
+            assert_eq!(q.try_is_empty(), Ok(true));
+        }
+        q.push(7);
+        assert_eq!(q.try_push(8), Ok(()));
+        assert_eq!(q.try_is_empty(), Ok(false));
+        {
+            let _held = q.q.lock().recover();
+            assert_eq!(q.try_pop(), Err(Busy));
+        }
+        assert_eq!(q.try_pop(), Ok(Some(7)));
+        assert_eq!(q.pop(), Some(8));
+        assert_eq!(q.try_is_empty(), Ok(true));
+        assert_eq!(q.pop(), None);
+    }
 
     #[test]
     fn try_pop_gives_up_while_a_producer_holds_the_lock() {
