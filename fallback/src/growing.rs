@@ -511,27 +511,31 @@ impl<K: Hash + Eq + Copy, V> DenseMap<K, V> {
     #[inline]
     pub fn get(&self, k: &K) -> Option<&V> {
         let i = *self.index.get(k)?;
-        self.entries.get(i).map(|e| &e.1)
+        self.entries.get(i).filter(|e| e.0 == *k).map(|e| &e.1)
     }
 
     #[inline]
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
         let i = *self.index.get(k)?;
-        self.entries.get_mut(i).map(|e| &mut e.1)
+        self.entries
+            .get_mut(i)
+            .filter(|e| e.0 == *k)
+            .map(|e| &mut e.1)
     }
 
-    /// The value of `k`, inserted from `make` when absent: one hash.
-    pub fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> &mut V {
+    /// The value of `k`, inserted from `make` when absent: one hash. `None`
+    /// only if the index and the entries fell out of step (a `make` that
+    /// panicked, a bug).
+    pub fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> Option<&mut V> {
         let next = self.entries.len();
         let i = *self.index.get_or_insert_with(k, || next);
         if i == next {
             self.entries.push((k, make()));
         }
-        match self.entries.get_mut(i) {
-            Some(e) => &mut e.1,
-            // The index only holds positions of entries.
-            None => unreachable!("DenseMap index out of step with its entries"),
-        }
+        self.entries
+            .get_mut(i)
+            .filter(|e| e.0 == k)
+            .map(|e| &mut e.1)
     }
 
     /// Inserts or replaces; returns the value replaced.
@@ -606,8 +610,8 @@ mod tests {
                     }
                 }
                 _ => {
-                    let a = *d.get_or_insert_with(k, || step);
-                    assert_eq!(a, *m.entry(k).or_insert(step));
+                    let a = d.get_or_insert_with(k, || step).copied();
+                    assert_eq!(a, Some(*m.entry(k).or_insert(step)));
                 }
             }
             assert_eq!(d.len(), m.len());

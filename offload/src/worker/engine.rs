@@ -611,7 +611,7 @@ impl OffloadEngine {
             ufid: put.ufid,
         };
         let has_device = self.ports.contains_key(&put.port);
-        let e = self.flows.get_or_insert_with(key, || FlowEntry {
+        let Some(e) = self.flows.get_or_insert_with(key, || FlowEntry {
             state: if has_device {
                 OffloadState::Pending
             } else {
@@ -622,7 +622,11 @@ impl OffloadEngine {
             enqueued: put.enqueued,
             queued: false,
             staged: false,
-        });
+        }) else {
+            // Only a bug leaves the map's index and entries out of step;
+            // the megaflow then stays in software.
+            return;
+        };
         if e.r#match != put.r#match {
             // Another megaflow under this ufid (a hash collision): sharing
             // its rule and mark would give this PMD's packets the other
