@@ -462,9 +462,7 @@ impl<T, const CHUNK: usize> ChunkedVec<T, CHUNK> {
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.chunks.iter().flatten()
     }
-}
 
-impl<T, const CHUNK: usize> ChunkedVec<T, CHUNK> {
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.chunks.iter_mut().flatten()
     }
@@ -505,7 +503,7 @@ impl<K: Hash + Eq + Copy, V> DenseMap<K, V> {
     }
 
     pub fn contains_key(&self, k: &K) -> bool {
-        self.index.contains_key(k)
+        self.get(k).is_some()
     }
 
     #[inline]
@@ -538,14 +536,18 @@ impl<K: Hash + Eq + Copy, V> DenseMap<K, V> {
             .map(|e| &mut e.1)
     }
 
-    /// Inserts or replaces; returns the value replaced.
+    /// Inserts or replaces; returns the value replaced. One hash.
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
-        if let Some(old) = self.get_mut(&k) {
-            return Some(std::mem::replace(old, v));
+        let next = self.entries.len();
+        let i = *self.index.get_or_insert_with(k, || next);
+        if i == next {
+            self.entries.push((k, v));
+            return None;
         }
-        self.index.insert(k, self.entries.len());
-        self.entries.push((k, v));
-        None
+        self.entries
+            .get_mut(i)
+            .filter(|e| e.0 == k)
+            .map(|e| std::mem::replace(&mut e.1, v))
     }
 
     pub fn remove(&mut self, k: &K) -> Option<V> {
