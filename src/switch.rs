@@ -63,16 +63,17 @@ pub fn check_add(
     rule: &Rule,
     check_overlap: bool,
     max_flows: usize,
-) -> Result<(), AddRefused> {
+) -> Result<Option<RuleId>, AddRefused> {
     let m = &rule.r#match;
     let masked = Match {
         value: m.value.masked(&m.mask),
         mask: m.mask,
     };
     if let Some(table) = pipeline.classifier(rule.table) {
-        // The replacement check is one classifier probe.
-        if table.find_exact(&masked, rule.priority).is_some() {
-            return Ok(());
+        // The replacement check is one classifier probe; its answer is the
+        // add's (`Pipeline::add_replacing`).
+        if let Some(same) = table.find_exact(&masked, rule.priority) {
+            return Ok(Some(same.id));
         }
         if check_overlap
             && table
@@ -89,7 +90,7 @@ pub fn check_add(
     if pipeline.len() >= max_flows {
         return Err(AddRefused::TableFull(max_flows));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The switch's settings (the daemon's config file sets them).
@@ -471,7 +472,13 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
     }
 
     pub fn flow_add(&mut self, rule: Rule) -> Added {
-        let added = self.pipeline.add(rule);
+        let replaced = self.pipeline.same_rule(&rule);
+        self.flow_add_replacing(rule, replaced)
+    }
+
+    /// [`Switch::flow_add`] where `replaced` is what [`check_add`] found.
+    pub fn flow_add_replacing(&mut self, rule: Rule, replaced: Option<RuleId>) -> Added {
+        let added = self.pipeline.add_replacing(rule, replaced);
         self.publish_pipeline();
         added
     }
@@ -801,16 +808,19 @@ mod tests {
         let rule = |f: &str| parse_flow(f).expect("valid flow");
         // The same table, priority and match replaces: never refused.
         let same = rule("priority=10,ip,nw_dst=10.0.0.0/8,actions=drop");
-        assert_eq!(check_add(&p, &same, true, 2), Ok(()));
+        let first = p.rules().find(|e| e.priority() == 10).map(|e| e.id);
+        assert!(first.is_some());
+        assert_eq!(check_add(&p, &same, true, 2), Ok(first));
+        assert_eq!(p.same_rule(&same), first);
         // Overlapping at the same priority: refused only when asked.
         let overlap = rule("priority=10,ip,nw_dst=10.2.0.0/16,actions=drop");
         assert_eq!(check_add(&p, &overlap, true, 100), Err(AddRefused::Overlap));
-        assert_eq!(check_add(&p, &overlap, false, 100), Ok(()));
+        assert_eq!(check_add(&p, &overlap, false, 100), Ok(None));
         // Disjoint, or another priority: no overlap.
         let disjoint = rule("priority=10,ip,nw_dst=11.0.0.0/8,actions=drop");
-        assert_eq!(check_add(&p, &disjoint, true, 100), Ok(()));
+        assert_eq!(check_add(&p, &disjoint, true, 100), Ok(None));
         let other_prio = rule("priority=11,ip,nw_dst=10.2.0.0/16,actions=drop");
-        assert_eq!(check_add(&p, &other_prio, true, 100), Ok(()));
+        assert_eq!(check_add(&p, &other_prio, true, 100), Ok(None));
         // Full.
         assert_eq!(
             check_add(&p, &disjoint, false, 2),

@@ -746,7 +746,7 @@ where
 
     fn scrape(&mut self) -> Result<crate::metrics::Scrape, DaemonError> {
         let mut rules_per_table = std::collections::BTreeMap::new();
-        for e in self.switch.pipeline().rules() {
+        for e in self.switch.pipeline().entries() {
             *rules_per_table.entry(e.table()).or_insert(0) += 1;
         }
         Ok(crate::metrics::Scrape {
@@ -1097,9 +1097,9 @@ where
         max_flows: usize,
         send_flow_rem: bool,
     ) -> Result<RuleId, AddRefused> {
-        check_add(self.switch.pipeline(), &rule, check_overlap, max_flows)?;
+        let replaced = check_add(self.switch.pipeline(), &rule, check_overlap, max_flows)?;
         let timed = rule.idle_timeout > 0 || rule.hard_timeout > 0;
-        let added = self.switch.flow_add(rule);
+        let added = self.switch.flow_add_replacing(rule, replaced);
         // O(1) bookkeeping: a full resync per OpenFlow add would make a
         // controller's table load quadratic.
         self.clocks.add(
@@ -1143,7 +1143,8 @@ where
     fn flow_aggregate(&mut self, select: &RuleFilter) -> Result<(u64, u64, u64), DaemonError> {
         let stats = self.switch.rule_stats()?;
         let mut c = (0, 0, 0);
-        for e in self.switch.pipeline().rules().filter(|e| select(e)) {
+        // Counting needs no lookup order: `entries`, not the sorting `rules`.
+        for e in self.switch.pipeline().entries().filter(|e| select(e)) {
             let (packets, bytes) = stats.get(&e.id).copied().unwrap_or((0, 0));
             c = (c.0 + 1, c.1 + packets, c.2 + bytes);
         }

@@ -159,9 +159,7 @@ impl OpenFlowSwitch for DaemonSwitch {
             .handle
             .transaction(Box::new(
                 move |pipeline| match super::flow_table::apply_flow_mods_to(
-                    pipeline,
-                    mods.flow_mods(),
-                    max_flows,
+                    pipeline, &mods, max_flows,
                 ) {
                     Ok(p) => Some(p),
                     Err(e) => {

@@ -4,8 +4,8 @@
 
 use super::error::{BadRequestCode as Brc, FlowModFailedCode as Fmfc, OfpError};
 use super::message::{
-    flow_flags, FlowMod, FlowModCommand, FlowStats, FlowStatsRequest, TableStats, OFPG_ANY,
-    OFPTT_ALL, OFP_NO_BUFFER,
+    flow_flags, BundledFlowMods, FlowMod, FlowModCommand, FlowStats, FlowStatsRequest, TableStats,
+    OFPG_ANY, OFPTT_ALL, OFP_NO_BUFFER,
 };
 use super::port::{ofport_from_of13, OFPP_ANY};
 use super::switch::{FlowInfo, FlowTable, OpenFlowSwitch};
@@ -72,8 +72,9 @@ impl PipelineTable {
     /// One OFPFC_ADD (see [`OpenFlowSwitch::add_flow_checked`]).
     pub fn add(&self, rule: Rule, check_overlap: bool) -> Result<RuleId, OfpError> {
         let mut p = self.pipeline.borrow_mut();
-        crate::switch::check_add(&p, &rule, check_overlap, self.max_flows).map_err(add_refused)?;
-        Ok(p.add(rule).id)
+        let replaced = crate::switch::check_add(&p, &rule, check_overlap, self.max_flows)
+            .map_err(add_refused)?;
+        Ok(p.add_replacing(rule, replaced).id)
     }
 
     /// Many adds as one version (see [`OpenFlowSwitch::add_flows`]).
@@ -169,7 +170,7 @@ impl FlowTable for PipelineTable {
 }
 
 /// Applies a flow mod.
-pub fn apply_flow_mod<T: FlowTable + ?Sized>(sw: &T, fm: &FlowMod) -> Result<(), OfpError> {
+pub fn apply_flow_mod<T: FlowTable + ?Sized>(sw: &T, fm: FlowMod) -> Result<(), OfpError> {
     if fm.buffer_id != OFP_NO_BUFFER && matches!(fm.command, FlowModCommand::Add) {
         return Err(OfpError::bad_request(
             Brc::BufferUnknown,
@@ -238,20 +239,20 @@ pub fn apply_flow_mod<T: FlowTable + ?Sized>(sw: &T, fm: &FlowMod) -> Result<(),
                     "a flow is added to one table, not OFPTT_ALL",
                 ));
             }
+            let (check_overlap, send_flow_rem) = (
+                fm.flags & flow_flags::CHECK_OVERLAP != 0,
+                fm.flags & flow_flags::SEND_FLOW_REM != 0,
+            );
             let rule = Rule {
                 table: fm.table_id,
                 priority: fm.priority,
                 r#match: fm.r#match,
-                actions: fm.actions.clone(),
+                actions: fm.actions,
                 cookie: fm.cookie,
                 idle_timeout: fm.idle_timeout,
                 hard_timeout: fm.hard_timeout,
             };
-            sw.add_flow_checked(
-                rule,
-                fm.flags & flow_flags::CHECK_OVERLAP != 0,
-                fm.flags & flow_flags::SEND_FLOW_REM != 0,
-            )
+            sw.add_flow_checked(rule, check_overlap, send_flow_rem)
         }
         FlowModCommand::Modify => modify(false),
         FlowModCommand::ModifyStrict => modify(true),
@@ -262,16 +263,17 @@ pub fn apply_flow_mod<T: FlowTable + ?Sized>(sw: &T, fm: &FlowMod) -> Result<(),
 
 /// Applies `mods` in order to `pipeline` (a copy: pipelines share their
 /// rules copy-on-write): all of them, or the index and error of the first
-/// that fails (or did not decode), with the copy dropped.
+/// that fails, with the copy dropped.
 pub fn apply_flow_mods_to(
-    pipeline: fallback::ofproto::table::Pipeline,
-    mods: impl IntoIterator<Item = Result<FlowMod, OfpError>>,
+    mut pipeline: fallback::ofproto::table::Pipeline,
+    mods: &BundledFlowMods,
     max_flows: usize,
 ) -> Result<fallback::ofproto::table::Pipeline, (usize, OfpError)> {
+    // The id index grows once for the bundle, not a doubling at a time.
+    pipeline.reserve(mods.n_adds().min(max_flows.saturating_sub(pipeline.len())));
     let scratch = PipelineTable::new(pipeline, max_flows);
-    for (i, fm) in mods.into_iter().enumerate() {
-        fm.and_then(|fm| apply_flow_mod(&scratch, &fm))
-            .map_err(|e| (i, e))?;
+    for (i, fm) in mods.flow_mods().enumerate() {
+        apply_flow_mod(&scratch, fm).map_err(|e| (i, e))?;
     }
     Ok(scratch.into_pipeline())
 }

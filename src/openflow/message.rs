@@ -410,32 +410,73 @@ pub enum Message {
     },
 }
 
-/// A bundle's flow mods as the controller sent them: the encapsulated
-/// messages back to back in one buffer, decoded again one at a time as the
-/// commit applies them. Keeping them decoded (a match, an action list and
-/// an error quote per message, several small heap blocks each) left a
-/// million-rule bundle's daemon with a fragmented heap after the commit;
-/// one buffer is one block, returned whole when the bundle goes.
+/// A bundle's flow mods, decoded once as they arrive (the session refuses
+/// one that does not decode then) and applied at the commit. Action lists
+/// are kept once per run of equal ones among the last few: a controller's
+/// bundle repeats a handful of lists, and a small heap block per message
+/// left a million-rule bundle's daemon with a fragmented heap after the
+/// commit. The messages as received stay too, back to back in one buffer,
+/// for the error that quotes a failed one.
 #[derive(Clone, Debug, Default)]
 pub struct BundledFlowMods {
+    /// Each flow mod with its `actions` left empty, and the index of its
+    /// list in `action_lists`.
+    mods: Vec<(FlowMod, u32)>,
+    action_lists: Vec<Vec<OfAction>>,
+    /// Indices of the most recently used lists, most recent first.
+    recent: [Option<u32>; 4],
     raw: Vec<u8>,
     /// Where each message ends in `raw`.
     ends: Vec<u32>,
+    n_adds: usize,
 }
 
 impl BundledFlowMods {
-    /// Appends a message that decoded as a flow mod (the session checked).
-    pub fn push(&mut self, message: &[u8]) {
+    /// Appends a flow mod: `message` as received, `fm` as it decoded.
+    pub fn push(&mut self, message: &[u8], mut fm: FlowMod) {
+        let actions = std::mem::take(&mut fm.actions);
+        let lists = &self.action_lists;
+        let hit = self
+            .recent
+            .iter()
+            .position(|r| r.is_some_and(|i| lists[i as usize] == actions));
+        let list = match hit {
+            Some(k) => {
+                self.recent[..=k].rotate_right(1);
+                self.recent[0].unwrap_or_default()
+            }
+            None => {
+                let i = self.action_lists.len() as u32;
+                self.action_lists.push(actions);
+                self.recent.rotate_right(1);
+                self.recent[0] = Some(i);
+                i
+            }
+        };
+        if matches!(fm.command, FlowModCommand::Add) {
+            self.n_adds += 1;
+        }
+        self.mods.push((fm, list));
         self.raw.extend_from_slice(message);
         self.ends.push(self.raw.len() as u32);
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.mods.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.mods.is_empty()
+    }
+
+    /// How many distinct action lists are kept.
+    pub fn action_lists(&self) -> usize {
+        self.action_lists.len()
+    }
+
+    /// How many of the flow mods are adds (room to reserve at the commit).
+    pub fn n_adds(&self) -> usize {
+        self.n_adds
     }
 
     /// Message `i` as received (header included).
@@ -448,21 +489,15 @@ impl BundledFlowMods {
         self.raw.get(start..end)
     }
 
-    /// The flow mods in order, each decoded as it is reached.
-    pub fn flow_mods(&self) -> impl Iterator<Item = Result<FlowMod, OfpError>> + '_ {
-        (0..self.len()).map(|i| {
-            let bytes = self.message(i).unwrap_or_default();
-            match decode(bytes) {
-                Ok(Envelope {
-                    msg: Message::FlowMod(fm),
-                    ..
-                }) => Ok(fm),
-                Ok(_) => Err(OfpError::bad_request(
-                    Brc::BadType,
-                    "a bundled message is not a flow mod",
-                )),
-                Err(e) => Err(e.ofp_error()),
-            }
+    /// The flow mods in order, each with its own copy of its actions.
+    pub fn flow_mods(&self) -> impl Iterator<Item = FlowMod> + '_ {
+        self.mods.iter().map(|(fm, list)| FlowMod {
+            actions: self
+                .action_lists
+                .get(*list as usize)
+                .cloned()
+                .unwrap_or_default(),
+            ..fm.clone()
         })
     }
 }

@@ -318,7 +318,7 @@ impl Session {
             }
             Message::GetAsyncRequest => self.send(xid, &Message::GetAsyncReply(self.async_config)),
             Message::SetAsync(c) => self.async_config = c,
-            Message::FlowMod(fm) => apply_flow_mod(sw, &fm)?,
+            Message::FlowMod(fm) => apply_flow_mod(sw, fm)?,
             Message::BundleControl(bc) => self.bundle_control(xid, bc, sw)?,
             Message::BundleAdd {
                 bundle_id,
@@ -497,8 +497,9 @@ impl Session {
                 format!("bundled message xid {:#x}, outer xid {xid:#x}", inner.xid),
             ));
         }
-        // Decoded now to refuse a bad one now; kept raw (see `Bundle`).
-        let Message::FlowMod(_) = inner.msg else {
+        // Decoded now, once: a bad one is refused now, a good one kept
+        // decoded for the commit (see `BundledFlowMods`).
+        let Message::FlowMod(fm) = inner.msg else {
             return Err(OfpError::bundle_failed(
                 Bfc::MsgUnsup,
                 "flowmark bundles flow mods only",
@@ -508,7 +509,7 @@ impl Session {
             self.open_bundle(id, flags)?;
         }
         let b = self.bundle_checked(id, flags)?;
-        b.mods.push(&message);
+        b.mods.push(&message, fm);
         Ok(())
     }
 

@@ -184,7 +184,7 @@ impl OpenFlowSwitch for PipelineSwitch {
     fn commit_flow_mods(&self, mods: Arc<BundledFlowMods>) -> Result<(), (usize, OfpError)> {
         let mut s = self.lock().map_err(|e| (0, e))?;
         let scratch = s.table.pipeline().clone();
-        let new = apply_flow_mods_to(scratch, mods.flow_mods(), self.max_flows)?;
+        let new = apply_flow_mods_to(scratch, &mods, self.max_flows)?;
         let now = Instant::now();
         let known: std::collections::HashSet<RuleId> =
             s.table.pipeline().rules().map(|e| e.id).collect();

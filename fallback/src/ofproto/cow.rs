@@ -143,11 +143,57 @@ impl<V: Clone> CowTable<V> {
     /// Doubles the shard count (one shard to start with); directories hold
     /// about √shards each.
     fn grow(&mut self, hasher: &impl Fn(&V) -> u64) {
-        let n = (self.n_shards * 2).max(1);
-        let mut shards: Vec<HashTable<V>> = (0..n).map(|_| HashTable::new()).collect();
-        for v in self.iter() {
-            let h = hasher(v);
-            shards[Self::shard_of(n, h)].insert_unique(h, v.clone(), hasher);
+        self.grow_to((self.n_shards * 2).max(1), hasher);
+    }
+
+    /// Room for `additional` more entries without a shard-count doubling on
+    /// the way (a bundle's adds: one re-spread instead of one per doubling).
+    pub fn reserve(&mut self, additional: usize, hasher: impl Fn(&V) -> u64) {
+        let want = (self.len + additional).div_ceil(SHARD_TARGET);
+        if want > self.n_shards {
+            self.grow_to(want.next_power_of_two(), &hasher);
+        }
+    }
+
+    /// Re-spreads the entries over `n` shards (a power of two). Parts no
+    /// snapshot shares are moved, not cloned: a clone of an `Arc` entry is
+    /// an atomic increment now and a decrement when the old part drops, for
+    /// every entry at every doubling.
+    fn grow_to(&mut self, n: usize, hasher: &impl Fn(&V) -> u64) {
+        let per_shard = self.len / n + self.len / (4 * n) + 1;
+        let mut shards: Vec<HashTable<V>> = (0..n)
+            .map(|_| HashTable::with_capacity(per_shard))
+            .collect();
+        let mut put = |v: V| {
+            let h = hasher(&v);
+            shards[Self::shard_of(n, h)].insert_unique(h, v, hasher);
+        };
+        match Arc::try_unwrap(std::mem::take(&mut self.root)) {
+            Ok(dirs) => {
+                for dir in dirs {
+                    match Arc::try_unwrap(dir) {
+                        Ok(dir) => {
+                            for shard in dir {
+                                match Arc::try_unwrap(shard) {
+                                    Ok(shard) => shard.into_iter().for_each(&mut put),
+                                    Err(shared) => shared.iter().cloned().for_each(&mut put),
+                                }
+                            }
+                        }
+                        Err(shared) => shared
+                            .iter()
+                            .flat_map(|s| s.iter())
+                            .cloned()
+                            .for_each(&mut put),
+                    }
+                }
+            }
+            Err(shared) => shared
+                .iter()
+                .flat_map(|d| d.iter())
+                .flat_map(|s| s.iter())
+                .cloned()
+                .for_each(&mut put),
         }
         let dir_bits = n.trailing_zeros().div_ceil(2);
         let per_dir = 1usize << dir_bits;
@@ -200,6 +246,32 @@ mod tests {
         assert!(snap.find(h(9999), |v| *v == 9999).is_none());
         assert_eq!(t.len(), 2501);
         assert_eq!(t.iter().count(), 2501);
+    }
+
+    #[test]
+    fn reserved_room_takes_its_entries_without_growing() {
+        let mut t: CowTable<u64> = CowTable::default();
+        for x in 0..1000u64 {
+            t.insert(h(x), x, |v| h(*v));
+        }
+        let snap = t.clone();
+        t.reserve(50_000, |v| h(*v));
+        let shards = t.n_shards;
+        assert!(shards * SHARD_TARGET >= 51_000);
+        for x in 1000..51_000u64 {
+            t.insert(h(x), x, |v| h(*v));
+        }
+        assert_eq!(t.n_shards, shards);
+        assert_eq!(t.len(), 51_000);
+        assert_eq!(t.iter().count(), 51_000);
+        assert!((0..51_000u64).all(|x| t.find(h(x), |v| *v == x).is_some()));
+        // The snapshot taken before shares nothing that changed.
+        assert_eq!(snap.len(), 1000);
+        assert_eq!(snap.iter().count(), 1000);
+        assert!(snap.find(h(1000), |v| *v == 1000).is_none());
+        // Reserving what is there already changes nothing.
+        t.reserve(0, |v| h(*v));
+        assert_eq!(t.n_shards, shards);
     }
 
     #[test]

@@ -493,6 +493,12 @@ impl Pipeline {
         self.by_id.iter()
     }
 
+    /// Room for `additional` more rules in the id index (a bundle's adds,
+    /// before they start).
+    pub fn reserve(&mut self, additional: usize) {
+        self.by_id.reserve(additional, |e| id_hash(e.id));
+    }
+
     /// Every rule's id, in no particular order.
     pub fn ids(&self) -> impl Iterator<Item = RuleId> + '_ {
         self.entries().map(|e| e.id)
@@ -508,15 +514,32 @@ impl Pipeline {
 
     /// Adds a rule; one with the same table, priority and match is replaced
     /// (as `ovs-ofctl add-flow` does).
-    pub fn add(&mut self, mut rule: Rule) -> Added {
+    pub fn add(&mut self, rule: Rule) -> Added {
+        let replaced = self.same_rule(&rule);
+        self.add_replacing(rule, replaced)
+    }
+
+    /// The rule an add of `rule` would replace: same table, priority and
+    /// (masked) match.
+    pub fn same_rule(&self, rule: &Rule) -> Option<RuleId> {
+        let m = &rule.r#match;
+        let masked = Match {
+            value: m.value.masked(&m.mask),
+            mask: m.mask,
+        };
+        self.classifier(rule.table)?
+            .find_exact(&masked, rule.priority)
+            .map(|e| e.id)
+    }
+
+    /// [`Pipeline::add`] for a caller that already asked
+    /// [`Pipeline::same_rule`] on this version (an add's checks probe the
+    /// classifier once, not twice).
+    pub fn add_replacing(&mut self, mut rule: Rule, replaced: Option<RuleId>) -> Added {
         rule.r#match.value = rule.r#match.value.masked(&rule.r#match.mask);
         let id = RuleId(self.next_id);
         self.next_id += 1;
         let table = rule.table as usize;
-        let replaced = self
-            .classifier(rule.table)
-            .and_then(|c| c.find_exact(&rule.r#match, rule.priority))
-            .map(|e| e.id);
         if let Some(old) = replaced {
             self.remove_one(old);
         }
