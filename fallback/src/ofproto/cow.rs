@@ -1,14 +1,14 @@
 //! A hash table that is cheap to snapshot: its entries are spread over
 //! shards of at most about [`SHARD_TARGET`] entries, each behind an `Arc`,
-//! and the shards over directories, each behind an `Arc`, under one root
-//! `Arc`. Cloning copies one pointer. The first change after a snapshot
-//! copies the root (one pointer per directory), one directory (one pointer
-//! per shard in it) and one shard: about 2·√shards pointers plus a shard's
-//! entries, never a pointer per shard (that made every snapshot of a
-//! 1,000,000-rule table cost 8,000 reference counts, and every first change
-//! after one as much again). The classifier is built from these so that
-//! publishing a pipeline to the PMDs never copies it whole (see
-//! [`super::table::Pipeline`]).
+//! and the shards are the leaves of a tree of `Arc`'d nodes of at most
+//! [`FANOUT`] children. Cloning copies one pointer. The first change after
+//! a snapshot copies the path to one shard: at most `FANOUT` pointers per
+//! level and a shard's entries. (Two levels of √shards pointers each were
+//! about 320 reference counts to touch at a million entries for every first
+//! change after a snapshot, and as many to drop on the thread that frees
+//! the old version; three levels of at most 32 are about 140.) The
+//! classifier is built from these so that publishing a pipeline to the
+//! PMDs never copies it whole (see [`super::table::Pipeline`]).
 
 use hashbrown::HashTable;
 use std::sync::Arc;
@@ -16,17 +16,24 @@ use std::sync::Arc;
 /// Entries per shard before the shard count doubles: a change after a
 /// snapshot copies about this many entries.
 const SHARD_TARGET: usize = 64;
+/// Children per node: log2.
+const FANOUT_BITS: u32 = 5;
+const FANOUT: usize = 1 << FANOUT_BITS;
 
-type Shard<V> = Arc<HashTable<V>>;
-type Dir<V> = Arc<Vec<Shard<V>>>;
+#[derive(Clone, Debug)]
+enum Node<V> {
+    Inner(Vec<Arc<Node<V>>>),
+    Shard(HashTable<V>),
+}
 
 /// A multi-valued hash table keyed by caller-supplied 64-bit hashes.
 #[derive(Debug)]
 pub struct CowTable<V> {
-    /// Directories of `1 << dir_bits` shards each; `n_shards` in all (a
-    /// power of two, or 0 while empty).
-    root: Arc<Vec<Dir<V>>>,
-    dir_bits: u32,
+    /// `None` while empty. Shard `s` is reached from the root by `s`'s
+    /// [`FANOUT_BITS`]-bit digits, most significant first, `depth` of them.
+    root: Option<Arc<Node<V>>>,
+    depth: u32,
+    /// A power of two, or 0 while empty.
     n_shards: usize,
     len: usize,
 }
@@ -34,8 +41,8 @@ pub struct CowTable<V> {
 impl<V> Clone for CowTable<V> {
     fn clone(&self) -> Self {
         CowTable {
-            root: Arc::clone(&self.root),
-            dir_bits: self.dir_bits,
+            root: self.root.clone(),
+            depth: self.depth,
             n_shards: self.n_shards,
             len: self.len,
         }
@@ -45,10 +52,56 @@ impl<V> Clone for CowTable<V> {
 impl<V> Default for CowTable<V> {
     fn default() -> Self {
         CowTable {
-            root: Arc::new(Vec::new()),
-            dir_bits: 0,
+            root: None,
+            depth: 0,
             n_shards: 0,
             len: 0,
+        }
+    }
+}
+
+/// Every entry under `node`.
+pub struct Iter<'a, V> {
+    stack: Vec<std::slice::Iter<'a, Arc<Node<V>>>>,
+    shard: Option<hashbrown::hash_table::Iter<'a, V>>,
+}
+
+impl<'a, V> Iter<'a, V> {
+    fn new(root: Option<&'a Node<V>>) -> Self {
+        let mut it = Iter {
+            stack: Vec::new(),
+            shard: None,
+        };
+        if let Some(n) = root {
+            it.enter(n);
+        }
+        it
+    }
+
+    fn enter(&mut self, n: &'a Node<V>) {
+        match n {
+            Node::Inner(kids) => self.stack.push(kids.iter()),
+            Node::Shard(t) => self.shard = Some(t.iter()),
+        }
+    }
+}
+
+impl<'a, V> Iterator for Iter<'a, V> {
+    type Item = &'a V;
+
+    fn next(&mut self) -> Option<&'a V> {
+        loop {
+            if let Some(v) = self.shard.as_mut().and_then(|s| s.next()) {
+                return Some(v);
+            }
+            self.shard = None;
+            let top = self.stack.last_mut()?;
+            match top.next() {
+                Some(kid) => self.enter(kid),
+                None => {
+                    self.stack.pop();
+                }
+            }
         }
     }
 }
@@ -61,27 +114,37 @@ impl<V: Clone> CowTable<V> {
         ((hash >> 32) as usize) & (n_shards.wrapping_sub(1))
     }
 
-    /// (directory, slot in it) of a hash; `None` while empty.
-    #[inline]
-    fn place(&self, hash: u64) -> Option<(usize, usize)> {
-        if self.n_shards == 0 {
-            return None;
-        }
-        let s = Self::shard_of(self.n_shards, hash);
-        Some((s >> self.dir_bits, s & ((1 << self.dir_bits) - 1)))
-    }
-
     #[inline]
     fn shard(&self, hash: u64) -> Option<&HashTable<V>> {
-        let (d, s) = self.place(hash)?;
-        Some(&**self.root.get(d)?.get(s)?)
+        let s = Self::shard_of(self.n_shards, hash);
+        let mut node = self.root.as_deref()?;
+        let mut shift = FANOUT_BITS * self.depth;
+        loop {
+            match node {
+                Node::Shard(t) => return Some(t),
+                Node::Inner(kids) => {
+                    shift = shift.checked_sub(FANOUT_BITS)?;
+                    node = kids.get((s >> shift) & (FANOUT - 1))?;
+                }
+            }
+        }
     }
 
-    /// The shard of `hash`, unshared (copied if a snapshot shares it).
+    /// The shard of `hash`, unshared (the path to it copied where a
+    /// snapshot shares it).
     fn shard_mut(&mut self, hash: u64) -> Option<&mut HashTable<V>> {
-        let (d, s) = self.place(hash)?;
-        let dir = Arc::make_mut(&mut self.root).get_mut(d)?;
-        Some(Arc::make_mut(Arc::make_mut(dir).get_mut(s)?))
+        let s = Self::shard_of(self.n_shards, hash);
+        let mut node = Arc::make_mut(self.root.as_mut()?);
+        let mut shift = FANOUT_BITS * self.depth;
+        loop {
+            match node {
+                Node::Shard(t) => return Some(t),
+                Node::Inner(kids) => {
+                    shift = shift.checked_sub(FANOUT_BITS)?;
+                    node = Arc::make_mut(kids.get_mut((s >> shift) & (FANOUT - 1))?);
+                }
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -133,15 +196,11 @@ impl<V: Clone> CowTable<V> {
         Some(removed)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &V> {
-        self.root
-            .iter()
-            .flat_map(|d| d.iter())
-            .flat_map(|s| s.iter())
+    pub fn iter(&self) -> Iter<'_, V> {
+        Iter::new(self.root.as_deref())
     }
 
-    /// Doubles the shard count (one shard to start with); directories hold
-    /// about √shards each.
+    /// Doubles the shard count (one shard to start with).
     fn grow(&mut self, hasher: &impl Fn(&V) -> u64) {
         self.grow_to((self.n_shards * 2).max(1), hasher);
     }
@@ -168,56 +227,53 @@ impl<V: Clone> CowTable<V> {
             let h = hasher(&v);
             shards[Self::shard_of(n, h)].insert_unique(h, v, hasher);
         };
-        match Arc::try_unwrap(std::mem::take(&mut self.root)) {
-            Ok(dirs) => {
-                for dir in dirs {
-                    match Arc::try_unwrap(dir) {
-                        Ok(dir) => {
-                            for shard in dir {
-                                match Arc::try_unwrap(shard) {
-                                    Ok(shard) => shard.into_iter().for_each(&mut put),
-                                    Err(shared) => shared.iter().cloned().for_each(&mut put),
-                                }
-                            }
-                        }
-                        Err(shared) => shared
-                            .iter()
-                            .flat_map(|s| s.iter())
-                            .cloned()
-                            .for_each(&mut put),
-                    }
-                }
+        if let Some(root) = self.root.take() {
+            drain(root, &mut put);
+        }
+        // Bottom-up: shard `s` sits at position `s` of the bottom level,
+        // so its digits are its path.
+        let mut level: Vec<Arc<Node<V>>> = shards
+            .into_iter()
+            .map(|t| Arc::new(Node::Shard(t)))
+            .collect();
+        let mut depth = 0;
+        while level.len() > 1 {
+            let mut up = Vec::with_capacity(level.len().div_ceil(FANOUT));
+            let mut it = level.into_iter().peekable();
+            while it.peek().is_some() {
+                up.push(Arc::new(Node::Inner(it.by_ref().take(FANOUT).collect())));
             }
-            Err(shared) => shared
-                .iter()
-                .flat_map(|d| d.iter())
-                .flat_map(|s| s.iter())
-                .cloned()
-                .for_each(&mut put),
+            level = up;
+            depth += 1;
         }
-        let dir_bits = n.trailing_zeros().div_ceil(2);
-        let per_dir = 1usize << dir_bits;
-        let mut root = Vec::with_capacity(n.div_ceil(per_dir));
-        let mut it = shards.into_iter().map(Arc::new).peekable();
-        while it.peek().is_some() {
-            root.push(Arc::new(it.by_ref().take(per_dir).collect::<Vec<_>>()));
-        }
-        self.root = Arc::new(root);
-        self.dir_bits = dir_bits;
+        self.root = level.pop();
+        self.depth = depth;
         self.n_shards = n;
     }
 
     /// Heap bytes held (approximate: buckets and control bytes, and the
-    /// directories).
+    /// nodes).
     pub fn heap_bytes(&self) -> usize {
-        let shards: usize = self
-            .root
-            .iter()
-            .flat_map(|d| d.iter())
-            .map(|s| s.capacity() * (std::mem::size_of::<V>() + 1) + 16 + 16)
-            .sum();
-        let dirs: usize = self.root.iter().map(|d| 16 + 16 + d.capacity() * 8).sum();
-        shards + dirs + 16 + 16 + self.root.capacity() * 8
+        fn bytes<V>(n: &Node<V>) -> usize {
+            16 + std::mem::size_of::<Node<V>>()
+                + match n {
+                    Node::Inner(kids) => {
+                        16 + kids.capacity() * 8 + kids.iter().map(|k| bytes(k)).sum::<usize>()
+                    }
+                    Node::Shard(t) => 16 + t.capacity() * (std::mem::size_of::<V>() + 1),
+                }
+        }
+        self.root.as_deref().map_or(0, bytes)
+    }
+}
+
+/// Hands every entry under `node` to `put`: moved out of the parts only
+/// this table holds, cloned from the parts a snapshot shares.
+fn drain<V: Clone>(node: Arc<Node<V>>, put: &mut impl FnMut(V)) {
+    match Arc::try_unwrap(node) {
+        Ok(Node::Inner(kids)) => kids.into_iter().for_each(|k| drain(k, put)),
+        Ok(Node::Shard(t)) => t.into_iter().for_each(put),
+        Err(shared) => Iter::new(Some(&shared)).cloned().for_each(put),
     }
 }
 
@@ -246,6 +302,44 @@ mod tests {
         assert!(snap.find(h(9999), |v| *v == 9999).is_none());
         assert_eq!(t.len(), 2501);
         assert_eq!(t.iter().count(), 2501);
+    }
+
+    /// Shards of `a` that are the same allocation as in `b`.
+    fn shared_shards<V>(a: &CowTable<V>, b: &CowTable<V>) -> usize {
+        fn walk<V>(a: &Arc<Node<V>>, b: &Arc<Node<V>>) -> usize {
+            match (&**a, &**b) {
+                (Node::Shard(_), Node::Shard(_)) => usize::from(Arc::ptr_eq(a, b)),
+                (Node::Inner(x), Node::Inner(y)) => {
+                    x.iter().zip(y.iter()).map(|(p, q)| walk(p, q)).sum()
+                }
+                _ => 0,
+            }
+        }
+        match (&a.root, &b.root) {
+            (Some(x), Some(y)) if a.depth == b.depth => walk(x, y),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn a_change_after_a_snapshot_copies_one_path() {
+        let mut t: CowTable<u64> = CowTable::default();
+        for x in 0..40_000u64 {
+            t.insert(h(x), x, |v| h(*v));
+        }
+        assert!(t.depth >= 2, "a tree of several levels: depth {}", t.depth);
+        let snap = t.clone();
+        assert_eq!(shared_shards(&t, &snap), t.n_shards);
+        let x = 40_000u64;
+        if t.len() < t.n_shards * SHARD_TARGET {
+            t.insert(h(x), x, |v| h(*v));
+            assert_eq!(shared_shards(&t, &snap), t.n_shards - 1);
+        }
+        assert_eq!(t.remove(h(7), |v| *v == 7), Some(7));
+        assert!(shared_shards(&t, &snap) >= t.n_shards - 2);
+        assert!(snap.find(h(7), |v| *v == 7).is_some());
+        assert!(snap.find(h(x), |v| *v == x).is_none());
+        assert_eq!(snap.iter().count(), 40_000);
     }
 
     #[test]
