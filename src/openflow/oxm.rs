@@ -159,7 +159,25 @@ impl OxmField {
         ]
     };
 
+    /// OpenFlow basic fields by field number (what controllers send):
+    /// one index instead of a scan of [`OxmField::ALL`] per field.
+    const BASIC: [Option<OxmField>; 128] = {
+        let mut t = [None; 128];
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            let (class, n, _, _) = Self::ALL[i].spec();
+            if class == OFPXMC_BASIC {
+                t[n as usize] = Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        t
+    };
+
     pub fn lookup(class: u16, field: u8) -> Option<OxmField> {
+        if class == OFPXMC_BASIC {
+            return Self::BASIC.get(usize::from(field)).copied().flatten();
+        }
         Self::ALL.into_iter().find(|f| {
             let (c, n, _, _) = f.spec();
             c == class && n == field
@@ -431,18 +449,29 @@ pub fn decode_match(r: &mut Reader<'_>) -> Result<Match, OfpError> {
     r.skip(pad)
         .map_err(|_| bad_len("the match's padding runs past the message"))?;
     let mut fields = Reader::new(body);
-    let mut tlvs: Vec<Tlv> = Vec::new();
+    // On the stack: no field twice, so at most one of each (a heap block
+    // per match was a tenth of a bundled flow mod's decode).
+    let mut tlvs = [Tlv {
+        field: OxmField::InPort,
+        value: 0,
+        mask: None,
+    }; OxmField::ALL.len()];
+    let mut n = 0;
     while !fields.is_empty() {
         let t = read_oxm(&mut fields)?;
-        if tlvs.iter().any(|x| x.field == t.field) {
+        if tlvs[..n].iter().any(|x| x.field == t.field) {
             return Err(OfpError::bad_match(
                 Bmc::DupField,
                 format!("{:?} appears twice", t.field),
             ));
         }
-        tlvs.push(t);
+        // Every field is distinct, so there is room.
+        if let Some(slot) = tlvs.get_mut(n) {
+            *slot = t;
+            n += 1;
+        }
     }
-    match_from_tlvs(&tlvs)
+    match_from_tlvs(&tlvs[..n])
 }
 
 /// Builds a [`Match`] from OXM fields, checking prerequisites as OpenFlow
@@ -602,4 +631,50 @@ pub fn match_from_tlvs(tlvs: &[Tlv]) -> Result<Match, OfpError> {
     }
     m.value = m.value.masked(&m.mask);
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_is_found_by_its_class_and_number_and_nothing_else() {
+        for f in OxmField::ALL {
+            let (class, n, _, _) = f.spec();
+            assert_eq!(OxmField::lookup(class, n), Some(f), "{f:?}");
+        }
+        let known = |class: u16, n: u8| {
+            OxmField::ALL
+                .iter()
+                .any(|f| f.spec().0 == class && f.spec().1 == n)
+        };
+        for class in [OFPXMC_BASIC, OFPXMC_NXM_0, OFPXMC_NXM_1, 0x1234] {
+            for n in 0..=127u8 {
+                if !known(class, n) {
+                    assert_eq!(
+                        OxmField::lookup(class, n),
+                        None,
+                        "class {class:#x} field {n}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_match_with_a_field_twice_is_refused() {
+        // ip, nw_dst=10.0.0.1 twice.
+        let body = [
+            0x80, 0x00, 0x0a, 0x02, 0x08, 0x00, // eth_type
+            0x80, 0x00, 0x18, 0x04, 10, 0, 0, 1, // ipv4_dst
+            0x80, 0x00, 0x18, 0x04, 10, 0, 0, 1, // ipv4_dst again
+        ];
+        let len = (4 + body.len()) as u16;
+        let mut bytes = vec![0x00, 0x01];
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend_from_slice(&body);
+        bytes.resize(bytes.len().next_multiple_of(8), 0);
+        let err = decode_match(&mut Reader::new(&bytes)).expect_err("a field twice");
+        assert!(err.to_string().contains("twice"), "{err}");
+    }
 }
