@@ -608,7 +608,7 @@ fn ipv6_items(
             if !frag.excludes_later {
                 *exact = false;
             }
-            pattern.push(Item::Ipv6(ip));
+            pattern.push(Item::Ipv6(Box::new(ip)));
             pattern.push(item);
         }
         None => {
@@ -623,7 +623,7 @@ fn ipv6_items(
                 ));
             }
             no_l4_header(fields, proto_v, proto_m, false)?;
-            pattern.push(Item::Ipv6(ip));
+            pattern.push(Item::Ipv6(Box::new(ip)));
         }
     }
     Ok(())

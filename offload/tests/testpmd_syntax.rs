@@ -328,7 +328,7 @@ fn model_rules() -> Vec<Rule> {
             icmp_seq_nb: 0xffff,
         },
     ));
-    let ipv6 = Item::Ipv6(Masked::new(
+    let ipv6 = Item::Ipv6(Box::new(Masked::new(
         Ipv6 {
             vtc_flow: 0x0281_2345,
             proto: 58,
@@ -345,7 +345,7 @@ fn model_rules() -> Vec<Rule> {
             dst_addr: u128::MAX << 64,
             has_frag_ext: true,
         },
-    ));
+    )));
     let icmp6 = Item::Icmp6(Masked::new(
         Icmp6 {
             icmp_type: 128,
@@ -392,7 +392,7 @@ fn model_rules() -> Vec<Rule> {
     ));
     let eth_any = Item::Eth(Masked::any());
     let ipv4_any = Item::Ipv4(Masked::<Ipv4>::any());
-    let ipv6_any = Item::Ipv6(Masked::<Ipv6>::any());
+    let ipv6_any = Item::Ipv6(Box::new(Masked::<Ipv6>::any()));
     let rule = |pattern: Vec<Item>, actions: Vec<Action>| Rule {
         attr: Attr {
             ingress: true,
@@ -407,9 +407,9 @@ fn model_rules() -> Vec<Rule> {
             vec![eth, vlan, ipv4, icmp],
             vec![Action::Count, Action::Queue { index: 0 }],
         ),
-        rule(vec![eth_any, ipv6, icmp6], vec![Action::Drop]),
+        rule(vec![eth_any.clone(), ipv6, icmp6], vec![Action::Drop]),
         rule(
-            vec![eth_any, ipv6_any, sctp],
+            vec![eth_any.clone(), ipv6_any, sctp],
             vec![
                 Action::Mark { id: 0x00ff_ffff },
                 Action::Rss {
@@ -419,7 +419,7 @@ fn model_rules() -> Vec<Rule> {
             ],
         ),
         rule(
-            vec![eth_any, ipv4_any, tcp],
+            vec![eth_any.clone(), ipv4_any.clone(), tcp],
             vec![Action::Rss {
                 queues: vec![],
                 types: vec![RssType::Ipv4Tcp],

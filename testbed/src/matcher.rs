@@ -903,7 +903,7 @@ mod tests {
         assert!(ip.has_frag_ext);
         assert_eq!(p.udp.unwrap().dst_port, 53);
         let proto = |v: u8| {
-            Item::Ipv6(Masked::new(
+            Item::Ipv6(Box::new(Masked::new(
                 Ipv6 {
                     proto: v,
                     ..Ipv6::default()
@@ -912,12 +912,12 @@ mod tests {
                     proto: 0xff,
                     ..Ipv6::default()
                 },
-            ))
+            )))
         };
         assert!(p.item_matches(&proto(EXT_HOP_BY_HOP)));
         assert!(!p.item_matches(&proto(PROTO_UDP)));
         let frag_ext = |v: bool| {
-            Item::Ipv6(Masked::new(
+            Item::Ipv6(Box::new(Masked::new(
                 Ipv6 {
                     has_frag_ext: v,
                     ..Ipv6::default()
@@ -926,7 +926,7 @@ mod tests {
                     has_frag_ext: true,
                     ..Ipv6::default()
                 },
-            ))
+            )))
         };
         assert!(p.item_matches(&frag_ext(true)));
         assert!(!p.item_matches(&frag_ext(false)));
@@ -979,7 +979,7 @@ mod tests {
             (ip.src_addr, ip.dst_addr),
             (u128::from(a6()), u128::from(b6()))
         );
-        let src_64 = Item::Ipv6(Masked::new(
+        let src_64 = Item::Ipv6(Box::new(Masked::new(
             Ipv6 {
                 src_addr: u128::from(a6()) | 0xffff,
                 ..Ipv6::default()
@@ -988,7 +988,7 @@ mod tests {
                 src_addr: u128::MAX << 64,
                 ..Ipv6::default()
             },
-        ));
+        )));
         assert!(Headers::parse(&frame).item_matches(&src_64));
     }
 
