@@ -439,7 +439,7 @@ impl BundledFlowMods {
         let hit = self
             .recent
             .iter()
-            .position(|r| r.is_some_and(|i| lists[i as usize] == actions));
+            .position(|r| r.is_some_and(|i| lists.get(i as usize) == Some(&actions)));
         let list = match hit {
             Some(k) => {
                 self.recent[..=k].rotate_right(1);

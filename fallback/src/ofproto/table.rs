@@ -534,9 +534,23 @@ impl Pipeline {
 
     /// [`Pipeline::add`] for a caller that already asked
     /// [`Pipeline::same_rule`] on this version (an add's checks probe the
-    /// classifier once, not twice).
+    /// classifier once, not twice). A `Some` answer is checked against the
+    /// rule it names (one id lookup), so a stale one never removes another
+    /// rule.
     pub fn add_replacing(&mut self, mut rule: Rule, replaced: Option<RuleId>) -> Added {
         rule.r#match.value = rule.r#match.value.masked(&rule.r#match.mask);
+        let replaced = match replaced {
+            Some(old)
+                if !self.get(old).is_some_and(|e| {
+                    e.table() == rule.table
+                        && e.priority() == rule.priority
+                        && e.r#match() == rule.r#match
+                }) =>
+            {
+                self.same_rule(&rule)
+            }
+            r => r,
+        };
         let id = RuleId(self.next_id);
         self.next_id += 1;
         let table = rule.table as usize;
@@ -761,6 +775,27 @@ mod tests {
         let b = p.add(rule(0, 5, Some((1, u32::MAX))));
         assert_eq!(b.replaced, Some(a));
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn a_stale_replacement_answer_removes_nothing_else() {
+        let mut p = Pipeline::new();
+        let a = p.add(rule(0, 5, Some((1, u32::MAX)))).id;
+        let b = p.add(rule(0, 6, Some((2, u32::MAX)))).id;
+        // `a` named as the rule an add of `b`'s twin replaces: wrong, so the
+        // add finds the right one itself.
+        let twin = p.add_replacing(rule(0, 6, Some((2, u32::MAX))), Some(a));
+        assert_eq!(twin.replaced, Some(b));
+        assert!(p.get(a).is_some());
+        assert_eq!(p.len(), 2);
+        // A new rule named as replacing `a`: nothing is replaced.
+        let c = p.add_replacing(rule(0, 7, Some((3, u32::MAX))), Some(a));
+        assert_eq!(c.replaced, None);
+        assert_eq!(p.len(), 3);
+        // The right answer is taken as it is.
+        let a2 = p.add_replacing(rule(0, 5, Some((1, u32::MAX))), Some(a));
+        assert_eq!(a2.replaced, Some(a));
+        assert_eq!(p.len(), 3);
     }
 
     #[test]
