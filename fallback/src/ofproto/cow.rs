@@ -114,6 +114,14 @@ impl<V: Clone> CowTable<V> {
         ((hash >> 32) as usize) & (n_shards.wrapping_sub(1))
     }
 
+    /// The next child on shard `s`'s path: its digit below `shift` (which
+    /// steps down a level).
+    #[inline]
+    fn next_child(s: usize, shift: &mut u32) -> Option<usize> {
+        *shift = shift.checked_sub(FANOUT_BITS)?;
+        Some((s >> *shift) & (FANOUT - 1))
+    }
+
     #[inline]
     fn shard(&self, hash: u64) -> Option<&HashTable<V>> {
         let s = Self::shard_of(self.n_shards, hash);
@@ -122,10 +130,7 @@ impl<V: Clone> CowTable<V> {
         loop {
             match node {
                 Node::Shard(t) => return Some(t),
-                Node::Inner(kids) => {
-                    shift = shift.checked_sub(FANOUT_BITS)?;
-                    node = kids.get((s >> shift) & (FANOUT - 1))?;
-                }
+                Node::Inner(kids) => node = kids.get(Self::next_child(s, &mut shift)?)?,
             }
         }
     }
@@ -140,8 +145,7 @@ impl<V: Clone> CowTable<V> {
             match node {
                 Node::Shard(t) => return Some(t),
                 Node::Inner(kids) => {
-                    shift = shift.checked_sub(FANOUT_BITS)?;
-                    node = Arc::make_mut(kids.get_mut((s >> shift) & (FANOUT - 1))?);
+                    node = Arc::make_mut(kids.get_mut(Self::next_child(s, &mut shift)?)?)
                 }
             }
         }
@@ -285,12 +289,18 @@ mod tests {
         x.wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 
-    #[test]
-    fn snapshot_is_unaffected_by_later_changes() {
+    /// A table holding `0..n`.
+    fn filled(n: u64) -> CowTable<u64> {
         let mut t: CowTable<u64> = CowTable::default();
-        for x in 0..5000u64 {
+        for x in 0..n {
             t.insert(h(x), x, |v| h(*v));
         }
+        t
+    }
+
+    #[test]
+    fn snapshot_is_unaffected_by_later_changes() {
+        let mut t = filled(5000);
         let snap = t.clone();
         for x in 0..2500u64 {
             assert_eq!(t.remove(h(x), |v| *v == x), Some(x));
@@ -323,10 +333,7 @@ mod tests {
 
     #[test]
     fn a_change_after_a_snapshot_copies_one_path() {
-        let mut t: CowTable<u64> = CowTable::default();
-        for x in 0..40_000u64 {
-            t.insert(h(x), x, |v| h(*v));
-        }
+        let mut t = filled(40_000);
         assert!(t.depth >= 2, "a tree of several levels: depth {}", t.depth);
         let snap = t.clone();
         assert_eq!(shared_shards(&t, &snap), t.n_shards);
@@ -344,10 +351,7 @@ mod tests {
 
     #[test]
     fn reserved_room_takes_its_entries_without_growing() {
-        let mut t: CowTable<u64> = CowTable::default();
-        for x in 0..1000u64 {
-            t.insert(h(x), x, |v| h(*v));
-        }
+        let mut t = filled(1000);
         let snap = t.clone();
         t.reserve(50_000, |v| h(*v));
         let shards = t.n_shards;
