@@ -61,7 +61,7 @@ fn gtp_flows() -> Vec<String> {
 }
 
 fn start() -> (Arc<PipelineSwitch>, Endpoint, String) {
-    let sw = Arc::new(PipelineSwitch::new(
+    serve(PipelineSwitch::new(
         0xf10e,
         ["nic0", "nic1", "vm0"]
             .iter()
@@ -71,7 +71,12 @@ fn start() -> (Arc<PipelineSwitch>, Endpoint, String) {
                 name: n.to_string(),
             })
             .collect(),
-    ));
+    ))
+}
+
+/// `sw` behind an OpenFlow listener on a free loopback port.
+fn serve(sw: PipelineSwitch) -> (Arc<PipelineSwitch>, Endpoint, String) {
+    let sw = Arc::new(sw);
     let log: LogFn = Arc::new(|_| {});
     let ep = Endpoint::start(
         Arc::clone(&sw) as Arc<dyn OpenFlowSwitch>,
@@ -210,6 +215,18 @@ fn ports_and_counters_show_in_dump_ports() {
     assert!(d.contains("flowmark"), "{d}");
 }
 
+/// `ovs-ofctl --bundle add-flows FILE`, which must fail: its stderr.
+fn bundle_refused(target: &str, file: &std::path::Path) -> String {
+    let out = std::process::Command::new("ovs-ofctl")
+        .args(["-O", "OpenFlow13", "--bundle", "add-flows", target])
+        .arg(file)
+        .output()
+        .expect("ovs-ofctl runs");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    err
+}
+
 /// `ovs-ofctl --bundle` against the session: a bundle lands as a whole; a
 /// bundle with a flow refused at commit (an overlap with check_overlap)
 /// leaves the switch as it was, and ovs-ofctl reports the flow's error and
@@ -254,13 +271,7 @@ fn bundles_commit_whole_or_not_at_all() {
         "priority=7,ip,nw_dst=10.9.0.0/16,actions=drop\n\
          check_overlap,priority=7,ip,nw_dst=10.9.1.0/24,actions=output:2\n",
     );
-    let out = std::process::Command::new("ovs-ofctl")
-        .args(["-O", "OpenFlow13", "--bundle", "add-flows", &target])
-        .arg(&failing)
-        .output()
-        .expect("ovs-ofctl runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = bundle_refused(&target, &failing);
     assert!(
         err.contains("OFPFMFC_OVERLAP") && err.contains("OFPBFC_MSG_FAILED"),
         "{err}"
@@ -285,4 +296,51 @@ fn bundles_commit_whole_or_not_at_all() {
         .map(|e| format_flow(&e.to_rule()))
         .collect();
     assert_eq!(now, vec!["priority=3 actions=drop".to_string()]);
+}
+
+/// A bundle past its limit (twice the flow table, plus 1,024 messages) is
+/// refused with OFPBFC_MSG_TOO_MANY and commits nothing, not even the
+/// messages it took before the limit; a bundle within it then lands.
+#[test]
+fn a_bundle_past_its_limit_commits_nothing() {
+    if !have_ovs_ofctl() {
+        return;
+    }
+    let (sw, _ep, target) = serve(
+        PipelineSwitch::new(
+            0xf10e,
+            vec![PortInfo {
+                ofport: 1,
+                name: "nic0".to_string(),
+            }],
+        )
+        .with_max_flows(10),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let big = dir.path().join("big.flows");
+    let flows: String = (0..1100)
+        .map(|i| {
+            format!(
+                "priority=5,ip,nw_dst=10.0.{}.{},actions=drop\n",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    std::fs::write(&big, flows).expect("write flows");
+    let err = bundle_refused(&target, &big);
+    assert!(err.contains("OFPBFC_MSG_TOO_MANY"), "{err}");
+    assert_eq!(sw.pipeline().rules().count(), 0, "nothing committed");
+    let small = dir.path().join("small.flows");
+    std::fs::write(
+        &small,
+        "priority=5,ip,nw_dst=10.1.0.1,actions=drop\npriority=5,ip,nw_dst=10.1.0.2,actions=drop\n",
+    )
+    .expect("write flows");
+    ofctl_with(
+        &target,
+        &["--bundle"],
+        &["add-flows", small.to_str().expect("utf-8")],
+    );
+    assert_eq!(sw.pipeline().rules().count(), 2);
 }

@@ -86,12 +86,19 @@ pub struct Session {
 /// Bundles one connection may keep open at once (more: OUT_OF_BUNDLES).
 const MAX_BUNDLES: usize = 64;
 
+/// Messages one bundle may hold beyond twice the flow table's size (a
+/// bundle that replaces a full table: its deletes and its adds).
+const BUNDLE_SLACK: usize = 1024;
+
 /// A bundle being filled: its flow mods, in order, as received (a failing
 /// one's error quotes it).
 struct Bundle {
     flags: u16,
     closed: bool,
     mods: BundledFlowMods,
+    /// It outgrew the limit (`bundle_add`): its messages are freed, later
+    /// adds are refused, and its commit fails.
+    too_many: bool,
 }
 
 impl Session {
@@ -324,7 +331,13 @@ impl Session {
                 bundle_id,
                 flags,
                 message,
-            } => self.bundle_add(xid, bundle_id, flags, message)?,
+            } => {
+                let limit = sw
+                    .max_flows()
+                    .saturating_mul(2)
+                    .saturating_add(BUNDLE_SLACK);
+                self.bundle_add(xid, bundle_id, flags, message, limit)?
+            }
             Message::PacketOut(po) => {
                 if po.buffer_id != OFP_NO_BUFFER {
                     return Err(OfpError::bad_request(
@@ -410,6 +423,12 @@ impl Session {
                         ),
                     ));
                 }
+                if b.too_many {
+                    return Err(OfpError::bundle_failed(
+                        Bfc::MsgTooMany,
+                        format!("bundle {id} had too many messages; nothing changed"),
+                    ));
+                }
                 let mods = Arc::new(b.mods);
                 if let Err((i, err)) = sw.commit_flow_mods(Arc::clone(&mods)) {
                     if let Some(raw) = mods.message(i) {
@@ -481,13 +500,15 @@ impl Session {
 
     /// ONFT13_BUNDLE_ADD_MESSAGE: a flow mod joins the bundle (opened on
     /// first use); anything else is refused, and a flow mod that does not
-    /// decode is refused now, not at commit.
+    /// decode is refused now, not at commit. A bundle holds at most `limit`
+    /// messages: past it, MSG_TOO_MANY, and the bundle cannot commit.
     fn bundle_add(
         &mut self,
         xid: u32,
         id: u32,
         flags: u16,
         message: Vec<u8>,
+        limit: usize,
     ) -> Result<(), OfpError> {
         use super::error::BundleFailedCode as Bfc;
         let inner = decode(&message).map_err(|e| e.ofp_error())?;
@@ -509,6 +530,19 @@ impl Session {
             self.open_bundle(id, flags)?;
         }
         let b = self.bundle_checked(id, flags)?;
+        if b.too_many || b.mods.len() >= limit {
+            // Kept (a discarded bundle would be opened afresh by the next
+            // add, and its commit would apply only the rest), but emptied.
+            b.too_many = true;
+            b.mods = BundledFlowMods::default();
+            return Err(OfpError::bundle_failed(
+                Bfc::MsgTooMany,
+                format!(
+                    "bundle {id} holds at most {limit} messages (twice the flow table); \
+                     nothing of it will be committed: discard it and send smaller bundles"
+                ),
+            ));
+        }
         b.mods.push(&message, fm);
         Ok(())
     }
@@ -527,6 +561,7 @@ impl Session {
                 flags,
                 closed: false,
                 mods: BundledFlowMods::default(),
+                too_many: false,
             },
         );
         Ok(())
