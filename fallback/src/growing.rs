@@ -515,6 +515,13 @@ impl<K: Hash + Eq + Copy, V> DenseMap<K, V> {
     #[inline]
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
         let i = *self.index.get(k)?;
+        self.value_at(i, k)
+    }
+
+    /// The value at position `i`, if that entry is `k`'s (the index is
+    /// trusted only so far).
+    #[inline]
+    fn value_at(&mut self, i: usize, k: &K) -> Option<&mut V> {
         self.entries
             .get_mut(i)
             .filter(|e| e.0 == *k)
@@ -530,10 +537,7 @@ impl<K: Hash + Eq + Copy, V> DenseMap<K, V> {
         if i == next {
             self.entries.push((k, make()));
         }
-        self.entries
-            .get_mut(i)
-            .filter(|e| e.0 == k)
-            .map(|e| &mut e.1)
+        self.value_at(i, &k)
     }
 
     /// Inserts or replaces; returns the value replaced. One hash.
@@ -544,10 +548,7 @@ impl<K: Hash + Eq + Copy, V> DenseMap<K, V> {
             self.entries.push((k, v));
             return None;
         }
-        self.entries
-            .get_mut(i)
-            .filter(|e| e.0 == k)
-            .map(|e| std::mem::replace(&mut e.1, v))
+        self.value_at(i, &k).map(|old| std::mem::replace(old, v))
     }
 
     pub fn remove(&mut self, k: &K) -> Option<V> {

@@ -9,6 +9,7 @@ use super::action::{
 use super::error::{BadRequestCode as Brc, DecodeError, FlowModFailedCode as Fmfc, OfpError};
 use super::oxm::{decode_match, encode_match};
 use super::wire::{get_str, Put, Reader};
+use fallback::ofproto::table::recent_first;
 use fallback::ofproto::{Match, OfAction};
 
 /// OpenFlow 1.3's wire version.
@@ -435,24 +436,14 @@ impl BundledFlowMods {
     /// Appends a flow mod: `message` as received, `fm` as it decoded.
     pub fn push(&mut self, message: &[u8], mut fm: FlowMod) {
         let actions = std::mem::take(&mut fm.actions);
-        let lists = &self.action_lists;
-        let hit = self
-            .recent
-            .iter()
-            .position(|r| r.is_some_and(|i| lists.get(i as usize) == Some(&actions)));
-        let list = match hit {
-            Some(k) => {
-                self.recent[..=k].rotate_right(1);
-                self.recent[0].unwrap_or_default()
-            }
-            None => {
-                let i = self.action_lists.len() as u32;
-                self.action_lists.push(actions);
-                self.recent.rotate_right(1);
-                self.recent[0] = Some(i);
-                i
-            }
-        };
+        let lists = &mut self.action_lists;
+        if !recent_first(&mut self.recent, |&i| {
+            lists.get(i as usize) == Some(&actions)
+        }) {
+            self.recent[0] = Some(lists.len() as u32);
+            lists.push(actions);
+        }
+        let list = self.recent[0].unwrap_or_default();
         if matches!(fm.command, FlowModCommand::Add) {
             self.n_adds += 1;
         }

@@ -374,6 +374,26 @@ fn id_hash(id: RuleId) -> u64 {
     h ^ (h >> 29)
 }
 
+/// A few recently used values, most recent first, so that a run of equal
+/// ones is kept once: moves the first that `is` picks to the front and
+/// returns true; else makes room at the front (the oldest falls off, the
+/// front is left `None` for the caller's new value) and returns false.
+pub fn recent_first<T>(recent: &mut [Option<T>], is: impl Fn(&T) -> bool) -> bool {
+    match recent.iter().position(|r| r.as_ref().is_some_and(&is)) {
+        Some(i) => {
+            recent[..=i].rotate_right(1);
+            true
+        }
+        None => {
+            recent.rotate_right(1);
+            if let Some(front) = recent.first_mut() {
+                *front = None;
+            }
+            false
+        }
+    }
+}
+
 /// Lookup order: priority descending, then first added.
 fn lookup_order(a: &Arc<RuleEntry>, b: &Arc<RuleEntry>) -> std::cmp::Ordering {
     b.priority().cmp(&a.priority()).then(a.id.cmp(&b.id))
@@ -574,15 +594,8 @@ impl Pipeline {
     /// `actions` as a shared list: a recently added equal one if any.
     fn shared_actions(&mut self, actions: Vec<OfAction>) -> Arc<Vec<OfAction>> {
         let recent = &mut self.recent_actions;
-        let hit = recent
-            .iter()
-            .position(|a| a.as_ref().is_some_and(|a| **a == actions));
-        match hit {
-            Some(i) => recent[..=i].rotate_right(1),
-            None => {
-                recent.rotate_right(1);
-                recent[0] = Some(Arc::new(actions));
-            }
+        if !recent_first(recent, |a| **a == actions) {
+            recent[0] = Some(Arc::new(actions));
         }
         recent[0].clone().unwrap_or_default()
     }
