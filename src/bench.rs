@@ -308,14 +308,25 @@ fn hit_case(path: Path, flows: u32, subtables: usize, secs: f64) -> serde_json::
     })
 }
 
-/// Every packet a new flow: parse, miss, xlate, install.
+/// Every packet a new flow: parse, miss, xlate, install. One host rule per
+/// flow (its `nw_src`, as a controller's host rules), so each upcall needs
+/// its own exact-source megaflow and no packet hits one installed before
+/// it. Above them, rules of three other masks that no packet matches, so
+/// each lookup visits (and un-wildcards bits in) several subtables first,
+/// as a controller's table makes it.
 fn upcall_case(flows: u32) -> serde_json::Value {
-    // A mismatch on each rule un-wildcards its L4 port: one megaflow per
-    // (tp_src, tp_dst) pair.
-    let rules = "priority=3,udp,tp_dst=1,actions=drop
-priority=2,udp,tp_src=1,actions=drop
-priority=1,udp,actions=output:2";
-    let mut core = pmd(u32::MAX, rules);
+    let mut rules = String::from(
+        "priority=1,actions=drop
+priority=20,udp,tp_dst=53,actions=drop
+priority=21,ip,nw_dst=172.16.0.0/12,actions=drop
+priority=22,ip,nw_src=10.255.0.0/16,actions=drop
+",
+    );
+    for i in 0..flows {
+        let src = Ipv4Addr::from(0x0a00_0000 | (i & 0x00ff_ffff));
+        rules.push_str(&format!("priority=10,ip,nw_src={src},actions=output:2\n"));
+    }
+    let mut core = pmd(u32::MAX, &rules);
     core.set_upcall_budget(usize::MAX);
     let shared = loop_ports(&mut core, true);
     let q: VecDeque<HeapPacket> = (0..flows)
