@@ -13,10 +13,10 @@ use fallback::actions::DpAction;
 use fallback::cache::{CacheHit, FlowCache, FlowHandle};
 use fallback::exec::{self, ExecError, Sink};
 use fallback::key::FlowKey;
-use fallback::megaflow::{Megaflow, Ufid};
+use fallback::megaflow::{Megaflow, RecentActions, Ufid};
 use fallback::ofproto::mac::{MacLearn, MacTable};
-use fallback::ofproto::table::{Pipeline, RuleId};
-use fallback::ofproto::xlate::{xlate, Bridge, XlateDrop};
+use fallback::ofproto::table::{Pipeline, RuleId, RuleIds};
+use fallback::ofproto::xlate::{xlate_reusing, Bridge, XlateBuffers, XlateDrop};
 use fallback::packet::{self, ParseInfo};
 use fallback::port::{
     BufferSource, Burst, PacketBuf, Port, PortStats, RxDropReason, TxDropReason, BURST,
@@ -513,6 +513,10 @@ pub struct PmdCore<B> {
     /// revalidator (a futex wake per upcall, about a fifth of a flow's
     /// setup); the first send of a run wakes it, the rest find it awake.
     unsent_events: Vec<FlowEvent>,
+    /// An upcall's translation lists, kept between upcalls.
+    xlate_bufs: XlateBuffers,
+    /// Action lists of recent megaflows, shared by equal ones.
+    recent_actions: RecentActions,
     /// Packets and bytes of removed megaflows, per OpenFlow rule.
     retired_rule_stats: RetiredStats,
     upcall_budget: usize,
@@ -574,6 +578,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             counters: PmdCounters::default(),
             upcall_cycles: Box::default(),
             unsent_events: Vec::with_capacity(BURST),
+            xlate_bufs: XlateBuffers::default(),
+            recent_actions: RecentActions::default(),
             retired_rule_stats: RetiredStats::default(),
             upcall_budget: DEFAULT_UPCALL_BUDGET,
             punts: None,
@@ -1427,7 +1433,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         self.counters.upcalls += 1;
         let (x, learn, mac_version) = {
             let macs = self.bridge.macs.read().recover();
-            let x = xlate(
+            let x = xlate_reusing(
                 Bridge {
                     pipeline: &self.pipeline,
                     macs: &macs,
@@ -1435,6 +1441,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     widen_l4: Some(&self.offload_ofports),
                 },
                 key,
+                &mut self.xlate_bufs,
             );
             // Only a new or moved entry takes the write lock here; known
             // ones are refreshed by the sweep from the megaflow's counts.
@@ -1447,7 +1454,14 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             self.bridge.learn_macs([(l, now_ms)]);
         }
         let deps = x.deps;
-        let mut mf = Megaflow::from_xlation(key, x);
+        // Equal action lists shared, rule lists of one or two inline and the
+        // translation's lists reused: an upcall allocates nothing but table
+        // growth.
+        let actions = self.recent_actions.share(&x.actions);
+        let mut mf = Megaflow::with_lists(key, &x.mask, actions, RuleIds::from(&x.rules[..]));
+        mf.drop = x.drop;
+        mf.learn = x.learn;
+        self.xlate_bufs.recycle(x);
         mf.stats.used = now_ms;
         let ufid = mf.ufid;
         let existed = self.cache.find(&ufid);

@@ -5,7 +5,7 @@ use fallback::key::Field;
 use fallback::ofproto::mac::MacTable;
 use fallback::ofproto::syntax::{format_flow, format_megaflow, parse_flow, parse_packet};
 use fallback::ofproto::table::Pipeline;
-use fallback::ofproto::xlate::{xlate, Bridge};
+use fallback::ofproto::xlate::{xlate_traced, Bridge};
 use fallback::ofproto::{ofport, Match, OfAction, Rule};
 use flowmark::trace::{print_trace, trace_json};
 use serde_json::json;
@@ -75,7 +75,7 @@ pub fn trace(
     ports.sort_unstable();
     ports.dedup();
     let macs = MacTable::default();
-    let x = xlate(
+    let x = xlate_traced(
         Bridge {
             pipeline: &pipeline,
             macs: &macs,

@@ -1,7 +1,8 @@
 //! The hot-path rule "no allocation per packet", checked with a counting
 //! global allocator: after a warm-up, many bursts through the PMD on the
 //! mark, simple-match, EMC and dpcls paths (single output, a header rewrite, and two
-//! outputs, whose copy takes a pooled buffer) allocate nothing.
+//! outputs, whose copy takes a pooled buffer) allocate nothing; upcalls
+//! (translation, megaflow, install) allocate only when a table grows.
 //!
 //! The allocator is `stats_alloc`'s counting wrapper of the system
 //! allocator (the test itself needs no unsafe code); the count covers only
@@ -10,6 +11,7 @@
 use fallback::actions::DpAction;
 use fallback::key::{Field, FlowKey};
 use fallback::megaflow::Megaflow;
+use fallback::ofproto::syntax::parse_flow;
 use fallback::ofproto::table::Pipeline;
 use fallback::packet;
 use fallback::port::{BufferSource, Burst, HeapPacket, PacketBuf, Port, PortStats};
@@ -256,8 +258,74 @@ fn rewrite() -> Vec<DpAction> {
     vec![DpAction::Set(Field::NwTtl, 63), DpAction::Output(2)]
 }
 
+/// New flows, one upcall each: the translation's lists are reused, equal
+/// action lists shared and short rule lists inline, so what allocates is
+/// the flow cache's and revalidation's tables growing (a chunk, a
+/// doubling), not each megaflow.
+fn check_upcalls() {
+    const FLOWS: u32 = 2048;
+    let mut pipeline = Pipeline::new();
+    for i in 0..2 * FLOWS {
+        let src = Ipv4Addr::from(0x0a00_0000 | i);
+        let line = format!("priority=10,ip,nw_src={src},actions=output:3");
+        pipeline.add(parse_flow(&line).expect("a valid host rule"));
+    }
+    pipeline.add(parse_flow("priority=20,udp,tp_dst=53,actions=drop").expect("valid"));
+    let mut core = PmdCore::new(
+        0,
+        Arc::new(pipeline),
+        Arc::new(BridgeState::default()),
+        Box::new(NoOffload),
+        0,
+    );
+    core.set_upcall_budget(usize::MAX);
+    let shared = Arc::new(Loop {
+        queue: Mutex::new(VecDeque::with_capacity(IN_FLIGHT * 2)),
+        spares: Arc::new(Mutex::new(Vec::with_capacity(IN_FLIGHT))),
+    });
+    for (ofport, name, rx, sink) in [(1, "rx", true, false), (3, "sink", false, true)] {
+        core.add_port(
+            ofport,
+            Arc::new(LoopPort {
+                name,
+                shared: Arc::clone(&shared),
+                rx,
+                sink,
+            }),
+            false,
+        );
+    }
+    // The first half warms up (lists grown); the second half is counted.
+    let mut counted = (0, 0);
+    for half in 0..2 {
+        {
+            let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            for i in half * FLOWS..(half + 1) * FLOWS {
+                q.push_back(HeapPacket::from_bytes(&frame(i)));
+            }
+        }
+        shared
+            .spares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let upcalls = core.counters.upcalls;
+        let n = allocations_in(|| while core.poll(0, 0, 0) > 0 {});
+        counted = (n, core.counters.upcalls - upcalls);
+    }
+    let (n, upcalls) = counted;
+    assert_eq!(upcalls, u64::from(FLOWS), "every packet a new flow");
+    assert_eq!(core.megaflow_count(), 2 * FLOWS as usize);
+    // Growth: a few dozen steps per thousands of megaflows.
+    assert!(
+        n * 32 <= FLOWS as usize,
+        "{n} allocations over {upcalls} upcalls"
+    );
+}
+
 #[test]
-fn hit_paths_allocate_nothing() {
+fn hot_paths_allocate_nothing() {
+    check_upcalls();
     for path in [Path::Mark, Path::Simple, Path::Emc, Path::Dpcls] {
         for flows in [1, 1_000] {
             check(path, flows, OUT);

@@ -4,7 +4,7 @@
 use crate::actions::DpAction;
 use crate::key::{FlowKey, KEY_WORDS};
 use crate::ofproto::mac::MacLearn;
-use crate::ofproto::table::RuleId;
+use crate::ofproto::table::{RuleId, RuleIds};
 use crate::ofproto::xlate::{XlateDrop, Xlation};
 use crate::ofproto::Match;
 use std::collections::hash_map::RandomState;
@@ -128,7 +128,7 @@ pub struct Megaflow {
     /// step.
     actions: Arc<[DpAction]>,
     /// The OpenFlow rules this megaflow was translated from.
-    pub rules: Arc<[RuleId]>,
+    pub rules: RuleIds,
     /// Why the (empty) action list drops, for the rx drop counters.
     pub drop: Option<XlateDrop>,
     /// The source MAC its NORMAL action learned: the megaflow's traffic
@@ -140,18 +140,28 @@ pub struct Megaflow {
 impl Megaflow {
     /// Builds a megaflow from a packet key and the mask xlate produced.
     pub fn new(key: &FlowKey, mask: &FlowKey, actions: Vec<DpAction>, rules: Vec<RuleId>) -> Self {
+        Megaflow::with_lists(key, mask, actions.into(), rules.into())
+    }
+
+    /// [`Megaflow::new`] with lists already shared (a PMD's upcall passes
+    /// an action list equal megaflows share, see [`RecentActions`]).
+    pub fn with_lists(
+        key: &FlowKey,
+        mask: &FlowKey,
+        actions: Arc<[DpAction]>,
+        rules: RuleIds,
+    ) -> Self {
         let m = Match {
             value: key.masked(mask),
             mask: *mask,
         };
-        let actions: Arc<[DpAction]> = actions.into();
         Megaflow {
             hot: HotFields::of(&m, &actions),
             stats: FlowStats::default(),
             ufid: Ufid::of(&m),
             r#match: m,
             actions,
-            rules: rules.into(),
+            rules,
             drop: None,
             learn: None,
         }
@@ -196,6 +206,27 @@ impl Megaflow {
     }
 }
 
+/// The action lists of the last few megaflows a PMD made, so that equal
+/// lists (every megaflow of a rule, as a rule's flows usually get the same
+/// actions) share one allocation instead of one each per upcall.
+#[derive(Default)]
+pub struct RecentActions([Option<Arc<[DpAction]>>; 4]);
+
+impl RecentActions {
+    /// A shared list equal to `actions`: a recent one, or a new one that
+    /// becomes the most recent.
+    pub fn share(&mut self, actions: &[DpAction]) -> Arc<[DpAction]> {
+        let recent = &mut self.0;
+        if !crate::ofproto::table::recent_first(recent, |a| **a == *actions) {
+            recent[0] = Some(Arc::from(actions));
+        }
+        match &recent[0] {
+            Some(a) => Arc::clone(a),
+            None => Arc::from(actions),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +248,23 @@ mod tests {
         assert_eq!(a.r#match.value, b.r#match.value);
         assert_ne!(a.ufid, b.ufid);
         assert_eq!(a.ufid, mf(0x0a01_0203, 0xff00_0000).ufid);
+    }
+
+    #[test]
+    fn equal_recent_action_lists_are_shared() {
+        let mut recent = RecentActions::default();
+        let out2 = recent.share(&[DpAction::Output(2)]);
+        let out3 = recent.share(&[DpAction::Output(3)]);
+        assert!(Arc::ptr_eq(&out2, &recent.share(&[DpAction::Output(2)])));
+        assert!(Arc::ptr_eq(&out3, &recent.share(&[DpAction::Output(3)])));
+        assert_eq!(*recent.share(&[]), []);
+        // Past four others, a list is made again, equal but not shared.
+        for p in 4..8 {
+            recent.share(&[DpAction::Output(p)]);
+        }
+        let again = recent.share(&[DpAction::Output(2)]);
+        assert_eq!(again, out2);
+        assert!(!Arc::ptr_eq(&again, &out2));
     }
 
     #[test]

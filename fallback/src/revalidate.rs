@@ -19,7 +19,7 @@ use crate::actions::DpAction;
 use crate::cache::FlowHandle;
 use crate::megaflow::{Megaflow, Ufid};
 use crate::ofproto::mac::{MacLearn, MacTable};
-use crate::ofproto::table::{Changes, Pipeline, RuleChange, RuleId, TableSet};
+use crate::ofproto::table::{Changes, Pipeline, RuleChange, RuleId, RuleIds, TableSet};
 use crate::ofproto::xlate::{xlate_hinted, Bridge, XlateDeps, XlateDrop, Xlation};
 use crate::ofproto::Match;
 use crate::sync::TryQueue;
@@ -36,7 +36,7 @@ pub struct FlowRecord {
     pub ufid: Ufid,
     pub r#match: Match,
     pub actions: Arc<[DpAction]>,
-    pub rules: Arc<[RuleId]>,
+    pub rules: RuleIds,
     pub drop: Option<XlateDrop>,
     pub learn: Option<MacLearn>,
     pub deps: XlateDeps,
@@ -60,7 +60,7 @@ impl FlowRecord {
             ufid: mf.ufid,
             r#match: mf.r#match,
             actions: Arc::clone(mf.actions()),
-            rules: Arc::clone(&mf.rules),
+            rules: mf.rules.clone(),
             drop: mf.drop,
             learn: mf.learn,
             deps,
@@ -79,7 +79,7 @@ pub enum RevalOp {
         handle: FlowHandle,
         ufid: Ufid,
         actions: Arc<[DpAction]>,
-        rules: Arc<[RuleId]>,
+        rules: RuleIds,
         drop: Option<XlateDrop>,
         learn: Option<MacLearn>,
     },
@@ -427,7 +427,7 @@ impl Revalidator {
                 handle: h,
                 ufid: r.ufid,
                 actions: Arc::clone(&r.actions),
-                rules: Arc::clone(&r.rules),
+                rules: r.rules.clone(),
                 drop: r.drop,
                 learn: r.learn,
             });

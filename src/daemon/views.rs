@@ -6,7 +6,7 @@ use crate::switch::Switch;
 use fallback::actions::action_strings;
 use fallback::ofproto::syntax::{format_flow, format_match, format_megaflow, parse_packet};
 use fallback::ofproto::table::RuleId;
-use fallback::ofproto::xlate::{xlate, Bridge};
+use fallback::ofproto::xlate::{xlate_traced, Bridge};
 use fallback::ofproto::{Match, Rule};
 use fallback::port::PacketBuf;
 use serde::Serialize;
@@ -263,7 +263,7 @@ pub fn trace<B: PacketBuf + Clone + Send + 'static>(
     let macs = sw.mac_table();
     let pipeline = sw.pipeline();
     let offloading = sw.offload_ofports();
-    let x = xlate(
+    let x = xlate_traced(
         Bridge {
             pipeline,
             macs: &macs,

@@ -21,6 +21,65 @@ impl fmt::Display for RuleId {
     }
 }
 
+/// The rules a megaflow was translated from. Most translations go
+/// through one or two rules: those are kept inline, so that making a
+/// megaflow (an upcall) allocates no list.
+#[derive(Clone, Debug)]
+pub enum RuleIds {
+    Inline { len: u8, ids: [RuleId; 2] },
+    Shared(Arc<[RuleId]>),
+}
+
+impl Default for RuleIds {
+    fn default() -> Self {
+        RuleIds::Inline {
+            len: 0,
+            ids: [RuleId(0); 2],
+        }
+    }
+}
+
+impl std::ops::Deref for RuleIds {
+    type Target = [RuleId];
+    fn deref(&self) -> &[RuleId] {
+        match self {
+            RuleIds::Inline { len, ids } => ids.get(..usize::from(*len)).unwrap_or(ids),
+            RuleIds::Shared(ids) => ids,
+        }
+    }
+}
+
+impl From<&[RuleId]> for RuleIds {
+    fn from(ids: &[RuleId]) -> Self {
+        match *ids {
+            [] => RuleIds::default(),
+            [a] => RuleIds::Inline {
+                len: 1,
+                ids: [a, RuleId(0)],
+            },
+            [a, b] => RuleIds::Inline {
+                len: 2,
+                ids: [a, b],
+            },
+            _ => RuleIds::Shared(Arc::from(ids)),
+        }
+    }
+}
+
+impl From<Vec<RuleId>> for RuleIds {
+    fn from(ids: Vec<RuleId>) -> Self {
+        RuleIds::from(&ids[..])
+    }
+}
+
+impl PartialEq for RuleIds {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for RuleIds {}
+
 /// Match value words kept inline in a [`RuleEntry`]; a mask covering more
 /// words puts the value on the heap.
 const INLINE_WORDS: usize = 4;
@@ -736,6 +795,19 @@ impl Pipeline {
 mod tests {
     use super::*;
     use crate::key::Field;
+
+    #[test]
+    fn rule_lists_of_up_to_two_stay_inline_and_compare_by_content() {
+        let ids: Vec<RuleId> = (1..=3).map(RuleId).collect();
+        for n in 0..=3 {
+            let list = RuleIds::from(&ids[..n]);
+            assert_eq!(*list, ids[..n]);
+            assert_eq!(matches!(list, RuleIds::Inline { .. }), n <= 2);
+            assert_eq!(list, RuleIds::Shared(Arc::from(&ids[..n])));
+        }
+        assert_ne!(RuleIds::from(&ids[..1]), RuleIds::from(&ids[..2]));
+        assert!(std::mem::size_of::<RuleIds>() <= 24);
+    }
 
     fn rule(table: u8, priority: u16, nw_src: Option<(u32, u32)>) -> Rule {
         let mut m = Match::ANY;

@@ -165,6 +165,9 @@ struct Ctx<'a> {
     dirty: u16,
     actions: Vec<DpAction>,
     rules: Vec<RuleId>,
+    /// Steps are recorded only for `ofproto/trace` ([`xlate_traced`]): an
+    /// upcall would allocate and fill a list nobody reads.
+    tracing: bool,
     trace: Vec<TraceStep>,
     learn: Option<MacLearn>,
     depth: usize,
@@ -188,12 +191,61 @@ pub fn xlate(bridge: Bridge<'_>, key: &FlowKey) -> Xlation {
     xlate_hinted(bridge, key, None)
 }
 
+/// [`xlate`] with the steps recorded in [`Xlation::trace`], for
+/// `ofproto/trace`.
+pub fn xlate_traced(bridge: Bridge<'_>, key: &FlowKey) -> Xlation {
+    let mut ctx = Ctx::new(bridge, key, None, XlateBuffers::default());
+    ctx.tracing = true;
+    finish(ctx, key)
+}
+
+/// [`xlate`] into `bufs`' lists (a PMD's upcalls: no list allocated per
+/// translation once they have grown); give them back with
+/// [`XlateBuffers::recycle`].
+pub fn xlate_reusing(bridge: Bridge<'_>, key: &FlowKey, bufs: &mut XlateBuffers) -> Xlation {
+    finish(Ctx::new(bridge, key, None, std::mem::take(bufs)), key)
+}
+
+/// The lists a translation fills, kept between translations by a caller
+/// that makes many (see [`xlate_reusing`]).
+#[derive(Default)]
+pub struct XlateBuffers {
+    actions: Vec<DpAction>,
+    rules: Vec<RuleId>,
+}
+
+impl XlateBuffers {
+    /// Takes back the lists of a translation made by [`xlate_reusing`],
+    /// emptied, for the next one.
+    pub fn recycle(&mut self, x: Xlation) {
+        let (mut actions, mut rules) = (x.actions, x.rules);
+        actions.clear();
+        rules.clear();
+        // An error or a drop returns a fresh empty list: keep the larger.
+        if actions.capacity() >= self.actions.capacity() {
+            self.actions = actions;
+        }
+        if rules.capacity() >= self.rules.capacity() {
+            self.rules = rules;
+        }
+    }
+}
+
 /// [`xlate`] for revalidation: `key` is a packet of an existing megaflow and
 /// `hint` its mask; rules that do not match are proven not to with bits of
 /// the hint where possible, so an unchanged decision gives a mask inside the
 /// old one (and the megaflow, with its NIC rule, stays).
 pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -> Xlation {
-    let mut ctx = Ctx::new(bridge, key, hint.copied());
+    finish(
+        Ctx::new(bridge, key, hint.copied(), XlateBuffers::default()),
+        key,
+    )
+}
+
+/// Runs the pipeline from table 0 and makes the megaflow's mask and action
+/// list of what it consulted and did.
+fn finish(mut ctx: Ctx<'_>, key: &FlowKey) -> Xlation {
+    let bridge = ctx.bridge;
     ctx.wc.set_exact(Field::InPort);
     ctx.wc.set_exact(Field::DlType);
     if key.is_ip() {
@@ -269,7 +321,7 @@ pub fn xlate_hinted(bridge: Bridge<'_>, key: &FlowKey, hint: Option<&FlowKey>) -
 /// of it (the mask is not needed), and MAC learning by NORMAL is left to
 /// the caller (`learn`).
 pub fn xlate_actions(bridge: Bridge<'_>, key: &FlowKey, actions: &[OfAction]) -> Xlation {
-    let mut ctx = Ctx::new(bridge, key, None);
+    let mut ctx = Ctx::new(bridge, key, None, XlateBuffers::default());
     ctx.do_actions(actions, PACKET_OUT_TABLE, PACKET_OUT_COOKIE);
     // Output to TABLE ran a pipeline: its action set runs at its end.
     ctx.run_action_set();
@@ -299,14 +351,15 @@ pub const PACKET_OUT_COOKIE: u64 = u64::MAX;
 
 impl<'a> Ctx<'a> {
     /// A translation of `key` that has consulted nothing yet.
-    fn new(bridge: Bridge<'a>, key: &FlowKey, hint: Option<FlowKey>) -> Self {
+    fn new(bridge: Bridge<'a>, key: &FlowKey, hint: Option<FlowKey>, bufs: XlateBuffers) -> Self {
         Ctx {
             bridge,
             flow: *key,
             wc: FlowKey::ZERO,
             dirty: 0,
-            actions: Vec::new(),
-            rules: Vec::new(),
+            actions: bufs.actions,
+            rules: bufs.rules,
+            tracing: false,
             trace: Vec::new(),
             learn: None,
             depth: 0,
@@ -324,6 +377,9 @@ impl<'a> Ctx<'a> {
 
 impl Ctx<'_> {
     fn note(&mut self, text: &'static str) {
+        if !self.tracing {
+            return;
+        }
         self.trace.push(TraceStep::Note {
             depth: self.depth,
             text,
@@ -340,12 +396,14 @@ impl Ctx<'_> {
             self.deps.tables_rewritten.insert(table);
         }
         let entry = pipeline.lookup_hinted(table, &self.flow, &mut self.wc, self.hint.as_ref());
-        self.trace.push(TraceStep::Lookup {
-            depth: self.depth,
-            table,
-            in_port: self.flow.in_port(),
-            rule: entry.map(|e| e.id),
-        });
+        if self.tracing {
+            self.trace.push(TraceStep::Lookup {
+                depth: self.depth,
+                table,
+                in_port: self.flow.in_port(),
+                rule: entry.map(|e| e.id),
+            });
+        }
         match entry {
             Some(e) => {
                 self.rules.push(e.id);
@@ -780,9 +838,35 @@ mod tests {
                 OfAction::Output(3),
             ],
         ));
-        let x = run(&p, &udp_key(1, 1, 2, 3, 4));
+        let key = udp_key(1, 1, 2, 3, 4);
+        let x = run(&p, &key);
         assert_eq!(x.actions, vec![DpAction::Output(3)]);
-        assert_eq!(x.trace.len(), 3);
+        assert!(x.trace.is_empty(), "only xlate_traced records steps");
+        let macs = MacTable::default();
+        let bridge = Bridge {
+            pipeline: &p,
+            macs: &macs,
+            ports: &PORTS,
+            widen_l4: None,
+        };
+        let traced = xlate_traced(bridge, &key);
+        assert_eq!(traced.trace.len(), 3);
+        assert_eq!(
+            Xlation {
+                trace: Vec::new(),
+                ..traced
+            },
+            x
+        );
+        // Reused lists give the same translation, and keep their room.
+        let mut bufs = XlateBuffers::default();
+        for _ in 0..3 {
+            let again = xlate_reusing(bridge, &key, &mut bufs);
+            assert_eq!(again, x);
+            bufs.recycle(again);
+            assert!(bufs.actions.is_empty() && bufs.actions.capacity() >= 1);
+            assert!(bufs.rules.is_empty() && bufs.rules.capacity() >= 2);
+        }
     }
 
     #[test]
