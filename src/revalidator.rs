@@ -4,7 +4,7 @@
 //! keep forwarding. PMDs receive only the verdicts (modify, delete) and
 //! apply them at the top of their loop; they never translate to revalidate.
 
-use crate::datapath::{BridgeState, FlowEvent};
+use crate::datapath::{BridgeState, FlowEvent, ReturnedEvents};
 use crossbeam_channel::{select, Receiver, Sender};
 use fallback::ofproto::table::Pipeline;
 use fallback::revalidate::{RevalOp, RevalStats, Revalidator, VerdictQueues};
@@ -56,6 +56,8 @@ pub struct PmdLink {
     pub pmd: u32,
     /// Verdicts to the PMD (which never waits to take them).
     pub ops: Arc<VerdictQueues>,
+    /// The PMD's event lists, emptied, going back to it.
+    pub returned: Arc<ReturnedEvents>,
 }
 
 impl RevalidatorThread {
@@ -209,6 +211,14 @@ impl Loop {
             // Freed here, off the PMD.
             FlowEvent::Retired(tables) => drop(tables),
             FlowEvent::OldPipeline(pipeline) => drop(pipeline),
+            FlowEvent::Batch(pmd, mut list) => {
+                for ev in list.drain(..) {
+                    self.event(ev);
+                }
+                if let Some(i) = self.engine_index(pmd) {
+                    self.pmds[i].returned.push(list);
+                }
+            }
         }
     }
 

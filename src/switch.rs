@@ -248,8 +248,13 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
             );
             core.set_punt_channel(punt_tx.clone());
             let ops = Arc::new(fallback::revalidate::VerdictQueues::default());
-            core.set_revalidator(flow_events.clone(), Arc::clone(&ops));
-            links.push(PmdLink { pmd: id, ops });
+            let returned = Arc::new(crate::datapath::ReturnedEvents::default());
+            core.set_revalidator(flow_events.clone(), Arc::clone(&ops), Arc::clone(&returned));
+            links.push(PmdLink {
+                pmd: id,
+                ops,
+                returned,
+            });
             pmds.push(pmd::spawn(core, *cpu, updates, settings)?);
         }
         let revalidator = RevalidatorThread::spawn(
