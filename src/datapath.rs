@@ -349,8 +349,8 @@ pub enum FlowEvent {
         /// PMD allocated and the revalidator freed, and glibc's free of
         /// another thread's block takes that thread's arena lock, which
         /// then stalled the PMD's next malloc (a 5 ms upcall seen in
-        /// bench-revalidation). The channel's blocks, 31 events each, are
-        /// still freed over there: 31 times fewer.
+        /// bench-revalidation). It travels in a [`FlowEvent::Batch`], whose
+        /// list comes back to the PMD.
         record: FlowRecord,
     },
     Removed {

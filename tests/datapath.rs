@@ -763,3 +763,56 @@ fn emc_insert_inv_prob_zero_never_uses_the_emc() {
     assert_eq!(pmd.counters.emc_hits, 0);
     assert_eq!(pmd.counters.dpcls_hits, 49);
 }
+
+#[test]
+fn reports_to_the_revalidator_go_a_loop_iteration_at_a_time_and_their_lists_come_back() {
+    use flowmark::datapath::{FlowEvent, ReturnedEvents};
+    let mut r = rig(GTP);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let returned = Arc::new(ReturnedEvents::default());
+    r.pmd.set_revalidator(
+        tx,
+        Arc::new(fallback::revalidate::VerdictQueues::default()),
+        Arc::clone(&returned),
+    );
+    // One burst of three new flows: one message holding three installs.
+    for sport in 4000..4003 {
+        r.ports[0].inject(&gtp_u([10, 1, 0, 1], sport), None);
+    }
+    r.poll_all();
+    let batches: Vec<FlowEvent> = rx.try_iter().collect();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    let Some(FlowEvent::Batch(0, list)) = batches.into_iter().next() else {
+        panic!("not a batch of PMD 0");
+    };
+    assert_eq!(list.len(), 3);
+    assert!(list
+        .iter()
+        .all(|ev| matches!(ev, FlowEvent::Installed { pmd: 0, .. })));
+    // Given back emptied, the list carries the PMD's next reports.
+    let mut list = list;
+    list.clear();
+    let at = list.as_ptr();
+    returned.push(list);
+    r.ports[0].inject(&gtp_u([10, 1, 0, 1], 4003), None);
+    r.poll_all();
+    let next: Vec<FlowEvent> = rx.try_iter().collect();
+    assert_eq!(next.len(), 1);
+    match &next[0] {
+        FlowEvent::Batch(0, list) => {
+            assert_eq!(list.len(), 1);
+            // The PMD sent the list it held, and now holds the one given
+            // back: the one after this is that allocation.
+            assert_ne!(list.as_ptr(), at);
+        }
+        other => panic!("{other:?}"),
+    }
+    r.ports[0].inject(&gtp_u([10, 1, 0, 1], 4004), None);
+    r.poll_all();
+    let third: Vec<FlowEvent> = rx.try_iter().collect();
+    match &third[..] {
+        [FlowEvent::Batch(0, list)] => assert_eq!(list.as_ptr(), at),
+        other => panic!("{other:?}"),
+    }
+    assert!(returned.try_pop().ok().flatten().is_none());
+}
