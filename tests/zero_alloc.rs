@@ -123,6 +123,31 @@ enum Path {
     Dpcls,
 }
 
+/// The loop, and `ports` (OpenFlow number, name, receives, is a sink) on
+/// it added to `core`.
+fn loop_ports(
+    core: &mut PmdCore<HeapPacket>,
+    ports: &[(u32, &'static str, bool, bool)],
+) -> Arc<Loop> {
+    let shared = Arc::new(Loop {
+        queue: Mutex::new(VecDeque::with_capacity(IN_FLIGHT * 2)),
+        spares: Arc::new(Mutex::new(Vec::with_capacity(IN_FLIGHT))),
+    });
+    for &(ofport, name, rx, sink) in ports {
+        core.add_port(
+            ofport,
+            Arc::new(LoopPort {
+                name,
+                shared: Arc::clone(&shared),
+                rx,
+                sink,
+            }),
+            false,
+        );
+    }
+    shared
+}
+
 /// A PMD with `flows` megaflows (5-tuple masks) doing `actions`, and the
 /// loop filled with their packets.
 fn rig(path: Path, flows: u32, actions: &[DpAction]) -> (PmdCore<HeapPacket>, Arc<Loop>) {
@@ -135,27 +160,15 @@ fn rig(path: Path, flows: u32, actions: &[DpAction]) -> (PmdCore<HeapPacket>, Ar
         Box::new(NoOffload),
         inv_prob,
     );
-    let shared = Arc::new(Loop {
-        queue: Mutex::new(VecDeque::with_capacity(IN_FLIGHT * 2)),
-        spares: Arc::new(Mutex::new(Vec::with_capacity(IN_FLIGHT))),
-    });
+    let shared = loop_ports(
+        &mut core,
+        &[
+            (1, "rx", true, false),
+            (2, "tx", false, false),
+            (3, "sink", false, true),
+        ],
+    );
     core.set_buffer_source(Box::new(Spares(Arc::clone(&shared.spares))));
-    for (ofport, name, rx, sink) in [
-        (1, "rx", true, false),
-        (2, "tx", false, false),
-        (3, "sink", false, true),
-    ] {
-        core.add_port(
-            ofport,
-            Arc::new(LoopPort {
-                name,
-                shared: Arc::clone(&shared),
-                rx,
-                sink,
-            }),
-            false,
-        );
-    }
     let mut mask = FlowKey::ZERO;
     let fields: &[Field] = if path == Path::Simple {
         &[Field::InPort, Field::DlType, Field::NwFrag]
@@ -266,8 +279,10 @@ fn check_upcalls() {
     const FLOWS: u32 = 2048;
     let mut pipeline = Pipeline::new();
     for i in 0..2 * FLOWS {
+        // Every third flow dropped: a drop's (empty) list is reused too.
         let src = Ipv4Addr::from(0x0a00_0000 | i);
-        let line = format!("priority=10,ip,nw_src={src},actions=output:3");
+        let out = if i % 3 == 0 { "drop" } else { "output:3" };
+        let line = format!("priority=10,ip,nw_src={src},actions={out}");
         pipeline.add(parse_flow(&line).expect("a valid host rule"));
     }
     pipeline.add(parse_flow("priority=20,udp,tp_dst=53,actions=drop").expect("valid"));
@@ -279,22 +294,10 @@ fn check_upcalls() {
         0,
     );
     core.set_upcall_budget(usize::MAX);
-    let shared = Arc::new(Loop {
-        queue: Mutex::new(VecDeque::with_capacity(IN_FLIGHT * 2)),
-        spares: Arc::new(Mutex::new(Vec::with_capacity(IN_FLIGHT))),
-    });
-    for (ofport, name, rx, sink) in [(1, "rx", true, false), (3, "sink", false, true)] {
-        core.add_port(
-            ofport,
-            Arc::new(LoopPort {
-                name,
-                shared: Arc::clone(&shared),
-                rx,
-                sink,
-            }),
-            false,
-        );
-    }
+    let shared = loop_ports(
+        &mut core,
+        &[(1, "rx", true, false), (3, "sink", false, true)],
+    );
     // The first half warms up (lists grown); the second half is counted.
     let mut counted = (0, 0);
     for half in 0..2 {

@@ -221,13 +221,8 @@ impl XlateBuffers {
         let (mut actions, mut rules) = (x.actions, x.rules);
         actions.clear();
         rules.clear();
-        // An error or a drop returns a fresh empty list: keep the larger.
-        if actions.capacity() >= self.actions.capacity() {
-            self.actions = actions;
-        }
-        if rules.capacity() >= self.rules.capacity() {
-            self.rules = rules;
-        }
+        self.actions = actions;
+        self.rules = rules;
     }
 }
 
@@ -290,18 +285,20 @@ fn finish(mut ctx: Ctx<'_>, key: &FlowKey) -> Xlation {
         .actions
         .iter()
         .any(|a| matches!(a, DpAction::Output(_) | DpAction::Controller { .. }));
-    let (actions, drop) = match ctx.error {
-        Some(e) => (Vec::new(), Some(e)),
-        None if !sends => (
-            Vec::new(),
-            Some(if matched {
-                XlateDrop::DropAction
-            } else {
-                XlateDrop::NoMatch
-            }),
-        ),
-        None => (ctx.actions, None),
+    let drop = match ctx.error {
+        Some(e) => Some(e),
+        None if !sends => Some(if matched {
+            XlateDrop::DropAction
+        } else {
+            XlateDrop::NoMatch
+        }),
+        None => None,
     };
+    let mut actions = ctx.actions;
+    if drop.is_some() {
+        // Emptied, not replaced: a reused list keeps its room.
+        actions.clear();
+    }
     Xlation {
         actions,
         mask: wc,
