@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 /// this much longer).
 const PIPELINE_COALESCE: Duration = Duration::from_micros(500);
 
+/// Emptied event lists kept for each PMD, and the longest kept (in events).
+const RETURNED_LISTS: usize = 4;
+const RETURNED_LIST_CAPACITY: usize = 4 * fallback::port::BURST;
+
 /// Messages to the revalidator thread.
 pub enum RevalCommand {
     /// A new pipeline version (its journal says what changed).
@@ -215,8 +219,14 @@ impl Loop {
                 for ev in list.drain(..) {
                     self.event(ev);
                 }
+                // A few burst-sized lists keep the PMD supplied. More (the
+                // PMD's sends while this thread was behind) or a long one
+                // (a mass removal) would be memory held for good: freed.
                 if let Some(i) = self.engine_index(pmd) {
-                    self.pmds[i].returned.push(list);
+                    let back = &self.pmds[i].returned;
+                    if back.held() < RETURNED_LISTS && list.capacity() <= RETURNED_LIST_CAPACITY {
+                        back.push(list);
+                    }
                 }
             }
         }

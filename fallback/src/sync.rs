@@ -94,6 +94,11 @@ impl<T> TryQueue<T> {
         Ok(v)
     }
 
+    /// How many items it holds, as of the last push or pop, without waiting.
+    pub fn held(&self) -> usize {
+        self.len.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether the queue is empty, without waiting (a push under way when
     /// this reads counts once it is done).
     pub fn try_is_empty(&self) -> Result<bool, Busy> {
