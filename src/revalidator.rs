@@ -18,9 +18,11 @@ use std::time::{Duration, Instant};
 /// this much longer).
 const PIPELINE_COALESCE: Duration = Duration::from_micros(500);
 
-/// Emptied event lists kept for each PMD, and the longest kept (in events).
+/// Emptied lists kept for each PMD (event lists coming back to it, verdict
+/// batches coming back from it), and the longest kept.
 const RETURNED_LISTS: usize = 4;
 const RETURNED_LIST_CAPACITY: usize = 4 * fallback::port::BURST;
+const RETURNED_VERDICTS_CAPACITY: usize = 4096;
 
 /// Messages to the revalidator thread.
 pub enum RevalCommand {
@@ -254,6 +256,15 @@ impl Loop {
                 // A batch the PMD gave back, else a new one on first push.
                 let next = link.ops.returned.pop().unwrap_or_default();
                 link.ops.to_pmd.push(std::mem::replace(out, next));
+                // The PMD gives every batch back (freeing here is this
+                // thread's job); beyond a few, or one that held a whole
+                // pass's verdicts, they would be memory kept for good.
+                while link.ops.returned.held() > RETURNED_LISTS {
+                    drop(link.ops.returned.pop());
+                }
+                if out.capacity() > RETURNED_VERDICTS_CAPACITY {
+                    *out = Vec::new();
+                }
             }
         }
     }
