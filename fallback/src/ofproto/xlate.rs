@@ -277,37 +277,12 @@ fn finish(mut ctx: Ctx<'_>, key: &FlowKey) -> Xlation {
             }
         }
     }
-    // A list that never outputs drops the packet, even when it pushed or
-    // popped a tag on the way (those are emitted before the next output, as
-    // sets are committed, but no output came): DESIGN §6 counts such a
-    // packet as a drop, not as forwarded.
-    let sends = ctx
-        .actions
-        .iter()
-        .any(|a| matches!(a, DpAction::Output(_) | DpAction::Controller { .. }));
-    let drop = match ctx.error {
-        Some(e) => Some(e),
-        None if !sends => Some(if matched {
-            XlateDrop::DropAction
-        } else {
-            XlateDrop::NoMatch
-        }),
-        None => None,
+    let no_output = if matched {
+        XlateDrop::DropAction
+    } else {
+        XlateDrop::NoMatch
     };
-    let mut actions = ctx.actions;
-    if drop.is_some() {
-        // Emptied, not replaced: a reused list keeps its room.
-        actions.clear();
-    }
-    Xlation {
-        actions,
-        mask: wc,
-        rules: ctx.rules,
-        trace: ctx.trace,
-        learn: ctx.learn,
-        drop,
-        deps: ctx.deps,
-    }
+    ctx.into_xlation(wc, no_output)
 }
 
 /// Translates a packet-out: `actions` run on `key` (whose `in_port` is the
@@ -322,24 +297,8 @@ pub fn xlate_actions(bridge: Bridge<'_>, key: &FlowKey, actions: &[OfAction]) ->
     ctx.do_actions(actions, PACKET_OUT_TABLE, PACKET_OUT_COOKIE);
     // Output to TABLE ran a pipeline: its action set runs at its end.
     ctx.run_action_set();
-    let sends = ctx
-        .actions
-        .iter()
-        .any(|a| matches!(a, DpAction::Output(_) | DpAction::Controller { .. }));
-    let (actions, drop) = match ctx.error {
-        Some(e) => (Vec::new(), Some(e)),
-        None if !sends => (Vec::new(), Some(XlateDrop::DropAction)),
-        None => (ctx.actions, None),
-    };
-    Xlation {
-        actions,
-        mask: ctx.wc,
-        rules: ctx.rules,
-        trace: ctx.trace,
-        learn: ctx.learn,
-        drop,
-        deps: ctx.deps,
-    }
+    let mask = ctx.wc;
+    ctx.into_xlation(mask, XlateDrop::DropAction)
 }
 
 /// The table and cookie a packet-out's own `controller` action reports.
@@ -373,6 +332,38 @@ impl<'a> Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The translation's result with megaflow mask `mask`; `no_output` is
+    /// why it drops if its list never outputs.
+    fn into_xlation(self, mask: FlowKey, no_output: XlateDrop) -> Xlation {
+        // A list that never outputs drops the packet, even when it pushed or
+        // popped a tag on the way (those are emitted before the next output,
+        // as sets are committed, but no output came): DESIGN §6 counts such a
+        // packet as a drop, not as forwarded.
+        let sends = self
+            .actions
+            .iter()
+            .any(|a| matches!(a, DpAction::Output(_) | DpAction::Controller { .. }));
+        let drop = match self.error {
+            Some(e) => Some(e),
+            None if !sends => Some(no_output),
+            None => None,
+        };
+        let mut actions = self.actions;
+        if drop.is_some() {
+            // Emptied, not replaced: a reused list keeps its room.
+            actions.clear();
+        }
+        Xlation {
+            actions,
+            mask,
+            rules: self.rules,
+            trace: self.trace,
+            learn: self.learn,
+            drop,
+            deps: self.deps,
+        }
+    }
+
     fn note(&mut self, text: &'static str) {
         if !self.tracing {
             return;
