@@ -35,13 +35,14 @@ impl NicFlowDevice {
         self.shared.read_table().len()
     }
 
-    /// Every installed rule with its handle, oldest first.
-    pub fn rules(&self) -> Vec<(RuleHandle, Rule)> {
+    /// Every installed rule's handle and MARK id, oldest first. (Like a
+    /// NIC, the device keeps rules compiled, not as created.)
+    pub fn rules(&self) -> Vec<(RuleHandle, Option<u32>)> {
         self.shared
             .read_table()
             .rules()
             .into_iter()
-            .map(|r| (RuleHandle(r.handle), r.rule.clone()))
+            .map(|r| (RuleHandle(r.handle), r.mark))
             .collect()
     }
 

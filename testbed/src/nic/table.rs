@@ -10,7 +10,9 @@
 //! generation (a destroyed rule's handle never names the slot's next rule),
 //! and subtables, buckets and the range list refer to slots. Inserting a
 //! rule allocates nothing of its own (its key is inline up to
-//! [`KEY_INLINE`] values) beyond the tables' amortised growth.
+//! [`KEY_INLINE`] values) beyond the tables' amortised growth, and frees
+//! the pattern and action lists it came with: the table keeps the rule's
+//! compiled form (key, shape, mark, fate), as a NIC does.
 
 // hashbrown with its default (foldhash) hasher: the emulated NIC hashes
 // every packet once per subtable, and SipHash was most of its lookup cost.
@@ -19,7 +21,7 @@ use hashbrown::DefaultHashBuilder;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
-use offload::rte::{Action, Rule};
+use offload::rte::{Action, Item, Rule};
 
 use super::rss::{HashTypes, Reta};
 use crate::matcher::{Fields, Headers, ItemFields, ItemKind};
@@ -61,115 +63,128 @@ impl RuleKey {
     }
 }
 
-/// A rule as installed.
+/// A subtable's item kinds and masks.
+type Shape = [(ItemKind, Fields)];
+
+/// How an installed rule is matched.
+#[derive(Debug)]
+enum Placement {
+    /// By hash in the subtable of this shape (shared with the subtable,
+    /// whose lookup it is).
+    Hashed(Arc<Shape>),
+    /// Some item has a range (`last`): by scan of its items.
+    Ranged(Box<[Item]>),
+}
+
+/// A rule as installed: what matching and its actions need, as a NIC keeps
+/// its compiled form rather than the `rte_flow` call's arguments (rte_flow
+/// has no call that reads a rule back). The pattern and action lists the
+/// caller built are freed at install (a ranged rule keeps its items), so an
+/// installed rule costs its slot and a share of its subtable.
 #[derive(Debug)]
 pub(crate) struct InstalledRule {
     pub handle: u64,
     /// Insertion order: the tie-break among equal priorities (oldest wins).
     seq: u64,
     pub priority: u32,
-    pub rule: Rule,
     key: RuleKey,
-    /// The hash of the rule's shape (item kinds and masks): which subtable.
-    shape_hash: u64,
-    /// Some item has a range (`last`): matched by scan, not by hash.
-    ranged: bool,
+    placement: Placement,
     pub mark: Option<u32>,
     pub fate: Fate,
     /// COUNT: hits and bytes (updated by the NIC thread).
     pub counter: Option<AtomicCount>,
 }
 
+/// A rule's actions as the NIC applies them.
+struct Decoded {
+    mark: Option<u32>,
+    fate: Fate,
+    counter: Option<AtomicCount>,
+}
+
+fn decode_actions(actions: &[Action], retas: &mut Vec<(Vec<u16>, Arc<Reta>)>) -> Decoded {
+    let mut d = Decoded {
+        mark: None,
+        fate: Fate::Default,
+        counter: None,
+    };
+    for a in actions {
+        match a {
+            Action::Mark { id } => d.mark = Some(*id),
+            Action::Rss { queues, types } => {
+                let reta = match retas.iter().find(|(q, _)| q == queues) {
+                    Some((_, r)) => Arc::clone(r),
+                    None => {
+                        let r = Arc::new(Reta::spread(queues));
+                        retas.push((queues.clone(), Arc::clone(&r)));
+                        r
+                    }
+                };
+                d.fate = Fate::Rss {
+                    types: HashTypes::of_action(types),
+                    reta,
+                }
+            }
+            Action::Queue { index } => d.fate = Fate::Queue(*index),
+            Action::Drop => d.fate = Fate::Drop,
+            Action::Count => d.counter = Some(AtomicCount::default()),
+        }
+    }
+    d
+}
+
+/// The rule's masked values where its masks are non-zero, item after item
+/// (its subtable key); `shape` is filled with its item kinds and masks.
+/// True when some item has a range.
+fn key_and_shape(pattern: &[Item], shape: &mut Vec<(ItemKind, Fields)>) -> (RuleKey, bool) {
+    let mut values = [0u128; KEY_INLINE];
+    let mut n = 0;
+    let mut spill: Vec<u128> = Vec::new();
+    let mut ranged = false;
+    shape.clear();
+    for item in pattern {
+        let i = ItemFields::of(item);
+        ranged |= i.has_range();
+        for (v, m) in i.spec.iter().zip(i.mask.iter()).filter(|(_, m)| **m != 0) {
+            if !spill.is_empty() {
+                spill.push(v & m);
+            } else if let Some(slot) = values.get_mut(n) {
+                *slot = v & m;
+                n += 1;
+            } else {
+                spill.extend_from_slice(&values);
+                spill.push(v & m);
+            }
+        }
+        shape.push((i.kind, i.mask));
+    }
+    let key = if spill.is_empty() {
+        RuleKey::Inline {
+            // n ≤ KEY_INLINE.
+            len: n as u8,
+            values,
+        }
+    } else {
+        RuleKey::Spilled(spill.into_boxed_slice())
+    };
+    (key, ranged)
+}
+
 impl InstalledRule {
     #[cfg(test)]
     pub fn new(handle: u64, rule: Rule) -> InstalledRule {
-        InstalledRule::build(
-            handle,
-            handle,
-            rule,
-            &mut Vec::new(),
-            &mut Vec::new(),
-            &DefaultHashBuilder::default(),
-        )
-    }
-
-    /// Builds the installed form of `rule` (moved in, not copied); RSS
-    /// redirection tables come from `retas`, one per distinct queue list;
-    /// `shape` is filled with the rule's item kinds and masks.
-    fn build(
-        handle: u64,
-        seq: u64,
-        rule: Rule,
-        retas: &mut Vec<(Vec<u16>, Arc<Reta>)>,
-        shape: &mut Vec<(ItemKind, Fields)>,
-        hasher: &DefaultHashBuilder,
-    ) -> InstalledRule {
-        let mut mark = None;
-        let mut fate = Fate::Default;
-        let mut counter = None;
-        for a in &rule.actions {
-            match a {
-                Action::Mark { id } => mark = Some(*id),
-                Action::Rss { queues, types } => {
-                    let reta = match retas.iter().find(|(q, _)| q == queues) {
-                        Some((_, r)) => Arc::clone(r),
-                        None => {
-                            let r = Arc::new(Reta::spread(queues));
-                            retas.push((queues.clone(), Arc::clone(&r)));
-                            r
-                        }
-                    };
-                    fate = Fate::Rss {
-                        types: HashTypes::of_action(types),
-                        reta,
-                    }
-                }
-                Action::Queue { index } => fate = Fate::Queue(*index),
-                Action::Drop => fate = Fate::Drop,
-                Action::Count => counter = Some(AtomicCount::default()),
-            }
-        }
-        let mut values = [0u128; KEY_INLINE];
-        let mut n = 0;
-        let mut spill: Vec<u128> = Vec::new();
-        let mut ranged = false;
-        shape.clear();
-        for item in &rule.pattern {
-            let i = ItemFields::of(item);
-            ranged |= i.has_range();
-            for (v, m) in i.spec.iter().zip(i.mask.iter()).filter(|(_, m)| **m != 0) {
-                if !spill.is_empty() {
-                    spill.push(v & m);
-                } else if let Some(slot) = values.get_mut(n) {
-                    *slot = v & m;
-                    n += 1;
-                } else {
-                    spill.extend_from_slice(&values);
-                    spill.push(v & m);
-                }
-            }
-            shape.push((i.kind, i.mask));
-        }
-        let key = if spill.is_empty() {
-            RuleKey::Inline {
-                // n ≤ KEY_INLINE.
-                len: n as u8,
-                values,
-            }
-        } else {
-            RuleKey::Spilled(spill.into_boxed_slice())
-        };
+        let mut shape = Vec::new();
+        let (key, _) = key_and_shape(&rule.pattern, &mut shape);
+        let d = decode_actions(&rule.actions, &mut Vec::new());
         InstalledRule {
             handle,
-            seq,
+            seq: handle,
             priority: rule.attr.priority,
             key,
-            shape_hash: shape_hash(hasher, shape),
-            ranged,
-            rule,
-            mark,
-            fate,
-            counter,
+            placement: Placement::Hashed(Arc::from(shape)),
+            mark: d.mark,
+            fate: d.fate,
+            counter: d.counter,
         }
     }
 
@@ -178,36 +193,36 @@ impl InstalledRule {
         (self.priority, self.seq)
     }
 
-    fn has_range(&self) -> bool {
-        self.ranged
-    }
-
-    /// The rule's items, decoded (for matching by scan and for shapes; the
-    /// hashed path needs only the key).
-    fn items(&self) -> impl Iterator<Item = ItemFields> + '_ {
-        self.rule.pattern.iter().map(ItemFields::of)
-    }
-
-    /// The rule's items have exactly this shape (kinds and masks).
-    fn has_shape(&self, shape: &[(ItemKind, Fields)]) -> bool {
-        self.rule.pattern.len() == shape.len()
-            && self
-                .items()
-                .zip(shape)
-                .all(|(i, (kind, mask))| i.kind == *kind && i.mask == *mask)
-    }
-
     /// The masked key, value by value, of the slots the masks cover (the
     /// same sequence a packet's values under the subtable's shape give).
     fn key(&self) -> &[u128] {
         self.key.values()
     }
 
+    /// The packet matches the rule (a scan; the hashed path needs only
+    /// the key).
     pub fn matches(&self, h: &Headers) -> bool {
-        !self.rule.pattern.is_empty()
-            && self
-                .items()
-                .all(|i| h.fields(i.kind).is_some_and(|v| i.matches(&v)))
+        match &self.placement {
+            Placement::Ranged(items) => {
+                !items.is_empty()
+                    && items
+                        .iter()
+                        .map(ItemFields::of)
+                        .all(|i| h.fields(i.kind).is_some_and(|v| i.matches(&v)))
+            }
+            Placement::Hashed(shape) => {
+                let mut key = self.key().iter();
+                !shape.is_empty()
+                    && shape.iter().all(|(kind, mask)| {
+                        h.fields(*kind).is_some_and(|v| {
+                            v.iter()
+                                .zip(mask.iter())
+                                .filter(|(_, m)| **m != 0)
+                                .all(|(v, m)| key.next() == Some(&(v & m)))
+                        })
+                    })
+            }
+        }
     }
 }
 
@@ -375,7 +390,7 @@ impl Bucket {
 
 #[derive(Debug)]
 struct Subtable {
-    shape: Vec<(ItemKind, Fields)>,
+    shape: Arc<Shape>,
     shape_hash: u64,
     /// Masked key → its bucket. The key is not stored: a bucket's rules
     /// carry it, so an entry is compared through its first rule. Grows a
@@ -416,54 +431,59 @@ impl RuleTable {
         self.slab.len
     }
 
-    /// Installs `rule` (moved in: nothing of it is copied) and returns its
-    /// handle.
+    /// Installs `rule` and returns its handle. The rule's lists are freed
+    /// here (see [`InstalledRule`]).
     pub fn insert(&mut self, rule: Rule) -> u64 {
         self.next_seq += 1;
         let (slot, handle) = self.slab.vacant();
         // Redirection tables no rule uses any more are dropped here, so
         // the list stays as short as the queue lists in use.
         self.retas.retain(|(_, r)| Arc::strong_count(r) > 1);
-        let r = InstalledRule::build(
-            handle,
-            self.next_seq,
-            rule,
-            &mut self.retas,
-            &mut self.shape,
-            &self.hasher,
-        );
-        let ranged = r.has_range();
-        let order = r.order();
-        let shape_hash = r.shape_hash;
-        let hash = key_hash(&self.hasher, r.key().iter().copied());
-        self.slab.fill(slot, r);
-        let Self {
-            slab,
-            subtables,
-            ranged: ranged_list,
-            shape,
-            ..
-        } = self;
-        if ranged {
-            let at = ranged_list.partition_point(|x| slab.order(*x) < order);
-            ranged_list.insert(at, slot);
-            return handle;
-        }
-        let i = match subtables
-            .iter()
-            .position(|s| s.shape_hash == shape_hash && s.shape == *shape)
-        {
-            Some(i) => i,
-            None => {
-                subtables.push(Subtable {
-                    shape: shape.clone(),
-                    shape_hash,
-                    buckets: GrowingTable::new(),
-                });
-                subtables.len() - 1
-            }
+        let d = decode_actions(&rule.actions, &mut self.retas);
+        let (key, ranged) = key_and_shape(&rule.pattern, &mut self.shape);
+        let hash = key_hash(&self.hasher, key.values().iter().copied());
+        let order = (rule.attr.priority, self.next_seq);
+        let (placement, subtable) = if ranged {
+            (Placement::Ranged(rule.pattern.into_boxed_slice()), None)
+        } else {
+            let shape_hash = shape_hash(&self.hasher, &self.shape);
+            let i = match self
+                .subtables
+                .iter()
+                .position(|s| s.shape_hash == shape_hash && *s.shape == *self.shape)
+            {
+                Some(i) => i,
+                None => {
+                    self.subtables.push(Subtable {
+                        shape: Arc::from(self.shape.as_slice()),
+                        shape_hash,
+                        buckets: GrowingTable::new(),
+                    });
+                    self.subtables.len() - 1
+                }
+            };
+            let shape = self.subtables.get(i).map(|s| Arc::clone(&s.shape));
+            (Placement::Hashed(shape.unwrap_or_default()), Some(i))
         };
-        let st = &mut subtables[i];
+        self.slab.fill(
+            slot,
+            InstalledRule {
+                handle,
+                seq: self.next_seq,
+                priority: order.0,
+                key,
+                placement,
+                mark: d.mark,
+                fate: d.fate,
+                counter: d.counter,
+            },
+        );
+        let slab = &self.slab;
+        let Some(st) = subtable.and_then(|i| self.subtables.get_mut(i)) else {
+            let at = self.ranged.partition_point(|x| slab.order(*x) < order);
+            self.ranged.insert(at, slot);
+            return handle;
+        };
         let key = slab.get(slot).map_or(&[][..], InstalledRule::key);
         match st
             .buckets
@@ -497,13 +517,11 @@ impl RuleTable {
         let Some(r) = self.slab.get(slot) else {
             return false;
         };
-        if r.has_range() {
+        if let Placement::Ranged(_) = r.placement {
             self.ranged.retain(|x| *x != slot);
-        } else if let Some(i) = self
-            .subtables
-            .iter()
-            .position(|s| s.shape_hash == r.shape_hash && r.has_shape(&s.shape))
-        {
+        } else if let Some(i) = self.subtables.iter().position(
+            |s| matches!(&r.placement, Placement::Hashed(shape) if Arc::ptr_eq(shape, &s.shape)),
+        ) {
             let hash = key_hash(&self.hasher, r.key().iter().copied());
             let slab = &self.slab;
             let st = &mut self.subtables[i];
@@ -547,7 +565,7 @@ impl RuleTable {
         let mut best: Option<&InstalledRule> = None;
         'subtables: for st in &self.subtables {
             scratch.clear();
-            for (kind, mask) in &st.shape {
+            for (kind, mask) in st.shape.iter() {
                 let Some(values) = h.fields(*kind) else {
                     continue 'subtables;
                 };
@@ -792,13 +810,17 @@ mod tests {
                     ))),
                     _ => pattern.push(sport_range(1 + r.below(2) as u16, 2 + r.below(2) as u16)),
                 }
-                let h = t.insert(rule(r.below(3) as u32, pattern, vec![Action::Drop]));
-                installed.push(h);
+                let priority = r.below(3) as u32;
+                let h = t.insert(rule(priority, pattern.clone(), vec![Action::Drop]));
+                installed.push((h, priority, pattern));
             }
             // Remove a few to exercise bucket and subtable clean-up.
-            for h in installed.iter().step_by(5) {
+            for (h, ..) in installed.iter().step_by(5) {
                 t.remove(*h);
             }
+            // The scan matches the rules as given, item by item (not the
+            // table's keys); installation order is handle order here.
+            installed.retain(|(h, ..)| t.get(*h).is_some());
             let mut s = Vec::new();
             for _ in 0..50 {
                 let pkt = build::udp4(
@@ -809,12 +831,25 @@ mod tests {
                     &[],
                 );
                 let h = Headers::parse(&pkt);
-                let linear = t
+                let linear = installed
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, _, pattern))| {
+                        pattern
+                            .iter()
+                            .map(ItemFields::of)
+                            .all(|i| h.fields(i.kind).is_some_and(|v| i.matches(&v)))
+                    })
+                    .min_by_key(|(age, (_, priority, _))| (*priority, *age))
+                    .map(|(_, (handle, ..))| *handle);
+                // The rule's own scan agrees.
+                let scanned = t
                     .rules()
                     .into_iter()
                     .filter(|x| x.matches(&h))
                     .min_by_key(|x| x.order())
                     .map(|x| x.handle);
+                assert_eq!(scanned, linear);
                 assert_eq!(t.lookup(&h, &mut s).map(|x| x.handle), linear);
             }
         }
