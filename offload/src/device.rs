@@ -363,22 +363,15 @@ pub trait FlowDevice: Send + Sync {
     /// Installs the rule. `NoSpace` when the table is full.
     fn create(&self, rule: &Rule) -> Result<RuleHandle, FlowError>;
 
-    /// [`FlowDevice::create`] for a rule the caller no longer needs: a
-    /// device that keeps the rule takes it as it is instead of copying it
-    /// (the offload worker's insertion path builds each rule once).
-    fn create_owned(&self, rule: Rule) -> Result<RuleHandle, FlowError> {
-        self.create(&rule)
-    }
-
-    /// [`FlowDevice::create_owned`] for a rule this device's
+    /// [`FlowDevice::create`] for a rule this device's
     /// [`FlowDevice::validate`] has just accepted (the offload worker
     /// validates every rule before creating it; neither the rule nor what
     /// the device can do changes in between): a device may skip checking
     /// again what validate checked, so that an insert is validated once.
     /// Capacity and device failures are still the create's. By default, a
     /// plain create.
-    fn create_validated(&self, rule: Rule) -> Result<RuleHandle, FlowError> {
-        self.create_owned(rule)
+    fn create_validated(&self, rule: &Rule) -> Result<RuleHandle, FlowError> {
+        self.create(rule)
     }
 
     /// Removes one rule. An unknown handle is `Invalid`.

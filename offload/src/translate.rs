@@ -160,14 +160,36 @@ pub fn translate(
 /// `caps` ([`Capabilities::check`]), for a caller that hands the rule to
 /// [`FlowDevice::validate`](crate::device::FlowDevice::validate) next (the
 /// offload engine): the device's validate makes that check, and an insert
-/// then makes it once.
-pub fn translate_unchecked(
+/// then makes it once. The rule is written into `rule`, whose lists are
+/// reused (the engine translates into the same few rules over and over:
+/// no allocation per insert). After a refusal `rule` holds no usable rule.
+pub fn translate_unchecked_into(
     m: &Match,
     caps: &Capabilities,
     mark: u32,
     n_rxq: u16,
-) -> Result<Translation, Rejected> {
-    translate_rule(m, caps, mark, n_rxq, false)
+    rule: &mut Rule,
+) -> Result<Translated, Rejected> {
+    translate_into(m, caps, mark, n_rxq, false, rule)
+}
+
+/// What [`translate_unchecked_into`] says besides the rule it wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translated {
+    /// As [`Translation::port`].
+    pub port: u32,
+    /// As [`Translation::exact`].
+    pub exact: bool,
+}
+
+/// A rule with no items or actions yet, room for a translation's.
+pub fn empty_rule() -> Rule {
+    Rule {
+        attr: Attr::INGRESS,
+        // ETH, VLAN, IP, L4 at most; MARK and RSS.
+        pattern: Vec::with_capacity(4),
+        actions: Vec::with_capacity(2),
+    }
 }
 
 fn translate_rule(
@@ -177,6 +199,34 @@ fn translate_rule(
     n_rxq: u16,
     check: bool,
 ) -> Result<Translation, Rejected> {
+    let mut rule = empty_rule();
+    let t = translate_into(m, caps, mark, n_rxq, check, &mut rule)?;
+    Ok(Translation {
+        port: t.port,
+        rule,
+        exact: t.exact,
+    })
+}
+
+fn translate_into(
+    m: &Match,
+    caps: &Capabilities,
+    mark: u32,
+    n_rxq: u16,
+    check: bool,
+    rule: &mut Rule,
+) -> Result<Translated, Rejected> {
+    rule.attr = Attr::INGRESS;
+    rule.pattern.clear();
+    // The RSS queue list's room is kept for this rule's list.
+    let mut queues = rule
+        .actions
+        .drain(..)
+        .find_map(|a| match a {
+            Action::Rss { queues, .. } => Some(queues),
+            _ => None,
+        })
+        .unwrap_or_default();
     if !caps.mark {
         return Err(Rejected::other(format!(
             "MARK unsupported by this NIC (profile {})",
@@ -323,16 +373,15 @@ fn translate_rule(
         }
     }
 
-    // ETH, VLAN, IP, L4 at most: one allocation.
-    let mut pattern = Vec::with_capacity(4);
+    let pattern = &mut rule.pattern;
     pattern.push(Item::Eth(eth));
     if let Some(v) = vlan_item {
         pattern.push(Item::Vlan(v));
     }
 
     match dl_type {
-        Some(ethertype::IPV4) => ipv4_items(&mut fields, caps, &mut pattern, &mut exact)?,
-        Some(ethertype::IPV6) => ipv6_items(&mut fields, &mut pattern, &mut exact)?,
+        Some(ethertype::IPV4) => ipv4_items(&mut fields, caps, pattern, &mut exact)?,
+        Some(ethertype::IPV6) => ipv6_items(&mut fields, pattern, &mut exact)?,
         _ => refuse_ip_fields(&fields, dl_type)?,
     }
 
@@ -343,28 +392,24 @@ fn translate_rule(
         return Err(Rejected::field(f, "no rte_flow item expresses this field"));
     }
 
-    let mut rule = Rule {
-        attr: Attr::INGRESS,
-        pattern,
-        actions: vec![
-            Action::Mark { id: mark.max(1) },
-            Action::Rss {
-                queues: (0..n_rxq).collect(),
-                types: vec![],
-            },
-        ],
-    };
+    queues.clear();
+    queues.extend(0..n_rxq);
+    rule.actions.push(Action::Mark { id: mark.max(1) });
+    rule.actions.push(Action::Rss {
+        queues,
+        types: vec![],
+    });
     // A translator bug must not reach a NIC: the rule fits the profile.
     // (A placeholder mark 0 is checked with a valid id, then put back.)
     if check {
-        if let Err(e) = caps.check(&rule) {
+        if let Err(e) = caps.check(rule) {
             return Err(Rejected::other(e.to_string()));
         }
     }
     if mark == 0 {
         rule.set_mark(0);
     }
-    Ok(Translation { port, rule, exact })
+    Ok(Translated { port, exact })
 }
 
 fn vlan_match(fields: &mut Fields, exact: &mut bool) -> Result<VlanMatch, Rejected> {
@@ -834,20 +879,34 @@ mod tests {
     }
 
     /// The engine's unchecked translation is the same rule; only the final
-    /// profile check is left to the device's validate.
+    /// profile check is left to the device's validate. Translating into a
+    /// rule that held another translation (more items, more queues) or a
+    /// refusal leaves nothing of it behind.
     #[test]
     fn unchecked_translation_is_the_same_rule() {
         let mut m = Match::ANY;
         m.set_exact(Field::InPort, 3);
         m.set_exact(Field::DlType, ethertype::IPV4.into());
         m.set_exact(Field::NwSrc, 0x0a00_0001);
+        let mut wide = m;
+        wide.set_exact(Field::NwProto, ipproto::TCP.into());
+        wide.set_exact(Field::NwFrag, 0);
+        wide.set_exact(Field::TpDst, 80);
+        let mut reused = empty_rule();
         for p in [Profile::Generic, Profile::Xl710, Profile::NoMark] {
             let caps = p.capabilities();
-            assert_eq!(
-                translate_unchecked(&m, &caps, 7, 2),
-                translate(&m, &caps, 7, 2),
-                "{p}"
-            );
+            // Whatever the buffer held before: a wider rule, 8 queues.
+            let _ = translate_unchecked_into(&wide, &caps, 9, 8, &mut reused);
+            let into = translate_unchecked_into(&m, &caps, 7, 2, &mut reused);
+            let fresh = translate(&m, &caps, 7, 2);
+            match (into, fresh) {
+                (Ok(t), Ok(f)) => {
+                    assert_eq!((t.port, t.exact), (f.port, f.exact), "{p}");
+                    assert_eq!(reused, f.rule, "{p}");
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b, "{p}"),
+                (a, b) => panic!("{p}: into {a:?}, fresh {b:?}"),
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use serde::{Serialize, Serializer};
 use crate::device::{FlowDevice, FlowError, RuleHandle};
 use crate::marks::{Mark, MarkRegistry, OffloadKey, PmdRefs};
 use crate::rte::Rule;
-use crate::translate::translate_unchecked;
+use crate::translate::{empty_rule, translate_unchecked_into};
 
 /// Engine settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -362,6 +362,9 @@ pub struct OffloadEngine {
     /// A batch's rules between publication and creation (kept for its
     /// allocation).
     staged: Vec<(OffloadKey, Mark, Rule)>,
+    /// Rules to translate into, their lists kept from earlier inserts (at
+    /// most a batch's worth: an insert allocates no rule of its own).
+    spare_rules: Vec<Rule>,
 }
 
 impl OffloadEngine {
@@ -380,6 +383,7 @@ impl OffloadEngine {
             waiting_for_marks: VecDeque::new(),
             counters: EngineCounters::default(),
             staged: Vec::new(),
+            spare_rules: Vec::new(),
         })
     }
 
@@ -851,28 +855,33 @@ impl OffloadEngine {
                 break;
             };
             done += 1;
-            if let Some((mark, rule)) = self.prepare(key, now, out) {
-                staged.push((key, mark, rule));
+            let mut rule = self.spare_rules.pop().unwrap_or_else(empty_rule);
+            match self.prepare(key, now, out, &mut rule) {
+                Some(mark) => staged.push((key, mark, rule)),
+                None => self.spare_rules.push(rule),
             }
         }
         if !staged.is_empty() {
             out.flush();
         }
         for (key, mark, rule) in staged.drain(..) {
-            self.create(key, mark, rule, now, out);
+            self.create(key, mark, &rule, now, out);
+            self.spare_rules.push(rule);
         }
         self.staged = staged;
         done
     }
 
-    /// Put, device side, first half: translate → validate → mark →
-    /// publish. Returns the rule to create, its mark filled in.
+    /// Put, device side, first half: translate (into `rule`) → validate →
+    /// mark → publish. Returns the mark, filled in `rule`, when the rule is
+    /// to be created.
     fn prepare(
         &mut self,
         key: OffloadKey,
         now: Instant,
         out: &mut dyn UpdateSink,
-    ) -> Option<(Mark, Rule)> {
+        rule: &mut Rule,
+    ) -> Option<Mark> {
         let e = self.flows.get_mut(&key)?;
         e.queued = false;
         if e.state != OffloadState::Pending || e.staged {
@@ -885,7 +894,7 @@ impl OffloadEngine {
         let caps = *port.device.capabilities();
         // Unchecked: the device's validate below checks the rule against
         // the capabilities, once.
-        let mut translation = match translate_unchecked(&e.r#match, &caps, 1, port.n_rxq) {
+        let translation = match translate_unchecked_into(&e.r#match, &caps, 1, port.n_rxq, rule) {
             Ok(t) => t,
             Err(r) => {
                 refuse(
@@ -907,7 +916,7 @@ impl OffloadEngine {
             refuse(e, port, key, OffloadState::Rejected { reason });
             return None;
         }
-        if let Err(err) = port.device.validate(&translation.rule) {
+        if let Err(err) = port.device.validate(rule) {
             refuse(e, port, key, refusal(err));
             return None;
         }
@@ -922,12 +931,12 @@ impl OffloadEngine {
                 return None;
             }
         };
-        translation.set_mark(mark.get());
+        rule.set_mark(mark.get());
         for (pmd, handle) in e.refs.iter() {
             out.send(pmd, PmdUpdate::Publish { mark, handle });
         }
         e.staged = true;
-        Some((mark, translation.rule))
+        Some(mark)
     }
 
     /// Put, device side, second half: create the published rule; a
@@ -936,7 +945,7 @@ impl OffloadEngine {
         &mut self,
         key: OffloadKey,
         mark: Mark,
-        rule: Rule,
+        rule: &Rule,
         now: Instant,
         out: &mut dyn UpdateSink,
     ) {

@@ -89,7 +89,7 @@ impl NicFlowDevice {
 
     /// rte_flow_create: faults, the checks of validate (unless the caller's
     /// validate just made them), capacity, the install.
-    fn install(&self, rule: Rule, validate: bool) -> Result<RuleHandle, FlowError> {
+    fn install(&self, rule: &Rule, validate: bool) -> Result<RuleHandle, FlowError> {
         let refuse_as_full = {
             let mut f = self.shared.lock_faults();
             f.creates += 1;
@@ -103,7 +103,7 @@ impl NicFlowDevice {
             f.refuse_as_full
         };
         if validate {
-            self.validate(&rule)?;
+            self.validate(rule)?;
         }
         let mut table = self.shared.write_table();
         if refuse_as_full || table.len() >= self.shared.caps.max_rules {
@@ -155,14 +155,10 @@ impl FlowDevice for NicFlowDevice {
     }
 
     fn create(&self, rule: &Rule) -> Result<RuleHandle, FlowError> {
-        self.create_owned(rule.clone())
-    }
-
-    fn create_owned(&self, rule: Rule) -> Result<RuleHandle, FlowError> {
         self.install(rule, true)
     }
 
-    fn create_validated(&self, rule: Rule) -> Result<RuleHandle, FlowError> {
+    fn create_validated(&self, rule: &Rule) -> Result<RuleHandle, FlowError> {
         self.install(rule, false)
     }
 

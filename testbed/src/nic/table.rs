@@ -431,9 +431,9 @@ impl RuleTable {
         self.slab.len
     }
 
-    /// Installs `rule` and returns its handle. The rule's lists are freed
-    /// here (see [`InstalledRule`]).
-    pub fn insert(&mut self, rule: Rule) -> u64 {
+    /// Installs `rule` and returns its handle (the table keeps the rule's
+    /// compiled form, see [`InstalledRule`]).
+    pub fn insert(&mut self, rule: &Rule) -> u64 {
         self.next_seq += 1;
         let (slot, handle) = self.slab.vacant();
         // Redirection tables no rule uses any more are dropped here, so
@@ -444,7 +444,7 @@ impl RuleTable {
         let hash = key_hash(&self.hasher, key.values().iter().copied());
         let order = (rule.attr.priority, self.next_seq);
         let (placement, subtable) = if ranged {
-            (Placement::Ranged(rule.pattern.into_boxed_slice()), None)
+            (Placement::Ranged(rule.pattern.as_slice().into()), None)
         } else {
             let shape_hash = shape_hash(&self.hasher, &self.shape);
             let i = match self
@@ -670,25 +670,25 @@ mod tests {
         let mut t = RuleTable::default();
         let mut s = Vec::new();
         assert!(t.lookup(&h, &mut s).is_none());
-        let host = t.insert(rule(
+        let host = t.insert(&rule(
             1,
             vec![ip_eth(), dst(gw, !0)],
             vec![Action::Mark { id: 1 }],
         ));
-        let net = t.insert(rule(
+        let net = t.insert(&rule(
             1,
             vec![ip_eth(), dst(gw, 0xffff_ff00)],
             vec![Action::Mark { id: 2 }],
         ));
         // Equal priority: the older rule wins.
         assert_eq!(t.lookup(&h, &mut s).map(|r| r.handle), Some(host));
-        let ranged = t.insert(rule(
+        let ranged = t.insert(&rule(
             0,
             vec![ip_eth(), dst(gw, 0xffff_ff00), sport_range(2000, 2200)],
             vec![Action::Drop],
         ));
         assert_eq!(t.lookup(&h, &mut s).map(|r| r.handle), Some(ranged));
-        let better = t.insert(rule(0, vec![ip_eth()], vec![Action::Count]));
+        let better = t.insert(&rule(0, vec![ip_eth()], vec![Action::Count]));
         assert_eq!(
             t.lookup(&h, &mut s).map(|r| r.handle),
             Some(ranged),
@@ -720,11 +720,11 @@ mod tests {
     fn stale_handles_name_no_rule() {
         let gw = Ipv4Addr::new(192, 168, 200, 3);
         let mut t = RuleTable::default();
-        let a = t.insert(rule(0, vec![ip_eth(), dst(gw, !0)], vec![Action::Drop]));
+        let a = t.insert(&rule(0, vec![ip_eth(), dst(gw, !0)], vec![Action::Drop]));
         assert!(t.get(a).is_some());
         assert!(t.remove(a));
         assert!(t.get(a).is_none());
-        let b = t.insert(rule(0, vec![ip_eth(), dst(gw, !0)], vec![Action::Count]));
+        let b = t.insert(&rule(0, vec![ip_eth(), dst(gw, !0)], vec![Action::Count]));
         assert_ne!(a, b);
         assert!(t.get(a).is_none());
         assert!(!t.remove(a));
@@ -732,14 +732,14 @@ mod tests {
         assert_eq!(t.len(), 1);
         t.clear();
         assert!(t.get(b).is_none());
-        let c = t.insert(rule(0, vec![ip_eth()], vec![Action::Drop]));
+        let c = t.insert(&rule(0, vec![ip_eth()], vec![Action::Drop]));
         assert!(c != a && c != b);
         assert!(!t.remove(b));
         assert_eq!(t.len(), 1);
         // Rules beyond one slab chunk keep their handles and order.
         let handles: Vec<u64> = (0..SLAB_CHUNK as u32 + 10)
             .map(|i| {
-                t.insert(rule(
+                t.insert(&rule(
                     1,
                     vec![ip_eth(), dst(Ipv4Addr::from(i), !0)],
                     vec![Action::Drop],
@@ -811,7 +811,7 @@ mod tests {
                     _ => pattern.push(sport_range(1 + r.below(2) as u16, 2 + r.below(2) as u16)),
                 }
                 let priority = r.below(3) as u32;
-                let h = t.insert(rule(priority, pattern.clone(), vec![Action::Drop]));
+                let h = t.insert(&rule(priority, pattern.clone(), vec![Action::Drop]));
                 installed.push((h, priority, pattern));
             }
             // Remove a few to exercise bucket and subtable clean-up.
