@@ -23,7 +23,7 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use fallback::cache::FlowHandle;
-use fallback::growing::{ChunkedVec, GrowingMap};
+use fallback::growing::ChunkedVec;
 use fallback::megaflow::Ufid;
 use hashbrown::HashMap;
 use thiserror::Error;
@@ -112,6 +112,11 @@ pub enum MarkError {
     BadShard { shard: u32, shards: u32, max: u32 },
     #[error("{mark:?} is not in use and cannot be released; this is a flowmark bug, report it")]
     NotInUse { mark: Mark },
+    #[error(
+        "{mark:?} is not held by the megaflow releasing it and stays with its owner; this is a \
+         flowmark bug, report it"
+    )]
+    NotOwner { mark: Mark },
 }
 
 /// Where a mark id is in its life.
@@ -199,6 +204,16 @@ impl MarkPool {
     pub(crate) fn index(&self, mark: Mark) -> Option<usize> {
         let k = mark.get() - 1;
         (k % self.shards == self.shard).then(|| (k / self.shards) as usize + 1)
+    }
+
+    /// The mark at pool index `i` ([`MarkPool::index`] the other way round).
+    fn mark_at(&self, i: usize) -> Option<Mark> {
+        let k = u32::try_from(i.checked_sub(1)?).ok()?;
+        Mark::new(
+            k.checked_mul(self.shards)?
+                .checked_add(self.shard)?
+                .checked_add(1)?,
+        )
     }
 
     pub fn in_use(&self) -> usize {
@@ -293,12 +308,13 @@ impl MarkPool {
     }
 }
 
-/// One mark per offload key, both ways round, and the PMDs' quiescence.
+/// The owner of each mark, and the PMDs' quiescence. A key's own mark is
+/// kept by the caller (the offload engine, in the key's entry), which gives
+/// a key a mark only while it holds none: no key → mark map here, one hash
+/// table fewer to fill per insert.
 #[derive(Debug)]
 pub struct MarkRegistry {
     pool: MarkPool,
-    /// Grows a little per insert (no all-at-once rehash on the insert path).
-    by_key: GrowingMap<OffloadKey, Mark>,
     /// The owner of each of the pool's marks, by pool index (a mark's
     /// owner is a vector read; it grows as far as the pool's fresh ids, a
     /// chunk at a time: a `Vec` copied megabytes at each doubling).
@@ -325,7 +341,6 @@ impl MarkRegistry {
     ) -> Result<MarkRegistry, MarkError> {
         Ok(MarkRegistry {
             pool: MarkPool::sharded(max_marks, shard, shards)?,
-            by_key: GrowingMap::new(),
             by_mark: ChunkedVec::default(),
             epoch: Epoch(0),
             pmd_seen: HashMap::new(),
@@ -348,25 +363,23 @@ impl MarkRegistry {
         self.epoch
     }
 
-    pub fn mark_of(&self, key: &OffloadKey) -> Option<Mark> {
-        self.by_key.get(key).copied()
-    }
-
     pub fn owner(&self, mark: Mark) -> Option<OffloadKey> {
         let i = self.pool.index(mark)?;
         self.by_mark.get(i).copied().flatten()
     }
 
+    /// Every mark in use with its owner, by mark.
     pub fn iter(&self) -> impl Iterator<Item = (OffloadKey, Mark)> + '_ {
-        self.by_key.iter().map(|(k, m)| (*k, *m))
+        self.by_mark
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| Some(((*k)?, self.pool.mark_at(i)?)))
     }
 
-    /// The key's mark, allocating one if it has none. Reclaims quarantined
+    /// A mark for `key`, which holds none (the caller keeps each key's
+    /// mark and asks again only once it is released). Reclaims quarantined
     /// marks when the pool has nothing free.
     pub fn assign(&mut self, key: OffloadKey, now: Instant) -> Result<Mark, MarkError> {
-        if let Some(m) = self.by_key.get(&key) {
-            return Ok(*m);
-        }
         let mark = match self.pool.alloc() {
             Ok(m) => m,
             Err(_) => {
@@ -374,7 +387,6 @@ impl MarkRegistry {
                 self.pool.alloc()?
             }
         };
-        self.by_key.insert(key, mark);
         if let Some(i) = self.pool.index(mark) {
             while self.by_mark.len() <= i {
                 self.by_mark.push(None);
@@ -386,32 +398,35 @@ impl MarkRegistry {
         Ok(mark)
     }
 
-    /// Drops the key's mark, which was never published: free at once.
-    pub fn unassign_unpublished(&mut self, key: &OffloadKey) -> Result<Option<Mark>, MarkError> {
-        let Some(mark) = self.unlink(key) else {
-            return Ok(None);
-        };
-        self.pool.release_now(mark)?;
-        Ok(Some(mark))
+    /// Releases `key`'s mark, which was never published: free at once.
+    pub fn unassign_unpublished(&mut self, key: &OffloadKey, mark: Mark) -> Result<(), MarkError> {
+        self.unlink(key, mark)?;
+        self.pool.release_now(mark)
     }
 
-    /// Drops the key's mark after its unpublish went to every PMD that had
+    /// Releases `key`'s mark after its unpublish went to every PMD that had
     /// it: quarantined at the current epoch, and the epoch advances.
-    pub fn unassign(&mut self, key: &OffloadKey, now: Instant) -> Result<Option<Mark>, MarkError> {
-        let Some(mark) = self.unlink(key) else {
-            return Ok(None);
-        };
+    pub fn unassign(
+        &mut self,
+        key: &OffloadKey,
+        mark: Mark,
+        now: Instant,
+    ) -> Result<(), MarkError> {
+        self.unlink(key, mark)?;
         self.pool.quarantine(mark, self.epoch, now)?;
         self.epoch = Epoch(self.epoch.0 + 1);
-        Ok(Some(mark))
+        Ok(())
     }
 
-    fn unlink(&mut self, key: &OffloadKey) -> Option<Mark> {
-        let mark = self.by_key.remove(key)?;
-        if let Some(slot) = self.pool.index(mark).and_then(|i| self.by_mark.get_mut(i)) {
-            *slot = None;
+    /// Forgets `mark`'s owner, which must be `key`.
+    fn unlink(&mut self, key: &OffloadKey, mark: Mark) -> Result<(), MarkError> {
+        match self.pool.index(mark).and_then(|i| self.by_mark.get_mut(i)) {
+            Some(owner) if owner.as_ref() == Some(key) => {
+                *owner = None;
+                Ok(())
+            }
+            _ => Err(MarkError::NotOwner { mark }),
         }
-        Some(mark)
     }
 
     /// A new PMD has no table entries yet, so it is past every unpublish.
@@ -630,9 +645,24 @@ mod tests {
         assert_eq!(reg.owner(b), Some(key(2)));
         // A mark of the other shard has no owner here.
         assert_eq!(reg.owner(Mark::new(1).unwrap()), None);
-        reg.unassign(&key(1), t0).unwrap();
+        // Only the owner releases a mark.
+        assert_eq!(
+            reg.unassign(&key(2), a, t0),
+            Err(MarkError::NotOwner { mark: a })
+        );
+        assert_eq!(reg.owner(a), Some(key(1)));
+        assert_eq!(
+            reg.iter().collect::<Vec<_>>(),
+            vec![(key(1), a), (key(2), b)]
+        );
+        reg.unassign(&key(1), a, t0).unwrap();
         assert_eq!(reg.owner(a), None);
         assert_eq!(reg.owner(b), Some(key(2)));
+        assert_eq!(reg.iter().collect::<Vec<_>>(), vec![(key(2), b)]);
+        assert_eq!(
+            reg.unassign(&key(1), a, t0),
+            Err(MarkError::NotOwner { mark: a })
+        );
     }
 
     fn handles(n: u32) -> Vec<FlowHandle> {
@@ -710,9 +740,8 @@ mod tests {
         r.add_pmd(PmdId(1));
         let k = key(1, 10);
         let m = r.assign(k, t0).unwrap();
-        assert_eq!(r.assign(k, t0), Ok(m), "one mark per key");
         assert_eq!(r.owner(m), Some(k));
-        r.unassign(&k, t0).unwrap();
+        r.unassign(&k, m, t0).unwrap();
         assert_eq!(r.owner(m), None);
         assert_eq!(r.epoch(), Epoch(1));
         // PMD 0 caught up, PMD 1 did not: still quarantined.
@@ -733,8 +762,8 @@ mod tests {
         let mut r = MarkRegistry::new(1, Duration::ZERO).unwrap();
         r.add_pmd(PmdId(0));
         let k = key(1, 10);
-        r.assign(k, t0).unwrap();
-        r.unassign(&k, t0).unwrap();
+        let m = r.assign(k, t0).unwrap();
+        r.unassign(&k, m, t0).unwrap();
         r.add_pmd(PmdId(1));
         assert_eq!(r.quiescent_below(), Epoch(0));
         r.remove_pmd(PmdId(0));
@@ -748,10 +777,13 @@ mod tests {
         let mut r = MarkRegistry::new(1, Duration::from_secs(3600)).unwrap();
         r.add_pmd(PmdId(0));
         let m = r.assign(key(1, 1), t0).unwrap();
-        assert_eq!(r.unassign_unpublished(&key(1, 1)), Ok(Some(m)));
+        assert_eq!(r.unassign_unpublished(&key(1, 1), m), Ok(()));
         assert_eq!(r.epoch(), Epoch(0));
         assert_eq!(r.assign(key(1, 2), t0), Ok(m));
-        assert_eq!(r.unassign_unpublished(&key(9, 9)), Ok(None));
+        assert_eq!(
+            r.unassign_unpublished(&key(9, 9), m),
+            Err(MarkError::NotOwner { mark: m })
+        );
     }
 
     #[test]

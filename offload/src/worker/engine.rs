@@ -525,8 +525,8 @@ impl OffloadEngine {
             if let Some(rule) = e.state.rule() {
                 destroy_failed |= entry.device.destroy(rule).is_err();
             }
-            if e.state.mark().is_some() {
-                release_mark(&mut self.marks, key, &e.refs, now, out);
+            if let Some(mark) = e.state.mark() {
+                release_mark(&mut self.marks, key, mark, &e.refs, now, out);
             }
             if matches!(e.state, OffloadState::Removing { .. }) {
                 gone.push(*key);
@@ -565,8 +565,8 @@ impl OffloadEngine {
         entry.stuck.clear();
         let mut gone = Vec::new();
         for (key, e) in self.flows.iter_mut().filter(|(k, _)| k.port == port) {
-            if e.state.mark().is_some() {
-                release_mark(&mut self.marks, key, &e.refs, now, out);
+            if let Some(mark) = e.state.mark() {
+                release_mark(&mut self.marks, key, mark, &e.refs, now, out);
             }
             match e.state {
                 OffloadState::Removing { .. } => gone.push(*key),
@@ -753,7 +753,7 @@ impl OffloadEngine {
             // Invalid: the device no longer knows the rule (reset unseen yet).
             Ok(()) | Err(FlowError::Invalid { .. }) => {
                 if let Some(e) = self.flows.remove(&key) {
-                    release_mark(&mut self.marks, &key, &e.refs, now, out);
+                    release_mark(&mut self.marks, &key, mark, &e.refs, now, out);
                 }
                 if let Some(p) = self.ports.get_mut(&port) {
                     p.counters.deleted += 1;
@@ -971,7 +971,7 @@ impl OffloadEngine {
                 c.rate.record(now);
             }
             Err(err) => {
-                release_mark(&mut self.marks, &key, &e.refs, now, out);
+                release_mark(&mut self.marks, &key, mark, &e.refs, now, out);
                 refuse(e, port, key, refusal(err));
             }
         }
@@ -1071,17 +1071,17 @@ impl OffloadEngine {
 fn release_mark(
     marks: &mut MarkRegistry,
     key: &OffloadKey,
+    mark: Mark,
     refs: &PmdRefs,
     now: Instant,
     out: &mut dyn UpdateSink,
 ) {
-    if let Some(mark) = marks.mark_of(key) {
-        for pmd in refs.pmds() {
-            out.send(pmd, PmdUpdate::Unpublish { mark });
-        }
-        // Cannot fail: the mark came from mark_of.
-        let _ = marks.unassign(key, now);
+    for pmd in refs.pmds() {
+        out.send(pmd, PmdUpdate::Unpublish { mark });
     }
+    // Cannot fail: the mark is the one the entry holds (the lifecycle
+    // property test checks the registry's owners against the entries).
+    let _ = marks.unassign(key, mark, now);
 }
 
 /// DESIGN §3: Unsupported/Invalid are permanent, NoSpace/Device are not.

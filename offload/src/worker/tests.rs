@@ -1,8 +1,8 @@
 use super::engine::{Latency, Rate};
 use super::*;
 use crate::device::{Capabilities, Counters, FlowDevice, Profile};
+use crate::marks::PmdRefs;
 use crate::marks::{MarkStatus, MarkTable};
-use crate::marks::{OffloadKey, PmdRefs};
 use crate::rte::{Action, Rule};
 use crate::translate::translate;
 use fallback::cache::FlowCache;
@@ -549,10 +549,7 @@ fn port_removal_takes_exactly_that_ports_rules_and_marks() {
     assert!(d1.marks().is_empty());
     assert_eq!(d2.marks(), vec![mb.get()]);
     assert_eq!(h.state(1, a), OffloadState::Software);
-    assert_eq!(
-        h.engine.marks().mark_of(&OffloadKey { port: 1, ufid: a }),
-        None
-    );
+    assert_eq!(h.engine.marks().owner(ma), None);
     assert_eq!(h.engine.marks().in_use(), 1);
     h.quiesce_all();
     assert_eq!(h.pmds[0].table.lookup(ma.get()), None);
