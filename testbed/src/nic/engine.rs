@@ -37,7 +37,7 @@ pub(crate) struct Engine {
     /// Classified frames and their queue, delivered after the table lock is
     /// released (so a blocked ring never holds up the offload worker).
     batch: Vec<(HeapPacket, u16)>,
-    scratch: Vec<u128>,
+    scratch: Vec<u64>,
     default_types: HashTypes,
 }
 

@@ -27,10 +27,20 @@ use super::rss::{HashTypes, Reta};
 use crate::matcher::{Fields, Headers, ItemFields, ItemKind};
 use crate::sink::AtomicCount;
 
-/// Masked values kept inline in an installed rule (ETH type, IPv4 proto,
-/// addresses and both L4 ports take 6; 5-tuple IPv6 the same): longer keys
-/// spill to the heap.
+/// Key words kept inline in an installed rule (an IPv4 5-tuple with the
+/// ETH item's has_vlan takes 7, an IPv6 one 9 less the ETH item's 1): longer
+/// keys spill to the heap.
 const KEY_INLINE: usize = 8;
+
+/// A masked value as key words: its low 64 bits, and its high 64 bits when
+/// the mask reaches them (IPv6 addresses). Which words a value gives
+/// depends on its mask alone, so a rule and a packet under one shape give
+/// the same sequence; most values fit one word, which keeps keys short.
+fn key_words(v: u128, m: u128) -> impl Iterator<Item = u64> {
+    let x = v & m;
+    let hi = (m >> 64 != 0).then_some((x >> 64) as u64);
+    std::iter::once(x as u64).chain(hi)
+}
 
 /// Where a matched packet goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,16 +56,16 @@ pub(crate) enum Fate {
     },
 }
 
-/// A rule's masked values where its masks are non-zero, item after item:
-/// its subtable key (the masks are the subtable's).
+/// A rule's masked values where its masks are non-zero, item after item,
+/// as [`key_words`]: its subtable key (the masks are the subtable's).
 #[derive(Debug)]
 enum RuleKey {
-    Inline { len: u8, values: [u128; KEY_INLINE] },
-    Spilled(Box<[u128]>),
+    Inline { len: u8, values: [u64; KEY_INLINE] },
+    Spilled(Box<[u64]>),
 }
 
 impl RuleKey {
-    fn values(&self) -> &[u128] {
+    fn values(&self) -> &[u64] {
         match self {
             RuleKey::Inline { len, values } => &values[..usize::from(*len)],
             RuleKey::Spilled(v) => v,
@@ -137,23 +147,29 @@ fn decode_actions(actions: &[Action], retas: &mut Vec<(Vec<u16>, Arc<Reta>)>) ->
 /// (its subtable key); `shape` is filled with its item kinds and masks.
 /// True when some item has a range.
 fn key_and_shape(pattern: &[Item], shape: &mut Vec<(ItemKind, Fields)>) -> (RuleKey, bool) {
-    let mut values = [0u128; KEY_INLINE];
+    let mut values = [0u64; KEY_INLINE];
     let mut n = 0;
-    let mut spill: Vec<u128> = Vec::new();
+    let mut spill: Vec<u64> = Vec::new();
     let mut ranged = false;
     shape.clear();
     for item in pattern {
         let i = ItemFields::of(item);
         ranged |= i.has_range();
-        for (v, m) in i.spec.iter().zip(i.mask.iter()).filter(|(_, m)| **m != 0) {
+        let words = i
+            .spec
+            .iter()
+            .zip(i.mask.iter())
+            .filter(|(_, m)| **m != 0)
+            .flat_map(|(v, m)| key_words(*v, *m));
+        for w in words {
             if !spill.is_empty() {
-                spill.push(v & m);
+                spill.push(w);
             } else if let Some(slot) = values.get_mut(n) {
-                *slot = v & m;
+                *slot = w;
                 n += 1;
             } else {
                 spill.extend_from_slice(&values);
-                spill.push(v & m);
+                spill.push(w);
             }
         }
         shape.push((i.kind, i.mask));
@@ -195,7 +211,7 @@ impl InstalledRule {
 
     /// The masked key, value by value, of the slots the masks cover (the
     /// same sequence a packet's values under the subtable's shape give).
-    fn key(&self) -> &[u128] {
+    fn key(&self) -> &[u64] {
         self.key.values()
     }
 
@@ -218,7 +234,8 @@ impl InstalledRule {
                             v.iter()
                                 .zip(mask.iter())
                                 .filter(|(_, m)| **m != 0)
-                                .all(|(v, m)| key.next() == Some(&(v & m)))
+                                .flat_map(|(v, m)| key_words(*v, *m))
+                                .all(|w| key.next() == Some(&w))
                         })
                     })
             }
@@ -324,7 +341,7 @@ impl Slab {
     }
 
     /// The slot's rule has this key.
-    fn has_key(&self, slot: u32, key: &[u128]) -> bool {
+    fn has_key(&self, slot: u32, key: &[u64]) -> bool {
         self.get(slot).is_some_and(|r| r.key() == key)
     }
 
@@ -398,11 +415,11 @@ struct Subtable {
     buckets: GrowingTable<Bucket>,
 }
 
-/// The hash of a masked key given value by value.
-fn key_hash(state: &DefaultHashBuilder, values: impl Iterator<Item = u128>) -> u64 {
+/// The hash of a masked key given word by word.
+fn key_hash(state: &DefaultHashBuilder, words: impl Iterator<Item = u64>) -> u64 {
     let mut h = state.build_hasher();
-    for v in values {
-        h.write_u128(v);
+    for w in words {
+        h.write_u64(w);
     }
     h.finish()
 }
@@ -561,7 +578,7 @@ impl RuleTable {
 
     /// The winning rule for a packet. `scratch` is reused between calls so
     /// that a lookup does not allocate.
-    pub fn lookup(&self, h: &Headers, scratch: &mut Vec<u128>) -> Option<&InstalledRule> {
+    pub fn lookup(&self, h: &Headers, scratch: &mut Vec<u64>) -> Option<&InstalledRule> {
         let mut best: Option<&InstalledRule> = None;
         'subtables: for st in &self.subtables {
             scratch.clear();
@@ -574,7 +591,7 @@ impl RuleTable {
                         .iter()
                         .zip(mask.iter())
                         .filter(|(_, m)| **m != 0)
-                        .map(|(v, m)| v & m),
+                        .flat_map(|(v, m)| key_words(*v, *m)),
                 );
             }
             let hash = key_hash(&self.hasher, scratch.iter().copied());
@@ -775,6 +792,93 @@ mod tests {
         assert_eq!(r.mark, Some(9));
         assert!(r.counter.is_some());
         assert!(matches!(&r.fate, Fate::Rss { reta, .. } if reta.queue(Some(1)) == 2));
+    }
+
+    /// IPv6 addresses take two key words where their masks reach the high
+    /// half: prefixes ending in either half, and addresses differing in
+    /// either half, still find exactly the rules a scan of the items finds.
+    #[test]
+    fn ipv6_keys_split_into_words_match_as_the_items_do() {
+        use crate::traffic::Rng;
+        use offload::rte::Ipv6;
+        use std::net::Ipv6Addr;
+        let addrs: [u128; 4] = [
+            0x2001_0db8_0000_0000_0000_0000_0000_0001,
+            0x2001_0db8_0000_0000_0000_0000_0000_0002,
+            0x2001_0db8_0000_0001_0000_0000_0000_0001,
+            0xfe80_0000_0000_0000_0200_f8ff_fe21_67cf,
+        ];
+        let prefix = |len: u32| {
+            if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            }
+        };
+        let lens = [128, 127, 72, 64, 48, 0];
+        let eth6 = Item::Eth(Masked::new(
+            Eth {
+                ether_type: 0x86dd,
+                ..Eth::default()
+            },
+            Eth {
+                ether_type: 0xffff,
+                ..Eth::default()
+            },
+        ));
+        let mut r = Rng::new(11);
+        for _ in 0..50 {
+            let mut t = RuleTable::default();
+            let mut installed = Vec::new();
+            for _ in 0..r.below(30) {
+                let (src, dst) = (addrs[r.below(4) as usize], addrs[r.below(4) as usize]);
+                let (sm, dm) = (
+                    prefix(lens[r.below(6) as usize]),
+                    prefix(lens[r.below(6) as usize]),
+                );
+                let pattern = vec![
+                    eth6.clone(),
+                    Item::Ipv6(Box::new(Masked::new(
+                        Ipv6 {
+                            src_addr: src,
+                            dst_addr: dst,
+                            ..Ipv6::default()
+                        },
+                        Ipv6 {
+                            src_addr: sm,
+                            dst_addr: dm,
+                            ..Ipv6::default()
+                        },
+                    ))),
+                ];
+                let priority = r.below(2) as u32;
+                let h = t.insert(&rule(priority, pattern.clone(), vec![Action::Drop]));
+                installed.push((h, priority, pattern));
+            }
+            let mut s = Vec::new();
+            for _ in 0..40 {
+                let pkt = build::udp6(
+                    Ipv6Addr::from(addrs[r.below(4) as usize]),
+                    Ipv6Addr::from(addrs[r.below(4) as usize]),
+                    1,
+                    2,
+                    &[],
+                );
+                let h = Headers::parse(&pkt);
+                let linear = installed
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, _, pattern))| {
+                        pattern
+                            .iter()
+                            .map(ItemFields::of)
+                            .all(|i| h.fields(i.kind).is_some_and(|v| i.matches(&v)))
+                    })
+                    .min_by_key(|(age, (_, priority, _))| (*priority, *age))
+                    .map(|(_, (handle, ..))| *handle);
+                assert_eq!(t.lookup(&h, &mut s).map(|x| x.handle), linear);
+            }
+        }
     }
 
     /// The subtable lookup picks what a linear scan in precedence order
