@@ -433,6 +433,9 @@ fn shape_hash(state: &DefaultHashBuilder, shape: &[(ItemKind, Fields)]) -> u64 {
 pub(crate) struct RuleTable {
     slab: Slab,
     subtables: Vec<Subtable>,
+    /// The subtable the last hashed rule went to (an index into
+    /// `subtables`, checked before use: removals move subtables).
+    last_subtable: Option<usize>,
     /// Slots of the rules with ranges, best first.
     ranged: Vec<u32>,
     /// Redirection tables in use, one per distinct RSS queue list.
@@ -463,14 +466,24 @@ impl RuleTable {
         let (placement, subtable) = if ranged {
             (Placement::Ranged(rule.pattern.as_slice().into()), None)
         } else {
-            let shape_hash = shape_hash(&self.hasher, &self.shape);
-            let i = match self
-                .subtables
-                .iter()
-                .position(|s| s.shape_hash == shape_hash && *s.shape == *self.shape)
-            {
+            // Rules come in runs of one shape (an offload burst): the last
+            // subtable inserted into is compared first, without hashing
+            // the shape.
+            let last = self.last_subtable.filter(|i| {
+                self.subtables
+                    .get(*i)
+                    .is_some_and(|s| *s.shape == *self.shape)
+            });
+            let found = last.or_else(|| {
+                let shape_hash = shape_hash(&self.hasher, &self.shape);
+                self.subtables
+                    .iter()
+                    .position(|s| s.shape_hash == shape_hash && *s.shape == *self.shape)
+            });
+            let i = match found {
                 Some(i) => i,
                 None => {
+                    let shape_hash = shape_hash(&self.hasher, &self.shape);
                     self.subtables.push(Subtable {
                         shape: Arc::from(self.shape.as_slice()),
                         shape_hash,
@@ -479,6 +492,7 @@ impl RuleTable {
                     self.subtables.len() - 1
                 }
             };
+            self.last_subtable = Some(i);
             let shape = self.subtables.get(i).map(|s| Arc::clone(&s.shape));
             (Placement::Hashed(shape.unwrap_or_default()), Some(i))
         };
