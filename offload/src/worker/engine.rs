@@ -766,7 +766,7 @@ impl OffloadEngine {
                         port,
                         mark,
                         rule,
-                        error,
+                        error: Box::new(error),
                     };
                 }
                 if let Some(p) = self.ports.get_mut(&port) {
@@ -828,10 +828,8 @@ impl OffloadEngine {
             };
             if let Some(e) = self.flows.get_mut(&key) {
                 if matches!(
-                    e.state,
-                    OffloadState::Failed {
-                        error: FailReason::Marks(_)
-                    }
+                    &e.state,
+                    OffloadState::Failed { error } if matches!(**error, FailReason::Marks(_))
                 ) {
                     self.counters.retries += 1;
                     available -= 1;
@@ -902,7 +900,7 @@ impl OffloadEngine {
                     port,
                     key,
                     OffloadState::Rejected {
-                        reason: RejectReason::Translate(r),
+                        reason: Box::new(RejectReason::Translate(r)),
                     },
                 );
                 return None;
@@ -913,6 +911,7 @@ impl OffloadEngine {
                 port: key.port,
                 rule_port: translation.port,
             };
+            let reason = Box::new(reason);
             refuse(e, port, key, OffloadState::Rejected { reason });
             return None;
         }
@@ -924,7 +923,7 @@ impl OffloadEngine {
             Ok(m) => m,
             Err(err) => {
                 let state = OffloadState::Failed {
-                    error: FailReason::Marks(err),
+                    error: Box::new(FailReason::Marks(err)),
                 };
                 refuse(e, port, key, state);
                 self.waiting_for_marks.push_back(key);
@@ -1088,11 +1087,11 @@ fn release_mark(
 fn refusal(err: FlowError) -> OffloadState {
     if err.is_permanent() {
         OffloadState::Rejected {
-            reason: RejectReason::Device(err),
+            reason: Box::new(RejectReason::Device(err)),
         }
     } else {
         OffloadState::Failed {
-            error: FailReason::Device(err),
+            error: Box::new(FailReason::Device(err)),
         }
     }
 }
@@ -1103,7 +1102,7 @@ fn refuse(e: &mut FlowEntry, port: &mut PortEntry, key: OffloadKey, state: Offlo
     let kind = match &state {
         OffloadState::Rejected { reason } => reason.kind(),
         OffloadState::Failed { error } => {
-            if matches!(error, FailReason::Device(_)) {
+            if matches!(**error, FailReason::Device(_)) {
                 port.retry.push_back(key);
             }
             error.kind().to_string()

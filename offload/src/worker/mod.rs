@@ -178,11 +178,13 @@ pub enum OffloadState {
         mark: Mark,
         rule: RuleHandle,
     },
+    // The reasons are boxed: every megaflow has a state, few have a reason,
+    // and an unboxed one would double the size of every state.
     Rejected {
-        reason: RejectReason,
+        reason: Box<RejectReason>,
     },
     Failed {
-        error: FailReason,
+        error: Box<FailReason>,
     },
     /// Every PMD's copy is gone but destroying the rule failed: the rule
     /// may still mark packets, so the mark stays reserved until the device
@@ -191,7 +193,7 @@ pub enum OffloadState {
         port: PortId,
         mark: Mark,
         rule: RuleHandle,
-        error: FlowError,
+        error: Box<FlowError>,
     },
 }
 

@@ -364,9 +364,8 @@ fn validate_unsupported_and_create_invalid_are_rejected() {
     h.process();
     assert!(matches!(
         h.state(1, a),
-        OffloadState::Rejected {
-            reason: RejectReason::Device(FlowError::Unsupported { .. })
-        }
+        OffloadState::Rejected { reason }
+            if matches!(*reason, RejectReason::Device(FlowError::Unsupported { .. }))
     ));
     dev.st().fail_validate = None;
     dev.st()
@@ -404,7 +403,7 @@ fn no_space_fails_and_is_retried_when_a_rule_is_destroyed() {
     assert_eq!(
         h.state(1, b),
         OffloadState::Failed {
-            error: FailReason::Device(FlowError::NoSpace)
+            error: Box::new(FailReason::Device(FlowError::NoSpace))
         }
     );
     assert_eq!(h.state(1, c).name(), "failed");
@@ -518,7 +517,7 @@ fn freed_mark_waits_for_every_pmd() {
     assert_eq!(
         h.state(1, b),
         OffloadState::Failed {
-            error: FailReason::Marks(MarkError::Exhausted { max: 1 })
+            error: Box::new(FailReason::Marks(MarkError::Exhausted { max: 1 }))
         }
     );
     assert_eq!(h.engine.waiting_for_marks(), 1);
