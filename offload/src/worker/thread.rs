@@ -168,6 +168,8 @@ impl OffloadWorker {
                         control: control_rx,
                         shared: thread_shared,
                         pmds: PmdChannels::default(),
+                        // The engine's first epoch, as `shared.epochs` start.
+                        stored_epoch: 0,
                     }
                     .run()
                 })
@@ -458,7 +460,11 @@ impl EpochsSeen {
             &self.many[..]
         };
         for (s, epoch) in seen.iter().zip(epochs) {
-            s.store(*epoch, Ordering::Release);
+            // Only this PMD stores it; an unchanged value is not stored
+            // again, so the line stays in the worker's cache.
+            if s.load(Ordering::Relaxed) != *epoch {
+                s.store(*epoch, Ordering::Release);
+            }
         }
     }
 }
@@ -723,6 +729,8 @@ struct WorkerThread {
     control: Receiver<Control>,
     shared: Arc<Shared>,
     pmds: PmdChannels,
+    /// The epoch last stored in `shared.epochs`.
+    stored_epoch: u64,
 }
 
 enum Flow {
@@ -821,8 +829,15 @@ impl WorkerThread {
             self.pmds.seen.remove(&pmd);
             self.engine.remove_pmd(pmd, Instant::now(), &mut NoUpdates);
         }
-        if let Some(e) = self.shared.epochs.get(self.index) {
-            e.store(self.engine.epoch().0, Ordering::Release);
+        // Stored when it changed only (it changes when a mark is
+        // unpublished, after that update is sent): an unchanged line stays
+        // in the PMDs' caches, which read it at every poll.
+        let epoch = self.engine.epoch().0;
+        if epoch != self.stored_epoch {
+            if let Some(e) = self.shared.epochs.get(self.index) {
+                e.store(epoch, Ordering::Release);
+            }
+            self.stored_epoch = epoch;
         }
     }
 
