@@ -475,7 +475,7 @@ fn wait_for_rules(
     published: usize,
     want: usize,
 ) -> Result<offload::worker::OffloadStatus, CliError> {
-    wait_for_rules_while(rig, published, want, &mut PmdLoad::Idle)
+    Ok(wait_for_rules_while(rig, published, want, &mut PmdLoad::Idle)?.0)
 }
 
 /// What the bench thread (the PMD of an offload rig) does between two
@@ -519,7 +519,7 @@ fn wait_for_rules_while(
     mut published: usize,
     want: usize,
     load: &mut PmdLoad,
-) -> Result<offload::worker::OffloadStatus, CliError> {
+) -> Result<(offload::worker::OffloadStatus, Instant), CliError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while published < want && Instant::now() < deadline {
         let n = drain_publishes(&rig.updates);
@@ -528,18 +528,25 @@ fn wait_for_rules_while(
             load.between_drains();
         }
     }
+    // Every offer settled (created or refused), watched through the
+    // worker's O(ports) progress: its status walks every megaflow, which
+    // would fall inside the measured time.
     loop {
-        let st = rig
+        let p = rig
             .worker
-            .status()
+            .progress()
             .map_err(|e| CliError::Bench(e.to_string()))?;
-        if st.states.offloaded + st.states.failed + st.states.rejected >= want
-            || Instant::now() > deadline
-        {
-            return Ok(st);
+        if p.inserted + p.refused >= want as u64 || Instant::now() > deadline {
+            break;
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+    let settled = Instant::now();
+    let status = rig
+        .worker
+        .status()
+        .map_err(|e| CliError::Bench(e.to_string()))?;
+    Ok((status, settled))
 }
 
 /// Rule insertions per second into the emulated NIC through the offload
@@ -618,8 +625,8 @@ fn offload_run(
             }
         }
     }
-    let status = wait_for_rules_while(rig, published, flows as usize, load)?;
-    let elapsed = start.elapsed().as_secs_f64();
+    let (status, settled) = wait_for_rules_while(rig, published, flows as usize, load)?;
+    let elapsed = settled.saturating_duration_since(start).as_secs_f64();
     let port = status.ports.first();
     Ok(json!({
         "path": "offload-insert",

@@ -188,6 +188,15 @@ struct FlowEntry {
     staged: bool,
 }
 
+/// See [`OffloadEngine::progress`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Rules created (cumulative).
+    pub inserted: u64,
+    /// Offers the translator, the device or the marks refused (cumulative).
+    pub refused: u64,
+}
+
 /// Counters not tied to a port.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct EngineCounters {
@@ -984,6 +993,18 @@ impl OffloadEngine {
             c.add(&e.state);
         }
         c
+    }
+
+    /// Rules created and offers refused so far, over every port: O(ports),
+    /// for a caller watching a burst of offers settle without the
+    /// O(megaflows) walk of [`OffloadEngine::status`].
+    pub fn progress(&self) -> Progress {
+        let mut p = Progress::default();
+        for port in self.ports.values() {
+            p.inserted += port.counters.inserted;
+            p.refused += port.counters.failures.values().sum::<u64>();
+        }
+        p
     }
 
     /// `offload status` (O(megaflows): a control-path call).

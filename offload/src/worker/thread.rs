@@ -111,6 +111,9 @@ enum Control {
     Status {
         reply: Sender<OffloadStatus>,
     },
+    Progress {
+        reply: Sender<Progress>,
+    },
     Dump {
         reply: Sender<Vec<FlowOffloadInfo>>,
     },
@@ -295,6 +298,17 @@ impl OffloadWorker {
         s.ports.sort_by_key(|p| p.port);
         s.offload_queue_full = self.shared.queue_full.load(Ordering::Relaxed);
         Ok(s)
+    }
+
+    /// Every shard's [`OffloadEngine::progress`], summed (O(ports)).
+    pub fn progress(&self) -> Result<Progress, WorkerError> {
+        Ok(self
+            .call_all(|reply| Control::Progress { reply })?
+            .into_iter()
+            .fold(Progress::default(), |a, p| Progress {
+                inserted: a.inserted + p.inserted,
+                refused: a.refused + p.refused,
+            }))
     }
 
     /// Every shard's megaflows, ordered by port and ufid.
@@ -895,6 +909,9 @@ impl WorkerThread {
                 s.offload_queue_full = self.shared.queue_full.load(Ordering::Relaxed);
                 s.request_queue_len = self.requests.len();
                 let _ = reply.send(s);
+            }
+            Control::Progress { reply } => {
+                let _ = reply.send(self.engine.progress());
             }
             Control::Dump { reply } => {
                 let _ = reply.send(self.engine.dump());
