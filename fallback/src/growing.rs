@@ -469,15 +469,34 @@ impl<T, const CHUNK: usize> ChunkedVec<T, CHUNK> {
 }
 
 /// A map whose entries sit side by side in a [`ChunkedVec`], the hash table
-/// holding only each key and its entry's position. For large values: a
-/// [`GrowingMap`] of them touches twice their size in fresh memory and
-/// copies each one as it grows (the offload engine's 360-byte entries:
-/// a fifth of its time per insert); here an entry is written once, where it
-/// stays until removed (then the last entry moves into its place).
+/// holding only each entry's position and 32 bits of its key's hash (8
+/// bytes, whatever the key). For large values: a [`GrowingMap`] of them
+/// touches twice their size in fresh memory and copies each one as it
+/// grows (the offload engine's 300-byte entries: a fifth of its time per
+/// insert); here an entry is written once, where it stays until removed
+/// (then the last entry moves into its place), and the index of 100,000
+/// entries is a megabyte or two, not the eight a key-holding index takes.
 #[derive(Debug)]
 pub struct DenseMap<K, V> {
-    index: GrowingMap<K, usize>,
+    index: GrowingTable<IndexSlot>,
     entries: ChunkedVec<(K, V)>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+/// A [`DenseMap`] entry's position and the low 32 bits of its key's hash:
+/// enough to re-place it when the index grows, without reading the entry.
+#[derive(Clone, Copy, Debug)]
+struct IndexSlot {
+    hash: u32,
+    pos: u32,
+}
+
+/// The index's hash for a key hash's low 32 bits: hashbrown places an
+/// entry by the hash's low bits and filters probes by its top 7, which are
+/// taken from bits 25..32 (independent of the placement bits below 2^25
+/// buckets).
+fn index_hash(lo: u32) -> u64 {
+    u64::from(lo) | (u64::from(lo >> 25) << 57)
 }
 
 impl<K: Hash + Eq + Copy, V> Default for DenseMap<K, V> {
@@ -489,8 +508,9 @@ impl<K: Hash + Eq + Copy, V> Default for DenseMap<K, V> {
 impl<K: Hash + Eq + Copy, V> DenseMap<K, V> {
     pub fn new() -> Self {
         DenseMap {
-            index: GrowingMap::new(),
+            index: GrowingTable::new(),
             entries: ChunkedVec::default(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
         }
     }
 
@@ -507,56 +527,93 @@ impl<K: Hash + Eq + Copy, V> DenseMap<K, V> {
     }
 
     #[inline]
+    fn lo_hash(&self, k: &K) -> u32 {
+        // The low half: hashbrown's default hasher mixes every bit into it.
+        self.hasher.hash_one(k) as u32
+    }
+
+    /// The position of `k`'s entry.
+    #[inline]
+    fn position(&self, k: &K) -> Option<usize> {
+        let lo = self.lo_hash(k);
+        let entries = &self.entries;
+        self.index
+            .find(index_hash(lo), |s| {
+                s.hash == lo && entries.get(s.pos as usize).is_some_and(|e| e.0 == *k)
+            })
+            .map(|s| s.pos as usize)
+    }
+
+    #[inline]
     pub fn get(&self, k: &K) -> Option<&V> {
-        let i = *self.index.get(k)?;
-        self.entries.get(i).filter(|e| e.0 == *k).map(|e| &e.1)
+        let i = self.position(k)?;
+        self.entries.get(i).map(|e| &e.1)
     }
 
     #[inline]
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        let i = *self.index.get(k)?;
-        self.value_at(i, k)
-    }
-
-    /// The value at position `i`, if that entry is `k`'s (the index is
-    /// trusted only so far).
-    #[inline]
-    fn value_at(&mut self, i: usize, k: &K) -> Option<&mut V> {
-        self.entries
-            .get_mut(i)
-            .filter(|e| e.0 == *k)
-            .map(|e| &mut e.1)
+        let i = self.position(k)?;
+        self.entries.get_mut(i).map(|e| &mut e.1)
     }
 
     /// The value of `k`, inserted from `make` when absent: one hash. `None`
-    /// only if the index and the entries fell out of step (a `make` that
-    /// panicked, a bug).
+    /// when the map already holds 2^32 - 1 entries (positions are 32-bit).
     pub fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> Option<&mut V> {
-        let next = self.entries.len();
-        let i = *self.index.get_or_insert_with(k, || next);
-        if i == next {
+        let next = u32::try_from(self.entries.len())
+            .ok()
+            .filter(|n| *n != u32::MAX)?;
+        let lo = self.lo_hash(&k);
+        let entries = &self.entries;
+        let slot = self.index.find_or_insert_mut(
+            index_hash(lo),
+            k,
+            |k, s| s.hash == lo && entries.get(s.pos as usize).is_some_and(|e| e.0 == *k),
+            |_| IndexSlot {
+                hash: lo,
+                pos: next,
+            },
+            |s| index_hash(s.hash),
+        );
+        let i = slot.pos as usize;
+        if slot.pos == next {
             self.entries.push((k, make()));
         }
-        self.value_at(i, &k)
+        self.entries.get_mut(i).map(|e| &mut e.1)
     }
 
-    /// Inserts or replaces; returns the value replaced. One hash.
+    /// Inserts or replaces; returns the value replaced. A map holding
+    /// 2^32 - 1 entries drops the value of a new key.
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
-        let next = self.entries.len();
-        let i = *self.index.get_or_insert_with(k, || next);
-        if i == next {
-            self.entries.push((k, v));
-            return None;
+        if let Some(old) = self.get_mut(&k) {
+            return Some(std::mem::replace(old, v));
         }
-        self.value_at(i, &k).map(|old| std::mem::replace(old, v))
+        self.get_or_insert_with(k, || v);
+        None
     }
 
     pub fn remove(&mut self, k: &K) -> Option<V> {
-        let i = self.index.remove(k)?;
-        let (_, v) = self.entries.swap_remove(i)?;
-        if let Some(&(moved, _)) = self.entries.get(i) {
-            if let Some(p) = self.index.get_mut(&moved) {
-                *p = i;
+        let lo = self.lo_hash(k);
+        let entries = &self.entries;
+        let i = self
+            .index
+            .remove(
+                index_hash(lo),
+                |s| s.hash == lo && entries.get(s.pos as usize).is_some_and(|e| e.0 == *k),
+                |s| index_hash(s.hash),
+            )?
+            .pos;
+        let last = u32::try_from(self.entries.len().checked_sub(1)?).ok()?;
+        let (_, v) = self.entries.swap_remove(i as usize)?;
+        if i != last {
+            // The last entry moved into the hole: its slot follows it.
+            if let Some(&(moved, _)) = self.entries.get(i as usize) {
+                let lo = self.lo_hash(&moved);
+                if let Some(s) = self
+                    .index
+                    .find_mut(index_hash(lo), |s| s.hash == lo && s.pos == last)
+                {
+                    s.pos = i;
+                }
             }
         }
         Some(v)
