@@ -491,11 +491,11 @@ struct IndexSlot {
     pos: u32,
 }
 
-/// The index's hash for a key hash's low 32 bits: hashbrown places an
-/// entry by the hash's low bits and filters probes by its top 7, which are
-/// taken from bits 25..32 (independent of the placement bits below 2^25
-/// buckets).
-fn index_hash(lo: u32) -> u64 {
+/// A table hash made from a key hash's low 32 bits, for tables whose
+/// entries keep only those 32 bits: hashbrown places an entry by the
+/// hash's low bits and filters probes by its top 7, which are taken from
+/// bits 25..32 (independent of the placement bits below 2^25 buckets).
+pub fn hash_from_low32(lo: u32) -> u64 {
     u64::from(lo) | (u64::from(lo >> 25) << 57)
 }
 
@@ -538,7 +538,7 @@ impl<K: Hash + Eq + Copy, V> DenseMap<K, V> {
         let lo = self.lo_hash(k);
         let entries = &self.entries;
         self.index
-            .find(index_hash(lo), |s| {
+            .find(hash_from_low32(lo), |s| {
                 s.hash == lo && entries.get(s.pos as usize).is_some_and(|e| e.0 == *k)
             })
             .map(|s| s.pos as usize)
@@ -565,14 +565,14 @@ impl<K: Hash + Eq + Copy, V> DenseMap<K, V> {
         let lo = self.lo_hash(&k);
         let entries = &self.entries;
         let slot = self.index.find_or_insert_mut(
-            index_hash(lo),
+            hash_from_low32(lo),
             k,
             |k, s| s.hash == lo && entries.get(s.pos as usize).is_some_and(|e| e.0 == *k),
             |_| IndexSlot {
                 hash: lo,
                 pos: next,
             },
-            |s| index_hash(s.hash),
+            |s| hash_from_low32(s.hash),
         );
         let i = slot.pos as usize;
         if slot.pos == next {
@@ -597,9 +597,9 @@ impl<K: Hash + Eq + Copy, V> DenseMap<K, V> {
         let i = self
             .index
             .remove(
-                index_hash(lo),
+                hash_from_low32(lo),
                 |s| s.hash == lo && entries.get(s.pos as usize).is_some_and(|e| e.0 == *k),
-                |s| index_hash(s.hash),
+                |s| hash_from_low32(s.hash),
             )?
             .pos;
         let last = u32::try_from(self.entries.len().checked_sub(1)?).ok()?;
@@ -610,7 +610,7 @@ impl<K: Hash + Eq + Copy, V> DenseMap<K, V> {
                 let lo = self.lo_hash(&moved);
                 if let Some(s) = self
                     .index
-                    .find_mut(index_hash(lo), |s| s.hash == lo && s.pos == last)
+                    .find_mut(hash_from_low32(lo), |s| s.hash == lo && s.pos == last)
                 {
                     s.pos = i;
                 }

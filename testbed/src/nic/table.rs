@@ -16,7 +16,7 @@
 
 // hashbrown with its default (foldhash) hasher: the emulated NIC hashes
 // every packet once per subtable, and SipHash was most of its lookup cost.
-use fallback::growing::GrowingTable;
+use fallback::growing::{hash_from_low32, GrowingTable};
 use hashbrown::DefaultHashBuilder;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -371,35 +371,65 @@ impl Slab {
 }
 
 /// Rules with one masked key, best first (the first inline: most keys
-/// have one rule, which then costs no allocation of its own).
+/// have one rule, which then costs no allocation of its own; a bucket is 16
+/// bytes).
 #[derive(Debug)]
 struct Bucket {
-    hash: u64,
+    /// The key hash's low 32 bits ([`key_hash`] is made from them).
+    hash: u32,
     first: u32,
-    rest: Vec<u32>,
+    /// Boxed, so that the common bucket of one rule is 16 bytes (a `Vec`
+    /// here would be 24 of them, a boxed slice 16).
+    #[allow(clippy::box_collection)]
+    rest: Option<Box<Vec<u32>>>,
 }
 
 impl Bucket {
+    fn new(hash: u64, first: u32) -> Bucket {
+        Bucket {
+            hash: hash as u32,
+            first,
+            rest: None,
+        }
+    }
+
+    /// The bucket's [`key_hash`].
+    fn table_hash(&self) -> u64 {
+        hash_from_low32(self.hash)
+    }
+
+    /// Holds rules with a key of this [`key_hash`].
+    fn has_hash(&self, hash: u64) -> bool {
+        self.hash == hash as u32
+    }
+
     fn insert(&mut self, slab: &Slab, slot: u32) {
         let order = slab.order(slot);
+        let rest = self.rest.get_or_insert_with(Box::default);
         if order < slab.order(self.first) {
             let old = std::mem::replace(&mut self.first, slot);
-            self.rest.insert(0, old);
+            rest.insert(0, old);
         } else {
-            let at = self.rest.partition_point(|x| slab.order(*x) < order);
-            self.rest.insert(at, slot);
+            let at = rest.partition_point(|x| slab.order(*x) < order);
+            rest.insert(at, slot);
         }
     }
 
     /// Removes the slot; false when the bucket is left empty.
     fn remove(&mut self, slot: u32) -> bool {
+        let Some(rest) = self.rest.as_mut() else {
+            return self.first != slot;
+        };
         if self.first == slot {
-            if self.rest.is_empty() {
+            if rest.is_empty() {
                 return false;
             }
-            self.first = self.rest.remove(0);
+            self.first = rest.remove(0);
         } else {
-            self.rest.retain(|x| *x != slot);
+            rest.retain(|x| *x != slot);
+        }
+        if rest.is_empty() {
+            self.rest = None;
         }
         true
     }
@@ -415,13 +445,14 @@ struct Subtable {
     buckets: GrowingTable<Bucket>,
 }
 
-/// The hash of a masked key given word by word.
+/// The hash of a masked key given word by word, made from 32 bits (what a
+/// [`Bucket`] keeps of it).
 fn key_hash(state: &DefaultHashBuilder, words: impl Iterator<Item = u64>) -> u64 {
     let mut h = state.build_hasher();
     for w in words {
         h.write_u64(w);
     }
-    h.finish()
+    hash_from_low32(h.finish() as u32)
 }
 
 fn shape_hash(state: &DefaultHashBuilder, shape: &[(ItemKind, Fields)]) -> u64 {
@@ -518,19 +549,12 @@ impl RuleTable {
         let key = slab.get(slot).map_or(&[][..], InstalledRule::key);
         match st
             .buckets
-            .find_mut(hash, |b| b.hash == hash && slab.has_key(b.first, key))
+            .find_mut(hash, |b| b.has_hash(hash) && slab.has_key(b.first, key))
         {
             Some(bucket) => bucket.insert(slab, slot),
             None => {
-                st.buckets.insert_unique(
-                    hash,
-                    Bucket {
-                        hash,
-                        first: slot,
-                        rest: Vec::new(),
-                    },
-                    |b| b.hash,
-                );
+                st.buckets
+                    .insert_unique(hash, Bucket::new(hash, slot), Bucket::table_hash);
             }
         }
         handle
@@ -556,7 +580,7 @@ impl RuleTable {
             let hash = key_hash(&self.hasher, r.key().iter().copied());
             let slab = &self.slab;
             let st = &mut self.subtables[i];
-            let same = |b: &Bucket| b.hash == hash && slab.has_key(b.first, r.key());
+            let same = |b: &Bucket| b.has_hash(hash) && slab.has_key(b.first, r.key());
             let emptied = st
                 .buckets
                 .find_mut(hash, same)
@@ -565,8 +589,8 @@ impl RuleTable {
                 // The emptied bucket still names the slot as its first.
                 st.buckets.remove(
                     hash,
-                    |b| b.hash == hash && b.first == slot && b.rest.is_empty(),
-                    |b| b.hash,
+                    |b| b.has_hash(hash) && b.first == slot && b.rest.is_none(),
+                    Bucket::table_hash,
                 );
             }
             if st.buckets.is_empty() {
@@ -610,7 +634,7 @@ impl RuleTable {
             }
             let hash = key_hash(&self.hasher, scratch.iter().copied());
             let found = st.buckets.find(hash, |b| {
-                b.hash == hash && self.slab.has_key(b.first, scratch.as_slice())
+                b.has_hash(hash) && self.slab.has_key(b.first, scratch.as_slice())
             });
             if let Some(r) = found.and_then(|b| self.slab.get(b.first)) {
                 if best.is_none_or(|b| r.order() < b.order()) {
