@@ -10,9 +10,9 @@
 //! generation (a destroyed rule's handle never names the slot's next rule),
 //! and subtables, buckets and the range list refer to slots. Inserting a
 //! rule allocates nothing of its own (its key is inline up to
-//! [`KEY_INLINE`] values) beyond the tables' amortised growth, and frees
-//! the pattern and action lists it came with: the table keeps the rule's
-//! compiled form (key, shape, mark, fate), as a NIC does.
+//! [`KEY_INLINE`] words) beyond the tables' amortised growth: the table
+//! keeps the rule's compiled form (key, shape, mark, fate), as a NIC does,
+//! not the rule it was given (a ranged rule keeps a copy of its items).
 
 // hashbrown with its default (foldhash) hasher: the emulated NIC hashes
 // every packet once per subtable, and SipHash was most of its lookup cost.
@@ -28,8 +28,8 @@ use crate::matcher::{Fields, Headers, ItemFields, ItemKind};
 use crate::sink::AtomicCount;
 
 /// Key words kept inline in an installed rule (an IPv4 5-tuple with the
-/// ETH item's has_vlan takes 7, an IPv6 one 9 less the ETH item's 1): longer
-/// keys spill to the heap.
+/// ETH item's has_vlan takes 7, an IPv6 one 8): longer keys spill to the
+/// heap.
 const KEY_INLINE: usize = 8;
 
 /// A masked value as key words: its low 64 bits, and its high 64 bits when
@@ -88,9 +88,8 @@ enum Placement {
 
 /// A rule as installed: what matching and its actions need, as a NIC keeps
 /// its compiled form rather than the `rte_flow` call's arguments (rte_flow
-/// has no call that reads a rule back). The pattern and action lists the
-/// caller built are freed at install (a ranged rule keeps its items), so an
-/// installed rule costs its slot and a share of its subtable.
+/// has no call that reads a rule back). An installed rule costs its slot
+/// and a share of its subtable (a ranged rule also a copy of its items).
 #[derive(Debug)]
 pub(crate) struct InstalledRule {
     pub handle: u64,
