@@ -377,8 +377,8 @@ struct Bucket {
     /// The key hash's low 32 bits ([`key_hash`] is made from them).
     hash: u32,
     first: u32,
-    /// Boxed, so that the common bucket of one rule is 16 bytes (a `Vec`
-    /// here would be 24 of them, a boxed slice 16).
+    /// Boxed: a bucket of one rule (the common case) is then 16 bytes,
+    /// where an inline `Vec` would make every bucket 32.
     #[allow(clippy::box_collection)]
     rest: Option<Box<Vec<u32>>>,
 }
