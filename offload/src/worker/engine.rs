@@ -157,6 +157,8 @@ impl Rate {
 #[derive(Clone, Debug, Default)]
 struct PortCounters {
     inserted: u64,
+    /// Offers refused (rejected or failed), counted as `failures` by kind.
+    refused: u64,
     deleted: u64,
     resets: u64,
     destroy_errors: u64,
@@ -1002,7 +1004,7 @@ impl OffloadEngine {
         let mut p = Progress::default();
         for port in self.ports.values() {
             p.inserted += port.counters.inserted;
-            p.refused += port.counters.failures.values().sum::<u64>();
+            p.refused += port.counters.refused;
         }
         p
     }
@@ -1131,6 +1133,7 @@ fn refuse(e: &mut FlowEntry, port: &mut PortEntry, key: OffloadKey, state: Offlo
         other => other.name().to_string(),
     };
     *port.counters.failures.entry(kind).or_insert(0) += 1;
+    port.counters.refused += 1;
     e.state = state;
 }
 

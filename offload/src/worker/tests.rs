@@ -288,6 +288,13 @@ fn put_offloads_publishes_and_creates_the_rule() {
     assert_eq!(h.table_ufid(0, mark.get()), Some(u));
     let s = h.engine.status(h.now);
     assert_eq!(s.states.offloaded, 1);
+    assert_eq!(
+        h.engine.progress(),
+        Progress {
+            inserted: 1,
+            refused: 0
+        }
+    );
     let p = &s.ports[0];
     assert_eq!((p.rules_installed, p.marks_in_use, p.inserted), (1, 1, 1));
     assert_eq!(p.capacity, 10);
@@ -367,6 +374,7 @@ fn validate_unsupported_and_create_invalid_are_rejected() {
         OffloadState::Rejected { reason }
             if matches!(*reason, RejectReason::Device(FlowError::Unsupported { .. }))
     ));
+    assert_eq!(h.engine.progress().refused, 1);
     dev.st().fail_validate = None;
     dev.st()
         .fail_create

@@ -831,6 +831,23 @@ mod tests {
         assert!(matches!(&r.fate, Fate::Rss { reta, .. } if reta.queue(Some(1)) == 2));
     }
 
+    /// The rule a scan of the rules as given picks for a packet: the best
+    /// priority, then the oldest (`installed` is in installation order),
+    /// matching item by item, not through the table's keys.
+    fn scan_winner(installed: &[(u64, u32, Vec<Item>)], h: &Headers) -> Option<u64> {
+        installed
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, pattern))| {
+                pattern
+                    .iter()
+                    .map(ItemFields::of)
+                    .all(|i| h.fields(i.kind).is_some_and(|v| i.matches(&v)))
+            })
+            .min_by_key(|(age, (_, priority, _))| (*priority, *age))
+            .map(|(_, (handle, ..))| *handle)
+    }
+
     /// IPv6 addresses take two key words where their masks reach the high
     /// half: prefixes ending in either half, and addresses differing in
     /// either half, still find exactly the rules a scan of the items finds.
@@ -902,17 +919,7 @@ mod tests {
                     &[],
                 );
                 let h = Headers::parse(&pkt);
-                let linear = installed
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (_, _, pattern))| {
-                        pattern
-                            .iter()
-                            .map(ItemFields::of)
-                            .all(|i| h.fields(i.kind).is_some_and(|v| i.matches(&v)))
-                    })
-                    .min_by_key(|(age, (_, priority, _))| (*priority, *age))
-                    .map(|(_, (handle, ..))| *handle);
+                let linear = scan_winner(&installed, &h);
                 assert_eq!(t.lookup(&h, &mut s).map(|x| x.handle), linear);
             }
         }
@@ -959,8 +966,6 @@ mod tests {
             for (h, ..) in installed.iter().step_by(5) {
                 t.remove(*h);
             }
-            // The scan matches the rules as given, item by item (not the
-            // table's keys); installation order is handle order here.
             installed.retain(|(h, ..)| t.get(*h).is_some());
             let mut s = Vec::new();
             for _ in 0..50 {
@@ -972,17 +977,7 @@ mod tests {
                     &[],
                 );
                 let h = Headers::parse(&pkt);
-                let linear = installed
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (_, _, pattern))| {
-                        pattern
-                            .iter()
-                            .map(ItemFields::of)
-                            .all(|i| h.fields(i.kind).is_some_and(|v| i.matches(&v)))
-                    })
-                    .min_by_key(|(age, (_, priority, _))| (*priority, *age))
-                    .map(|(_, (handle, ..))| *handle);
+                let linear = scan_winner(&installed, &h);
                 // The rule's own scan agrees.
                 let scanned = t
                     .rules()
