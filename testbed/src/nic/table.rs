@@ -504,22 +504,22 @@ impl RuleTable {
                     .get(*i)
                     .is_some_and(|s| *s.shape == *self.shape)
             });
-            let found = last.or_else(|| {
-                let shape_hash = shape_hash(&self.hasher, &self.shape);
-                self.subtables
-                    .iter()
-                    .position(|s| s.shape_hash == shape_hash && *s.shape == *self.shape)
-            });
-            let i = match found {
+            let i = match last {
                 Some(i) => i,
                 None => {
                     let shape_hash = shape_hash(&self.hasher, &self.shape);
-                    self.subtables.push(Subtable {
-                        shape: Arc::from(self.shape.as_slice()),
-                        shape_hash,
-                        buckets: GrowingTable::new(),
-                    });
-                    self.subtables.len() - 1
+                    let found = self
+                        .subtables
+                        .iter()
+                        .position(|s| s.shape_hash == shape_hash && *s.shape == *self.shape);
+                    found.unwrap_or_else(|| {
+                        self.subtables.push(Subtable {
+                            shape: Arc::from(self.shape.as_slice()),
+                            shape_hash,
+                            buckets: GrowingTable::new(),
+                        });
+                        self.subtables.len() - 1
+                    })
                 }
             };
             self.last_subtable = Some(i);
@@ -674,9 +674,14 @@ mod tests {
     }
 
     fn ip_eth() -> Item {
+        eth_type(ETHERTYPE_IPV4)
+    }
+
+    /// An ETH item matching this EtherType exactly.
+    fn eth_type(t: u16) -> Item {
         Item::Eth(Masked::new(
             Eth {
-                ether_type: ETHERTYPE_IPV4,
+                ether_type: t,
                 ..Eth::default()
             },
             Eth {
@@ -870,16 +875,7 @@ mod tests {
             }
         };
         let lens = [128, 127, 72, 64, 48, 0];
-        let eth6 = Item::Eth(Masked::new(
-            Eth {
-                ether_type: 0x86dd,
-                ..Eth::default()
-            },
-            Eth {
-                ether_type: 0xffff,
-                ..Eth::default()
-            },
-        ));
+        let eth6 = eth_type(0x86dd);
         let mut r = Rng::new(11);
         for _ in 0..50 {
             let mut t = RuleTable::default();
