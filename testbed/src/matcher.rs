@@ -42,8 +42,6 @@ const EXT_DEST_OPTS: u8 = 60;
 
 /// The most tags the walk skips (more is not a frame a NIC classifies).
 const MAX_TAGS: usize = 4;
-/// The most IPv6 extension headers walked.
-const MAX_EXT_HEADERS: usize = 8;
 
 /// Every field of an item as a number, in a fixed order, so that spec,
 /// last, mask and the packet's values are compared slot by slot.
@@ -460,7 +458,11 @@ impl Headers {
         let mut p = ofs + 40;
         let mut later_fragment = false;
         let mut complete = false;
-        for _ in 0..MAX_EXT_HEADERS {
+        // Every extension header the datagram holds, as the datapath's parse
+        // walks them (a fixed bound of 8 here missed the L4 header behind a
+        // ninth, which translation's exactness does not allow for). Each is
+        // at least 8 bytes, so the walk ends.
+        loop {
             let len = match next {
                 EXT_HOP_BY_HOP | EXT_ROUTING | EXT_DEST_OPTS => {
                     usize::from(*datagram.get(p + 1)?) * 8 + 8
