@@ -619,7 +619,11 @@ fn ipv6_items(
     match (fm, fv) {
         (0, _) => {}
         (frag::MASK, 0) | (frag::ANY, 0) => {
+            // A Fragment header with offset 0 and no more-fragments flag (an
+            // atomic fragment) is no fragment to the datapath, as to OVS,
+            // but has_frag_ext excludes it: narrower.
             ip.mask.has_frag_ext = true;
+            *exact = false;
         }
         (frag::ANY, frag::ANY) => {
             ip.spec.has_frag_ext = true;
