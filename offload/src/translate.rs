@@ -626,8 +626,14 @@ fn ipv6_items(
             *exact = false;
         }
         (frag::ANY, frag::ANY) => {
-            ip.spec.has_frag_ext = true;
-            ip.mask.has_frag_ext = true;
+            // has_frag_ext would also match atomic fragments, which the
+            // megaflow excludes: wider, so refused.
+            return Err(Rejected::field(
+                Field::NwFrag,
+                "IPv6 has_frag_ext also matches atomic fragments (a Fragment header with \
+                 offset 0 and no more-fragments flag), which are no fragments to the \
+                 datapath; nw_frag=yes over IPv6 stays in software",
+            ));
         }
         (frag::MASK, frag::ANY) | (frag::MASK, frag::MASK) | (frag::LATER, _) => {
             return Err(Rejected::field(
