@@ -22,6 +22,7 @@ use fallback::port::{
     BufferSource, Burst, PacketBuf, Port, PortStats, RxDropReason, TxDropReason, BURST,
 };
 use fallback::revalidate::{ports_digest, FlowRecord, RevalOp, Revalidator};
+use fallback::simple::SimpleTable;
 use fallback::sync::Recover;
 use hashbrown::HashMap;
 use offload::marks::{MarkTable, PmdUpdate};
@@ -537,12 +538,22 @@ pub struct PmdCore<B> {
     rx: Burst<B>,
     /// Buffers for the extra copies of multi-output actions.
     copies: Option<Box<dyn BufferSource<B>>>,
-    /// The burst's packets with their megaflow; the parse info is `None`
-    /// for mark-path packets, which are parsed (lightly) only when their
+    /// The burst's packets with their megaflow and what was read of their
+    /// headers; mark-path packets are parsed (lightly) only when their
     /// megaflow's actions need header offsets.
     batch: Vec<(FlowHandle, Option<B>, Headers)>,
     /// The keys of a burst's packets that go to the EMC and dpcls.
     keys: Box<[FlowKey; BURST]>,
+    /// The parse results that [`Headers::Parsed`] points at. Apart from the
+    /// batch so that a parse writes its result once, field by field, where
+    /// it is read: copied into a batch entry, the parse's narrow stores were
+    /// read back with wide loads, which the CPU cannot forward (the hottest
+    /// instruction of a 1-flow EMC profile).
+    infos: Box<[ParseInfo; BURST]>,
+    /// The receiving port's simple megaflows, copied once per burst (they
+    /// change between bursts). A field, not a local: as a local, the copy's
+    /// words were moved between stack slots on every packet.
+    simple: Option<SimpleTable<FlowHandle>>,
 }
 
 impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
@@ -599,6 +610,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             copies: None,
             batch: Vec::with_capacity(BURST),
             keys: Box::new([FlowKey::ZERO; BURST]),
+            infos: Box::new([ParseInfo::NONE; BURST]),
+            simple: None,
         }
     }
 
@@ -1289,8 +1302,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     fn process_chunk(&mut self, port_idx: usize, rx: &mut Burst<B>, now_ms: u64) {
         let ofport = self.ports[port_idx].ofport;
         let mut batch = std::mem::take(&mut self.batch);
-        // Copied once per burst: the port's megaflows change between bursts.
-        let simple = self.cache.simple_table(ofport);
+        self.simple = self.cache.simple_table(ofport);
         // Packets that need the caches: their place in the batch, key, hash.
         let mut pending = [0u8; BURST];
         let mut hashes = [0u32; BURST];
@@ -1342,7 +1354,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 self.counters.stale_marks += 1;
             }
             // Simple match: a few L2 fields against the port's megaflows.
-            if let Some(table) = &simple {
+            if let Some(table) = &self.simple {
                 if let Some(f) = packet::l2_fields(pkt.data()) {
                     if let Some(h) = table.lookup(ofport, &f) {
                         self.counters.simple_hits += 1;
@@ -1371,12 +1383,13 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             }
             direct = false;
             let key = &mut self.keys[n_pending];
-            let (info, hash) = match pkt.rss_hash() {
-                Some(hash) => (packet::parse(pkt.data(), ofport, key), hash),
-                None => {
-                    let (info, hash) = packet::parse_hashed(pkt.data(), ofport, key);
-                    (info, hash as u32)
+            let info = &mut self.infos[n_pending];
+            let hash = match pkt.rss_hash() {
+                Some(hash) => {
+                    *info = packet::parse(pkt.data(), ofport, key);
+                    hash
                 }
+                None => packet::parse_hashed_into(pkt.data(), ofport, key, info) as u32,
             };
             if info.l3_ofs.is_none() && pkt.len() < 14 {
                 // Not even an Ethernet header: nothing to classify.
@@ -1387,8 +1400,12 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             }
             hashes[n_pending] = hash;
             pending[n_pending] = batch.len() as u8;
+            batch.push((
+                FlowHandle::NONE,
+                Some(pkt),
+                Headers::Parsed(n_pending as u8),
+            ));
             n_pending += 1;
-            batch.push((FlowHandle::NONE, Some(pkt), Headers::Parsed(info)));
         }
         run.finish(&mut self.cache, &mut self.ports[port_idx], now_ms);
         self.counters.packets += rx_packets;
@@ -1448,7 +1465,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 batch.retain(|(_, pkt, _)| pkt.is_some());
             }
         }
-        self.execute_batch(port_idx, &mut batch, now_ms);
+        self.execute_batch(port_idx, &mut batch, n_pending, now_ms);
         self.batch = batch;
         self.flush_removals();
     }
@@ -1583,6 +1600,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         &mut self,
         port_idx: usize,
         batch: &mut Vec<(FlowHandle, Option<B>, Headers)>,
+        infos_used: usize,
         now_ms: u64,
     ) {
         let mut out = Emitter {
@@ -1594,6 +1612,9 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         };
         out.in_port = out.ports[port_idx].ofport;
         let copies = &mut self.copies;
+        // Packets parsed here take the info slots after the receive side's.
+        let infos = &mut self.infos;
+        let mut free_info = infos_used;
         let mut rest = &mut batch[..];
         while let Some(&(h, _, _)) = rest.first() {
             let len = rest.iter().take_while(|(x, _, _)| *x == h).count();
@@ -1615,10 +1636,13 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             for (_, pkt, headers) in members.iter_mut() {
                 let Some(pkt) = pkt else { continue };
                 flags |= match *headers {
-                    Headers::Parsed(info) => info.tcp_flags,
-                    _ if modifies => {
-                        let info = packet::parse_offsets(pkt.data());
-                        *headers = Headers::Parsed(info);
+                    Headers::Parsed(at) => infos[usize::from(at)].tcp_flags,
+                    // Every packet has at most one slot: BURST suffice.
+                    _ if modifies && free_info < BURST => {
+                        let info = &mut infos[free_info];
+                        *info = packet::parse_offsets(pkt.data());
+                        *headers = Headers::Parsed(free_info as u8);
+                        free_info += 1;
                         info.tcp_flags
                     }
                     Headers::TcpFlags(f) => f,
@@ -1665,7 +1689,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 out.ports[port_idx].stats.forwarded += 1;
                 // Parsed above whenever an action needs the offsets.
                 let info = match *headers {
-                    Headers::Parsed(info) => info,
+                    Headers::Parsed(at) => infos[usize::from(at)],
                     _ => ParseInfo::NONE,
                 };
                 let copy = |p: &B| match copies.as_mut().and_then(|c| c.take()) {
@@ -1752,7 +1776,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
 enum Headers {
     Unread,
     TcpFlags(u16),
-    Parsed(ParseInfo),
+    /// The packet's slot in [`PmdCore::infos`].
+    Parsed(u8),
 }
 
 /// Where a batch's packets go: the PMD's ports, counters and punt queue,

@@ -315,6 +315,57 @@ fn a_mixed_burst_keeps_arrival_order() {
     r.check_accounting();
 }
 
+/// A modifying action writes at the header offsets of its own packet: a
+/// burst that mixes VLAN-tagged and untagged frames, marked (parsed when
+/// their actions need it) and unmarked (parsed on receive), all to a
+/// megaflow that rewrites `nw_src`, gives every frame its own rewrite.
+#[test]
+fn modifying_actions_use_each_packets_own_header_offsets() {
+    let mut r = rig(GTP);
+    let frame = |src: Ipv4Addr, i: u8, tagged: bool| {
+        let f = build::udp4(src, Ipv4Addr::new(192, 168, 200, 3), 4000, 2152, &[i; 8]);
+        if tagged {
+            build::push_tag(&f, 0x8100, 5)
+        } else {
+            f
+        }
+    };
+    let from = Ipv4Addr::new(10, 1, 0, 1);
+    r.ports[0].inject(&frame(from, 0, false), None);
+    r.ports[0].inject(&frame(from, 0, true), None);
+    r.poll_all();
+    // The pipeline reads no VLAN field: one megaflow covers both frames,
+    // whose headers sit at different offsets.
+    let puts = r.offload.puts.lock().unwrap().clone();
+    assert_eq!(puts.len(), 1);
+    let mark = Mark::new(7).expect("non-zero");
+    r.pmd.apply_offload_update(PmdUpdate::Publish {
+        mark,
+        handle: puts[0].2,
+    });
+    let before = r.ports[1].sent().len();
+    for i in 0..24u8 {
+        let tagged = i % 2 == 1;
+        let marked = (i % 3 != 0).then_some(7);
+        r.ports[0].inject(&frame(from, i, tagged), marked);
+    }
+    r.poll_all();
+    assert!(r.pmd.counters.mark_hits >= 16, "{:?}", r.pmd.counters);
+    let sent = r.ports[1].sent()[before..].to_vec();
+    assert_eq!(sent.len(), 24);
+    let rewritten = Ipv4Addr::new(192, 168, 200, 188);
+    let mut seen = [false; 24];
+    for got in &sent {
+        // The payload (the arrival index) follows the UDP header.
+        let tagged = got[12..14] == [0x81, 0x00];
+        let i = got[if tagged { 46 } else { 42 }];
+        assert_eq!(got, &frame(rewritten, i, tagged), "packet {i}");
+        seen[usize::from(i)] = true;
+    }
+    assert!(seen.iter().all(|&s| s));
+    r.check_accounting();
+}
+
 /// The direct route (mark path and simple match to a megaflow whose only
 /// action is one output): runs of one megaflow count exactly into its
 /// stats (packets, bytes, TCP flags), several megaflows interleave, and a

@@ -174,15 +174,19 @@ pub fn parse(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> ParseInfo {
     parse_general(pkt, in_port, key)
 }
 
-/// [`parse`] and the key's [`FlowKey::hash64`] (for packets without a
-/// NIC hash): a common-case key hashes only the five words it fills.
+/// [`parse`] into `info`, returning the key's [`FlowKey::hash64`] (for
+/// packets without a NIC hash): a common-case key hashes only the five
+/// words it fills. The info is written in place: returned by value, the two
+/// cases' results were merged through the stack, and the copy read the
+/// parse's narrow stores back with wide loads, a store-forwarding stall.
 #[inline(always)]
-pub fn parse_hashed(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> (ParseInfo, u64) {
-    if let Some(info) = parse_common(pkt, in_port, key) {
-        return (info, key.hash64_of_words(&COMMON_WORDS, COMMON_ZERO_TERMS));
+pub fn parse_hashed_into(pkt: &[u8], in_port: u32, key: &mut FlowKey, info: &mut ParseInfo) -> u64 {
+    if let Some(common) = parse_common(pkt, in_port, key) {
+        *info = common;
+        return key.hash64_of_words(&COMMON_WORDS, COMMON_ZERO_TERMS);
     }
-    let info = parse_general(pkt, in_port, key);
-    (info, key.hash64())
+    *info = parse_general(pkt, in_port, key);
+    key.hash64()
 }
 
 /// Every packet, header by header through [`Field`] (see [`parse`]). Out
@@ -1511,7 +1515,8 @@ mod tests {
             }
             // Hashed: the same parse, and the whole key's hash.
             let mut hashed = FlowKey::ZERO;
-            let (info, hash) = parse_hashed(&pkt, 3, &mut hashed);
+            let mut info = ParseInfo::NONE;
+            let hash = parse_hashed_into(&pkt, 3, &mut hashed, &mut info);
             proptest::prop_assert_eq!(info, want);
             proptest::prop_assert_eq!(hashed, general);
             proptest::prop_assert_eq!(hash, general.hash64());
