@@ -562,21 +562,28 @@ impl Port for EthPort {
         register_thread();
         // Failed copies (no mbuf) and chains (the port is set up for
         // single-segment mbufs only) move to the back, in order, and are
-        // refused with whatever the PMD does not take.
+        // refused with whatever the PMD does not take. The lengths are read
+        // here, in the same pass: once the PMD has a packet it may free it.
         let slice = pkts.as_mut_slice();
+        let mut raw = [ptr::null_mut::<sys::rte_mbuf>(); BURST];
+        let mut lens = [0u32; BURST];
         let mut valid = 0;
         let (mut no_mbuf, mut chained) = (0u64, 0u64);
-        for i in 0..slice.len() {
+        for i in 0..slice.len().min(BURST) {
             if !slice[i].is_valid() {
                 no_mbuf += 1;
-            } else if !slice[i].is_contiguous() {
-                chained += 1;
-            } else {
-                if valid != i {
-                    slice[valid..=i].rotate_right(1);
-                }
-                valid += 1;
+                continue;
             }
+            if !slice[i].is_contiguous() {
+                chained += 1;
+                continue;
+            }
+            if valid != i {
+                slice[valid..=i].rotate_right(1);
+            }
+            raw[valid] = slice[valid].as_ptr();
+            lens[valid] = slice[valid].len() as u32;
+            valid += 1;
         }
         if no_mbuf > 0 {
             self.tx_no_mbuf.fetch_add(no_mbuf, Ordering::Relaxed);
@@ -587,21 +594,17 @@ impl Port for EthPort {
         if valid == 0 {
             return 0;
         }
-        let mut raw = [ptr::null_mut::<sys::rte_mbuf>(); BURST];
-        for (r, p) in raw.iter_mut().zip(&slice[..valid]) {
-            *r = p.as_ptr();
-        }
         // SAFETY: queue < n_txq of a started port, used by this thread
         // only; raw holds `valid` (<= BURST) valid mbufs we own. The PMD
         // takes ownership of the first `sent`; they are forgotten below.
         let sent = usize::from(unsafe {
             sys::rte_eth_tx_burst(self.port_id, queue, raw.as_mut_ptr(), valid as u16)
-        });
-        let mut sent_bytes = 0u64;
+        })
+        .min(valid);
         for p in pkts.drain_front(sent) {
-            sent_bytes += p.len() as u64;
             let _ = p.into_raw();
         }
+        let sent_bytes: u64 = lens[..sent].iter().map(|&l| u64::from(l)).sum();
         if sent > 0 {
             count.add(sent as u64, sent_bytes);
         }
