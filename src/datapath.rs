@@ -1740,16 +1740,15 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             return;
         }
         let queued = port.tx.len() as u64;
-        let mut lens = [0u32; BURST];
-        for (l, p) in lens.iter_mut().zip(port.tx.iter()) {
-            *l = p.len() as u32;
-        }
+        // Read before the port owns the packets (it may free them at once).
+        let queued_bytes: u64 = port.tx.iter().map(|p| p.len() as u64).sum();
         let sent = port.port.tx_burst(port.txq, &mut port.tx) as u64;
         port.stats.tx += sent;
-        port.stats.tx_bytes += lens[..(sent as usize).min(BURST)]
-            .iter()
-            .map(|&l| u64::from(l))
-            .sum::<u64>();
+        // What was sent is what left the burst: exact even where a port
+        // sends other packets than the first `sent` (a DPDK port sends
+        // failed copies and chains last, to refuse them).
+        let left_bytes: u64 = port.tx.iter().map(|p| p.len() as u64).sum();
+        port.stats.tx_bytes += queued_bytes.saturating_sub(left_bytes);
         let refused = queued - sent;
         if refused > 0 {
             let reason = if port.port.is_down() {

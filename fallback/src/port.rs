@@ -387,7 +387,9 @@ pub trait Port: Send + Sync {
     /// Transmits packets from the front of `pkts` on tx `queue` and returns
     /// how many the port accepted; those are removed from `pkts` (the port
     /// owns them now). The rest stay in `pkts`, in order: the caller retries
-    /// them or drops them, counting a [`TxDropReason`].
+    /// them or drops them, counting a [`TxDropReason`]. A port may pass over
+    /// packets it can never send (the DPDK port: failed copies, chained
+    /// mbufs) and send later ones; what it passed over stays.
     fn tx_burst(&self, queue: u16, pkts: &mut Burst<Self::Buf>) -> usize;
 
     /// True while the port is stopped (e.g. its device is being reset): rx

@@ -69,24 +69,21 @@ pub struct EthStats {
     pub rx_nombuf: u64,
 }
 
-/// Per-queue counters, written by the one thread that owns the queue.
+/// Per-queue packet counts, written by the one thread that owns the queue.
+/// Bytes are the datapath's to count (its port stats): counted here too,
+/// they cost a read of every packet's length and nothing read them.
 #[derive(Default)]
 #[repr(align(64))]
 struct QueueCount {
     packets: AtomicU64,
-    bytes: AtomicU64,
 }
 
 impl QueueCount {
     #[inline]
-    fn add(&self, packets: u64, bytes: u64) {
+    fn add(&self, packets: u64) {
         // One writer per queue: load + store, no locked instruction.
         self.packets.store(
             self.packets.load(Ordering::Relaxed) + packets,
-            Ordering::Relaxed,
-        );
-        self.bytes.store(
-            self.bytes.load(Ordering::Relaxed) + bytes,
             Ordering::Relaxed,
         );
     }
@@ -461,24 +458,20 @@ impl EthPort {
         }
     }
 
-    /// Packets and bytes taken by rx bursts (all queues).
-    pub fn rx_count(&self) -> (u64, u64) {
-        self.rx.iter().fold((0, 0), |(p, b), q| {
-            (
-                p + q.packets.load(Ordering::Relaxed),
-                b + q.bytes.load(Ordering::Relaxed),
-            )
-        })
+    /// Packets taken by rx bursts (all queues).
+    pub fn rx_count(&self) -> u64 {
+        self.rx
+            .iter()
+            .map(|q| q.packets.load(Ordering::Relaxed))
+            .sum()
     }
 
-    /// Packets and bytes accepted by tx bursts (all queues).
-    pub fn tx_count(&self) -> (u64, u64) {
-        self.tx.iter().fold((0, 0), |(p, b), q| {
-            (
-                p + q.packets.load(Ordering::Relaxed),
-                b + q.bytes.load(Ordering::Relaxed),
-            )
-        })
+    /// Packets accepted by tx bursts (all queues).
+    pub fn tx_count(&self) -> u64 {
+        self.tx
+            .iter()
+            .map(|q| q.packets.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -537,16 +530,14 @@ impl Port for EthPort {
         let n = usize::from(unsafe {
             sys::rte_eth_rx_burst(self.port_id, queue, raw.as_mut_ptr(), room as u16)
         });
-        let mut bytes = 0u64;
         for &m in &raw[..n] {
             // SAFETY: rx_burst returned n valid mbufs that are now ours.
             let mbuf = unsafe { Mbuf::from_raw(m) };
-            bytes += mbuf.pkt_len() as u64;
             // Room was checked: push cannot give the packet back.
             let _ = out.push(mbuf);
         }
         if n > 0 {
-            count.add(n as u64, bytes);
+            count.add(n as u64);
         }
         n
     }
@@ -562,11 +553,10 @@ impl Port for EthPort {
         register_thread();
         // Failed copies (no mbuf) and chains (the port is set up for
         // single-segment mbufs only) move to the back, in order, and are
-        // refused with whatever the PMD does not take. The lengths are read
-        // here, in the same pass: once the PMD has a packet it may free it.
+        // refused with whatever the PMD does not take. One pass checks the
+        // packets and collects their pointers.
         let slice = pkts.as_mut_slice();
         let mut raw = [ptr::null_mut::<sys::rte_mbuf>(); BURST];
-        let mut lens = [0u32; BURST];
         let mut valid = 0;
         let (mut no_mbuf, mut chained) = (0u64, 0u64);
         for i in 0..slice.len().min(BURST) {
@@ -582,7 +572,6 @@ impl Port for EthPort {
                 slice[valid..=i].rotate_right(1);
             }
             raw[valid] = slice[valid].as_ptr();
-            lens[valid] = slice[valid].len() as u32;
             valid += 1;
         }
         if no_mbuf > 0 {
@@ -604,9 +593,8 @@ impl Port for EthPort {
         for p in pkts.drain_front(sent) {
             let _ = p.into_raw();
         }
-        let sent_bytes: u64 = lens[..sent].iter().map(|&l| u64::from(l)).sum();
         if sent > 0 {
-            count.add(sent as u64, sent_bytes);
+            count.add(sent as u64);
         }
         sent
     }
@@ -624,8 +612,8 @@ impl Port for EthPort {
     /// the datapath keeps the rest.
     fn stats(&self) -> PortStats {
         PortStats {
-            rx: self.rx_count().0,
-            tx: self.tx_count().0,
+            rx: self.rx_count(),
+            tx: self.tx_count(),
             ..PortStats::default()
         }
     }
