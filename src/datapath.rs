@@ -1745,8 +1745,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         let sent = port.port.tx_burst(port.txq, &mut port.tx) as u64;
         port.stats.tx += sent;
         // What was sent is what left the burst: exact even where a port
-        // sends other packets than the first `sent` (a DPDK port sends
-        // failed copies and chains last, to refuse them).
+        // sends other packets than the first `sent` (the DPDK port passes
+        // over failed copies and chained mbufs, see `Port::tx_burst`).
         let left_bytes: u64 = port.tx.iter().map(|p| p.len() as u64).sum();
         port.stats.tx_bytes += queued_bytes.saturating_sub(left_bytes);
         let refused = queued - sent;
