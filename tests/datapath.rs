@@ -76,16 +76,17 @@ impl Port for QueuePort {
     fn tx_burst(&self, _q: u16, pkts: &mut Burst<HeapPacket>) -> usize {
         let mut room = self.tx_room.lock().unwrap();
         let max_len = *self.tx_max_len.lock().unwrap();
+        let mut tx = self.tx.lock().unwrap();
         let mut kept = Burst::new();
-        let mut n = 0;
+        let before = tx.len();
         for p in pkts.drain() {
-            if n < *room && p.len() <= max_len {
-                self.tx.lock().unwrap().push(p);
-                n += 1;
+            if tx.len() - before < *room && p.len() <= max_len {
+                tx.push(p);
             } else {
                 let _ = kept.push(p);
             }
         }
+        let n = tx.len() - before;
         *room -= n;
         *pkts = kept;
         n
