@@ -239,6 +239,9 @@ pub struct PmdPort<B> {
     /// This PMD's share of the port's accounting (DESIGN §6).
     pub stats: PortStats,
     tx: Burst<B>,
+    /// The bytes of the packets in `tx`, summed as they are queued (the
+    /// queueing reads each length anyway; the flush then need not).
+    tx_queued_bytes: u64,
     txq: u16,
     /// Largest frame the port sends (MTU + L2 header and one tag), read
     /// once: not a virtual call per packet.
@@ -697,6 +700,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             offload,
             stats: PortStats::default(),
             tx: Burst::new(),
+            tx_queued_bytes: 0,
             txq,
             max_frame,
             outq,
@@ -1772,8 +1776,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             return;
         }
         let queued = port.tx.len() as u64;
-        // Read before the port owns the packets (it may free them at once).
-        let queued_bytes: u64 = port.tx.iter().map(|p| p.len() as u64).sum();
+        let queued_bytes = std::mem::take(&mut port.tx_queued_bytes);
         let sent = port.port.tx_burst(port.txq, &mut port.tx) as u64;
         port.stats.tx += sent;
         // What was sent is what left the burst: exact even where a port
@@ -1889,15 +1892,17 @@ fn queue_tx<B: PacketBuf + Clone + Send + 'static>(port: &mut PmdPort<B>, pkt: B
 /// [`queue_tx`] of an attempt already counted.
 #[inline(always)]
 fn queue_tx_counted<B: PacketBuf + Clone + Send + 'static>(port: &mut PmdPort<B>, pkt: B) {
-    if pkt.len() > port.max_frame {
+    let len = pkt.len();
+    if len > port.max_frame {
         port.stats.count_tx_drop(TxDropReason::TooBig, 1);
         return;
     }
     if port.tx.is_full() {
         PmdCore::flush_port(port);
     }
-    if let Err(_pkt) = port.tx.push(pkt) {
-        port.stats.count_tx_drop(TxDropReason::RingFull, 1);
+    match port.tx.push(pkt) {
+        Ok(()) => port.tx_queued_bytes += len as u64,
+        Err(_pkt) => port.stats.count_tx_drop(TxDropReason::RingFull, 1),
     }
 }
 
