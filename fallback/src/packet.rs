@@ -100,8 +100,6 @@ pub enum ParseError {
         length: u32,
         available: u32,
     },
-    #[error("IPv4 header at offset {offset} has version {found}, expected 4")]
-    Ipv4Version { offset: u32, found: u8 },
     #[error("IPv4 header at offset {offset} has IHL {ihl}, expected at least 5 (20 bytes)")]
     Ipv4HeaderLen { offset: u32, ihl: u8 },
     #[error("IPv4 header at offset {offset} has total length {total_len}, less than its {header_len}-byte header")]
@@ -110,8 +108,6 @@ pub enum ParseError {
         total_len: u16,
         header_len: u16,
     },
-    #[error("IPv6 header at offset {offset} has version {found}, expected 6")]
-    Ipv6Version { offset: u32, found: u8 },
     #[error("TCP header at offset {offset} has data offset {data_offset}, expected at least 5 (20 bytes)")]
     TcpDataOffset { offset: u32, data_offset: u8 },
     #[error("{header} header at offset {offset} is beyond the 65535-byte reach of header offsets")]
@@ -285,7 +281,7 @@ fn parse_common(pkt: &[u8], in_port: u32, key: &mut FlowKey) -> Option<ParseInfo
     let hlen = usize::from(h[0] & 0x0f) * 4;
     let end = ofs + usize::from(be16(h[2], h[3]));
     // Complete: no truncation to report, the datagram ends inside the bytes.
-    if h[0] >> 4 != 4 || hlen < IPV4_MIN_HLEN || end < ofs + hlen || end > pkt.len() {
+    if hlen < IPV4_MIN_HLEN || end < ofs + hlen || end > pkt.len() {
         return None;
     }
     let ip_end = u16::try_from(end).ok()?;
@@ -383,10 +379,10 @@ pub fn l2_fields(pkt: &[u8]) -> Option<L2Fields> {
     };
     let hlen = usize::from(h[0] & 0x0f) * 4;
     let total_len = usize::from(be16(h[2], h[3]));
-    if h[0] >> 4 != 4 || hlen < IPV4_MIN_HLEN || pkt.len() < ofs + hlen || total_len < hlen {
+    if hlen < IPV4_MIN_HLEN || total_len < hlen || pkt.len() < ofs + total_len {
         return Some(f);
     }
-    let end = ofs + (pkt.len() - ofs).min(total_len);
+    let end = ofs + total_len;
     if end > usize::from(u16::MAX) {
         return None;
     }
@@ -534,14 +530,10 @@ fn parse_ipv4(
     key: &mut FlowKey,
     info: &mut ParseInfo,
 ) -> Result<(), ParseError> {
+    // As Open vSwitch: the ethertype says IPv4, the version field is not
+    // read; a header or datagram its length fields do not fit leaves every
+    // IP field unset.
     let h: &[u8; IPV4_MIN_HLEN] = need(pkt, ofs, Header::Ipv4)?;
-    let version = h[0] >> 4;
-    if version != 4 {
-        return Err(ParseError::Ipv4Version {
-            offset: sat32(ofs),
-            found: version,
-        });
-    }
     let ihl = h[0] & 0x0f;
     if ihl < 5 {
         return Err(ParseError::Ipv4HeaderLen {
@@ -560,7 +552,15 @@ fn parse_ipv4(
         });
     }
     let available = pkt.len() - ofs; // ≥ hlen, checked above
-    let end = ofs + available.min(usize::from(total_len));
+    if usize::from(total_len) > available {
+        return Err(ParseError::DatagramTruncated {
+            header: Header::Ipv4,
+            offset: sat32(ofs),
+            length: u32::from(total_len),
+            available: sat32(available),
+        });
+    }
+    let end = ofs + usize::from(total_len);
     let l3 = ofs16(ofs, Header::Ipv4)?;
     let ip_end = ofs16(end, Header::Ipv4)?;
 
@@ -577,17 +577,11 @@ fn parse_ipv4(
     info.nw_proto = proto;
     info.nw_frag = nw_frag;
 
-    let cut = (usize::from(total_len) > available).then_some(ParseError::DatagramTruncated {
-        header: Header::Ipv4,
-        offset: sat32(ofs),
-        length: u32::from(total_len),
-        available: sat32(available),
-    });
     if nw_frag & frag::LATER == 0 {
         let datagram = pkt.get(..end).unwrap_or_default();
         parse_l4(datagram, ofs + hlen, proto, false, key, info)?;
     }
-    cut.map_or(Ok(()), Err)
+    Ok(())
 }
 
 fn parse_ipv6(
@@ -596,17 +590,20 @@ fn parse_ipv6(
     key: &mut FlowKey,
     info: &mut ParseInfo,
 ) -> Result<(), ParseError> {
+    // As for IPv4 (and as Open vSwitch): the version field is not read,
+    // and a payload length past the bytes leaves every IP field unset.
     let h: &[u8; IPV6_HLEN] = need(pkt, ofs, Header::Ipv6)?;
-    let version = h[0] >> 4;
-    if version != 6 {
-        return Err(ParseError::Ipv6Version {
-            offset: sat32(ofs),
-            found: version,
-        });
-    }
     let payload_len = usize::from(be16(h[4], h[5]));
     let available = pkt.len() - ofs - IPV6_HLEN; // header checked above
-    let end = ofs + IPV6_HLEN + available.min(payload_len);
+    if payload_len > available {
+        return Err(ParseError::DatagramTruncated {
+            header: Header::Ipv6,
+            offset: sat32(ofs),
+            length: sat32(IPV6_HLEN + payload_len),
+            available: sat32(IPV6_HLEN + available),
+        });
+    }
+    let end = ofs + IPV6_HLEN + payload_len;
     let l3 = ofs16(ofs, Header::Ipv6)?;
     let ip_end = ofs16(end, Header::Ipv6)?;
 
@@ -618,12 +615,6 @@ fn parse_ipv6(
     info.l3_ofs = Some(l3);
     info.ip_end = ip_end;
 
-    let cut = (payload_len > available).then_some(ParseError::DatagramTruncated {
-        header: Header::Ipv6,
-        offset: sat32(ofs),
-        length: sat32(IPV6_HLEN + payload_len),
-        available: sat32(IPV6_HLEN + available),
-    });
     let datagram = pkt.get(..end).unwrap_or_default();
 
     // Walk the extension headers. Each is at least 8 bytes, so this ends.
@@ -643,7 +634,7 @@ fn parse_ipv6(
                     // A later fragment: no upper-layer header here. As OVS,
                     // nw_proto says "fragment".
                     set_ipv6_proto(key, info, ipv6_ext::FRAGMENT, frag::ANY | frag::LATER);
-                    return cut.map_or(Ok(()), Err);
+                    return Ok(());
                 }
                 if offset_flags & 1 != 0 {
                     info.nw_frag = frag::ANY;
@@ -667,7 +658,7 @@ fn parse_ipv6(
     let nw_frag = info.nw_frag;
     set_ipv6_proto(key, info, next, nw_frag);
     parse_l4(datagram, p, next, true, key, info)?;
-    cut.map_or(Ok(()), Err)
+    Ok(())
 }
 
 fn set_ipv6_proto(key: &mut FlowKey, info: &mut ParseInfo, proto: u8, nw_frag: u8) {
@@ -1067,12 +1058,16 @@ mod tests {
         v
     }
 
-    /// The key a frame cut to `len` bytes must parse to.
-    fn expected_at(c: &Case, full: &FlowKey, len: usize) -> FlowKey {
+    /// The key a frame cut to `len` bytes must parse to. An IP datagram
+    /// (ending at `ip_end`, 0 for none) gives its fields only when whole,
+    /// as in Open vSwitch.
+    fn expected_at(c: &Case, full: &FlowKey, ip_end: u16, len: usize) -> FlowKey {
         let mut k = FlowKey::ZERO;
         k.set(Field::InPort, 7);
+        let l2 = [Field::DlDst, Field::DlSrc, Field::DlType, Field::VlanTci];
         for (end, field, value) in &c.stages {
-            if len >= *end {
+            let whole = l2.contains(field) || len >= usize::from(ip_end);
+            if len >= *end && whole {
                 k.set(*field, value.unwrap_or_else(|| full.get(*field)));
             }
         }
@@ -1084,7 +1079,12 @@ mod tests {
         for c in cases() {
             let (key, info) = parsed(&c.pkt);
             assert_eq!(info.error, None, "{}", c.name);
-            assert_eq!(key, expected_at(&c, &key, c.pkt.len()), "{}", c.name);
+            assert_eq!(
+                key,
+                expected_at(&c, &key, info.ip_end, c.pkt.len()),
+                "{}",
+                c.name
+            );
         }
     }
 
@@ -1096,7 +1096,7 @@ mod tests {
                 let (key, info) = parsed(&c.pkt[..len]);
                 assert_eq!(
                     key,
-                    expected_at(&c, &full, len),
+                    expected_at(&c, &full, full_info.ip_end, len),
                     "{} cut to {len}: {:?}",
                     c.name,
                     info.error
@@ -1250,18 +1250,33 @@ mod tests {
     #[test]
     fn ipv4_bad_headers() {
         let pkt = udp4(IP_A, IP_B, 1, 2, b"");
+        // As Open vSwitch: the version field is not read.
         let mut v5 = pkt.clone();
         v5[14] = 0x55;
         let (key, info) = parsed(&v5);
         assert_eq!(key.dl_type(), ethertype::IPV4);
+        assert_eq!(key.get(Field::NwSrc), u128::from(u32::from(IP_A)));
+        assert_eq!(key.get(Field::TpDst), 2);
+        assert_eq!(info.error, None);
+        // A total length past the bytes: no IP field at all (Open vSwitch
+        // 3.1's flow extraction, checked with ofproto/trace).
+        let mut long = pkt.clone();
+        let len = (pkt.len() - 14 + 1) as u16;
+        long[16..18].copy_from_slice(&len.to_be_bytes());
+        let (key, info) = parsed(&long);
+        assert_eq!(key.dl_type(), ethertype::IPV4);
         assert_eq!(key.get(Field::NwSrc), 0);
-        assert_eq!(
+        assert_eq!(key.nw_proto(), 0);
+        assert_eq!(key.get(Field::TpDst), 0);
+        assert_eq!(info.l3_ofs, None);
+        assert!(matches!(
             info.error,
-            Some(ParseError::Ipv4Version {
-                offset: 14,
-                found: 5
+            Some(ParseError::DatagramTruncated {
+                header: Header::Ipv4,
+                ..
             })
-        );
+        ));
+        assert_eq!(l2_fields(&long).map(|f| f.nw_frag), Some(0));
         let mut ihl = pkt.clone();
         ihl[14] = 0x44;
         assert_eq!(
@@ -1361,21 +1376,21 @@ mod tests {
 
     #[test]
     fn ipv6_bad_version_and_payload_length() {
+        // As Open vSwitch: the version field is not read.
         let mut pkt = udp6(IP6_A, IP6_B, 1, 2, b"");
         pkt[14] = 0x45;
         let (key, info) = parsed(&pkt);
-        assert_eq!(key.get(Field::Ipv6Src), 0);
-        assert_eq!(
-            info.error,
-            Some(ParseError::Ipv6Version {
-                offset: 14,
-                found: 4
-            })
-        );
+        assert_eq!(key.get(Field::Ipv6Src), u128::from(IP6_A));
+        assert_eq!(key.get(Field::TpDst), 2);
+        assert_eq!(info.error, None);
+        // A payload length past the bytes: no IP field at all.
         let mut pkt = udp6(IP6_A, IP6_B, 1, 2, b"");
         pkt[18..20].copy_from_slice(&100u16.to_be_bytes());
         let (key, info) = parsed(&pkt);
-        assert_eq!(key.get(Field::TpDst), 2);
+        assert_eq!(key.dl_type(), ethertype::IPV6);
+        assert_eq!(key.get(Field::Ipv6Src), 0);
+        assert_eq!(key.get(Field::TpDst), 0);
+        assert_eq!(info.l3_ofs, None);
         assert!(matches!(
             info.error,
             Some(ParseError::DatagramTruncated {
@@ -1413,6 +1428,14 @@ mod tests {
     fn error_messages_name_the_header() {
         let pkt = tcp4(IP_A, IP_B, 1, 2);
         let msg = parsed(&pkt[..40]).1.error.unwrap().to_string();
+        assert_eq!(
+            msg,
+            "IPv4 datagram at offset 14 truncated: its length field says 40 bytes, only 26 present"
+        );
+        // A whole datagram too short for its TCP header.
+        let mut short = pkt[..40].to_vec();
+        short[16..18].copy_from_slice(&26u16.to_be_bytes());
+        let msg = parsed(&short).1.error.unwrap().to_string();
         assert_eq!(
             msg,
             "TCP header at offset 34 truncated: needs 20 bytes, only 6 present"

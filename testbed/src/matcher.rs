@@ -410,7 +410,10 @@ impl Headers {
         let version_ihl = hdr[0];
         let hlen = usize::from(version_ihl & 0x0f) * 4;
         let total_len = usize::from(be16(hdr, 2)?);
-        if version_ihl >> 4 != 4 || hlen < 20 || pkt.len() < ofs + hlen || total_len < hlen {
+        // A datagram its length field does not fit is not parsed: the
+        // software datapath (as Open vSwitch) reads no IP field from it, and
+        // an IPv4 item matching it would take packets outside its megaflow.
+        if version_ihl >> 4 != 4 || hlen < 20 || total_len < hlen || pkt.len() < ofs + total_len {
             return None;
         }
         let fragment_offset = be16(hdr, 6)?;
@@ -432,7 +435,7 @@ impl Headers {
         Some(L4At {
             proto: ip.next_proto_id,
             ofs: ofs + hlen,
-            end: pkt.len().min(ofs + total_len),
+            end: ofs + total_len,
         })
     }
 
@@ -443,7 +446,11 @@ impl Headers {
             return None;
         }
         let payload_len = usize::from(be16(hdr, 4)?);
-        let end = pkt.len().min(ofs + 40 + payload_len);
+        // As for IPv4: a datagram cut short is not parsed.
+        let end = ofs + 40 + payload_len;
+        if pkt.len() < end {
+            return None;
+        }
         let first_next = hdr[6];
         let mut ip = Ipv6 {
             vtc_flow,
@@ -876,9 +883,15 @@ mod tests {
         let mut short_ihl = frame.clone();
         short_ihl[14] = 0x44;
         assert_eq!(Headers::parse(&short_ihl).ipv4, None);
-        // Cut inside the IPv4 header, then inside the UDP header.
+        // Cut inside the IPv4 header, then inside the UDP header: the
+        // datagram is not whole, so not IPv4 (the software parse reads no IP
+        // field from it either).
         assert_eq!(Headers::parse(&frame[..30]).ipv4, None);
-        let cut = Headers::parse(&frame[..38]);
+        assert_eq!(Headers::parse(&frame[..38]).ipv4, None);
+        // A whole datagram too short for its UDP header.
+        let mut short = frame[..38].to_vec();
+        short[16..18].copy_from_slice(&24u16.to_be_bytes());
+        let cut = Headers::parse(&short);
         assert!(cut.ipv4.is_some() && cut.udp.is_none());
         // The IP total length bounds the L4 header, not the frame's padding.
         let mut lying = frame.clone();
