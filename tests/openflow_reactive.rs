@@ -1068,50 +1068,101 @@ fn random_frame(rng: &mut testbed::traffic::Rng) -> Vec<u8> {
     let sport = rng.pick(&[0x1234u16, 0x2345, 4096]);
     let dport = rng.pick(&[53u16, 80, 443, 9999]);
     let payload = [0x5a; 8];
-    let l3 = match rng.below(6) {
+    // IPv4 headers now and then with TTL 1, a fragment offset or flag, or
+    // options. No later fragment of TCP or UDP: Open vSwitch rewrites the
+    // bytes where their header would be (ports, and checksums after an
+    // address change) in the fragment's payload; flowmark leaves a later
+    // fragment's payload alone.
+    let v4 = |rng: &mut testbed::traffic::Rng, proto: u8| {
+        let mut h = build::Ipv4Header::new(ip_src, ip_dst, proto);
+        match rng.below(12) {
+            0 => h.ttl = 1,
+            1 => h.flags_frag = 0x2000,
+            2 if !matches!(proto, 6 | 17) => h.flags_frag = 100,
+            3 => h.options = vec![1, 1, 1, 0],
+            4 => h.tos = 46 << 2,
+            5 => h.tos = 1,
+            _ => {}
+        }
+        h
+    };
+    let v6 = |next: u8| {
+        build::Ipv6Header::new(
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2),
+            next,
+        )
+    };
+    let l3 = match rng.below(9) {
         0 | 1 => {
-            let mut h = build::Ipv4Header::new(ip_src, ip_dst, 17);
-            if rng.chance(30) {
-                h.tos = 46 << 2;
-            }
+            let h = v4(rng, 17);
             (
                 0x0800,
                 build::ipv4(&h, &build::udp(h.pseudo(), sport, dport, &payload)),
             )
         }
         2 => {
-            let h = build::Ipv4Header::new(ip_src, ip_dst, 6);
+            let h = v4(rng, 6);
+            let flags = rng.pick(&[0x10u16, 0x02, 0x12, 0x11, 0x04]);
             (
                 0x0800,
                 build::ipv4(
                     &h,
-                    &build::tcp(h.pseudo(), sport, dport, 0x10, &[], &payload),
+                    &build::tcp(h.pseudo(), sport, dport, flags, &[], &payload),
                 ),
             )
         }
         3 => {
-            let h = build::Ipv4Header::new(ip_src, ip_dst, 1);
-            (0x0800, build::ipv4(&h, &build::icmp(8, 0, &[0, 1, 0, 1])))
+            let h = v4(rng, 1);
+            let ty = rng.pick(&[8u8, 0, 3]);
+            (0x0800, build::ipv4(&h, &build::icmp(ty, 0, &[0, 1, 0, 1])))
         }
-        4 => (0x0806, build::arp(1, src, ip_src, [0; 6], ip_dst)),
-        _ => {
-            let h = build::Ipv6Header::new(
-                Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
-                Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2),
-                17,
-            );
+        4 => {
+            let op = 1 + rng.below(2) as u16;
+            (0x0806, build::arp(op, src, ip_src, [0; 6], ip_dst))
+        }
+        5 => {
+            let h = v6(17);
             (
                 0x86dd,
                 build::ipv6(&h, &build::udp(h.pseudo(), sport, dport, &payload)),
             )
         }
+        6 => {
+            // IPv6 with a hop-by-hop header, or a fragment header.
+            let udp = build::udp(v6(17).pseudo(), sport, dport, &payload);
+            let (next, mut body) = if rng.chance(50) {
+                (0u8, build::ipv6_ext(0, 17))
+            } else {
+                (
+                    44u8,
+                    build::ipv6_frag(17, rng.below(2) as u16 * 10, true, 7),
+                )
+            };
+            body.extend_from_slice(&udp);
+            (0x86dd, build::ipv6(&v6(next), &body))
+        }
+        // An 802.3 length field instead of an ethertype, and an unknown type.
+        7 => (rng.pick(&[0x0040u16, 0x88b5]), vec![0xaa; 64]),
+        _ => {
+            let h = v4(rng, 47);
+            (0x0800, build::ipv4(&h, &[0u8; 8]))
+        }
     };
-    let frame = build::ethernet(dst, src, l3.0, &l3.1);
-    match rng.below(4) {
+    let mut frame = build::ethernet(dst, src, l3.0, &l3.1);
+    frame = match rng.below(6) {
         0 => build::push_tag(&frame, 0x8100, 10),
         1 => build::push_tag(&frame, 0x8100, 0x2014),
+        2 if rng.chance(30) => build::push_tag(&build::push_tag(&frame, 0x8100, 10), 0x88a8, 20),
+        3 if rng.chance(30) => build::push_tag(&frame, 0x88a8, 10),
         _ => frame,
+    };
+    // Now and then cut short: headers end early.
+    if rng.chance(5) {
+        let keep = 14 + rng.below(frame.len() as u64 - 14) as usize;
+        frame.truncate(keep);
     }
+    frame
 }
 
 /// Random rule sets over three tables and random frames received on port
