@@ -16,7 +16,7 @@
 
 use fallback::actions::DpAction;
 use fallback::cache::{CacheHit, FlowCache};
-use fallback::key::{ethertype, ipproto, Field, FlowKey, VLAN_CFI, VLAN_VID_MASK};
+use fallback::key::{ethertype, frag, ipproto, Field, FlowKey, VLAN_CFI, VLAN_VID_MASK};
 use fallback::megaflow::Megaflow;
 use fallback::ofproto::mac::MacTable;
 use fallback::ofproto::xlate::{xlate, xlate_hinted, Bridge};
@@ -43,11 +43,21 @@ struct Reference<'a> {
     resubmits: usize,
     aborted: bool,
     effects: Vec<Effect>,
+    /// A fragment's L4 ports (tp_src, tp_dst) the rules see as 0 until an
+    /// action sets them (OVS's default fragment handling).
+    hidden: [bool; 2],
 }
 
 impl Reference<'_> {
     /// First rule by (priority desc, order added).
     fn find(&self, table: u8, pkt: &FlowKey) -> Option<&Rule> {
+        let mut view = *pkt;
+        for (f, hidden) in [Field::TpSrc, Field::TpDst].into_iter().zip(self.hidden) {
+            if hidden {
+                view.set(f, 0);
+            }
+        }
+        let pkt = &view;
         let mut best: Option<&Rule> = None;
         for r in self.rules.iter().filter(|r| r.table == table) {
             let m = &r.r#match;
@@ -128,7 +138,8 @@ impl Reference<'_> {
                                     ipproto::TCP | ipproto::UDP | ipproto::SCTP
                                 ) =>
                         {
-                            pkt.set(f, v)
+                            pkt.set(f, v);
+                            self.hidden[usize::from(f == Field::TpDst)] = false;
                         }
                         Field::VlanTci if pkt.vlan_tci() & VLAN_CFI != 0 || push => {
                             let tci = if pkt.vlan_tci() & VLAN_CFI != 0 {
@@ -187,6 +198,7 @@ fn reference(rules: &[Rule], macs: &MacTable, key: &FlowKey) -> Vec<Effect> {
         resubmits: 0,
         aborted: false,
         effects: Vec::new(),
+        hidden: [key.is_ip() && key.get(Field::NwFrag) & u128::from(frag::ANY) != 0; 2],
     };
     let mut pkt = *key;
     r.run_table(0, &mut pkt, 0);

@@ -308,9 +308,17 @@ pub const PACKET_OUT_COOKIE: u64 = u64::MAX;
 impl<'a> Ctx<'a> {
     /// A translation of `key` that has consulted nothing yet.
     fn new(bridge: Bridge<'a>, key: &FlowKey, hint: Option<FlowKey>, bufs: XlateBuffers) -> Self {
+        // As OVS's default fragment handling ("normal"): the pipeline sees
+        // a fragment's L4 ports (ICMP type and code too) as 0, first
+        // fragments included; a rule on them matches the ports 0.
+        let mut flow = *key;
+        if key.is_ip() && key.get(Field::NwFrag) & u128::from(frag::ANY) != 0 {
+            flow.set(Field::TpSrc, 0);
+            flow.set(Field::TpDst, 0);
+        }
         Ctx {
             bridge,
-            flow: *key,
+            flow,
             wc: FlowKey::ZERO,
             dirty: 0,
             actions: bufs.actions,
@@ -325,6 +333,8 @@ impl<'a> Ctx<'a> {
             in_miss_rule: false,
             action_set: Vec::new(),
             set_origin: (0, 0),
+            // As it arrived: a fragment's lookups count as on a rewritten
+            // packet, which revalidation treats conservatively.
             arrived: *key,
             deps: XlateDeps::default(),
         }
@@ -1253,6 +1263,35 @@ mod tests {
         let x = b(&macs, &r);
         assert_eq!(x.actions, vec![DpAction::Output(1)]);
         assert_eq!(x.mask.get(Field::DlDst), 0xffff_ffff_ffff);
+    }
+
+    /// OVS's default fragment handling: every fragment, the first too, meets
+    /// the rules with L4 ports 0; an action that sets a port still does.
+    #[test]
+    fn fragments_meet_the_rules_with_ports_zero() {
+        let mut p = Pipeline::new();
+        let mut on_port = udp_match();
+        on_port.set_exact(Field::TpDst, 53);
+        p.add(rule(0, 20, on_port, vec![OfAction::Output(2)]));
+        let mut on_zero = udp_match();
+        on_zero.set_exact(Field::TpDst, 0);
+        p.add(rule(
+            0,
+            10,
+            on_zero,
+            vec![OfAction::SetField(Field::TpDst, 99), OfAction::Output(3)],
+        ));
+        let whole = udp_key(1, 1, 2, 1000, 53);
+        assert_eq!(run(&p, &whole).actions, vec![DpAction::Output(2)]);
+        for nw_frag in [frag::ANY, frag::ANY | frag::LATER] {
+            let mut k = whole;
+            k.set(Field::NwFrag, u128::from(nw_frag));
+            assert_eq!(
+                run(&p, &k).actions,
+                vec![DpAction::Set(Field::TpDst, 99), DpAction::Output(3)],
+                "nw_frag {nw_frag}"
+            );
+        }
     }
 
     /// As in Open vSwitch (a real upcall, not `ofproto/trace`, which does
