@@ -890,7 +890,9 @@ fn of13_pipeline_matches_open_vswitch() {
 /// (`goto_table`, `resubmit`) or drop.
 fn random_rule(rng: &mut testbed::traffic::Rng, table: u8, priority: u16) -> String {
     let mut m = vec![format!("table={table}"), format!("priority={priority}")];
-    let l4 = rng.pick(&["", "ip", "udp", "tcp", "icmp", "arp", "ipv6", "udp6"]);
+    let l4 = rng.pick(&[
+        "", "ip", "udp", "tcp", "icmp", "arp", "ipv6", "udp6", "icmp6",
+    ]);
     if !l4.is_empty() {
         m.push(l4.to_string());
     }
@@ -965,7 +967,10 @@ fn random_rule(rng: &mut testbed::traffic::Rng, table: u8, priority: u16) -> Str
     if l4 == "icmp" && rng.chance(30) {
         m.push(format!("icmp_type={}", rng.pick(&[0u8, 8])));
     }
-    let ipv6 = matches!(l4, "ipv6" | "udp6");
+    let ipv6 = matches!(l4, "ipv6" | "udp6" | "icmp6");
+    if l4 == "icmp6" && rng.chance(40) {
+        m.push(format!("icmpv6_type={}", rng.pick(&[128u8, 135])));
+    }
     if ipv6 && rng.chance(30) {
         m.push(
             rng.pick(&[
@@ -1143,7 +1148,23 @@ fn random_frame(rng: &mut testbed::traffic::Rng) -> Vec<u8> {
             (0x86dd, build::ipv6(&v6(next), &body))
         }
         // An 802.3 length field instead of an ethertype, and an unknown type.
-        7 => (rng.pick(&[0x0040u16, 0x88b5]), vec![0xaa; 64]),
+        7 if rng.chance(50) => (rng.pick(&[0x0040u16, 0x88b5]), vec![0xaa; 64]),
+        // ICMPv6: echo request, or a neighbor solicitation with its option.
+        7 => {
+            let h = v6(58);
+            let (ty, rest) = if rng.chance(50) {
+                (128u8, vec![0, 1, 0, 1])
+            } else {
+                let mut ns = vec![0u8; 4];
+                ns.extend_from_slice(&Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2).octets());
+                ns.extend_from_slice(&[1, 1, 2, 0, 0, 0, 0, 1]);
+                (135u8, ns)
+            };
+            (
+                0x86dd,
+                build::ipv6(&h, &build::icmpv6(h.pseudo(), ty, 0, &rest)),
+            )
+        }
         _ => {
             let h = v4(rng, 47);
             (0x0800, build::ipv4(&h, &[0u8; 8]))
