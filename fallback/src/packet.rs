@@ -125,8 +125,8 @@ pub struct ParseInfo {
     pub l3_ofs: Option<u16>,
     /// The TCP, UDP, SCTP, ICMP or ICMPv6 header.
     pub l4_ofs: Option<u16>,
-    /// One past the end of the IP datagram (its length field, or the end of
-    /// the bytes when cut short): Ethernet padding excluded. 0 without IP.
+    /// One past the end of the IP datagram (its length field; a datagram
+    /// cut short is not parsed): Ethernet padding excluded. 0 without IP.
     pub ip_end: u16,
     /// As in the key.
     pub dl_type: u16,
