@@ -413,7 +413,9 @@ impl Headers {
         // A datagram its length field does not fit is not parsed: the
         // software datapath (as Open vSwitch) reads no IP field from it, and
         // an IPv4 item matching it would take packets outside its megaflow.
-        if version_ihl >> 4 != 4 || hlen < 20 || total_len < hlen || pkt.len() < ofs + total_len {
+        // Like the software parse (and Open vSwitch), the version field is
+        // not read: the ethertype says IPv4.
+        if hlen < 20 || total_len < hlen || pkt.len() < ofs + total_len {
             return None;
         }
         let fragment_offset = be16(hdr, 6)?;
@@ -441,10 +443,8 @@ impl Headers {
 
     fn walk_ipv6(&mut self, pkt: &[u8], ofs: usize) -> Option<L4At> {
         let hdr = pkt.get(ofs..ofs + 40)?;
+        // The version field is not read, as for IPv4.
         let vtc_flow = be32(hdr, 0)?;
-        if vtc_flow >> 28 != 6 {
-            return None;
-        }
         let payload_len = usize::from(be16(hdr, 4)?);
         // As for IPv4: a datagram cut short is not parsed.
         let end = ofs + 40 + payload_len;
@@ -877,9 +877,13 @@ mod tests {
     #[test]
     fn malformed_ipv4_is_not_ipv4() {
         let frame = build::udp4(A, B, 1, 2, &[]);
+        // The version field is not read (as the software parse and OVS).
         let mut bad_version = frame.clone();
         bad_version[14] = 0x65;
-        assert_eq!(Headers::parse(&bad_version).ipv4, None);
+        assert!(Headers::parse(&bad_version).ipv4.is_some());
+        let mut v6 = build::udp6(a6(), b6(), 1, 2, &[]);
+        v6[14] = 0x00;
+        assert!(Headers::parse(&v6).ipv6.is_some());
         let mut short_ihl = frame.clone();
         short_ihl[14] = 0x44;
         assert_eq!(Headers::parse(&short_ihl).ipv4, None);
