@@ -836,6 +836,16 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                         self.retired_rule_stats
                             .add(*r, mf.stats.packets, mf.stats.bytes);
                     }
+                    // The MAC refresh credits only packets counted under the
+                    // current actions (`packets > 0`): a megaflow that learns
+                    // only from now on taught nothing yet. One whose learning
+                    // stays refreshes its entry now, not to lose the packets
+                    // since the last refresh.
+                    if let Some(l) = learn.filter(|l| mf.learn == Some(*l)) {
+                        if mf.stats.packets > 0 && mf.stats.used > self.macs_refreshed_ms {
+                            self.learn_scratch.push((l, mf.stats.used));
+                        }
+                    }
                     mf.stats.packets = 0;
                     mf.stats.bytes = 0;
                     mf.set_actions(actions);
@@ -846,6 +856,12 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             }
         }
         self.flush_removals();
+        if !self.learn_scratch.is_empty() {
+            let learns = std::mem::take(&mut self.learn_scratch);
+            self.bridge.learn_macs(learns.iter().copied());
+            self.learn_scratch = learns;
+            self.learn_scratch.clear();
+        }
     }
 
     /// Forgets the counts of removed megaflows' rules that the pipeline no
@@ -1051,7 +1067,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                 }
                 continue;
             }
-            if refresh && mf.stats.used > since {
+            if refresh && mf.stats.used > since && mf.stats.packets > 0 {
                 if let Some(l) = mf.learn {
                     learns.push((l, mf.stats.used));
                     self.sweep_newest_use = self.sweep_newest_use.max(mf.stats.used);
@@ -1611,7 +1627,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         learns.clear();
         for (_, mf) in self.cache.iter() {
             if let Some(l) = mf.learn {
-                if mf.stats.used > since {
+                if mf.stats.used > since && mf.stats.packets > 0 {
                     learns.push((l, mf.stats.used));
                     newest = newest.max(mf.stats.used);
                 }

@@ -836,6 +836,35 @@ fn without_traffic_a_mac_entry_ages_out_and_return_traffic_floods() {
     r.check_accounting();
 }
 
+/// A flow mod that turns a megaflow's actions into NORMAL gives it a MAC to
+/// learn; the packets it counted before were not switched by NORMAL, so the
+/// refresh teaches nothing until one is.
+#[test]
+fn a_megaflow_that_learns_only_after_a_flow_mod_teaches_nothing_before_its_next_packet() {
+    let m = "dl_src=02:00:00:00:00:0a,dl_dst=02:00:00:00:00:0b,vlan_tci=0/0x1fff";
+    let mut r = rig(&format!("{m},actions=output:2"));
+    let bridge = Arc::clone(r.pmd.bridge());
+    r.ports[0].inject(&l2(0x0b, 0x0a), None);
+    r.pmd.poll(0, 0, 10);
+    assert_eq!(r.ports[1].sent().len(), 1);
+    let before = r.pmd.megaflows();
+    r.pmd.set_pipeline(pipeline(&format!("{m},actions=NORMAL")));
+    let after = r.pmd.megaflows();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].ufid, before[0].ufid, "modified in place");
+    while !r.pmd.sweep_slice(20, u64::MAX, true, 1) {}
+    r.pmd.refresh_macs();
+    let learned = || bridge.macs.read().unwrap().lookup(0x0200_0000_000a, 0);
+    assert_eq!(learned(), None, "no packet went through NORMAL yet");
+    r.ports[0].inject(&l2(0x0b, 0x0a), None);
+    r.pmd.poll(0, 0, 30);
+    assert_eq!(r.ports[1].sent().len(), 2, "B unknown: flooded");
+    assert_eq!(r.ports[2].sent().len(), 1);
+    while !r.pmd.sweep_slice(40, u64::MAX, true, 1) {}
+    assert_eq!(learned(), Some(1));
+    r.check_accounting();
+}
+
 #[test]
 fn emc_insert_inv_prob_zero_never_uses_the_emc() {
     let offload = Recorder::default();
