@@ -1102,10 +1102,9 @@ fn random_frame(rng: &mut testbed::traffic::Rng) -> Vec<u8> {
         b
     };
     let dst = mac(rng.pick(&MACS));
-    // Never a destination's MAC: for a frame to its own source, Open
-    // vSwitch's NORMAL learns first and drops it, flowmark's looks the
-    // destination up first (a known difference, not yet closed).
-    let src = [2, 0, 0, 0, 0, rng.pick(&[0u8, 3, 4, 5, 6, 7])];
+    // Sometimes a destination's MAC: NORMAL learns a frame's source before
+    // it looks the destination up, so a frame to itself is dropped.
+    let src = [2, 0, 0, 0, 0, rng.below(8) as u8];
     let ip_src = Ipv4Addr::new(10, 0, rng.below(2) as u8, rng.below(200) as u8);
     let ip_dst = Ipv4Addr::new(10, 1, 0, rng.below(5) as u8);
     let sport = rng.pick(&[0x1234u16, 0x2345, 4096]);

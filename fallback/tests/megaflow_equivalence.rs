@@ -114,6 +114,8 @@ impl Reference<'_> {
                     }
                     if dst & (1 << 40) != 0 {
                         self.flood(pkt);
+                    } else if dst == src {
+                        // Learned on the input port just now (as in OVS).
                     } else {
                         match self.macs.lookup(dst, vlan) {
                             Some(p) if p == pkt.in_port() => {}

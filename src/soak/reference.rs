@@ -715,6 +715,10 @@ impl Run<'_, '_> {
             self.flood(pkt);
             return;
         }
+        if pkt.dl_dst == pkt.dl_src {
+            // Learned on the input port just now (as in OVS): dropped.
+            return;
+        }
         self.out.lookups.push((pkt.dl_dst, vid));
         match (self.bridge.lookup)((pkt.dl_dst, vid)) {
             Some(p) if p == pkt.in_port => {}

@@ -691,6 +691,12 @@ impl Ctx<'_> {
             self.flood();
             return;
         }
+        if dst == src {
+            // OVS learns the source before it looks the destination up: a
+            // frame to its own source MAC is for the input port.
+            self.note("NORMAL: destination is the source, learned on the input port, dropped");
+            return;
+        }
         match self.deps.mac {
             None if !self.deps.mac_any => self.deps.mac = Some((dst, vlan)),
             Some(m) if m == (dst, vlan) => {}
@@ -1286,6 +1292,33 @@ mod tests {
                 "nw_frag {nw_frag}"
             );
         }
+    }
+
+    /// As in Open vSwitch (a real upcall, not `ofproto/trace`, which does
+    /// not learn): a frame to its own source MAC is learned and dropped,
+    /// even while the MAC is unknown.
+    #[test]
+    fn normal_drops_a_frame_to_its_own_source() {
+        let mut p = Pipeline::new();
+        p.add(rule(0, 0, Match::ANY, vec![OfAction::Normal]));
+        let macs = MacTable::default();
+        let mut k = udp_key(1, 1, 2, 3, 4);
+        k.set(Field::DlSrc, 0x0200_0000_0009);
+        k.set(Field::DlDst, 0x0200_0000_0009);
+        let bridge = Bridge {
+            pipeline: &p,
+            macs: &macs,
+            ports: &PORTS,
+            widen_l4: None,
+        };
+        let x = xlate(bridge, &k);
+        assert_eq!(x.actions, vec![]);
+        assert_eq!(
+            x.learn.map(|l| (l.mac, l.port)),
+            Some((0x0200_0000_0009, 1))
+        );
+        assert_eq!(x.mask.get(Field::DlDst), 0xffff_ffff_ffff);
+        assert_eq!(x.mask.get(Field::DlSrc), 0xffff_ffff_ffff);
     }
 
     #[test]
