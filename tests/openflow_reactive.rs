@@ -1027,7 +1027,7 @@ fn random_rule(rng: &mut testbed::traffic::Rng, table: u8, priority: u16) -> Str
     // clear_actions, write_actions, write_metadata, goto_table.
     let mut actions = Vec::new();
     for _ in 0..rng.below(3) {
-        let a = match rng.below(15) {
+        let a = match rng.below(17) {
             0 => format!("mod_dl_src:{}", rng.pick(&MACS)),
             1 if ipv4 => format!("mod_nw_dst:10.9.0.{}", rng.below(4)),
             2 if ipv4 => "dec_ttl".to_string(),
@@ -1049,8 +1049,11 @@ fn random_rule(rng: &mut testbed::traffic::Rng, table: u8, priority: u16) -> Str
             10 if ipv6 => "set_field:fd00::9->ipv6_dst".to_string(),
             11 => format!("mod_dl_dst:{}", rng.pick(&MACS)),
             12 => rng.pick(&["output:all", "flood", "normal"]).to_string(),
-            // (flowmark refuses set-field of ip_ecn and vlan_pcp.)
             13 if ipv4 || ipv6 => "mod_nw_ttl:9".to_string(),
+            14 if ipv4 || ipv6 => rng
+                .pick(&["mod_nw_ecn:1", "set_field:3->ip_ecn"])
+                .to_string(),
+            15 if tagged => format!("mod_vlan_pcp:{}", rng.pick(&[0u8, 5])),
             _ => format!("output:{}", rng.pick(&["1", "2", "3", "in_port"])),
         };
         actions.push(a);

@@ -12,8 +12,9 @@ pub enum DpAction {
     Output(u32),
     /// Rewrite a header field (checksums follow). The field is one of
     /// `DlSrc`, `DlDst`, `NwSrc`, `NwDst`, `Ipv6Src`, `Ipv6Dst`, `NwTos`
-    /// (the DSCP bits, `value` already shifted into the TOS byte), `NwTtl`,
-    /// `TpSrc`, `TpDst`; `VlanTci` sets the VID of the outer tag.
+    /// (the DSCP bits, `value` already shifted into the TOS byte), `NwEcn`
+    /// (the ECN bits), `NwTtl`, `TpSrc`, `TpDst`; `VlanTci` sets the VID of
+    /// the outer tag, `VlanPcp` its priority.
     Set(Field, u128),
     /// Push an 802.1Q tag with this TPID (VID 0, PCP 0).
     PushVlan(u16),
@@ -51,6 +52,8 @@ impl fmt::Display for DpAction {
                 Field::TpSrc => write!(f, "mod_tp_src:{}", v as u16),
                 Field::TpDst => write!(f, "mod_tp_dst:{}", v as u16),
                 Field::VlanTci => write!(f, "mod_vlan_vid:{}", v as u16 & 0x0fff),
+                Field::VlanPcp => write!(f, "mod_vlan_pcp:{}", v as u8 & 0x07),
+                Field::NwEcn => write!(f, "mod_nw_ecn:{}", v as u8 & 0x03),
                 other => write!(f, "set_field:{v:#x}->{other}"),
             },
         }

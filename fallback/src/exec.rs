@@ -15,7 +15,7 @@
 //! header the packet lacks is ignored.
 
 use crate::actions::DpAction;
-use crate::key::{ethertype, ipproto, Field, VLAN_VID_MASK};
+use crate::key::{ethertype, ipproto, Field, VLAN_PCP_MASK, VLAN_VID_MASK};
 use crate::packet::{checksum, ParseInfo};
 use crate::port::PacketBuf;
 
@@ -300,6 +300,27 @@ fn set_field(data: &mut [u8], info: &ParseInfo, field: Field, value: u128) {
                 _ => {}
             }
         }
+        Field::NwEcn => {
+            let ecn = value as u8 & 0x03;
+            match l3 {
+                Some(l3) if ipv4 => {
+                    if let Some(word) = read16(data, l3) {
+                        let new = (word & 0xfffc) | u16::from(ecn);
+                        if let Some(delta) = rewrite(data, l3, &new.to_be_bytes()) {
+                            adjust_csum(data, l3 + 10, delta);
+                        }
+                    }
+                }
+                Some(l3) if ipv6 => {
+                    // The traffic class's low 2 bits: bits 5-4 of the word.
+                    if let Some(word) = read16(data, l3) {
+                        let new = (word & 0xffcf) | (u16::from(ecn) << 4);
+                        write16(data, l3, new);
+                    }
+                }
+                _ => {}
+            }
+        }
         Field::NwTtl => match l3 {
             Some(l3) if ipv4 => {
                 // TTL shares a word with the protocol.
@@ -319,6 +340,14 @@ fn set_field(data: &mut [u8], info: &ParseInfo, field: Field, value: u128) {
             if let Some(tag) = info.vlan_ofs.map(usize::from) {
                 if let Some(tci) = read16(data, tag + 2) {
                     let new = (tci & !VLAN_VID_MASK) | (value as u16 & VLAN_VID_MASK);
+                    write16(data, tag + 2, new);
+                }
+            }
+        }
+        Field::VlanPcp => {
+            if let Some(tag) = info.vlan_ofs.map(usize::from) {
+                if let Some(tci) = read16(data, tag + 2) {
+                    let new = (tci & !VLAN_PCP_MASK) | ((value as u16 & 0x07) << 13);
                     write16(data, tag + 2, new);
                 }
             }
@@ -580,6 +609,8 @@ mod tests {
             DpAction::Set(Field::TpSrc, 40000),
             DpAction::Set(Field::TpDst, 2123),
             DpAction::Set(Field::VlanTci, 0x0123),
+            DpAction::Set(Field::VlanPcp, 5),
+            DpAction::Set(Field::NwEcn, 2),
         ]
     }
 
@@ -600,12 +631,12 @@ mod tests {
                     Field::DlSrc | Field::DlDst => true,
                     Field::NwSrc | Field::NwDst => before.dl_type() == ethertype::IPV4,
                     Field::Ipv6Src | Field::Ipv6Dst => before.dl_type() == ethertype::IPV6,
-                    Field::NwTos | Field::NwTtl => before.is_ip(),
+                    Field::NwTos | Field::NwEcn | Field::NwTtl => before.is_ip(),
                     Field::TpSrc | Field::TpDst => matches!(
                         before.nw_proto(),
                         ipproto::TCP | ipproto::UDP | ipproto::SCTP
                     ),
-                    Field::VlanTci => before.vlan_tci() != 0,
+                    Field::VlanTci | Field::VlanPcp => before.vlan_tci() != 0,
                     _ => false,
                 };
                 if applies {

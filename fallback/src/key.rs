@@ -95,6 +95,12 @@ pub enum Field {
     Ipv6Dst,
     ArpSha,
     ArpTha,
+    /// The 802.1Q priority (PCP) bits of `VlanTci`, for set actions only:
+    /// it aliases `VlanTci`'s top 3 bits, so it is not in [`Field::ALL`].
+    VlanPcp,
+    /// The ECN bits of `NwTos`, for set actions only (aliases `NwTos`'s low
+    /// 2 bits; not in [`Field::ALL`]).
+    NwEcn,
     /// OpenFlow 1.3's 64-bit pipeline metadata (`write_metadata`): zero
     /// when a packet enters, never part of a megaflow (xlate wildcards
     /// it), and not in [`Field::ALL`] (the packet fields).
@@ -152,6 +158,8 @@ impl Field {
             Field::Ipv6Dst => (7, 0, 128),
             Field::ArpSha => (9, 0, 48),
             Field::ArpTha => (10, 0, 48),
+            Field::VlanPcp => (0, 61, 3),
+            Field::NwEcn => (1, 56, 2),
             Field::Metadata => (11, 0, 64),
         };
         Layout { word, shift, bits }
@@ -200,6 +208,8 @@ impl Field {
             Field::Ipv6Dst => "ipv6_dst",
             Field::ArpSha => "arp_sha",
             Field::ArpTha => "arp_tha",
+            Field::VlanPcp => "vlan_pcp",
+            Field::NwEcn => "nw_ecn",
             Field::Metadata => "metadata",
         }
     }

@@ -663,7 +663,7 @@ fn random_flow(rng: &mut Rng) -> String {
 }
 
 fn random_action(rng: &mut Rng) -> String {
-    match rng.below(26) {
+    match rng.below(30) {
         0 => format!("output:{}", 1 + rng.below(10)),
         1 => rng
             .pick(&[
@@ -714,6 +714,14 @@ fn random_action(rng: &mut Rng) -> String {
             "set_field:{}->{}",
             rng.ipv6(),
             rng.pick(&["ipv6_src", "ipv6_dst"])
+        ),
+        25 => format!("mod_vlan_pcp:{}", rng.below(9)),
+        26 => format!("set_field:{}->vlan_pcp", rng.below(9)),
+        27 => format!("mod_nw_ecn:{}", rng.below(5)),
+        28 => format!(
+            "set_field:{}->{}",
+            rng.below(5),
+            rng.pick(&["ip_ecn", "nw_ecn"])
         ),
         _ => format!("push_vlan:{}", rng.pick(&["0x8100", "0x88a8"])),
     }

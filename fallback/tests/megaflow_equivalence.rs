@@ -152,6 +152,21 @@ impl Reference<'_> {
                                 ((tci & !VLAN_VID_MASK) | (v as u16 & VLAN_VID_MASK)) as u128,
                             );
                         }
+                        Field::VlanPcp if pkt.vlan_tci() & VLAN_CFI != 0 || push => {
+                            let tci = if pkt.vlan_tci() & VLAN_CFI != 0 {
+                                pkt.vlan_tci()
+                            } else {
+                                VLAN_CFI
+                            };
+                            pkt.set(
+                                Field::VlanTci,
+                                ((tci & 0x1fff) | ((v as u16) << 13)) as u128,
+                            );
+                        }
+                        Field::NwEcn if ip => {
+                            let tos = (pkt.get(Field::NwTos) & 0xfc) | (v & 0x03);
+                            pkt.set(Field::NwTos, tos);
+                        }
                         _ => {}
                     }
                 }

@@ -172,6 +172,8 @@ pub fn encode_action(a: &OfAction, ctx: &ActionContext, out: &mut Vec<u8>) {
                 Field::VlanTci => {
                     put_set_field(out, OxmField::VlanVid, u128::from(VLAN_CFI) | (v & 0x0fff))
                 }
+                Field::VlanPcp => put_set_field(out, OxmField::VlanPcp, v & 0x07),
+                Field::NwEcn => put_set_field(out, OxmField::IpEcn, v & 0x03),
                 Field::Ipv6Src => put_set_field(out, OxmField::Ipv6Src, v),
                 Field::Ipv6Dst => put_set_field(out, OxmField::Ipv6Dst, v),
                 // The flow syntax cannot set other fields.
@@ -297,10 +299,10 @@ fn check_set_prereq(f: OxmField, ctx: &ActionContext) -> Result<(), OfpError> {
     use OxmField as O;
     let ok = match f {
         O::EthSrc | O::EthDst => true,
-        O::VlanVid => true,
+        O::VlanVid | O::VlanPcp => true,
         O::Ipv4Src | O::Ipv4Dst => ctx.dl_type == Some(ethertype::IPV4),
         O::Ipv6Src | O::Ipv6Dst => ctx.dl_type == Some(ethertype::IPV6),
-        O::IpDscp | O::NxIpTos | O::NxIpTtl => ctx.is_ip(),
+        O::IpDscp | O::IpEcn | O::NxIpEcn | O::NxIpTos | O::NxIpTtl => ctx.is_ip(),
         O::TcpSrc | O::TcpDst => ctx.is_ip() && ctx.nw_proto == Some(ipproto::TCP),
         O::UdpSrc | O::UdpDst => ctx.is_ip() && ctx.nw_proto == Some(ipproto::UDP),
         O::SctpSrc | O::SctpDst => ctx.is_ip() && ctx.nw_proto == Some(ipproto::SCTP),
@@ -343,6 +345,7 @@ fn set_field_action(r: &mut Reader<'_>, ctx: &ActionContext) -> Result<OfAction,
         O::Ipv6Dst => (Field::Ipv6Dst, t.value),
         O::IpDscp if t.value <= 63 => (Field::NwTos, t.value << 2),
         O::NxIpTos => (Field::NwTos, t.value & 0xfc),
+        O::IpEcn | O::NxIpEcn if t.value <= 3 => (Field::NwEcn, t.value),
         O::NxIpTtl => (Field::NwTtl, t.value),
         O::TcpSrc | O::UdpSrc | O::SctpSrc => (Field::TpSrc, t.value),
         O::TcpDst | O::UdpDst | O::SctpDst => (Field::TpDst, t.value),
@@ -350,7 +353,8 @@ fn set_field_action(r: &mut Reader<'_>, ctx: &ActionContext) -> Result<OfAction,
         O::VlanVid if t.value <= 0x1fff && t.value & 0x1000 != 0 => {
             (Field::VlanTci, t.value & 0x0fff)
         }
-        O::IpDscp | O::VlanVid => {
+        O::VlanPcp if t.value <= 7 => (Field::VlanPcp, t.value),
+        O::IpDscp | O::VlanVid | O::VlanPcp | O::IpEcn | O::NxIpEcn => {
             return Err(OfpError::bad_action(
                 Bac::BadSetArgument,
                 format!("set-field {:?} value {:#x} out of range", t.field, t.value),

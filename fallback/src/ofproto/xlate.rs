@@ -142,15 +142,17 @@ pub struct Bridge<'a> {
 }
 
 /// Fields a set action may write, in the order they are committed.
-const COMMIT_ORDER: [Field; 11] = [
+const COMMIT_ORDER: [Field; 13] = [
     Field::DlSrc,
     Field::DlDst,
     Field::VlanTci,
+    Field::VlanPcp,
     Field::NwSrc,
     Field::NwDst,
     Field::Ipv6Src,
     Field::Ipv6Dst,
     Field::NwTos,
+    Field::NwEcn,
     Field::NwTtl,
     Field::TpSrc,
     Field::TpDst,
@@ -567,7 +569,7 @@ impl Ctx<'_> {
             Field::DlSrc | Field::DlDst => true,
             Field::NwSrc | Field::NwDst => is_ipv4,
             Field::Ipv6Src | Field::Ipv6Dst => dl_type == ethertype::IPV6,
-            Field::NwTos | Field::NwTtl => self.flow.is_ip(),
+            Field::NwTos | Field::NwEcn | Field::NwTtl => self.flow.is_ip(),
             Field::TpSrc | Field::TpDst => {
                 if !self.flow.is_ip() {
                     false
@@ -579,7 +581,7 @@ impl Ctx<'_> {
                     )
                 }
             }
-            Field::VlanTci => {
+            Field::VlanTci | Field::VlanPcp => {
                 self.wc.or_field(Field::VlanTci, VLAN_CFI as u128);
                 if self.flow.vlan_tci() & VLAN_CFI == 0 {
                     if !push_if_absent {

@@ -105,7 +105,7 @@ pub fn random_match(r: &mut Rng) -> Match {
 pub fn random_actions(r: &mut Rng, table: u8) -> Vec<OfAction> {
     let mut acts = Vec::new();
     for _ in 0..r.below(4) {
-        let a = match r.below(16) {
+        let a = match r.below(18) {
             0..=4 => OfAction::Output(r.pick(&PORTS)),
             5 => OfAction::Flood,
             6 => OfAction::Normal,
@@ -116,6 +116,8 @@ pub fn random_actions(r: &mut Rng, table: u8) -> Vec<OfAction> {
             11 => OfAction::Mod(Field::VlanTci, 7),
             12 => OfAction::StripVlan,
             13 => OfAction::InPort,
+            14 => OfAction::Mod(Field::VlanPcp, 5),
+            15 => OfAction::Mod(Field::NwEcn, 2),
             _ => {
                 let later: Vec<u8> = TABLES.iter().copied().filter(|t| *t > table).collect();
                 if later.is_empty() || r.chance(10) {

@@ -184,6 +184,7 @@ pub(super) fn parse_load(kv: &KeyValue<'_>) -> Result<(Field, LoadHalf, u128)> {
         .ok_or_else(|| unsupported_load(kv.token))?;
     let (field, half) = match dst {
         "NXM_NX_IP_TTL[]" => (Field::NwTtl, LoadHalf::Whole),
+        "NXM_NX_IP_ECN[]" => (Field::NwEcn, LoadHalf::Whole),
         "NXM_NX_IPV6_SRC[0..63]" => (Field::Ipv6Src, LoadHalf::Low),
         "NXM_NX_IPV6_SRC[64..127]" => (Field::Ipv6Src, LoadHalf::High),
         "NXM_NX_IPV6_DST[0..63]" => (Field::Ipv6Dst, LoadHalf::Low),
@@ -195,6 +196,7 @@ pub(super) fn parse_load(kv: &KeyValue<'_>) -> Result<(Field, LoadHalf, u128)> {
     };
     let limit: u128 = match field {
         Field::NwTtl => 0xff,
+        Field::NwEcn => 0x03,
         Field::TpSrc | Field::TpDst => 0xffff,
         _ => u128::from(u64::MAX),
     };
@@ -309,6 +311,20 @@ pub(super) fn parse_action(name: &str, kv: &KeyValue<'_>) -> Result<(OfAction, K
             Field::TpDst,
             u128::from(parse_u16_arg("mod_tp_dst", v, "a port from 0 to 65535")?),
         ),
+        "mod_vlan_pcp" => {
+            let pcp = parse_u8_arg("mod_vlan_pcp", v, "a VLAN priority from 0 to 7")?;
+            if pcp > 7 {
+                return Err(bad_arg("mod_vlan_pcp", v, "a VLAN priority from 0 to 7"));
+            }
+            OfAction::Mod(Field::VlanPcp, u128::from(pcp))
+        }
+        "mod_nw_ecn" => {
+            let ecn = parse_u8_arg("mod_nw_ecn", v, "an ECN value from 0 to 3")?;
+            if ecn > 3 {
+                return Err(bad_arg("mod_nw_ecn", v, "an ECN value from 0 to 3"));
+            }
+            OfAction::Mod(Field::NwEcn, u128::from(ecn))
+        }
         "mod_vlan_vid" => {
             let vid = parse_u16_arg("mod_vlan_vid", v, "a VLAN id from 0 to 4095")?;
             if vid > 0x0fff {
@@ -334,7 +350,7 @@ pub(super) fn parse_action(name: &str, kv: &KeyValue<'_>) -> Result<(OfAction, K
             OfAction::PushVlan(tpid)
         }
         "resubmit" => parse_resubmit(kv)?,
-        "enqueue" | "mod_vlan_pcp" | "mod_nw_ecn" | "note" | "learn" | "ct" | "goto_table"
+        "enqueue" | "note" | "learn" | "ct" | "goto_table"
         | "write_metadata" | "set_queue" | "pop_queue" | "fin_timeout" | "multipath"
         | "bundle" | "group" | "meter" | "move" | "push_mpls" | "pop_mpls" | "set_tunnel"
         | "sample" | "exit" | "clone" | "encap" | "decap" | "conjunction" => {
@@ -451,6 +467,7 @@ pub(super) fn set_field_target(name: &str) -> Option<(Field, Prereq, SetSyntax)>
         "ipv6_dst" => (Field::Ipv6Dst, P::Ipv6, SetSyntax::Ipv6),
         "nw_tos" => (Field::NwTos, P::IpAny, SetSyntax::Tos),
         "ip_dscp" => (Field::NwTos, P::IpAny, SetSyntax::Dscp),
+        "ip_ecn" | "nw_ecn" => (Field::NwEcn, P::IpAny, SetSyntax::UpTo(3)),
         "nw_ttl" => (Field::NwTtl, P::IpAny, SetSyntax::Int(1)),
         // OVS's tp_src/tp_dst are the TCP fields.
         "tcp_src" | "tp_src" => (Field::TpSrc, P::Tcp, SetSyntax::Int(2)),
@@ -460,6 +477,7 @@ pub(super) fn set_field_target(name: &str) -> Option<(Field, Prereq, SetSyntax)>
         "sctp_src" => (Field::TpSrc, P::Sctp, SetSyntax::Int(2)),
         "sctp_dst" => (Field::TpDst, P::Sctp, SetSyntax::Int(2)),
         "vlan_vid" => (Field::VlanTci, P::None, SetSyntax::VlanVid),
+        "vlan_pcp" => (Field::VlanPcp, P::None, SetSyntax::UpTo(7)),
         _ => return None,
     })
 }
@@ -472,6 +490,8 @@ pub(super) enum SetSyntax {
     Tos,
     Dscp,
     Int(u32),
+    /// A small field's values, 0 to the bound (VLAN PCP, ECN).
+    UpTo(u8),
     VlanVid,
 }
 
@@ -487,7 +507,7 @@ pub(super) fn parse_set_field(kv: &KeyValue<'_>) -> Result<(OfAction, Kind)> {
         return Err(bad_arg(
             "set_field",
             target,
-            "one of eth_src, eth_dst, ip_src, ip_dst, ipv6_src, ipv6_dst, nw_tos, ip_dscp, nw_ttl, tcp_src, tcp_dst, udp_src, udp_dst, sctp_src, sctp_dst, vlan_vid",
+            "one of eth_src, eth_dst, ip_src, ip_dst, ipv6_src, ipv6_dst, nw_tos, ip_dscp, ip_ecn, nw_ttl, tcp_src, tcp_dst, udp_src, udp_dst, sctp_src, sctp_dst, vlan_vid, vlan_pcp",
         ));
     };
     if value.contains('/') {
@@ -523,6 +543,15 @@ pub(super) fn parse_set_field(kv: &KeyValue<'_>) -> Result<(OfAction, Kind)> {
                     "a number from 0 to 255"
                 } else {
                     "a number from 0 to 65535"
+                })
+            })?,
+        SetSyntax::UpTo(max) => parse_uint(value)
+            .filter(|x| *x <= u128::from(max))
+            .ok_or_else(|| {
+                bad(if max == 7 {
+                    "a VLAN priority from 0 to 7"
+                } else {
+                    "an ECN value from 0 to 3"
                 })
             })?,
         SetSyntax::VlanVid => parse_uint(value).filter(|x| *x <= 0x1fff).ok_or_else(|| {
@@ -602,12 +631,14 @@ pub(super) fn check_actions(actions: &[ParsedAction], m: &Match) -> Result<Check
             }
             (OfAction::DecTtl, _) => consistent_if(ip, "IPv4 or IPv6", "ip"),
             (OfAction::Mod(field, _), Kind::Plain) => match field {
-                Field::VlanTci => vlans[0] = true,
+                Field::VlanTci | Field::VlanPcp => vlans[0] = true,
                 Field::NwSrc | Field::NwDst => consistent_if(ip4, "IPv4", "ip"),
                 Field::NwTos => consistent_if(ip, "IPv4 or IPv6", "ip"),
                 // OpenFlow 1.0 carries it as a load of the TTL field,
                 // which OVS checks when it decodes it.
                 Field::NwTtl if !ip => return Err(needs(a, "IPv4 or IPv6", "ip")),
+                // Likewise the ECN field's load.
+                Field::NwEcn if !ip => return Err(needs(a, "IPv4 or IPv6", "ip")),
                 Field::TpSrc | Field::TpDst => consistent_if(
                     ports && !later,
                     "TCP, UDP or SCTP packets that are not later fragments",
@@ -616,7 +647,7 @@ pub(super) fn check_actions(actions: &[ParsedAction], m: &Match) -> Result<Check
                 _ => {}
             },
             (OfAction::Mod(field, _), Kind::SetField { prereq, .. }) => {
-                if field == Field::VlanTci {
+                if matches!(field, Field::VlanTci | Field::VlanPcp) {
                     if !vlans[0] {
                         return Err(needs(a, "packets with a VLAN header", "dl_vlan=VID"));
                     }
@@ -632,8 +663,10 @@ pub(super) fn check_actions(actions: &[ParsedAction], m: &Match) -> Result<Check
                         return Err(needs(a, what, hint));
                     }
                 }
-                if matches!(field, Field::NwTtl | Field::Ipv6Src | Field::Ipv6Dst)
-                    || prereq == Prereq::Sctp
+                if matches!(
+                    field,
+                    Field::NwTtl | Field::NwEcn | Field::Ipv6Src | Field::Ipv6Dst
+                ) || prereq == Prereq::Sctp
                 {
                     // No OpenFlow 1.0 action sets them.
                     usable &= NXM | OF13;
@@ -641,7 +674,7 @@ pub(super) fn check_actions(actions: &[ParsedAction], m: &Match) -> Result<Check
             }
             (OfAction::Mod(field, _), Kind::Load) => {
                 let prereq = match field {
-                    Field::NwTtl => Prereq::IpAny,
+                    Field::NwTtl | Field::NwEcn => Prereq::IpAny,
                     Field::TpSrc | Field::TpDst => Prereq::Sctp,
                     _ => Prereq::Ipv6,
                 };
@@ -722,7 +755,8 @@ pub(super) fn decode_actions(
                 }
                 OfAction::Mod(field, v)
             }
-            (Field::VlanTci, _) => {
+            (Field::VlanPcp, Kind::SetField { .. }) => OfAction::Mod(field, v),
+            (Field::VlanTci | Field::VlanPcp, _) => {
                 if !had_vlan {
                     out.push(OfAction::PushVlan(ethertype::VLAN));
                 }
@@ -828,6 +862,8 @@ pub(super) fn format_action_of13(a: &OfAction, nw_proto: u8) -> String {
                 Field::TpSrc => ((v as u16).to_string(), l4("tcp_src", "udp_src", "sctp_src")),
                 Field::TpDst => ((v as u16).to_string(), l4("tcp_dst", "udp_dst", "sctp_dst")),
                 Field::VlanTci => (((v as u16 & 0x0fff) | VLAN_CFI).to_string(), "vlan_vid"),
+                Field::VlanPcp => ((v as u8 & 0x07).to_string(), "vlan_pcp"),
+                Field::NwEcn => ((v as u8 & 0x03).to_string(), "nw_ecn"),
                 other => return format_set(other, v),
             };
             format!("set_field:{value}->{name}")
@@ -887,6 +923,8 @@ pub(super) fn format_set(field: Field, v: u128) -> String {
         Field::TpSrc => format!("mod_tp_src:{}", v as u16),
         Field::TpDst => format!("mod_tp_dst:{}", v as u16),
         Field::VlanTci => format!("mod_vlan_vid:{}", v as u16 & 0x0fff),
+        Field::VlanPcp => format!("mod_vlan_pcp:{}", v as u8 & 0x07),
+        Field::NwEcn => format!("load:{}->NXM_NX_IP_ECN[]", fmt_load_value(v & 0x03)),
         Field::Ipv6Src | Field::Ipv6Dst => {
             let name = if field == Field::Ipv6Src {
                 "NXM_NX_IPV6_SRC"

@@ -53,7 +53,7 @@ pub(super) fn prereq_met(f: Field, dl_type: u16, nw_proto: u8) -> bool {
     match f {
         Field::NwSrc | Field::NwDst => ip4 || arp,
         Field::NwProto => ip4 || ip6 || arp,
-        Field::NwTos | Field::NwTtl | Field::NwFrag => ip4 || ip6,
+        Field::NwTos | Field::NwEcn | Field::NwTtl | Field::NwFrag => ip4 || ip6,
         Field::TpSrc | Field::TpDst => ports || icmp,
         Field::TcpFlags => (ip4 || ip6) && nw_proto == ipproto::TCP,
         Field::Ipv6Src | Field::Ipv6Dst => ip6,
@@ -61,6 +61,7 @@ pub(super) fn prereq_met(f: Field, dl_type: u16, nw_proto: u8) -> bool {
         Field::InPort
         | Field::DlType
         | Field::VlanTci
+        | Field::VlanPcp
         | Field::DlSrc
         | Field::DlDst
         | Field::Metadata => true,
