@@ -279,48 +279,9 @@ fn set_field(data: &mut [u8], info: &ParseInfo, field: Field, value: u128) {
                 }
             }
         }
-        Field::NwTos => {
-            let dscp = value as u8 & 0xfc;
-            match l3 {
-                Some(l3) if ipv4 => {
-                    if let Some(word) = read16(data, l3) {
-                        let new = (word & 0xff03) | u16::from(dscp);
-                        if let Some(delta) = rewrite(data, l3, &new.to_be_bytes()) {
-                            adjust_csum(data, l3 + 10, delta);
-                        }
-                    }
-                }
-                Some(l3) if ipv6 => {
-                    // Traffic class: low nibble of byte 0, high nibble of byte 1.
-                    if let Some(word) = read16(data, l3) {
-                        let new = (word & 0xf03f) | (u16::from(dscp) << 4);
-                        write16(data, l3, new);
-                    }
-                }
-                _ => {}
-            }
-        }
-        Field::NwEcn => {
-            let ecn = value as u8 & 0x03;
-            match l3 {
-                Some(l3) if ipv4 => {
-                    if let Some(word) = read16(data, l3) {
-                        let new = (word & 0xfffc) | u16::from(ecn);
-                        if let Some(delta) = rewrite(data, l3, &new.to_be_bytes()) {
-                            adjust_csum(data, l3 + 10, delta);
-                        }
-                    }
-                }
-                Some(l3) if ipv6 => {
-                    // The traffic class's low 2 bits: bits 5-4 of the word.
-                    if let Some(word) = read16(data, l3) {
-                        let new = (word & 0xffcf) | (u16::from(ecn) << 4);
-                        write16(data, l3, new);
-                    }
-                }
-                _ => {}
-            }
-        }
+        // DSCP: the TOS byte's high 6 bits; ECN: its low 2.
+        Field::NwTos => set_tos_bits(data, l3, ipv4, ipv6, 0xfc, value as u8),
+        Field::NwEcn => set_tos_bits(data, l3, ipv4, ipv6, 0x03, value as u8),
         Field::NwTtl => match l3 {
             Some(l3) if ipv4 => {
                 // TTL shares a word with the protocol.
@@ -354,6 +315,28 @@ fn set_field(data: &mut [u8], info: &ParseInfo, field: Field, value: u128) {
         }
         // Not rewritable here (or not for this packet's kind).
         _ => {}
+    }
+}
+
+/// Rewrites the `mask` bits of the IPv4 TOS byte (checksum updated) or of
+/// the IPv6 traffic class to `bits`'.
+fn set_tos_bits(data: &mut [u8], l3: Option<usize>, ipv4: bool, ipv6: bool, mask: u8, bits: u8) {
+    let Some(l3) = l3 else {
+        return;
+    };
+    let Some(word) = read16(data, l3) else {
+        return;
+    };
+    let (mask, bits) = (u16::from(mask), u16::from(bits & mask));
+    if ipv4 {
+        // The TOS byte is the word's low byte.
+        let new = (word & !mask) | bits;
+        if let Some(delta) = rewrite(data, l3, &new.to_be_bytes()) {
+            adjust_csum(data, l3 + 10, delta);
+        }
+    } else if ipv6 {
+        // The traffic class: low nibble of byte 0, high nibble of byte 1.
+        write16(data, l3, (word & !(mask << 4)) | (bits << 4));
     }
 }
 

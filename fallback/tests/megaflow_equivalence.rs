@@ -141,27 +141,20 @@ impl Reference<'_> {
                             pkt.set(f, v);
                             self.hidden[usize::from(f == Field::TpDst)] = false;
                         }
-                        Field::VlanTci if pkt.vlan_tci() & VLAN_CFI != 0 || push => {
+                        Field::VlanTci | Field::VlanPcp
+                            if pkt.vlan_tci() & VLAN_CFI != 0 || push =>
+                        {
                             let tci = if pkt.vlan_tci() & VLAN_CFI != 0 {
                                 pkt.vlan_tci()
                             } else {
                                 VLAN_CFI
                             };
-                            pkt.set(
-                                f,
-                                ((tci & !VLAN_VID_MASK) | (v as u16 & VLAN_VID_MASK)) as u128,
-                            );
-                        }
-                        Field::VlanPcp if pkt.vlan_tci() & VLAN_CFI != 0 || push => {
-                            let tci = if pkt.vlan_tci() & VLAN_CFI != 0 {
-                                pkt.vlan_tci()
+                            let tci = if f == Field::VlanTci {
+                                (tci & !VLAN_VID_MASK) | (v as u16 & VLAN_VID_MASK)
                             } else {
-                                VLAN_CFI
+                                (tci & 0x1fff) | ((v as u16) << 13)
                             };
-                            pkt.set(
-                                Field::VlanTci,
-                                ((tci & 0x1fff) | ((v as u16) << 13)) as u128,
-                            );
+                            pkt.set(Field::VlanTci, tci as u128);
                         }
                         Field::NwEcn if ip => {
                             let tos = (pkt.get(Field::NwTos) & 0xfc) | (v & 0x03);

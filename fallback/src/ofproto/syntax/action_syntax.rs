@@ -257,6 +257,13 @@ pub(super) fn parse_u8_arg(action: &str, value: &str, what: &str) -> Result<u8> 
         .ok_or_else(|| bad_arg(action, value, what))
 }
 
+/// A number from 0 to `max`.
+fn parse_upto_arg(action: &str, value: &str, max: u8, what: &str) -> Result<u128> {
+    parse_uint(value)
+        .filter(|v| *v <= u128::from(max))
+        .ok_or_else(|| bad_arg(action, value, what))
+}
+
 pub(super) fn parse_action(name: &str, kv: &KeyValue<'_>) -> Result<(OfAction, Kind)> {
     let v = kv.value;
     let mac = |action: &str| -> Result<u128> {
@@ -311,20 +318,14 @@ pub(super) fn parse_action(name: &str, kv: &KeyValue<'_>) -> Result<(OfAction, K
             Field::TpDst,
             u128::from(parse_u16_arg("mod_tp_dst", v, "a port from 0 to 65535")?),
         ),
-        "mod_vlan_pcp" => {
-            let pcp = parse_u8_arg("mod_vlan_pcp", v, "a VLAN priority from 0 to 7")?;
-            if pcp > 7 {
-                return Err(bad_arg("mod_vlan_pcp", v, "a VLAN priority from 0 to 7"));
-            }
-            OfAction::Mod(Field::VlanPcp, u128::from(pcp))
-        }
-        "mod_nw_ecn" => {
-            let ecn = parse_u8_arg("mod_nw_ecn", v, "an ECN value from 0 to 3")?;
-            if ecn > 3 {
-                return Err(bad_arg("mod_nw_ecn", v, "an ECN value from 0 to 3"));
-            }
-            OfAction::Mod(Field::NwEcn, u128::from(ecn))
-        }
+        "mod_vlan_pcp" => OfAction::Mod(
+            Field::VlanPcp,
+            parse_upto_arg("mod_vlan_pcp", v, 7, "a VLAN priority from 0 to 7")?,
+        ),
+        "mod_nw_ecn" => OfAction::Mod(
+            Field::NwEcn,
+            parse_upto_arg("mod_nw_ecn", v, 3, "an ECN value from 0 to 3")?,
+        ),
         "mod_vlan_vid" => {
             let vid = parse_u16_arg("mod_vlan_vid", v, "a VLAN id from 0 to 4095")?;
             if vid > 0x0fff {
