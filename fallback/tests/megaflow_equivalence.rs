@@ -343,8 +343,12 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
         );
         tally.packets += 1;
     }
+    // The rule set is not vacuous. Most seeds hit rules with 45-80% of
+    // their packets; about one in 60,000 falls under 30% (seeds
+    // 4921869192363752487 and 18173158347189076874: 27% and 28%), which
+    // made this guard fail a run now and then.
     assert!(
-        hits_here * 100 >= 30 * 1000,
+        hits_here * 100 >= 25 * 1000,
         "seed {seed}: only {hits_here} of 1000 packets hit a rule other than a table-miss one"
     );
     tally.rule_hits += hits_here;
