@@ -857,10 +857,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         }
         self.flush_removals();
         if !self.learn_scratch.is_empty() {
-            let learns = std::mem::take(&mut self.learn_scratch);
-            self.bridge.learn_macs(learns.iter().copied());
-            self.learn_scratch = learns;
-            self.learn_scratch.clear();
+            self.bridge.learn_macs(self.learn_scratch.drain(..));
         }
     }
 

@@ -319,7 +319,7 @@ fn set_field(data: &mut [u8], info: &ParseInfo, field: Field, value: u128) {
 }
 
 /// Rewrites the `mask` bits of the IPv4 TOS byte (checksum updated) or of
-/// the IPv6 traffic class to `bits`'.
+/// the IPv6 traffic class to those of `bits`.
 fn set_tos_bits(data: &mut [u8], l3: Option<usize>, ipv4: bool, ipv6: bool, mask: u8, bits: u8) {
     let Some(l3) = l3 else {
         return;
