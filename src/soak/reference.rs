@@ -53,8 +53,10 @@ pub struct Pkt {
     pub in_port: u32,
     pub dl_src: u64,
     pub dl_dst: u64,
-    /// The VLAN ID of the (only) tag; PCP is always 0.
+    /// The VLAN ID of the (only) tag.
     pub vlan: Option<u16>,
+    /// The tag's priority (0 as sent; `mod_vlan_pcp` sets it).
+    pub pcp: u8,
     pub l3: L3,
     pub l4: L4,
     /// IPv4 addresses; IPv6 ones are derived (fd00::/64 + this).
@@ -116,6 +118,7 @@ impl Pkt {
             l4,
             nw_src: u32::from_be_bytes([10, 128, (flow >> 8) as u8, flow as u8]),
             nw_dst: u32::from_be_bytes([10, 0, a as u8, b as u8]),
+            pcp: 0,
             tos: 0,
             ttl: 64,
             tp_src,
@@ -179,7 +182,7 @@ impl Pkt {
         };
         let f = build::ethernet(mac(self.dl_dst), mac(self.dl_src), ethertype, &l3);
         match self.vlan {
-            Some(vid) => build::push_tag(&f, TPID_VLAN, vid & 0x0fff),
+            Some(vid) => build::push_tag(&f, TPID_VLAN, u16::from(self.pcp) << 13 | (vid & 0x0fff)),
             None => f,
         }
     }
@@ -258,6 +261,12 @@ pub enum Action {
     Output(u32),
     /// `mod_nw_tos` (the DSCP bits of the TOS byte / traffic class).
     Tos(u8),
+    /// `mod_nw_ecn` (the ECN bits; only on rules that match IP, as OVS
+    /// requires).
+    Ecn(u8),
+    /// `mod_vlan_pcp`: sets the priority, pushing a tag onto an untagged
+    /// packet.
+    Pcp(u8),
     DlDst(u64),
     DecTtl,
     Resubmit(u8),
@@ -360,6 +369,14 @@ impl SoakRule {
         }
     }
 
+    /// Open vSwitch refuses an ECN set on a rule that does not match IP:
+    /// such rules go without it.
+    fn fit_actions(&mut self) {
+        if self.proto == Proto::Any {
+            self.actions.retain(|a| !matches!(a, Action::Ecn(_)));
+        }
+    }
+
     fn matches(&self, p: &Pkt) -> bool {
         let mask = if self.prefix == 0 {
             0
@@ -415,6 +432,8 @@ impl SoakRule {
             .map(|a| match a {
                 Action::Output(p) => format!("output:{p}"),
                 Action::Tos(t) => format!("mod_nw_tos:{t}"),
+                Action::Ecn(e) => format!("mod_nw_ecn:{e}"),
+                Action::Pcp(p) => format!("mod_vlan_pcp:{p}"),
                 Action::DlDst(m) => format!("mod_dl_dst:{}", fallback::key::fmt_mac(*m)),
                 Action::DecTtl => "dec_ttl".to_string(),
                 Action::Resubmit(t) => format!("resubmit(,{t})"),
@@ -467,6 +486,7 @@ fn random_actions(rng: &mut Rng, table: u8, version: u64) -> Vec<Action> {
         5 => vec![],
         6 => vec![
             Action::Tos(0x20),
+            Action::Ecn(1),
             Action::Output(port(rng)),
             Action::DecTtl,
             Action::Output(port(rng)),
@@ -475,10 +495,16 @@ fn random_actions(rng: &mut Rng, table: u8, version: u64) -> Vec<Action> {
         8 => vec![Action::Flood],
         9 => vec![
             Action::SetVid(30 + rng.below(3) as u16),
+            Action::Pcp(5),
             Action::Output(port(rng)),
         ],
         10 => vec![Action::StripVlan, Action::Normal],
-        11 => vec![Action::DlDst(dl_dst), Action::SetVid(20), Action::Flood],
+        11 => vec![
+            Action::DlDst(dl_dst),
+            Action::Pcp(3),
+            Action::SetVid(20),
+            Action::Flood,
+        ],
         12 => vec![Action::StripVlan, Action::Resubmit(1)],
         _ => vec![Action::Resubmit(1)],
     }
@@ -593,6 +619,9 @@ impl RuleSet {
             ..SoakRule::any(1, 5, vec![Action::Normal])
         });
         rules.push(SoakRule::any(1, 0, vec![]));
+        for r in &mut rules {
+            r.fit_actions();
+        }
         RuleSet { rules }
     }
 
@@ -606,6 +635,7 @@ impl RuleSet {
             let i = rng.below(self.rules.len() as u64) as usize;
             let table = self.rules[i].table;
             self.rules[i].actions = random_actions(rng, table, version);
+            self.rules[i].fit_actions();
             changes.push(Change::Modify(self.rules[i].clone()));
         }
         if rng.below(3) == 0 {
@@ -618,13 +648,14 @@ impl RuleSet {
             {
                 changes.push(Change::Delete(self.rules.remove(i)));
             } else {
-                let r = SoakRule {
+                let mut r = SoakRule {
                     proto: Proto::Udp,
                     dst_net: u32::from_be_bytes([10, 0, net as u8, 0]),
                     prefix: 24,
                     tp_dst: Some(53),
                     ..SoakRule::any(0, priority, random_actions(rng, 0, version))
                 };
+                r.fit_actions();
                 self.rules.push(r.clone());
                 changes.push(Change::Add(r));
             }
@@ -684,8 +715,16 @@ impl Run<'_, '_> {
                     }
                     pkt.ttl -= 1;
                 }
+                Action::Ecn(e) => pkt.tos = (pkt.tos & 0xfc) | (e & 0x03),
                 Action::SetVid(v) => pkt.vlan = Some(*v & 0x0fff),
-                Action::StripVlan => pkt.vlan = None,
+                Action::Pcp(p) => {
+                    pkt.vlan.get_or_insert(0);
+                    pkt.pcp = p & 0x07;
+                }
+                Action::StripVlan => {
+                    pkt.vlan = None;
+                    pkt.pcp = 0;
+                }
                 Action::Resubmit(t) => self.table(*t, pkt, depth + 1),
             }
         }
