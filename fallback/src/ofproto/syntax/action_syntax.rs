@@ -257,6 +257,9 @@ pub(super) fn parse_u8_arg(action: &str, value: &str, what: &str) -> Result<u8> 
         .ok_or_else(|| bad_arg(action, value, what))
 }
 
+const VLAN_PRIORITY: &str = "a VLAN priority from 0 to 7";
+const ECN_VALUE: &str = "an ECN value from 0 to 3";
+
 /// A number from 0 to `max`.
 fn parse_upto_arg(action: &str, value: &str, max: u8, what: &str) -> Result<u128> {
     parse_uint(value)
@@ -320,11 +323,11 @@ pub(super) fn parse_action(name: &str, kv: &KeyValue<'_>) -> Result<(OfAction, K
         ),
         "mod_vlan_pcp" => OfAction::Mod(
             Field::VlanPcp,
-            parse_upto_arg("mod_vlan_pcp", v, 7, "a VLAN priority from 0 to 7")?,
+            parse_upto_arg("mod_vlan_pcp", v, 7, VLAN_PRIORITY)?,
         ),
         "mod_nw_ecn" => OfAction::Mod(
             Field::NwEcn,
-            parse_upto_arg("mod_nw_ecn", v, 3, "an ECN value from 0 to 3")?,
+            parse_upto_arg("mod_nw_ecn", v, 3, ECN_VALUE)?,
         ),
         "mod_vlan_vid" => {
             let vid = parse_u16_arg("mod_vlan_vid", v, "a VLAN id from 0 to 4095")?;
@@ -468,7 +471,7 @@ pub(super) fn set_field_target(name: &str) -> Option<(Field, Prereq, SetSyntax)>
         "ipv6_dst" => (Field::Ipv6Dst, P::Ipv6, SetSyntax::Ipv6),
         "nw_tos" => (Field::NwTos, P::IpAny, SetSyntax::Tos),
         "ip_dscp" => (Field::NwTos, P::IpAny, SetSyntax::Dscp),
-        "ip_ecn" | "nw_ecn" => (Field::NwEcn, P::IpAny, SetSyntax::UpTo(3)),
+        "ip_ecn" | "nw_ecn" => (Field::NwEcn, P::IpAny, SetSyntax::UpTo(3, ECN_VALUE)),
         "nw_ttl" => (Field::NwTtl, P::IpAny, SetSyntax::Int(1)),
         // OVS's tp_src/tp_dst are the TCP fields.
         "tcp_src" | "tp_src" => (Field::TpSrc, P::Tcp, SetSyntax::Int(2)),
@@ -478,7 +481,7 @@ pub(super) fn set_field_target(name: &str) -> Option<(Field, Prereq, SetSyntax)>
         "sctp_src" => (Field::TpSrc, P::Sctp, SetSyntax::Int(2)),
         "sctp_dst" => (Field::TpDst, P::Sctp, SetSyntax::Int(2)),
         "vlan_vid" => (Field::VlanTci, P::None, SetSyntax::VlanVid),
-        "vlan_pcp" => (Field::VlanPcp, P::None, SetSyntax::UpTo(7)),
+        "vlan_pcp" => (Field::VlanPcp, P::None, SetSyntax::UpTo(7, VLAN_PRIORITY)),
         _ => return None,
     })
 }
@@ -491,8 +494,9 @@ pub(super) enum SetSyntax {
     Tos,
     Dscp,
     Int(u32),
-    /// A small field's values, 0 to the bound (VLAN PCP, ECN).
-    UpTo(u8),
+    /// A small field's values, 0 to the bound (VLAN PCP, ECN), and what
+    /// the error calls them.
+    UpTo(u8, &'static str),
     VlanVid,
 }
 
@@ -546,15 +550,7 @@ pub(super) fn parse_set_field(kv: &KeyValue<'_>) -> Result<(OfAction, Kind)> {
                     "a number from 0 to 65535"
                 })
             })?,
-        SetSyntax::UpTo(max) => parse_uint(value)
-            .filter(|x| *x <= u128::from(max))
-            .ok_or_else(|| {
-                bad(if max == 7 {
-                    "a VLAN priority from 0 to 7"
-                } else {
-                    "an ECN value from 0 to 3"
-                })
-            })?,
+        SetSyntax::UpTo(max, what) => parse_upto_arg("set_field", value, max, what)?,
         SetSyntax::VlanVid => parse_uint(value).filter(|x| *x <= 0x1fff).ok_or_else(|| {
             bad("a VLAN id from 0 to 4095 (0x1000 may be set, as in OpenFlow 1.2+)")
         })?,
