@@ -384,3 +384,95 @@ fn pcp_and_ecn_rewrites_round_trip_through_ovs_ofctl() {
     dumped.sort();
     assert_eq!(dumped, want, "dump-flows:\n{dump}");
 }
+
+/// `ovs-ofctl -O OpenFlow13 COMMAND TARGET [ARGS]` answered with an error:
+/// what it printed, the error's name included (a mod's error fails the
+/// command; a dump's is printed as the reply, as against Open vSwitch).
+fn ofctl_error(target: &str, args: &[&str]) -> String {
+    let out = Command::new("ovs-ofctl")
+        .args(["-O", "OpenFlow13", "--timeout=10"])
+        .args(args.iter().take(1))
+        .arg(target)
+        .args(args.iter().skip(1))
+        .output()
+        .expect("ovs-ofctl runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("OFPT_ERROR") || !out.status.success(),
+        "{args:?}: {text}"
+    );
+    text
+}
+
+/// Groups, meters and queues, which flowmark does not have: ovs-ofctl's
+/// queries get the answers Open vSwitch 3.1 gives before any exists (empty
+/// lists; a meter or queue asked for by id is unknown; an unknown port is
+/// OFPQOFC_BAD_PORT), the features say none can be added, deletes succeed
+/// with nothing to delete, and adds and modifies are refused with the
+/// spec's codes, which ovs-ofctl names.
+#[test]
+fn groups_meters_and_queues_are_answered_as_absent() {
+    if !have_ovs_ofctl() {
+        return;
+    }
+    let (_sw, _ep, target) = start();
+    let t = target.as_str();
+    for (args, says) in [
+        (&["dump-groups"][..], "OFPST_GROUP_DESC reply"),
+        (&["dump-group-stats"], "OFPST_GROUP reply"),
+        (&["dump-group-features"], "Types:  0x0"),
+        (&["dump-meters"], "OFPST_METER_CONFIG reply"),
+        (&["meter-stats"], "OFPST_METER reply"),
+        (&["meter-features"], "max_meter:0"),
+        (&["queue-stats"], "OFPST_QUEUE reply"),
+        (&["queue-stats", "2"], "OFPST_QUEUE reply"),
+        (&["queue-get-config", "1"], "OFPT_QUEUE_GET_CONFIG_REPLY"),
+        (&["queue-get-config", "any"], "OFPT_QUEUE_GET_CONFIG_REPLY"),
+    ] {
+        let out = ofctl(t, args);
+        assert!(out.contains(says), "{args:?}: {out}");
+        assert!(
+            !out.contains("queue 0") && !out.contains("group_id="),
+            "{args:?}: {out}"
+        );
+    }
+    // Deletes: nothing to delete, no error.
+    for args in [
+        &["del-groups"][..],
+        &["del-groups", "group_id=5"],
+        &["del-meters"],
+        &["del-meters", "meter=5"],
+    ] {
+        ofctl(t, args);
+    }
+    for (args, says) in [
+        (
+            &["add-group", "group_id=5,type=all,bucket=output:1"][..],
+            "OFPGMFC_OUT_OF_GROUPS",
+        ),
+        (
+            &["mod-group", "group_id=5,type=all,bucket=output:1"],
+            "OFPGMFC_UNKNOWN_GROUP",
+        ),
+        (
+            &["add-meter", "meter=5,kbps,band=type=drop,rate=1000"],
+            "OFPMMFC_OUT_OF_METERS",
+        ),
+        (
+            &["mod-meter", "meter=5,kbps,band=type=drop,rate=1000"],
+            "OFPMMFC_UNKNOWN_METER",
+        ),
+        (&["meter-stats", "meter=5"], "OFPMMFC_UNKNOWN_METER"),
+        (&["dump-meters", "meter=5"], "OFPMMFC_UNKNOWN_METER"),
+        (&["queue-stats", "1", "5"], "OFPQOFC_BAD_QUEUE"),
+        (&["queue-stats", "9"], "OFPQOFC_BAD_PORT"),
+        (&["queue-get-config", "9"], "OFPQOFC_BAD_PORT"),
+        (&["add-flow", "actions=group:7"], "OFPBAC_BAD_OUT_GROUP"),
+    ] {
+        let out = ofctl_error(t, args);
+        assert!(out.contains(says), "{args:?}: {out}");
+    }
+    // The connection is still served.
+    assert!(ofctl(t, &["dump-flows"]).contains("OFPST_FLOW reply"));
+}

@@ -10,6 +10,7 @@ pub mod error_type {
     pub const BAD_MATCH: u16 = 4;
     pub const FLOW_MOD_FAILED: u16 = 5;
     pub const GROUP_MOD_FAILED: u16 = 6;
+    pub const QUEUE_OP_FAILED: u16 = 9;
     pub const SWITCH_CONFIG_FAILED: u16 = 10;
     pub const METER_MOD_FAILED: u16 = 12;
     pub const TABLE_FEATURES_FAILED: u16 = 13;
@@ -73,6 +74,28 @@ codes!(
 );
 
 codes!(
+    /// `OFPGMFC_*`.
+    GroupModFailedCode {
+        GroupExists = 0, InvalidGroup = 1, WeightUnsupported = 2, OutOfGroups = 3,
+        OutOfBuckets = 4, ChainingUnsupported = 5, WatchUnsupported = 6, Loop = 7,
+        UnknownGroup = 8, ChainedGroup = 9, BadType = 10, BadCommand = 11, BadBucket = 12,
+        BadWatch = 13, Eperm = 14,
+    }
+);
+codes!(
+    /// `OFPMMFC_*`.
+    MeterModFailedCode {
+        Unknown = 0, MeterExists = 1, InvalidMeter = 2, UnknownMeter = 3, BadCommand = 4,
+        BadFlags = 5, BadRate = 6, BadBurst = 7, BadBand = 8, BadBandValue = 9,
+        OutOfMeters = 10, OutOfBands = 11,
+    }
+);
+codes!(
+    /// `OFPQOFC_*`.
+    QueueOpFailedCode { BadPort = 0, BadQueue = 1, Eperm = 2 }
+);
+
+codes!(
     /// `OFPBFC_*` of the ONF bundle extension (sent as ONF experimenter
     /// errors, code 2300 + n, under OpenFlow 1.3).
     BundleFailedCode {
@@ -110,13 +133,21 @@ pub enum OfpError {
         code: FlowModFailedCode,
         detail: String,
     },
-    /// Groups are not implemented: every group mod is refused with
-    /// `OFPGMFC_OUT_OF_GROUPS` (the switch has room for none).
-    #[error("group mod refused: flowmark has no group table")]
-    GroupsUnsupported,
-    /// Meters are not implemented: `OFPMMFC_OUT_OF_METERS`.
-    #[error("meter mod refused: flowmark has no meters")]
-    MetersUnsupported,
+    #[error("group mod failed ({code:?}): {detail}")]
+    GroupModFailed {
+        code: GroupModFailedCode,
+        detail: String,
+    },
+    #[error("meter mod failed ({code:?}): {detail}")]
+    MeterModFailed {
+        code: MeterModFailedCode,
+        detail: String,
+    },
+    #[error("queue operation failed ({code:?}): {detail}")]
+    QueueOpFailed {
+        code: QueueOpFailedCode,
+        detail: String,
+    },
     /// Table features cannot be changed: `OFPTFFC_EPERM`.
     #[error("table features cannot be set")]
     TableFeaturesEperm,
@@ -138,8 +169,9 @@ impl OfpError {
             OfpError::BadInstruction { code, .. } => (t::BAD_INSTRUCTION, code.code()),
             OfpError::BadMatch { code, .. } => (t::BAD_MATCH, code.code()),
             OfpError::FlowModFailed { code, .. } => (t::FLOW_MOD_FAILED, code.code()),
-            OfpError::GroupsUnsupported => (t::GROUP_MOD_FAILED, 6),
-            OfpError::MetersUnsupported => (t::METER_MOD_FAILED, 7),
+            OfpError::GroupModFailed { code, .. } => (t::GROUP_MOD_FAILED, code.code()),
+            OfpError::MeterModFailed { code, .. } => (t::METER_MOD_FAILED, code.code()),
+            OfpError::QueueOpFailed { code, .. } => (t::QUEUE_OP_FAILED, code.code()),
             OfpError::TableFeaturesEperm => (t::TABLE_FEATURES_FAILED, 5),
             OfpError::BundleFailed { code, .. } => (t::EXPERIMENTER, 2300 + code.code()),
         }
@@ -184,6 +216,24 @@ impl OfpError {
     }
     pub fn flow_mod_failed(code: FlowModFailedCode, detail: impl Into<String>) -> Self {
         OfpError::FlowModFailed {
+            code,
+            detail: detail.into(),
+        }
+    }
+    pub fn group_mod_failed(code: GroupModFailedCode, detail: impl Into<String>) -> Self {
+        OfpError::GroupModFailed {
+            code,
+            detail: detail.into(),
+        }
+    }
+    pub fn meter_mod_failed(code: MeterModFailedCode, detail: impl Into<String>) -> Self {
+        OfpError::MeterModFailed {
+            code,
+            detail: detail.into(),
+        }
+    }
+    pub fn queue_op_failed(code: QueueOpFailedCode, detail: impl Into<String>) -> Self {
+        OfpError::QueueOpFailed {
             code,
             detail: detail.into(),
         }

@@ -56,6 +56,8 @@ pub mod msg_type {
     pub const GET_ASYNC_REPLY: u8 = 27;
     pub const SET_ASYNC: u8 = 28;
     pub const METER_MOD: u8 = 29;
+    pub const QUEUE_GET_CONFIG_REQUEST: u8 = 22;
+    pub const QUEUE_GET_CONFIG_REPLY: u8 = 23;
 }
 
 /// `OFPMP_*`.
@@ -65,6 +67,7 @@ pub mod mp_type {
     pub const AGGREGATE: u16 = 2;
     pub const TABLE: u16 = 3;
     pub const PORT_STATS: u16 = 4;
+    pub const QUEUE: u16 = 5;
     pub const GROUP: u16 = 6;
     pub const GROUP_DESC: u16 = 7;
     pub const GROUP_FEATURES: u16 = 8;
@@ -254,6 +257,46 @@ pub enum MultipartRequest {
     PortDesc,
     /// A table features request with no body (a query, not a change).
     TableFeatures,
+    /// Group statistics (`OFPG_ALL` for every group).
+    Group {
+        group_id: u32,
+    },
+    GroupDesc,
+    GroupFeatures,
+    /// Meter statistics (`OFPM_ALL` for every meter).
+    Meter {
+        meter_id: u32,
+    },
+    MeterConfig {
+        meter_id: u32,
+    },
+    MeterFeatures,
+    /// Queue statistics (`OFPP_ANY`, `OFPQ_ALL` for every one).
+    Queue {
+        port_no: u32,
+        queue_id: u32,
+    },
+}
+
+/// `ofp_group_features`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupFeatures {
+    /// Bitmap of the group types supported (`1 << OFPGT_*`).
+    pub types: u32,
+    pub capabilities: u32,
+    /// Per type (all, select, indirect, fast failover).
+    pub max_groups: [u32; 4],
+    pub actions: [u32; 4],
+}
+
+/// `ofp_meter_features`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MeterFeatures {
+    pub max_meter: u32,
+    pub band_types: u32,
+    pub capabilities: u32,
+    pub max_bands: u8,
+    pub max_color: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,6 +312,11 @@ pub enum MultipartReplyBody {
     PortStats(Vec<PortStats>),
     PortDesc(Vec<PortDesc>),
     TableFeatures(Vec<TableFeatures>),
+    /// A reply of this `OFPMP_*` type with no entries: the group, meter
+    /// and queue lists of a switch that has none.
+    NoEntries(u16),
+    GroupFeatures(GroupFeatures),
+    MeterFeatures(MeterFeatures),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -281,6 +329,38 @@ pub struct MultipartReply {
 pub mod packet_in_reason {
     pub const NO_MATCH: u8 = 0;
     pub const ACTION: u8 = 1;
+}
+
+/// `ofp_group_mod_command` and `ofp_meter_mod_command` (the same numbers).
+pub mod mod_command {
+    pub const ADD: u16 = 0;
+    pub const MODIFY: u16 = 1;
+    pub const DELETE: u16 = 2;
+}
+
+/// `OFPG_MAX`: group ids above it are reserved (`OFPG_ALL`, `OFPG_ANY`).
+pub const OFPG_MAX: u32 = 0xffff_ff00;
+/// `OFPM_MAX`: meter ids above it are virtual or reserved.
+pub const OFPM_MAX: u32 = 0xffff_0000;
+/// `OFPM_ALL`.
+pub const OFPM_ALL: u32 = 0xffff_ffff;
+/// `OFPQ_ALL`.
+pub const OFPQ_ALL: u32 = 0xffff_ffff;
+
+/// The head of an OFPT_GROUP_MOD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupMod {
+    pub command: u16,
+    pub group_type: u8,
+    pub group_id: u32,
+}
+
+/// The head of an OFPT_METER_MOD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeterMod {
+    pub command: u16,
+    pub flags: u16,
+    pub meter_id: u32,
 }
 
 /// `ofp_flow_removed_reason`.
@@ -385,6 +465,20 @@ pub enum Message {
     FlowMod(FlowMod),
     MultipartRequest(MultipartRequest),
     MultipartReply(MultipartReply),
+    /// OFPT_GROUP_MOD without its buckets: flowmark has no group table, so
+    /// a group mod is only judged (by the session), never installed.
+    GroupMod(GroupMod),
+    /// OFPT_METER_MOD without its bands (as [`Message::GroupMod`]).
+    MeterMod(MeterMod),
+    /// OFPT_QUEUE_GET_CONFIG_REQUEST (`OFPP_ANY` for every port).
+    QueueGetConfigRequest {
+        port: u32,
+    },
+    /// OFPT_QUEUE_GET_CONFIG_REPLY of a port without queues (flowmark
+    /// configures none).
+    QueueGetConfigReply {
+        port: u32,
+    },
     BarrierRequest,
     BarrierReply,
     RoleRequest {
@@ -809,8 +903,45 @@ fn decode_body(h: &Header, body: &[u8]) -> Result<Message, OfpError> {
         }
         t::MULTIPART_REQUEST => Message::MultipartRequest(decode_mp_request(&mut r)?),
         t::MULTIPART_REPLY => Message::MultipartReply(decode_mp_reply(&mut r)?),
-        t::GROUP_MOD => return Err(OfpError::GroupsUnsupported),
-        t::METER_MOD => return Err(OfpError::MetersUnsupported),
+        // The buckets and bands are not read: nothing is installed.
+        t::GROUP_MOD => {
+            let command = get!(r, u16, "group mod");
+            let group_type = get!(r, u8, "group mod");
+            get!(r, skip(1), "group mod");
+            let group_id = get!(r, u32, "group mod");
+            Message::GroupMod(GroupMod {
+                command,
+                group_type,
+                group_id,
+            })
+        }
+        t::METER_MOD => {
+            let command = get!(r, u16, "meter mod");
+            let flags = get!(r, u16, "meter mod");
+            let meter_id = get!(r, u32, "meter mod");
+            Message::MeterMod(MeterMod {
+                command,
+                flags,
+                meter_id,
+            })
+        }
+        t::QUEUE_GET_CONFIG_REQUEST => {
+            let port = get!(r, u32, "queue get config request");
+            get!(r, skip(4), "queue get config request");
+            expect_empty(&r, "queue get config request")?;
+            Message::QueueGetConfigRequest { port }
+        }
+        t::QUEUE_GET_CONFIG_REPLY => {
+            let port = get!(r, u32, "queue get config reply");
+            get!(r, skip(4), "queue get config reply");
+            if !r.is_empty() {
+                return Err(OfpError::bad_request(
+                    Brc::BadLen,
+                    "queue descriptions are not decoded (flowmark configures no queues)",
+                ));
+            }
+            Message::QueueGetConfigReply { port }
+        }
         t::EXPERIMENTER => {
             let exp = get!(r, u32, "experimenter");
             if exp != ONF_EXPERIMENTER {
@@ -949,6 +1080,40 @@ fn decode_mp_request(r: &mut Reader<'_>) -> Result<MultipartRequest, OfpError> {
             }
             MultipartRequest::TableFeatures
         }
+        m::GROUP => {
+            let group_id = get!(r, u32, "group stats request");
+            get!(r, skip(4), "group stats request");
+            expect_empty(r, "group stats request")?;
+            MultipartRequest::Group { group_id }
+        }
+        m::GROUP_DESC => {
+            expect_empty(r, "group desc request")?;
+            MultipartRequest::GroupDesc
+        }
+        m::GROUP_FEATURES => {
+            expect_empty(r, "group features request")?;
+            MultipartRequest::GroupFeatures
+        }
+        m::METER | m::METER_CONFIG => {
+            let meter_id = get!(r, u32, "meter request");
+            get!(r, skip(4), "meter request");
+            expect_empty(r, "meter request")?;
+            if ty == m::METER {
+                MultipartRequest::Meter { meter_id }
+            } else {
+                MultipartRequest::MeterConfig { meter_id }
+            }
+        }
+        m::METER_FEATURES => {
+            expect_empty(r, "meter features request")?;
+            MultipartRequest::MeterFeatures
+        }
+        m::QUEUE => {
+            let port_no = get!(r, u32, "queue stats request");
+            let queue_id = get!(r, u32, "queue stats request");
+            expect_empty(r, "queue stats request")?;
+            MultipartRequest::Queue { port_no, queue_id }
+        }
         m::EXPERIMENTER => {
             return Err(OfpError::bad_request(
                 Brc::BadExperimenter,
@@ -958,7 +1123,7 @@ fn decode_mp_request(r: &mut Reader<'_>) -> Result<MultipartRequest, OfpError> {
         other => {
             return Err(OfpError::bad_request(
                 Brc::BadMultipart,
-                format!("multipart type {other} is not supported (no queues, groups or meters)"),
+                format!("multipart type {other} is not supported"),
             ))
         }
     })
@@ -1125,6 +1290,42 @@ fn decode_mp_reply(r: &mut Reader<'_>) -> Result<MultipartReply, OfpError> {
             }
             MultipartReplyBody::TableFeatures(tables)
         }
+        m::GROUP | m::GROUP_DESC | m::METER | m::METER_CONFIG | m::QUEUE => {
+            if !r.is_empty() {
+                return Err(OfpError::bad_request(
+                    Brc::BadMultipart,
+                    format!("multipart reply type {ty}: its entries are not decoded"),
+                ));
+            }
+            MultipartReplyBody::NoEntries(ty)
+        }
+        m::GROUP_FEATURES => {
+            let mut f = GroupFeatures {
+                types: get!(r, u32, "group features"),
+                capabilities: get!(r, u32, "group features"),
+                ..GroupFeatures::default()
+            };
+            for g in &mut f.max_groups {
+                *g = get!(r, u32, "group features");
+            }
+            for a in &mut f.actions {
+                *a = get!(r, u32, "group features");
+            }
+            expect_empty(r, "group features")?;
+            MultipartReplyBody::GroupFeatures(f)
+        }
+        m::METER_FEATURES => {
+            let f = MeterFeatures {
+                max_meter: get!(r, u32, "meter features"),
+                band_types: get!(r, u32, "meter features"),
+                capabilities: get!(r, u32, "meter features"),
+                max_bands: get!(r, u8, "meter features"),
+                max_color: get!(r, u8, "meter features"),
+            };
+            get!(r, skip(2), "meter features");
+            expect_empty(r, "meter features")?;
+            MultipartReplyBody::MeterFeatures(f)
+        }
         other => {
             return Err(OfpError::bad_request(
                 Brc::BadMultipart,
@@ -1159,6 +1360,10 @@ fn msg_type_of(m: &Message) -> u8 {
         Message::FlowMod(_) => t::FLOW_MOD,
         Message::MultipartRequest(_) => t::MULTIPART_REQUEST,
         Message::MultipartReply(_) => t::MULTIPART_REPLY,
+        Message::GroupMod(_) => t::GROUP_MOD,
+        Message::MeterMod(_) => t::METER_MOD,
+        Message::QueueGetConfigRequest { .. } => t::QUEUE_GET_CONFIG_REQUEST,
+        Message::QueueGetConfigReply { .. } => t::QUEUE_GET_CONFIG_REPLY,
         Message::BarrierRequest => t::BARRIER_REQUEST,
         Message::BarrierReply => t::BARRIER_REPLY,
         Message::RoleRequest { .. } => t::ROLE_REQUEST,
@@ -1295,6 +1500,9 @@ fn mp_reply_type(b: &MultipartReplyBody) -> u16 {
         MultipartReplyBody::PortStats(_) => mp_type::PORT_STATS,
         MultipartReplyBody::PortDesc(_) => mp_type::PORT_DESC,
         MultipartReplyBody::TableFeatures(_) => mp_type::TABLE_FEATURES,
+        MultipartReplyBody::NoEntries(ty) => *ty,
+        MultipartReplyBody::GroupFeatures(_) => mp_type::GROUP_FEATURES,
+        MultipartReplyBody::MeterFeatures(_) => mp_type::METER_FEATURES,
     }
 }
 
@@ -1345,6 +1553,26 @@ fn mp_reply_entries(b: &MultipartReplyBody) -> Vec<Vec<u8>> {
         MultipartReplyBody::PortDesc(ps) => each(ps.len(), &|i, v| put_port_desc(&ps[i], v)),
         MultipartReplyBody::TableFeatures(ts) => {
             each(ts.len(), &|i, v| put_table_features(&ts[i], v))
+        }
+        MultipartReplyBody::NoEntries(_) => Vec::new(),
+        MultipartReplyBody::GroupFeatures(f) => {
+            let mut v = Vec::new();
+            v.put_u32(f.types);
+            v.put_u32(f.capabilities);
+            for n in f.max_groups.iter().chain(&f.actions) {
+                v.put_u32(*n);
+            }
+            vec![v]
+        }
+        MultipartReplyBody::MeterFeatures(f) => {
+            let mut v = Vec::new();
+            v.put_u32(f.max_meter);
+            v.put_u32(f.band_types);
+            v.put_u32(f.capabilities);
+            v.put_u8(f.max_bands);
+            v.put_u8(f.max_color);
+            v.put_zeros(2);
+            vec![v]
         }
     }
 }
@@ -1522,25 +1750,63 @@ fn encode_body(msg: &Message, out: &mut Vec<u8>) {
             put_port_desc(&s.desc, out);
         }
         Message::MultipartRequest(q) => {
-            let (ty, body): (u16, Option<&FlowStatsRequest>) = match q {
-                MultipartRequest::Desc => (mp_type::DESC, None),
-                MultipartRequest::Flow(f) => (mp_type::FLOW, Some(f)),
-                MultipartRequest::Aggregate(f) => (mp_type::AGGREGATE, Some(f)),
-                MultipartRequest::Table => (mp_type::TABLE, None),
-                MultipartRequest::PortStats { .. } => (mp_type::PORT_STATS, None),
-                MultipartRequest::PortDesc => (mp_type::PORT_DESC, None),
-                MultipartRequest::TableFeatures => (mp_type::TABLE_FEATURES, None),
+            let ty = match q {
+                MultipartRequest::Desc => mp_type::DESC,
+                MultipartRequest::Flow(_) => mp_type::FLOW,
+                MultipartRequest::Aggregate(_) => mp_type::AGGREGATE,
+                MultipartRequest::Table => mp_type::TABLE,
+                MultipartRequest::PortStats { .. } => mp_type::PORT_STATS,
+                MultipartRequest::PortDesc => mp_type::PORT_DESC,
+                MultipartRequest::TableFeatures => mp_type::TABLE_FEATURES,
+                MultipartRequest::Group { .. } => mp_type::GROUP,
+                MultipartRequest::GroupDesc => mp_type::GROUP_DESC,
+                MultipartRequest::GroupFeatures => mp_type::GROUP_FEATURES,
+                MultipartRequest::Meter { .. } => mp_type::METER,
+                MultipartRequest::MeterConfig { .. } => mp_type::METER_CONFIG,
+                MultipartRequest::MeterFeatures => mp_type::METER_FEATURES,
+                MultipartRequest::Queue { .. } => mp_type::QUEUE,
             };
             out.put_u16(ty);
             out.put_u16(0);
             out.put_zeros(4);
-            if let Some(f) = body {
-                put_flow_stats_request(f, out);
+            match q {
+                MultipartRequest::Flow(f) | MultipartRequest::Aggregate(f) => {
+                    put_flow_stats_request(f, out)
+                }
+                MultipartRequest::PortStats { port_no: id }
+                | MultipartRequest::Group { group_id: id }
+                | MultipartRequest::Meter { meter_id: id }
+                | MultipartRequest::MeterConfig { meter_id: id } => {
+                    out.put_u32(*id);
+                    out.put_zeros(4);
+                }
+                MultipartRequest::Queue { port_no, queue_id } => {
+                    out.put_u32(*port_no);
+                    out.put_u32(*queue_id);
+                }
+                MultipartRequest::Desc
+                | MultipartRequest::Table
+                | MultipartRequest::PortDesc
+                | MultipartRequest::TableFeatures
+                | MultipartRequest::GroupDesc
+                | MultipartRequest::GroupFeatures
+                | MultipartRequest::MeterFeatures => {}
             }
-            if let MultipartRequest::PortStats { port_no } = q {
-                out.put_u32(*port_no);
-                out.put_zeros(4);
-            }
+        }
+        Message::GroupMod(g) => {
+            out.put_u16(g.command);
+            out.put_u8(g.group_type);
+            out.put_zeros(1);
+            out.put_u32(g.group_id);
+        }
+        Message::MeterMod(m) => {
+            out.put_u16(m.command);
+            out.put_u16(m.flags);
+            out.put_u32(m.meter_id);
+        }
+        Message::QueueGetConfigRequest { port } | Message::QueueGetConfigReply { port } => {
+            out.put_u32(*port);
+            out.put_zeros(4);
         }
         Message::MultipartReply(r) => {
             out.put_u16(mp_reply_type(&r.body));

@@ -408,3 +408,112 @@ fn bundled_flow_mods_keep_messages_and_their_flow_mods() {
     // Two distinct lists (output:2, and the delete's none), each kept once.
     assert_eq!(b.action_lists(), 2);
 }
+
+#[test]
+fn group_meter_and_queue_messages_round_trip_and_ovs_reads_them() {
+    use mod_command::{ADD, DELETE, MODIFY};
+    sent(
+        Message::GroupMod(GroupMod {
+            command: DELETE,
+            group_type: 0,
+            group_id: 0xffff_fffc,
+        }),
+        &["OFPT_GROUP_MOD", "DEL group_id=4294967292"],
+    );
+    sent(
+        Message::GroupMod(GroupMod {
+            command: ADD,
+            group_type: 1,
+            group_id: 5,
+        }),
+        &["ADD group_id=5,type=select"],
+    );
+    sent(
+        Message::MeterMod(MeterMod {
+            command: MODIFY,
+            flags: 1,
+            meter_id: 7,
+        }),
+        &["OFPT_METER_MOD", "MOD meter=7 kbps"],
+    );
+    sent(
+        Message::QueueGetConfigRequest { port: 2 },
+        &["OFPT_QUEUE_GET_CONFIG_REQUEST", "port=2"],
+    );
+    sent(
+        Message::QueueGetConfigReply { port: 2 },
+        // ovs-ofctl prints the port with each queue: none here.
+        &["OFPT_QUEUE_GET_CONFIG_REPLY"],
+    );
+    for (q, says) in [
+        (
+            MultipartRequest::Group {
+                group_id: 0xffff_fffc,
+            },
+            "OFPST_GROUP request",
+        ),
+        (MultipartRequest::GroupDesc, "OFPST_GROUP_DESC request"),
+        (
+            MultipartRequest::GroupFeatures,
+            "OFPST_GROUP_FEATURES request",
+        ),
+        (
+            MultipartRequest::Meter { meter_id: 3 },
+            "OFPST_METER request (OF1.3) (xid=0x42): meter=3",
+        ),
+        (
+            MultipartRequest::MeterConfig {
+                meter_id: 0xffff_ffff,
+            },
+            "OFPST_METER_CONFIG request",
+        ),
+        (
+            MultipartRequest::MeterFeatures,
+            "OFPST_METER_FEATURES request",
+        ),
+        (
+            MultipartRequest::Queue {
+                port_no: 1,
+                queue_id: OFPQ_ALL,
+            },
+            "port=1 queue=ALL",
+        ),
+    ] {
+        sent(Message::MultipartRequest(q), &[says]);
+    }
+    for (body, says) in [
+        (
+            MultipartReplyBody::NoEntries(mp_type::GROUP),
+            "OFPST_GROUP reply",
+        ),
+        (
+            MultipartReplyBody::NoEntries(mp_type::GROUP_DESC),
+            "OFPST_GROUP_DESC reply",
+        ),
+        (
+            MultipartReplyBody::NoEntries(mp_type::METER),
+            "OFPST_METER reply",
+        ),
+        (
+            MultipartReplyBody::NoEntries(mp_type::METER_CONFIG),
+            "OFPST_METER_CONFIG reply",
+        ),
+        (
+            MultipartReplyBody::NoEntries(mp_type::QUEUE),
+            "OFPST_QUEUE reply",
+        ),
+        (
+            MultipartReplyBody::GroupFeatures(GroupFeatures::default()),
+            "Types:  0x0",
+        ),
+        (
+            MultipartReplyBody::MeterFeatures(MeterFeatures::default()),
+            "max_meter:0 max_bands:0 max_color:0",
+        ),
+    ] {
+        sent(
+            Message::MultipartReply(MultipartReply { more: false, body }),
+            &[says],
+        );
+    }
+}

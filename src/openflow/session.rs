@@ -2,15 +2,19 @@
 //! calls in between. No I/O and no clock of its own (the caller passes
 //! `now`), so that every exchange can be tested deterministically.
 
-use super::error::{BadRequestCode as Brc, DecodeError, HelloFailedCode, OfpError};
+use super::error::{
+    BadRequestCode as Brc, DecodeError, GroupModFailedCode as Gmfc, HelloFailedCode,
+    MeterModFailedCode as Mmfc, OfpError, QueueOpFailedCode,
+};
 use super::flow_table::{
     apply_flow_mod, flow_stats, select_flows, table_stats, AggregateCounts, RuleSelector,
 };
 use super::message::{
-    self, capabilities, decode, encode, encode_multipart_reply, packet_in_reason, parse_header,
-    AsyncConfig, BundleControl, BundledFlowMods, Desc, Features, FlowRemoved, Message,
-    MultipartReplyBody, MultipartRequest, PacketIn, PortDesc, PortReason, PortStats, PortStatus,
-    SwitchConfig, TableFeatures, HEADER_LEN, OFP13_VERSION, OFPPS_LIVE, OFP_NO_BUFFER,
+    self, capabilities, decode, encode, encode_multipart_reply, mod_command, mp_type,
+    packet_in_reason, parse_header, AsyncConfig, BundleControl, BundledFlowMods, Desc, Features,
+    FlowRemoved, GroupFeatures, GroupMod, Message, MeterFeatures, MeterMod, MultipartReplyBody,
+    MultipartRequest, PacketIn, PortDesc, PortReason, PortStats, PortStatus, SwitchConfig,
+    TableFeatures, HEADER_LEN, OFP13_VERSION, OFPPS_LIVE, OFP_NO_BUFFER,
 };
 use super::port::{ofport_from_of13, ofport_to_of13, OFPP_ANY, OFPP_CONTROLLER};
 use super::switch::{OpenFlowSwitch, PortInfo, SwitchEvent};
@@ -357,7 +361,19 @@ impl Session {
                 sw.packet_out(in_port, &po.actions, &po.data)?;
             }
             Message::MultipartRequest(q) => self.multipart(xid, q, sw)?,
+            Message::GroupMod(g) => judge_group_mod(&g)?,
+            Message::MeterMod(m) => judge_meter_mod(&m)?,
+            Message::QueueGetConfigRequest { port } => {
+                if !port_exists(sw, port)? {
+                    return Err(OfpError::queue_op_failed(
+                        QueueOpFailedCode::BadPort,
+                        format!("no port {port}"),
+                    ));
+                }
+                self.send(xid, &Message::QueueGetConfigReply { port });
+            }
             Message::FeaturesReply(_)
+            | Message::QueueGetConfigReply { .. }
             | Message::GetConfigReply(_)
             | Message::PacketIn(_)
             | Message::PortStatus(_)
@@ -630,6 +646,44 @@ impl Session {
             MultipartRequest::PortDesc => {
                 MultipartReplyBody::PortDesc(sw.ports()?.iter().map(port_desc).collect())
             }
+            // No groups, meters or queues exist: lists are empty, as Open
+            // vSwitch's are before any is added (a meter asked for by id
+            // is unknown there too), and the features say none can be.
+            MultipartRequest::Group { .. } => MultipartReplyBody::NoEntries(mp_type::GROUP),
+            MultipartRequest::GroupDesc => MultipartReplyBody::NoEntries(mp_type::GROUP_DESC),
+            MultipartRequest::GroupFeatures => {
+                MultipartReplyBody::GroupFeatures(GroupFeatures::default())
+            }
+            MultipartRequest::Meter { meter_id } | MultipartRequest::MeterConfig { meter_id } => {
+                if meter_id != message::OFPM_ALL {
+                    return Err(OfpError::meter_mod_failed(
+                        Mmfc::UnknownMeter,
+                        format!("no meter {meter_id}: flowmark has no meters"),
+                    ));
+                }
+                MultipartReplyBody::NoEntries(match q {
+                    MultipartRequest::Meter { .. } => mp_type::METER,
+                    _ => mp_type::METER_CONFIG,
+                })
+            }
+            MultipartRequest::MeterFeatures => {
+                MultipartReplyBody::MeterFeatures(MeterFeatures::default())
+            }
+            MultipartRequest::Queue { port_no, queue_id } => {
+                if !port_exists(sw, port_no)? {
+                    return Err(OfpError::queue_op_failed(
+                        QueueOpFailedCode::BadPort,
+                        format!("no port {port_no}"),
+                    ));
+                }
+                if queue_id != message::OFPQ_ALL {
+                    return Err(OfpError::queue_op_failed(
+                        QueueOpFailedCode::BadQueue,
+                        format!("no queue {queue_id}: flowmark configures no queues"),
+                    ));
+                }
+                MultipartReplyBody::NoEntries(mp_type::QUEUE)
+            }
             MultipartRequest::TableFeatures => MultipartReplyBody::TableFeatures(
                 (0..N_TABLES)
                     .map(|t| TableFeatures {
@@ -775,5 +829,65 @@ pub fn port_desc(p: &PortInfo) -> PortDesc {
         peer: 0,
         curr_speed: 10_000_000,
         max_speed: 10_000_000,
+    }
+}
+
+/// Whether OpenFlow port `p` names a port of the switch (`OFPP_ANY`: every
+/// port).
+fn port_exists(sw: &dyn OpenFlowSwitch, p: u32) -> Result<bool, OfpError> {
+    if p == OFPP_ANY {
+        return Ok(true);
+    }
+    let Some(ofport) = ofport_from_of13(p) else {
+        return Ok(false);
+    };
+    Ok(sw.ports()?.iter().any(|i| i.ofport == ofport))
+}
+
+/// A group mod to a switch with no group table, answered as Open vSwitch
+/// answers one about groups that do not exist: a delete has nothing to do
+/// and succeeds; a modify names an unknown group; an add finds no room.
+fn judge_group_mod(g: &GroupMod) -> Result<(), OfpError> {
+    let id = g.group_id;
+    match g.command {
+        mod_command::DELETE => Ok(()),
+        mod_command::ADD | mod_command::MODIFY if id > message::OFPG_MAX => Err(
+            OfpError::group_mod_failed(Gmfc::InvalidGroup, format!("group id {id:#x} is reserved")),
+        ),
+        mod_command::ADD => Err(OfpError::group_mod_failed(
+            Gmfc::OutOfGroups,
+            format!("group {id}: flowmark has no group table (use flows' own actions)"),
+        )),
+        mod_command::MODIFY => Err(OfpError::group_mod_failed(
+            Gmfc::UnknownGroup,
+            format!("no group {id}: flowmark has no group table"),
+        )),
+        other => Err(OfpError::group_mod_failed(
+            Gmfc::BadCommand,
+            format!("group mod command {other}"),
+        )),
+    }
+}
+
+/// A meter mod, as [`judge_group_mod`]: no meter can be added.
+fn judge_meter_mod(m: &MeterMod) -> Result<(), OfpError> {
+    let id = m.meter_id;
+    match m.command {
+        mod_command::DELETE => Ok(()),
+        mod_command::ADD | mod_command::MODIFY if id == 0 || id > message::OFPM_MAX => Err(
+            OfpError::meter_mod_failed(Mmfc::InvalidMeter, format!("meter id {id:#x}")),
+        ),
+        mod_command::ADD => Err(OfpError::meter_mod_failed(
+            Mmfc::OutOfMeters,
+            format!("meter {id}: flowmark has no meters"),
+        )),
+        mod_command::MODIFY => Err(OfpError::meter_mod_failed(
+            Mmfc::UnknownMeter,
+            format!("no meter {id}: flowmark has no meters"),
+        )),
+        other => Err(OfpError::meter_mod_failed(
+            Mmfc::BadCommand,
+            format!("meter mod command {other}"),
+        )),
     }
 }
