@@ -409,8 +409,9 @@ fn ofctl_error(target: &str, args: &[&str]) -> String {
 /// queries get the answers Open vSwitch 3.1 gives before any exists (empty
 /// lists; a meter or queue asked for by id is unknown; an unknown port is
 /// OFPQOFC_BAD_PORT), the features say none can be added, deletes succeed
-/// with nothing to delete, and adds and modifies are refused with the
-/// spec's codes, which ovs-ofctl names.
+/// with nothing to delete, adds and modifies are refused with the spec's
+/// codes, which ovs-ofctl names, and so are flows that name a group or a
+/// meter.
 #[test]
 fn groups_meters_and_queues_are_answered_as_absent() {
     if !have_ovs_ofctl() {
@@ -469,6 +470,10 @@ fn groups_meters_and_queues_are_answered_as_absent() {
         (&["queue-stats", "9"], "OFPQOFC_BAD_PORT"),
         (&["queue-get-config", "9"], "OFPQOFC_BAD_PORT"),
         (&["add-flow", "actions=group:7"], "OFPBAC_BAD_OUT_GROUP"),
+        (
+            &["add-flow", "actions=meter:5,output:1"],
+            "OFPMMFC_INVALID_METER",
+        ),
     ] {
         let out = ofctl_error(t, args);
         assert!(out.contains(says), "{args:?}: {out}");

@@ -9,7 +9,7 @@
 //! [`OfAction::GotoTable`]. A rule read back is encoded as the same
 //! instructions.
 
-use super::error::{BadActionCode as Bac, BadInstructionCode as Bic, OfpError};
+use super::error::{BadActionCode as Bac, BadInstructionCode as Bic, MeterModFailedCode, OfpError};
 use super::oxm::{put_oxm, read_oxm, OxmField};
 use super::port::*;
 use super::wire::{Put, Reader};
@@ -574,11 +574,14 @@ pub fn decode_instructions(
                 let mask = b.u64().map_err(|_| bad_len("write_metadata"))?;
                 metadata = Some((value, mask));
             }
+            // No meter exists, so none can be named (Open vSwitch's
+            // answer for a meter that does not exist).
             it::METER => {
-                return Err(OfpError::bad_instruction(
-                    Bic::UnsupInst,
-                    "flowmark has no meters",
-                ))
+                let id = b.u32().map_err(|_| bad_len("meter instruction"))?;
+                return Err(OfpError::meter_mod_failed(
+                    MeterModFailedCode::InvalidMeter,
+                    format!("meter:{id}: flowmark has no meters"),
+                ));
             }
             it::EXPERIMENTER => {
                 return Err(OfpError::bad_instruction(
