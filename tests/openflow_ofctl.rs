@@ -26,16 +26,22 @@ fn ofctl(target: &str, args: &[&str]) -> String {
     ofctl_with(target, &[], args)
 }
 
-/// `ovs-ofctl -O OpenFlow13 [OPTIONS] COMMAND TARGET [ARGS]`.
-fn ofctl_with(target: &str, options: &[&str], args: &[&str]) -> String {
-    let out = Command::new("ovs-ofctl")
+/// Runs `ovs-ofctl -O OpenFlow13 [OPTIONS] COMMAND TARGET [ARGS]`.
+fn ofctl_output(target: &str, options: &[&str], args: &[&str]) -> std::process::Output {
+    Command::new("ovs-ofctl")
         .args(["-O", "OpenFlow13", "--timeout=10"])
         .args(options)
         .args(args.iter().take(1))
         .arg(target)
         .args(args.iter().skip(1))
         .output()
-        .expect("ovs-ofctl runs");
+        .expect("ovs-ofctl runs")
+}
+
+/// `ovs-ofctl -O OpenFlow13 [OPTIONS] COMMAND TARGET [ARGS]`, which must
+/// succeed: its output.
+fn ofctl_with(target: &str, options: &[&str], args: &[&str]) -> String {
+    let out = ofctl_output(target, options, args);
     assert!(
         out.status.success(),
         "ovs-ofctl {args:?} failed: {}",
@@ -217,11 +223,8 @@ fn ports_and_counters_show_in_dump_ports() {
 
 /// `ovs-ofctl --bundle add-flows FILE`, which must fail: its stderr.
 fn bundle_refused(target: &str, file: &std::path::Path) -> String {
-    let out = std::process::Command::new("ovs-ofctl")
-        .args(["-O", "OpenFlow13", "--bundle", "add-flows", target])
-        .arg(file)
-        .output()
-        .expect("ovs-ofctl runs");
+    let file = file.to_string_lossy();
+    let out = ofctl_output(target, &["--bundle"], &["add-flows", &file]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{err}");
     err
@@ -389,13 +392,7 @@ fn pcp_and_ecn_rewrites_round_trip_through_ovs_ofctl() {
 /// what it printed, the error's name included (a mod's error fails the
 /// command; a dump's is printed as the reply, as against Open vSwitch).
 fn ofctl_error(target: &str, args: &[&str]) -> String {
-    let out = Command::new("ovs-ofctl")
-        .args(["-O", "OpenFlow13", "--timeout=10"])
-        .args(args.iter().take(1))
-        .arg(target)
-        .args(args.iter().skip(1))
-        .output()
-        .expect("ovs-ofctl runs");
+    let out = ofctl_output(target, &[], args);
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(

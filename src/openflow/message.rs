@@ -1048,6 +1048,15 @@ fn decode_flow_stats_request(r: &mut Reader<'_>) -> Result<FlowStatsRequest, Ofp
     })
 }
 
+/// A multipart request body that is one id (port, group, meter) and 4 pad
+/// bytes.
+fn id_request(r: &mut Reader<'_>, what: &str) -> Result<u32, OfpError> {
+    let id = get!(r, u32, what);
+    get!(r, skip(4), what);
+    expect_empty(r, what)?;
+    Ok(id)
+}
+
 fn decode_mp_request(r: &mut Reader<'_>) -> Result<MultipartRequest, OfpError> {
     use mp_type as m;
     let ty = get!(r, u16, "multipart request");
@@ -1064,12 +1073,9 @@ fn decode_mp_request(r: &mut Reader<'_>) -> Result<MultipartRequest, OfpError> {
             expect_empty(r, "table stats request")?;
             MultipartRequest::Table
         }
-        m::PORT_STATS => {
-            let port_no = get!(r, u32, "port stats request");
-            get!(r, skip(4), "port stats request");
-            expect_empty(r, "port stats request")?;
-            MultipartRequest::PortStats { port_no }
-        }
+        m::PORT_STATS => MultipartRequest::PortStats {
+            port_no: id_request(r, "port stats request")?,
+        },
         m::PORT_DESC => {
             expect_empty(r, "port desc request")?;
             MultipartRequest::PortDesc
@@ -1080,12 +1086,9 @@ fn decode_mp_request(r: &mut Reader<'_>) -> Result<MultipartRequest, OfpError> {
             }
             MultipartRequest::TableFeatures
         }
-        m::GROUP => {
-            let group_id = get!(r, u32, "group stats request");
-            get!(r, skip(4), "group stats request");
-            expect_empty(r, "group stats request")?;
-            MultipartRequest::Group { group_id }
-        }
+        m::GROUP => MultipartRequest::Group {
+            group_id: id_request(r, "group stats request")?,
+        },
         m::GROUP_DESC => {
             expect_empty(r, "group desc request")?;
             MultipartRequest::GroupDesc
@@ -1094,16 +1097,12 @@ fn decode_mp_request(r: &mut Reader<'_>) -> Result<MultipartRequest, OfpError> {
             expect_empty(r, "group features request")?;
             MultipartRequest::GroupFeatures
         }
-        m::METER | m::METER_CONFIG => {
-            let meter_id = get!(r, u32, "meter request");
-            get!(r, skip(4), "meter request");
-            expect_empty(r, "meter request")?;
-            if ty == m::METER {
-                MultipartRequest::Meter { meter_id }
-            } else {
-                MultipartRequest::MeterConfig { meter_id }
-            }
-        }
+        m::METER => MultipartRequest::Meter {
+            meter_id: id_request(r, "meter stats request")?,
+        },
+        m::METER_CONFIG => MultipartRequest::MeterConfig {
+            meter_id: id_request(r, "meter config request")?,
+        },
         m::METER_FEATURES => {
             expect_empty(r, "meter features request")?;
             MultipartRequest::MeterFeatures
