@@ -28,8 +28,8 @@ use hashbrown::HashMap;
 use offload::marks::{MarkTable, PmdUpdate};
 use serde::Serialize;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 /// Upcalls one port may make per rx burst of 32 while other ports of its
@@ -84,6 +84,27 @@ pub struct BridgeState {
     /// The clock MAC entries are learned, refreshed and aged on (one for
     /// every PMD and the aging sweep).
     epoch: Instant,
+    /// Each port's OpenFlow config bits ([`port_config`]), one cell per
+    /// ofport that every PMD holding the port reads once per burst.
+    port_configs: Mutex<HashMap<u32, Arc<AtomicU32>>>,
+}
+
+/// The OpenFlow port config bits (`OFPPC_*`) a port can be given, and what
+/// the datapath does about them, as Open vSwitch does: a port that does not
+/// receive drops what arrives (STP frames aside), one that does not forward
+/// sends nothing (Open vSwitch skips the output; flowmark counts it as a
+/// transmit drop, DESIGN §6), one that is down does neither.
+pub mod port_config {
+    pub const PORT_DOWN: u32 = 1 << 0;
+    pub const NO_RECV: u32 = 1 << 2;
+    pub const NO_FWD: u32 = 1 << 5;
+    /// Open vSwitch honours it only for OpenFlow 1.0-style table misses,
+    /// which flowmark does not have: kept and reported, nothing more.
+    pub const NO_PACKET_IN: u32 = 1 << 6;
+    /// What OpenFlow 1.3 can set (other bits are ignored, as OVS does).
+    pub const ALL: u32 = PORT_DOWN | NO_RECV | NO_FWD | NO_PACKET_IN;
+    /// The STP bridge group address, which a `NO_RECV` port still takes.
+    pub const STP_DST: [u8; 6] = [0x01, 0x80, 0xc2, 0x00, 0x00, 0x00];
 }
 
 impl Default for BridgeState {
@@ -102,7 +123,32 @@ impl BridgeState {
             mac_version: AtomicU64::new(0),
             mac_changed: crossbeam_channel::bounded(1),
             epoch: Instant::now(),
+            port_configs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The cell holding `ofport`'s config bits (made on first use).
+    pub fn port_config_cell(&self, ofport: u32) -> Arc<AtomicU32> {
+        let mut cells = self.port_configs.lock().recover();
+        Arc::clone(cells.entry(ofport).or_default())
+    }
+
+    /// `ofport`'s OpenFlow config bits ([`port_config`]).
+    pub fn port_config(&self, ofport: u32) -> u32 {
+        self.port_config_cell(ofport).load(Ordering::Relaxed)
+    }
+
+    /// Sets `ofport`'s config bits under `mask` to those of `config` (bits
+    /// outside [`port_config::ALL`] ignored); returns (before, after).
+    pub fn set_port_config(&self, ofport: u32, config: u32, mask: u32) -> (u32, u32) {
+        let mask = mask & port_config::ALL;
+        let cell = self.port_config_cell(ofport);
+        let before = cell
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some((c & !mask) | (config & mask))
+            })
+            .unwrap_or_else(|c| c);
+        (before, (before & !mask) | (config & mask))
     }
 
     /// Milliseconds on the bridge clock.
@@ -251,6 +297,9 @@ pub struct PmdPort<B> {
     outq: Option<crossbeam_channel::Receiver<OutFrame<B>>>,
     /// When this PMD last received on the port (bridge clock, ms).
     last_rx_ms: Option<u64>,
+    /// The port's OpenFlow config bits ([`port_config`]), set by the
+    /// control side.
+    admin: Arc<AtomicU32>,
 }
 
 /// Per-PMD counters (`pmd stats`).
@@ -705,6 +754,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             max_frame,
             outq,
             last_rx_ms: None,
+            admin: self.bridge.port_config_cell(ofport),
         });
         self.reindex();
     }
@@ -1296,6 +1346,10 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         }
         self.ports[port_idx].last_rx_ms = Some(now_ms);
         let mut rx = std::mem::replace(&mut self.rx, Burst::unallocated());
+        let admin = self.ports[port_idx].admin.load(Ordering::Relaxed);
+        if admin & (port_config::PORT_DOWN | port_config::NO_RECV) != 0 {
+            Self::refuse_received(&mut self.ports[port_idx], admin, &mut rx);
+        }
         self.process_burst(port_idx, &mut rx, now_ms);
         self.rx = rx;
         self.flush_tx();
@@ -1784,8 +1838,45 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         any
     }
 
+    /// What a port configured down or not to receive drops of a burst it
+    /// received (counted as received and dropped); STP frames stay on a
+    /// port that is only not receiving.
+    #[cold]
+    fn refuse_received(port: &mut PmdPort<B>, admin: u32, rx: &mut Burst<B>) {
+        let down = admin & port_config::PORT_DOWN != 0;
+        let (mut n, mut bytes) = (0u64, 0u64);
+        rx.retain(|p| {
+            let stp = !down && p.data().get(..6) == Some(&port_config::STP_DST[..]);
+            if !stp {
+                n += 1;
+                bytes += p.len() as u64;
+            }
+            stp
+        });
+        port.stats.rx += n;
+        port.stats.rx_bytes += bytes;
+        let reason = if down {
+            RxDropReason::PortDown
+        } else {
+            RxDropReason::NoRecv
+        };
+        port.stats.count_rx_drop(reason, n);
+    }
+
     fn flush_port(port: &mut PmdPort<B>) {
         if port.tx.is_empty() {
+            return;
+        }
+        let admin = port.admin.load(Ordering::Relaxed);
+        if admin & (port_config::PORT_DOWN | port_config::NO_FWD) != 0 {
+            let reason = if admin & port_config::PORT_DOWN != 0 {
+                TxDropReason::PortDown
+            } else {
+                TxDropReason::NoForward
+            };
+            port.stats.count_tx_drop(reason, port.tx.len() as u64);
+            port.tx.clear();
+            port.tx_queued_bytes = 0;
             return;
         }
         let queued = port.tx.len() as u64;

@@ -160,6 +160,14 @@ pub struct PortInfo {
     pub kind: String,
     pub rxqs: u16,
     pub flow_device: bool,
+    /// OpenFlow config bits set by PORT_MOD (`crate::datapath::port_config`;
+    /// shown only when set).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub config: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// `pmd rxqs` row.
@@ -421,8 +429,19 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
                 kind: p.kind.clone(),
                 rxqs: p.port.n_rxq(),
                 flow_device: p.flow_device.is_some(),
+                config: self.bridge.port_config(p.ofport),
             })
             .collect()
+    }
+
+    /// OFPT_PORT_MOD: `ofport`'s config bits under `mask` set to those of
+    /// `config`; the PMDs read them at their next burst. `None`: no such
+    /// port. Else the config after.
+    pub fn port_mod(&self, ofport: u32, config: u32, mask: u32) -> Option<u32> {
+        self.ports
+            .iter()
+            .any(|p| p.ofport == ofport)
+            .then(|| self.bridge.set_port_config(ofport, config, mask).1)
     }
 
     // ---- OpenFlow ----

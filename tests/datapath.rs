@@ -940,3 +940,69 @@ fn reports_to_the_revalidator_go_a_loop_iteration_at_a_time_and_their_lists_come
     }
     assert!(returned.try_pop().ok().flatten().is_none());
 }
+
+/// PORT_MOD's config bits in the datapath, as Open vSwitch acts on them: a
+/// port that does not receive drops what arrives but STP frames; one that
+/// does not forward sends nothing; one that is down does neither. Every
+/// packet is counted with its reason (DESIGN §6), and clearing the bits
+/// restores both directions.
+#[test]
+fn port_config_bits_stop_receiving_and_forwarding_and_count_it() {
+    use flowmark::datapath::port_config::{ALL, NO_FWD, NO_RECV, PORT_DOWN, STP_DST};
+    let mut r = rig("table=0,priority=1,in_port=1,actions=output:2\n");
+    let bridge = Arc::clone(r.pmd.bridge());
+    let frame = gtp_u([10, 1, 0, 1], 4000);
+    let mut stp = frame.clone();
+    stp[..6].copy_from_slice(&STP_DST);
+    let stats = |r: &Rig, i: usize| serde_json::to_value(r.pmd.ports()[i].stats).unwrap();
+
+    assert_eq!(
+        bridge.set_port_config(1, NO_RECV | 0x10, NO_RECV | 0x10),
+        (0, NO_RECV)
+    );
+    r.ports[0].inject(&frame, None);
+    r.ports[0].inject(&stp, None);
+    r.poll_all();
+    let (p1, p2) = (stats(&r, 0), stats(&r, 1));
+    assert_eq!(
+        (p1["rx"].as_u64(), p1["forwarded"].as_u64()),
+        (Some(2), Some(1)),
+        "{p1}"
+    );
+    assert_eq!(p1["rx_dropped"]["no_recv"], 1, "{p1}");
+    assert_eq!(p2["tx"], 1, "{p2}");
+
+    bridge.set_port_config(1, 0, ALL);
+    bridge.set_port_config(2, NO_FWD, NO_FWD);
+    r.ports[0].inject(&frame, None);
+    r.ports[0].inject(&frame, None);
+    r.poll_all();
+    let (p1, p2) = (stats(&r, 0), stats(&r, 1));
+    assert_eq!(p1["forwarded"], 3, "{p1}");
+    assert_eq!(
+        (p2["tx_attempted"].as_u64(), p2["tx"].as_u64()),
+        (Some(3), Some(1)),
+        "{p2}"
+    );
+    assert_eq!(p2["tx_dropped"]["no_fwd"], 2, "{p2}");
+
+    bridge.set_port_config(2, 0, ALL);
+    bridge.set_port_config(1, PORT_DOWN, PORT_DOWN);
+    r.ports[0].inject(&frame, None);
+    r.ports[0].inject(&stp, None);
+    r.poll_all();
+    let p1 = stats(&r, 0);
+    assert_eq!(p1["rx_dropped"]["port_down"], 2, "{p1}");
+
+    bridge.set_port_config(1, 0, ALL);
+    r.ports[0].inject(&frame, None);
+    r.poll_all();
+    let (p1, p2) = (stats(&r, 0), stats(&r, 1));
+    assert_eq!(
+        (p1["rx"].as_u64(), p1["forwarded"].as_u64()),
+        (Some(7), Some(4)),
+        "{p1}"
+    );
+    assert_eq!(p2["tx"], 2, "{p2}");
+    r.check_accounting();
+}

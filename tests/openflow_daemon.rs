@@ -326,3 +326,44 @@ fn aggregate_counts_what_dump_flows_lists() {
         assert!(count > 0, "filter {filter:?} selects something");
     }
 }
+
+/// `ovs-ofctl mod-port` against the daemon: the PMD sees the config at its
+/// next burst. A port that does not forward counts what it was given as
+/// transmit drops (`no_fwd`); `port list` shows the bits while set; clearing
+/// them forwards again.
+#[test]
+fn mod_port_no_forward_reaches_the_datapath() {
+    let Some(rig) = Rig::start() else {
+        return;
+    };
+    rig.ofctl(&["add-flow", "in_port=2,actions=output:1"]);
+    rig.ofctl(&["mod-port", "nic0", "no-forward"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&rig.flowmark(&["port", "list", "--json"])).expect("json");
+    assert_eq!(list[0]["name"], "nic0", "{list}");
+    assert_eq!(list[0]["config"], 0x20, "{list}");
+    assert!(list[1].get("config").is_none(), "{list}");
+    let nic0 = |want_tx: u64, want_dropped: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let stats: serde_json::Value =
+                serde_json::from_str(&rig.flowmark(&["port", "stats", "--json"])).expect("json");
+            let s = stats
+                .as_array()
+                .and_then(|a| a.iter().find(|p| p["name"] == "nic0"))
+                .cloned()
+                .expect("nic0 stats");
+            let got = (s["tx"].as_u64(), s["tx_dropped"]["no_fwd"].as_u64());
+            if got == (Some(want_tx), Some(want_dropped)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "nic0: {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    rig.flowmark(&["port", "inject", "nic1", "--generate", "flows=4,count=100"]);
+    nic0(0, 100);
+    rig.ofctl(&["mod-port", "nic0", "forward"]);
+    rig.flowmark(&["port", "inject", "nic1", "--generate", "flows=4,count=50"]);
+    nic0(50, 100);
+}

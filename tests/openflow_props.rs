@@ -235,7 +235,7 @@ proptest! {
         let _ = decode(&bytes);
         // A session fed the same bytes after a good HELLO answers or
         // closes, but does not panic.
-        let sw = PipelineSwitch::new(1, vec![PortInfo { ofport: 1, name: "p1".into() }]);
+        let sw = PipelineSwitch::new(1, vec![PortInfo { ofport: 1, name: "p1".into(), config: 0 }]);
         let mut s = Session::new(Instant::now());
         s.receive(&encode(0, &Message::Hello { versions: 1 << 4 }), &sw, Instant::now());
         s.receive(&bytes, &sw, Instant::now());

@@ -24,6 +24,7 @@ fn switch() -> PipelineSwitch {
             .map(|i| PortInfo {
                 ofport: i,
                 name: format!("p{i}"),
+                config: 0,
             })
             .collect(),
     )
@@ -136,7 +137,8 @@ fn async_config_defaults_and_set_async_filter_messages() {
         &mut s,
         &SwitchEvent::PortAdded(PortInfo {
             ofport: 4,
-            name: "p4".into()
+            name: "p4".into(),
+            config: 0,
         })
     )
     .is_empty());
@@ -163,7 +165,8 @@ fn a_slave_gets_no_packet_ins_by_default() {
             &mut s,
             &SwitchEvent::PortAdded(PortInfo {
                 ofport: 4,
-                name: "p4".into()
+                name: "p4".into(),
+                config: 0,
             })
         )
         .len(),
@@ -302,4 +305,61 @@ fn malformed_packet_outs_and_flow_mods_get_errors_and_send_nothing() {
         send(&mut s, &sw, 13, &Message::EchoRequest(vec![1, 2])),
         vec![Message::EchoReply(vec![1, 2])]
     );
+}
+
+/// PORT_MOD as Open vSwitch checks it (the port must exist, the hardware
+/// address must be the port's: OFPPMFC_BAD_PORT / OFPPMFC_BAD_HW_ADDR,
+/// nothing changed); its PORT_STATUS (reason MODIFY, the new config, a
+/// port configured down has its link down) goes to the other connections,
+/// not back to the one that asked (OpenFlow before 1.5).
+#[test]
+fn port_mod_checks_the_port_and_reports_to_the_other_connections() {
+    use flowmark::openflow::message::{PortMod, PortReason, PortStatus, OFPPS_LINK_DOWN};
+    use flowmark::openflow::session::port_desc;
+    use flowmark::openflow::switch::OpenFlowSwitch;
+    let sw = switch();
+    let mut asker = ready(&sw);
+    let mut other = ready(&sw);
+    let hw_addr = port_desc(&sw.ports().unwrap()[1]).hw_addr;
+    let pm = |port_no, hw_addr| {
+        Message::PortMod(PortMod {
+            port_no,
+            hw_addr,
+            config: 0x1 | 0x20 | 0x10, // PORT_DOWN, NO_FWD, and OpenFlow 1.0's NO_FLOOD
+            mask: 0xff,
+            advertise: 0,
+        })
+    };
+    let error_code = |m: &[Message]| match m {
+        [Message::Error { err_type, code, .. }] => (*err_type, *code),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        error_code(&send(&mut asker, &sw, 1, &pm(9, hw_addr))),
+        (7, 0)
+    );
+    assert_eq!(
+        error_code(&send(&mut asker, &sw, 2, &pm(1, hw_addr))),
+        (7, 1)
+    );
+    assert!(sw.ports().unwrap().iter().all(|p| p.config == 0));
+    assert!(send(&mut asker, &sw, 3, &pm(2, hw_addr)).is_empty());
+    let port = sw.ports().unwrap()[1].clone();
+    assert_eq!(port.config, 0x21, "NO_FLOOD is not an OpenFlow 1.3 bit");
+    let ev = SwitchEvent::PortModified(port);
+    assert!(event(&mut asker, &ev).is_empty(), "not back to the asker");
+    match &event(&mut other, &ev)[..] {
+        [Message::PortStatus(PortStatus {
+            reason: PortReason::Modify,
+            desc,
+        })] => {
+            assert_eq!(
+                (desc.port_no, desc.config, desc.state),
+                (2, 0x21, OFPPS_LINK_DOWN)
+            );
+        }
+        got => panic!("{got:?}"),
+    }
+    // A later change by someone else does reach the asker.
+    assert_eq!(event(&mut asker, &ev).len(), 1);
 }

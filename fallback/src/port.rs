@@ -341,6 +341,11 @@ impl<P> Burst<P> {
     pub fn clear(&mut self) {
         self.pkts.clear();
     }
+
+    /// Keeps the packets `keep` says yes to, in order.
+    pub fn retain(&mut self, keep: impl FnMut(&P) -> bool) {
+        self.pkts.retain(keep);
+    }
 }
 
 impl<P> Default for Burst<P> {
@@ -441,6 +446,8 @@ pub enum RxDropReason {
     /// A multi-segment packet that could not be made contiguous (no room
     /// for it in its first segment's buffer).
     NotLinear,
+    /// The port is configured not to receive (OpenFlow `OFPPC_NO_RECV`).
+    NoRecv,
 }
 
 impl DropReason for RxDropReason {
@@ -452,6 +459,7 @@ impl DropReason for RxDropReason {
         RxDropReason::XlateError,
         RxDropReason::PortDown,
         RxDropReason::NotLinear,
+        RxDropReason::NoRecv,
     ];
 
     fn index(self) -> usize {
@@ -467,6 +475,7 @@ impl DropReason for RxDropReason {
             RxDropReason::XlateError => "xlate_error",
             RxDropReason::PortDown => "port_down",
             RxDropReason::NotLinear => "not_linearizable",
+            RxDropReason::NoRecv => "no_recv",
         }
     }
 }
@@ -486,6 +495,8 @@ pub enum TxDropReason {
     NoSuchPort,
     /// A frame from the control side found no buffer on the port.
     NoBuffer,
+    /// The port is configured not to forward (OpenFlow `OFPPC_NO_FWD`).
+    NoForward,
 }
 
 impl DropReason for TxDropReason {
@@ -496,6 +507,7 @@ impl DropReason for TxDropReason {
         TxDropReason::NoHeadroom,
         TxDropReason::NoSuchPort,
         TxDropReason::NoBuffer,
+        TxDropReason::NoForward,
     ];
 
     fn index(self) -> usize {
@@ -510,6 +522,7 @@ impl DropReason for TxDropReason {
             TxDropReason::NoHeadroom => "no_headroom",
             TxDropReason::NoSuchPort => "no_such_port",
             TxDropReason::NoBuffer => "no_buffer",
+            TxDropReason::NoForward => "no_fwd",
         }
     }
 }

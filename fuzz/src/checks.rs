@@ -627,10 +627,12 @@ pub fn openflow(data: &[u8]) {
             PortInfo {
                 ofport: 1,
                 name: "p1".into(),
+                config: 0,
             },
             PortInfo {
                 ofport: 2,
                 name: "p2".into(),
+                config: 0,
             },
         ],
     );

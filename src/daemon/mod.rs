@@ -135,6 +135,12 @@ enum Op {
     AggregateFlows(RuleFilter),
     ListPorts,
     PortStats,
+    /// OFPT_PORT_MOD: config bits under a mask.
+    PortMod {
+        ofport: u32,
+        config: u32,
+        mask: u32,
+    },
     PacketOut {
         in_port: u32,
         actions: Vec<fallback::ofproto::OfAction>,
@@ -156,6 +162,8 @@ enum Reply {
     Aggregate((u64, u64, u64)),
     Ports(Vec<PortInfo>),
     PortStats(Vec<NamedPortStats>),
+    /// A port's config after a PORT_MOD; `None`: no such port.
+    PortConfig(Option<u32>),
     PacketOut(crate::switch::PacketOutReport),
     Metrics(Box<crate::metrics::Scrape>),
 }
@@ -325,6 +333,24 @@ impl DaemonHandle {
         match self.call(Op::ListPorts)? {
             Reply::Ports(p) => Ok(p),
             _ => Ok(Vec::new()),
+        }
+    }
+
+    /// OFPT_PORT_MOD: `ofport`'s config bits under `mask` set to those of
+    /// `config`; the config after, `None` for a port the switch lacks.
+    pub fn port_mod(
+        &self,
+        ofport: u32,
+        config: u32,
+        mask: u32,
+    ) -> Result<Option<u32>, DaemonError> {
+        match self.call(Op::PortMod {
+            ofport,
+            config,
+            mask,
+        })? {
+            Reply::PortConfig(c) => Ok(c),
+            _ => Ok(None),
         }
     }
 
@@ -624,6 +650,7 @@ where
             Op::AggregateFlows(_) => "openflow flow_aggregate",
             Op::ListPorts => "openflow port_list",
             Op::PortStats => "openflow port_stats",
+            Op::PortMod { .. } => "openflow port_mod",
             Op::PacketOut { .. } => "openflow packet_out",
             Op::Metrics => "metrics",
         };
@@ -720,6 +747,13 @@ where
             Op::DumpFlows => self.flow_entries(None).map(Reply::Flows),
             Op::AggregateFlows(select) => self.flow_aggregate(&select).map(Reply::Aggregate),
             Op::ListPorts => Ok(Reply::Ports(self.switch.port_list())),
+            Op::PortMod {
+                ofport,
+                config,
+                mask,
+            } => Ok(Reply::PortConfig(
+                self.switch.port_mod(ofport, config, mask),
+            )),
             Op::PortStats => self
                 .switch
                 .port_stats()

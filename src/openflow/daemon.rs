@@ -4,7 +4,7 @@
 //! megaflows, NIC offloads); [`start_hook`] starts the endpoint from the
 //! `[openflow]` config section.
 
-use super::error::{BadRequestCode, FlowModFailedCode, OfpError};
+use super::error::{BadRequestCode, FlowModFailedCode, OfpError, PortModFailedCode};
 use super::flow_table::{AggregateCounts, RuleSelector};
 use super::message::BundledFlowMods;
 use super::net::{Endpoint, EndpointConfig, EventHub, LogFn};
@@ -192,8 +192,18 @@ impl OpenFlowSwitch for DaemonSwitch {
             .map(|p| PortInfo {
                 ofport: p.ofport,
                 name: p.name,
+                config: p.config,
             })
             .collect())
+    }
+
+    fn port_mod(&self, ofport: u32, config: u32, mask: u32) -> Result<u32, OfpError> {
+        self.handle
+            .port_mod(ofport, config, mask)
+            .map_err(refused)?
+            .ok_or_else(|| {
+                OfpError::port_mod_failed(PortModFailedCode::BadPort, format!("no port {ofport}"))
+            })
     }
 
     fn port_counters(&self) -> Result<Vec<(u32, PortCounters)>, OfpError> {
@@ -238,10 +248,20 @@ fn watch_ports(sw: Arc<DaemonSwitch>, hub: EventHub) {
             // The daemon stopped.
             return;
         };
-        for p in now.iter().filter(|p| !known.contains(p)) {
-            hub.publish(SwitchEvent::PortAdded(p.clone()));
+        let same_port = |a: &PortInfo, b: &PortInfo| a.ofport == b.ofport && a.name == b.name;
+        for p in &now {
+            match known.iter().find(|k| same_port(k, p)) {
+                None => hub.publish(SwitchEvent::PortAdded(p.clone())),
+                Some(k) if k.config != p.config => {
+                    hub.publish(SwitchEvent::PortModified(p.clone()))
+                }
+                Some(_) => {}
+            }
         }
-        for p in known.iter().filter(|p| !now.contains(p)) {
+        for p in known
+            .iter()
+            .filter(|k| !now.iter().any(|p| same_port(k, p)))
+        {
             hub.publish(SwitchEvent::PortDeleted(p.clone()));
         }
         known = now;

@@ -10,6 +10,7 @@ pub mod error_type {
     pub const BAD_MATCH: u16 = 4;
     pub const FLOW_MOD_FAILED: u16 = 5;
     pub const GROUP_MOD_FAILED: u16 = 6;
+    pub const PORT_MOD_FAILED: u16 = 7;
     pub const QUEUE_OP_FAILED: u16 = 9;
     pub const SWITCH_CONFIG_FAILED: u16 = 10;
     pub const METER_MOD_FAILED: u16 = 12;
@@ -91,6 +92,10 @@ codes!(
     }
 );
 codes!(
+    /// `OFPPMFC_*`.
+    PortModFailedCode { BadPort = 0, BadHwAddr = 1, BadConfig = 2, BadAdvertise = 3, Eperm = 4 }
+);
+codes!(
     /// `OFPQOFC_*`.
     QueueOpFailedCode { BadPort = 0, BadQueue = 1, Eperm = 2 }
 );
@@ -143,6 +148,11 @@ pub enum OfpError {
         code: MeterModFailedCode,
         detail: String,
     },
+    #[error("port mod failed ({code:?}): {detail}")]
+    PortModFailed {
+        code: PortModFailedCode,
+        detail: String,
+    },
     #[error("queue operation failed ({code:?}): {detail}")]
     QueueOpFailed {
         code: QueueOpFailedCode,
@@ -171,6 +181,7 @@ impl OfpError {
             OfpError::FlowModFailed { code, .. } => (t::FLOW_MOD_FAILED, code.code()),
             OfpError::GroupModFailed { code, .. } => (t::GROUP_MOD_FAILED, code.code()),
             OfpError::MeterModFailed { code, .. } => (t::METER_MOD_FAILED, code.code()),
+            OfpError::PortModFailed { code, .. } => (t::PORT_MOD_FAILED, code.code()),
             OfpError::QueueOpFailed { code, .. } => (t::QUEUE_OP_FAILED, code.code()),
             OfpError::TableFeaturesEperm => (t::TABLE_FEATURES_FAILED, 5),
             OfpError::BundleFailed { code, .. } => (t::EXPERIMENTER, 2300 + code.code()),
@@ -228,6 +239,12 @@ impl OfpError {
     }
     pub fn meter_mod_failed(code: MeterModFailedCode, detail: impl Into<String>) -> Self {
         OfpError::MeterModFailed {
+            code,
+            detail: detail.into(),
+        }
+    }
+    pub fn port_mod_failed(code: PortModFailedCode, detail: impl Into<String>) -> Self {
+        OfpError::PortModFailed {
             code,
             detail: detail.into(),
         }

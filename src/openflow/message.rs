@@ -347,6 +347,16 @@ pub const OFPM_ALL: u32 = 0xffff_ffff;
 /// `OFPQ_ALL`.
 pub const OFPQ_ALL: u32 = 0xffff_ffff;
 
+/// OFPT_PORT_MOD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortMod {
+    pub port_no: u32,
+    pub hw_addr: [u8; 6],
+    pub config: u32,
+    pub mask: u32,
+    pub advertise: u32,
+}
+
 /// The head of an OFPT_GROUP_MOD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GroupMod {
@@ -465,6 +475,7 @@ pub enum Message {
     FlowMod(FlowMod),
     MultipartRequest(MultipartRequest),
     MultipartReply(MultipartReply),
+    PortMod(PortMod),
     /// OFPT_GROUP_MOD without its buckets: flowmark has no group table, so
     /// a group mod is only judged (by the session), never installed.
     GroupMod(GroupMod),
@@ -903,6 +914,25 @@ fn decode_body(h: &Header, body: &[u8]) -> Result<Message, OfpError> {
         }
         t::MULTIPART_REQUEST => Message::MultipartRequest(decode_mp_request(&mut r)?),
         t::MULTIPART_REPLY => Message::MultipartReply(decode_mp_reply(&mut r)?),
+        t::PORT_MOD => {
+            let port_no = get!(r, u32, "port mod");
+            get!(r, skip(4), "port mod");
+            let mut hw_addr = [0u8; 6];
+            hw_addr.copy_from_slice(get!(r, bytes(6), "port mod"));
+            get!(r, skip(2), "port mod");
+            let config = get!(r, u32, "port mod");
+            let mask = get!(r, u32, "port mod");
+            let advertise = get!(r, u32, "port mod");
+            get!(r, skip(4), "port mod");
+            expect_empty(&r, "port mod")?;
+            Message::PortMod(PortMod {
+                port_no,
+                hw_addr,
+                config,
+                mask,
+                advertise,
+            })
+        }
         // The buckets and bands are not read: nothing is installed.
         t::GROUP_MOD => {
             let command = get!(r, u16, "group mod");
@@ -1359,6 +1389,7 @@ fn msg_type_of(m: &Message) -> u8 {
         Message::FlowMod(_) => t::FLOW_MOD,
         Message::MultipartRequest(_) => t::MULTIPART_REQUEST,
         Message::MultipartReply(_) => t::MULTIPART_REPLY,
+        Message::PortMod(_) => t::PORT_MOD,
         Message::GroupMod(_) => t::GROUP_MOD,
         Message::MeterMod(_) => t::METER_MOD,
         Message::QueueGetConfigRequest { .. } => t::QUEUE_GET_CONFIG_REQUEST,
@@ -1791,6 +1822,16 @@ fn encode_body(msg: &Message, out: &mut Vec<u8>) {
                 | MultipartRequest::GroupFeatures
                 | MultipartRequest::MeterFeatures => {}
             }
+        }
+        Message::PortMod(p) => {
+            out.put_u32(p.port_no);
+            out.put_zeros(4);
+            out.extend_from_slice(&p.hw_addr);
+            out.put_zeros(2);
+            out.put_u32(p.config);
+            out.put_u32(p.mask);
+            out.put_u32(p.advertise);
+            out.put_zeros(4);
         }
         Message::GroupMod(g) => {
             out.put_u16(g.command);

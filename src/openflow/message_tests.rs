@@ -410,7 +410,7 @@ fn bundled_flow_mods_keep_messages_and_their_flow_mods() {
 }
 
 #[test]
-fn group_meter_and_queue_messages_round_trip_and_ovs_reads_them() {
+fn port_group_meter_and_queue_messages_round_trip_and_ovs_reads_them() {
     use mod_command::{ADD, DELETE, MODIFY};
     sent(
         Message::GroupMod(GroupMod {
@@ -435,6 +435,20 @@ fn group_meter_and_queue_messages_round_trip_and_ovs_reads_them() {
             meter_id: 7,
         }),
         &["OFPT_METER_MOD", "MOD meter=7 kbps"],
+    );
+    sent(
+        Message::PortMod(PortMod {
+            port_no: 2,
+            hw_addr: [0x02, 0, 0, 0, 0, 2],
+            config: 0x21,
+            mask: 0x21,
+            advertise: 0,
+        }),
+        &[
+            "OFPT_PORT_MOD",
+            "port: 2: addr:02:00:00:00:00:02",
+            "config: PORT_DOWN NO_FWD",
+        ],
     );
     sent(
         Message::QueueGetConfigRequest { port: 2 },

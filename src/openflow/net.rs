@@ -649,6 +649,7 @@ mod tests {
         let port = crate::openflow::switch::PortInfo {
             ofport: 7,
             name: "nic7".into(),
+            config: 0,
         };
         hub.publish(SwitchEvent::PortAdded(port.clone()));
         assert!(readable_now(wake.as_ref()), "the event woke it");

@@ -4,11 +4,12 @@
 
 use super::error::{
     BadRequestCode as Brc, DecodeError, GroupModFailedCode as Gmfc, HelloFailedCode,
-    MeterModFailedCode as Mmfc, OfpError, QueueOpFailedCode,
+    MeterModFailedCode as Mmfc, OfpError, PortModFailedCode, QueueOpFailedCode,
 };
 use super::flow_table::{
     apply_flow_mod, flow_stats, select_flows, table_stats, AggregateCounts, RuleSelector,
 };
+use super::message::OFPPS_LINK_DOWN;
 use super::message::{
     self, capabilities, decode, encode, encode_multipart_reply, mod_command, mp_type,
     packet_in_reason, parse_header, AsyncConfig, BundleControl, BundledFlowMods, Desc, Features,
@@ -18,6 +19,7 @@ use super::message::{
 };
 use super::port::{ofport_from_of13, ofport_to_of13, OFPP_ANY, OFPP_CONTROLLER};
 use super::switch::{OpenFlowSwitch, PortInfo, SwitchEvent};
+use crate::datapath::port_config;
 use fallback::key::Field;
 use fallback::ofproto::{Match, N_TABLES};
 use std::collections::BTreeMap;
@@ -85,6 +87,10 @@ pub struct Session {
     async_config: AsyncConfig,
     /// OFPCR_ROLE_EQUAL, _MASTER or _SLAVE.
     role: u32,
+    /// Port configs this connection's PORT_MODs set, (ofport, config): the
+    /// PORT_STATUS they cause is not sent back to it (OpenFlow before 1.5,
+    /// as Open vSwitch does), only to the other connections.
+    own_port_mods: Vec<(u32, u32)>,
 }
 
 /// Bundles one connection may keep open at once (more: OUT_OF_BUNDLES).
@@ -124,6 +130,7 @@ impl Session {
             bundles: BTreeMap::new(),
             async_config: AsyncConfig::OF13_DEFAULT,
             role: ROLE_EQUAL,
+            own_port_mods: Vec::new(),
         };
         let hello = Message::Hello {
             versions: 1 << OFP13_VERSION,
@@ -361,6 +368,7 @@ impl Session {
                 sw.packet_out(in_port, &po.actions, &po.data)?;
             }
             Message::MultipartRequest(q) => self.multipart(xid, q, sw)?,
+            Message::PortMod(pm) => self.port_mod(&pm, sw)?,
             Message::GroupMod(g) => judge_group_mod(&g)?,
             Message::MeterMod(m) => judge_meter_mod(&m)?,
             Message::QueueGetConfigRequest { port } => {
@@ -700,6 +708,38 @@ impl Session {
         Ok(())
     }
 
+    /// OFPT_PORT_MOD, as Open vSwitch checks it: the port must exist and
+    /// the hardware address be the port's; config bits OpenFlow 1.3 cannot
+    /// set are ignored, and so is `advertise` (no port here negotiates).
+    fn port_mod(&mut self, pm: &message::PortMod, sw: &dyn OpenFlowSwitch) -> Result<(), OfpError> {
+        let no_port = || {
+            OfpError::port_mod_failed(
+                PortModFailedCode::BadPort,
+                format!("no port {}", pm.port_no),
+            )
+        };
+        let ofport = ofport_from_of13(pm.port_no).ok_or_else(no_port)?;
+        let port = sw
+            .ports()?
+            .into_iter()
+            .find(|p| p.ofport == ofport)
+            .ok_or_else(no_port)?;
+        if port_desc(&port).hw_addr != pm.hw_addr {
+            return Err(OfpError::port_mod_failed(
+                PortModFailedCode::BadHwAddr,
+                format!(
+                    "port {ofport}'s hardware address is not {:02x?}",
+                    pm.hw_addr
+                ),
+            ));
+        }
+        let after = sw.port_mod(ofport, pm.config, pm.mask)?;
+        if after != port.config {
+            self.own_port_mods.push((ofport, after));
+        }
+        Ok(())
+    }
+
     /// True when this connection's async configuration asks for `reason`
     /// of a message kind (`masks`: master/equal, slave).
     fn wants(&self, masks: [u32; 2], reason: u8) -> bool {
@@ -730,6 +770,23 @@ impl Session {
                 }
                 Message::PortStatus(PortStatus {
                     reason: PortReason::Delete,
+                    desc: port_desc(p),
+                })
+            }
+            SwitchEvent::PortModified(p) => {
+                if let Some(at) = self
+                    .own_port_mods
+                    .iter()
+                    .position(|&(port, config)| port == p.ofport && config == p.config)
+                {
+                    self.own_port_mods.remove(at);
+                    return;
+                }
+                if !self.wants(a.port_status, PortReason::Modify as u8) {
+                    return;
+                }
+                Message::PortStatus(PortStatus {
+                    reason: PortReason::Modify,
                     desc: port_desc(p),
                 })
             }
@@ -820,8 +877,13 @@ pub fn port_desc(p: &PortInfo) -> PortDesc {
         port_no: ofport_to_of13(p.ofport),
         hw_addr: [0x02, 0x00, n[0], n[1], n[2], n[3]],
         name: p.name.clone(),
-        config: 0,
-        state: OFPPS_LIVE,
+        config: p.config & port_config::ALL,
+        // A port configured down has its link down, as Open vSwitch says.
+        state: if p.config & port_config::PORT_DOWN != 0 {
+            OFPPS_LINK_DOWN
+        } else {
+            OFPPS_LIVE
+        },
         // 10 Gb/s full duplex, copper.
         curr: (1 << 6) | (1 << 11),
         advertised: 0,

@@ -25,6 +25,8 @@ pub struct FlowInfo {
 pub struct PortInfo {
     pub ofport: u32,
     pub name: String,
+    /// OpenFlow config bits (`OFPPC_*`, see `crate::datapath::port_config`).
+    pub config: u32,
 }
 
 /// A port's counters.
@@ -46,6 +48,8 @@ pub struct PortCounters {
 pub enum SwitchEvent {
     PortAdded(PortInfo),
     PortDeleted(PortInfo),
+    /// The port's config changed (a PORT_MOD).
+    PortModified(PortInfo),
     /// A packet sent to the controller (by a `controller` action): `miss`
     /// when a table-miss rule sent it (reason NO_MATCH; each connection
     /// cuts `frame` to its `miss_send_len`), else reason ACTION (`frame`
@@ -108,6 +112,10 @@ pub trait OpenFlowSwitch: FlowTable + Send + Sync {
     fn add_flows(&self, rules: Vec<Rule>) -> Result<(), OfpError>;
     fn ports(&self) -> Result<Vec<PortInfo>, OfpError>;
     fn port_counters(&self) -> Result<Vec<(u32, PortCounters)>, OfpError>;
+    /// OFPT_PORT_MOD: sets `ofport`'s config bits under `mask` to those of
+    /// `config` (bits OpenFlow 1.3 cannot set are ignored); the config
+    /// after. `OFPPMFC_BAD_PORT` for a port the switch does not have.
+    fn port_mod(&self, ofport: u32, config: u32, mask: u32) -> Result<u32, OfpError>;
     /// Runs `actions` on `frame` as if it arrived on `in_port`.
     fn packet_out(&self, in_port: u32, actions: &[OfAction], frame: &[u8]) -> Result<(), OfpError>;
     /// Most flows the switch holds (more: `OFPFMFC_TABLE_FULL`).

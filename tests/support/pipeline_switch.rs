@@ -210,6 +210,19 @@ impl OpenFlowSwitch for PipelineSwitch {
         Ok(self.lock()?.ports.iter().map(|p| p.0.clone()).collect())
     }
 
+    fn port_mod(&self, ofport: u32, config: u32, mask: u32) -> Result<u32, OfpError> {
+        let mut s = self.lock()?;
+        let Some((port, _)) = s.ports.iter_mut().find(|(p, _)| p.ofport == ofport) else {
+            return Err(OfpError::port_mod_failed(
+                flowmark::openflow::error::PortModFailedCode::BadPort,
+                format!("no port {ofport}"),
+            ));
+        };
+        let mask = mask & flowmark::datapath::port_config::ALL;
+        port.config = (port.config & !mask) | (config & mask);
+        Ok(port.config)
+    }
+
     fn port_counters(&self) -> Result<Vec<(u32, PortCounters)>, OfpError> {
         Ok(self
             .lock()?
