@@ -377,6 +377,9 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
             }
         }
         self.bridge.flush_port_macs(ofport);
+        // A port added later with this number starts with no config bits.
+        self.bridge
+            .set_port_config(ofport, 0, crate::datapath::port_config::ALL);
         let removed = self.ports.remove(idx);
         self.assign_rxqs();
         self.publish_ports();
