@@ -1266,6 +1266,20 @@ fn received_traffic_matches_open_vswitch_on_random_rule_sets() {
             ofctl_ok(t, &["del-flows"]);
             ofctl_ok(t, &["add-flows", file.to_str().expect("path")]);
         }
+        // Some cases run with a port configured by PORT_MOD: an output
+        // port that does not forward, or the ingress port that does not
+        // receive. Both switches must then drop the same frames.
+        let port_mod = match rng.below(8) {
+            0 => Some(("2", "no-forward", "forward")),
+            1 => Some(("3", "no-forward", "forward")),
+            2 => Some(("1", "no-receive", "receive")),
+            _ => None,
+        };
+        if let Some((port, set, _)) = port_mod {
+            for t in [&fm.target, &ovs.target] {
+                ofctl_ok(t, &["mod-port", port, set]);
+            }
+        }
         // Both answer the barrier before their megaflows are revalidated;
         // wait for that, or the first frames may meet the last case's.
         // Open vSwitch's datapath is emptied instead: after revalidation it
@@ -1351,6 +1365,11 @@ fn received_traffic_matches_open_vswitch_on_random_rule_sets() {
                 );
             }
             round += 1;
+        }
+        if let Some((port, _, clear)) = port_mod {
+            for t in [&fm.target, &ovs.target] {
+                ofctl_ok(t, &["mod-port", port, clear]);
+            }
         }
     }
 }
