@@ -93,6 +93,9 @@ pub struct Session {
     own_port_mods: Vec<(u32, u32)>,
 }
 
+/// Own PORT_MODs a connection remembers until their PORT_STATUS passes.
+const OWN_PORT_MODS_MAX: usize = 16;
+
 /// Bundles one connection may keep open at once (more: OUT_OF_BUNDLES).
 const MAX_BUNDLES: usize = 64;
 
@@ -735,6 +738,11 @@ impl Session {
         }
         let after = sw.port_mod(ofport, pm.config, pm.mask)?;
         if after != port.config {
+            // The watcher reports a port's latest config only.
+            self.own_port_mods.retain(|&(p, _)| p != ofport);
+            if self.own_port_mods.len() >= OWN_PORT_MODS_MAX {
+                self.own_port_mods.remove(0);
+            }
             self.own_port_mods.push((ofport, after));
         }
         Ok(())
