@@ -105,6 +105,13 @@ pub mod port_config {
     pub const ALL: u32 = PORT_DOWN | NO_RECV | NO_FWD | NO_PACKET_IN;
     /// The STP bridge group address, which a `NO_RECV` port still takes.
     pub const STP_DST: [u8; 6] = [0x01, 0x80, 0xc2, 0x00, 0x00, 0x00];
+
+    /// `current` with its bits under `mask` set to those of `config`, as a
+    /// PORT_MOD asks (bits outside [`ALL`] untouched).
+    pub const fn apply(current: u32, config: u32, mask: u32) -> u32 {
+        let mask = mask & ALL;
+        (current & !mask) | (config & mask)
+    }
 }
 
 impl Default for BridgeState {
@@ -141,14 +148,13 @@ impl BridgeState {
     /// Sets `ofport`'s config bits under `mask` to those of `config` (bits
     /// outside [`port_config::ALL`] ignored); returns (before, after).
     pub fn set_port_config(&self, ofport: u32, config: u32, mask: u32) -> (u32, u32) {
-        let mask = mask & port_config::ALL;
         let cell = self.port_config_cell(ofport);
         let before = cell
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
-                Some((c & !mask) | (config & mask))
+                Some(port_config::apply(c, config, mask))
             })
             .unwrap_or_else(|c| c);
-        (before, (before & !mask) | (config & mask))
+        (before, port_config::apply(before, config, mask))
     }
 
     /// Milliseconds on the bridge clock.

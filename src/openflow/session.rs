@@ -375,12 +375,7 @@ impl Session {
             Message::GroupMod(g) => judge_group_mod(&g)?,
             Message::MeterMod(m) => judge_meter_mod(&m)?,
             Message::QueueGetConfigRequest { port } => {
-                if !port_exists(sw, port)? {
-                    return Err(OfpError::queue_op_failed(
-                        QueueOpFailedCode::BadPort,
-                        format!("no port {port}"),
-                    ));
-                }
+                check_queue_port(sw, port)?;
                 self.send(xid, &Message::QueueGetConfigReply { port });
             }
             Message::FeaturesReply(_)
@@ -681,12 +676,7 @@ impl Session {
                 MultipartReplyBody::MeterFeatures(MeterFeatures::default())
             }
             MultipartRequest::Queue { port_no, queue_id } => {
-                if !port_exists(sw, port_no)? {
-                    return Err(OfpError::queue_op_failed(
-                        QueueOpFailedCode::BadPort,
-                        format!("no port {port_no}"),
-                    ));
-                }
+                check_queue_port(sw, port_no)?;
                 if queue_id != message::OFPQ_ALL {
                     return Err(OfpError::queue_op_failed(
                         QueueOpFailedCode::BadQueue,
@@ -721,12 +711,8 @@ impl Session {
                 format!("no port {}", pm.port_no),
             )
         };
-        let ofport = ofport_from_of13(pm.port_no).ok_or_else(no_port)?;
-        let port = sw
-            .ports()?
-            .into_iter()
-            .find(|p| p.ofport == ofport)
-            .ok_or_else(no_port)?;
+        let port = find_port(sw, pm.port_no)?.ok_or_else(no_port)?;
+        let ofport = port.ofport;
         if port_desc(&port).hw_addr != pm.hw_addr {
             return Err(OfpError::port_mod_failed(
                 PortModFailedCode::BadHwAddr,
@@ -878,7 +864,7 @@ impl Session {
 }
 
 /// A port's description: a locally administered MAC derived from its
-/// number, up and live.
+/// number; live, or with its link down when configured down.
 pub fn port_desc(p: &PortInfo) -> PortDesc {
     let n = p.ofport.to_be_bytes();
     PortDesc {
@@ -902,16 +888,24 @@ pub fn port_desc(p: &PortInfo) -> PortDesc {
     }
 }
 
-/// Whether OpenFlow port `p` names a port of the switch (`OFPP_ANY`: every
-/// port).
-fn port_exists(sw: &dyn OpenFlowSwitch, p: u32) -> Result<bool, OfpError> {
-    if p == OFPP_ANY {
-        return Ok(true);
-    }
+/// The switch's port OpenFlow port number `p` names, if any.
+fn find_port(sw: &dyn OpenFlowSwitch, p: u32) -> Result<Option<PortInfo>, OfpError> {
     let Some(ofport) = ofport_from_of13(p) else {
-        return Ok(false);
+        return Ok(None);
     };
-    Ok(sw.ports()?.iter().any(|i| i.ofport == ofport))
+    Ok(sw.ports()?.into_iter().find(|i| i.ofport == ofport))
+}
+
+/// A queue request's port: one of the switch's, or `OFPP_ANY` (every
+/// port); else OFPQOFC_BAD_PORT.
+fn check_queue_port(sw: &dyn OpenFlowSwitch, p: u32) -> Result<(), OfpError> {
+    if p == OFPP_ANY || find_port(sw, p)?.is_some() {
+        return Ok(());
+    }
+    Err(OfpError::queue_op_failed(
+        QueueOpFailedCode::BadPort,
+        format!("no port {p}"),
+    ))
 }
 
 /// A group mod to a switch with no group table, answered as Open vSwitch

@@ -218,8 +218,7 @@ impl OpenFlowSwitch for PipelineSwitch {
                 format!("no port {ofport}"),
             ));
         };
-        let mask = mask & flowmark::datapath::port_config::ALL;
-        port.config = (port.config & !mask) | (config & mask);
+        port.config = flowmark::datapath::port_config::apply(port.config, config, mask);
         Ok(port.config)
     }
 
