@@ -367,3 +367,69 @@ fn mod_port_no_forward_reaches_the_datapath() {
     rig.flowmark(&["port", "inject", "nic1", "--generate", "flows=4,count=50"]);
     nic0(50, 100);
 }
+
+/// Groups against the daemon: an `all` group copies each packet to every
+/// bucket's port and counts it under the group and each bucket; a `select`
+/// group spreads flows over its buckets; deleting the group deletes the
+/// flow that named it, and the traffic stops.
+#[test]
+fn groups_forward_count_and_go_with_their_flows() {
+    let Some(rig) = Rig::start() else {
+        return;
+    };
+    let tx = |name: &str| -> u64 {
+        let stats: serde_json::Value =
+            serde_json::from_str(&rig.flowmark(&["port", "stats", "--json"])).expect("json");
+        stats
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == name))
+            .and_then(|p| p["tx"].as_u64())
+            .expect("port stats")
+    };
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    rig.ofctl(&[
+        "add-group",
+        "group_id=1,type=all,bucket=output:1,bucket=output:3",
+    ]);
+    rig.ofctl(&["add-flow", "in_port=2,actions=group:1"]);
+    rig.flowmark(&["port", "inject", "nic1", "--generate", "flows=4,count=100"]);
+    wait_for("both buckets sent every packet", &|| {
+        tx("nic0") == 100 && tx("vm0") == 100
+    });
+    wait_for("the group counted them", &|| {
+        rig.ofctl(&["dump-group-stats"]).contains(
+            "packet_count=100,byte_count=6400,bucket0:packet_count=100,byte_count=6400,bucket1:packet_count=100,byte_count=6400",
+        )
+    });
+    // A select group: each flow goes one way, and both ways get flows.
+    rig.ofctl(&[
+        "mod-group",
+        "group_id=1,type=select,bucket=weight:1,actions=output:1,bucket=weight:1,actions=output:3",
+    ]);
+    rig.flowmark(&["port", "inject", "nic1", "--generate", "flows=64,count=640"]);
+    wait_for("every packet went one way", &|| {
+        tx("nic0") + tx("vm0") == 840
+    });
+    assert!(
+        tx("nic0") > 150 && tx("vm0") > 150,
+        "{} {}",
+        tx("nic0"),
+        tx("vm0")
+    );
+    // The modified group counts afresh.
+    wait_for("the select group counted them", &|| {
+        rig.ofctl(&["dump-group-stats"])
+            .contains("ref_count=1,packet_count=640,")
+    });
+    rig.ofctl(&["del-groups", "group_id=1"]);
+    assert!(!rig.ofctl(&["dump-flows"]).contains("group:1"));
+    rig.flowmark(&["port", "inject", "nic1", "--generate", "flows=4,count=100"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(tx("nic0") + tx("vm0"), 840, "no flow, no forwarding");
+}

@@ -404,15 +404,15 @@ fn ofctl_error(target: &str, args: &[&str]) -> String {
     text
 }
 
-/// Groups, meters and queues, which flowmark does not have: ovs-ofctl's
-/// queries get the answers Open vSwitch 3.1 gives before any exists (empty
-/// lists; a meter or queue asked for by id is unknown; an unknown port is
+/// Meters and queues, which flowmark does not have: ovs-ofctl's queries get
+/// the answers Open vSwitch 3.1 gives before any exists (empty lists; a
+/// meter or queue asked for by id is unknown; an unknown port is
 /// OFPQOFC_BAD_PORT), the features say none can be added, deletes succeed
 /// with nothing to delete, adds and modifies are refused with the spec's
-/// codes, which ovs-ofctl names, and so are flows that name a group or a
-/// meter.
+/// codes, which ovs-ofctl names, and so are flows that name a meter. Groups
+/// before any is added answer as empty too.
 #[test]
-fn groups_meters_and_queues_are_answered_as_absent() {
+fn meters_and_queues_are_answered_as_absent() {
     if !have_ovs_ofctl() {
         return;
     }
@@ -421,7 +421,6 @@ fn groups_meters_and_queues_are_answered_as_absent() {
     for (args, says) in [
         (&["dump-groups"][..], "OFPST_GROUP_DESC reply"),
         (&["dump-group-stats"], "OFPST_GROUP reply"),
-        (&["dump-group-features"], "Types:  0x0"),
         (&["dump-meters"], "OFPST_METER_CONFIG reply"),
         (&["meter-stats"], "OFPST_METER reply"),
         (&["meter-features"], "max_meter:0"),
@@ -448,15 +447,7 @@ fn groups_meters_and_queues_are_answered_as_absent() {
     }
     for (args, says) in [
         (
-            &["add-group", "group_id=5,type=all,bucket=output:1"][..],
-            "OFPGMFC_OUT_OF_GROUPS",
-        ),
-        (
-            &["mod-group", "group_id=5,type=all,bucket=output:1"],
-            "OFPGMFC_UNKNOWN_GROUP",
-        ),
-        (
-            &["add-meter", "meter=5,kbps,band=type=drop,rate=1000"],
+            &["add-meter", "meter=5,kbps,band=type=drop,rate=1000"][..],
             "OFPMMFC_OUT_OF_METERS",
         ),
         (
@@ -479,6 +470,106 @@ fn groups_meters_and_queues_are_answered_as_absent() {
     }
     // The connection is still served.
     assert!(ofctl(t, &["dump-flows"]).contains("OFPST_FLOW reply"));
+}
+
+/// Groups through ovs-ofctl, as Open vSwitch 3.1 answers: add, dump,
+/// modify, statistics and delete; a flow naming a group that does not exist
+/// is refused, and deleting a group deletes the flows that name it.
+#[test]
+fn groups_are_added_dumped_modified_and_deleted_with_their_flows() {
+    if !have_ovs_ofctl() {
+        return;
+    }
+    let (sw, _ep, target) = start();
+    let t = target.as_str();
+    let features = ofctl(t, &["dump-group-features"]);
+    for says in [
+        "Types:  0xf",
+        "Capabilities:  0x7",
+        "all group:",
+        "max_groups=0x10000",
+    ] {
+        assert!(features.contains(says), "{features}");
+    }
+    for g in [
+        "group_id=1,type=all,bucket=output:1,bucket=set_field:10.0.0.9->ip_dst,output:2",
+        "group_id=2,type=select,bucket=weight:10,actions=output:1,bucket=weight:20,actions=output:2",
+        "group_id=3,type=indirect,bucket=actions=group:1",
+        "group_id=4,type=ff,bucket=watch_port:1,actions=output:1,bucket=watch_port:2,actions=output:2",
+    ] {
+        ofctl(t, &["add-group", g]);
+    }
+    ofctl(t, &["add-flow", "priority=5,udp,actions=group:3"]);
+    ofctl(t, &["add-flow", "priority=6,tcp,actions=group:2,group:4"]);
+    let dump = ofctl(t, &["dump-groups"]);
+    for says in [
+        "group_id=1,type=all,bucket=actions=output:1,bucket=actions=set_field:10.0.0.9->ip_dst,output:2",
+        "group_id=2,type=select,bucket=weight:10,actions=output:1,bucket=weight:20,actions=output:2",
+        "group_id=3,type=indirect,bucket=actions=group:1",
+        "group_id=4,type=ff,bucket=watch_port:1,actions=output:1,bucket=watch_port:2,actions=output:2",
+    ] {
+        assert!(dump.contains(says), "{says} in {dump}");
+    }
+    let stats = ofctl(t, &["dump-group-stats"]);
+    for says in [
+        "group_id=1,duration=",
+        "ref_count=0,packet_count=0,byte_count=0,bucket0:packet_count=0,byte_count=0,bucket1:",
+        "group_id=3,duration=",
+    ] {
+        assert!(stats.contains(says), "{says} in {stats}");
+    }
+    assert!(
+        ofctl(t, &["dump-group-stats", "group_id=3"]).contains("ref_count=1,"),
+        "one flow names group 3"
+    );
+    for (args, says) in [
+        (
+            &["add-group", "group_id=1,type=all,bucket=output:3"][..],
+            "OFPGMFC_GROUP_EXISTS",
+        ),
+        (
+            &["mod-group", "group_id=9,type=all,bucket=output:1"],
+            "OFPGMFC_UNKNOWN_GROUP",
+        ),
+        (
+            &[
+                "add-group",
+                "group_id=9,type=all,bucket=watch_port:1,actions=output:1",
+            ],
+            "OFPGMFC_WATCH_UNSUPPORTED",
+        ),
+        (&["add-flow", "actions=group:9"], "OFPBAC_BAD_OUT_GROUP"),
+        (
+            &["mod-flows", "udp,actions=group:9"],
+            "OFPBAC_BAD_OUT_GROUP",
+        ),
+    ] {
+        let out = ofctl_error(t, args);
+        assert!(out.contains(says), "{args:?}: {out}");
+    }
+    // A modify replaces the buckets (and may change the type).
+    ofctl(
+        t,
+        &["mod-group", "group_id=1,type=indirect,bucket=output:3"],
+    );
+    assert!(ofctl(t, &["dump-groups"]).contains("group_id=1,type=indirect,bucket=actions=output:3"));
+    // A flow filter by group (out_group) sees the flows naming it.
+    let flows = ofctl(t, &["dump-flows", "out_group=2"]);
+    assert!(
+        flows.contains("actions=group:2,group:4") && !flows.contains("group:3"),
+        "{flows}"
+    );
+    // Deleting group 3 deletes the flow naming it; group 4's flow stays.
+    ofctl(t, &["del-groups", "group_id=3"]);
+    let flows = ofctl(t, &["dump-flows"]);
+    assert!(
+        !flows.contains("group:3") && flows.contains("group:4"),
+        "{flows}"
+    );
+    assert_eq!(sw.pipeline().len(), 1);
+    ofctl(t, &["del-groups"]);
+    assert!(!ofctl(t, &["dump-groups"]).contains("group_id="));
+    assert!(!ofctl(t, &["dump-flows"]).contains("group:"));
 }
 
 /// `ovs-ofctl mod-port` (OFPT_PORT_MOD): each config bit OpenFlow 1.3 can

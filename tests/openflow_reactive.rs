@@ -436,7 +436,7 @@ fn packet_out_matrix_matches_open_vswitch() {
     daemon::check_accounting(&fm.port_stats());
 }
 
-/// LOCAL, groups and unknown buffers are refused with the OpenFlow error
+/// LOCAL, groups that do not exist and unknown buffers are refused with the OpenFlow error
 /// Open vSwitch would name, nothing is sent, and the switch keeps serving.
 #[test]
 fn refused_packet_outs_send_nothing() {

@@ -190,8 +190,9 @@ impl Reference<'_> {
                 OfAction::Write(_)
                 | OfAction::ClearActions
                 | OfAction::GotoTable(_)
-                | OfAction::WriteMetadata { .. } => {
-                    panic!("the rule generator makes no OpenFlow 1.3 instructions")
+                | OfAction::WriteMetadata { .. }
+                | OfAction::Group(_) => {
+                    panic!("the rule generator makes no OpenFlow 1.3 instructions or groups")
                 }
             }
         }

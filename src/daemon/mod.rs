@@ -133,6 +133,10 @@ enum Op {
     DumpFlows,
     /// Rules the predicate selects, counted in place (OFPMP_AGGREGATE).
     AggregateFlows(RuleFilter),
+    /// Every group with its counters (OFPMP_GROUP, OFPMP_GROUP_DESC).
+    Groups,
+    /// Whether a group exists (a flow mod naming it).
+    HasGroup(u32),
     ListPorts,
     PortStats,
     /// OFPT_PORT_MOD: config bits under a mask.
@@ -160,6 +164,7 @@ enum Reply {
     Added(Result<RuleId, AddRefused>),
     Flows(Vec<FlowEntry>),
     Aggregate((u64, u64, u64)),
+    Groups(Vec<crate::openflow::group_table::GroupInfo>),
     Ports(Vec<PortInfo>),
     PortStats(Vec<NamedPortStats>),
     /// A port's config after a PORT_MOD; `None`: no such port.
@@ -192,6 +197,8 @@ impl Op {
                 | Op::ModRules { .. }
                 | Op::DumpFlows
                 | Op::AggregateFlows(_)
+                | Op::Groups
+                | Op::HasGroup(_)
         )
     }
 }
@@ -318,6 +325,21 @@ impl DaemonHandle {
         match self.call(Op::AggregateFlows(select))? {
             Reply::Aggregate(c) => Ok(c),
             _ => Ok((0, 0, 0)),
+        }
+    }
+
+    /// Every group with its counters.
+    pub fn groups(&self) -> Result<Vec<crate::openflow::group_table::GroupInfo>, DaemonError> {
+        match self.call(Op::Groups)? {
+            Reply::Groups(g) => Ok(g),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    pub fn has_group(&self, id: u32) -> Result<bool, DaemonError> {
+        match self.call(Op::HasGroup(id))? {
+            Reply::Json(Value::Bool(b)) => Ok(b),
+            _ => Err(DaemonError::Stopped),
         }
     }
 
@@ -648,6 +670,8 @@ where
             Op::ModRules { .. } => "openflow flow_mod",
             Op::DumpFlows => "openflow flow_dump",
             Op::AggregateFlows(_) => "openflow flow_aggregate",
+            Op::Groups => "openflow groups",
+            Op::HasGroup(_) => "openflow group_exists",
             Op::ListPorts => "openflow port_list",
             Op::PortStats => "openflow port_stats",
             Op::PortMod { .. } => "openflow port_mod",
@@ -746,6 +770,20 @@ where
             ))),
             Op::DumpFlows => self.flow_entries(None).map(Reply::Flows),
             Op::AggregateFlows(select) => self.flow_aggregate(&select).map(Reply::Aggregate),
+            Op::Groups => self
+                .switch
+                .rule_stats()
+                .map(|stats| {
+                    Reply::Groups(crate::openflow::group_table::group_infos(
+                        self.switch.pipeline(),
+                        stats,
+                        Instant::now(),
+                    ))
+                })
+                .map_err(DaemonError::from),
+            Op::HasGroup(id) => Ok(Reply::Json(Value::Bool(
+                self.switch.pipeline().group(id).is_some(),
+            ))),
             Op::ListPorts => Ok(Reply::Ports(self.switch.port_list())),
             Op::PortMod {
                 ofport,

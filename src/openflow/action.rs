@@ -131,6 +131,11 @@ pub fn encode_action(a: &OfAction, ctx: &ActionContext, out: &mut Vec<u8>) {
             out.put_u16(tpid);
             out.put_zeros(2);
         }
+        OfAction::Group(g) => {
+            out.put_u16(at::GROUP);
+            out.put_u16(8);
+            out.put_u32(g);
+        }
         OfAction::Resubmit { port, table } => put_resubmit_table(
             out,
             port.unwrap_or(ofport::IN_PORT) as u16,
@@ -480,11 +485,18 @@ pub fn decode_actions(
                 OfAction::DecTtl
             }
             at::SET_FIELD => set_field_action(&mut b, ctx)?,
+            // Whether the group exists is the flow mod's check (the
+            // group table is the switch's).
             at::GROUP => {
-                return Err(OfpError::bad_action(
-                    Bac::BadOutGroup,
-                    "flowmark has no groups",
-                ))
+                fixed(8)?;
+                let g = b.u32().map_err(|_| bad_len("group"))?;
+                if g > fallback::ofproto::group::GROUP_MAX {
+                    return Err(OfpError::bad_action(
+                        Bac::BadOutGroup,
+                        format!("group:{g:#x} is a reserved group id"),
+                    ));
+                }
+                OfAction::Group(g)
             }
             at::EXPERIMENTER => experimenter_action(&mut b)?,
             other => {

@@ -6,7 +6,8 @@
 
 use super::error::{BadRequestCode, FlowModFailedCode, OfpError, PortModFailedCode};
 use super::flow_table::{AggregateCounts, RuleSelector};
-use super::message::BundledFlowMods;
+use super::group_table::GroupInfo;
+use super::message::{BundledFlowMods, GroupMod};
 use super::net::{Endpoint, EndpointConfig, EventHub, LogFn};
 use super::switch::{FlowInfo, FlowTable, OpenFlowSwitch, PortCounters, PortInfo, SwitchEvent};
 use super::tls::TlsFiles;
@@ -44,6 +45,9 @@ fn refused(e: DaemonError) -> OfpError {
 }
 
 impl FlowTable for DaemonSwitch {
+    fn has_group(&self, id: u32) -> Result<bool, OfpError> {
+        self.handle.has_group(id).map_err(refused)
+    }
     fn flows(&self) -> Result<Vec<FlowInfo>, OfpError> {
         Ok(self
             .handle
@@ -181,6 +185,38 @@ impl OpenFlowSwitch for DaemonSwitch {
                 OfpError::flow_mod_failed(FlowModFailedCode::Unknown, "the commit failed"),
             )
         }))
+    }
+
+    fn group_mod(&self, gm: &GroupMod) -> Result<(), OfpError> {
+        let failure: Arc<Mutex<Option<OfpError>>> = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&failure);
+        let gm = gm.clone();
+        let now = std::time::Instant::now();
+        self.handle
+            .transaction(Box::new(
+                move |mut pipeline| match super::group_table::apply_group_mod(
+                    &mut pipeline,
+                    &gm,
+                    now,
+                ) {
+                    Ok(_) => Some(pipeline),
+                    Err(e) => {
+                        if let Ok(mut f) = seen.lock() {
+                            *f = Some(e);
+                        }
+                        None
+                    }
+                },
+            ))
+            .map_err(refused)?;
+        match failure.lock().ok().and_then(|mut f| f.take()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn groups(&self) -> Result<Vec<GroupInfo>, OfpError> {
+        self.handle.groups().map_err(refused)
     }
 
     fn ports(&self) -> Result<Vec<PortInfo>, OfpError> {

@@ -128,6 +128,9 @@ impl PipelineTable {
 }
 
 impl FlowTable for PipelineTable {
+    fn has_group(&self, id: u32) -> Result<bool, OfpError> {
+        Ok(self.pipeline.borrow().group(id).is_some())
+    }
     fn flows(&self) -> Result<Vec<FlowInfo>, OfpError> {
         Ok(self
             .pipeline
@@ -189,6 +192,12 @@ pub fn apply_flow_mod<T: FlowTable + ?Sized>(sw: &T, fm: FlowMod) -> Result<(), 
             format!("table {}", fm.table_id),
         ));
     }
+    if matches!(
+        fm.command,
+        FlowModCommand::Add | FlowModCommand::Modify | FlowModCommand::ModifyStrict
+    ) {
+        super::group_table::check_groups(&fm.actions, |g| sw.has_group(g))?;
+    }
     let modify = |strict: bool| -> Result<(), OfpError> {
         let sel = RuleSelector {
             table: table_of(fm.table_id),
@@ -197,6 +206,7 @@ pub fn apply_flow_mod<T: FlowTable + ?Sized>(sw: &T, fm: FlowMod) -> Result<(), 
             cookie: fm.cookie,
             cookie_mask: fm.cookie_mask,
             out_port: None,
+            out_group: None,
         };
         if sel.is_plain() {
             sw.modify_flows(sel.table, &sel.r#match, sel.strict_priority, &fm.actions)?;
@@ -216,11 +226,8 @@ pub fn apply_flow_mod<T: FlowTable + ?Sized>(sw: &T, fm: FlowMod) -> Result<(), 
             cookie: fm.cookie,
             cookie_mask: fm.cookie_mask,
             out_port: out_port_filter(fm.out_port)?,
+            out_group: (fm.out_group != OFPG_ANY).then_some(fm.out_group),
         };
-        if fm.out_group != OFPG_ANY {
-            // No rule can output to a group: nothing is selected.
-            return Ok(());
-        }
         if sel.is_plain() {
             sw.delete_flows(sel.table, &sel.r#match, sel.strict_priority)?;
             return Ok(());
@@ -301,15 +308,13 @@ pub struct RuleSelector {
     cookie_mask: u64,
     /// Flowmark numbering; `None`: no filter.
     out_port: Option<u32>,
+    /// Rules whose actions name this group; `None`: no filter.
+    out_group: Option<u32>,
 }
 
 impl RuleSelector {
-    /// A stats request's selector; `None`: it selects nothing (a group
-    /// filter: flowmark has no groups).
+    /// A stats request's selector; `None` when it can select nothing.
     pub fn of_request(q: &FlowStatsRequest) -> Result<Option<RuleSelector>, OfpError> {
-        if q.out_group != OFPG_ANY {
-            return Ok(None);
-        }
         Ok(Some(RuleSelector {
             table: table_of(q.table_id),
             strict_priority: None,
@@ -317,6 +322,7 @@ impl RuleSelector {
             cookie: q.cookie,
             cookie_mask: q.cookie_mask,
             out_port: out_port_filter(q.out_port)?,
+            out_group: (q.out_group != OFPG_ANY).then_some(q.out_group),
         }))
     }
 
@@ -324,6 +330,9 @@ impl RuleSelector {
         self.table.is_none_or(|t| t == table)
             && (cookie & self.cookie_mask) == (self.cookie & self.cookie_mask)
             && self.out_port.is_none_or(|p| outputs_to(actions, p))
+            && self
+                .out_group
+                .is_none_or(|g| fallback::ofproto::group::groups_in(actions).any(|a| a == g))
     }
 
     pub fn selects_entry(&self, e: &RuleEntry) -> bool {
@@ -345,7 +354,7 @@ impl RuleSelector {
     /// True when the switch's own selection gives the same rules (no cookie
     /// or out_port filter), so one bulk call does.
     fn is_plain(&self) -> bool {
-        self.cookie_mask == 0 && self.out_port.is_none()
+        self.cookie_mask == 0 && self.out_port.is_none() && self.out_group.is_none()
     }
 }
 

@@ -6,7 +6,9 @@ use super::action::{
     decode_actions, decode_instructions, encode_actions, encode_instructions, ActionContext,
     ActionUse,
 };
-use super::error::{BadRequestCode as Brc, DecodeError, FlowModFailedCode as Fmfc, OfpError};
+use super::error::{
+    BadRequestCode as Brc, DecodeError, FlowModFailedCode as Fmfc, GroupModFailedCode, OfpError,
+};
 use super::oxm::{decode_match, encode_match};
 use super::wire::{get_str, Put, Reader};
 use fallback::ofproto::table::recent_first;
@@ -312,9 +314,11 @@ pub enum MultipartReplyBody {
     PortStats(Vec<PortStats>),
     PortDesc(Vec<PortDesc>),
     TableFeatures(Vec<TableFeatures>),
-    /// A reply of this `OFPMP_*` type with no entries: the group, meter
-    /// and queue lists of a switch that has none.
+    /// A reply of this `OFPMP_*` type with no entries: the meter and queue
+    /// lists of a switch that has none.
     NoEntries(u16),
+    GroupStats(Vec<GroupStats>),
+    GroupDesc(Vec<GroupDesc>),
     GroupFeatures(GroupFeatures),
     MeterFeatures(MeterFeatures),
 }
@@ -336,6 +340,8 @@ pub mod mod_command {
     pub const ADD: u16 = 0;
     pub const MODIFY: u16 = 1;
     pub const DELETE: u16 = 2;
+    /// Open vSwitch's OFPGC11_ADD_OR_MOD (`ovs-ofctl mod-group --may-create`).
+    pub const ADD_OR_MOD: u16 = 0x8000;
 }
 
 /// `OFPG_MAX`: group ids above it are reserved (`OFPG_ALL`, `OFPG_ANY`).
@@ -357,12 +363,44 @@ pub struct PortMod {
     pub advertise: u32,
 }
 
-/// The head of an OFPT_GROUP_MOD.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// OFPT_GROUP_MOD.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupMod {
     pub command: u16,
     pub group_type: u8,
     pub group_id: u32,
+    pub buckets: Vec<WireBucket>,
+}
+
+/// `ofp_bucket`: a group's bucket as the wire carries it (ports in
+/// OpenFlow 1.3 numbering).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireBucket {
+    pub weight: u16,
+    pub watch_port: u32,
+    pub watch_group: u32,
+    pub actions: Vec<OfAction>,
+}
+
+/// `ofp_group_desc`: one group of a GROUP_DESC reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupDesc {
+    pub group_type: u8,
+    pub group_id: u32,
+    pub buckets: Vec<WireBucket>,
+}
+
+/// `ofp_group_stats`: one group of a GROUP (statistics) reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    pub group_id: u32,
+    pub ref_count: u32,
+    pub packet_count: u64,
+    pub byte_count: u64,
+    pub duration_sec: u32,
+    pub duration_nsec: u32,
+    /// (packets, bytes) per bucket.
+    pub buckets: Vec<(u64, u64)>,
 }
 
 /// The head of an OFPT_METER_MOD.
@@ -933,16 +971,17 @@ fn decode_body(h: &Header, body: &[u8]) -> Result<Message, OfpError> {
                 advertise,
             })
         }
-        // The buckets and bands are not read: nothing is installed.
         t::GROUP_MOD => {
             let command = get!(r, u16, "group mod");
             let group_type = get!(r, u8, "group mod");
             get!(r, skip(1), "group mod");
             let group_id = get!(r, u32, "group mod");
+            let buckets = decode_buckets(r.rest())?;
             Message::GroupMod(GroupMod {
                 command,
                 group_type,
                 group_id,
+                buckets,
             })
         }
         t::METER_MOD => {
@@ -1021,6 +1060,54 @@ fn decode_body(h: &Header, body: &[u8]) -> Result<Message, OfpError> {
         }
     };
     Ok(msg)
+}
+
+/// A list of `ofp_bucket`s filling `bytes`. Their actions have no match
+/// to be checked against (as in OVS, a set-field needs no prerequisite).
+fn decode_buckets(bytes: &[u8]) -> Result<Vec<WireBucket>, OfpError> {
+    let bad = |d: &str| OfpError::group_mod_failed(GroupModFailedCode::BadBucket, d.to_string());
+    let mut r = Reader::new(bytes);
+    let mut out = Vec::new();
+    while !r.is_empty() {
+        let len = usize::from(r.u16().map_err(|_| bad("bucket header cut short"))?);
+        if len < 16 || len % 8 != 0 {
+            return Err(bad("bucket length is not a multiple of 8 of at least 16"));
+        }
+        let body = r
+            .bytes(len - 2)
+            .map_err(|_| bad("bucket runs past the message"))?;
+        let mut b = Reader::new(body);
+        let weight = b.u16().map_err(|_| bad("bucket"))?;
+        let watch_port = b.u32().map_err(|_| bad("bucket"))?;
+        let watch_group = b.u32().map_err(|_| bad("bucket"))?;
+        b.skip(4).map_err(|_| bad("bucket"))?;
+        let ctx = ActionContext {
+            unchecked: true,
+            ..ActionContext::default()
+        };
+        let actions = decode_actions(b.rest(), &ctx, ActionUse::Flow)?;
+        out.push(WireBucket {
+            weight,
+            watch_port,
+            watch_group,
+            actions,
+        });
+    }
+    Ok(out)
+}
+
+fn put_buckets(buckets: &[WireBucket], out: &mut Vec<u8>) {
+    for b in buckets {
+        let start = out.len();
+        out.put_u16(0);
+        out.put_u16(b.weight);
+        out.put_u32(b.watch_port);
+        out.put_u32(b.watch_group);
+        out.put_zeros(4);
+        encode_actions(&b.actions, &ActionContext::default(), out);
+        let len = out.len() - start;
+        out.set_u16(start, len as u16);
+    }
 }
 
 fn decode_flow_mod(r: &mut Reader<'_>) -> Result<FlowMod, OfpError> {
@@ -1319,7 +1406,49 @@ fn decode_mp_reply(r: &mut Reader<'_>) -> Result<MultipartReply, OfpError> {
             }
             MultipartReplyBody::TableFeatures(tables)
         }
-        m::GROUP | m::GROUP_DESC | m::METER | m::METER_CONFIG | m::QUEUE => {
+        m::GROUP => {
+            let mut stats = Vec::new();
+            while !r.is_empty() {
+                let len = usize::from(get!(r, u16, "group stats"));
+                if len < 40 || (len - 40) % 16 != 0 {
+                    return Err(bad_len("group stats entry"));
+                }
+                get!(r, skip(2), "group stats");
+                let mut g = GroupStats {
+                    group_id: get!(r, u32, "group stats"),
+                    ref_count: get!(r, u32, "group stats"),
+                    ..GroupStats::default()
+                };
+                get!(r, skip(4), "group stats");
+                g.packet_count = get!(r, u64, "group stats");
+                g.byte_count = get!(r, u64, "group stats");
+                g.duration_sec = get!(r, u32, "group stats");
+                g.duration_nsec = get!(r, u32, "group stats");
+                for _ in 0..(len - 40) / 16 {
+                    g.buckets
+                        .push((get!(r, u64, "bucket stats"), get!(r, u64, "bucket stats")));
+                }
+                stats.push(g);
+            }
+            MultipartReplyBody::GroupStats(stats)
+        }
+        m::GROUP_DESC => {
+            let mut descs = Vec::new();
+            while !r.is_empty() {
+                let len = usize::from(get!(r, u16, "group desc"));
+                let group_type = get!(r, u8, "group desc");
+                get!(r, skip(1), "group desc");
+                let group_id = get!(r, u32, "group desc");
+                let rest = get!(r, bytes(len.saturating_sub(8)), "group desc");
+                descs.push(GroupDesc {
+                    group_type,
+                    group_id,
+                    buckets: decode_buckets(rest)?,
+                });
+            }
+            MultipartReplyBody::GroupDesc(descs)
+        }
+        m::METER | m::METER_CONFIG | m::QUEUE => {
             if !r.is_empty() {
                 return Err(OfpError::bad_request(
                     Brc::BadMultipart,
@@ -1531,6 +1660,8 @@ fn mp_reply_type(b: &MultipartReplyBody) -> u16 {
         MultipartReplyBody::PortDesc(_) => mp_type::PORT_DESC,
         MultipartReplyBody::TableFeatures(_) => mp_type::TABLE_FEATURES,
         MultipartReplyBody::NoEntries(ty) => *ty,
+        MultipartReplyBody::GroupStats(_) => mp_type::GROUP,
+        MultipartReplyBody::GroupDesc(_) => mp_type::GROUP_DESC,
         MultipartReplyBody::GroupFeatures(_) => mp_type::GROUP_FEATURES,
         MultipartReplyBody::MeterFeatures(_) => mp_type::METER_FEATURES,
     }
@@ -1585,6 +1716,33 @@ fn mp_reply_entries(b: &MultipartReplyBody) -> Vec<Vec<u8>> {
             each(ts.len(), &|i, v| put_table_features(&ts[i], v))
         }
         MultipartReplyBody::NoEntries(_) => Vec::new(),
+        MultipartReplyBody::GroupStats(gs) => each(gs.len(), &|i, v| {
+            let g = &gs[i];
+            v.put_u16((40 + 16 * g.buckets.len()) as u16);
+            v.put_zeros(2);
+            v.put_u32(g.group_id);
+            v.put_u32(g.ref_count);
+            v.put_zeros(4);
+            v.put_u64(g.packet_count);
+            v.put_u64(g.byte_count);
+            v.put_u32(g.duration_sec);
+            v.put_u32(g.duration_nsec);
+            for (p, b) in &g.buckets {
+                v.put_u64(*p);
+                v.put_u64(*b);
+            }
+        }),
+        MultipartReplyBody::GroupDesc(gs) => each(gs.len(), &|i, v| {
+            let g = &gs[i];
+            let start = v.len();
+            v.put_u16(0);
+            v.put_u8(g.group_type);
+            v.put_zeros(1);
+            v.put_u32(g.group_id);
+            put_buckets(&g.buckets, v);
+            let len = v.len() - start;
+            v.set_u16(start, len as u16);
+        }),
         MultipartReplyBody::GroupFeatures(f) => {
             let mut v = Vec::new();
             v.put_u32(f.types);
@@ -1838,6 +1996,7 @@ fn encode_body(msg: &Message, out: &mut Vec<u8>) {
             out.put_u8(g.group_type);
             out.put_zeros(1);
             out.put_u32(g.group_id);
+            put_buckets(&g.buckets, out);
         }
         Message::MeterMod(m) => {
             out.put_u16(m.command);

@@ -409,6 +409,27 @@ fn bundled_flow_mods_keep_messages_and_their_flow_mods() {
     assert_eq!(b.action_lists(), 2);
 }
 
+/// Two buckets of a select group, one watching a port, one a group.
+fn buckets() -> Vec<WireBucket> {
+    vec![
+        WireBucket {
+            weight: 3,
+            watch_port: 2,
+            watch_group: 0xffff_ffff,
+            actions: vec![
+                OfAction::Mod(fallback::key::Field::NwDst, 0x0a00_0001),
+                OfAction::Output(2),
+            ],
+        },
+        WireBucket {
+            weight: 1,
+            watch_port: OFPP_ANY,
+            watch_group: 7,
+            actions: vec![OfAction::Group(7)],
+        },
+    ]
+}
+
 #[test]
 fn port_group_meter_and_queue_messages_round_trip_and_ovs_reads_them() {
     use mod_command::{ADD, DELETE, MODIFY};
@@ -417,6 +438,7 @@ fn port_group_meter_and_queue_messages_round_trip_and_ovs_reads_them() {
             command: DELETE,
             group_type: 0,
             group_id: 0xffff_fffc,
+            buckets: Vec::new(),
         }),
         &["OFPT_GROUP_MOD", "DEL group_id=4294967292"],
     );
@@ -425,8 +447,13 @@ fn port_group_meter_and_queue_messages_round_trip_and_ovs_reads_them() {
             command: ADD,
             group_type: 1,
             group_id: 5,
+            buckets: buckets(),
         }),
-        &["ADD group_id=5,type=select"],
+        &[
+            "ADD group_id=5,type=select",
+            "bucket=weight:3,watch_port:2,actions=set_field:10.0.0.1->ip_dst,output:2",
+            "bucket=watch_group:7,actions=group:7",
+        ],
     );
     sent(
         Message::MeterMod(MeterMod {
@@ -496,13 +523,27 @@ fn port_group_meter_and_queue_messages_round_trip_and_ovs_reads_them() {
         sent(Message::MultipartRequest(q), &[says]);
     }
     for (body, says) in [
+        (MultipartReplyBody::GroupStats(Vec::new()), "OFPST_GROUP reply"),
         (
-            MultipartReplyBody::NoEntries(mp_type::GROUP),
-            "OFPST_GROUP reply",
+            MultipartReplyBody::GroupStats(vec![GroupStats {
+                group_id: 5,
+                ref_count: 2,
+                packet_count: 10,
+                byte_count: 640,
+                duration_sec: 3,
+                duration_nsec: 5_000_000,
+                buckets: vec![(7, 448), (3, 192)],
+            }]),
+            "group_id=5,duration=3.005s,ref_count=2,packet_count=10,byte_count=640,bucket0:packet_count=7,byte_count=448,bucket1:packet_count=3,byte_count=192",
         ),
+        (MultipartReplyBody::GroupDesc(Vec::new()), "OFPST_GROUP_DESC reply"),
         (
-            MultipartReplyBody::NoEntries(mp_type::GROUP_DESC),
-            "OFPST_GROUP_DESC reply",
+            MultipartReplyBody::GroupDesc(vec![GroupDesc {
+                group_type: 1,
+                group_id: 5,
+                buckets: buckets(),
+            }]),
+            "group_id=5,type=select,bucket=weight:3,watch_port:2,actions=set_field:10.0.0.1->ip_dst,output:2,bucket=watch_group:7,actions=group:7",
         ),
         (
             MultipartReplyBody::NoEntries(mp_type::METER),

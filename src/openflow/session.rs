@@ -3,19 +3,20 @@
 //! `now`), so that every exchange can be tested deterministically.
 
 use super::error::{
-    BadRequestCode as Brc, DecodeError, GroupModFailedCode as Gmfc, HelloFailedCode,
-    MeterModFailedCode as Mmfc, OfpError, PortModFailedCode, QueueOpFailedCode,
+    BadRequestCode as Brc, DecodeError, HelloFailedCode, MeterModFailedCode as Mmfc, OfpError,
+    PortModFailedCode, QueueOpFailedCode,
 };
 use super::flow_table::{
     apply_flow_mod, flow_stats, select_flows, table_stats, AggregateCounts, RuleSelector,
 };
+use super::group_table;
 use super::message::OFPPS_LINK_DOWN;
 use super::message::{
     self, capabilities, decode, encode, encode_multipart_reply, mod_command, mp_type,
     packet_in_reason, parse_header, AsyncConfig, BundleControl, BundledFlowMods, Desc, Features,
-    FlowRemoved, GroupFeatures, GroupMod, Message, MeterFeatures, MeterMod, MultipartReplyBody,
-    MultipartRequest, PacketIn, PortDesc, PortReason, PortStats, PortStatus, SwitchConfig,
-    TableFeatures, HEADER_LEN, OFP13_VERSION, OFPPS_LIVE, OFP_NO_BUFFER,
+    FlowRemoved, Message, MeterFeatures, MeterMod, MultipartReplyBody, MultipartRequest, PacketIn,
+    PortDesc, PortReason, PortStats, PortStatus, SwitchConfig, TableFeatures, HEADER_LEN,
+    OFP13_VERSION, OFPPS_LIVE, OFP_NO_BUFFER,
 };
 use super::port::{ofport_from_of13, ofport_to_of13, OFPP_ANY, OFPP_CONTROLLER};
 use super::switch::{OpenFlowSwitch, PortInfo, SwitchEvent};
@@ -368,11 +369,12 @@ impl Session {
                         OfpError::bad_request(Brc::BadPort, format!("in_port {p:#x}"))
                     })?,
                 };
+                group_table::check_groups(&po.actions, |g| sw.has_group(g))?;
                 sw.packet_out(in_port, &po.actions, &po.data)?;
             }
             Message::MultipartRequest(q) => self.multipart(xid, q, sw)?,
             Message::PortMod(pm) => self.port_mod(&pm, sw)?,
-            Message::GroupMod(g) => judge_group_mod(&g)?,
+            Message::GroupMod(g) => sw.group_mod(&g)?,
             Message::MeterMod(m) => judge_meter_mod(&m)?,
             Message::QueueGetConfigRequest { port } => {
                 check_queue_port(sw, port)?;
@@ -652,14 +654,19 @@ impl Session {
             MultipartRequest::PortDesc => {
                 MultipartReplyBody::PortDesc(sw.ports()?.iter().map(port_desc).collect())
             }
-            // No groups, meters or queues exist: lists are empty, as Open
-            // vSwitch's are before any is added (a meter asked for by id
-            // is unknown there too), and the features say none can be.
-            MultipartRequest::Group { .. } => MultipartReplyBody::NoEntries(mp_type::GROUP),
-            MultipartRequest::GroupDesc => MultipartReplyBody::NoEntries(mp_type::GROUP_DESC),
-            MultipartRequest::GroupFeatures => {
-                MultipartReplyBody::GroupFeatures(GroupFeatures::default())
+            // A group that does not exist has no entry (as in OVS).
+            MultipartRequest::Group { group_id } => {
+                MultipartReplyBody::GroupStats(group_table::group_stats(&sw.groups()?, group_id))
             }
+            MultipartRequest::GroupDesc => {
+                MultipartReplyBody::GroupDesc(group_table::group_descs(&sw.groups()?))
+            }
+            MultipartRequest::GroupFeatures => {
+                MultipartReplyBody::GroupFeatures(group_table::features())
+            }
+            // No meters or queues exist: lists are empty, as Open vSwitch's
+            // are before any is added (a meter asked for by id is unknown
+            // there too), and the features say none can be.
             MultipartRequest::Meter { meter_id } | MultipartRequest::MeterConfig { meter_id } => {
                 if meter_id != message::OFPM_ALL {
                     return Err(OfpError::meter_mod_failed(
@@ -908,32 +915,9 @@ fn check_queue_port(sw: &dyn OpenFlowSwitch, p: u32) -> Result<(), OfpError> {
     ))
 }
 
-/// A group mod to a switch with no group table, answered as Open vSwitch
-/// answers one about groups that do not exist: a delete has nothing to do
-/// and succeeds; a modify names an unknown group; an add finds no room.
-fn judge_group_mod(g: &GroupMod) -> Result<(), OfpError> {
-    let id = g.group_id;
-    match g.command {
-        mod_command::DELETE => Ok(()),
-        mod_command::ADD | mod_command::MODIFY if id > message::OFPG_MAX => Err(
-            OfpError::group_mod_failed(Gmfc::InvalidGroup, format!("group id {id:#x} is reserved")),
-        ),
-        mod_command::ADD => Err(OfpError::group_mod_failed(
-            Gmfc::OutOfGroups,
-            format!("group {id}: flowmark has no group table (use flows' own actions)"),
-        )),
-        mod_command::MODIFY => Err(OfpError::group_mod_failed(
-            Gmfc::UnknownGroup,
-            format!("no group {id}: flowmark has no group table"),
-        )),
-        other => Err(OfpError::group_mod_failed(
-            Gmfc::BadCommand,
-            format!("group mod command {other}"),
-        )),
-    }
-}
-
-/// A meter mod, as [`judge_group_mod`]: no meter can be added.
+/// A meter mod to a switch with no meters, answered as Open vSwitch
+/// answers one about meters that do not exist: a delete has nothing to do
+/// and succeeds; a modify names an unknown meter; an add finds no room.
 fn judge_meter_mod(m: &MeterMod) -> Result<(), OfpError> {
     let id = m.meter_id;
     match m.command {

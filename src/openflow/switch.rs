@@ -4,7 +4,8 @@
 
 use super::error::OfpError;
 use super::flow_table::{AggregateCounts, RuleSelector};
-use super::message::BundledFlowMods;
+use super::group_table::GroupInfo;
+use super::message::{BundledFlowMods, GroupMod};
 use fallback::ofproto::table::RuleId;
 use fallback::ofproto::{Match, OfAction, Rule};
 use std::sync::Arc;
@@ -77,6 +78,8 @@ pub enum SwitchEvent {
 /// [`OpenFlowSwitch`] has them, and so does a bare pipeline
 /// ([`super::flow_table::PipelineTable`], a bundle's scratch copy).
 pub trait FlowTable {
+    /// Whether group `id` exists (a flow naming another is refused).
+    fn has_group(&self, id: u32) -> Result<bool, OfpError>;
     fn flows(&self) -> Result<Vec<FlowInfo>, OfpError>;
     /// One OFPFC_ADD: refused with OFPFMFC_OVERLAP (with `check_overlap`)
     /// or OFPFMFC_TABLE_FULL, checked where the rules are (no dump). With
@@ -137,4 +140,9 @@ pub trait OpenFlowSwitch: FlowTable + Send + Sync {
     /// (the index and error of the first that fails) no change at all.
     /// Shared, not copied: the session keeps it to quote a failing message.
     fn commit_flow_mods(&self, mods: Arc<BundledFlowMods>) -> Result<(), (usize, OfpError)>;
+    /// OFPT_GROUP_MOD, as [`super::group_table::apply_group_mod`] (a delete
+    /// takes the rules naming the group with it).
+    fn group_mod(&self, gm: &GroupMod) -> Result<(), OfpError>;
+    /// Every group with its counters.
+    fn groups(&self) -> Result<Vec<GroupInfo>, OfpError>;
 }

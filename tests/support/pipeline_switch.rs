@@ -6,7 +6,8 @@ use fallback::ofproto::table::{Pipeline, RuleId};
 use fallback::ofproto::{Match, OfAction, Rule};
 use flowmark::openflow::error::{BadRequestCode, OfpError};
 use flowmark::openflow::flow_table::{apply_flow_mods_to, PipelineTable};
-use flowmark::openflow::message::BundledFlowMods;
+use flowmark::openflow::group_table::{apply_group_mod, group_infos, GroupInfo};
+use flowmark::openflow::message::{BundledFlowMods, GroupMod};
 use flowmark::openflow::switch::{FlowInfo, FlowTable, OpenFlowSwitch, PortCounters, PortInfo};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -113,6 +114,9 @@ impl PipelineSwitch {
 }
 
 impl FlowTable for PipelineSwitch {
+    fn has_group(&self, id: u32) -> Result<bool, OfpError> {
+        self.lock()?.table.has_group(id)
+    }
     fn flows(&self) -> Result<Vec<FlowInfo>, OfpError> {
         let s = self.lock()?;
         let now = Instant::now();
@@ -242,5 +246,21 @@ impl OpenFlowSwitch for PipelineSwitch {
 
     fn max_flows(&self) -> usize {
         self.max_flows
+    }
+
+    fn group_mod(&self, gm: &GroupMod) -> Result<(), OfpError> {
+        let mut s = self.lock()?;
+        let mut scratch = s.table.pipeline().clone();
+        apply_group_mod(&mut scratch, gm, Instant::now())?;
+        s.table = PipelineTable::new(scratch, self.max_flows);
+        Ok(())
+    }
+
+    /// Groups count what the rules' counters ([`PipelineSwitch::hit`])
+    /// credit them: nothing (no datapath here).
+    fn groups(&self) -> Result<Vec<GroupInfo>, OfpError> {
+        let s = self.lock()?;
+        let infos = group_infos(&s.table.pipeline(), [], Instant::now());
+        Ok(infos)
     }
 }

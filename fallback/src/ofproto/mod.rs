@@ -4,6 +4,7 @@
 
 pub mod classifier;
 mod cow;
+pub mod group;
 pub mod mac;
 pub mod syntax;
 pub mod table;
@@ -105,6 +106,8 @@ pub enum OfAction {
     /// OpenFlow 1.3 `write_metadata:VALUE/MASK`: the masked bits of the
     /// pipeline metadata take `value`'s (before a `GotoTable`).
     WriteMetadata { value: u64, mask: u64 },
+    /// OpenFlow 1.1+ `group:N`: runs group N's buckets (see [`group`]).
+    Group(u32),
 }
 
 /// An action of the OpenFlow 1.3 action set (`write_actions`). The set
@@ -118,11 +121,15 @@ pub enum SetAction {
     Flood,
     All,
     Normal,
-    Controller { max_len: u16 },
+    Controller {
+        max_len: u16,
+    },
     Mod(Field, u128),
     DecTtl,
     StripVlan,
     PushVlan(u16),
+    /// Takes precedence over an output in the same set.
+    Group(u32),
 }
 
 impl SetAction {
@@ -139,6 +146,7 @@ impl SetAction {
             OfAction::DecTtl => SetAction::DecTtl,
             OfAction::StripVlan => SetAction::StripVlan,
             OfAction::PushVlan(t) => SetAction::PushVlan(t),
+            OfAction::Group(g) => SetAction::Group(g),
             _ => return None,
         })
     }
@@ -156,6 +164,7 @@ impl SetAction {
             SetAction::DecTtl => OfAction::DecTtl,
             SetAction::StripVlan => OfAction::StripVlan,
             SetAction::PushVlan(t) => OfAction::PushVlan(t),
+            SetAction::Group(g) => OfAction::Group(g),
         }
     }
 
@@ -167,8 +176,23 @@ impl SetAction {
             SetAction::PushVlan(_) => (1, None),
             SetAction::DecTtl => (2, None),
             SetAction::Mod(f, _) => (3, Some(f)),
+            SetAction::Group(_) => (5, None),
             _ => (4, None),
         }
+    }
+
+    /// The actions `set` runs, in order: none when it has no output or
+    /// group (as OVS's `ofpacts_execute_action_set`), and a group's
+    /// without the output.
+    pub fn run_order(set: &[SetAction]) -> Vec<OfAction> {
+        let has_group = set.iter().any(|s| matches!(s, SetAction::Group(_)));
+        if !has_group && !set.iter().any(|s| s.order().0 == 4) {
+            return Vec::new();
+        }
+        set.iter()
+            .filter(|s| !(has_group && s.order().0 == 4))
+            .map(|s| s.action())
+            .collect()
     }
 
     /// Writes `a` into `set`: it replaces the action of its kind.

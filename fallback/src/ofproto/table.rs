@@ -5,6 +5,7 @@
 
 use super::classifier::Classifier;
 use super::cow::CowTable;
+use super::group::{self, Group, GroupError};
 use super::{Match, OfAction, Rule, N_TABLES};
 use crate::key::{FlowKey, KEY_WORDS};
 use std::fmt;
@@ -328,6 +329,10 @@ pub struct Pipeline {
     version: u64,
     in_batch: bool,
     batch_changed: bool,
+    /// The group table (few and small next to the rules: copied whole on
+    /// change).
+    groups: Arc<std::collections::BTreeMap<u32, Arc<Group>>>,
+    next_group_serial: u64,
 }
 
 /// A set of OpenFlow table numbers.
@@ -472,6 +477,8 @@ impl Pipeline {
             version: 0,
             in_batch: false,
             batch_changed: false,
+            groups: Arc::default(),
+            next_group_serial: 1,
         }
     }
 
@@ -750,6 +757,140 @@ impl Pipeline {
         }
         self.changed();
         ids
+    }
+
+    /// Group `id`, if the bridge has it.
+    #[inline]
+    pub fn group(&self, id: u32) -> Option<&Arc<Group>> {
+        self.groups.get(&id)
+    }
+
+    /// Every group, by id.
+    pub fn groups(&self) -> impl Iterator<Item = &Arc<Group>> {
+        self.groups.values()
+    }
+
+    /// The group of a statistics credit ([`group::credit`]): its id and the
+    /// bucket, while that version of the group is installed.
+    pub fn group_of_serial(&self, serial: u64) -> Option<&Arc<Group>> {
+        self.groups.values().find(|g| g.serial == serial)
+    }
+
+    /// The rules whose actions name group `id` (OpenFlow's group reference
+    /// count).
+    pub fn group_users(&self, id: u32) -> usize {
+        self.entries()
+            .filter(|e| group::groups_in(e.actions()).any(|g| g == id))
+            .count()
+    }
+
+    /// OFPGC_ADD.
+    pub fn group_add(&mut self, mut g: Group) -> Result<(), GroupError> {
+        if self.groups.contains_key(&g.id) {
+            return Err(GroupError::Exists(g.id));
+        }
+        if self.groups.values().filter(|o| o.kind == g.kind).count() >= group::MAX_GROUPS {
+            return Err(GroupError::OutOfGroups(g.kind.name()));
+        }
+        g.serial = self.take_group_serial();
+        let id = g.id;
+        Arc::make_mut(&mut self.groups).insert(id, Arc::new(g));
+        // Rules naming it (from the CLI, which does not check) and groups
+        // chaining to it translate differently now.
+        self.touch_group_users(id);
+        self.changed();
+        Ok(())
+    }
+
+    /// OFPGC_MODIFY: the group's type and buckets are replaced (its
+    /// statistics start again, as in OVS).
+    pub fn group_modify(&mut self, mut g: Group) -> Result<(), GroupError> {
+        if !self.groups.contains_key(&g.id) {
+            return Err(GroupError::Unknown(g.id));
+        }
+        let others = self
+            .groups
+            .values()
+            .filter(|o| o.kind == g.kind && o.id != g.id)
+            .count();
+        if others >= group::MAX_GROUPS {
+            return Err(GroupError::OutOfGroups(g.kind.name()));
+        }
+        g.serial = self.take_group_serial();
+        let id = g.id;
+        Arc::make_mut(&mut self.groups).insert(id, Arc::new(g));
+        self.touch_group_users(id);
+        self.changed();
+        Ok(())
+    }
+
+    /// OFPGC_DELETE of group `id` ([`group::GROUP_ALL`]: every group), with
+    /// the rules that name it, as in OVS. A group that does not exist is no
+    /// error. Returns the ids of the rules deleted.
+    pub fn group_delete(&mut self, id: u32) -> Vec<RuleId> {
+        let ids: Vec<u32> = if id == group::GROUP_ALL {
+            self.groups.keys().copied().collect()
+        } else if self.groups.contains_key(&id) {
+            vec![id]
+        } else {
+            return Vec::new();
+        };
+        let mut users: Vec<RuleId> = self
+            .entries()
+            .filter(|e| group::groups_in(e.actions()).any(|g| ids.contains(&g)))
+            .map(|e| e.id)
+            .collect();
+        users.sort_unstable();
+        for g in &ids {
+            self.touch_group_users(*g);
+        }
+        let groups = Arc::make_mut(&mut self.groups);
+        for g in &ids {
+            groups.remove(g);
+        }
+        self.remove_ids(&users);
+        self.changed();
+        users
+    }
+
+    fn take_group_serial(&mut self) -> u64 {
+        let s = self.next_group_serial;
+        self.next_group_serial += 1;
+        s
+    }
+
+    /// Records as modified every rule whose translation can run group `id`:
+    /// the rules naming it or a group that runs or watches it (chains
+    /// followed to their end).
+    fn touch_group_users(&mut self, id: u32) {
+        let mut affected = vec![id];
+        let mut i = 0;
+        while i < affected.len() {
+            let g = affected[i];
+            for o in self.groups.values() {
+                if !affected.contains(&o.id) && o.references().any(|r| r == g) {
+                    affected.push(o.id);
+                }
+            }
+            i += 1;
+        }
+        let users: Vec<(u8, RuleId)> = self
+            .entries()
+            .filter(|e| group::groups_in(e.actions()).any(|g| affected.contains(&g)))
+            .map(|e| (e.table(), e.id))
+            .collect();
+        for (table, id) in users {
+            self.record(RuleChange::Modified { table, id });
+        }
+    }
+
+    /// The group types this bridge has groups of, and how many of each.
+    pub fn group_counts(&self) -> [usize; 4] {
+        let mut n = [0; 4];
+        for g in self.groups.values() {
+            n[g.kind as usize] += 1;
+        }
+        n
     }
 
     /// Classifier lookup in one table: the best matching rule, with every

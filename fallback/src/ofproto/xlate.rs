@@ -15,6 +15,7 @@
 //! `commit_odp_actions`): a set that no output follows is dropped, and each
 //! field is written once per output with its final value.
 
+use super::group::{self, GroupType};
 use super::mac::{MacLearn, MacTable};
 use super::table::{Pipeline, RuleId, TableSet};
 use super::{ofport, OfAction, SetAction};
@@ -484,6 +485,7 @@ impl Ctx<'_> {
                 }
                 // The pipeline goes on in a later table (a miss there ends it).
                 OfAction::GotoTable(t) => self.resubmit(None, t),
+                OfAction::Group(g) => self.group(g, table, cookie),
             }
         }
     }
@@ -493,10 +495,7 @@ impl Ctx<'_> {
         if self.action_set.is_empty() || self.error.is_some() {
             return;
         }
-        let set: Vec<OfAction> = std::mem::take(&mut self.action_set)
-            .into_iter()
-            .map(SetAction::action)
-            .collect();
+        let set = SetAction::run_order(&std::mem::take(&mut self.action_set));
         let (table, cookie) = self.set_origin;
         self.do_actions(&set, table, cookie);
     }
@@ -525,6 +524,188 @@ impl Ctx<'_> {
         }
         self.depth -= 1;
         self.flow.set(Field::InPort, saved_port as u128);
+    }
+
+    /// `group:N`: the group's buckets, each on a copy of the packet.
+    fn group(&mut self, id: u32, table: u8, cookie: u64) {
+        // A group costs what a resubmit does (OVS: a bucket chain that
+        // loops ends on the same limits).
+        self.resubmits += 1;
+        if self.depth + 1 >= MAX_DEPTH || self.resubmits > MAX_RESUBMITS {
+            self.note("group: over the translation limits, packet dropped");
+            self.error = Some(if self.depth + 1 >= MAX_DEPTH {
+                XlateDrop::RecursionTooDeep
+            } else {
+                XlateDrop::TooManyResubmits
+            });
+            return;
+        }
+        let pipeline = self.bridge.pipeline;
+        let Some(g) = pipeline.group(id) else {
+            self.note("group: no such group, action skipped");
+            return;
+        };
+        self.rules
+            .push(group::credit::id(g.serial, group::credit::GROUP_ITSELF));
+        match g.kind {
+            GroupType::All | GroupType::Indirect => {
+                for i in 0..g.buckets.len() {
+                    self.bucket(g, i, table, cookie);
+                }
+            }
+            GroupType::Select => match self.select_bucket(g) {
+                Some(i) => self.bucket(g, i, table, cookie),
+                None => self.note("group: no live bucket"),
+            },
+            GroupType::FastFailover => {
+                match (0..g.buckets.len()).find(|&i| self.bucket_live(g, i, 0)) {
+                    Some(i) => self.bucket(g, i, table, cookie),
+                    None => self.note("group: no live bucket"),
+                }
+            }
+        }
+    }
+
+    /// Runs bucket `i` of `g` on a copy of the packet: afterwards the flow
+    /// is as before it, and the datapath actions undo on the packet what the
+    /// bucket changed (lazily, as sets are committed).
+    fn bucket(&mut self, g: &group::Group, i: usize, table: u8, cookie: u64) {
+        self.rules.push(group::credit::id(g.serial, i as u16));
+        let Some(exec) = g.exec.get(i).filter(|e| !e.is_empty()) else {
+            return;
+        };
+        self.commit();
+        let saved = self.flow;
+        let first = self.actions.len();
+        self.depth += 1;
+        self.do_actions(exec, table, cookie);
+        self.depth -= 1;
+        if self.error.is_some() {
+            return;
+        }
+        // Sets still pending are written so the packet's state is the
+        // flow's; those the restore undoes follow.
+        self.commit();
+        let pushed = self.actions[first..]
+            .iter()
+            .map(|a| match a {
+                DpAction::PushVlan(_) => 1i32,
+                DpAction::PopVlan => -1,
+                _ => 0,
+            })
+            .sum::<i32>();
+        for _ in 0..pushed.max(0) {
+            self.push_action(DpAction::PopVlan);
+        }
+        for _ in 0..(-pushed).max(0) {
+            self.push_action(DpAction::PushVlan(ethertype::VLAN));
+        }
+        if pushed < 0 {
+            // The re-pushed tag gets the saved TCI written.
+            self.flow.set(Field::VlanTci, 0);
+        }
+        for (b, f) in COMMIT_ORDER.iter().enumerate() {
+            // A tag the bucket pushed is gone again with what it set.
+            let vlan = matches!(f, Field::VlanTci | Field::VlanPcp);
+            if self.flow.get(*f) != saved.get(*f) && !(vlan && pushed > 0) {
+                self.dirty |= 1 << b;
+            }
+        }
+        if pushed < 0 {
+            self.mark_dirty(Field::VlanTci);
+            self.mark_dirty(Field::VlanPcp);
+        }
+        self.flow = saved;
+    }
+
+    /// A select group's bucket: the best-scoring live bucket for a hash of
+    /// the flow's addresses, protocol and ports, whose bits the megaflow
+    /// keeps (OVS's default selection, symmetric: both directions of a
+    /// connection pick the same bucket).
+    fn select_bucket(&mut self, g: &group::Group) -> Option<usize> {
+        let f = self.flow;
+        let v4 = f.dl_type() == ethertype::IPV4;
+        let v6 = f.dl_type() == ethertype::IPV6;
+        let l4 = f.is_ip() && matches!(f.nw_proto(), ipproto::TCP | ipproto::UDP | ipproto::SCTP);
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        let mut pair = |a: u128, b: u128| {
+            // Symmetric: the two ends of a pair mix in one order.
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            for v in [lo, hi] {
+                hash = (hash ^ v as u64 ^ (v >> 64) as u64).wrapping_mul(0x0000_0100_0000_01b3);
+                hash ^= hash >> 29;
+            }
+        };
+        let vid = f.vlan_tci() & (VLAN_CFI | VLAN_VID_MASK);
+        pair(f.get(Field::DlSrc), f.get(Field::DlDst));
+        pair(f.get(Field::DlType), u128::from(vid));
+        self.wc.set_exact(Field::DlSrc);
+        self.wc.set_exact(Field::DlDst);
+        self.wc
+            .or_field(Field::VlanTci, (VLAN_CFI | VLAN_VID_MASK) as u128);
+        let addrs = if v4 {
+            Some((Field::NwSrc, Field::NwDst))
+        } else if v6 {
+            Some((Field::Ipv6Src, Field::Ipv6Dst))
+        } else {
+            None
+        };
+        if let Some((src, dst)) = addrs {
+            pair(f.get(src), f.get(dst));
+            pair(f.get(Field::NwProto), 0);
+            self.wc.set_exact(src);
+            self.wc.set_exact(dst);
+            self.wc.set_exact(Field::NwProto);
+        }
+        if l4 {
+            pair(f.get(Field::TpSrc), f.get(Field::TpDst));
+            self.wc.set_exact(Field::TpSrc);
+            self.wc.set_exact(Field::TpDst);
+        }
+        let mut best: Option<(u64, usize)> = None;
+        for (i, b) in g.buckets.iter().enumerate() {
+            if b.weight == 0 || !self.bucket_live(g, i, 0) {
+                continue;
+            }
+            let mut h = (hash ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                .wrapping_mul(0xff51_afd7_ed55_8ccd);
+            h ^= h >> 33;
+            let score = (h & 0xffff) * u64::from(b.weight);
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, i));
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// A bucket is live when it watches nothing, or a port the bridge has,
+    /// or a group with a live bucket.
+    fn bucket_live(&mut self, g: &group::Group, i: usize, depth: usize) -> bool {
+        let Some(b) = g.buckets.get(i) else {
+            return false;
+        };
+        if !b.has_liveness() {
+            return true;
+        }
+        if depth >= group::MAX_LIVENESS_DEPTH {
+            self.note("group: watched groups chained too deep, bucket not live");
+            return false;
+        }
+        if b.watch_port != ofport::NONE {
+            self.deps.ports = true;
+            if self.bridge.ports.binary_search(&b.watch_port).is_ok() {
+                return true;
+            }
+        }
+        if b.watch_group != group::GROUP_ANY {
+            let pipeline = self.bridge.pipeline;
+            if let Some(w) = pipeline.group(b.watch_group) {
+                if (0..w.buckets.len()).any(|j| self.bucket_live(w, j, depth + 1)) {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     fn push_action(&mut self, a: DpAction) {
@@ -1356,5 +1537,205 @@ mod tests {
         assert_ne!(software.mask.get(Field::TpDst), 0);
         assert!(software.mask.is_subset_of(&offloaded.mask));
         assert_eq!(software.actions, offloaded.actions);
+    }
+
+    mod groups {
+        use super::*;
+        use crate::ofproto::group::{credit, Bucket, Group};
+        use crate::ofproto::table::{Changes, RuleChange};
+
+        fn strings(x: &Xlation) -> Vec<String> {
+            x.actions.iter().map(|a| a.to_string()).collect()
+        }
+
+        fn with_group(kind: GroupType, buckets: Vec<Bucket>) -> Pipeline {
+            let mut p = Pipeline::new();
+            p.group_add(Group::new(1, kind, buckets).unwrap()).unwrap();
+            p.add(rule(0, 1, udp_match(), vec![OfAction::Group(1)]));
+            p
+        }
+
+        #[test]
+        fn all_runs_each_bucket_on_a_copy_of_the_packet() {
+            let p = with_group(
+                GroupType::All,
+                vec![
+                    Bucket::new(vec![
+                        OfAction::SetField(Field::NwDst, 0x0a00_0009),
+                        OfAction::Output(2),
+                    ]),
+                    Bucket::new(vec![OfAction::PushVlan(0x8100), OfAction::Output(3)]),
+                    Bucket::new(vec![OfAction::Output(3)]),
+                ],
+            );
+            let x = run(&p, &udp_key(1, 0x0a00_0001, 0x0a00_0002, 5, 6));
+            assert_eq!(
+                strings(&x),
+                [
+                    "mod_nw_dst:10.0.0.9",
+                    "output:2",
+                    // The next buckets see the packet as it arrived.
+                    "mod_nw_dst:10.0.0.2",
+                    "push_vlan:0x8100",
+                    "output:3",
+                    "strip_vlan",
+                    "output:3"
+                ]
+            );
+            // The rule, the group and its three buckets are credited.
+            assert_eq!(x.rules.len(), 5);
+            let serial = p.group(1).unwrap().serial;
+            assert_eq!(
+                x.rules[1..],
+                [
+                    credit::id(serial, credit::GROUP_ITSELF),
+                    credit::id(serial, 0),
+                    credit::id(serial, 1),
+                    credit::id(serial, 2)
+                ]
+            );
+        }
+
+        #[test]
+        fn select_is_stable_weighted_and_unwildcards_what_it_hashed() {
+            let bucket = |port, weight| {
+                let mut b = Bucket::new(vec![OfAction::Output(port)]);
+                b.weight = weight;
+                b
+            };
+            let p = with_group(
+                GroupType::Select,
+                vec![bucket(2, 1), bucket(3, 1), bucket(4, 0)],
+            );
+            let mut chosen = [0usize; 5];
+            for sport in 0..200u16 {
+                let k = udp_key(1, 0x0a00_0001, 0x0a00_0002, 1000 + sport, 80);
+                let x = run(&p, &k);
+                assert_eq!(x, run(&p, &k), "the same flow picks the same bucket");
+                let [DpAction::Output(o)] = x.actions[..] else {
+                    panic!("one output: {:?}", x.actions)
+                };
+                chosen[o as usize] += 1;
+                assert_eq!(x.mask.get(Field::TpSrc), 0xffff);
+                assert_eq!(x.mask.get(Field::NwSrc), 0xffff_ffff);
+                // Both directions pick the same bucket.
+                let mut back = udp_key(1, 0x0a00_0002, 0x0a00_0001, 80, 1000 + sport);
+                back.set(Field::DlSrc, k.get(Field::DlDst));
+                back.set(Field::DlDst, k.get(Field::DlSrc));
+                assert_eq!(run(&p, &back).actions, x.actions);
+            }
+            assert_eq!(chosen[4], 0, "weight 0 is never chosen");
+            assert!(chosen[2] > 50 && chosen[3] > 50, "{chosen:?}");
+        }
+
+        #[test]
+        fn fast_failover_takes_the_first_live_bucket() {
+            let watching = |port, out| {
+                let mut b = Bucket::new(vec![OfAction::Output(out)]);
+                b.watch_port = port;
+                b
+            };
+            // Port 9 is not on the bridge: the second bucket is used.
+            let p = with_group(
+                GroupType::FastFailover,
+                vec![watching(9, 2), watching(3, 3), watching(2, 2)],
+            );
+            let x = run(&p, &udp_key(1, 1, 2, 3, 4));
+            assert_eq!(strings(&x), ["output:3"]);
+            assert!(x.deps.ports, "port changes revalidate it");
+            let dead = with_group(GroupType::FastFailover, vec![watching(9, 2)]);
+            let x = run(&dead, &udp_key(1, 1, 2, 3, 4));
+            assert_eq!(x.drop, Some(XlateDrop::DropAction));
+        }
+
+        #[test]
+        fn chained_groups_and_missing_groups() {
+            let mut p = with_group(
+                GroupType::Indirect,
+                vec![Bucket::new(vec![OfAction::Group(2)])],
+            );
+            p.group_add(
+                Group::new(
+                    2,
+                    GroupType::All,
+                    vec![Bucket::new(vec![OfAction::Output(3)])],
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(strings(&run(&p, &udp_key(1, 1, 2, 3, 4))), ["output:3"]);
+            // A group that loops ends on the translation limits.
+            let mut looping = Pipeline::new();
+            looping
+                .group_add(
+                    Group::new(
+                        1,
+                        GroupType::All,
+                        vec![Bucket::new(vec![OfAction::Group(1)])],
+                    )
+                    .unwrap(),
+                )
+                .unwrap();
+            looping.add(rule(
+                0,
+                1,
+                udp_match(),
+                vec![OfAction::Group(1), OfAction::Output(2)],
+            ));
+            let x = run(&looping, &udp_key(1, 1, 2, 3, 4));
+            assert_eq!(x.drop, Some(XlateDrop::RecursionTooDeep));
+            // An action naming a group that went is skipped.
+            p.group_delete(1);
+            assert!(p.is_empty(), "the rule naming group 1 went with it");
+            p.add(rule(
+                0,
+                1,
+                udp_match(),
+                vec![OfAction::Group(7), OfAction::Output(2)],
+            ));
+            assert_eq!(strings(&run(&p, &udp_key(1, 1, 2, 3, 4))), ["output:2"]);
+        }
+
+        #[test]
+        fn a_group_change_journals_the_rules_that_run_it() {
+            let mut p = with_group(GroupType::All, vec![Bucket::new(vec![OfAction::Output(2)])]);
+            p.add(rule(0, 2, Match::ANY, vec![OfAction::Output(3)]));
+            p.group_add(
+                Group::new(
+                    5,
+                    GroupType::Indirect,
+                    vec![Bucket::new(vec![OfAction::Group(1)])],
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            let mut m = udp_match();
+            m.set_exact(Field::TpDst, 9);
+            p.add(rule(1, 1, m, vec![OfAction::Group(5)]));
+            let before = p.publish();
+            p.group_modify(
+                Group::new(
+                    1,
+                    GroupType::All,
+                    vec![Bucket::new(vec![OfAction::Output(3)])],
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            let Changes::Rules(changes) = p.changes_since(&before) else {
+                panic!("a journal")
+            };
+            let mut touched: Vec<u8> = changes
+                .iter()
+                .map(|c| {
+                    assert!(matches!(c, RuleChange::Modified { .. }), "{c:?}");
+                    c.table()
+                })
+                .collect();
+            touched.sort_unstable();
+            // The rule naming group 1, and the one naming group 5 (which runs 1).
+            assert_eq!(touched, [0, 1]);
+            assert!(p.version() > before.version());
+        }
     }
 }

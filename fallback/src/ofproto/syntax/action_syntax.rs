@@ -354,13 +354,21 @@ pub(super) fn parse_action(name: &str, kv: &KeyValue<'_>) -> Result<(OfAction, K
             OfAction::PushVlan(tpid)
         }
         "resubmit" => parse_resubmit(kv)?,
+        "group" if kv.has_value => {
+            let advice = "a group id from 0 to 4294967040 (0xffffff00)";
+            let id = parse_uint(v)
+                .and_then(|id| u32::try_from(id).ok())
+                .filter(|id| *id <= crate::ofproto::group::GROUP_MAX)
+                .ok_or_else(|| bad_arg("group", v, advice))?;
+            OfAction::Group(id)
+        }
         "enqueue" | "note" | "learn" | "ct" | "goto_table"
         | "write_metadata" | "set_queue" | "pop_queue" | "fin_timeout" | "multipath"
         | "bundle" | "group" | "meter" | "move" | "push_mpls" | "pop_mpls" | "set_tunnel"
         | "sample" | "exit" | "clone" | "encap" | "decap" | "conjunction" => {
             return Err(FlowParseError::Unsupported {
                 what: kv.token.into(),
-                advice: "flowmark implements output, flood, all, normal, in_port, controller, drop, mod_*, set_field, dec_ttl, strip_vlan, push_vlan and resubmit",
+                advice: "flowmark implements output, flood, all, normal, in_port, controller, drop, mod_*, set_field, dec_ttl, strip_vlan, push_vlan, group and resubmit",
             })
         }
         _ if !kv.has_value => match parse_port(kv.key) {
@@ -791,6 +799,7 @@ pub(super) fn format_actions(actions: &[OfAction], m: &Match) -> String {
                 | OfAction::ClearActions
                 | OfAction::GotoTable(_)
                 | OfAction::WriteMetadata { .. }
+                | OfAction::Group(_)
         )
     });
     let nw_proto = (m.value.get(Field::NwProto) & m.mask.get(Field::NwProto)) as u8;
@@ -885,6 +894,7 @@ pub(super) fn format_action(a: &OfAction) -> String {
         OfAction::Write(w) => format!("write_actions({})", format_action(&w.action())),
         OfAction::ClearActions => "clear_actions".into(),
         OfAction::GotoTable(t) => format!("goto_table:{t}"),
+        OfAction::Group(g) => format!("group:{g}"),
         OfAction::WriteMetadata { value, mask } if mask == u64::MAX => {
             format!("write_metadata:{value:#x}")
         }
