@@ -514,10 +514,10 @@ pub enum Message {
     MultipartRequest(MultipartRequest),
     MultipartReply(MultipartReply),
     PortMod(PortMod),
-    /// OFPT_GROUP_MOD without its buckets: flowmark has no group table, so
-    /// a group mod is only judged (by the session), never installed.
+    /// OFPT_GROUP_MOD with its buckets.
     GroupMod(GroupMod),
-    /// OFPT_METER_MOD without its bands (as [`Message::GroupMod`]).
+    /// OFPT_METER_MOD without its bands: flowmark has no meters, so a meter
+    /// mod is only judged (by the session), never installed.
     MeterMod(MeterMod),
     /// OFPT_QUEUE_GET_CONFIG_REQUEST (`OFPP_ANY` for every port).
     QueueGetConfigRequest {

@@ -604,16 +604,24 @@ impl Ctx<'_> {
             // The re-pushed tag gets the saved TCI written.
             self.flow.set(Field::VlanTci, 0);
         }
+        // A restored field is written with the packet's own value: the
+        // megaflow must match that value exactly.
         for (b, f) in COMMIT_ORDER.iter().enumerate() {
             // A tag the bucket pushed is gone again with what it set.
             let vlan = matches!(f, Field::VlanTci | Field::VlanPcp);
             if self.flow.get(*f) != saved.get(*f) && !(vlan && pushed > 0) {
                 self.dirty |= 1 << b;
+                if vlan {
+                    self.wc.or_field(Field::VlanTci, 0xffff);
+                } else {
+                    self.wc.set_exact(*f);
+                }
             }
         }
         if pushed < 0 {
             self.mark_dirty(Field::VlanTci);
             self.mark_dirty(Field::VlanPcp);
+            self.wc.or_field(Field::VlanTci, 0xffff);
         }
         self.flow = saved;
     }
@@ -1582,6 +1590,8 @@ mod tests {
                     "output:3"
                 ]
             );
+            // The restore writes the packet's own address: matched exactly.
+            assert_eq!(x.mask.get(Field::NwDst), 0xffff_ffff);
             // The rule, the group and its three buckets are credited.
             assert_eq!(x.rules.len(), 5);
             let serial = p.group(1).unwrap().serial;
