@@ -393,11 +393,24 @@ fn groups_forward_count_and_go_with_their_flows() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
+    // The CLI refuses a flow naming a group that does not exist, as
+    // OpenFlow does.
+    let refused = rig
+        .daemon
+        .try_cli(&["flow", "add", "in_port=2,actions=group:1"]);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("group 1, which does not exist"),
+        "{why}"
+    );
     rig.ofctl(&[
         "add-group",
         "group_id=1,type=all,bucket=output:1,bucket=output:3",
     ]);
-    rig.ofctl(&["add-flow", "in_port=2,actions=group:1"]);
+    rig.flowmark(&["flow", "add", "in_port=2,actions=group:1"]);
+    assert!(rig
+        .ofctl(&["dump-flows"])
+        .contains("in_port=2 actions=group:1"));
     rig.flowmark(&["port", "inject", "nic1", "--generate", "flows=4,count=100"]);
     wait_for("both buckets sent every packet", &|| {
         tx("nic0") == 100 && tx("vm0") == 100

@@ -560,7 +560,7 @@ fn udp_to(port: u16, payload_len: usize) -> Vec<u8> {
 
 /// PACKET_IN with reason ACTION (cut to the action's max_len) and NO_MATCH
 /// (a table-miss rule: the whole frame with miss_send_len 65535), and
-/// FLOW_REMOVED for idle timeout, hard timeout and delete, with their
+/// FLOW_REMOVED for idle timeout, hard timeout, delete and group delete, with their
 /// packet and byte counts (mark-path packets included), as `ovs-ofctl
 /// monitor` prints them.
 #[test]
@@ -738,6 +738,24 @@ fn monitor_sees_packet_ins_and_flow_removed() {
         "a rule replaced in a bundle is not announced:\n{}",
         mon.transcript()
     );
+
+    // Deleting a group takes the flow that names it: reason group_delete.
+    ofctl_ok(
+        &fm.target,
+        &["add-group", "group_id=7,type=all,bucket=output:2"],
+    );
+    ofctl_ok(
+        &fm.target,
+        &[
+            "add-flow",
+            "send_flow_rem,priority=30,in_port=1,udp,tp_dst=3007,actions=group:7",
+        ],
+    );
+    ofctl_ok(&fm.target, &["del-groups", "group_id=7"]);
+    let by_group = mon
+        .wait_for(&["FLOW_REMOVED", "tp_dst=3007"], deadline)
+        .unwrap_or_else(|| panic!("FLOW_REMOVED for a group's delete:\n{}", mon.transcript()));
+    assert!(by_group.contains("reason=group_delete"), "{by_group}");
 
     // Idle: one packet, then silence; hard: traffic does not keep it. The
     // rules are added just before their packet, with timeouts long enough

@@ -511,6 +511,8 @@ pub enum RemovalReason {
     IdleTimeout = 0,
     HardTimeout = 1,
     Delete = 2,
+    /// The group it named was deleted (OpenFlow 1.3's OFPRR_GROUP_DELETE).
+    GroupDelete = 3,
 }
 
 /// A rule added with `send_flow_rem` that went, with its counts (mark-path
@@ -714,7 +716,8 @@ where
                     Some(new) => {
                         if let Some(before) = &before {
                             // Rules the bundle deleted (not those an add
-                            // replaced: same table, priority and match).
+                            // replaced: same table, priority and match);
+                            // a rule naming a group that went went with it.
                             let gone: Vec<(RuleId, RemovalReason)> = before
                                 .0
                                 .entries()
@@ -724,7 +727,17 @@ where
                                         .and_then(|c| c.find_exact(&e.r#match(), e.priority()))
                                         .is_none()
                                 })
-                                .map(|e| (e.id, RemovalReason::Delete))
+                                .map(|e| {
+                                    let group_went =
+                                        fallback::ofproto::group::groups_in(e.actions())
+                                            .any(|g| new.group(g).is_none());
+                                    let reason = if group_went {
+                                        RemovalReason::GroupDelete
+                                    } else {
+                                        RemovalReason::Delete
+                                    };
+                                    (e.id, reason)
+                                })
                                 .collect();
                             self.announce_removed(before, &gone);
                         }
@@ -907,6 +920,7 @@ where
                         "no flows given: name a flow or a flows file".into(),
                     ));
                 }
+                self.check_groups_exist(&rules)?;
                 let ids = self.add_rules(rules);
                 Ok(json!({"added": ids.len()}))
             }
@@ -929,6 +943,7 @@ where
                     flow: flow.clone(),
                     source,
                 })?;
+                self.check_groups_exist(std::slice::from_ref(&rule))?;
                 let ids = self.mod_rules(
                     Some(rule.table),
                     &rule.r#match,
@@ -1153,6 +1168,22 @@ where
                 warn!(self.log, "FLOW_REMOVED dropped: the OpenFlow side is behind"; "rule" => id.0);
             }
         }
+    }
+
+    /// A flow naming a group that does not exist is refused, as OpenFlow
+    /// refuses it (OFPBAC_BAD_OUT_GROUP): the pipeline relies on it.
+    fn check_groups_exist(&self, rules: &[Rule]) -> Result<(), DaemonError> {
+        let pipeline = self.switch.pipeline();
+        for r in rules {
+            if let Some(g) = fallback::ofproto::group::groups_in(&r.actions)
+                .find(|g| pipeline.group(*g).is_none())
+            {
+                return Err(DaemonError::BadArgument(format!(
+                    "a flow names group {g}, which does not exist: add the group first (ovs-ofctl add-group)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn add_rules(&mut self, rules: Vec<Rule>) -> Vec<RuleId> {

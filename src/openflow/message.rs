@@ -416,6 +416,7 @@ pub mod flow_removed_reason {
     pub const IDLE_TIMEOUT: u8 = 0;
     pub const HARD_TIMEOUT: u8 = 1;
     pub const DELETE: u8 = 2;
+    pub const GROUP_DELETE: u8 = 3;
 }
 
 /// OFPT_FLOW_REMOVED.

@@ -770,20 +770,6 @@ impl Pipeline {
         self.groups.values()
     }
 
-    /// The group of a statistics credit ([`group::credit`]): its id and the
-    /// bucket, while that version of the group is installed.
-    pub fn group_of_serial(&self, serial: u64) -> Option<&Arc<Group>> {
-        self.groups.values().find(|g| g.serial == serial)
-    }
-
-    /// The rules whose actions name group `id` (OpenFlow's group reference
-    /// count).
-    pub fn group_users(&self, id: u32) -> usize {
-        self.entries()
-            .filter(|e| group::groups_in(e.actions()).any(|g| g == id))
-            .count()
-    }
-
     /// OFPGC_ADD.
     pub fn group_add(&mut self, mut g: Group) -> Result<(), GroupError> {
         if self.groups.contains_key(&g.id) {
@@ -795,9 +781,10 @@ impl Pipeline {
         g.serial = self.take_group_serial();
         let id = g.id;
         Arc::make_mut(&mut self.groups).insert(id, Arc::new(g));
-        // Rules naming it (from the CLI, which does not check) and groups
-        // chaining to it translate differently now.
-        self.touch_group_users(id);
+        // No rule names a group before it exists (every way in refuses
+        // one that does): only the rules running a group that chains to
+        // this one translate differently now.
+        self.touch_group_users(id, false);
         self.changed();
         Ok(())
     }
@@ -819,7 +806,7 @@ impl Pipeline {
         g.serial = self.take_group_serial();
         let id = g.id;
         Arc::make_mut(&mut self.groups).insert(id, Arc::new(g));
-        self.touch_group_users(id);
+        self.touch_group_users(id, true);
         self.changed();
         Ok(())
     }
@@ -842,7 +829,7 @@ impl Pipeline {
             .collect();
         users.sort_unstable();
         for g in &ids {
-            self.touch_group_users(*g);
+            self.touch_group_users(*g, true);
         }
         let groups = Arc::make_mut(&mut self.groups);
         for g in &ids {
@@ -861,8 +848,10 @@ impl Pipeline {
 
     /// Records as modified every rule whose translation can run group `id`:
     /// the rules naming it or a group that runs or watches it (chains
-    /// followed to their end).
-    fn touch_group_users(&mut self, id: u32) {
+    /// followed to their end). `named`: rules may name `id` itself. The
+    /// rules are found by a scan of every rule (O(rules) per group mod that
+    /// needs it).
+    fn touch_group_users(&mut self, id: u32, named: bool) {
         let mut affected = vec![id];
         let mut i = 0;
         while i < affected.len() {
@@ -874,6 +863,12 @@ impl Pipeline {
             }
             i += 1;
         }
+        if !named {
+            affected.retain(|g| *g != id);
+            if affected.is_empty() {
+                return;
+            }
+        }
         let users: Vec<(u8, RuleId)> = self
             .entries()
             .filter(|e| group::groups_in(e.actions()).any(|g| affected.contains(&g)))
@@ -882,15 +877,6 @@ impl Pipeline {
         for (table, id) in users {
             self.record(RuleChange::Modified { table, id });
         }
-    }
-
-    /// The group types this bridge has groups of, and how many of each.
-    pub fn group_counts(&self) -> [usize; 4] {
-        let mut n = [0; 4];
-        for g in self.groups.values() {
-            n[g.kind as usize] += 1;
-        }
-        n
     }
 
     /// Classifier lookup in one table: the best matching rule, with every
