@@ -34,6 +34,11 @@ pub fn trace_json(pipeline: &Pipeline, x: &Xlation, megaflow: &str) -> serde_jso
                 "rule": rule.map(|id| rule_text(pipeline, id)),
             })),
             TraceStep::Note { depth, text } => notes.push(json!({"depth": depth, "note": text})),
+            TraceStep::Group {
+                depth,
+                group,
+                bucket,
+            } => notes.push(json!({"depth": depth, "note": group_note(*group, *bucket)})),
         }
     }
     json!({
@@ -43,6 +48,15 @@ pub fn trace_json(pipeline: &Pipeline, x: &Xlation, megaflow: &str) -> serde_jso
         "notes": notes,
         "drop_reason": x.drop.map(|d| d.as_str()),
     })
+}
+
+/// "group 3: bucket 1" (as OVS's trace reports the bucket a group used),
+/// or that no bucket was live.
+fn group_note(group: u32, bucket: Option<usize>) -> String {
+    match bucket {
+        Some(b) => format!("group {group}: bucket {b}"),
+        None => format!("group {group}: no live bucket, nothing done"),
+    }
 }
 
 pub fn print_trace(pipeline: &Pipeline, x: &Xlation, packet: &str, megaflow: &str) {
@@ -61,6 +75,15 @@ pub fn print_trace(pipeline: &Pipeline, x: &Xlation, packet: &str, megaflow: &st
             TraceStep::Note { depth, text } => {
                 println!("{}    >> {text}", "    ".repeat(*depth));
             }
+            TraceStep::Group {
+                depth,
+                group,
+                bucket,
+            } => println!(
+                "{}    >> {}",
+                "    ".repeat(*depth),
+                group_note(*group, *bucket)
+            ),
         }
     }
     println!();

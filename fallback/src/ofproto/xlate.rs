@@ -68,6 +68,12 @@ pub enum TraceStep {
     },
     /// Something the translation skipped or decided, for people.
     Note { depth: usize, text: &'static str },
+    /// A group's bucket ran (`None`: the group had no live bucket).
+    Group {
+        depth: usize,
+        group: u32,
+        bucket: Option<usize>,
+    },
 }
 
 /// The result of translating one key.
@@ -555,12 +561,12 @@ impl Ctx<'_> {
             }
             GroupType::Select => match self.select_bucket(g) {
                 Some(i) => self.bucket(g, i, table, cookie),
-                None => self.note("group: no live bucket"),
+                None => self.trace_group(g.id, None),
             },
             GroupType::FastFailover => {
                 match (0..g.buckets.len()).find(|&i| self.bucket_live(g, i, 0)) {
                     Some(i) => self.bucket(g, i, table, cookie),
-                    None => self.note("group: no live bucket"),
+                    None => self.trace_group(g.id, None),
                 }
             }
         }
@@ -569,8 +575,19 @@ impl Ctx<'_> {
     /// Runs bucket `i` of `g` on a copy of the packet: afterwards the flow
     /// is as before it, and the datapath actions undo on the packet what the
     /// bucket changed (lazily, as sets are committed).
+    fn trace_group(&mut self, group: u32, bucket: Option<usize>) {
+        if self.tracing {
+            self.trace.push(TraceStep::Group {
+                depth: self.depth,
+                group,
+                bucket,
+            });
+        }
+    }
+
     fn bucket(&mut self, g: &group::Group, i: usize, table: u8, cookie: u64) {
         self.rules.push(group::credit::id(g.serial, i as u16));
+        self.trace_group(g.id, Some(i));
         let Some(exec) = g.exec.get(i).filter(|e| !e.is_empty()) else {
             return;
         };
@@ -1653,6 +1670,23 @@ mod tests {
             let x = run(&p, &udp_key(1, 1, 2, 3, 4));
             assert_eq!(strings(&x), ["output:3"]);
             assert!(x.deps.ports, "port changes revalidate it");
+            let macs = MacTable::default();
+            let bridge = Bridge {
+                pipeline: &p,
+                macs: &macs,
+                ports: &PORTS,
+                widen_l4: None,
+            };
+            let traced = xlate_traced(bridge, &udp_key(1, 1, 2, 3, 4));
+            assert!(
+                traced.trace.contains(&TraceStep::Group {
+                    depth: 0,
+                    group: 1,
+                    bucket: Some(1)
+                }),
+                "{:?}",
+                traced.trace
+            );
             let dead = with_group(GroupType::FastFailover, vec![watching(9, 2)]);
             let x = run(&dead, &udp_key(1, 1, 2, 3, 4));
             assert_eq!(x.drop, Some(XlateDrop::DropAction));
