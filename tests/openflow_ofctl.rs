@@ -570,6 +570,30 @@ fn groups_are_added_dumped_modified_and_deleted_with_their_flows() {
     ofctl(t, &["del-groups"]);
     assert!(!ofctl(t, &["dump-groups"]).contains("group_id="));
     assert!(!ofctl(t, &["dump-flows"]).contains("group:"));
+    // Group mods in a bundle land with it, or not at all: the second group
+    // exists already, so the bundle fails and the first is not added.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("groups");
+    std::fs::write(
+        &file,
+        "group_id=5,type=all,bucket=output:1\ngroup_id=6,type=all,bucket=output:2\n",
+    )
+    .expect("write");
+    let file = file.to_str().expect("utf-8");
+    ofctl_with(t, &["--bundle"], &["add-groups", file]);
+    assert_eq!(ofctl(t, &["dump-groups"]).matches("group_id=").count(), 2);
+    ofctl(t, &["del-groups", "group_id=5"]);
+    let out = ofctl_output(t, &["--bundle"], &["add-groups", file]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("OFPGMFC_GROUP_EXISTS"),
+        "{err}"
+    );
+    let dump = ofctl(t, &["dump-groups"]);
+    assert!(
+        !dump.contains("group_id=5") && dump.contains("group_id=6"),
+        "{dump}"
+    );
 }
 
 /// `ovs-ofctl mod-port` (OFPT_PORT_MOD): each config bit OpenFlow 1.3 can

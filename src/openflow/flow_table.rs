@@ -4,8 +4,8 @@
 
 use super::error::{BadRequestCode as Brc, FlowModFailedCode as Fmfc, OfpError};
 use super::message::{
-    flow_flags, BundledFlowMods, FlowMod, FlowModCommand, FlowStats, FlowStatsRequest, TableStats,
-    OFPG_ANY, OFPTT_ALL, OFP_NO_BUFFER,
+    flow_flags, BundledFlowMods, BundledOp, FlowMod, FlowModCommand, FlowStats, FlowStatsRequest,
+    TableStats, OFPG_ANY, OFPTT_ALL, OFP_NO_BUFFER,
 };
 use super::port::{ofport_from_of13, OFPP_ANY};
 use super::switch::{FlowInfo, FlowTable, OpenFlowSwitch};
@@ -67,6 +67,15 @@ impl PipelineTable {
 
     pub fn max_flows(&self) -> usize {
         self.max_flows
+    }
+
+    /// A group mod (see [`super::group_table::apply_group_mod`]).
+    pub fn group_mod(
+        &self,
+        gm: &super::message::GroupMod,
+        now: std::time::Instant,
+    ) -> Result<Vec<RuleId>, OfpError> {
+        super::group_table::apply_group_mod(&mut self.pipeline.borrow_mut(), gm, now)
     }
 
     /// One OFPFC_ADD (see [`OpenFlowSwitch::add_flow_checked`]).
@@ -279,8 +288,13 @@ pub fn apply_flow_mods_to(
     // The id index grows once for the bundle, not a doubling at a time.
     pipeline.reserve(mods.n_adds().min(max_flows.saturating_sub(pipeline.len())));
     let scratch = PipelineTable::new(pipeline, max_flows);
-    for (i, fm) in mods.flow_mods().enumerate() {
-        apply_flow_mod(&scratch, fm).map_err(|e| (i, e))?;
+    let now = std::time::Instant::now();
+    for (i, op) in mods.ops().enumerate() {
+        match op {
+            BundledOp::Flow(fm) => apply_flow_mod(&scratch, fm),
+            BundledOp::Group(gm) => scratch.group_mod(gm, now).map(|_| ()),
+        }
+        .map_err(|e| (i, e))?;
     }
     Ok(scratch.into_pipeline())
 }

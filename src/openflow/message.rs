@@ -574,6 +574,18 @@ pub struct BundledFlowMods {
     /// Where each message ends in `raw`.
     ends: Vec<u32>,
     n_adds: usize,
+    /// Group mods, each with its place among the bundle's messages.
+    group_mods: Vec<(u32, GroupMod)>,
+}
+
+/// One message of a bundle, in order (see [`BundledFlowMods::ops`]).
+// A transient iterator item, moved once: boxing the flow mod would cost an
+// allocation per mod of a large bundle.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BundledOp<'a> {
+    Flow(FlowMod),
+    Group(&'a GroupMod),
 }
 
 impl BundledFlowMods {
@@ -596,12 +608,31 @@ impl BundledFlowMods {
         self.ends.push(self.raw.len() as u32);
     }
 
+    /// Appends a group mod: `message` as received, `gm` as it decoded.
+    pub fn push_group(&mut self, message: &[u8], gm: GroupMod) {
+        self.group_mods.push((self.ends.len() as u32, gm));
+        self.raw.extend_from_slice(message);
+        self.ends.push(self.raw.len() as u32);
+    }
+
+    /// Messages held (flow and group mods).
     pub fn len(&self) -> usize {
-        self.mods.len()
+        self.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.mods.is_empty()
+        self.ends.is_empty()
+    }
+
+    /// Every message in order: the index of each is its place in the
+    /// bundle ([`BundledFlowMods::message`]).
+    pub fn ops(&self) -> impl Iterator<Item = BundledOp<'_>> + '_ {
+        let mut flows = self.flow_mods();
+        let mut groups = self.group_mods.iter().peekable();
+        (0..self.ends.len() as u32).filter_map(move |i| match groups.peek() {
+            Some((at, _)) if *at == i => groups.next().map(|(_, g)| BundledOp::Group(g)),
+            _ => flows.next().map(BundledOp::Flow),
+        })
     }
 
     /// How many distinct action lists are kept.

@@ -544,11 +544,15 @@ impl Session {
         }
         // Decoded now, once: a bad one is refused now, a good one kept
         // decoded for the commit (see `BundledFlowMods`).
-        let Message::FlowMod(fm) = inner.msg else {
-            return Err(OfpError::bundle_failed(
-                Bfc::MsgUnsup,
-                "flowmark bundles flow mods only",
-            ));
+        let op = match inner.msg {
+            Message::FlowMod(fm) => Ok(fm),
+            Message::GroupMod(gm) => Err(gm),
+            _ => {
+                return Err(OfpError::bundle_failed(
+                    Bfc::MsgUnsup,
+                    "flowmark bundles flow and group mods only",
+                ))
+            }
         };
         if !self.bundles.contains_key(&id) {
             self.open_bundle(id, flags)?;
@@ -567,7 +571,10 @@ impl Session {
                 ),
             ));
         }
-        b.mods.push(&message, fm);
+        match op {
+            Ok(fm) => b.mods.push(&message, fm),
+            Err(gm) => b.mods.push_group(&message, gm),
+        }
         Ok(())
     }
 
