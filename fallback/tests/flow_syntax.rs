@@ -663,7 +663,7 @@ fn random_flow(rng: &mut Rng) -> String {
 }
 
 fn random_action(rng: &mut Rng) -> String {
-    match rng.below(30) {
+    match rng.below(31) {
         0 => format!("output:{}", 1 + rng.below(10)),
         1 => rng
             .pick(&[
@@ -723,6 +723,7 @@ fn random_action(rng: &mut Rng) -> String {
             rng.below(5),
             rng.pick(&["ip_ecn", "nw_ecn"])
         ),
+        29 => format!("group:{}", rng.pick(&[0u64, 1, 7, 4_294_967_040])),
         _ => format!("push_vlan:{}", rng.pick(&["0x8100", "0x88a8"])),
     }
 }

@@ -799,7 +799,6 @@ pub(super) fn format_actions(actions: &[OfAction], m: &Match) -> String {
                 | OfAction::ClearActions
                 | OfAction::GotoTable(_)
                 | OfAction::WriteMetadata { .. }
-                | OfAction::Group(_)
         )
     });
     let nw_proto = (m.value.get(Field::NwProto) & m.mask.get(Field::NwProto)) as u8;
