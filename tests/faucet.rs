@@ -171,6 +171,17 @@ fn wait_listening(port: u16, what: &str, log: &Path) {
 
 #[test]
 fn faucet_runs_flowmark() {
+    faucet_switches_with(false);
+}
+
+/// Faucet with `group_table: True` floods through groups (one `all` group
+/// per VLAN, a bucket per port) and learns as before.
+#[test]
+fn faucet_runs_flowmark_with_group_tables() {
+    faucet_switches_with(true);
+}
+
+fn faucet_switches_with(group_table: bool) {
     let Some(bin) = faucet_bin() else {
         assert!(
             !test_env::oracles_required(),
@@ -194,7 +205,8 @@ fn faucet_runs_flowmark() {
     std::fs::write(
         &config,
         format!(
-            "vlans:\n  office:\n    vid: 100\ndps:\n  flowmark:\n    dp_id: {DP_ID}\n    hardware: \"Open vSwitch\"\n    ignore_learn_ins: 0\n    interfaces:\n      1:\n        name: \"nic0\"\n        native_vlan: office\n      2:\n        name: \"nic1\"\n        native_vlan: office\n      3:\n        name: \"vm0\"\n        native_vlan: office\n"
+            "vlans:\n  office:\n    vid: 100\ndps:\n  flowmark:\n    dp_id: {DP_ID}\n    hardware: \"Open vSwitch\"\n    ignore_learn_ins: 0\n    group_table: {}\n    interfaces:\n      1:\n        name: \"nic0\"\n        native_vlan: office\n      2:\n        name: \"nic1\"\n        native_vlan: office\n      3:\n        name: \"vm0\"\n        native_vlan: office\n",
+            if group_table { "True" } else { "False" }
         ),
     )
     .expect("faucet config");
@@ -242,12 +254,15 @@ fn faucet_runs_flowmark() {
         )
     };
 
-    // Faucet's pipeline is in: its broadcast flood rule (table 3).
+    // Faucet's pipeline is in: its broadcast flood rule (table 3), which
+    // runs the VLAN's flood group with group tables.
+    let flood = if group_table {
+        "dl_dst=ff:ff:ff:ff:ff:ff actions=group:"
+    } else {
+        "dl_dst=ff:ff:ff:ff:ff:ff actions=pop_vlan"
+    };
     let deadline = Instant::now() + DEADLINE;
-    while !rig
-        .dump_flows()
-        .contains("dl_dst=ff:ff:ff:ff:ff:ff actions=pop_vlan")
-    {
+    while !rig.dump_flows().contains(flood) {
         assert!(
             Instant::now() < deadline,
             "Faucet programmed flowmark:\n{}\n{}",
