@@ -40,7 +40,16 @@ fn groups() -> Vec<Group> {
             1,
             GroupType::All,
             vec![
-                Bucket::new(vec![OfAction::SetField(Field::NwDst, 0x0a09_0001), out(2)]),
+                // Values the packets often have already: whether the
+                // restore writes depends on the packet's own.
+                Bucket::new(vec![
+                    OfAction::SetField(Field::NwDst, u128::from(NETS[1])),
+                    out(2),
+                ]),
+                Bucket::new(vec![
+                    OfAction::Mod(Field::DlDst, u128::from(MACS[0])),
+                    out(4),
+                ]),
                 Bucket::new(vec![OfAction::PushVlan(0x8100), out(3)]),
                 Bucket::new(vec![OfAction::Mod(Field::TpDst, 53), out(4)]),
                 Bucket::new(vec![out(1)]),

@@ -1,7 +1,8 @@
 //! Targeted revalidation is full revalidation (DESIGN §4): on random rule
 //! sets with megaflows installed, after each random change (rule added,
 //! deleted, its actions modified, a batch past the journal, a MAC learned,
-//! moved or aged, a port added or removed) the engine re-translates only
+//! moved or aged, a port added or removed, a group added, modified or
+//! deleted, chained groups included) the engine re-translates only
 //! the megaflows it judges affected, and afterwards every remaining megaflow
 //! is exactly what a full re-translation against the new state gives
 //! (same actions and rules, a mask inside its own), and every packet looked
@@ -10,6 +11,7 @@
 use fallback::cache::FlowCache;
 use fallback::key::FlowKey;
 use fallback::megaflow::Megaflow;
+use fallback::ofproto::group::{Bucket, Group, GroupType};
 use fallback::ofproto::mac::{MacLearn, MacTable};
 use fallback::ofproto::table::{Pipeline, RuleId, JOURNAL_MAX};
 use fallback::ofproto::xlate::{xlate, xlate_hinted, Bridge};
@@ -155,10 +157,57 @@ fn random_rule(r: &mut Rng, p: &Pipeline) -> Rule {
     }
 }
 
+/// Groups 1 to 4 of random types and buckets; group 1's buckets may run
+/// group 2 (a chain), fast-failover buckets watch a port of the bridge or
+/// one that may be missing.
+fn random_group(r: &mut Rng, id: u32) -> Group {
+    let kind = r.pick(&GroupType::TYPES);
+    let n = if kind == GroupType::Indirect {
+        1
+    } else {
+        1 + r.below(3) as usize
+    };
+    let buckets = (0..n)
+        .map(|_| {
+            let mut actions = Vec::new();
+            if r.chance(40) {
+                actions.push(OfAction::Mod(
+                    fallback::key::Field::DlDst,
+                    r.pick(&MACS).into(),
+                ));
+            }
+            actions.push(if id == 1 && r.chance(70) {
+                OfAction::Group(2)
+            } else {
+                OfAction::Output(r.pick(&PORTS))
+            });
+            let mut b = Bucket::new(actions);
+            match kind {
+                GroupType::Select => b.weight = r.below(3) as u16,
+                GroupType::FastFailover => b.watch_port = r.pick(&PORTS),
+                _ => {}
+            }
+            b
+        })
+        .collect();
+    Group::new(id, kind, buckets).expect("a valid group")
+}
+
 fn check_seed(seed: u64) -> RevalStats {
     let mut r = Rng::new(seed);
-    let rules = random_rules(&mut r);
+    let mut rules = random_rules(&mut r);
+    for rule in &mut rules {
+        if r.chance(30) {
+            let at = r.below(rule.actions.len() as u64 + 1) as usize;
+            rule.actions
+                .insert(at, OfAction::Group(1 + r.below(4) as u32));
+        }
+    }
     let (mut pipeline, macs) = pipeline_and_macs(&rules, 2);
+    for id in 1..=4 {
+        let g = random_group(&mut r, id);
+        pipeline.group_add(g).expect("a new group");
+    }
     let ports = PORTS[..3].to_vec();
     let widen = vec![PORTS[0], PORTS[2]];
     let mut published = pipeline.publish();
@@ -183,7 +232,7 @@ fn check_seed(seed: u64) -> RevalStats {
     }
     for step in 0..20 {
         let mut ops = Vec::new();
-        let what = match r.below(10) {
+        let what = match r.below(13) {
             0..=2 => {
                 let rule = random_rule(&mut r, &w.pipeline);
                 w.pipeline.add(rule);
@@ -239,6 +288,22 @@ fn check_seed(seed: u64) -> RevalStats {
                 w.macs = macs;
                 w.engine.set_macs(w.macs.clone(), &mut ops);
                 "MACs flushed"
+            }
+            9 | 10 => {
+                let id = 1 + r.below(4) as u32;
+                let g = random_group(&mut r, id);
+                if w.pipeline.group(id).is_some() {
+                    w.pipeline.group_modify(g).expect("modified");
+                    "a group modified"
+                } else {
+                    w.pipeline.group_add(g).expect("added");
+                    "a group added"
+                }
+            }
+            11 => {
+                // With the rules that name it.
+                w.pipeline.group_delete(1 + r.below(4) as u32);
+                "a group deleted"
             }
             _ => {
                 if r.chance(50) {

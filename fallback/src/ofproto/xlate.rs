@@ -621,18 +621,31 @@ impl Ctx<'_> {
             // The re-pushed tag gets the saved TCI written.
             self.flow.set(Field::VlanTci, 0);
         }
-        // A restored field is written with the packet's own value: the
-        // megaflow must match that value exactly.
+        // The fields the bucket wrote are written back with the packet's
+        // own values where they differ: whether and what to write depends
+        // on those values, so the megaflow matches them exactly (also where
+        // the bucket happened to write the value the packet had).
+        let mut written = 0u16;
+        for a in &self.actions[first..] {
+            if let DpAction::Set(f, _) = a {
+                if let Some(b) = COMMIT_ORDER.iter().position(|c| c == f) {
+                    written |= 1 << b;
+                }
+            }
+        }
         for (b, f) in COMMIT_ORDER.iter().enumerate() {
             // A tag the bucket pushed is gone again with what it set.
             let vlan = matches!(f, Field::VlanTci | Field::VlanPcp);
-            if self.flow.get(*f) != saved.get(*f) && !(vlan && pushed > 0) {
+            if written & (1 << b) == 0 || (vlan && pushed > 0) {
+                continue;
+            }
+            if vlan {
+                self.wc.or_field(Field::VlanTci, 0xffff);
+            } else {
+                self.wc.set_exact(*f);
+            }
+            if self.flow.get(*f) != saved.get(*f) {
                 self.dirty |= 1 << b;
-                if vlan {
-                    self.wc.or_field(Field::VlanTci, 0xffff);
-                } else {
-                    self.wc.set_exact(*f);
-                }
             }
         }
         if pushed < 0 {
