@@ -923,10 +923,10 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
     fn prune_retired_stats(&mut self, budget: usize) {
         if self.prune_retired {
             let pipeline = &self.pipeline;
-            if self
-                .retired_rule_stats
-                .prune_slice(|id| pipeline.get(id).is_some(), budget)
-            {
+            if self.retired_rule_stats.prune_slice(
+                |id| pipeline.get(id).is_some() || pipeline.credits_live_group(id),
+                budget,
+            ) {
                 self.prune_retired = false;
             }
         }

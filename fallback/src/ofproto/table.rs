@@ -332,6 +332,8 @@ pub struct Pipeline {
     /// The group table (few and small next to the rules: copied whole on
     /// change).
     groups: Arc<std::collections::BTreeMap<u32, Arc<Group>>>,
+    /// The serial of each installed group (see [`group::credit`]).
+    group_serials: Arc<std::collections::BTreeSet<u64>>,
     next_group_serial: u64,
 }
 
@@ -478,6 +480,7 @@ impl Pipeline {
             in_batch: false,
             batch_changed: false,
             groups: Arc::default(),
+            group_serials: Arc::default(),
             next_group_serial: 1,
         }
     }
@@ -770,6 +773,21 @@ impl Pipeline {
         self.groups.values()
     }
 
+    /// True while a statistics credit id ([`group::credit`]) belongs to an
+    /// installed group (its counts are still reported).
+    pub fn credits_live_group(&self, id: RuleId) -> bool {
+        group::credit::parse(id).is_some_and(|(serial, _)| self.group_serials.contains(&serial))
+    }
+
+    /// Installs `g` (new or in place of the group with its id).
+    fn put_group(&mut self, g: Group) {
+        let serials = Arc::make_mut(&mut self.group_serials);
+        serials.insert(g.serial);
+        if let Some(old) = Arc::make_mut(&mut self.groups).insert(g.id, Arc::new(g)) {
+            serials.remove(&old.serial);
+        }
+    }
+
     /// OFPGC_ADD.
     pub fn group_add(&mut self, mut g: Group) -> Result<(), GroupError> {
         if self.groups.contains_key(&g.id) {
@@ -780,7 +798,7 @@ impl Pipeline {
         }
         g.serial = self.take_group_serial();
         let id = g.id;
-        Arc::make_mut(&mut self.groups).insert(id, Arc::new(g));
+        self.put_group(g);
         // No rule names a group before it exists (every way in refuses
         // one that does): only the rules running a group that chains to
         // this one translate differently now.
@@ -805,7 +823,7 @@ impl Pipeline {
         }
         g.serial = self.take_group_serial();
         let id = g.id;
-        Arc::make_mut(&mut self.groups).insert(id, Arc::new(g));
+        self.put_group(g);
         self.touch_group_users(id, true);
         self.changed();
         Ok(())
@@ -832,8 +850,11 @@ impl Pipeline {
             self.touch_group_users(*g, true);
         }
         let groups = Arc::make_mut(&mut self.groups);
+        let serials = Arc::make_mut(&mut self.group_serials);
         for g in &ids {
-            groups.remove(g);
+            if let Some(old) = groups.remove(g) {
+                serials.remove(&old.serial);
+            }
         }
         self.remove_ids(&users);
         self.changed();
