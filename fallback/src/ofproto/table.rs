@@ -334,6 +334,8 @@ pub struct Pipeline {
     groups: Arc<std::collections::BTreeMap<u32, Arc<Group>>>,
     /// The serial of each installed group (see [`group::credit`]).
     group_serials: Arc<std::collections::BTreeSet<u64>>,
+    /// Groups of each type (OpenFlow limits them per type).
+    group_counts: [usize; 4],
     next_group_serial: u64,
 }
 
@@ -481,6 +483,7 @@ impl Pipeline {
             batch_changed: false,
             groups: Arc::default(),
             group_serials: Arc::default(),
+            group_counts: [0; 4],
             next_group_serial: 1,
         }
     }
@@ -779,52 +782,50 @@ impl Pipeline {
         group::credit::parse(id).is_some_and(|(serial, _)| self.group_serials.contains(&serial))
     }
 
-    /// Installs `g` (new or in place of the group with its id).
+    /// Puts `g` in the table (new or in place of the group with its id).
     fn put_group(&mut self, g: Group) {
         let serials = Arc::make_mut(&mut self.group_serials);
         serials.insert(g.serial);
+        self.group_counts[g.kind as usize] += 1;
         if let Some(old) = Arc::make_mut(&mut self.groups).insert(g.id, Arc::new(g)) {
             serials.remove(&old.serial);
+            self.group_counts[old.kind as usize] -= 1;
         }
     }
 
     /// OFPGC_ADD.
-    pub fn group_add(&mut self, mut g: Group) -> Result<(), GroupError> {
+    pub fn group_add(&mut self, g: Group) -> Result<(), GroupError> {
         if self.groups.contains_key(&g.id) {
             return Err(GroupError::Exists(g.id));
         }
-        if self.groups.values().filter(|o| o.kind == g.kind).count() >= group::MAX_GROUPS {
-            return Err(GroupError::OutOfGroups(g.kind.name()));
-        }
-        g.serial = self.take_group_serial();
-        let id = g.id;
-        self.put_group(g);
-        // No rule names a group before it exists (every way in refuses
-        // one that does): only the rules running a group that chains to
-        // this one translate differently now.
-        self.touch_group_users(id, false);
-        self.changed();
-        Ok(())
+        // No rule names a group before it exists (every way in refuses one
+        // that does): only the rules running a group that chains to this
+        // one translate differently now.
+        self.install_group(g, false)
     }
 
     /// OFPGC_MODIFY: the group's type and buckets are replaced (its
     /// statistics start again, as in OVS).
-    pub fn group_modify(&mut self, mut g: Group) -> Result<(), GroupError> {
+    pub fn group_modify(&mut self, g: Group) -> Result<(), GroupError> {
         if !self.groups.contains_key(&g.id) {
             return Err(GroupError::Unknown(g.id));
         }
-        let others = self
-            .groups
-            .values()
-            .filter(|o| o.kind == g.kind && o.id != g.id)
-            .count();
-        if others >= group::MAX_GROUPS {
+        self.install_group(g, true)
+    }
+
+    /// Installs `g` under a new serial, new or in place of the group with
+    /// its id; `named`: rules may name it (see `touch_group_users`).
+    fn install_group(&mut self, mut g: Group, named: bool) -> Result<(), GroupError> {
+        let replaced_kind = self.groups.get(&g.id).map(|o| o.kind);
+        let of_kind = self.group_counts[g.kind as usize];
+        if replaced_kind != Some(g.kind) && of_kind >= group::MAX_GROUPS {
             return Err(GroupError::OutOfGroups(g.kind.name()));
         }
-        g.serial = self.take_group_serial();
+        g.serial = self.next_group_serial;
+        self.next_group_serial += 1;
         let id = g.id;
         self.put_group(g);
-        self.touch_group_users(id, true);
+        self.touch_group_users(id, named);
         self.changed();
         Ok(())
     }
@@ -854,17 +855,12 @@ impl Pipeline {
         for g in &ids {
             if let Some(old) = groups.remove(g) {
                 serials.remove(&old.serial);
+                self.group_counts[old.kind as usize] -= 1;
             }
         }
         self.remove_ids(&users);
         self.changed();
         users
-    }
-
-    fn take_group_serial(&mut self) -> u64 {
-        let s = self.next_group_serial;
-        self.next_group_serial += 1;
-        s
     }
 
     /// Records as modified every rule whose translation can run group `id`:
