@@ -858,7 +858,10 @@ impl Session {
                 })
             }
         };
-        self.send_new(&msg);
+        // Unsolicited: xid 0, as Open vSwitch sends them. A numbered one
+        // can equal the xid of a request the peer is waiting on (ovs-ofctl
+        // numbers its requests from 1), which takes it for a bad reply.
+        self.send(0, &msg);
     }
 
     /// Keepalive: an echo request after [`ECHO_INTERVAL`] of silence, and
