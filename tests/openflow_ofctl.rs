@@ -603,6 +603,13 @@ fn groups_are_added_dumped_modified_and_deleted_with_their_flows() {
 /// PORT_STATUS (see tests/openflow_session.rs), the one that asked does not.
 #[test]
 fn mod_port_sets_and_clears_the_config_bits() {
+    /// Port 1's three lines of a dump-ports-desc (name, config, state).
+    fn nic0_desc(desc: &str) -> Vec<&str> {
+        desc.lines()
+            .skip_while(|l| !l.contains("1(nic0)"))
+            .take(3)
+            .collect()
+    }
     if !have_ovs_ofctl() {
         return;
     }
@@ -612,11 +619,7 @@ fn mod_port_sets_and_clears_the_config_bits() {
         ofctl(t, &["mod-port", "1", bit]);
     }
     let desc = ofctl(t, &["dump-ports-desc"]);
-    let port1: Vec<&str> = desc
-        .lines()
-        .skip_while(|l| !l.contains("1(nic0)"))
-        .take(3)
-        .collect();
+    let port1 = nic0_desc(&desc);
     assert!(
         port1[1].contains("config:     PORT_DOWN NO_RECV NO_FWD NO_PACKET_IN"),
         "{desc}"
@@ -629,11 +632,7 @@ fn mod_port_sets_and_clears_the_config_bits() {
         ofctl(t, &["mod-port", "nic0", bit]);
     }
     let desc = ofctl(t, &["dump-ports-desc"]);
-    let port1: Vec<&str> = desc
-        .lines()
-        .skip_while(|l| !l.contains("1(nic0)"))
-        .take(3)
-        .collect();
+    let port1 = nic0_desc(&desc);
     assert!(port1[1].contains("config:     0"), "{desc}");
     assert!(port1[2].contains("state:      LIVE"), "{desc}");
 }
