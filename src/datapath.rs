@@ -1721,6 +1721,7 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
         };
         out.in_port = out.ports[port_idx].ofport;
         let copies = &mut self.copies;
+        let pipeline = &self.pipeline;
         // Packets parsed here take the info slots after the receive side's.
         let infos = &mut self.infos;
         let mut free_info = infos_used;
@@ -1795,7 +1796,6 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             }
             for (_, pkt, headers) in members.iter_mut() {
                 let Some(pkt) = pkt.take() else { continue };
-                out.ports[port_idx].stats.forwarded += 1;
                 // Parsed above whenever an action needs the offsets.
                 let info = match *headers {
                     Headers::Parsed(at) => infos[usize::from(at)],
@@ -1808,7 +1808,22 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
                     }
                     None => p.clone(),
                 };
-                exec::execute_with(actions, pkt, info, copy, |sink, res| out.emit(sink, res));
+                // A meter the pipeline no longer has (its rules are being
+                // removed with it) lets packets through, as OVS's datapath
+                // does with an unknown meter id.
+                let meter =
+                    |id: u32, len: usize| pipeline.meter(id).is_none_or(|m| m.admit(now_ms, len));
+                let ran = exec::execute_gated(actions, pkt, info, copy, meter, |sink, res| {
+                    out.emit(sink, res)
+                });
+                let stats = &mut out.ports[port_idx].stats;
+                match ran {
+                    exec::Ran::Metered {
+                        after_output: false,
+                        ..
+                    } => stats.count_rx_drop(RxDropReason::Meter, 1),
+                    _ => stats.forwarded += 1,
+                }
             }
         }
         batch.clear();

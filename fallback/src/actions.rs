@@ -30,6 +30,9 @@ pub enum DpAction {
         /// OpenFlow's PACKET_IN reason NO_MATCH instead of ACTION.
         miss: bool,
     },
+    /// Pass the packet through OpenFlow meter N: the actions after it run
+    /// only if the meter lets the packet through.
+    Meter(u32),
 }
 
 impl fmt::Display for DpAction {
@@ -40,6 +43,7 @@ impl fmt::Display for DpAction {
             DpAction::PushVlan(tpid) => write!(f, "push_vlan:{tpid:#06x}"),
             DpAction::PopVlan => f.write_str("strip_vlan"),
             DpAction::Controller { .. } => f.write_str("controller"),
+            DpAction::Meter(m) => write!(f, "meter:{m}"),
             DpAction::Set(field, v) => match field {
                 Field::DlSrc => write!(f, "mod_dl_src:{}", fmt_mac(v as u64)),
                 Field::DlDst => write!(f, "mod_dl_dst:{}", fmt_mac(v as u64)),

@@ -73,7 +73,7 @@ fn sink_of(a: &DpAction) -> Option<Sink> {
             max_len,
             miss,
         }),
-        DpAction::Set(..) | DpAction::PushVlan(_) | DpAction::PopVlan => None,
+        DpAction::Set(..) | DpAction::PushVlan(_) | DpAction::PopVlan | DpAction::Meter(_) => None,
     }
 }
 
@@ -115,53 +115,85 @@ pub fn apply_modifications<B: PacketBuf + ?Sized>(
             DpAction::Set(field, value) => set_field(pkt.data_mut(), info, field, value),
             DpAction::PushVlan(tpid) => push_vlan(pkt, info, tpid)?,
             DpAction::PopVlan => pop_vlan(pkt, info),
-            DpAction::Output(_) | DpAction::Controller { .. } => {}
+            // Meters are passed before the step's modifications run (see
+            // `execute_gated`).
+            DpAction::Output(_) | DpAction::Controller { .. } | DpAction::Meter(_) => {}
         }
     }
     Ok(())
 }
 
+/// How a packet's actions ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ran {
+    /// Every step ran.
+    Completed,
+    /// Meter `meter` dropped the packet; `after_output`: earlier outputs
+    /// had already taken copies of it.
+    Metered { meter: u32, after_output: bool },
+}
+
 /// Runs `actions` on `pkt`, handing each output its packet: a copy for all
 /// but the last output, the packet itself for the last. After an error,
 /// that output and every later one get the error (to count it as a drop on
-/// that port).
+/// that port). Every meter lets the packet through (for callers with no
+/// meters; see [`execute_gated`]).
 pub fn execute<B, F>(actions: &[DpAction], pkt: B, info: ParseInfo, emit: F)
 where
     B: PacketBuf + Clone,
     F: FnMut(Sink, Result<B, ExecError>),
 {
-    execute_with(actions, pkt, info, B::clone, emit);
+    execute_gated(actions, pkt, info, B::clone, |_, _| true, emit);
 }
 
 /// [`execute`] with the copies for all but the last output made by `copy`
-/// (e.g. into a pooled buffer).
-pub fn execute_with<B, C, F>(
+/// (e.g. into a pooled buffer), and each meter action asking `meter(id,
+/// packet length)` whether the packet passes: when it does not, nothing
+/// after the meter runs. A meter after the last output affects nothing and
+/// is not asked.
+pub fn execute_gated<B, C, M, F>(
     actions: &[DpAction],
     pkt: B,
     info: ParseInfo,
     mut copy: C,
+    mut meter: M,
     mut emit: F,
-) where
+) -> Ran
+where
     B: PacketBuf,
     C: FnMut(&B) -> B,
+    M: FnMut(u32, usize) -> bool,
     F: FnMut(Sink, Result<B, ExecError>),
 {
     let mut pkt = pkt;
     let mut info = info;
     let mut failed = None;
+    let mut emitted = false;
     for step in steps(actions) {
+        for a in step.mods {
+            if let DpAction::Meter(id) = *a {
+                if !meter(id, pkt.len()) {
+                    return Ran::Metered {
+                        meter: id,
+                        after_output: emitted,
+                    };
+                }
+            }
+        }
         if failed.is_none() {
             failed = apply_modifications(step.mods, &mut pkt, &mut info).err();
         }
+        emitted = true;
         if let Some(e) = failed {
             emit(step.sink, Err(e));
         } else if step.last {
             emit(step.sink, Ok(pkt));
-            return;
+            return Ran::Completed;
         } else {
             emit(step.sink, Ok(copy(&pkt)));
         }
     }
+    Ran::Completed
 }
 
 /// `n` bytes at `ofs`, if present.
@@ -752,6 +784,73 @@ mod tests {
                 (Sink::Port(2), err.clone()),
                 (Sink::Port(3), err),
             ]
+        );
+    }
+
+    #[test]
+    fn a_meter_that_refuses_stops_the_actions_after_it() {
+        let bytes = tcp4(IP_A, IP_B, 1, 2);
+        let actions = [
+            DpAction::Output(1),
+            DpAction::Meter(7),
+            DpAction::Set(Field::TpDst, 9),
+            DpAction::Output(2),
+        ];
+        let run_with = |pass: bool| {
+            let mut asked = Vec::new();
+            let mut out = Vec::new();
+            let ran = execute_gated(
+                &actions,
+                HeapPacket::from_bytes(&bytes),
+                key_of(&bytes).1,
+                HeapPacket::clone,
+                |id, len| {
+                    asked.push((id, len));
+                    pass
+                },
+                |sink, _| out.push(sink),
+            );
+            (ran, asked, out)
+        };
+        let len = bytes.len();
+        assert_eq!(
+            run_with(true),
+            (
+                Ran::Completed,
+                vec![(7, len)],
+                vec![Sink::Port(1), Sink::Port(2)]
+            )
+        );
+        assert_eq!(
+            run_with(false),
+            (
+                Ran::Metered {
+                    meter: 7,
+                    after_output: true
+                },
+                vec![(7, len)],
+                vec![Sink::Port(1)]
+            )
+        );
+        // First, as a flow's meter instruction puts it: nothing goes out.
+        let mut out = Vec::new();
+        let ran = execute_gated(
+            &actions[1..],
+            HeapPacket::from_bytes(&bytes),
+            key_of(&bytes).1,
+            HeapPacket::clone,
+            |_, _| false,
+            |sink, _| out.push(sink),
+        );
+        assert_eq!(
+            (ran, out),
+            (
+                Ran::Metered {
+                    meter: 7,
+                    after_output: false
+                },
+                vec![]
+            )
         );
     }
 

@@ -105,9 +105,12 @@ impl HotFields {
                 _ => None,
             },
             maybe_tcp: m.mask.nw_proto() != 0xff || m.value.nw_proto() == crate::key::ipproto::TCP,
-            modifies: actions
-                .iter()
-                .any(|a| !matches!(a, DpAction::Output(_) | DpAction::Controller { .. })),
+            modifies: actions.iter().any(|a| {
+                !matches!(
+                    a,
+                    DpAction::Output(_) | DpAction::Controller { .. } | DpAction::Meter(_)
+                )
+            }),
         }
     }
 }

@@ -448,6 +448,8 @@ pub enum RxDropReason {
     NotLinear,
     /// The port is configured not to receive (OpenFlow `OFPPC_NO_RECV`).
     NoRecv,
+    /// An OpenFlow meter's band dropped it before any output.
+    Meter,
 }
 
 impl DropReason for RxDropReason {
@@ -460,6 +462,7 @@ impl DropReason for RxDropReason {
         RxDropReason::PortDown,
         RxDropReason::NotLinear,
         RxDropReason::NoRecv,
+        RxDropReason::Meter,
     ];
 
     fn index(self) -> usize {
@@ -476,6 +479,7 @@ impl DropReason for RxDropReason {
             RxDropReason::PortDown => "port_down",
             RxDropReason::NotLinear => "not_linearizable",
             RxDropReason::NoRecv => "no_recv",
+            RxDropReason::Meter => "meter",
         }
     }
 }
@@ -528,7 +532,7 @@ impl DropReason for TxDropReason {
 }
 
 /// Room for the reasons of either kind.
-const MAX_REASONS: usize = 8;
+const MAX_REASONS: usize = 10;
 
 /// Drop counters indexed by reason: an array, no hashing on the hot path.
 /// Serialises as an object `{reason: count}` with every reason.

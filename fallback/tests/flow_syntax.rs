@@ -657,6 +657,16 @@ fn random_flow(rng: &mut Rng) -> String {
         let tpid = rng.pick(&["0x8100", "0x8100", "0x88a8"]);
         actions.insert(at, format!("push_vlan:{tpid}"));
     }
+    if rng.chance(12) {
+        // Mostly first, where an instruction belongs; sometimes not, or twice.
+        let at = if rng.chance(75) {
+            0
+        } else {
+            rng.below(actions.len() as u64 + 1) as usize
+        };
+        let id = rng.pick(&[0u64, 1, 7, 4_294_901_760, 4_294_901_761, 4_294_967_293]);
+        actions.insert(at, format!("meter:{id}"));
+    }
     format!("{},actions={}", items.join(","), actions.join(","))
         .trim_start_matches(',')
         .to_string()
@@ -830,6 +840,7 @@ const FLOW_CLASSES: &[(&str, fn(&str) -> bool)] = &[
         f.starts_with("icmp") || f.contains(",icmp") && f.contains("tp_")
     }),
     ("push_vlan (OpenFlow 1.3)", |f| f.contains("push_vlan")),
+    ("meter (OpenFlow 1.3)", |f| f.contains("meter:")),
     ("strip_vlan/pop_vlan", |f| {
         f.contains("strip_vlan") || f.contains("pop_vlan")
     }),

@@ -34,6 +34,7 @@ use common::*;
 enum Effect {
     Out(u32, FlowKey),
     Controller,
+    Meter(u32),
 }
 
 struct Reference<'a> {
@@ -105,6 +106,7 @@ impl Reference<'_> {
                 }
                 OfAction::Flood | OfAction::All => self.flood(pkt),
                 OfAction::Controller { .. } => self.effects.push(Effect::Controller),
+                OfAction::Meter(m) => self.effects.push(Effect::Meter(m)),
                 OfAction::Normal => {
                     let src = pkt.get(Field::DlSrc) as u64;
                     let dst = pkt.get(Field::DlDst) as u64;
@@ -211,7 +213,9 @@ fn reference(rules: &[Rule], macs: &MacTable, key: &FlowKey) -> Vec<Effect> {
     };
     let mut pkt = *key;
     r.run_table(0, &mut pkt, 0);
-    if r.aborted {
+    // A packet that goes nowhere is dropped whole, meters and all.
+    let sends = r.effects.iter().any(|e| !matches!(e, Effect::Meter(_)));
+    if r.aborted || !sends {
         Vec::new()
     } else {
         r.effects
@@ -226,6 +230,7 @@ fn execute(actions: &[DpAction], key: &FlowKey) -> Vec<Effect> {
         match *a {
             DpAction::Output(p) => effects.push(Effect::Out(p, pkt)),
             DpAction::Controller { .. } => effects.push(Effect::Controller),
+            DpAction::Meter(m) => effects.push(Effect::Meter(m)),
             DpAction::PushVlan(_) => pkt.set(Field::VlanTci, VLAN_CFI as u128),
             DpAction::PopVlan => pkt.set(Field::VlanTci, 0),
             DpAction::Set(Field::NwTos, v) => {

@@ -137,6 +137,10 @@ enum Op {
     Groups,
     /// Whether a group exists (a flow mod naming it).
     HasGroup(u32),
+    /// Every meter with its flow count (OFPMP_METER, OFPMP_METER_CONFIG).
+    Meters,
+    /// Whether a meter exists (a flow mod naming it).
+    HasMeter(u32),
     ListPorts,
     PortStats,
     /// OFPT_PORT_MOD: config bits under a mask.
@@ -165,6 +169,7 @@ enum Reply {
     Flows(Vec<FlowEntry>),
     Aggregate((u64, u64, u64)),
     Groups(Vec<crate::openflow::group_table::GroupInfo>),
+    Meters(Vec<crate::openflow::meter_table::MeterInfo>),
     Ports(Vec<PortInfo>),
     PortStats(Vec<NamedPortStats>),
     /// A port's config after a PORT_MOD; `None`: no such port.
@@ -199,6 +204,8 @@ impl Op {
                 | Op::AggregateFlows(_)
                 | Op::Groups
                 | Op::HasGroup(_)
+                | Op::Meters
+                | Op::HasMeter(_)
         )
     }
 }
@@ -338,6 +345,21 @@ impl DaemonHandle {
 
     pub fn has_group(&self, id: u32) -> Result<bool, DaemonError> {
         match self.call(Op::HasGroup(id))? {
+            Reply::Json(Value::Bool(b)) => Ok(b),
+            _ => Err(DaemonError::Stopped),
+        }
+    }
+
+    /// Every meter with its flow count.
+    pub fn meters(&self) -> Result<Vec<crate::openflow::meter_table::MeterInfo>, DaemonError> {
+        match self.call(Op::Meters)? {
+            Reply::Meters(m) => Ok(m),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    pub fn has_meter(&self, id: u32) -> Result<bool, DaemonError> {
+        match self.call(Op::HasMeter(id))? {
             Reply::Json(Value::Bool(b)) => Ok(b),
             _ => Err(DaemonError::Stopped),
         }
@@ -674,6 +696,8 @@ where
             Op::AggregateFlows(_) => "openflow flow_aggregate",
             Op::Groups => "openflow groups",
             Op::HasGroup(_) => "openflow group_exists",
+            Op::Meters => "openflow meters",
+            Op::HasMeter(_) => "openflow meter_exists",
             Op::ListPorts => "openflow port_list",
             Op::PortStats => "openflow port_stats",
             Op::PortMod { .. } => "openflow port_mod",
@@ -796,6 +820,12 @@ where
                 .map_err(DaemonError::from),
             Op::HasGroup(id) => Ok(Reply::Json(Value::Bool(
                 self.switch.pipeline().group(id).is_some(),
+            ))),
+            Op::Meters => Ok(Reply::Meters(crate::openflow::meter_table::meter_infos(
+                self.switch.pipeline(),
+            ))),
+            Op::HasMeter(id) => Ok(Reply::Json(Value::Bool(
+                self.switch.pipeline().meter(id).is_some(),
             ))),
             Op::ListPorts => Ok(Reply::Ports(self.switch.port_list())),
             Op::PortMod {
@@ -920,7 +950,7 @@ where
                         "no flows given: name a flow or a flows file".into(),
                     ));
                 }
-                self.check_groups_exist(&rules)?;
+                self.check_references_exist(&rules)?;
                 let ids = self.add_rules(rules);
                 Ok(json!({"added": ids.len()}))
             }
@@ -943,7 +973,7 @@ where
                     flow: flow.clone(),
                     source,
                 })?;
-                self.check_groups_exist(std::slice::from_ref(&rule))?;
+                self.check_references_exist(std::slice::from_ref(&rule))?;
                 let ids = self.mod_rules(
                     Some(rule.table),
                     &rule.r#match,
@@ -1170,11 +1200,19 @@ where
         }
     }
 
-    /// A flow naming a group that does not exist is refused, as OpenFlow
-    /// refuses it (OFPBAC_BAD_OUT_GROUP): the pipeline relies on it.
-    fn check_groups_exist(&self, rules: &[Rule]) -> Result<(), DaemonError> {
+    /// A flow naming a meter or group that does not exist is refused, as
+    /// OpenFlow refuses it (OFPMMFC_INVALID_METER, OFPBAC_BAD_OUT_GROUP):
+    /// the pipeline relies on it.
+    fn check_references_exist(&self, rules: &[Rule]) -> Result<(), DaemonError> {
         let pipeline = self.switch.pipeline();
         for r in rules {
+            if let Some(m) = fallback::ofproto::meter::meters_in(&r.actions)
+                .find(|m| pipeline.meter(*m).is_none())
+            {
+                return Err(DaemonError::BadArgument(format!(
+                    "a flow names meter {m}, which does not exist: add the meter first (ovs-ofctl -O OpenFlow13 add-meter)"
+                )));
+            }
             if let Some(g) = fallback::ofproto::group::groups_in(&r.actions)
                 .find(|g| pipeline.group(*g).is_none())
             {

@@ -9,7 +9,7 @@
 //! [`OfAction::GotoTable`]. A rule read back is encoded as the same
 //! instructions.
 
-use super::error::{BadActionCode as Bac, BadInstructionCode as Bic, MeterModFailedCode, OfpError};
+use super::error::{BadActionCode as Bac, BadInstructionCode as Bic, OfpError};
 use super::oxm::{put_oxm, read_oxm, OxmField};
 use super::port::*;
 use super::wire::{Put, Reader};
@@ -145,7 +145,8 @@ pub fn encode_action(a: &OfAction, ctx: &ActionContext, out: &mut Vec<u8>) {
         OfAction::Write(_)
         | OfAction::ClearActions
         | OfAction::GotoTable(_)
-        | OfAction::WriteMetadata { .. } => {}
+        | OfAction::WriteMetadata { .. }
+        | OfAction::Meter(_) => {}
         OfAction::Mod(f, v) | OfAction::SetField(f, v) => {
             let l4 = |tcp: OxmField, udp: OxmField, sctp: OxmField| match ctx.nw_proto {
                 Some(ipproto::UDP) => udp,
@@ -195,8 +196,8 @@ pub fn encode_actions(actions: &[OfAction], ctx: &ActionContext, out: &mut Vec<u
 }
 
 /// Writes a rule's actions as instructions, in the specification's order:
-/// apply-actions (the plain actions; none for `drop`, as ovs-ofctl sends
-/// it), clear-actions, write-actions, goto-table.
+/// meter, apply-actions (the plain actions; none for `drop`, as ovs-ofctl
+/// sends it), clear-actions, write-actions, goto-table.
 pub fn encode_instructions(actions: &[OfAction], ctx: &ActionContext, out: &mut Vec<u8>) {
     let is_instruction = |a: &OfAction| {
         matches!(
@@ -205,8 +206,14 @@ pub fn encode_instructions(actions: &[OfAction], ctx: &ActionContext, out: &mut 
                 | OfAction::ClearActions
                 | OfAction::GotoTable(_)
                 | OfAction::WriteMetadata { .. }
+                | OfAction::Meter(_)
         )
     };
+    if let Some(m) = fallback::ofproto::meter::meters_in(actions).next() {
+        out.put_u16(it::METER);
+        out.put_u16(8);
+        out.put_u32(m);
+    }
     let apply: Vec<OfAction> = actions
         .iter()
         .filter(|a| !is_instruction(a))
@@ -523,6 +530,7 @@ pub fn decode_instructions(
     let mut goto: Option<u8> = None;
     let mut clear = false;
     let mut metadata: Option<(u64, u64)> = None;
+    let mut meter: Option<u32> = None;
     while !r.is_empty() {
         let bad_len = |d: &str| OfpError::bad_instruction(Bic::BadLen, d.to_string());
         let ty = r
@@ -586,14 +594,14 @@ pub fn decode_instructions(
                 let mask = b.u64().map_err(|_| bad_len("write_metadata"))?;
                 metadata = Some((value, mask));
             }
-            // No meter exists, so none can be named (Open vSwitch's
-            // answer for a meter that does not exist).
+            // Whether the meter exists is the flow mod's check (the meter
+            // table is the switch's).
             it::METER => {
-                let id = b.u32().map_err(|_| bad_len("meter instruction"))?;
-                return Err(OfpError::meter_mod_failed(
-                    MeterModFailedCode::InvalidMeter,
-                    format!("meter:{id}: flowmark has no meters"),
-                ));
+                dup(meter.is_some())?;
+                if len != 8 {
+                    return Err(bad_len("meter is 8 bytes"));
+                }
+                meter = Some(b.u32().map_err(|_| bad_len("meter instruction"))?);
             }
             it::EXPERIMENTER => {
                 return Err(OfpError::bad_instruction(
@@ -609,7 +617,8 @@ pub fn decode_instructions(
             }
         }
     }
-    let mut actions = apply.unwrap_or_default();
+    let mut actions: Vec<OfAction> = meter.map(OfAction::Meter).into_iter().collect();
+    actions.extend(apply.unwrap_or_default());
     if clear {
         actions.push(OfAction::ClearActions);
     }

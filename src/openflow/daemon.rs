@@ -7,7 +7,8 @@
 use super::error::{BadRequestCode, FlowModFailedCode, OfpError, PortModFailedCode};
 use super::flow_table::{AggregateCounts, RuleSelector};
 use super::group_table::GroupInfo;
-use super::message::{BundledFlowMods, GroupMod};
+use super::message::{BundledFlowMods, GroupMod, MeterMod};
+use super::meter_table::MeterInfo;
 use super::net::{Endpoint, EndpointConfig, EventHub, LogFn};
 use super::switch::{FlowInfo, FlowTable, OpenFlowSwitch, PortCounters, PortInfo, SwitchEvent};
 use super::tls::TlsFiles;
@@ -47,6 +48,9 @@ fn refused(e: DaemonError) -> OfpError {
 impl FlowTable for DaemonSwitch {
     fn has_group(&self, id: u32) -> Result<bool, OfpError> {
         self.handle.has_group(id).map_err(refused)
+    }
+    fn has_meter(&self, id: u32) -> Result<bool, OfpError> {
+        self.handle.has_meter(id).map_err(refused)
     }
     fn flows(&self) -> Result<Vec<FlowInfo>, OfpError> {
         Ok(self
@@ -217,6 +221,38 @@ impl OpenFlowSwitch for DaemonSwitch {
 
     fn groups(&self) -> Result<Vec<GroupInfo>, OfpError> {
         self.handle.groups().map_err(refused)
+    }
+
+    fn meter_mod(&self, mm: &MeterMod) -> Result<(), OfpError> {
+        let failure: Arc<Mutex<Option<OfpError>>> = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&failure);
+        let mm = mm.clone();
+        let now = std::time::Instant::now();
+        self.handle
+            .transaction(Box::new(
+                move |mut pipeline| match super::meter_table::apply_meter_mod(
+                    &mut pipeline,
+                    &mm,
+                    now,
+                ) {
+                    Ok(_) => Some(pipeline),
+                    Err(e) => {
+                        if let Ok(mut f) = seen.lock() {
+                            *f = Some(e);
+                        }
+                        None
+                    }
+                },
+            ))
+            .map_err(refused)?;
+        match failure.lock().ok().and_then(|mut f| f.take()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn meters(&self) -> Result<Vec<MeterInfo>, OfpError> {
+        self.handle.meters().map_err(refused)
     }
 
     fn ports(&self) -> Result<Vec<PortInfo>, OfpError> {

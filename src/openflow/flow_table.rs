@@ -140,6 +140,9 @@ impl FlowTable for PipelineTable {
     fn has_group(&self, id: u32) -> Result<bool, OfpError> {
         Ok(self.pipeline.borrow().group(id).is_some())
     }
+    fn has_meter(&self, id: u32) -> Result<bool, OfpError> {
+        Ok(self.pipeline.borrow().meter(id).is_some())
+    }
     fn flows(&self) -> Result<Vec<FlowInfo>, OfpError> {
         Ok(self
             .pipeline
@@ -205,6 +208,8 @@ pub fn apply_flow_mod<T: FlowTable + ?Sized>(sw: &T, fm: FlowMod) -> Result<(), 
         fm.command,
         FlowModCommand::Add | FlowModCommand::Modify | FlowModCommand::ModifyStrict
     ) {
+        // OVS checks a flow's meter, then its groups.
+        super::meter_table::check_meters(&fm.actions, |m| sw.has_meter(m))?;
         super::group_table::check_groups(&fm.actions, |g| sw.has_group(g))?;
     }
     let modify = |strict: bool| -> Result<(), OfpError> {

@@ -7,10 +7,12 @@ use super::action::{
     ActionUse,
 };
 use super::error::{
-    BadRequestCode as Brc, DecodeError, FlowModFailedCode as Fmfc, GroupModFailedCode, OfpError,
+    BadRequestCode as Brc, DecodeError, FlowModFailedCode as Fmfc, GroupModFailedCode,
+    MeterModFailedCode, OfpError,
 };
 use super::oxm::{decode_match, encode_match};
 use super::wire::{get_str, Put, Reader};
+use fallback::ofproto::meter::{band_type, Band};
 use fallback::ofproto::table::recent_first;
 use fallback::ofproto::{Match, OfAction};
 
@@ -314,12 +316,14 @@ pub enum MultipartReplyBody {
     PortStats(Vec<PortStats>),
     PortDesc(Vec<PortDesc>),
     TableFeatures(Vec<TableFeatures>),
-    /// A reply of this `OFPMP_*` type with no entries: the meter and queue
-    /// lists of a switch that has none.
+    /// A reply of this `OFPMP_*` type with no entries: the queue lists of
+    /// a switch that has none.
     NoEntries(u16),
     GroupStats(Vec<GroupStats>),
     GroupDesc(Vec<GroupDesc>),
     GroupFeatures(GroupFeatures),
+    MeterStats(Vec<MeterStats>),
+    MeterConfig(Vec<MeterConfigEntry>),
     MeterFeatures(MeterFeatures),
 }
 
@@ -403,12 +407,35 @@ pub struct GroupStats {
     pub buckets: Vec<(u64, u64)>,
 }
 
-/// The head of an OFPT_METER_MOD.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// OFPT_METER_MOD.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MeterMod {
     pub command: u16,
     pub flags: u16,
     pub meter_id: u32,
+    /// Empty for a delete.
+    pub bands: Vec<Band>,
+}
+
+/// `ofp_meter_stats`: one meter of a METER (statistics) reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeterStats {
+    pub meter_id: u32,
+    pub flow_count: u32,
+    pub packet_in_count: u64,
+    pub byte_in_count: u64,
+    pub duration_sec: u32,
+    pub duration_nsec: u32,
+    /// (packets, bytes) each band dropped.
+    pub bands: Vec<(u64, u64)>,
+}
+
+/// `ofp_meter_config`: one meter of a METER_CONFIG reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeterConfigEntry {
+    pub flags: u16,
+    pub meter_id: u32,
+    pub bands: Vec<Band>,
 }
 
 /// `ofp_flow_removed_reason`.
@@ -1020,10 +1047,17 @@ fn decode_body(h: &Header, body: &[u8]) -> Result<Message, OfpError> {
             let command = get!(r, u16, "meter mod");
             let flags = get!(r, u16, "meter mod");
             let meter_id = get!(r, u32, "meter mod");
+            // A delete's bands, if any, mean nothing (OVS ignores them).
+            let bands = if command == mod_command::DELETE {
+                Vec::new()
+            } else {
+                decode_bands(r.rest())?
+            };
             Message::MeterMod(MeterMod {
                 command,
                 flags,
                 meter_id,
+                bands,
             })
         }
         t::QUEUE_GET_CONFIG_REQUEST => {
@@ -1126,6 +1160,54 @@ fn decode_buckets(bytes: &[u8]) -> Result<Vec<WireBucket>, OfpError> {
         });
     }
     Ok(out)
+}
+
+/// `ofp_meter_band_header`s (16 bytes each, as both band types are), as
+/// OVS reads them: another length is OFPBRC_BAD_LEN, another type
+/// OFPMMFC_BAD_BAND.
+fn decode_bands(bytes: &[u8]) -> Result<Vec<Band>, OfpError> {
+    let bad_len = |d: &str| OfpError::bad_request(Brc::BadLen, d.to_string());
+    let mut r = Reader::new(bytes);
+    let mut out = Vec::new();
+    while !r.is_empty() {
+        let kind = r.u16().map_err(|_| bad_len("meter band cut short"))?;
+        let len = r.u16().map_err(|_| bad_len("meter band cut short"))?;
+        if len != 16 {
+            return Err(bad_len("a meter band is 16 bytes"));
+        }
+        let rate = r.u32().map_err(|_| bad_len("meter band cut short"))?;
+        let burst = r.u32().map_err(|_| bad_len("meter band cut short"))?;
+        let prec_level = r.u8().map_err(|_| bad_len("meter band cut short"))?;
+        r.skip(3).map_err(|_| bad_len("meter band cut short"))?;
+        if kind != band_type::DROP && kind != band_type::DSCP_REMARK {
+            return Err(OfpError::meter_mod_failed(
+                MeterModFailedCode::BadBand,
+                format!("meter band type {kind}"),
+            ));
+        }
+        out.push(Band {
+            kind,
+            rate,
+            burst,
+            prec_level: if kind == band_type::DSCP_REMARK {
+                prec_level
+            } else {
+                0
+            },
+        });
+    }
+    Ok(out)
+}
+
+fn put_bands(bands: &[Band], out: &mut Vec<u8>) {
+    for b in bands {
+        out.put_u16(b.kind);
+        out.put_u16(16);
+        out.put_u32(b.rate);
+        out.put_u32(b.burst);
+        out.put_u8(b.prec_level);
+        out.put_zeros(3);
+    }
 }
 
 fn put_buckets(buckets: &[WireBucket], out: &mut Vec<u8>) {
@@ -1480,7 +1562,51 @@ fn decode_mp_reply(r: &mut Reader<'_>) -> Result<MultipartReply, OfpError> {
             }
             MultipartReplyBody::GroupDesc(descs)
         }
-        m::METER | m::METER_CONFIG | m::QUEUE => {
+        m::METER => {
+            let mut stats = Vec::new();
+            while !r.is_empty() {
+                let meter_id = get!(r, u32, "meter stats");
+                let len = usize::from(get!(r, u16, "meter stats"));
+                if len < 40 || (len - 40) % 16 != 0 {
+                    return Err(bad_len("meter stats entry"));
+                }
+                get!(r, skip(6), "meter stats");
+                let mut m = MeterStats {
+                    meter_id,
+                    flow_count: get!(r, u32, "meter stats"),
+                    packet_in_count: get!(r, u64, "meter stats"),
+                    byte_in_count: get!(r, u64, "meter stats"),
+                    duration_sec: get!(r, u32, "meter stats"),
+                    duration_nsec: get!(r, u32, "meter stats"),
+                    bands: Vec::new(),
+                };
+                for _ in 0..(len - 40) / 16 {
+                    m.bands
+                        .push((get!(r, u64, "band stats"), get!(r, u64, "band stats")));
+                }
+                stats.push(m);
+            }
+            MultipartReplyBody::MeterStats(stats)
+        }
+        m::METER_CONFIG => {
+            let mut configs = Vec::new();
+            while !r.is_empty() {
+                let len = usize::from(get!(r, u16, "meter config"));
+                if len < 8 || (len - 8) % 16 != 0 {
+                    return Err(bad_len("meter config entry"));
+                }
+                let flags = get!(r, u16, "meter config");
+                let meter_id = get!(r, u32, "meter config");
+                let bands = get!(r, bytes(len - 8), "meter config");
+                configs.push(MeterConfigEntry {
+                    flags,
+                    meter_id,
+                    bands: decode_bands(bands)?,
+                });
+            }
+            MultipartReplyBody::MeterConfig(configs)
+        }
+        m::QUEUE => {
             if !r.is_empty() {
                 return Err(OfpError::bad_request(
                     Brc::BadMultipart,
@@ -1696,6 +1822,8 @@ fn mp_reply_type(b: &MultipartReplyBody) -> u16 {
         MultipartReplyBody::GroupDesc(_) => mp_type::GROUP_DESC,
         MultipartReplyBody::GroupFeatures(_) => mp_type::GROUP_FEATURES,
         MultipartReplyBody::MeterFeatures(_) => mp_type::METER_FEATURES,
+        MultipartReplyBody::MeterStats(_) => mp_type::METER,
+        MultipartReplyBody::MeterConfig(_) => mp_type::METER_CONFIG,
     }
 }
 
@@ -1784,6 +1912,28 @@ fn mp_reply_entries(b: &MultipartReplyBody) -> Vec<Vec<u8>> {
             }
             vec![v]
         }
+        MultipartReplyBody::MeterStats(ms) => each(ms.len(), &|i, v| {
+            let m = &ms[i];
+            v.put_u32(m.meter_id);
+            v.put_u16((40 + 16 * m.bands.len()) as u16);
+            v.put_zeros(6);
+            v.put_u32(m.flow_count);
+            v.put_u64(m.packet_in_count);
+            v.put_u64(m.byte_in_count);
+            v.put_u32(m.duration_sec);
+            v.put_u32(m.duration_nsec);
+            for (p, b) in &m.bands {
+                v.put_u64(*p);
+                v.put_u64(*b);
+            }
+        }),
+        MultipartReplyBody::MeterConfig(ms) => each(ms.len(), &|i, v| {
+            let m = &ms[i];
+            v.put_u16((8 + 16 * m.bands.len()) as u16);
+            v.put_u16(m.flags);
+            v.put_u32(m.meter_id);
+            put_bands(&m.bands, v);
+        }),
         MultipartReplyBody::MeterFeatures(f) => {
             let mut v = Vec::new();
             v.put_u32(f.max_meter);
@@ -2034,6 +2184,7 @@ fn encode_body(msg: &Message, out: &mut Vec<u8>) {
             out.put_u16(m.command);
             out.put_u16(m.flags);
             out.put_u32(m.meter_id);
+            put_bands(&m.bands, out);
         }
         Message::QueueGetConfigRequest { port } | Message::QueueGetConfigReply { port } => {
             out.put_u32(*port);

@@ -91,6 +91,14 @@ fn flow_mods_as_ovs_ofctl_sends_them() {
         "040e006800000006000000000000000000000000000000000000000000000007ffffffffffffffffffffffff000000000001001d80000a020800800018040a000001800014010680001c020050000000000400180000000000000010000000020000000000000000",
         Message::FlowMod(base.clone()),
     );
+    // A meter instruction goes first, as OVS puts it.
+    sent(
+        Message::FlowMod(FlowMod {
+            actions: vec![OfAction::Meter(3), OfAction::Output(2)],
+            ..base.clone()
+        }),
+        &["actions=meter:3,output:2"],
+    );
     // del-flows "ip,nw_src=10.0.0.0/8"
     captured(
         "040e00480000000600000000000000000000000000000000ff03000000008000ffffffffffffffffffffffff000000000001001680000a020800800017080a000000ff0000000000",
@@ -460,8 +468,22 @@ fn port_group_meter_and_queue_messages_round_trip_and_ovs_reads_them() {
             command: MODIFY,
             flags: 1,
             meter_id: 7,
+            bands: Vec::new(),
         }),
         &["OFPT_METER_MOD", "MOD meter=7 kbps"],
+    );
+    sent(
+        Message::MeterMod(MeterMod {
+            command: ADD,
+            flags: 2 | 4 | 8,
+            meter_id: 9,
+            bands: meter_bands(),
+        }),
+        &[
+            "ADD meter=9 pktps burst stats bands=",
+            "type=drop rate=100 burst_size=10",
+            "type=dscp_remark rate=300 burst_size=0 prec_level=1",
+        ],
     );
     sent(
         Message::PortMod(PortMod {
@@ -545,13 +567,30 @@ fn port_group_meter_and_queue_messages_round_trip_and_ovs_reads_them() {
             }]),
             "group_id=5,type=select,bucket=weight:3,watch_port:2,actions=set_field:10.0.0.1->ip_dst,output:2,bucket=watch_group:7,actions=group:7",
         ),
+        (MultipartReplyBody::MeterStats(Vec::new()), "OFPST_METER reply"),
         (
-            MultipartReplyBody::NoEntries(mp_type::METER),
-            "OFPST_METER reply",
+            MultipartReplyBody::MeterStats(vec![MeterStats {
+                meter_id: 5,
+                flow_count: 2,
+                packet_in_count: 10,
+                byte_in_count: 640,
+                duration_sec: 3,
+                duration_nsec: 5_000_000,
+                bands: vec![(7, 448), (1, 64)],
+            }]),
+            "meter:5 flow_count:2 packet_in_count:10 byte_in_count:640 duration:3.005s bands:\n0: packet_count:7 byte_count:448\n1: packet_count:1 byte_count:64",
         ),
         (
-            MultipartReplyBody::NoEntries(mp_type::METER_CONFIG),
+            MultipartReplyBody::MeterConfig(Vec::new()),
             "OFPST_METER_CONFIG reply",
+        ),
+        (
+            MultipartReplyBody::MeterConfig(vec![MeterConfigEntry {
+                flags: 2 | 4,
+                meter_id: 5,
+                bands: meter_bands(),
+            }]),
+            "meter=5 pktps burst bands=\ntype=drop rate=100 burst_size=10\ntype=dscp_remark rate=300 burst_size=0 prec_level=1",
         ),
         (
             MultipartReplyBody::NoEntries(mp_type::QUEUE),
@@ -565,10 +604,32 @@ fn port_group_meter_and_queue_messages_round_trip_and_ovs_reads_them() {
             MultipartReplyBody::MeterFeatures(MeterFeatures::default()),
             "max_meter:0 max_bands:0 max_color:0",
         ),
+        (
+            MultipartReplyBody::MeterFeatures(crate::openflow::meter_table::features()),
+            "max_meter:262144 max_bands:8 max_color:0\nband_types: drop\ncapabilities: kbps pktps burst stats",
+        ),
     ] {
         sent(
             Message::MultipartReply(MultipartReply { more: false, body }),
             &[says],
         );
     }
+}
+
+fn meter_bands() -> Vec<fallback::ofproto::meter::Band> {
+    use fallback::ofproto::meter::{band_type, Band};
+    vec![
+        Band {
+            kind: band_type::DROP,
+            rate: 100,
+            burst: 10,
+            prec_level: 0,
+        },
+        Band {
+            kind: band_type::DSCP_REMARK,
+            rate: 300,
+            burst: 0,
+            prec_level: 1,
+        },
+    ]
 }

@@ -23,6 +23,7 @@ pub use message::{decode, encode, Envelope, Message};
 pub mod daemon;
 pub mod flow_table;
 pub mod group_table;
+pub mod meter_table;
 pub mod net;
 pub mod session;
 pub mod switch;

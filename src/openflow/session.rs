@@ -3,8 +3,8 @@
 //! `now`), so that every exchange can be tested deterministically.
 
 use super::error::{
-    BadRequestCode as Brc, DecodeError, HelloFailedCode, MeterModFailedCode as Mmfc, OfpError,
-    PortModFailedCode, QueueOpFailedCode,
+    BadRequestCode as Brc, DecodeError, HelloFailedCode, OfpError, PortModFailedCode,
+    QueueOpFailedCode,
 };
 use super::flow_table::{
     apply_flow_mod, flow_stats, select_flows, table_stats, AggregateCounts, RuleSelector,
@@ -12,12 +12,12 @@ use super::flow_table::{
 use super::group_table;
 use super::message::OFPPS_LINK_DOWN;
 use super::message::{
-    self, capabilities, decode, encode, encode_multipart_reply, mod_command, mp_type,
-    packet_in_reason, parse_header, AsyncConfig, BundleControl, BundledFlowMods, Desc, Features,
-    FlowRemoved, Message, MeterFeatures, MeterMod, MultipartReplyBody, MultipartRequest, PacketIn,
-    PortDesc, PortReason, PortStats, PortStatus, SwitchConfig, TableFeatures, HEADER_LEN,
-    OFP13_VERSION, OFPPS_LIVE, OFP_NO_BUFFER,
+    self, capabilities, decode, encode, encode_multipart_reply, mp_type, packet_in_reason,
+    parse_header, AsyncConfig, BundleControl, BundledFlowMods, Desc, Features, FlowRemoved,
+    Message, MultipartReplyBody, MultipartRequest, PacketIn, PortDesc, PortReason, PortStats,
+    PortStatus, SwitchConfig, TableFeatures, HEADER_LEN, OFP13_VERSION, OFPPS_LIVE, OFP_NO_BUFFER,
 };
+use super::meter_table;
 use super::port::{ofport_from_of13, ofport_to_of13, OFPP_ANY, OFPP_CONTROLLER};
 use super::switch::{OpenFlowSwitch, PortInfo, SwitchEvent};
 use crate::datapath::port_config;
@@ -375,7 +375,7 @@ impl Session {
             Message::MultipartRequest(q) => self.multipart(xid, q, sw)?,
             Message::PortMod(pm) => self.port_mod(&pm, sw)?,
             Message::GroupMod(g) => sw.group_mod(&g)?,
-            Message::MeterMod(m) => judge_meter_mod(&m)?,
+            Message::MeterMod(m) => sw.meter_mod(&m)?,
             Message::QueueGetConfigRequest { port } => {
                 check_queue_port(sw, port)?;
                 self.send(xid, &Message::QueueGetConfigReply { port });
@@ -671,24 +671,23 @@ impl Session {
             MultipartRequest::GroupFeatures => {
                 MultipartReplyBody::GroupFeatures(group_table::features())
             }
-            // No meters or queues exist: lists are empty, as Open vSwitch's
-            // are before any is added (a meter asked for by id is unknown
-            // there too), and the features say none can be.
-            MultipartRequest::Meter { meter_id } | MultipartRequest::MeterConfig { meter_id } => {
-                if meter_id != message::OFPM_ALL {
-                    return Err(OfpError::meter_mod_failed(
-                        Mmfc::UnknownMeter,
-                        format!("no meter {meter_id}: flowmark has no meters"),
-                    ));
-                }
-                MultipartReplyBody::NoEntries(match q {
-                    MultipartRequest::Meter { .. } => mp_type::METER,
-                    _ => mp_type::METER_CONFIG,
-                })
+            MultipartRequest::Meter { meter_id } => {
+                let infos = sw.meters()?;
+                MultipartReplyBody::MeterStats(meter_table::meter_stats(
+                    &infos,
+                    meter_id,
+                    std::time::Instant::now(),
+                )?)
+            }
+            MultipartRequest::MeterConfig { meter_id } => {
+                let infos = sw.meters()?;
+                MultipartReplyBody::MeterConfig(meter_table::meter_configs(&infos, meter_id)?)
             }
             MultipartRequest::MeterFeatures => {
-                MultipartReplyBody::MeterFeatures(MeterFeatures::default())
+                MultipartReplyBody::MeterFeatures(meter_table::features())
             }
+            // No queues exist: the list is empty, as Open vSwitch's is
+            // before any is configured.
             MultipartRequest::Queue { port_no, queue_id } => {
                 check_queue_port(sw, port_no)?;
                 if queue_id != message::OFPQ_ALL {
@@ -923,29 +922,4 @@ fn check_queue_port(sw: &dyn OpenFlowSwitch, p: u32) -> Result<(), OfpError> {
         QueueOpFailedCode::BadPort,
         format!("no port {p}"),
     ))
-}
-
-/// A meter mod to a switch with no meters, answered as Open vSwitch
-/// answers one about meters that do not exist: a delete has nothing to do
-/// and succeeds; a modify names an unknown meter; an add finds no room.
-fn judge_meter_mod(m: &MeterMod) -> Result<(), OfpError> {
-    let id = m.meter_id;
-    match m.command {
-        mod_command::DELETE => Ok(()),
-        mod_command::ADD | mod_command::MODIFY if id == 0 || id > message::OFPM_MAX => Err(
-            OfpError::meter_mod_failed(Mmfc::InvalidMeter, format!("meter id {id:#x}")),
-        ),
-        mod_command::ADD => Err(OfpError::meter_mod_failed(
-            Mmfc::OutOfMeters,
-            format!("meter {id}: flowmark has no meters"),
-        )),
-        mod_command::MODIFY => Err(OfpError::meter_mod_failed(
-            Mmfc::UnknownMeter,
-            format!("no meter {id}: flowmark has no meters"),
-        )),
-        other => Err(OfpError::meter_mod_failed(
-            Mmfc::BadCommand,
-            format!("meter mod command {other}"),
-        )),
-    }
 }

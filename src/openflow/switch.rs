@@ -5,7 +5,8 @@
 use super::error::OfpError;
 use super::flow_table::{AggregateCounts, RuleSelector};
 use super::group_table::GroupInfo;
-use super::message::{BundledFlowMods, GroupMod};
+use super::message::{BundledFlowMods, GroupMod, MeterMod};
+use super::meter_table::MeterInfo;
 use fallback::ofproto::table::RuleId;
 use fallback::ofproto::{Match, OfAction, Rule};
 use std::sync::Arc;
@@ -80,6 +81,8 @@ pub enum SwitchEvent {
 pub trait FlowTable {
     /// Whether group `id` exists (a flow naming another is refused).
     fn has_group(&self, id: u32) -> Result<bool, OfpError>;
+    /// Whether meter `id` exists (a flow naming another is refused).
+    fn has_meter(&self, id: u32) -> Result<bool, OfpError>;
     fn flows(&self) -> Result<Vec<FlowInfo>, OfpError>;
     /// One OFPFC_ADD: refused with OFPFMFC_OVERLAP (with `check_overlap`)
     /// or OFPFMFC_TABLE_FULL, checked where the rules are (no dump). With
@@ -145,4 +148,9 @@ pub trait OpenFlowSwitch: FlowTable + Send + Sync {
     fn group_mod(&self, gm: &GroupMod) -> Result<(), OfpError>;
     /// Every group with its counters.
     fn groups(&self) -> Result<Vec<GroupInfo>, OfpError>;
+    /// OFPT_METER_MOD, as [`super::meter_table::apply_meter_mod`] (a
+    /// delete takes the rules naming the meter with it).
+    fn meter_mod(&self, mm: &MeterMod) -> Result<(), OfpError>;
+    /// Every meter with its flow count.
+    fn meters(&self) -> Result<Vec<MeterInfo>, OfpError>;
 }

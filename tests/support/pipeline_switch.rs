@@ -7,7 +7,7 @@ use fallback::ofproto::{Match, OfAction, Rule};
 use flowmark::openflow::error::{BadRequestCode, OfpError};
 use flowmark::openflow::flow_table::{apply_flow_mods_to, PipelineTable};
 use flowmark::openflow::group_table::{apply_group_mod, group_infos, GroupInfo};
-use flowmark::openflow::message::{BundledFlowMods, GroupMod};
+use flowmark::openflow::message::{BundledFlowMods, GroupMod, MeterMod};
 use flowmark::openflow::switch::{FlowInfo, FlowTable, OpenFlowSwitch, PortCounters, PortInfo};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -116,6 +116,9 @@ impl PipelineSwitch {
 impl FlowTable for PipelineSwitch {
     fn has_group(&self, id: u32) -> Result<bool, OfpError> {
         self.lock()?.table.has_group(id)
+    }
+    fn has_meter(&self, id: u32) -> Result<bool, OfpError> {
+        self.lock()?.table.has_meter(id)
     }
     fn flows(&self) -> Result<Vec<FlowInfo>, OfpError> {
         let s = self.lock()?;
@@ -261,6 +264,20 @@ impl OpenFlowSwitch for PipelineSwitch {
     fn groups(&self) -> Result<Vec<GroupInfo>, OfpError> {
         let s = self.lock()?;
         let infos = group_infos(&s.table.pipeline(), [], Instant::now());
+        Ok(infos)
+    }
+
+    fn meter_mod(&self, mm: &MeterMod) -> Result<(), OfpError> {
+        let mut s = self.lock()?;
+        let mut scratch = s.table.pipeline().clone();
+        flowmark::openflow::meter_table::apply_meter_mod(&mut scratch, mm, Instant::now())?;
+        s.table = PipelineTable::new(scratch, self.max_flows);
+        Ok(())
+    }
+
+    fn meters(&self) -> Result<Vec<flowmark::openflow::meter_table::MeterInfo>, OfpError> {
+        let s = self.lock()?;
+        let infos = flowmark::openflow::meter_table::meter_infos(&s.table.pipeline());
         Ok(infos)
     }
 }

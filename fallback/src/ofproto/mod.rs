@@ -6,6 +6,7 @@ pub mod classifier;
 mod cow;
 pub mod group;
 pub mod mac;
+pub mod meter;
 pub mod syntax;
 pub mod table;
 mod trie;
@@ -108,6 +109,9 @@ pub enum OfAction {
     WriteMetadata { value: u64, mask: u64 },
     /// OpenFlow 1.1+ `group:N`: runs group N's buckets (see [`group`]).
     Group(u32),
+    /// OpenFlow 1.3 `meter:N` (always the first of a rule's actions):
+    /// the packet passes through meter N, which may drop it (see [`meter`]).
+    Meter(u32),
 }
 
 /// An action of the OpenFlow 1.3 action set (`write_actions`). The set

@@ -6,10 +6,12 @@
 use super::classifier::Classifier;
 use super::cow::CowTable;
 use super::group::{self, Group, GroupError};
+use super::meter::{self, Meter, MeterConfig, MeterError};
 use super::{Match, OfAction, Rule, N_TABLES};
 use crate::key::{FlowKey, KEY_WORDS};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A rule's identity for its whole life (kept across action modifications;
 /// a replaced rule gets a new one).
@@ -337,6 +339,9 @@ pub struct Pipeline {
     /// Groups of each type (OpenFlow limits them per type).
     group_counts: [usize; 4],
     next_group_serial: u64,
+    /// The meter table: configuration and running state (shared by every
+    /// snapshot, so the PMDs' counts and buckets carry across versions).
+    meters: Arc<std::collections::BTreeMap<u32, Arc<Meter>>>,
 }
 
 /// A set of OpenFlow table numbers.
@@ -485,6 +490,7 @@ impl Pipeline {
             group_serials: Arc::default(),
             group_counts: [0; 4],
             next_group_serial: 1,
+            meters: Arc::default(),
         }
     }
 
@@ -857,6 +863,72 @@ impl Pipeline {
                 serials.remove(&old.serial);
                 self.group_counts[old.kind as usize] -= 1;
             }
+        }
+        self.remove_ids(&users);
+        self.changed();
+        users
+    }
+
+    /// Meter `id`, if the bridge has it.
+    #[inline]
+    pub fn meter(&self, id: u32) -> Option<&Arc<Meter>> {
+        self.meters.get(&id)
+    }
+
+    /// Every meter, by id.
+    pub fn meters(&self) -> impl Iterator<Item = &Arc<Meter>> {
+        self.meters.values()
+    }
+
+    /// OFPMC13_ADD: a meter with full buckets, added at `now`.
+    pub fn meter_add(&mut self, config: MeterConfig, now: Instant) -> Result<(), MeterError> {
+        config.check()?;
+        if self.meters.contains_key(&config.id) {
+            return Err(MeterError::Exists(config.id));
+        }
+        if self.meters.len() >= meter::MAX_METERS {
+            return Err(MeterError::OutOfMeters);
+        }
+        let m = Meter::new(config, now)?;
+        Arc::make_mut(&mut self.meters).insert(m.config.id, Arc::new(m));
+        self.changed();
+        Ok(())
+    }
+
+    /// OFPMC13_MODIFY: the meter starts again from full buckets and zero
+    /// counts, as OVS's userspace datapath replaces it. Translations do not
+    /// depend on a meter's configuration: no rule is revalidated.
+    pub fn meter_modify(&mut self, config: MeterConfig) -> Result<(), MeterError> {
+        config.check()?;
+        let Some(old) = self.meters.get(&config.id) else {
+            return Err(MeterError::Unknown(config.id));
+        };
+        let m = Meter::new(config, old.created)?;
+        Arc::make_mut(&mut self.meters).insert(m.config.id, Arc::new(m));
+        self.changed();
+        Ok(())
+    }
+
+    /// OFPMC13_DELETE of meter `id` ([`meter::METER_ALL`]: every meter),
+    /// with the rules that name it, as in OVS. A meter that does not exist
+    /// is no error. Returns the ids of the rules deleted.
+    pub fn meter_delete(&mut self, id: u32) -> Vec<RuleId> {
+        let ids: Vec<u32> = if id == meter::METER_ALL {
+            self.meters.keys().copied().collect()
+        } else if self.meters.contains_key(&id) {
+            vec![id]
+        } else {
+            return Vec::new();
+        };
+        let mut users: Vec<RuleId> = self
+            .entries()
+            .filter(|e| meter::meters_in(e.actions()).any(|m| ids.contains(&m)))
+            .map(|e| e.id)
+            .collect();
+        users.sort_unstable();
+        let meters = Arc::make_mut(&mut self.meters);
+        for m in &ids {
+            meters.remove(m);
         }
         self.remove_ids(&users);
         self.changed();

@@ -492,6 +492,9 @@ impl Ctx<'_> {
                 // The pipeline goes on in a later table (a miss there ends it).
                 OfAction::GotoTable(t) => self.resubmit(None, t),
                 OfAction::Group(g) => self.group(g, table, cookie),
+                // The datapath meters the packet here; no pending set needs
+                // committing before it (a meter reads only the length).
+                OfAction::Meter(m) => self.push_action(DpAction::Meter(m)),
             }
         }
     }

@@ -137,6 +137,11 @@ pub fn random_actions(r: &mut Rng, table: u8) -> Vec<OfAction> {
         };
         acts.push(a);
     }
+    // A meter instruction (first, as OpenFlow 1.3 orders it) now and then:
+    // it must reach the megaflow's actions where the translation met it.
+    if r.chance(8) {
+        acts.insert(0, OfAction::Meter(1 + r.below(2) as u32));
+    }
     acts
 }
 

@@ -160,6 +160,25 @@ pub(super) fn parse_actions(s: &str) -> Result<Vec<ParsedAction>> {
     if let (Some(_), Some(other)) = (&drop_token, first_other) {
         return Err(FlowParseError::DropNotAlone { other });
     }
+    // A meter is an OpenFlow 1.3 instruction: one, before the actions.
+    let mut meters = actions
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| matches!(a.action, OfAction::Meter(_)));
+    if let Some((at, first)) = meters.next() {
+        if at > 0 {
+            return Err(FlowParseError::InstructionOrder {
+                what: first.token.clone(),
+                advice: "a meter runs before a flow's actions: write it first",
+            });
+        }
+        if let Some((_, second)) = meters.next() {
+            return Err(FlowParseError::InstructionOrder {
+                what: second.token.clone(),
+                advice: "a flow has at most one meter: remove one",
+            });
+        }
+    }
     Ok(actions)
 }
 
@@ -362,13 +381,21 @@ pub(super) fn parse_action(name: &str, kv: &KeyValue<'_>) -> Result<(OfAction, K
                 .ok_or_else(|| bad_arg("group", v, advice))?;
             OfAction::Group(id)
         }
+        "meter" if kv.has_value => {
+            let advice = "a meter id from 1 to 4294901760 (0xffff0000)";
+            let id = parse_uint(v)
+                .and_then(|id| u32::try_from(id).ok())
+                .filter(|id| (1..=crate::ofproto::meter::METER_MAX).contains(id))
+                .ok_or_else(|| bad_arg("meter", v, advice))?;
+            OfAction::Meter(id)
+        }
         "enqueue" | "note" | "learn" | "ct" | "goto_table"
         | "write_metadata" | "set_queue" | "pop_queue" | "fin_timeout" | "multipath"
         | "bundle" | "group" | "meter" | "move" | "push_mpls" | "pop_mpls" | "set_tunnel"
         | "sample" | "exit" | "clone" | "encap" | "decap" | "conjunction" => {
             return Err(FlowParseError::Unsupported {
                 what: kv.token.into(),
-                advice: "flowmark implements output, flood, all, normal, in_port, controller, drop, mod_*, set_field, dec_ttl, strip_vlan, push_vlan, group and resubmit",
+                advice: "flowmark implements output, flood, all, normal, in_port, controller, drop, mod_*, set_field, dec_ttl, strip_vlan, push_vlan, group, meter and resubmit",
             })
         }
         _ if !kv.has_value => match parse_port(kv.key) {
@@ -620,6 +647,10 @@ pub(super) fn check_actions(actions: &[ParsedAction], m: &Match) -> Result<Check
             }
         };
         match (a.action, a.kind) {
+            (OfAction::Meter(_), _) => {
+                usable &= OF13;
+                of11.get_or_insert(a);
+            }
             (OfAction::PushVlan(_), _) => {
                 usable &= OF13;
                 of11.get_or_insert(a);
@@ -795,6 +826,7 @@ pub(super) fn format_actions(actions: &[OfAction], m: &Match) -> String {
         matches!(
             a,
             OfAction::PushVlan(_)
+                | OfAction::Meter(_)
                 | OfAction::Write(_)
                 | OfAction::ClearActions
                 | OfAction::GotoTable(_)
@@ -894,6 +926,7 @@ pub(super) fn format_action(a: &OfAction) -> String {
         OfAction::ClearActions => "clear_actions".into(),
         OfAction::GotoTable(t) => format!("goto_table:{t}"),
         OfAction::Group(g) => format!("group:{g}"),
+        OfAction::Meter(m) => format!("meter:{m}"),
         OfAction::WriteMetadata { value, mask } if mask == u64::MAX => {
             format!("write_metadata:{value:#x}")
         }

@@ -130,8 +130,10 @@ pub enum FlowParseError {
     },
     #[error("\"{action}\" would push a third VLAN header (OFPBAC_BAD_TAG): OVS keeps at most two; remove a push_vlan or pop one first")]
     TooManyVlans { action: String },
-    #[error("\"{what}\" cannot be carried by OpenFlow 1.3, which push_vlan needs (ovs-ofctl cannot decode it back): {advice}")]
+    #[error("\"{what}\" cannot be carried by OpenFlow 1.3, which push_vlan and meter need (ovs-ofctl cannot decode it back): {advice}")]
     NotInOpenFlow13 { what: String, advice: &'static str },
+    #[error("\"{what}\" is out of place: {advice}")]
+    InstructionOrder { what: String, advice: &'static str },
 }
 
 type Result<T> = std::result::Result<T, FlowParseError>;

@@ -119,7 +119,7 @@ fn not_allowed() {
 fn unsupported() {
     assert_eq!(
         flow_err("ip,actions=note:ab"),
-        "\"note:ab\" is Open vSwitch syntax that flowmark does not support: flowmark implements output, flood, all, normal, in_port, controller, drop, mod_*, set_field, dec_ttl, strip_vlan, push_vlan, group and resubmit"
+        "\"note:ab\" is Open vSwitch syntax that flowmark does not support: flowmark implements output, flood, all, normal, in_port, controller, drop, mod_*, set_field, dec_ttl, strip_vlan, push_vlan, group, meter and resubmit"
     );
 }
 
