@@ -15,6 +15,7 @@ use fallback::exec::{self, ExecError, Sink};
 use fallback::key::FlowKey;
 use fallback::megaflow::{Megaflow, RecentActions, Ufid};
 use fallback::ofproto::mac::{MacLearn, MacTable};
+use fallback::ofproto::meter::{self, Meter};
 use fallback::ofproto::table::{Pipeline, RuleId, RuleIds};
 use fallback::ofproto::xlate::{xlate_reusing, Bridge, XlateBuffers, XlateDrop};
 use fallback::packet::{self, ParseInfo};
@@ -325,6 +326,8 @@ pub struct PmdCounters {
     pub controller_punts: u64,
     /// Punts the controller channel had no room for (or no listener).
     pub punts_dropped: u64,
+    /// Punts the controller meter (OpenFlow's `meter=controller`) refused.
+    pub punts_metered: u64,
     pub offload_queue_full: u64,
     pub megaflows_installed: u64,
     pub megaflows_removed: u64,
@@ -1718,6 +1721,8 @@ impl<B: PacketBuf + Clone + Send + 'static> PmdCore<B> {
             counters: &mut self.counters,
             punts: &self.punts,
             in_port: 0,
+            controller_meter: self.pipeline.meter(meter::METER_CONTROLLER).map(|m| &**m),
+            now_ms,
         };
         out.in_port = out.ports[port_idx].ofport;
         let copies = &mut self.copies;
@@ -1949,6 +1954,9 @@ struct Emitter<'a, B: PacketBuf> {
     punts: &'a Option<crossbeam_channel::Sender<Punt>>,
     /// The ingress port of the batch (for punts).
     in_port: u32,
+    /// The meter every punt passes (`meter=controller`), if there is one.
+    controller_meter: Option<&'a Meter>,
+    now_ms: u64,
 }
 
 impl<B: PacketBuf + Clone + Send + 'static> Emitter<'_, B> {
@@ -1962,6 +1970,12 @@ impl<B: PacketBuf + Clone + Send + 'static> Emitter<'_, B> {
                 miss,
             } => {
                 self.counters.controller_punts += 1;
+                if let (Some(m), Ok(pkt)) = (self.controller_meter, &res) {
+                    if !m.admit(self.now_ms, pkt.len()) {
+                        self.counters.punts_metered += 1;
+                        return;
+                    }
+                }
                 let sent = match (&self.punts, &res) {
                     (Some(tx), Ok(pkt)) => tx
                         .try_send(Punt::new(

@@ -463,3 +463,101 @@ fn groups_forward_count_and_go_with_their_flows() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(tx("nic0") + tx("vm0"), 1040, "no flow, no forwarding");
 }
+
+/// A meter through the daemon: the CLI refuses a flow naming a meter that
+/// does not exist; a flow through a 1-packet/s meter with a burst of 10
+/// forwards about ten packets of a burst of 200 and drops the rest, each
+/// counted on the ingress port as dropped by the meter and in the meter's
+/// band; deleting the meter takes its flow.
+#[test]
+fn meters_limit_count_and_go_with_their_flows() {
+    let Some(rig) = Rig::start() else {
+        return;
+    };
+    let port = |name: &str| -> serde_json::Value {
+        let stats: serde_json::Value =
+            serde_json::from_str(&rig.flowmark(&["port", "stats", "--json"])).expect("json");
+        stats
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == name).cloned())
+            .expect("port stats")
+    };
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let refused = rig
+        .daemon
+        .try_cli(&["flow", "add", "in_port=2,actions=meter:1,output:1"]);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("meter 1, which does not exist"),
+        "{why}"
+    );
+    rig.ofctl(&[
+        "add-meter",
+        "meter=1,pktps,burst,band=type=drop,rate=1,burst_size=10",
+    ]);
+    rig.flowmark(&["flow", "add", "in_port=2,actions=meter:1,output:1"]);
+    rig.flowmark(&["port", "inject", "nic1", "--generate", "flows=4,count=200"]);
+    wait_for("every packet forwarded or dropped", &|| {
+        let p = port("nic1");
+        p["rx"] == 200
+            && p["forwarded"].as_u64().unwrap_or(0) + p["rx_dropped"]["meter"].as_u64().unwrap_or(0)
+                == 200
+    });
+    let nic1 = port("nic1");
+    let forwarded = nic1["forwarded"].as_u64().expect("forwarded");
+    // The bucket held 10 packets; a packet a second refills it.
+    assert!((10..=15).contains(&forwarded), "{nic1}");
+    wait_for("the packets left", &|| port("nic0")["tx"] == forwarded);
+    let dropped = 200 - forwarded;
+    let stats = rig.ofctl(&["meter-stats"]);
+    assert!(
+        stats.contains("meter:1 flow_count:1 packet_in_count:200 byte_in_count:12800 ")
+            && stats.contains(&format!(
+                "0: packet_count:{dropped} byte_count:{}",
+                dropped * 64
+            )),
+        "{stats}"
+    );
+    rig.ofctl(&["del-meter", "meter=1"]);
+    assert!(!rig.ofctl(&["dump-flows"]).contains("meter:1"));
+    // The controller meter limits punts (PACKET_INs) as OVS's does.
+    rig.ofctl(&[
+        "add-meter",
+        "meter=controller,pktps,burst,band=type=drop,rate=1,burst_size=5",
+    ]);
+    rig.ofctl(&["add-flow", "in_port=2,actions=controller"]);
+    rig.flowmark(&["port", "inject", "nic1", "--generate", "flows=4,count=50"]);
+    let counter = |name: &str| -> u64 {
+        let stats: serde_json::Value =
+            serde_json::from_str(&rig.flowmark(&["pmd", "stats", "--json"])).expect("json");
+        let mut n = 0;
+        find_counts(&stats, name, &mut n);
+        n
+    };
+    wait_for("every punt counted", &|| counter("controller_punts") == 50);
+    let metered = counter("punts_metered");
+    assert!((35..=45).contains(&metered), "{metered} punts metered");
+}
+
+/// Sums every number named `name` anywhere in `v`.
+fn find_counts(v: &serde_json::Value, name: &str, n: &mut u64) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                if k == name {
+                    *n += x.as_u64().unwrap_or(0);
+                } else {
+                    find_counts(x, name, n);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| find_counts(x, name, n)),
+        _ => {}
+    }
+}

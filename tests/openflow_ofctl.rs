@@ -404,15 +404,14 @@ fn ofctl_error(target: &str, args: &[&str]) -> String {
     text
 }
 
-/// Meters and queues, which flowmark does not have: ovs-ofctl's queries get
-/// the answers Open vSwitch 3.1 gives before any exists (empty lists; a
-/// meter or queue asked for by id is unknown; an unknown port is
-/// OFPQOFC_BAD_PORT), the features say none can be added, deletes succeed
-/// with nothing to delete, adds and modifies are refused with the spec's
-/// codes, which ovs-ofctl names, and so are flows that name a meter. Groups
-/// before any is added answer as empty too.
+/// Queues, which flowmark does not have, and meters and groups before any
+/// is added: ovs-ofctl's queries get the answers Open vSwitch 3.1 gives
+/// (empty lists; a meter or queue asked for by id is unknown; an unknown
+/// port is OFPQOFC_BAD_PORT), deletes succeed with nothing to delete, and
+/// modifies and flows naming what does not exist are refused with the
+/// spec's codes, which ovs-ofctl names.
 #[test]
-fn meters_and_queues_are_answered_as_absent() {
+fn queues_and_empty_meter_and_group_tables_answer_as_ovs() {
     if !have_ovs_ofctl() {
         return;
     }
@@ -423,7 +422,6 @@ fn meters_and_queues_are_answered_as_absent() {
         (&["dump-group-stats"], "OFPST_GROUP reply"),
         (&["dump-meters"], "OFPST_METER_CONFIG reply"),
         (&["meter-stats"], "OFPST_METER reply"),
-        (&["meter-features"], "max_meter:0"),
         (&["queue-stats"], "OFPST_QUEUE reply"),
         (&["queue-stats", "2"], "OFPST_QUEUE reply"),
         (&["queue-get-config", "1"], "OFPT_QUEUE_GET_CONFIG_REPLY"),
@@ -432,7 +430,7 @@ fn meters_and_queues_are_answered_as_absent() {
         let out = ofctl(t, args);
         assert!(out.contains(says), "{args:?}: {out}");
         assert!(
-            !out.contains("queue 0") && !out.contains("group_id="),
+            !out.contains("queue 0") && !out.contains("group_id=") && !out.contains("meter="),
             "{args:?}: {out}"
         );
     }
@@ -447,11 +445,7 @@ fn meters_and_queues_are_answered_as_absent() {
     }
     for (args, says) in [
         (
-            &["add-meter", "meter=5,kbps,band=type=drop,rate=1000"][..],
-            "OFPMMFC_OUT_OF_METERS",
-        ),
-        (
-            &["mod-meter", "meter=5,kbps,band=type=drop,rate=1000"],
+            &["mod-meter", "meter=5,kbps,band=type=drop,rate=1000"][..],
             "OFPMMFC_UNKNOWN_METER",
         ),
         (&["meter-stats", "meter=5"], "OFPMMFC_UNKNOWN_METER"),
@@ -470,6 +464,100 @@ fn meters_and_queues_are_answered_as_absent() {
     }
     // The connection is still served.
     assert!(ofctl(t, &["dump-flows"]).contains("OFPST_FLOW reply"));
+}
+
+/// Meters through ovs-ofctl, as Open vSwitch 3.1's userspace datapath
+/// answers (each reply and error below is what OVS printed for the same
+/// commands): features, add, dump, stats with the flows naming a meter,
+/// modify, the checks' error codes, and a delete that takes its flows.
+#[test]
+fn meters_are_added_dumped_modified_and_deleted_with_their_flows() {
+    if !have_ovs_ofctl() {
+        return;
+    }
+    let (sw, _ep, target) = start();
+    let t = target.as_str();
+    let features = ofctl(t, &["meter-features"]);
+    for says in [
+        "max_meter:262144 max_bands:8 max_color:0",
+        "band_types: drop",
+        "capabilities: kbps pktps burst stats",
+    ] {
+        assert!(features.contains(says), "{features}");
+    }
+    ofctl(t, &["add-meter", "meter=5,kbps,band=type=drop,rate=1000"]);
+    ofctl(
+        t,
+        &[
+            "add-meter",
+            "meter=6,pktps,burst,stats,band=type=drop,rate=10,burst_size=5,type=drop,rate=20,burst_size=3",
+        ],
+    );
+    ofctl(
+        t,
+        &["add-meter", "meter=controller,pktps,band=type=drop,rate=10"],
+    );
+    let dump = ofctl(t, &["dump-meters"]);
+    for says in [
+        "meter=5 kbps bands=\ntype=drop rate=1000\n",
+        "meter=6 pktps burst stats bands=\ntype=drop rate=10 burst_size=5\ntype=drop rate=20 burst_size=3\n",
+        "meter=controller pktps bands=\ntype=drop rate=10\n",
+    ] {
+        assert!(dump.contains(says), "{says} in {dump}");
+    }
+    ofctl(t, &["add-flow", "in_port=1,actions=meter:5,output:2"]);
+    ofctl(t, &["add-flow", "in_port=2,udp,actions=meter:5,output:1"]);
+    let flows = ofctl(t, &["dump-flows"]);
+    assert!(
+        flows.contains("in_port=1 actions=meter:5,output:2"),
+        "{flows}"
+    );
+    let stats = ofctl(t, &["meter-stats", "meter=5"]);
+    assert!(
+        stats.contains("meter:5 flow_count:2 packet_in_count:0 byte_in_count:0 duration:")
+            && stats.contains("bands:\n0: packet_count:0 byte_count:0"),
+        "{stats}"
+    );
+    assert_eq!(ofctl(t, &["meter-stats"]).matches("flow_count:").count(), 3);
+    for (args, says) in [
+        (
+            &["add-meter", "meter=5,kbps,band=type=drop,rate=1000"][..],
+            "OFPMMFC_METER_EXISTS",
+        ),
+        (
+            &["add-meter", "meter=7,pktps,band=type=dscp_remark,rate=10,prec_level=1"],
+            "OFPMMFC_BAD_BAND",
+        ),
+        (
+            &["add-meter", "meter=7,pktps,stats,band=type=drop,rate=10,type=drop,rate=1,type=drop,rate=2,type=drop,rate=3,type=drop,rate=4,type=drop,rate=5,type=drop,rate=6,type=drop,rate=7,type=drop,rate=8"],
+            "OFPMMFC_OUT_OF_BANDS",
+        ),
+        (
+            &["mod-meter", "meter=15,kbps,band=type=drop,rate=1000"],
+            "OFPMMFC_UNKNOWN_METER",
+        ),
+        (
+            &["add-flow", "actions=meter:9,output:1"],
+            "OFPMMFC_INVALID_METER",
+        ),
+        (&["meter-stats", "meter=77"], "OFPMMFC_UNKNOWN_METER"),
+    ] {
+        let out = ofctl_error(t, args);
+        assert!(out.contains(says), "{args:?}: {out}");
+    }
+    // A modify replaces the bands; the flows stay.
+    ofctl(t, &["mod-meter", "meter=5,pktps,band=type=drop,rate=7"]);
+    assert!(
+        ofctl(t, &["dump-meters", "meter=5"]).contains("meter=5 pktps bands=\ntype=drop rate=7")
+    );
+    assert_eq!(sw.pipeline().len(), 2);
+    // Deleting meter 5 deletes the flows naming it.
+    ofctl(t, &["del-meter", "meter=5"]);
+    assert!(!ofctl(t, &["dump-flows"]).contains("meter:"));
+    assert_eq!(sw.pipeline().len(), 0);
+    assert!(ofctl_error(t, &["dump-meters", "meter=5"]).contains("OFPMMFC_UNKNOWN_METER"));
+    ofctl(t, &["del-meters"]);
+    assert!(!ofctl(t, &["dump-meters"]).contains("meter="));
 }
 
 /// Groups through ovs-ofctl, as Open vSwitch 3.1 answers: add, dump,
