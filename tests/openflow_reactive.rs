@@ -1104,6 +1104,11 @@ fn random_rule(rng: &mut testbed::traffic::Rng, table: u8, priority: u16) -> Str
         }
         actions.push(format!("goto_table:{t}"));
     }
+    // Now and then a meter instruction (first, as OpenFlow 1.3 orders
+    // them), through a meter too fast to drop anything here.
+    if !actions.is_empty() && rng.chance(12) {
+        actions.insert(0, "meter:1".to_string());
+    }
     if actions.is_empty() {
         actions.push("drop".to_string());
     }
@@ -1261,6 +1266,11 @@ const GROUPS: [&str; 4] = [
     "group_id=4,type=all,bucket=push_vlan:0x8100,set_field:4106->vlan_vid,output:2,bucket=output:1,bucket=output:3",
 ];
 
+/// The meter rules of the differential test may name: a million packets a
+/// second, so that neither switch drops (which packet of a burst a meter
+/// lets through depends on each switch's order of processing).
+const METER: &str = "meter=1,pktps,band=type=drop,rate=1000000";
+
 /// Random rule sets over three tables and random frames received on port
 /// 1, into flowmark (its datapath: upcalls, megaflows, EMC and dpcls, the
 /// emulated NIC's marks on the second round) and into Open vSwitch's dummy
@@ -1300,9 +1310,11 @@ fn received_traffic_matches_open_vswitch_on_random_rule_sets() {
         for t in [&fm.target, &ovs.target] {
             ofctl_ok(t, &["del-flows"]);
             ofctl_ok(t, &["del-groups"]);
+            ofctl_ok(t, &["del-meters"]);
             for g in GROUPS {
                 ofctl_ok(t, &["add-group", g]);
             }
+            ofctl_ok(t, &["add-meter", METER]);
             ofctl_ok(t, &["add-flows", file.to_str().expect("path")]);
         }
         // Some cases run with a port configured by PORT_MOD: an output
