@@ -524,6 +524,18 @@ fn meters_limit_count_and_go_with_their_flows() {
             )),
         "{stats}"
     );
+    // A modified meter reaches the PMD at once (no rule changed) and
+    // counts afresh, as OVS's userspace datapath replaces it.
+    rig.ofctl(&["mod-meter", "meter=1,pktps,band=type=drop,rate=1000000"]);
+    rig.flowmark(&["port", "inject", "nic1", "--generate", "flows=4,count=100"]);
+    wait_for("the faster meter let all through", &|| {
+        port("nic1")["forwarded"].as_u64() == Some(forwarded + 100)
+    });
+    assert!(
+        rig.ofctl(&["meter-stats"])
+            .contains("meter:1 flow_count:1 packet_in_count:100 byte_in_count:6400 "),
+        "counted afresh"
+    );
     rig.ofctl(&["del-meter", "meter=1"]);
     assert!(!rig.ofctl(&["dump-flows"]).contains("meter:1"));
     // The controller meter limits punts (PACKET_INs) as OVS's does.
