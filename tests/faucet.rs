@@ -171,17 +171,35 @@ fn wait_listening(port: u16, what: &str, log: &Path) {
 
 #[test]
 fn faucet_runs_flowmark() {
-    faucet_switches_with(false);
+    faucet_switches_with(Variant::Plain);
 }
 
 /// Faucet with `group_table: True` floods through groups (one `all` group
 /// per VLAN, a bucket per port) and learns as before.
 #[test]
 fn faucet_runs_flowmark_with_group_tables() {
-    faucet_switches_with(true);
+    faucet_switches_with(Variant::GroupTables);
 }
 
-fn faucet_switches_with(group_table: bool) {
+/// Faucet with meters: an ACL on nic0 meters UDP through a 1 packet/s
+/// meter, and `packetin_pps` puts a meter on PACKET_INs. Faucet adds both;
+/// a burst of UDP from A mostly drops at the meter, counted as such, and
+/// everything else switches as before.
+#[test]
+fn faucet_runs_flowmark_with_meters() {
+    faucet_switches_with(Variant::Meters);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Plain,
+    GroupTables,
+    Meters,
+}
+
+fn faucet_switches_with(variant: Variant) {
+    let group_table = variant == Variant::GroupTables;
+    let meters = variant == Variant::Meters;
     let Some(bin) = faucet_bin() else {
         assert!(
             !test_env::oracles_required(),
@@ -202,10 +220,19 @@ fn faucet_switches_with(group_table: bool) {
     let of_port = free_port();
     let prom_port = free_port();
     let config = dir.join("faucet.yaml");
+    let (meter_conf, packetin, nic0_acl) = if meters {
+        (
+            "meters:\n  slow:\n    meter_id: 1\n    entry:\n      flags: \"PKTPS\"\n      bands: [{type: \"DROP\", rate: 1}]\nacls:\n  metered:\n    - rule:\n        dl_type: 0x800\n        nw_proto: 17\n        actions:\n          meter: slow\n          allow: 1\n    - rule:\n        actions:\n          allow: 1\n",
+            "    packetin_pps: 1000\n",
+            "        acls_in: [metered]\n",
+        )
+    } else {
+        ("", "", "")
+    };
     std::fs::write(
         &config,
         format!(
-            "vlans:\n  office:\n    vid: 100\ndps:\n  flowmark:\n    dp_id: {DP_ID}\n    hardware: \"Open vSwitch\"\n    ignore_learn_ins: 0\n    group_table: {}\n    interfaces:\n      1:\n        name: \"nic0\"\n        native_vlan: office\n      2:\n        name: \"nic1\"\n        native_vlan: office\n      3:\n        name: \"vm0\"\n        native_vlan: office\n",
+            "{meter_conf}vlans:\n  office:\n    vid: 100\ndps:\n  flowmark:\n    dp_id: {DP_ID}\n    hardware: \"Open vSwitch\"\n    ignore_learn_ins: 0\n    group_table: {}\n{packetin}    interfaces:\n      1:\n        name: \"nic0\"\n        native_vlan: office\n{nic0_acl}      2:\n        name: \"nic1\"\n        native_vlan: office\n      3:\n        name: \"vm0\"\n        native_vlan: office\n",
             if group_table { "True" } else { "False" }
         ),
     )
@@ -272,6 +299,31 @@ fn faucet_switches_with(group_table: bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    if meters {
+        let dump = run(Command::new("ovs-ofctl").args([
+            "-O",
+            "OpenFlow13",
+            "--timeout=10",
+            "dump-meters",
+            &rig.target,
+        ]));
+        for want in [
+            "meter=1 pktps bands=\ntype=drop rate=1",
+            "meter=controller pktps bands=\ntype=drop rate=1000",
+        ] {
+            assert!(
+                dump.contains(want),
+                "Faucet added {want}:\n{dump}\n{}",
+                logs()
+            );
+        }
+        assert!(
+            rig.dump_flows().contains("actions=meter:1,"),
+            "the ACL's flow meters:\n{}",
+            rig.dump_flows()
+        );
+    }
+
     // A asks for B: flooded by the switch to nic1 and vm0, not back to nic0.
     let request = arp(1, HOST_A, IP_A, [0; 6], IP_B, [0xff; 6]);
     rig.exchange(
@@ -324,12 +376,46 @@ fn faucet_switches_with(group_table: bool) {
     assert!(punts >= 2, "Faucet learned from PACKET_INs ({punts} punts)");
     let a_to_b: Vec<Vec<u8>> = (0..5).map(|i| udp(HOST_A, HOST_B, IP_A, IP_B, i)).collect();
     let b_to_a: Vec<Vec<u8>> = (0..5).map(|i| udp(HOST_B, HOST_A, IP_B, IP_A, i)).collect();
-    rig.exchange(
-        "nic0",
-        &a_to_b,
-        [vec![], a_to_b.clone(), vec![]],
-        "IPv4 A to B",
-    );
+    if meters {
+        // The meter's bucket holds one packet and gains one a second: of a
+        // burst of 5, one or two pass; the rest are counted as dropped by it.
+        rig.take("nic1");
+        rig.inject("nic0", &a_to_b, "metered");
+        let nic0 = || -> Value {
+            daemon::arr(&rig.cli(&["port", "stats"]))
+                .iter()
+                .find(|p| p["name"] == "nic0")
+                .cloned()
+                .expect("nic0 stats")
+        };
+        let deadline = Instant::now() + DEADLINE;
+        let mut got = Vec::new();
+        loop {
+            got.extend(rig.take("nic1"));
+            let metered = nic0()["rx_dropped"]["meter"].as_u64().unwrap_or(0);
+            if got.len() as u64 + metered == 5 {
+                assert!(
+                    (1..=2).contains(&got.len()),
+                    "{} passed the meter",
+                    got.len()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "A's UDP forwarded or metered: {} and {metered}",
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    } else {
+        rig.exchange(
+            "nic0",
+            &a_to_b,
+            [vec![], a_to_b.clone(), vec![]],
+            "IPv4 A to B",
+        );
+    }
     rig.exchange(
         "nic1",
         &b_to_a,
