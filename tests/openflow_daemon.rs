@@ -55,6 +55,23 @@ impl Rig {
         })
     }
 
+    /// `port stats --json`'s entry for port `name`.
+    fn port_stats(&self, name: &str) -> serde_json::Value {
+        let stats: serde_json::Value =
+            serde_json::from_str(&self.flowmark(&["port", "stats", "--json"])).expect("json");
+        stats
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == name).cloned())
+            .expect("port stats")
+    }
+
+    /// The CLI refuses `args`, saying `why`.
+    fn cli_refuses(&self, args: &[&str], why: &str) {
+        let out = self.daemon.try_cli(args);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && said.contains(why), "{said}");
+    }
+
     fn ofctl(&self, args: &[&str]) -> String {
         run(Command::new("ovs-ofctl")
             .args(["-O", "OpenFlow13", "--timeout=10", args[0], &self.target])
@@ -377,31 +394,12 @@ fn groups_forward_count_and_go_with_their_flows() {
     let Some(rig) = Rig::start() else {
         return;
     };
-    let tx = |name: &str| -> u64 {
-        let stats: serde_json::Value =
-            serde_json::from_str(&rig.flowmark(&["port", "stats", "--json"])).expect("json");
-        stats
-            .as_array()
-            .and_then(|a| a.iter().find(|p| p["name"] == name))
-            .and_then(|p| p["tx"].as_u64())
-            .expect("port stats")
-    };
-    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ok() {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let tx = |name: &str| rig.port_stats(name)["tx"].as_u64().expect("tx");
     // The CLI refuses a flow naming a group that does not exist, as
     // OpenFlow does.
-    let refused = rig
-        .daemon
-        .try_cli(&["flow", "add", "in_port=2,actions=group:1"]);
-    let why = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success() && why.contains("group 1, which does not exist"),
-        "{why}"
+    rig.cli_refuses(
+        &["flow", "add", "in_port=2,actions=group:1"],
+        "group 1, which does not exist",
     );
     rig.ofctl(&[
         "add-group",
@@ -474,28 +472,10 @@ fn meters_limit_count_and_go_with_their_flows() {
     let Some(rig) = Rig::start() else {
         return;
     };
-    let port = |name: &str| -> serde_json::Value {
-        let stats: serde_json::Value =
-            serde_json::from_str(&rig.flowmark(&["port", "stats", "--json"])).expect("json");
-        stats
-            .as_array()
-            .and_then(|a| a.iter().find(|p| p["name"] == name).cloned())
-            .expect("port stats")
-    };
-    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ok() {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    let refused = rig
-        .daemon
-        .try_cli(&["flow", "add", "in_port=2,actions=meter:1,output:1"]);
-    let why = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success() && why.contains("meter 1, which does not exist"),
-        "{why}"
+    let port = |name: &str| rig.port_stats(name);
+    rig.cli_refuses(
+        &["flow", "add", "in_port=2,actions=meter:1,output:1"],
+        "meter 1, which does not exist",
     );
     rig.ofctl(&[
         "add-meter",
@@ -571,5 +551,14 @@ fn find_counts(v: &serde_json::Value, name: &str, n: &mut u64) {
         }
         serde_json::Value::Array(a) => a.iter().for_each(|x| find_counts(x, name, n)),
         _ => {}
+    }
+}
+
+/// Waits up to 20 s for `ok`.
+fn wait_for(what: &str, ok: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -13,6 +13,7 @@ use super::net::{Endpoint, EndpointConfig, EventHub, LogFn};
 use super::switch::{FlowInfo, FlowTable, OpenFlowSwitch, PortCounters, PortInfo, SwitchEvent};
 use super::tls::TlsFiles;
 use crate::daemon::{DaemonError, DaemonHandle, StartHook};
+use fallback::ofproto::table::Pipeline;
 use fallback::ofproto::{Match, OfAction, Rule};
 use fallback::port::RxDropReason;
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,36 @@ impl DaemonSwitch {
         DaemonSwitch {
             handle,
             datapath_id,
+        }
+    }
+}
+
+impl DaemonSwitch {
+    /// Applies `change` to a copy of the pipeline as one transaction (a
+    /// group or meter mod): the new version, or no change and its error.
+    fn pipeline_mod(
+        &self,
+        change: impl FnOnce(&mut Pipeline, std::time::Instant) -> Result<(), OfpError> + Send + 'static,
+    ) -> Result<(), OfpError> {
+        let failure: Arc<Mutex<Option<OfpError>>> = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&failure);
+        let now = std::time::Instant::now();
+        self.handle
+            .transaction(Box::new(move |mut pipeline| {
+                match change(&mut pipeline, now) {
+                    Ok(()) => Some(pipeline),
+                    Err(e) => {
+                        if let Ok(mut f) = seen.lock() {
+                            *f = Some(e);
+                        }
+                        None
+                    }
+                }
+            }))
+            .map_err(refused)?;
+        match failure.lock().ok().and_then(|mut f| f.take()) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 }
@@ -192,31 +223,10 @@ impl OpenFlowSwitch for DaemonSwitch {
     }
 
     fn group_mod(&self, gm: &GroupMod) -> Result<(), OfpError> {
-        let failure: Arc<Mutex<Option<OfpError>>> = Arc::new(Mutex::new(None));
-        let seen = Arc::clone(&failure);
         let gm = gm.clone();
-        let now = std::time::Instant::now();
-        self.handle
-            .transaction(Box::new(
-                move |mut pipeline| match super::group_table::apply_group_mod(
-                    &mut pipeline,
-                    &gm,
-                    now,
-                ) {
-                    Ok(_) => Some(pipeline),
-                    Err(e) => {
-                        if let Ok(mut f) = seen.lock() {
-                            *f = Some(e);
-                        }
-                        None
-                    }
-                },
-            ))
-            .map_err(refused)?;
-        match failure.lock().ok().and_then(|mut f| f.take()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.pipeline_mod(move |p, now| {
+            super::group_table::apply_group_mod(p, &gm, now).map(|_| ())
+        })
     }
 
     fn groups(&self) -> Result<Vec<GroupInfo>, OfpError> {
@@ -224,31 +234,10 @@ impl OpenFlowSwitch for DaemonSwitch {
     }
 
     fn meter_mod(&self, mm: &MeterMod) -> Result<(), OfpError> {
-        let failure: Arc<Mutex<Option<OfpError>>> = Arc::new(Mutex::new(None));
-        let seen = Arc::clone(&failure);
         let mm = mm.clone();
-        let now = std::time::Instant::now();
-        self.handle
-            .transaction(Box::new(
-                move |mut pipeline| match super::meter_table::apply_meter_mod(
-                    &mut pipeline,
-                    &mm,
-                    now,
-                ) {
-                    Ok(_) => Some(pipeline),
-                    Err(e) => {
-                        if let Ok(mut f) = seen.lock() {
-                            *f = Some(e);
-                        }
-                        None
-                    }
-                },
-            ))
-            .map_err(refused)?;
-        match failure.lock().ok().and_then(|mut f| f.take()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.pipeline_mod(move |p, now| {
+            super::meter_table::apply_meter_mod(p, &mm, now).map(|_| ())
+        })
     }
 
     fn meters(&self) -> Result<Vec<MeterInfo>, OfpError> {

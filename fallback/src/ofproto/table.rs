@@ -847,12 +847,7 @@ impl Pipeline {
         } else {
             return Vec::new();
         };
-        let mut users: Vec<RuleId> = self
-            .entries()
-            .filter(|e| group::groups_in(e.actions()).any(|g| ids.contains(&g)))
-            .map(|e| e.id)
-            .collect();
-        users.sort_unstable();
+        let users = self.rules_naming(|a| group::groups_in(a).any(|g| ids.contains(&g)));
         for g in &ids {
             self.touch_group_users(*g, true);
         }
@@ -867,6 +862,18 @@ impl Pipeline {
         self.remove_ids(&users);
         self.changed();
         users
+    }
+
+    /// The ids, sorted, of the rules whose actions `names` holds for (a
+    /// scan of every rule: group and meter deletes).
+    fn rules_naming(&self, names: impl Fn(&[OfAction]) -> bool) -> Vec<RuleId> {
+        let mut ids: Vec<RuleId> = self
+            .entries()
+            .filter(|e| names(e.actions()))
+            .map(|e| e.id)
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Meter `id`, if the bridge has it.
@@ -920,12 +927,7 @@ impl Pipeline {
         } else {
             return Vec::new();
         };
-        let mut users: Vec<RuleId> = self
-            .entries()
-            .filter(|e| meter::meters_in(e.actions()).any(|m| ids.contains(&m)))
-            .map(|e| e.id)
-            .collect();
-        users.sort_unstable();
+        let users = self.rules_naming(|a| meter::meters_in(a).any(|m| ids.contains(&m)));
         let meters = Arc::make_mut(&mut self.meters);
         for m in &ids {
             meters.remove(m);
