@@ -208,11 +208,15 @@ impl Meter {
                 }
             })
             .collect();
+        // At least a millisecond: a band whose bucket a millisecond more
+        // than fills (a burst below a thousandth of the rate) would
+        // otherwise never refill.
         let max_delta_ms = bands
             .iter()
             .map(|b| b.capacity / b.rate.max(1))
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(1);
         Ok(Meter {
             config,
             created,
@@ -377,6 +381,15 @@ mod tests {
         assert_eq!(passed, 1000);
         assert!(!m.admit(4_000, 64));
         assert!(m.admit(5_001, 64));
+    }
+
+    #[test]
+    fn a_burst_below_a_millisecond_of_rate_still_refills() {
+        // 100,000 packets/s with a burst of 10: the bucket holds what 0.1 ms
+        // brings, and refills each millisecond.
+        let m = meter(flags::PKTPS | flags::BURST, vec![drop_band(100_000, 10)]);
+        assert_eq!((0..20).filter(|_| m.admit(1_000, 64)).count(), 10);
+        assert_eq!((0..20).filter(|_| m.admit(1_001, 64)).count(), 10);
     }
 
     #[test]
