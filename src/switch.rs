@@ -597,10 +597,15 @@ impl<B: PacketBuf + Clone + Send + 'static> Switch<B> {
             }
         }
         let mut sinks = Vec::new();
-        fallback::exec::execute(
+        // A rule's meter (output to TABLE) meters packet-outs too, as OVS's
+        // datapath does when it executes them.
+        let now_ms = self.bridge.now_ms();
+        fallback::exec::execute_gated(
             &x.actions,
             fallback::port::HeapPacket::from_bytes(frame),
             info,
+            fallback::port::HeapPacket::clone,
+            |id, len| self.pipeline.meter(id).is_none_or(|m| m.admit(now_ms, len)),
             |sink, res| sinks.push((sink, res)),
         );
         for (sink, res) in sinks {

@@ -504,6 +504,40 @@ fn meters_limit_count_and_go_with_their_flows() {
             )),
         "{stats}"
     );
+    // Packet-outs through the pipeline (output to TABLE) meet the meter
+    // too: a fresh bucket of one packet lets the first of three through
+    // (a second only if a second passed between them).
+    rig.ofctl(&[
+        "mod-meter",
+        "meter=1,pktps,burst,band=type=drop,rate=1,burst_size=1",
+    ]);
+    let frame = testbed::build::udp4(
+        std::net::Ipv4Addr::new(10, 0, 0, 1),
+        std::net::Ipv4Addr::new(10, 0, 0, 2),
+        1234,
+        5678,
+        b"metered packet-out",
+    );
+    let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+    let tx_before = port("nic0")["tx"].as_u64().expect("tx");
+    for _ in 0..3 {
+        rig.ofctl(&[
+            "packet-out",
+            &format!("in_port=2 packet={hex} actions=table"),
+        ]);
+    }
+    let stats = rig.ofctl(&["meter-stats"]);
+    assert!(stats.contains("packet_in_count:3 "), "{stats}");
+    let dropped: u64 = stats
+        .split("0: packet_count:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("band count");
+    assert!((1..=2).contains(&dropped), "{stats}");
+    wait_for("the packet-outs the meter passed left", &|| {
+        port("nic0")["tx"].as_u64() == Some(tx_before + 3 - dropped)
+    });
     // A modified meter reaches the PMD at once (no rule changed) and
     // counts afresh, as OVS's userspace datapath replaces it.
     rig.ofctl(&["mod-meter", "meter=1,pktps,band=type=drop,rate=1000000"]);

@@ -145,7 +145,7 @@ fn async_config_defaults_and_set_async_filter_messages() {
 }
 
 #[test]
-fn a_slave_gets_no_packet_ins_by_default() {
+fn a_slave_gets_no_packet_ins_by_default_and_may_not_change_the_switch() {
     let sw = switch();
     let mut s = ready(&sw);
     let reply = send(
@@ -158,6 +158,66 @@ fn a_slave_gets_no_packet_ins_by_default() {
         },
     );
     assert!(matches!(reply[..], [Message::RoleReply { role: 3, .. }]));
+    // A slave may not change the switch (OFPBRC_IS_SLAVE), as OVS answers.
+    let add = Message::FlowMod(flowmark::openflow::message::FlowMod {
+        cookie: 0,
+        cookie_mask: 0,
+        table_id: 0,
+        command: flowmark::openflow::message::FlowModCommand::Add,
+        idle_timeout: 0,
+        hard_timeout: 0,
+        priority: 1,
+        buffer_id: OFP_NO_BUFFER,
+        out_port: flowmark::openflow::port::OFPP_ANY,
+        out_group: flowmark::openflow::message::OFPG_ANY,
+        flags: 0,
+        r#match: Match::ANY,
+        actions: vec![OfAction::Output(2)],
+    });
+    let out = send(&mut s, &sw, 4, &add);
+    assert!(
+        out.len() == 1 && is_error(&out[0], 1, 10),
+        "a slave's flow mod: {out:?}"
+    );
+    assert!(
+        sw.pipeline().is_empty(),
+        "the slave's flow mod added nothing"
+    );
+    let po = Message::PacketOut(PacketOut {
+        buffer_id: OFP_NO_BUFFER,
+        in_port: OFPP_CONTROLLER,
+        actions: vec![OfAction::Output(2)],
+        data: vec![0xff; 60],
+    });
+    let out = send(&mut s, &sw, 5, &po);
+    assert!(out.len() == 1 && is_error(&out[0], 1, 10), "{out:?}");
+    assert!(sw.packet_outs().is_empty());
+    // Reads are served.
+    assert!(matches!(
+        send(&mut s, &sw, 6, &Message::GetAsyncRequest)[..],
+        [Message::GetAsyncReply(_)]
+    ));
+    // Back to equal, it may.
+    send(
+        &mut s,
+        &sw,
+        7,
+        &Message::RoleRequest {
+            role: 1,
+            generation_id: 2,
+        },
+    );
+    assert!(send(&mut s, &sw, 8, &add).is_empty());
+    assert_eq!(sw.pipeline().len(), 1);
+    send(
+        &mut s,
+        &sw,
+        9,
+        &Message::RoleRequest {
+            role: 3,
+            generation_id: 3,
+        },
+    );
     assert!(event(&mut s, &packet_in(true, 60)).is_empty());
     assert!(event(&mut s, &removed(flow_removed_reason::DELETE)).is_empty());
     assert_eq!(

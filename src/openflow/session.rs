@@ -299,6 +299,25 @@ impl Session {
         msg: Message,
         sw: &dyn OpenFlowSwitch,
     ) -> Result<(), OfpError> {
+        // A slave reads the switch but does not change it (OpenFlow 1.3
+        // §6.3.5): Open vSwitch refuses these messages from one.
+        if self.role == ROLE_SLAVE
+            && matches!(
+                msg,
+                Message::FlowMod(_)
+                    | Message::GroupMod(_)
+                    | Message::MeterMod(_)
+                    | Message::PortMod(_)
+                    | Message::PacketOut(_)
+                    | Message::BundleControl(_)
+                    | Message::BundleAdd { .. }
+            )
+        {
+            return Err(OfpError::bad_request(
+                Brc::IsSlave,
+                "this connection has the slave role: ask for the master or equal role to change the switch",
+            ));
+        }
         match msg {
             // A second HELLO changes nothing.
             Message::Hello { .. } => {}
