@@ -234,6 +234,77 @@ fn a_slave_gets_no_packet_ins_by_default_and_may_not_change_the_switch() {
     );
 }
 
+/// Two connections share the switch's master election, as in Open
+/// vSwitch: a new master makes the old one a slave (its changes are then
+/// refused); a master or slave request with a generation id older than the
+/// last is OFPRRFC_STALE; a role above slave is OFPRRFC_BAD_ROLE; equal
+/// takes no part.
+#[test]
+fn a_new_master_makes_the_old_one_a_slave_and_stale_requests_are_refused() {
+    let sw = switch();
+    let election = std::sync::Arc::new(flowmark::openflow::session::Election::default());
+    let join = |s: Session| {
+        let mut s = s.with_election(std::sync::Arc::clone(&election));
+        s.receive(
+            &encode(0, &Message::Hello { versions: 1 << 4 }),
+            &sw,
+            Instant::now(),
+        );
+        let _ = s.take_output();
+        s
+    };
+    let mut a = join(Session::new(Instant::now()));
+    let mut b = join(Session::new(Instant::now()));
+    let role = |s: &mut Session, xid: u32, role: u32, generation_id: u64| {
+        send(
+            s,
+            &sw,
+            xid,
+            &Message::RoleRequest {
+                role,
+                generation_id,
+            },
+        )
+    };
+    let master = |out: &[Message]| matches!(out, [Message::RoleReply { role: 2, .. }]);
+    assert!(master(&role(&mut a, 1, 2, 10)));
+    let probe = Message::PacketOut(PacketOut {
+        buffer_id: OFP_NO_BUFFER,
+        in_port: OFPP_CONTROLLER,
+        actions: vec![OfAction::Output(2)],
+        data: vec![0xff; 60],
+    });
+    assert!(send(&mut a, &sw, 2, &probe).is_empty(), "the master may");
+    assert!(master(&role(&mut b, 3, 2, 11)));
+    // A is a slave now: its packet-out is refused, and it says so.
+    let out = send(&mut a, &sw, 4, &probe);
+    assert!(out.len() == 1 && is_error(&out[0], 1, 10), "{out:?}");
+    // A no-change request reads the role and the election's generation.
+    assert!(matches!(
+        role(&mut a, 5, 0, 0)[..],
+        [Message::RoleReply {
+            role: 3,
+            generation_id: 11
+        }]
+    ));
+    // A stale claim (generation 9 < 11) changes nothing.
+    let out = role(&mut a, 6, 2, 9);
+    assert!(out.len() == 1 && is_error(&out[0], 11, 0), "{out:?}");
+    assert!(send(&mut b, &sw, 7, &probe).is_empty(), "B is still master");
+    // A role above slave is refused.
+    let out = role(&mut a, 8, 4, 12);
+    assert!(out.len() == 1 && is_error(&out[0], 11, 2), "{out:?}");
+    // Equal needs no election: any generation id will do.
+    assert!(matches!(
+        role(&mut a, 9, 1, 0)[..],
+        [Message::RoleReply { role: 1, .. }]
+    ));
+    assert!(send(&mut a, &sw, 10, &probe).is_empty());
+    // B's connection ends: nobody is master; A may claim it with a newer id.
+    b.leave_election();
+    assert!(master(&role(&mut a, 11, 2, 12)));
+}
+
 #[test]
 fn miss_send_len_cuts_table_misses_only() {
     let sw = switch();

@@ -13,6 +13,7 @@ pub mod error_type {
     pub const PORT_MOD_FAILED: u16 = 7;
     pub const QUEUE_OP_FAILED: u16 = 9;
     pub const SWITCH_CONFIG_FAILED: u16 = 10;
+    pub const ROLE_REQUEST_FAILED: u16 = 11;
     pub const METER_MOD_FAILED: u16 = 12;
     pub const TABLE_FEATURES_FAILED: u16 = 13;
     pub const EXPERIMENTER: u16 = 0xffff;
@@ -101,6 +102,11 @@ codes!(
 );
 
 codes!(
+    /// `OFPRRFC_*`.
+    RoleRequestFailedCode { Stale = 0, Unsup = 1, BadRole = 2 }
+);
+
+codes!(
     /// `OFPBFC_*` of the ONF bundle extension (sent as ONF experimenter
     /// errors, code 2300 + n, under OpenFlow 1.3).
     BundleFailedCode {
@@ -126,6 +132,11 @@ pub enum OfpError {
     },
     #[error("bad action ({code:?}): {detail}")]
     BadAction { code: BadActionCode, detail: String },
+    #[error("role request failed ({code:?}): {detail}")]
+    RoleRequestFailed {
+        code: RoleRequestFailedCode,
+        detail: String,
+    },
     #[error("bad instruction ({code:?}): {detail}")]
     BadInstruction {
         code: BadInstructionCode,
@@ -176,6 +187,7 @@ impl OfpError {
             OfpError::HelloFailed { code, .. } => (t::HELLO_FAILED, code.code()),
             OfpError::BadRequest { code, .. } => (t::BAD_REQUEST, code.code()),
             OfpError::BadAction { code, .. } => (t::BAD_ACTION, code.code()),
+            OfpError::RoleRequestFailed { code, .. } => (t::ROLE_REQUEST_FAILED, code.code()),
             OfpError::BadInstruction { code, .. } => (t::BAD_INSTRUCTION, code.code()),
             OfpError::BadMatch { code, .. } => (t::BAD_MATCH, code.code()),
             OfpError::FlowModFailed { code, .. } => (t::FLOW_MOD_FAILED, code.code()),
@@ -233,6 +245,12 @@ impl OfpError {
     }
     pub fn group_mod_failed(code: GroupModFailedCode, detail: impl Into<String>) -> Self {
         OfpError::GroupModFailed {
+            code,
+            detail: detail.into(),
+        }
+    }
+    pub fn role_request_failed(code: RoleRequestFailedCode, detail: impl Into<String>) -> Self {
+        OfpError::RoleRequestFailed {
             code,
             detail: detail.into(),
         }

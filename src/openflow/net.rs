@@ -4,7 +4,7 @@
 //! (`pssl:`/`ssl:`, [`super::tls`]). Everything protocol lives in the
 //! session; this file only moves bytes and events.
 
-use super::session::{Session, SessionNote};
+use super::session::{Election, Session, SessionNote};
 use super::switch::{OpenFlowSwitch, SwitchEvent};
 use super::tls::{Tls, TlsError, TlsFiles};
 use crossbeam_channel::{Receiver, Sender};
@@ -110,10 +110,12 @@ fn resolve(hostport: &str) -> Option<SocketAddr> {
     hostport.to_socket_addrs().ok()?.next()
 }
 
-/// Fans switch events out to every live connection.
+/// Fans switch events out to every live connection, and holds the master
+/// election they share.
 #[derive(Clone, Default)]
 pub struct EventHub {
     subscribers: Arc<Mutex<Vec<Subscriber>>>,
+    election: Arc<Election>,
 }
 
 /// A connection's event queue and its wake-up fd, on the hub's side.
@@ -125,6 +127,8 @@ type Subscriber = (Sender<SwitchEvent>, Arc<OwnedFd>);
 pub struct Subscription {
     pub events: Receiver<SwitchEvent>,
     wake: Option<Arc<OwnedFd>>,
+    /// The switch's master election.
+    pub election: Arc<Election>,
 }
 
 impl Subscription {
@@ -151,7 +155,11 @@ impl EventHub {
         if let (Ok(mut s), Some(fd)) = (self.subscribers.lock(), &wake) {
             s.push((tx, Arc::clone(fd)));
         }
-        Subscription { events: rx, wake }
+        Subscription {
+            events: rx,
+            wake,
+            election: Arc::clone(&self.election),
+        }
     }
 
     /// Sends `ev` to every connection; a full or gone one is skipped (a
@@ -223,7 +231,7 @@ pub fn serve_connection(
     if stream.tcp().set_read_timeout(Some(POLL)).is_err() {
         return false;
     }
-    let mut session = Session::new(Instant::now());
+    let mut session = Session::new(Instant::now()).with_election(Arc::clone(&sub.election));
     let mut buf = vec![0u8; 65536];
     let mut negotiated = false;
     loop {
@@ -286,6 +294,7 @@ pub fn serve_connection(
         session.tick(Instant::now());
     }
     let _ = stream.flush();
+    session.leave_election();
     negotiated
 }
 

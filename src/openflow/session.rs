@@ -4,7 +4,7 @@
 
 use super::error::{
     BadRequestCode as Brc, DecodeError, HelloFailedCode, OfpError, PortModFailedCode,
-    QueueOpFailedCode,
+    QueueOpFailedCode, RoleRequestFailedCode,
 };
 use super::flow_table::{
     apply_flow_mod, flow_stats, select_flows, table_stats, AggregateCounts, RuleSelector,
@@ -36,7 +36,72 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(15);
 /// `OFPCR_ROLE_NOCHANGE` / `OFPCR_ROLE_EQUAL`.
 const ROLE_NOCHANGE: u32 = 0;
 const ROLE_EQUAL: u32 = 1;
+const ROLE_MASTER: u32 = 2;
 const ROLE_SLAVE: u32 = 3;
+
+/// The master election the connections of one switch share (OpenFlow 1.3
+/// §6.3.5): which connection is master, and the highest generation id a
+/// master or slave request carried. A connection that asks to be master
+/// makes the master a slave; a request with a generation id older than
+/// the last one is stale.
+#[derive(Debug, Default)]
+pub struct Election {
+    state: std::sync::Mutex<ElectionState>,
+}
+
+#[derive(Debug, Default)]
+struct ElectionState {
+    generation: Option<u64>,
+    master: Option<u64>,
+}
+
+impl Election {
+    /// Records `generation` unless it is older than the last one (compared
+    /// as OVS does: the wrapping difference read as signed).
+    fn claim(&self, session: u64, role: u32, generation: u64) -> Result<(), OfpError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(last) = st.generation {
+            if (generation.wrapping_sub(last) as i64) < 0 {
+                return Err(OfpError::role_request_failed(
+                    RoleRequestFailedCode::Stale,
+                    format!("generation id {generation} is older than {last}: a newer master was elected"),
+                ));
+            }
+        }
+        st.generation = Some(generation);
+        if role == ROLE_MASTER {
+            st.master = Some(session);
+        } else if st.master == Some(session) {
+            st.master = None;
+        }
+        Ok(())
+    }
+
+    /// The last generation id a master or slave request carried.
+    fn generation(&self) -> Option<u64> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    /// Whether `session` may still act as master.
+    fn is_master(&self, session: u64) -> bool {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.master == Some(session)
+    }
+
+    /// `session` left the master role (equal role, or the connection ended).
+    pub fn release(&self, session: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.master == Some(session) {
+            st.master = None;
+        }
+    }
+}
+
+/// Session ids, unique in the process (the election tells masters apart).
+static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -88,6 +153,10 @@ pub struct Session {
     async_config: AsyncConfig,
     /// OFPCR_ROLE_EQUAL, _MASTER or _SLAVE.
     role: u32,
+    /// This session's id, and the election it takes part in (none: it is
+    /// the switch's only connection as far as roles go).
+    id: u64,
+    election: Option<std::sync::Arc<Election>>,
     /// Port configs this connection's PORT_MODs set, (ofport, config): the
     /// PORT_STATUS they cause is not sent back to it (OpenFlow before 1.5,
     /// as Open vSwitch does), only to the other connections.
@@ -134,6 +203,8 @@ impl Session {
             bundles: BTreeMap::new(),
             async_config: AsyncConfig::OF13_DEFAULT,
             role: ROLE_EQUAL,
+            id: NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            election: None,
             own_port_mods: Vec::new(),
         };
         let hello = Message::Hello {
@@ -141,6 +212,39 @@ impl Session {
         };
         s.send_new(&hello);
         s
+    }
+
+    /// Takes part in `election` with the switch's other connections.
+    pub fn with_election(mut self, election: std::sync::Arc<Election>) -> Self {
+        self.election = Some(election);
+        self
+    }
+
+    /// Leaves the election (the connection ends): a master no longer is.
+    pub fn leave_election(&self) {
+        if let Some(e) = &self.election {
+            e.release(self.id);
+        }
+    }
+
+    /// The role: a master whom another's election replaced is a slave.
+    fn effective_role(&self) -> u32 {
+        if self.role == ROLE_MASTER
+            && self
+                .election
+                .as_ref()
+                .is_some_and(|e| !e.is_master(self.id))
+        {
+            ROLE_SLAVE
+        } else {
+            self.role
+        }
+    }
+
+    /// [`Session::effective_role`], kept.
+    fn current_role(&mut self) -> u32 {
+        self.role = self.effective_role();
+        self.role
     }
 
     pub fn is_closed(&self) -> bool {
@@ -301,7 +405,7 @@ impl Session {
     ) -> Result<(), OfpError> {
         // A slave reads the switch but does not change it (OpenFlow 1.3
         // §6.3.5): Open vSwitch refuses these messages from one.
-        if self.role == ROLE_SLAVE
+        if self.current_role() == ROLE_SLAVE
             && matches!(
                 msg,
                 Message::FlowMod(_)
@@ -345,10 +449,31 @@ impl Session {
                 role,
                 generation_id,
             } => {
-                if role != ROLE_NOCHANGE && role <= ROLE_SLAVE {
+                if role > ROLE_SLAVE {
+                    return Err(OfpError::role_request_failed(
+                        RoleRequestFailedCode::BadRole,
+                        format!("role {role}: roles are 0 (no change) to 3 (slave)"),
+                    ));
+                }
+                if role != ROLE_NOCHANGE {
+                    // Equal asks for no election (and carries no id).
+                    if let Some(e) = &self.election {
+                        if role == ROLE_EQUAL {
+                            e.release(self.id);
+                        } else {
+                            e.claim(self.id, role, generation_id)?;
+                        }
+                    }
                     self.role = role;
                 }
-                let role = self.role;
+                let role = self.current_role();
+                // The election's generation id, all ones before any (as
+                // OVS replies).
+                let generation_id = self
+                    .election
+                    .as_ref()
+                    .and_then(|e| e.generation())
+                    .unwrap_or(u64::MAX);
                 self.send(
                     xid,
                     &Message::RoleReply {
@@ -769,7 +894,7 @@ impl Session {
     /// True when this connection's async configuration asks for `reason`
     /// of a message kind (`masks`: master/equal, slave).
     fn wants(&self, masks: [u32; 2], reason: u8) -> bool {
-        let m = masks[usize::from(self.role == ROLE_SLAVE)];
+        let m = masks[usize::from(self.effective_role() == ROLE_SLAVE)];
         reason < 32 && m & (1 << reason) != 0
     }
 
