@@ -276,7 +276,17 @@ fn a_new_master_makes_the_old_one_a_slave_and_stale_requests_are_refused() {
     });
     assert!(send(&mut a, &sw, 2, &probe).is_empty(), "the master may");
     assert!(master(&role(&mut b, 3, 2, 11)));
-    // A is a slave now: its packet-out is refused, and it says so.
+    // A is a slave now: it is told at once (ROLE_STATUS, unsolicited), its
+    // packet-out is refused, and a role request says so.
+    a.tick(Instant::now());
+    assert_eq!(
+        messages(&a.take_output()),
+        vec![Message::RoleStatus {
+            role: 3,
+            reason: 0,
+            generation_id: 11
+        }]
+    );
     let out = send(&mut a, &sw, 4, &probe);
     assert!(out.len() == 1 && is_error(&out[0], 1, 10), "{out:?}");
     // A no-change request reads the role and the election's generation.

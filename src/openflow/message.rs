@@ -570,6 +570,13 @@ pub enum Message {
     GetAsyncRequest,
     GetAsyncReply(AsyncConfig),
     SetAsync(AsyncConfig),
+    /// ONFT13_ROLE_STATUS: the switch changed this connection's role
+    /// (`reason` 0: another controller asked to be master).
+    RoleStatus {
+        role: u32,
+        reason: u8,
+        generation_id: u64,
+    },
     /// ONFT13_BUNDLE_CONTROL (the ONF bundle extension to OpenFlow 1.3 that
     /// `ovs-ofctl -O OpenFlow13 --bundle` uses).
     BundleControl(BundleControl),
@@ -700,6 +707,9 @@ pub const ONF_EXPERIMENTER: u32 = 0x4f4e_4600;
 /// ONF experimenter message types of the bundle extension.
 pub const ONFT13_BUNDLE_CONTROL: u32 = 2300;
 pub const ONFT13_BUNDLE_ADD_MESSAGE: u32 = 2301;
+/// ONF experimenter message type of the role status extension (OpenFlow
+/// 1.4's ROLE_STATUS, for 1.3).
+pub const ONFT13_ROLE_STATUS: u32 = 1911;
 
 /// `ofp14_bundle_ctrl_type`.
 pub mod bundle_ctrl {
@@ -1086,6 +1096,18 @@ fn decode_body(h: &Header, body: &[u8]) -> Result<Message, OfpError> {
                 ));
             }
             let exp_type = get!(r, u32, "experimenter type");
+            if exp_type == ONFT13_ROLE_STATUS {
+                let role = get!(r, u32, "role status");
+                let reason = get!(r, u8, "role status");
+                get!(r, skip(3), "role status");
+                let generation_id = get!(r, u64, "role status");
+                expect_empty(&r, "role status")?;
+                return Ok(Message::RoleStatus {
+                    role,
+                    reason,
+                    generation_id,
+                });
+            }
             let bundle_id = get!(r, u32, "bundle id");
             let ctrl_type = get!(r, u16, "bundle control type");
             let flags = get!(r, u16, "bundle flags");
@@ -1689,7 +1711,9 @@ fn msg_type_of(m: &Message) -> u8 {
         Message::GetAsyncRequest => t::GET_ASYNC_REQUEST,
         Message::GetAsyncReply(_) => t::GET_ASYNC_REPLY,
         Message::SetAsync(_) => t::SET_ASYNC,
-        Message::BundleControl(_) | Message::BundleAdd { .. } => t::EXPERIMENTER,
+        Message::BundleControl(_) | Message::BundleAdd { .. } | Message::RoleStatus { .. } => {
+            t::EXPERIMENTER
+        }
     }
 }
 
@@ -2054,6 +2078,18 @@ fn encode_body(msg: &Message, out: &mut Vec<u8>) {
         } => {
             out.put_u32(*role);
             out.put_zeros(4);
+            out.put_u64(*generation_id);
+        }
+        Message::RoleStatus {
+            role,
+            reason,
+            generation_id,
+        } => {
+            out.put_u32(ONF_EXPERIMENTER);
+            out.put_u32(ONFT13_ROLE_STATUS);
+            out.put_u32(*role);
+            out.put_u8(*reason);
+            out.put_zeros(3);
             out.put_u64(*generation_id);
         }
         Message::BundleControl(b) => {

@@ -379,6 +379,17 @@ fn what_the_switch_sends_round_trips_and_ovs_reads_it() {
         },
         &["OFPT_ROLE_REPLY", "role=primary"],
     );
+    sent(
+        Message::RoleStatus {
+            role: 3,
+            reason: 0,
+            generation_id: 11,
+        },
+        &[
+            "ONFT_ROLE_STATUS (OF1.3)",
+            "role=secondary generation_id=11 reason=primary_request",
+        ],
+    );
 }
 
 /// A bundle keeps each message as received, in order, and gives back the

@@ -241,9 +241,29 @@ impl Session {
         }
     }
 
-    /// [`Session::effective_role`], kept.
+    /// [`Session::effective_role`], kept. A master replaced by another's
+    /// election learns it here: a ROLE_STATUS (reason: master request),
+    /// unsolicited (xid 0), as Open vSwitch sends it.
     fn current_role(&mut self) -> u32 {
-        self.role = self.effective_role();
+        let role = self.effective_role();
+        if role != self.role {
+            self.role = role;
+            if self.is_ready() {
+                let generation_id = self
+                    .election
+                    .as_ref()
+                    .and_then(|e| e.generation())
+                    .unwrap_or(u64::MAX);
+                self.send(
+                    0,
+                    &Message::RoleStatus {
+                        role,
+                        reason: 0,
+                        generation_id,
+                    },
+                );
+            }
+        }
         self.role
     }
 
@@ -529,6 +549,7 @@ impl Session {
             | Message::GetConfigReply(_)
             | Message::PacketIn(_)
             | Message::PortStatus(_)
+            | Message::RoleStatus { .. }
             | Message::MultipartReply(_)
             | Message::BarrierReply
             | Message::FlowRemoved(_)
@@ -1013,6 +1034,8 @@ impl Session {
         if self.is_closed() {
             return;
         }
+        // A master another connection replaced hears of it at once.
+        self.current_role();
         let silent = now.saturating_duration_since(self.last_heard);
         if silent >= PEER_TIMEOUT {
             self.close(SessionEnd::PeerTimeout(silent));
