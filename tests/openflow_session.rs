@@ -159,21 +159,7 @@ fn a_slave_gets_no_packet_ins_by_default_and_may_not_change_the_switch() {
     );
     assert!(matches!(reply[..], [Message::RoleReply { role: 3, .. }]));
     // A slave may not change the switch (OFPBRC_IS_SLAVE), as OVS answers.
-    let add = Message::FlowMod(flowmark::openflow::message::FlowMod {
-        cookie: 0,
-        cookie_mask: 0,
-        table_id: 0,
-        command: flowmark::openflow::message::FlowModCommand::Add,
-        idle_timeout: 0,
-        hard_timeout: 0,
-        priority: 1,
-        buffer_id: OFP_NO_BUFFER,
-        out_port: flowmark::openflow::port::OFPP_ANY,
-        out_group: flowmark::openflow::message::OFPG_ANY,
-        flags: 0,
-        r#match: Match::ANY,
-        actions: vec![OfAction::Output(2)],
-    });
+    let add = add_flow();
     let out = send(&mut s, &sw, 4, &add);
     assert!(
         out.len() == 1 && is_error(&out[0], 1, 10),
@@ -354,6 +340,25 @@ fn miss_send_len_cuts_table_misses_only() {
     }
 }
 
+/// A FLOW_MOD adding `actions=output:2` at priority 1 to table 0.
+fn add_flow() -> Message {
+    Message::FlowMod(flowmark::openflow::message::FlowMod {
+        cookie: 0,
+        cookie_mask: 0,
+        table_id: 0,
+        command: flowmark::openflow::message::FlowModCommand::Add,
+        idle_timeout: 0,
+        hard_timeout: 0,
+        priority: 1,
+        buffer_id: OFP_NO_BUFFER,
+        out_port: flowmark::openflow::port::OFPP_ANY,
+        out_group: flowmark::openflow::message::OFPG_ANY,
+        flags: 0,
+        r#match: Match::ANY,
+        actions: vec![OfAction::Output(2)],
+    })
+}
+
 fn is_error(m: &Message, err_type: u16, code: u16) -> bool {
     matches!(m, Message::Error { err_type: t, code: c, .. } if *t == err_type && *c == code)
 }
@@ -402,24 +407,7 @@ fn malformed_packet_outs_and_flow_mods_get_errors_and_send_nothing() {
         assert!(s.is_ready(), "{what}: the session stays");
     }
     // A flow mod with a bad instruction length.
-    let mut fm = encode(
-        12,
-        &Message::FlowMod(flowmark::openflow::message::FlowMod {
-            cookie: 0,
-            cookie_mask: 0,
-            table_id: 0,
-            command: flowmark::openflow::message::FlowModCommand::Add,
-            idle_timeout: 0,
-            hard_timeout: 0,
-            priority: 1,
-            buffer_id: OFP_NO_BUFFER,
-            out_port: flowmark::openflow::port::OFPP_ANY,
-            out_group: flowmark::openflow::message::OFPG_ANY,
-            flags: 0,
-            r#match: Match::ANY,
-            actions: vec![OfAction::Output(2)],
-        }),
-    );
+    let mut fm = encode(12, &add_flow());
     let n = fm.len();
     // The apply-actions instruction's length (after the 8-byte empty match).
     fm[n - 24 + 3] = 0x30;

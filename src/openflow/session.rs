@@ -227,6 +227,14 @@ impl Session {
         }
     }
 
+    /// The election's generation id, all ones before any (as OVS reports it).
+    fn election_generation(&self) -> u64 {
+        self.election
+            .as_ref()
+            .and_then(|e| e.generation())
+            .unwrap_or(u64::MAX)
+    }
+
     /// The role: a master whom another's election replaced is a slave.
     fn effective_role(&self) -> u32 {
         if self.role == ROLE_MASTER
@@ -249,11 +257,7 @@ impl Session {
         if role != self.role {
             self.role = role;
             if self.is_ready() {
-                let generation_id = self
-                    .election
-                    .as_ref()
-                    .and_then(|e| e.generation())
-                    .unwrap_or(u64::MAX);
+                let generation_id = self.election_generation();
                 self.send(
                     0,
                     &Message::RoleStatus {
@@ -487,13 +491,7 @@ impl Session {
                     self.role = role;
                 }
                 let role = self.current_role();
-                // The election's generation id, all ones before any (as
-                // OVS replies).
-                let generation_id = self
-                    .election
-                    .as_ref()
-                    .and_then(|e| e.generation())
-                    .unwrap_or(u64::MAX);
+                let generation_id = self.election_generation();
                 self.send(
                     xid,
                     &Message::RoleReply {
