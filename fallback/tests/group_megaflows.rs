@@ -12,7 +12,7 @@ use fallback::cache::FlowCache;
 use fallback::key::Field;
 use fallback::megaflow::Megaflow;
 use fallback::ofproto::group::{Bucket, Group, GroupType};
-use fallback::ofproto::xlate::{xlate, Bridge};
+use fallback::ofproto::xlate::xlate;
 use fallback::ofproto::{OfAction, Rule};
 use proptest::prelude::*;
 use testbed::traffic::Rng;
@@ -101,12 +101,7 @@ fn check(seed: u64) -> usize {
     for g in groups() {
         pipeline.group_add(g).expect("a new group");
     }
-    let bridge = Bridge {
-        pipeline: &pipeline,
-        macs: &macs,
-        ports: &PORTS,
-        widen_l4: None,
-    };
+    let bridge = bridge(&pipeline, &macs);
     let mut cache = FlowCache::new(1);
     let mut hits = 0;
     for _ in 0..600 {

@@ -19,7 +19,7 @@ use fallback::cache::{CacheHit, FlowCache};
 use fallback::key::{ethertype, frag, ipproto, Field, FlowKey, VLAN_CFI, VLAN_VID_MASK};
 use fallback::megaflow::Megaflow;
 use fallback::ofproto::mac::MacTable;
-use fallback::ofproto::xlate::{xlate, xlate_hinted, Bridge};
+use fallback::ofproto::xlate::{xlate, xlate_hinted};
 use fallback::ofproto::{OfAction, Rule};
 use fallback::packet::L2Fields;
 use proptest::prelude::*;
@@ -263,12 +263,7 @@ fn check_rule_set(seed: u64, tally: &mut Tally) {
     let mut r = Rng::new(seed);
     let rules = random_rules(&mut r);
     let (pipeline, macs) = pipeline_and_macs(&rules, 3);
-    let bridge = Bridge {
-        pipeline: &pipeline,
-        macs: &macs,
-        ports: &PORTS,
-        widen_l4: None,
-    };
+    let bridge = bridge(&pipeline, &macs);
     let mut cache = FlowCache::new(1);
     let table0: Vec<&Rule> = rules.iter().filter(|r| r.table == 0).collect();
     let mut hits_here = 0;

@@ -981,15 +981,22 @@ mod tests {
 
     fn run(p: &Pipeline, k: &FlowKey) -> Xlation {
         let macs = MacTable::default();
-        xlate(
-            Bridge {
-                pipeline: p,
-                macs: &macs,
-                ports: &PORTS,
-                widen_l4: None,
-            },
-            k,
-        )
+        xlate(test_bridge(p, &macs), k)
+    }
+
+    /// [`run`] recording the trace steps.
+    fn run_traced(p: &Pipeline, k: &FlowKey) -> Xlation {
+        let macs = MacTable::default();
+        xlate_traced(test_bridge(p, &macs), k)
+    }
+
+    fn test_bridge<'a>(p: &'a Pipeline, macs: &'a MacTable) -> Bridge<'a> {
+        Bridge {
+            pipeline: p,
+            macs,
+            ports: &PORTS,
+            widen_l4: None,
+        }
     }
 
     #[test]
@@ -1070,14 +1077,7 @@ mod tests {
         let x = run(&p, &key);
         assert_eq!(x.actions, vec![DpAction::Output(3)]);
         assert!(x.trace.is_empty(), "only xlate_traced records steps");
-        let macs = MacTable::default();
-        let bridge = Bridge {
-            pipeline: &p,
-            macs: &macs,
-            ports: &PORTS,
-            widen_l4: None,
-        };
-        let traced = xlate_traced(bridge, &key);
+        let traced = run_traced(&p, &key);
         assert_eq!(traced.trace.len(), 3);
         assert_eq!(
             Xlation {
@@ -1088,8 +1088,9 @@ mod tests {
         );
         // Reused lists give the same translation, and keep their room.
         let mut bufs = XlateBuffers::default();
+        let macs = MacTable::default();
         for _ in 0..3 {
-            let again = xlate_reusing(bridge, &key, &mut bufs);
+            let again = xlate_reusing(test_bridge(&p, &macs), &key, &mut bufs);
             assert_eq!(again, x);
             bufs.recycle(again);
             assert!(bufs.actions.is_empty() && bufs.actions.capacity() >= 1);
@@ -1686,14 +1687,7 @@ mod tests {
             let x = run(&p, &udp_key(1, 1, 2, 3, 4));
             assert_eq!(strings(&x), ["output:3"]);
             assert!(x.deps.ports, "port changes revalidate it");
-            let macs = MacTable::default();
-            let bridge = Bridge {
-                pipeline: &p,
-                macs: &macs,
-                ports: &PORTS,
-                widen_l4: None,
-            };
-            let traced = xlate_traced(bridge, &udp_key(1, 1, 2, 3, 4));
+            let traced = run_traced(&p, &udp_key(1, 1, 2, 3, 4));
             assert!(
                 traced.trace.contains(&TraceStep::Group {
                     depth: 0,

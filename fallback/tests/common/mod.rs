@@ -240,6 +240,20 @@ pub fn packet_from(r: &mut Rng, m: &Match) -> FlowKey {
 
 /// A pipeline of `rules`, and a MAC table that knows the first `known` of
 /// [`MACS`] on the matching [`PORTS`].
+/// The bridge of the tests' ports over `pipeline` and `macs` (every port's
+/// megaflows as they are, none widened for a NIC).
+pub fn bridge<'a>(
+    pipeline: &'a Pipeline,
+    macs: &'a MacTable,
+) -> fallback::ofproto::xlate::Bridge<'a> {
+    fallback::ofproto::xlate::Bridge {
+        pipeline,
+        macs,
+        ports: &PORTS,
+        widen_l4: None,
+    }
+}
+
 pub fn pipeline_and_macs(rules: &[Rule], known: usize) -> (Pipeline, MacTable) {
     let mut pipeline = Pipeline::new();
     for rule in rules {
